@@ -1,0 +1,125 @@
+// diffuse sample: draw images from a checkpoint with DDPM or DDIM; a grid, one PNG per image,
+// and optionally the trajectory of x_t and x̂_0.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "commands.h"
+#include "diffuse/io/checkpoint.h"
+#include "diffuse/io/image.h"
+#include "diffuse/sampling/sample_loop.h"
+#include "diffuse/util/progress.h"
+
+namespace diffuse::cli {
+
+namespace {
+
+struct SampleCliOptions {
+  std::string checkpoint, sampler = "ddim", spacing = "leading", out, out_dir, trajectory, device = "cpu";
+  std::string ddpm_variance = "posterior";
+  int64_t steps = 0, n = 64, batch_size = 256, trajectory_frames = 10;
+  double eta = 0.0;
+  uint64_t seed = 0;
+  bool no_clip = false, progress = true;
+};
+
+void run_sample(const SampleCliOptions& o) {
+  if (o.out.empty() && o.out_dir.empty()) throw std::runtime_error("sample: give --out FILE.png and/or --out-dir DIR");
+  const auto device = resolve_device(o.device);
+  auto ckpt = load_checkpoint(o.checkpoint, device);
+  const auto& info = ckpt.info;
+  GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
+  SamplerConfig sc;
+  sc.name = o.sampler;
+  sc.spacing = timestep_spacing_from_string(o.spacing);
+  sc.eta = o.eta;
+  sc.ddpm_large_variance = o.ddpm_variance == "beta";
+  auto sampler = make_sampler(sc, diffusion.schedule());
+  const int64_t steps = o.steps > 0 ? o.steps : (o.sampler == "ddpm" ? diffusion.timesteps() : 50);
+  if (steps > diffusion.timesteps()) {
+    throw std::runtime_error("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " +
+                             std::to_string(diffusion.timesteps()));
+  }
+
+  auto gen = at::detail::createCPUGenerator(o.seed);
+  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ckpt.model->forward(x, t); };
+  const int64_t C = info.data.channels, H = info.data.image_size;
+  std::vector<torch::Tensor> images, frames_xt, frames_x0;
+  const int64_t frame_every = std::max<int64_t>(1, steps / std::max<int64_t>(1, o.trajectory_frames - 1));
+  const int64_t traj_images = std::min<int64_t>(o.n, 4);
+  ProgressBar bar(o.sampler + "-" + std::to_string(steps), o.n * steps, 0, o.progress);
+  for (int64_t start = 0; start < o.n; start += o.batch_size) {
+    const int64_t b = std::min(o.batch_size, o.n - start);
+    auto x_T = torch::randn({b, C, H, H}, gen).to(device);  // x_T ~ N(0, I), drawn in order: same seed, same images
+    StepCallback cb = [&](const SampleStep& s) {
+      bar.update(start * steps + (s.index + 1) * b);
+      const bool keep = start == 0 && !o.trajectory.empty() && (s.index % frame_every == 0 || s.index == s.steps - 1);
+      if (keep) {
+        frames_xt.push_back(s.x_t.narrow(0, 0, traj_images).to(torch::kCPU));
+        frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
+      }
+    };
+    images.push_back(sample_loop(diffusion, *sampler, net, x_T, SampleOptions{steps, !o.no_clip}, gen, cb).to(torch::kCPU));
+  }
+  bar.finish();
+  auto all = torch::cat(images).clamp(-1.0, 1.0);
+  if (!o.out.empty()) {
+    save_grid_png(o.out, all);
+    std::fprintf(stderr, "wrote %s (%lld images)\n", o.out.c_str(), static_cast<long long>(o.n));
+  }
+  if (!o.out_dir.empty()) {
+    std::filesystem::create_directories(o.out_dir);
+    for (int64_t i = 0; i < all.size(0); ++i) {
+      char name[32];
+      std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(i));
+      save_image_png(o.out_dir + name, all[i]);
+    }
+    std::fprintf(stderr, "wrote %lld images to %s\n", static_cast<long long>(all.size(0)), o.out_dir.c_str());
+  }
+  if (!o.trajectory.empty()) {
+    // Rows: for each image, x_t then x̂_0; columns: steps from t = T to the end, then the result.
+    const int64_t cols = static_cast<int64_t>(frames_xt.size()) + 1;
+    std::vector<torch::Tensor> tiles;
+    for (int64_t i = 0; i < traj_images; ++i) {
+      for (const auto& f : frames_xt) tiles.push_back(f[i].clamp(-1, 1));
+      tiles.push_back(all[i]);
+      for (const auto& f : frames_x0) tiles.push_back(f[i].clamp(-1, 1));
+      tiles.push_back(all[i]);
+    }
+    save_grid_png(o.trajectory, torch::stack(tiles), cols);
+    std::fprintf(stderr, "wrote %s (rows: x_t, x0_pred for %lld images; %lld columns)\n", o.trajectory.c_str(),
+                 static_cast<long long>(traj_images), static_cast<long long>(cols));
+  }
+}
+
+}  // namespace
+
+void add_sample_command(CLI::App& app) {
+  auto o = std::make_shared<SampleCliOptions>();
+  auto* cmd = app.add_subcommand("sample", "Generate images from a checkpoint");
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by diffuse train")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--sampler", o->sampler, "Sampler")->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Sampling steps S (default: T for ddpm, 50 for ddim)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--eta", o->eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--spacing", o->spacing, "Timestep spacing when S < T")
+      ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
+      ->capture_default_str();
+  cmd->add_option("--ddpm-variance", o->ddpm_variance, "DDPM sigma^2: posterior (beta-tilde) or beta")
+      ->check(CLI::IsMember({"posterior", "beta"}))
+      ->capture_default_str();
+  cmd->add_option("--n", o->n, "Number of images")->check(CLI::Range(1, 100000))->capture_default_str();
+  cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Random seed (same seed, same images)")->capture_default_str();
+  cmd->add_option("--out", o->out, "Grid of all images (PNG)");
+  cmd->add_option("--out-dir", o->out_dir, "Also write one PNG per image here");
+  cmd->add_option("--trajectory", o->trajectory, "PNG of x_t and x0_pred along the way (first 4 images)");
+  cmd->add_option("--trajectory-frames", o->trajectory_frames, "Columns in the trajectory")->check(CLI::Range(2, 100))->capture_default_str();
+  cmd->add_flag("--no-clip", o->no_clip, "Do not clamp x0_pred to [-1, 1]");
+  cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "No progress bar");
+  add_device_option(*cmd, o->device);
+  cmd->callback([o] { run_sample(*o); });
+}
+
+}  // namespace diffuse::cli

@@ -1,0 +1,108 @@
+// diffuse train: fit ε_θ (or x_θ) to a data set with L_simple; see include/diffuse/train/trainer.h.
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <memory>
+
+#include "commands.h"
+#include "diffuse/train/trainer.h"
+
+namespace diffuse::cli {
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void on_sigint(int) {
+  g_stop.store(true);
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once
+}
+
+struct TrainOptions {
+  std::string data, out, model = "mnist", objective = "eps", loss = "simple", device = "cpu";
+  std::string schedule = "linear";
+  int64_t timesteps = 1000, image_size = 32, limit = 0;
+  TrainConfig config;
+};
+
+void run_train(TrainOptions& o) {
+  const auto device = resolve_device(o.device);
+  auto data = load_dataset(o.data, Split::train, DataOptions{o.image_size, o.limit});
+  std::fprintf(stderr, "data: %s, %lld images of %lldx%lldx%lld, %lld classes\n", data.name.c_str(),
+               static_cast<long long>(data.size()), static_cast<long long>(data.channels()),
+               static_cast<long long>(data.image_size()), static_cast<long long>(data.image_size()),
+               static_cast<long long>(data.num_classes));
+
+  CheckpointInfo info;
+  info.model = unet_config_by_name(o.model, data.channels(), data.image_size());
+  info.schedule.kind = beta_schedule_from_string(o.schedule);
+  info.schedule.timesteps = o.timesteps;
+  info.objective = objective_from_string(o.objective);
+  info.data = DataInfo{data.name, data.channels(), data.image_size(), data.num_classes};
+  if (!o.config.resume) {
+    std::fprintf(stderr, "model: %s, %lld parameters; %s schedule, T = %lld, objective %s; %d threads\n",
+                 o.model.c_str(), static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),
+                 static_cast<long long>(o.timesteps), o.objective.c_str(), torch::get_num_threads());
+  }
+
+  o.config.out_dir = o.out;
+  o.config.stop = &g_stop;
+  std::signal(SIGINT, on_sigint);
+  const auto result = train(o.config, info, data, device);
+  std::signal(SIGINT, SIG_DFL);
+  std::fprintf(stderr, "%s at step %lld after %.1f s, loss %.5f; checkpoint: %s/checkpoint.safetensors\n",
+               result.interrupted ? "interrupted" : "finished", static_cast<long long>(result.step), result.seconds,
+               result.loss, o.out.c_str());
+  if (result.interrupted) {
+    std::fprintf(stderr, "continue with: diffuse train --data %s --out %s --steps %lld --resume\n", o.data.c_str(),
+                 o.out.c_str(), static_cast<long long>(o.config.steps));
+    std::exit(130);
+  }
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto o = std::make_shared<TrainOptions>();
+  auto& c = o->config;
+  auto* cmd = app.add_subcommand("train", "Train a diffusion model on images");
+  cmd->add_option("--data", o->data, "mnist | fashion-mnist | cifar10 | DIR (IDX files or an image tree)")->required();
+  cmd->add_option("--out", o->out, "Run directory (checkpoints, log.csv, previews)")->required();
+  cmd->add_option("--model", o->model, "Network configuration")
+      ->check(CLI::IsMember({"tiny", "mnist", "ddpm-cifar10"}))
+      ->capture_default_str();
+  cmd->add_option("--steps", c.steps, "Total optimisation steps")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--lr", c.lr, "Peak learning rate (AdamW)")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--warmup", c.warmup, "Linear learning-rate warm-up steps")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--grad-clip", c.grad_clip, "Max gradient norm (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--ema-decay", c.ema_decay, "EMA decay of the weights used for sampling")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--weight-decay", c.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--checkpoint-every", c.checkpoint_every, "Write a checkpoint every N steps (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--preview-every", c.preview_every, "Write a DDIM-50 preview grid every N steps (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--preview-n", c.preview_n, "Images in a preview grid")->check(CLI::Range(1, 1024))->capture_default_str();
+  cmd->add_option("--log-every", c.log_every, "Append to log.csv every N steps")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_flag("--resume", c.resume, "Continue the run in --out (same step, optimizer, EMA and RNG)");
+  cmd->add_option("--objective", o->objective, "What the network predicts")
+      ->check(CLI::IsMember({"eps", "x0"}))
+      ->capture_default_str();
+  cmd->add_option("--loss", o->loss, "Training loss (vlb: see issue 4)")->check(CLI::IsMember({"simple"}))->capture_default_str();
+  cmd->add_option("--schedule", o->schedule, "Beta schedule")
+      ->check(CLI::IsMember({"linear", "cosine", "scaled-linear"}))
+      ->capture_default_str();
+  cmd->add_option("--timesteps", o->timesteps, "Diffusion steps T")->check(CLI::Range(2, 100000))->capture_default_str();
+  cmd->add_option("--image-size", o->image_size, "Resize image folders to this size")->check(CLI::Range(4, 1024))->capture_default_str();
+  cmd->add_option("--limit", o->limit, "Use only the first N training images (0: all)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--seed", c.seed, "Random seed")->capture_default_str();
+  cmd->add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "No progress bar");
+  add_device_option(*cmd, o->device);
+  cmd->callback([o] { run_train(*o); });
+}
+
+}  // namespace diffuse::cli

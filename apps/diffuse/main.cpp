@@ -1,0 +1,52 @@
+// diffuse: denoising diffusion models (DDPM, DDIM) from the command line.
+#include <cstdio>
+#include <exception>
+#include <thread>
+
+#include "commands.h"
+
+namespace diffuse::cli {
+
+void add_device_option(CLI::App& cmd, std::string& device) {
+  cmd.add_option("--device", device, "Where to compute")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+}
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "cuda") {
+    if (!torch::cuda::is_available()) {
+      throw std::runtime_error("--device cuda: this build of LibTorch or this machine has no CUDA device");
+    }
+    return torch::Device(torch::kCUDA);
+  }
+  return torch::Device(torch::kCPU);
+}
+
+}  // namespace diffuse::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"diffuse: denoising diffusion models (DDPM, DDIM) in C++"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--threads", threads, "Torch CPU threads (default: hardware concurrency)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.parse_complete_callback([&] { torch::set_num_threads(threads); });
+
+  diffuse::cli::add_train_command(app);
+  diffuse::cli::add_sample_command(app);
+  diffuse::cli::add_schedule_command(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,70 @@
+// Image datasets held in memory as 8-bit pixels, and the shuffling batch loader.
+//   --data mnist | fashion-mnist | cifar10 | DIR
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace diffuse {
+
+enum class Split { train, test };
+Split split_from_string(const std::string& name);  // "train" | "test"
+std::string to_string(Split split);
+
+struct Dataset {
+  std::string name;
+  torch::Tensor images;     // uint8 [N, C, H, W]
+  torch::Tensor labels;     // int64 [N]
+  int64_t num_classes = 0;  // 0 when unlabelled
+
+  int64_t size() const { return images.size(0); }
+  int64_t channels() const { return images.size(1); }
+  int64_t image_size() const { return images.size(2); }
+};
+
+struct DataOptions {
+  // Image folders are resized to image_size × image_size (IDX and CIFAR keep their own size).
+  int64_t image_size = 32;
+  // Keep only the first `limit` images (0: all).
+  int64_t limit = 0;
+};
+
+// Where the data sets live: $DIFFUSE_DATA_DIR, else the repository's data/ folder.
+std::string data_root();
+
+// Loads a named data set or a directory (IDX files or an image tree). Errors name the files.
+Dataset load_dataset(const std::string& spec, Split split, const DataOptions& options = {});
+
+// MNIST-style IDX pair in `dir` for a split: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
+Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name);
+// CIFAR-10 binary batches (data_batch_*.bin / test_batch.bin) or an image tree train/CLASS/*.
+Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& options);
+// Images under `dir` (recursively); the class is the first sub-folder. If `dir` holds train/ and
+// test/ folders, the split picks one.
+Dataset load_image_folder(const std::string& dir, Split split, const DataOptions& options);
+
+// Shuffles with torch's default generator (so a seed fixes the order) and hands out batches
+// as [−1, 1] floats; reshuffles at every epoch.
+class BatchLoader {
+ public:
+  BatchLoader(const Dataset& data, int64_t batch_size, torch::Device device);
+  struct Batch {
+    torch::Tensor x0;      // [B, C, H, W] in [−1, 1]
+    torch::Tensor labels;  // [B]
+  };
+  Batch next();
+  // Position for resuming: epoch order and where we are in it.
+  torch::Tensor order() const { return order_; }
+  int64_t cursor() const { return cursor_; }
+  void restore(const torch::Tensor& order, int64_t cursor);
+
+ private:
+  const Dataset& data_;
+  int64_t batch_size_;
+  torch::Device device_;
+  torch::Tensor order_;
+  int64_t cursor_ = 0;
+};
+
+}  // namespace diffuse

@@ -1,0 +1,83 @@
+// The Gaussian diffusion process of DDPM: forward noising q(x_t|x_0), the posterior
+// q(x_{t−1}|x_t, x_0), turning a network output into (x̂_0, ε̂), the reverse mean μ_θ, and the
+// training loss. Knows nothing about which network or which sampler.
+//
+// Timesteps `t` passed as tensors are 0-based indices (i = t_paper − 1), int64, shape [B].
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "diffuse/schedule/noise_schedule.h"
+
+namespace diffuse {
+
+// What the network is trained to predict.
+enum class Objective { eps, x0 };
+std::string to_string(Objective objective);
+Objective objective_from_string(const std::string& name);  // throws on unknown names
+
+// A model output turned into both parameterisations.
+struct Prediction {
+  torch::Tensor x0;   // x̂_0
+  torch::Tensor eps;  // ε̂
+};
+
+struct PosteriorMeanVariance {
+  torch::Tensor mean;          // μ̃_t(x_t, x_0)
+  torch::Tensor variance;      // β̃_t, broadcastable to x
+  torch::Tensor log_variance;  // log β̃_t (clipped at t = 1)
+};
+
+class GaussianDiffusion {
+ public:
+  GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device);
+
+  const NoiseSchedule& schedule() const { return schedule_; }
+  Objective objective() const { return objective_; }
+  int64_t timesteps() const { return schedule_.timesteps(); }
+  torch::Device device() const { return device_; }
+
+  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,  ε ~ N(0, I)                      (DDPM eq. 4)
+  torch::Tensor q_sample(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise) const;
+
+  // q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I),  μ̃_t = c1 x_0 + c2 x_t     (DDPM eq. 6-7)
+  PosteriorMeanVariance q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t, const torch::Tensor& t) const;
+
+  // x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t                                   (DDPM eq. 4 inverted)
+  torch::Tensor predict_x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& eps) const;
+  // ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
+  torch::Tensor predict_eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& x0) const;
+
+  // The network output (ε or x_0, per the objective) as both x̂_0 and ε̂; with `clip_x0`,
+  // x̂_0 is clamped to [−1, 1] and ε̂ recomputed from it so the pair stays consistent.
+  Prediction split_model_output(const torch::Tensor& model_out, const torch::Tensor& x_t,
+                                const torch::Tensor& t, bool clip_x0) const;
+
+  // μ_θ(x_t, t) = (x_t − β_t / √(1 − ᾱ_t) · ε_θ) / √α_t               (DDPM eq. 11)
+  torch::Tensor p_mean_from_eps(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& eps) const;
+
+  // Training target for the objective: ε for eps, x_0 for x0.
+  torch::Tensor training_target(const torch::Tensor& x0, const torch::Tensor& noise) const;
+
+  // L_simple = E_{t, x_0, ε} ‖target − f_θ(x_t, t)‖²  (mean over every element)  (DDPM eq. 14)
+  static torch::Tensor loss_simple(const torch::Tensor& model_out, const torch::Tensor& target);
+
+  // Uniform t ~ U{0..T−1} for a batch of size B.
+  torch::Tensor sample_timesteps(int64_t batch, const c10::optional<torch::Generator>& gen = c10::nullopt) const;
+
+ private:
+  NoiseSchedule schedule_;
+  Objective objective_;
+  torch::Device device_;
+  // Device copies (float32) of the tables used with batched timesteps.
+  torch::Tensor betas_, alphas_, sqrt_alpha_bar_, sqrt_one_minus_alpha_bar_;
+  torch::Tensor posterior_variance_, posterior_log_variance_clipped_;
+  torch::Tensor posterior_mean_coef1_, posterior_mean_coef2_;
+};
+
+// table[t] reshaped to [B, 1, 1, ...] so it broadcasts against x of rank `ndim`.
+torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, int64_t ndim);
+
+}  // namespace diffuse

@@ -1,0 +1,60 @@
+// Self-describing model checkpoints: one safetensors file whose __metadata__ holds, as JSON
+// strings, everything needed to rebuild the model and its diffusion process:
+//   "format"    "diffuse-checkpoint-1"
+//   "model"     the UNetConfig
+//   "schedule"  {"kind", "timesteps", "beta_start", "beta_end"}
+//   "objective" "eps" | "x0"
+//   "data"      {"name", "channels", "image_size", "num_classes"}
+//   "step"      training step the weights come from
+// Tensors are the network's parameters under their module paths (e.g. "down_0_0_res.conv1.weight").
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "diffuse/diffusion/gaussian_diffusion.h"
+#include "diffuse/io/safetensors.h"
+#include "diffuse/model/unet.h"
+#include "diffuse/schedule/noise_schedule.h"
+
+namespace diffuse {
+
+struct DataInfo {
+  std::string name;
+  int64_t channels = 1;
+  int64_t image_size = 28;
+  int64_t num_classes = 0;
+};
+
+struct CheckpointInfo {
+  UNetConfig model;
+  ScheduleConfig schedule;
+  Objective objective = Objective::eps;
+  DataInfo data;
+  int64_t step = 0;
+};
+
+nlohmann::json to_json(const ScheduleConfig& config);
+ScheduleConfig schedule_config_from_json(const nlohmann::json& j);
+
+std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info);
+CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::string>& metadata,
+                                             const std::string& source);
+
+// The module's parameters and buffers by name, for writing.
+std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& module);
+// Copies tensors into the module's parameters and buffers; every name must be present with the
+// right shape (errors name the file and the tensor).
+void load_named_state(torch::nn::Module& module, const SafetensorsContent& content, const std::string& prefix = "");
+
+void save_checkpoint(const std::string& path, const UNet& model, const CheckpointInfo& info);  // atomic
+
+struct LoadedCheckpoint {
+  CheckpointInfo info;
+  UNet model{nullptr};
+};
+// Rebuilds the network from the metadata and loads its weights; errors name the file.
+LoadedCheckpoint load_checkpoint(const std::string& path, torch::Device device);
+
+}  // namespace diffuse

@@ -1,0 +1,34 @@
+// Images at the edge of the library: the only place that converts between 8-bit pixels and
+// the [−1, 1] floats used inside. PNG/JPEG decoding and PNG encoding through stb.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace diffuse {
+
+// [−1, 1] floats → uint8: round((x + 1) · 127.5), clamped to [0, 255].
+torch::Tensor to_uint8(const torch::Tensor& x);
+// uint8 → [−1, 1] floats: x / 127.5 − 1.
+torch::Tensor from_uint8(const torch::Tensor& x);
+
+// Tiles [N, C, H, W] images (values in [−1, 1]) into one [C, H', W'] image with `nrow` images
+// per row (0: ⌈√N⌉) and `padding` pixels between them.
+torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow = 0, int64_t padding = 2);
+
+// PNG of a [C, H, W] uint8 image, C = 1 or 3.
+std::string encode_png(const torch::Tensor& image_u8);
+// Writes images ([N, C, H, W] in [−1, 1]) as a grid PNG, atomically.
+void save_grid_png(const std::string& path, const torch::Tensor& images, int64_t nrow = 0);
+// Writes one [C, H, W] image in [−1, 1] as PNG, atomically.
+void save_image_png(const std::string& path, const torch::Tensor& image);
+
+// Number of channels stored in an image file (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA); throws
+// naming the file if it is not a readable PNG/JPEG/BMP/...
+int image_file_channels(const std::string& path);
+// Decodes an image file to [channels, size, size] uint8 (channels 1 or 3), resizing with a
+// box/triangle filter when the file is not size×size. size ≤ 0 keeps the file's size.
+torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size);
+
+}  // namespace diffuse

@@ -1,0 +1,44 @@
+// The DDPM U-Net ε_θ(x_t, t[, y]).
+//   forward reads as stages: time embedding → conv in → down → middle → up → out.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "diffuse/model/unet_blocks.h"
+#include "diffuse/model/unet_config.h"
+
+namespace diffuse {
+
+class UNetImpl : public torch::nn::Module {
+ public:
+  explicit UNetImpl(const UNetConfig& config);
+
+  // x_t: [B, C, H, W]; t: [B] int64 (0-based); y: [B] int64 labels or undefined → [B, C, H, W]
+  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {});
+
+  const UNetConfig& config() const { return config_; }
+  int64_t parameter_count() const;
+
+ private:
+  // One step of the down or up path: a residual block (with optional attention) or a resampler.
+  struct Stage {
+    ResBlock res{nullptr};
+    AttentionBlock attn{nullptr};
+    Downsample down{nullptr};
+    Upsample up{nullptr};
+  };
+
+  UNetConfig config_;
+  torch::nn::Linear time_fc1{nullptr}, time_fc2{nullptr};
+  torch::nn::Embedding label_embedding{nullptr};
+  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  std::vector<Stage> down_, up_;
+  ResBlock mid_res1{nullptr}, mid_res2{nullptr};
+  AttentionBlock mid_attn{nullptr};
+  torch::nn::GroupNorm norm_out{nullptr};
+};
+TORCH_MODULE(UNet);
+
+}  // namespace diffuse

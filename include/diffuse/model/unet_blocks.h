@@ -1,0 +1,72 @@
+// Building blocks of the DDPM U-Net (Ho et al. 2020, appendix B; the PixelCNN++ backbone).
+// Each block is `XImpl : torch::nn::Module` + `TORCH_MODULE(X)`.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace diffuse {
+
+// Sinusoidal embedding of the (0-based) timestep, as in the Transformer:
+//   emb[k] = sin(t · 10000^(−k/(h−1))), emb[h + k] = cos(t · 10000^(−k/(h−1))),  h = dim/2.
+// t: [B] → [B, dim]
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
+
+// GroupNorm → SiLU → conv3×3 → (+ time projection) → GroupNorm → SiLU → dropout → conv3×3,
+// plus a 1×1 shortcut when the width changes.
+class ResBlockImpl : public torch::nn::Module {
+ public:
+  ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t time_dim, double dropout, int64_t groups);
+  // x: [B, C_in, H, W], emb: [B, time_dim] → [B, C_out, H, W]
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& emb);
+  void zero_last_layer();  // conv2 ← 0: the block starts as its shortcut
+
+ private:
+  torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, shortcut{nullptr};
+  torch::nn::Linear time_proj{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+};
+TORCH_MODULE(ResBlock);
+
+// Single-head self-attention over the H·W positions, with a residual connection:
+//   h = x + W_o · V softmax(Kᵀ Q / √C)
+class AttentionBlockImpl : public torch::nn::Module {
+ public:
+  AttentionBlockImpl(int64_t channels, int64_t groups);
+  torch::Tensor forward(const torch::Tensor& x);  // [B, C, H, W] → same
+  void zero_last_layer();  // proj_out ← 0: the block starts as the identity
+
+ private:
+  torch::nn::GroupNorm norm{nullptr};
+  torch::nn::Conv2d qkv{nullptr}, proj_out{nullptr};
+  int64_t channels_;
+};
+TORCH_MODULE(AttentionBlock);
+
+// Stride-2 3×3 convolution: H → ⌈H/2⌉.
+class DownsampleImpl : public torch::nn::Module {
+ public:
+  explicit DownsampleImpl(int64_t channels);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Conv2d conv{nullptr};
+};
+TORCH_MODULE(Downsample);
+
+// Nearest-neighbour upsampling to the skip connection's size (2× for even sizes), then conv3×3.
+class UpsampleImpl : public torch::nn::Module {
+ public:
+  explicit UpsampleImpl(int64_t channels);
+  torch::Tensor forward(const torch::Tensor& x, int64_t height, int64_t width);
+
+ private:
+  torch::nn::Conv2d conv{nullptr};
+};
+TORCH_MODULE(Upsample);
+
+// DDPM initialisation of every submodule: Xavier-uniform weights (fan-average), zero biases.
+void init_xavier(torch::nn::Module& module);
+void init_zero(torch::nn::Conv2d& conv);
+
+}  // namespace diffuse

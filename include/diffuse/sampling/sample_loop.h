@@ -1,0 +1,36 @@
+// The one loop that drives any Sampler from x_T to x_0: asks the network, turns its output into
+// (x̂_0, ε̂), lets the sampler step, and reports every step to a callback (progress, trajectory).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+
+#include "diffuse/diffusion/gaussian_diffusion.h"
+#include "diffuse/sampling/sampler.h"
+
+namespace diffuse {
+
+// The network: (x_t [B,C,H,W], t [B] int64) → its raw output (ε or x_0 per the objective).
+using Denoiser = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
+
+struct SampleStep {
+  int64_t index;   // 0 .. steps−1
+  int64_t steps;   // S
+  int64_t t;       // 0-based timestep of x_t
+  const torch::Tensor& x_t;
+  const torch::Tensor& x0_pred;
+};
+using StepCallback = std::function<void(const SampleStep&)>;
+
+struct SampleOptions {
+  int64_t steps = 50;
+  bool clip_x0 = true;  // clamp x̂_0 to [−1, 1] (pixel data lives there)
+};
+
+// Runs the reverse process from x_T and returns x_0. Runs under NoGradGuard.
+torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
+                          torch::Tensor x_T, const SampleOptions& options,
+                          const c10::optional<torch::Generator>& gen, const StepCallback& callback = {});
+
+}  // namespace diffuse

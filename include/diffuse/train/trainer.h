@@ -1,0 +1,49 @@
+// The training loop: L_simple on random t, AdamW with warm-up and clipping, EMA, a CSV log,
+// preview grids from the EMA model, atomic checkpoints and exact resume.
+//
+// A run directory holds
+//   checkpoint.safetensors   EMA weights + metadata: all `diffuse sample` needs
+//   train_state.safetensors  raw weights, EMA, AdamW moments, RNG and loader state (for --resume)
+//   log.csv                  step,loss,lr,images_per_second,elapsed_seconds
+//   preview_STEP.png         DDIM-50 samples from the EMA model
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "diffuse/data/dataset.h"
+#include "diffuse/io/checkpoint.h"
+
+namespace diffuse {
+
+struct TrainConfig {
+  std::string out_dir;
+  int64_t steps = 4000;
+  int64_t batch_size = 64;
+  double lr = 1e-3;
+  int64_t warmup = 100;          // linear learning-rate warm-up over this many steps
+  double grad_clip = 1.0;        // max global gradient norm (≤ 0: off)
+  double ema_decay = 0.999;
+  double weight_decay = 0.0;
+  uint64_t seed = 0;
+  int64_t checkpoint_every = 1000;
+  int64_t preview_every = 1000;  // 0: only at the end
+  int64_t preview_n = 64;
+  int64_t log_every = 50;
+  bool resume = false;
+  bool progress = true;
+  const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to checkpoint and return early
+};
+
+struct TrainResult {
+  int64_t step = 0;          // last completed step
+  double loss = 0.0;         // mean loss over the last logging window
+  double seconds = 0.0;      // wall time of this invocation
+  bool interrupted = false;
+};
+
+// Trains `info.model` on `data`. With config.resume and a train_state in out_dir, continues
+// from it (model, schedule and objective then come from the saved state).
+TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset& data, torch::Device device);
+
+}  // namespace diffuse

@@ -1,0 +1,34 @@
+// A progress bar on stderr: "label  [#####.....]  120/3000  4.0%  loss 0.0312  ETA 11:32".
+// Redrawn in place on a terminal (at most 10 times a second); on a pipe or file, one line
+// every 5% so logs stay short.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace diffuse {
+
+class ProgressBar {
+ public:
+  ProgressBar(std::string label, int64_t total, int64_t start = 0, bool enabled = true);
+  // `done` items finished; `info` is shown after the counts (e.g. "loss 0.03  812 img/s").
+  void update(int64_t done, const std::string& info = "");
+  void finish(const std::string& info = "");  // final line with total time
+
+  double elapsed_seconds() const;
+
+ private:
+  void draw(int64_t done, const std::string& info, bool final);
+
+  std::string label_;
+  int64_t total_, start_;
+  bool enabled_, tty_;
+  int64_t last_reported_percent_ = -1;
+  std::chrono::steady_clock::time_point begin_, last_draw_;
+};
+
+// "1:02:03" or "2:03".
+std::string format_duration(double seconds);
+
+}  // namespace diffuse

@@ -1,0 +1,169 @@
+#include "diffuse/data/dataset.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+
+#include "diffuse/data/idx.h"
+#include "diffuse/io/atomic_file.h"
+#include "diffuse_build_paths.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+Split split_from_string(const std::string& name) {
+  if (name == "train") return Split::train;
+  if (name == "test") return Split::test;
+  throw std::invalid_argument("unknown split '" + name + "' (expected train or test)");
+}
+
+std::string to_string(Split split) { return split == Split::train ? "train" : "test"; }
+
+std::string data_root() {
+  if (const char* env = std::getenv("DIFFUSE_DATA_DIR"); env && *env) return env;
+  return DIFFUSE_DEFAULT_DATA_DIR;
+}
+
+namespace {
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+
+// "dir/stem" or "dir/stem.gz", whichever exists (empty if neither).
+std::string find_plain_or_gz(const std::string& dir, const std::string& stem) {
+  for (const std::string& candidate : {dir + "/" + stem, dir + "/" + stem + ".gz"})
+    if (fs::exists(candidate)) return candidate;
+  return {};
+}
+
+Dataset limit_dataset(Dataset d, int64_t limit) {
+  if (limit > 0 && limit < d.size()) {
+    d.images = d.images.narrow(0, 0, limit).clone();
+    d.labels = d.labels.narrow(0, 0, limit).clone();
+  }
+  return d;
+}
+
+}  // namespace
+
+Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name) {
+  const std::string prefix = split == Split::train ? "train" : "t10k";
+  const std::string images_path = find_plain_or_gz(dir, prefix + "-images-idx3-ubyte");
+  const std::string labels_path = find_plain_or_gz(dir, prefix + "-labels-idx1-ubyte");
+  if (images_path.empty() || labels_path.empty()) {
+    throw std::runtime_error("data '" + name + "': no " + prefix + "-images-idx3-ubyte[.gz] and " + prefix +
+                             "-labels-idx1-ubyte[.gz] in '" + dir + "'");
+  }
+  Dataset d;
+  d.name = name;
+  d.images = read_idx_u8(images_path, 3).unsqueeze(1);  // [N, 1, H, W]
+  d.labels = read_idx_u8(labels_path, 1).to(torch::kLong);
+  if (d.images.size(0) != d.labels.size(0)) {
+    throw std::runtime_error("data '" + name + "': '" + images_path + "' has " + std::to_string(d.images.size(0)) +
+                             " images but '" + labels_path + "' has " + std::to_string(d.labels.size(0)) + " labels");
+  }
+  d.num_classes = d.labels.numel() ? d.labels.max().item<int64_t>() + 1 : 0;
+  return d;
+}
+
+Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& options) {
+  // Binary batches: records of 1 label byte + 3·1024 pixel bytes (R, G, B planes).
+  std::vector<std::string> files;
+  if (fs::is_directory(dir)) {
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const auto fname = e.path().filename().string();
+      const bool is_train = fname.rfind("data_batch_", 0) == 0 && e.path().extension() == ".bin";
+      const bool is_test = fname == "test_batch.bin";
+      if ((split == Split::train && is_train) || (split == Split::test && is_test)) files.push_back(e.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) {
+    if (fs::is_directory(fs::path(dir) / to_string(split))) {
+      auto d = load_image_folder(dir, split, DataOptions{32, options.limit});
+      d.name = "cifar10";
+      return d;
+    }
+    throw std::runtime_error("data 'cifar10': no " + std::string(split == Split::train ? "data_batch_*.bin" : "test_batch.bin") +
+                             " nor " + to_string(split) + "/CLASS/*.jpg under '" + dir +
+                             "' (set DIFFUSE_CIFAR10_DIR to a folder holding the binary batches or the extracted JPEG tree)");
+  }
+  constexpr int64_t kRecord = 1 + 3 * 32 * 32;
+  std::vector<torch::Tensor> images, labels;
+  for (const auto& path : files) {
+    const std::string bytes = read_file(path);
+    if (bytes.empty() || bytes.size() % kRecord != 0) {
+      throw std::runtime_error("CIFAR-10 file '" + path + "': size " + std::to_string(bytes.size()) +
+                               " is not a whole number of 3073-byte records (truncated?)");
+    }
+    const int64_t n = static_cast<int64_t>(bytes.size()) / kRecord;
+    auto records = torch::from_blob(const_cast<char*>(bytes.data()), {n, kRecord}, torch::kUInt8).clone();
+    auto lab = records.select(1, 0).to(torch::kLong);
+    if (lab.max().item<int64_t>() > 9) throw std::runtime_error("CIFAR-10 file '" + path + "': label byte above 9 (corrupt?)");
+    labels.push_back(lab);
+    images.push_back(records.narrow(1, 1, 3 * 1024).reshape({n, 3, 32, 32}));
+  }
+  Dataset d;
+  d.name = "cifar10";
+  d.images = torch::cat(images);
+  d.labels = torch::cat(labels);
+  d.num_classes = 10;
+  return limit_dataset(std::move(d), options.limit);
+}
+
+Dataset load_dataset(const std::string& spec, Split split, const DataOptions& options) {
+  Dataset d;
+  if (spec == "mnist") {
+    d = load_idx_dataset(env_or("DIFFUSE_MNIST_DIR", data_root() + "/mnist"), split, "mnist");
+  } else if (spec == "fashion-mnist") {
+    d = load_idx_dataset(env_or("DIFFUSE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"), split, "fashion-mnist");
+  } else if (spec == "cifar10") {
+    std::string dir = env_or("DIFFUSE_CIFAR10_DIR", data_root() + "/cifar10");
+    if (!fs::exists(dir)) dir = data_root() + "/../../shared/data/cifar10";  // the development checkout
+    return load_cifar10(dir, split, options);
+  } else if (fs::is_directory(spec)) {
+    const std::string prefix = split == Split::train ? "train" : "t10k";
+    if (!find_plain_or_gz(spec, prefix + "-images-idx3-ubyte").empty()) {
+      d = load_idx_dataset(spec, split, spec);
+    } else {
+      return load_image_folder(spec, split, options);
+    }
+  } else {
+    throw std::runtime_error("data '" + spec + "': not mnist, fashion-mnist, cifar10 or an existing directory");
+  }
+  return limit_dataset(std::move(d), options.limit);
+}
+
+BatchLoader::BatchLoader(const Dataset& data, int64_t batch_size, torch::Device device)
+    : data_(data), batch_size_(batch_size), device_(device) {
+  TORCH_CHECK(data.size() > 0, "BatchLoader: data set '", data.name, "' is empty");
+  TORCH_CHECK(batch_size > 0, "BatchLoader: batch size must be positive");
+}
+
+BatchLoader::Batch BatchLoader::next() {
+  // Batches are drawn without replacement; a new permutation starts when too few remain.
+  if (!order_.defined() || cursor_ + batch_size_ > order_.size(0)) {
+    order_ = torch::randperm(data_.size(), torch::kLong);
+    cursor_ = 0;
+  }
+  const int64_t n = std::min(batch_size_, order_.size(0));
+  auto idx = order_.narrow(0, cursor_, n);
+  cursor_ += n;
+  Batch b;
+  // x = pixel / 127.5 − 1 ∈ [−1, 1]
+  b.x0 = (data_.images.index_select(0, idx).to(device_).to(torch::kFloat32) / 127.5 - 1.0);
+  b.labels = data_.labels.index_select(0, idx).to(device_);
+  return b;
+}
+
+void BatchLoader::restore(const torch::Tensor& order, int64_t cursor) {
+  TORCH_CHECK(order.numel() == data_.size(), "BatchLoader::restore: saved order has ", order.numel(),
+              " entries but the data set has ", data_.size(), " images (different data?)");
+  order_ = order.to(torch::kLong);
+  cursor_ = cursor;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,102 @@
+#include "diffuse/diffusion/gaussian_diffusion.h"
+
+#include <stdexcept>
+
+namespace diffuse {
+
+std::string to_string(Objective objective) { return objective == Objective::eps ? "eps" : "x0"; }
+
+Objective objective_from_string(const std::string& name) {
+  if (name == "eps") return Objective::eps;
+  if (name == "x0") return Objective::x0;
+  throw std::invalid_argument("unknown objective '" + name + "' (expected eps or x0)");
+}
+
+torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, int64_t ndim) {
+  std::vector<int64_t> shape(ndim, 1);
+  shape[0] = t.size(0);
+  return table.index_select(0, t.to(table.device(), torch::kLong)).view(shape);
+}
+
+GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device)
+    : schedule_(std::move(schedule)), objective_(objective), device_(device) {
+  betas_ = NoiseSchedule::tensor(schedule_.betas, device);
+  alphas_ = NoiseSchedule::tensor(schedule_.alphas, device);
+  sqrt_alpha_bar_ = NoiseSchedule::tensor(schedule_.sqrt_alpha_bar, device);
+  sqrt_one_minus_alpha_bar_ = NoiseSchedule::tensor(schedule_.sqrt_one_minus_alpha_bar, device);
+  posterior_variance_ = NoiseSchedule::tensor(schedule_.posterior_variance, device);
+  posterior_log_variance_clipped_ = NoiseSchedule::tensor(schedule_.posterior_log_variance_clipped, device);
+  posterior_mean_coef1_ = NoiseSchedule::tensor(schedule_.posterior_mean_coef1, device);
+  posterior_mean_coef2_ = NoiseSchedule::tensor(schedule_.posterior_mean_coef2, device);
+}
+
+torch::Tensor GaussianDiffusion::q_sample(const torch::Tensor& x0, const torch::Tensor& t,
+                                          const torch::Tensor& noise) const {
+  const auto n = x0.dim();
+  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+  return extract(sqrt_alpha_bar_, t, n) * x0 + extract(sqrt_one_minus_alpha_bar_, t, n) * noise;
+}
+
+PosteriorMeanVariance GaussianDiffusion::q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t,
+                                                     const torch::Tensor& t) const {
+  const auto n = x_t.dim();
+  PosteriorMeanVariance out;
+  // μ̃_t = β_t √ᾱ_{t−1}/(1 − ᾱ_t) · x_0 + (1 − ᾱ_{t−1}) √α_t/(1 − ᾱ_t) · x_t
+  out.mean = extract(posterior_mean_coef1_, t, n) * x0 + extract(posterior_mean_coef2_, t, n) * x_t;
+  out.variance = extract(posterior_variance_, t, n);                      // β̃_t
+  out.log_variance = extract(posterior_log_variance_clipped_, t, n);
+  return out;
+}
+
+torch::Tensor GaussianDiffusion::predict_x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& t,
+                                                     const torch::Tensor& eps) const {
+  const auto n = x_t.dim();
+  // x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t
+  return (x_t - extract(sqrt_one_minus_alpha_bar_, t, n) * eps) / extract(sqrt_alpha_bar_, t, n);
+}
+
+torch::Tensor GaussianDiffusion::predict_eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& t,
+                                                     const torch::Tensor& x0) const {
+  const auto n = x_t.dim();
+  // ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
+  return (x_t - extract(sqrt_alpha_bar_, t, n) * x0) / extract(sqrt_one_minus_alpha_bar_, t, n);
+}
+
+Prediction GaussianDiffusion::split_model_output(const torch::Tensor& model_out, const torch::Tensor& x_t,
+                                                 const torch::Tensor& t, bool clip_x0) const {
+  Prediction p;
+  if (objective_ == Objective::eps) {
+    p.eps = model_out;
+    p.x0 = predict_x0_from_eps(x_t, t, model_out);
+  } else {
+    p.x0 = model_out;
+    p.eps = predict_eps_from_x0(x_t, t, model_out);
+  }
+  if (clip_x0) {
+    p.x0 = p.x0.clamp(-1.0, 1.0);
+    p.eps = predict_eps_from_x0(x_t, t, p.x0);
+  }
+  return p;
+}
+
+torch::Tensor GaussianDiffusion::p_mean_from_eps(const torch::Tensor& x_t, const torch::Tensor& t,
+                                                 const torch::Tensor& eps) const {
+  const auto n = x_t.dim();
+  // μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε_θ) / √α_t
+  const auto eps_coef = extract(betas_, t, n) / extract(sqrt_one_minus_alpha_bar_, t, n);
+  return (x_t - eps_coef * eps) / extract(alphas_, t, n).sqrt();
+}
+
+torch::Tensor GaussianDiffusion::training_target(const torch::Tensor& x0, const torch::Tensor& noise) const {
+  return objective_ == Objective::eps ? noise : x0;
+}
+
+torch::Tensor GaussianDiffusion::loss_simple(const torch::Tensor& model_out, const torch::Tensor& target) {
+  return (model_out - target).pow(2).mean();
+}
+
+torch::Tensor GaussianDiffusion::sample_timesteps(int64_t batch, const c10::optional<torch::Generator>& gen) const {
+  return torch::randint(0, timesteps(), {batch}, gen, torch::dtype(torch::kLong)).to(device_);
+}
+
+}  // namespace diffuse

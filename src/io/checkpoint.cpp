@@ -1,0 +1,106 @@
+#include "diffuse/io/checkpoint.h"
+
+#include <filesystem>
+#include <stdexcept>
+
+namespace diffuse {
+
+namespace {
+constexpr const char* kFormat = "diffuse-checkpoint-1";
+}
+
+nlohmann::json to_json(const ScheduleConfig& c) {
+  return {{"kind", to_string(c.kind)}, {"timesteps", c.timesteps}, {"beta_start", c.beta_start}, {"beta_end", c.beta_end}};
+}
+
+ScheduleConfig schedule_config_from_json(const nlohmann::json& j) {
+  ScheduleConfig c;
+  c.kind = beta_schedule_from_string(j.at("kind").get<std::string>());
+  c.timesteps = j.at("timesteps").get<int64_t>();
+  c.beta_start = j.at("beta_start").get<double>();
+  c.beta_end = j.at("beta_end").get<double>();
+  return c;
+}
+
+std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info) {
+  nlohmann::json data = {{"name", info.data.name},
+                         {"channels", info.data.channels},
+                         {"image_size", info.data.image_size},
+                         {"num_classes", info.data.num_classes}};
+  return {{"format", kFormat},
+          {"model", to_json(info.model).dump()},
+          {"schedule", to_json(info.schedule).dump()},
+          {"objective", to_string(info.objective)},
+          {"data", data.dump()},
+          {"step", std::to_string(info.step)}};
+}
+
+CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::string>& md, const std::string& source) {
+  auto field = [&](const std::string& key) -> const std::string& {
+    auto it = md.find(key);
+    if (it == md.end()) {
+      throw std::runtime_error("checkpoint '" + source + "': metadata has no '" + key +
+                               "' (not a diffuse checkpoint?)");
+    }
+    return it->second;
+  };
+  if (field("format") != kFormat) {
+    throw std::runtime_error("checkpoint '" + source + "': format '" + field("format") + "', expected '" + kFormat + "'");
+  }
+  CheckpointInfo info;
+  try {
+    info.model = unet_config_from_json(nlohmann::json::parse(field("model")));
+    info.schedule = schedule_config_from_json(nlohmann::json::parse(field("schedule")));
+    info.objective = objective_from_string(field("objective"));
+    const auto data = nlohmann::json::parse(field("data"));
+    info.data.name = data.at("name").get<std::string>();
+    info.data.channels = data.at("channels").get<int64_t>();
+    info.data.image_size = data.at("image_size").get<int64_t>();
+    info.data.num_classes = data.at("num_classes").get<int64_t>();
+    info.step = std::stoll(field("step"));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + source + "': bad metadata: " + e.what());
+  }
+  return info;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& module) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : module.named_parameters()) out.emplace_back(p.key(), p.value());
+  for (const auto& b : module.named_buffers()) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+void load_named_state(torch::nn::Module& module, const SafetensorsContent& content, const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  auto copy_into = [&](const std::string& name, torch::Tensor& dst) {
+    const auto& src = content.at(prefix + name);
+    if (src.sizes() != dst.sizes()) {
+      std::ostringstream msg;
+      msg << "'" << content.source << "': tensor '" << prefix + name << "' has shape " << src.sizes()
+          << " but the model expects " << dst.sizes();
+      throw std::runtime_error(msg.str());
+    }
+    dst.copy_(src);
+  };
+  for (auto& p : module.named_parameters()) copy_into(p.key(), p.value());
+  for (auto& b : module.named_buffers()) copy_into(b.key(), b.value());
+}
+
+void save_checkpoint(const std::string& path, const UNet& model, const CheckpointInfo& info) {
+  save_safetensors(path, named_state(*model), checkpoint_metadata(info));
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& path, torch::Device device) {
+  if (!std::filesystem::exists(path)) throw std::runtime_error("checkpoint '" + path + "' does not exist");
+  const auto content = load_safetensors(path);
+  LoadedCheckpoint out;
+  out.info = checkpoint_info_from_metadata(content.metadata, path);
+  out.model = UNet(out.info.model);
+  load_named_state(*out.model, content);
+  out.model->to(device);
+  out.model->eval();
+  return out;
+}
+
+}  // namespace diffuse

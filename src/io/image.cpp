@@ -1,0 +1,85 @@
+#include "diffuse/io/image.h"
+
+#include <stb/stb_image.h>
+#include <stb/stb_image_resize.h>
+#include <stb/stb_image_write.h>
+
+#include <cmath>
+#include <memory>
+#include <stdexcept>
+
+#include "diffuse/io/atomic_file.h"
+
+namespace diffuse {
+
+torch::Tensor to_uint8(const torch::Tensor& x) {
+  return ((x.detach().to(torch::kCPU, torch::kFloat32) + 1.0) * 127.5).round().clamp(0, 255).to(torch::kUInt8);
+}
+
+torch::Tensor from_uint8(const torch::Tensor& x) { return x.to(torch::kFloat32) / 127.5 - 1.0; }
+
+torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow, int64_t padding) {
+  TORCH_CHECK(images.dim() == 4, "make_grid: expected [N, C, H, W], got ", images.sizes());
+  const int64_t N = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
+  if (nrow <= 0) nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(N))));
+  const int64_t cols = std::min(nrow, std::max<int64_t>(N, 1));
+  const int64_t rows = (N + cols - 1) / cols;
+  auto grid = torch::zeros({C, rows * (H + padding) + padding, cols * (W + padding) + padding},
+                           images.options().device(torch::kCPU).dtype(torch::kFloat32));
+  auto src = images.detach().to(torch::kCPU, torch::kFloat32);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t r = i / cols, c = i % cols;
+    grid.narrow(1, padding + r * (H + padding), H).narrow(2, padding + c * (W + padding), W).copy_(src[i]);
+  }
+  return grid;
+}
+
+std::string encode_png(const torch::Tensor& image_u8) {
+  TORCH_CHECK(image_u8.dim() == 3 && (image_u8.size(0) == 1 || image_u8.size(0) == 3),
+              "encode_png: expected [1 or 3, H, W], got ", image_u8.sizes());
+  auto hwc = image_u8.to(torch::kCPU, torch::kUInt8).permute({1, 2, 0}).contiguous();
+  const int h = static_cast<int>(hwc.size(0)), w = static_cast<int>(hwc.size(1)), c = static_cast<int>(hwc.size(2));
+  std::string out;
+  auto sink = [](void* ctx, void* data, int size) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), size); };
+  if (!stbi_write_png_to_func(sink, &out, w, h, c, hwc.data_ptr<uint8_t>(), w * c)) {
+    throw std::runtime_error("PNG encoding failed");
+  }
+  return out;
+}
+
+void save_image_png(const std::string& path, const torch::Tensor& image) {
+  write_file_atomic(path, encode_png(to_uint8(image)));
+}
+
+void save_grid_png(const std::string& path, const torch::Tensor& images, int64_t nrow) {
+  save_image_png(path, make_grid(images, nrow));
+}
+
+int image_file_channels(const std::string& path) {
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info(path.c_str(), &w, &h, &c)) {
+    throw std::runtime_error("cannot read image '" + path + "': " + (stbi_failure_reason() ? stbi_failure_reason() : "unknown format"));
+  }
+  return c;
+}
+
+torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size) {
+  TORCH_CHECK(channels == 1 || channels == 3, "load_image_u8: channels must be 1 or 3");
+  int w = 0, h = 0, c = 0;
+  std::unique_ptr<unsigned char, void (*)(void*)> pixels(stbi_load(path.c_str(), &w, &h, &c, channels), stbi_image_free);
+  if (!pixels) {
+    throw std::runtime_error("cannot decode image '" + path + "': " + (stbi_failure_reason() ? stbi_failure_reason() : "unknown error"));
+  }
+  auto hwc = torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).clone();
+  if (size > 0 && (h != size || w != size)) {
+    auto resized = torch::empty({size, size, channels}, torch::kUInt8);
+    if (!stbir_resize_uint8(hwc.data_ptr<uint8_t>(), w, h, 0, resized.data_ptr<uint8_t>(), static_cast<int>(size),
+                            static_cast<int>(size), 0, channels)) {
+      throw std::runtime_error("cannot resize image '" + path + "'");
+    }
+    hwc = resized;
+  }
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+}  // namespace diffuse

@@ -1,0 +1,133 @@
+#include "diffuse/model/unet.h"
+
+#include <algorithm>
+
+namespace diffuse {
+
+namespace F = torch::nn::functional;
+
+namespace {
+bool has_attention(const UNetConfig& c, int64_t resolution) {
+  return std::find(c.attention_resolutions.begin(), c.attention_resolutions.end(), resolution) !=
+         c.attention_resolutions.end();
+}
+}  // namespace
+
+UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
+  const auto& c = config_;
+  const int64_t time_dim = c.time_embed_dim();
+  for (int64_t m : c.channel_mult) {
+    TORCH_CHECK((c.channels * m) % c.norm_groups == 0, "UNet: width ", c.channels * m,
+                " is not divisible by norm_groups ", c.norm_groups);
+  }
+
+  time_fc1 = register_module("time_fc1", torch::nn::Linear(c.channels, time_dim));
+  time_fc2 = register_module("time_fc2", torch::nn::Linear(time_dim, time_dim));
+  if (c.num_classes > 0) {  // one extra row: the "no label" class used for guidance
+    label_embedding = register_module("label_embedding", torch::nn::Embedding(c.num_classes + 1, time_dim));
+  }
+  conv_in = register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c.channels, 3).padding(1)));
+
+  // Down path; remember the width of every tensor pushed onto the skip stack.
+  std::vector<int64_t> skip_channels{c.channels};
+  int64_t width = c.channels, resolution = c.image_size;
+  const int64_t levels = static_cast<int64_t>(c.channel_mult.size());
+  for (int64_t level = 0; level < levels; ++level) {
+    const int64_t out = c.channels * c.channel_mult[level];
+    for (int64_t b = 0; b < c.num_res_blocks; ++b) {
+      Stage s;
+      const std::string name = "down_" + std::to_string(level) + "_" + std::to_string(b);
+      s.res = register_module(name + "_res", ResBlock(width, out, time_dim, c.dropout, c.norm_groups));
+      width = out;
+      if (has_attention(c, resolution)) s.attn = register_module(name + "_attn", AttentionBlock(width, c.norm_groups));
+      down_.push_back(s);
+      skip_channels.push_back(width);
+    }
+    if (level != levels - 1) {
+      Stage s;
+      s.down = register_module("down_" + std::to_string(level) + "_downsample", Downsample(width));
+      down_.push_back(s);
+      skip_channels.push_back(width);
+      resolution = downsampled_size(resolution);
+    }
+  }
+
+  mid_res1 = register_module("mid_res1", ResBlock(width, width, time_dim, c.dropout, c.norm_groups));
+  mid_attn = register_module("mid_attn", AttentionBlock(width, c.norm_groups));
+  mid_res2 = register_module("mid_res2", ResBlock(width, width, time_dim, c.dropout, c.norm_groups));
+
+  // Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
+  std::vector<int64_t> resolutions{c.image_size};
+  for (int64_t level = 1; level < levels; ++level) resolutions.push_back(downsampled_size(resolutions.back()));
+  for (int64_t level = levels - 1; level >= 0; --level) {
+    const int64_t out = c.channels * c.channel_mult[level];
+    for (int64_t b = 0; b <= c.num_res_blocks; ++b) {
+      Stage s;
+      const std::string name = "up_" + std::to_string(level) + "_" + std::to_string(b);
+      const int64_t skip = skip_channels.back();
+      skip_channels.pop_back();
+      s.res = register_module(name + "_res", ResBlock(width + skip, out, time_dim, c.dropout, c.norm_groups));
+      width = out;
+      if (has_attention(c, resolutions[level])) s.attn = register_module(name + "_attn", AttentionBlock(width, c.norm_groups));
+      up_.push_back(s);
+    }
+    if (level != 0) {
+      Stage s;
+      s.up = register_module("up_" + std::to_string(level) + "_upsample", Upsample(width));
+      up_.push_back(s);
+    }
+  }
+
+  norm_out = register_module("norm_out", torch::nn::GroupNorm(c.norm_groups, width));
+  conv_out = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, c.in_channels, 3).padding(1)));
+
+  // DDPM initialisation; layers that end a residual branch start at zero.
+  init_xavier(*this);
+  for (auto& m : modules(/*include_self=*/false)) {
+    if (auto* r = m->as<ResBlockImpl>()) r->zero_last_layer();
+    if (auto* a = m->as<AttentionBlockImpl>()) a->zero_last_layer();
+  }
+  init_zero(conv_out);
+}
+
+torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y) {
+  TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == config_.in_channels, "UNet: expected [B, ", config_.in_channels,
+              ", H, W] input, got ", x_t.sizes());
+  // Time (and label) embedding: [B] → [B, 4·ch]
+  auto emb = time_fc2(F::silu(time_fc1(timestep_embedding(t, config_.channels))));
+  if (label_embedding && y.defined()) emb = emb + label_embedding(y);
+
+  auto h = conv_in(x_t);
+  std::vector<torch::Tensor> skips{h};
+  for (auto& s : down_) {
+    if (s.down) {
+      h = s.down(h);
+    } else {
+      h = s.res(h, emb);
+      if (s.attn) h = s.attn(h);
+    }
+    skips.push_back(h);
+  }
+
+  h = mid_res2(mid_attn(mid_res1(h, emb)), emb);
+
+  for (auto& s : up_) {
+    if (s.up) {
+      const auto& next_skip = skips.back();
+      h = s.up(h, next_skip.size(2), next_skip.size(3));
+    } else {
+      h = s.res(torch::cat({h, skips.back()}, 1), emb);
+      skips.pop_back();
+      if (s.attn) h = s.attn(h);
+    }
+  }
+  return conv_out(F::silu(norm_out(h)));
+}
+
+int64_t UNetImpl::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,95 @@
+#include "diffuse/model/unet_blocks.h"
+
+#include <cmath>
+
+namespace diffuse {
+
+namespace F = torch::nn::functional;
+
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
+  TORCH_CHECK(dim % 2 == 0, "timestep_embedding: dim must be even, got ", dim);
+  const int64_t half = dim / 2;
+  const double scale = std::log(10000.0) / static_cast<double>(half - 1);
+  // freqs[k] = exp(−k · log(10000)/(h − 1))
+  auto freqs = torch::exp(torch::arange(half, torch::dtype(torch::kFloat32).device(t.device())) * -scale);
+  auto args = t.to(torch::kFloat32).unsqueeze(1) * freqs.unsqueeze(0);  // [B, h]
+  return torch::cat({torch::sin(args), torch::cos(args)}, 1);
+}
+
+static torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2));
+}
+
+void init_xavier(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& m : module.modules(/*include_self=*/false)) {
+    if (auto* c = m->as<torch::nn::Conv2d>()) {
+      torch::nn::init::xavier_uniform_(c->weight);
+      torch::nn::init::zeros_(c->bias);
+    } else if (auto* l = m->as<torch::nn::Linear>()) {
+      torch::nn::init::xavier_uniform_(l->weight);
+      torch::nn::init::zeros_(l->bias);
+    }
+  }
+}
+
+void init_zero(torch::nn::Conv2d& c) {
+  torch::NoGradGuard no_grad;
+  c->weight.zero_();
+  c->bias.zero_();
+}
+
+ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t time_dim, double dropout,
+                           int64_t groups) {
+  norm1 = register_module("norm1", torch::nn::GroupNorm(groups, in_channels));
+  conv1 = register_module("conv1", conv(in_channels, out_channels, 3));
+  time_proj = register_module("time_proj", torch::nn::Linear(time_dim, out_channels));
+  norm2 = register_module("norm2", torch::nn::GroupNorm(groups, out_channels));
+  dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
+  conv2 = register_module("conv2", conv(out_channels, out_channels, 3));
+  if (in_channels != out_channels) shortcut = register_module("shortcut", conv(in_channels, out_channels, 1));
+}
+
+torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
+  auto h = conv1(F::silu(norm1(x)));
+  h = h + time_proj(F::silu(emb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] → [B, C, 1, 1]
+  h = conv2(dropout_(F::silu(norm2(h))));
+  return (shortcut ? shortcut(x) : x) + h;
+}
+
+void ResBlockImpl::zero_last_layer() { init_zero(conv2); }
+
+AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups) : channels_(channels) {
+  norm = register_module("norm", torch::nn::GroupNorm(groups, channels));
+  qkv = register_module("qkv", conv(channels, 3 * channels, 1));  // q, k and v in one 1×1 conv
+  proj_out = register_module("proj_out", conv(channels, channels, 1));
+}
+
+torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
+  const auto B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto qkv_out = qkv(norm(x)).reshape({B, 3, C, H * W});
+  auto q = qkv_out.select(1, 0), k = qkv_out.select(1, 1), v = qkv_out.select(1, 2);  // [B, C, N]
+  // weights[b, i, j] = softmax_j(q_i · k_j / √C)                        [B, N, N]
+  auto weights = torch::softmax(torch::matmul(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C)), -1);
+  auto h = torch::matmul(v, weights.transpose(1, 2));                  // [B, C, N]
+  return x + proj_out(h.reshape({B, C, H, W}));
+}
+
+void AttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }
+
+DownsampleImpl::DownsampleImpl(int64_t channels) {
+  conv = register_module("conv", diffuse::conv(channels, channels, 3, /*stride=*/2));
+}
+
+torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) { return conv(x); }
+
+UpsampleImpl::UpsampleImpl(int64_t channels) { conv = register_module("conv", diffuse::conv(channels, channels, 3)); }
+
+torch::Tensor UpsampleImpl::forward(const torch::Tensor& x, int64_t height, int64_t width) {
+  auto up = F::interpolate(x, F::InterpolateFuncOptions()
+                                  .size(std::vector<int64_t>{height, width})
+                                  .mode(torch::kNearest));
+  return conv(up);
+}
+
+}  // namespace diffuse

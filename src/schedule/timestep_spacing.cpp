@@ -1,0 +1,69 @@
+#include "diffuse/schedule/timestep_spacing.h"
+
+#include <algorithm>
+#include <cfenv>
+#include <cmath>
+#include <stdexcept>
+
+namespace diffuse {
+
+std::string to_string(TimestepSpacing spacing) {
+  switch (spacing) {
+    case TimestepSpacing::leading: return "leading";
+    case TimestepSpacing::trailing: return "trailing";
+    case TimestepSpacing::linspace: return "linspace";
+  }
+  return "?";
+}
+
+TimestepSpacing timestep_spacing_from_string(const std::string& name) {
+  if (name == "leading") return TimestepSpacing::leading;
+  if (name == "trailing") return TimestepSpacing::trailing;
+  if (name == "linspace") return TimestepSpacing::linspace;
+  throw std::invalid_argument("unknown timestep spacing '" + name +
+                              "' (expected leading, trailing or linspace)");
+}
+
+namespace {
+// numpy.round: round half to even (std::nearbyint under the default rounding mode).
+int64_t round_half_even(double x) {
+  const int previous = std::fegetround();
+  std::fesetround(FE_TONEAREST);
+  const double r = std::nearbyint(x);
+  std::fesetround(previous);
+  return static_cast<int64_t>(r);
+}
+}  // namespace
+
+std::vector<int64_t> spaced_timesteps(int64_t T, int64_t S, TimestepSpacing spacing) {
+  if (S < 1 || S > T) {
+    throw std::invalid_argument("sampler steps must be in [1, " + std::to_string(T) + "], got " +
+                                std::to_string(S));
+  }
+  std::vector<int64_t> out;
+  out.reserve(S);
+  switch (spacing) {
+    case TimestepSpacing::leading: {
+      const int64_t k = T / S;
+      for (int64_t j = S - 1; j >= 0; --j) out.push_back(j * k);
+      break;
+    }
+    case TimestepSpacing::trailing: {
+      const double r = static_cast<double>(T) / static_cast<double>(S);
+      for (int64_t j = 0; j < S; ++j) out.push_back(round_half_even(static_cast<double>(T) - j * r) - 1);
+      break;
+    }
+    case TimestepSpacing::linspace: {
+      // numpy: step = (T − 1)/(S − 1); value_j = j·step; the last value is exactly T − 1.
+      const double step = S == 1 ? 0.0 : static_cast<double>(T - 1) / static_cast<double>(S - 1);
+      for (int64_t j = S - 1; j >= 0; --j) {
+        const double v = (j == S - 1 && S > 1) ? static_cast<double>(T - 1) : static_cast<double>(j) * step;
+        out.push_back(round_half_even(v));
+      }
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,100 @@
+// The `diffuse` binary as a user meets it: output formats, and bad input → a clear message and
+// a non-zero exit.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "diffuse/io/atomic_file.h"
+#include "diffuse_build_paths.h"
+#include "support/temp_dir.h"
+
+using diffuse::testing::TempDir;
+
+namespace {
+
+struct Run {
+  int status;
+  std::string output;  // stdout and stderr together
+};
+
+Run run(const std::string& args) {
+  const std::string cmd = std::string(DIFFUSE_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace
+
+TEST(Cli, ScheduleCsvHasTheDocumentedHeaderAndFullPrecision) {
+  auto r = run("schedule --schedule linear --timesteps 10");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::istringstream lines(r.output);
+  std::string header, first;
+  std::getline(lines, header);
+  std::getline(lines, first);
+  EXPECT_EQ(header, "t,beta,alpha,alpha_bar,posterior_variance,posterior_mean_coef1,posterior_mean_coef2,snr");
+  EXPECT_EQ(first.substr(0, 9), "1,0.0001,");
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 11);
+  auto ts = run("schedule --sampler ddim --steps 10 --spacing trailing");
+  EXPECT_EQ(ts.output, "999,899,799,699,599,499,399,299,199,99\n");
+}
+
+TEST(Cli, BadFlagsAreRejectedWithAMessage) {
+  for (const std::string args : {"schedule --schedule quadratic", "schedule --steps 0 --sampler ddim",
+                                 "train --data mnist", "sample --checkpoint /no/such/file.safetensors --out x.png",
+                                 "frobnicate", "sample --sampler euler --checkpoint x"}) {
+    auto r = run(args);
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_FALSE(r.output.empty()) << args;
+  }
+  auto r = run("schedule --sampler ddim --steps 2000");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("sampler steps must be in [1, 1000]"), std::string::npos) << r.output;
+}
+
+TEST(Cli, CorruptDataAndCheckpointsAreClearErrors) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "data");
+  diffuse::write_file_atomic(dir / "data/train-images-idx3-ubyte", std::string("\0\0\x08\x03\0\0\0\x05", 8));
+  diffuse::write_file_atomic(dir / "data/train-labels-idx1-ubyte", std::string("\0\0\x08\x01\0\0\0\x05", 8));
+  auto r = run("train --data " + dir / "data" + " --out " + dir / "run" + " --steps 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("train-images-idx3-ubyte"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
+
+  diffuse::write_file_atomic(dir / "bad.safetensors", "garbage that is not a checkpoint");
+  r = run("sample --checkpoint " + dir / "bad.safetensors" + " --out " + dir / "x.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("bad.safetensors"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));
+}
+
+TEST(Cli, TrainThenSampleEndToEnd) {
+  TempDir dir;
+  auto r = run("--threads 1 train --data mnist --limit 32 --model tiny --steps 3 --batch-size 4 --timesteps 50 "
+               "--preview-n 4 --no-progress --out " + dir / "run");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string ckpt = dir / "run/checkpoint.safetensors";
+  r = run("sample --checkpoint " + ckpt + " --sampler ddpm --n 3 --seed 5 --no-progress --out " + dir / "a.png" +
+          " --out-dir " + dir / "imgs" + " --trajectory " + dir / "traj.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("sample --checkpoint " + ckpt + " --sampler ddpm --n 3 --seed 5 --no-progress --out " + dir / "b.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(diffuse::read_file(dir / "a.png"), diffuse::read_file(dir / "b.png"));  // same seed, same bytes
+  EXPECT_TRUE(std::filesystem::exists(dir / "imgs/000002.png"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "traj.png"));
+  r = run("sample --checkpoint " + ckpt + " --sampler ddim --steps 100 --out " + dir / "c.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("exceeds the checkpoint's T = 50"), std::string::npos) << r.output;
+}

@@ -1,0 +1,143 @@
+// Data: the shipped MNIST, IDX validation, image folders, CIFAR-10 records, the batch loader.
+#include <gtest/gtest.h>
+
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "diffuse/data/dataset.h"
+#include "diffuse/data/idx.h"
+#include "diffuse/io/atomic_file.h"
+#include "diffuse/io/image.h"
+#include "support/temp_dir.h"
+
+using namespace diffuse;
+using diffuse::testing::TempDir;
+
+namespace {
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// An IDX image file with n images of h×w, as raw bytes.
+std::string idx_images(int n, int h, int w) {
+  std::string s = {0, 0, 8, 3};
+  for (int v : {n, h, w}) {
+    for (int shift : {24, 16, 8, 0}) s.push_back(static_cast<char>((v >> shift) & 0xff));
+  }
+  for (int i = 0; i < n * h * w; ++i) s.push_back(static_cast<char>(i % 251));
+  return s;
+}
+}  // namespace
+
+TEST(Mnist, TheShippedCopyLoadsWithTheRightShapesAndLabels) {
+  auto train = load_dataset("mnist", Split::train);
+  auto test = load_dataset("mnist", Split::test);
+  EXPECT_EQ(train.images.sizes(), (std::vector<int64_t>{60000, 1, 28, 28}));
+  EXPECT_EQ(test.images.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
+  EXPECT_EQ(train.num_classes, 10);
+  // Published MNIST facts: the first training labels are 5, 0, 4, 1, 9; the test set has 1135 ones.
+  EXPECT_EQ(train.labels.narrow(0, 0, 5).equal(torch::tensor({5, 0, 4, 1, 9}, torch::kLong)), true);
+  EXPECT_EQ(test.labels.eq(1).sum().item<int64_t>(), 1135);
+  EXPECT_EQ(load_dataset("mnist", Split::train, DataOptions{32, 100}).size(), 100);
+}
+
+TEST(Idx, ReadsPlainAndGzipAndRejectsDamage) {
+  TempDir dir;
+  const auto good = idx_images(3, 4, 5);
+  write_file_atomic(dir / "plain", good);
+  auto t = read_idx_u8(dir / "plain", 3);
+  EXPECT_EQ(t.sizes(), (std::vector<int64_t>{3, 4, 5}));
+  EXPECT_EQ(t[2][3][4].item<uint8_t>(), (2 * 20 + 3 * 5 + 4) % 251);
+  {
+    gzFile f = gzopen((dir / "z.gz").c_str(), "wb");
+    gzwrite(f, good.data(), static_cast<unsigned>(good.size()));
+    gzclose(f);
+  }
+  EXPECT_TRUE(torch::equal(read_idx_u8(dir / "z.gz", 3), t));
+
+  write_file_atomic(dir / "cut", good.substr(0, good.size() - 7));
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "cut", 3); }).find("truncated"), std::string::npos);
+  write_file_atomic(dir / "long", good + "xx");
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "long", 3); }).find("trailing bytes"), std::string::npos);
+  std::string bad = good;
+  bad[0] = 7;
+  write_file_atomic(dir / "magic", bad);
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "magic", 3); }).find("bad magic"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "plain", 1); }).find("3 dimensions, expected 1"), std::string::npos);
+  write_file_atomic(dir / "head", good.substr(0, 6));
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "head", 3); }).find("header"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "absent", 3); }).find("absent"), std::string::npos);
+}
+
+TEST(Idx, DirectoryWithMismatchedCountsIsAnError) {
+  TempDir dir;
+  write_file_atomic(dir / "train-images-idx3-ubyte", idx_images(3, 2, 2));
+  std::string labels = {0, 0, 8, 1, 0, 0, 0, 2, 1, 2};
+  write_file_atomic(dir / "train-labels-idx1-ubyte", labels);
+  const auto msg = error_of([&] { load_dataset(dir.str(), Split::train); });
+  EXPECT_NE(msg.find("3 images"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("2 labels"), std::string::npos) << msg;
+}
+
+TEST(ImageFolder, ClassesAreSubfoldersAndImagesAreResized) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "cats");
+  std::filesystem::create_directories(dir / "dogs");
+  save_image_png(dir / "cats/a.png", torch::zeros({3, 10, 10}));
+  save_image_png(dir / "cats/b.png", torch::ones({3, 20, 16}));
+  save_image_png(dir / "dogs/c.png", torch::full({1, 8, 8}, -1.0));
+  auto d = load_dataset(dir.str(), Split::train, DataOptions{12, 0});
+  EXPECT_EQ(d.images.sizes(), (std::vector<int64_t>{3, 3, 12, 12}));
+  EXPECT_EQ(d.num_classes, 2);
+  EXPECT_TRUE(d.labels.equal(torch::tensor({0, 0, 1}, torch::kLong)));
+  EXPECT_EQ(d.images[1].min().item<uint8_t>(), 255);  // white stays white after resizing
+  EXPECT_EQ(d.images[2].max().item<uint8_t>(), 0);    // grey file promoted to RGB
+  write_file_atomic(dir / "dogs/broken.png", "not a png");
+  EXPECT_NE(error_of([&] { load_dataset(dir.str(), Split::train); }).find("broken.png"), std::string::npos);
+}
+
+TEST(Cifar10, ReadsBinaryRecordsAndRejectsTruncatedBatches) {
+  TempDir dir;
+  std::string records;
+  for (int r = 0; r < 2; ++r) {
+    records.push_back(static_cast<char>(r + 3));  // label
+    for (int i = 0; i < 3072; ++i) records.push_back(static_cast<char>(i < 1024 ? 10 * r : (i < 2048 ? 100 : 200)));
+  }
+  write_file_atomic(dir / "data_batch_1.bin", records);
+  auto d = load_cifar10(dir.str(), Split::train, {});
+  EXPECT_EQ(d.images.sizes(), (std::vector<int64_t>{2, 3, 32, 32}));
+  EXPECT_TRUE(d.labels.equal(torch::tensor({3, 4}, torch::kLong)));
+  EXPECT_EQ(d.images[1][0][5][5].item<uint8_t>(), 10);   // R plane of record 1
+  EXPECT_EQ(d.images[1][2][31][31].item<uint8_t>(), 200);  // B plane
+  write_file_atomic(dir / "data_batch_2.bin", records.substr(0, 4000));
+  EXPECT_NE(error_of([&] { load_cifar10(dir.str(), Split::train, {}); }).find("truncated"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_cifar10(dir.str(), Split::test, {}); }).find("DIFFUSE_CIFAR10_DIR"), std::string::npos);
+}
+
+TEST(BatchLoader, SeededOrderIsReproducibleAndCoversTheEpoch) {
+  Dataset d;
+  d.name = "counting";
+  d.images = torch::arange(10, torch::kUInt8).view({10, 1, 1, 1});
+  d.labels = torch::arange(10, torch::kLong);
+  auto epoch = [&](uint64_t seed) {
+    torch::manual_seed(seed);
+    BatchLoader loader(d, 5, torch::kCPU);
+    return torch::cat({loader.next().labels, loader.next().labels});
+  };
+  auto a = epoch(1), b = epoch(1);
+  EXPECT_TRUE(a.equal(b));
+  EXPECT_TRUE(std::get<0>(a.sort()).equal(torch::arange(10, torch::kLong)));  // every image once
+  torch::manual_seed(1);
+  BatchLoader loader(d, 5, torch::kCPU);
+  auto batch = loader.next();
+  // pixel value v ↦ v/127.5 − 1
+  EXPECT_TRUE(torch::allclose(batch.x0.flatten(), batch.labels.to(torch::kFloat32) / 127.5 - 1.0));
+}

@@ -1,0 +1,145 @@
+// safetensors, checkpoints and PNG: round trips, and clear errors for damaged files.
+#include <gtest/gtest.h>
+
+#include <stb/stb_image.h>
+
+#include <filesystem>
+
+#include "diffuse/io/atomic_file.h"
+#include "diffuse/io/checkpoint.h"
+#include "diffuse/io/image.h"
+#include "diffuse/io/safetensors.h"
+#include "support/temp_dir.h"
+
+using namespace diffuse;
+using diffuse::testing::TempDir;
+
+namespace {
+// Runs f and returns the message of the std::exception it throws ("" if none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Safetensors, RoundTripsTensorsAndMetadata) {
+  TempDir dir;
+  auto a = torch::randn({3, 4});
+  auto b = torch::arange(10, torch::kLong);
+  auto c = torch::randint(0, 255, {2, 2}, torch::kUInt8);
+  save_safetensors(dir / "x.safetensors", {{"a", a}, {"b", b}, {"c", c}}, {{"note", "hello"}});
+  auto loaded = load_safetensors(dir / "x.safetensors");
+  EXPECT_TRUE(torch::equal(loaded.at("a"), a));
+  EXPECT_TRUE(torch::equal(loaded.at("b"), b));
+  EXPECT_TRUE(torch::equal(loaded.at("c"), c));
+  EXPECT_EQ(loaded.metadata.at("note"), "hello");
+  EXPECT_NE(error_of([&] { loaded.at("missing"); }).find("missing"), std::string::npos);
+  // The layout any reader expects: 8-byte length, JSON header, data aligned to 8 bytes.
+  const auto bytes = read_file(dir / "x.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ(n % 8, 0u);
+  EXPECT_EQ(bytes[8], '{');
+  EXPECT_EQ(bytes.size(), 8 + n + 3 * 4 * 4 + 10 * 8 + 4);
+}
+
+TEST(Safetensors, DamagedFilesGiveErrorsNamingTheFile) {
+  TempDir dir;
+  const auto good = safetensors_serialize({{"w", torch::ones({100})}}, {});
+  EXPECT_NE(error_of([&] { safetensors_parse(good.substr(0, good.size() - 10), "cut.st"); }).find("cut.st"), std::string::npos);
+  EXPECT_NE(error_of([&] { safetensors_parse(good.substr(0, 5), "tiny.st"); }).find("shorter than 8 bytes"), std::string::npos);
+  std::string bad_json = good;
+  bad_json[8] = '#';  // the header's opening brace
+  EXPECT_NE(error_of([&] { safetensors_parse(bad_json, "bad.st"); }).find("corrupt safetensors header"), std::string::npos);
+  std::string huge = good;
+  huge[7] = 0x7f;  // header length far beyond the file
+  EXPECT_NE(error_of([&] { safetensors_parse(huge, "huge.st"); }).find("exceeds the file size"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_safetensors(dir / "absent.st"); }).find("absent.st"), std::string::npos);
+}
+
+TEST(AtomicFile, LeavesNoTemporaryFilesAndReplacesWhole) {
+  TempDir dir;
+  write_file_atomic(dir / "f", "first");
+  write_file_atomic(dir / "f", "second");
+  EXPECT_EQ(read_file(dir / "f"), "second");
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir.str())) (void)e, ++files;
+  EXPECT_EQ(files, 1);
+  EXPECT_THROW(write_file_atomic(dir / "no/such/dir/f", "x"), std::runtime_error);
+}
+
+TEST(Checkpoint, RoundTripsWeightsAndDescription) {
+  TempDir dir;
+  CheckpointInfo info;
+  info.model = unet_config_by_name("tiny", 1, 12);
+  info.schedule = ScheduleConfig{BetaSchedule::cosine, 200};
+  info.objective = Objective::x0;
+  info.data = DataInfo{"unit", 1, 12, 10};
+  info.step = 42;
+  torch::manual_seed(0);
+  UNet net(info.model);
+  {  // make the output non-zero (conv_out starts at zero)
+    torch::NoGradGuard g;
+    for (auto& p : net->parameters()) p.add_(torch::randn_like(p) * 0.1);
+  }
+  save_checkpoint(dir / "c.safetensors", net, info);
+  auto loaded = load_checkpoint(dir / "c.safetensors", torch::kCPU);
+  EXPECT_EQ(to_json(loaded.info.model), to_json(info.model));
+  EXPECT_EQ(loaded.info.schedule.kind, BetaSchedule::cosine);
+  EXPECT_EQ(loaded.info.schedule.timesteps, 200);
+  EXPECT_EQ(loaded.info.objective, Objective::x0);
+  EXPECT_EQ(loaded.info.data.num_classes, 10);
+  EXPECT_EQ(loaded.info.step, 42);
+  net->eval();
+  auto x = torch::randn({2, 1, 12, 12});
+  auto t = torch::tensor({3, 150}, torch::kLong);
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::equal(net->forward(x, t), loaded.model->forward(x, t)));
+}
+
+TEST(Checkpoint, MissingOrForeignFilesAreClearErrors) {
+  TempDir dir;
+  EXPECT_NE(error_of([&] { load_checkpoint(dir / "nope.safetensors", torch::kCPU); }).find("does not exist"),
+            std::string::npos);
+  save_safetensors(dir / "foreign.safetensors", {{"w", torch::ones({2})}}, {});
+  EXPECT_NE(error_of([&] { load_checkpoint(dir / "foreign.safetensors", torch::kCPU); }).find("not a diffuse checkpoint"),
+            std::string::npos);
+  // Right metadata, wrong weights: the errors name the file and the tensor.
+  CheckpointInfo info;
+  info.model = unet_config_by_name("tiny", 1, 8);
+  info.data = DataInfo{"unit", 1, 8, 0};
+  UNet net(info.model);
+  auto state = named_state(*net);
+  save_safetensors(dir / "partial.safetensors", {state.begin() + 1, state.end()}, checkpoint_metadata(info));
+  const auto missing = error_of([&] { load_checkpoint(dir / "partial.safetensors", torch::kCPU); });
+  EXPECT_NE(missing.find("partial.safetensors"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("no tensor named '" + state.front().first + "'"), std::string::npos) << missing;
+  state.back().second = torch::ones({3});
+  save_safetensors(dir / "shape.safetensors", state, checkpoint_metadata(info));
+  const auto shape = error_of([&] { load_checkpoint(dir / "shape.safetensors", torch::kCPU); });
+  EXPECT_NE(shape.find(state.back().first + "' has shape [3]"), std::string::npos) << shape;
+}
+
+TEST(Png, GridEncodesAndDecodesToTheSamePixels) {
+  TempDir dir;
+  auto images = torch::rand({5, 3, 6, 7}) * 2 - 1;
+  save_grid_png(dir / "g.png", images, /*nrow=*/3);
+  int w = 0, h = 0, c = 0;
+  unsigned char* px = stbi_load((dir / "g.png").c_str(), &w, &h, &c, 0);
+  ASSERT_NE(px, nullptr);
+  EXPECT_EQ(w, 3 * (7 + 2) + 2);
+  EXPECT_EQ(h, 2 * (6 + 2) + 2);
+  EXPECT_EQ(c, 3);
+  // pixel (row 2, col 2) of image 0, channel 1
+  const auto expected = to_uint8(images[0][1][0][0]).item<uint8_t>();
+  EXPECT_EQ(px[(2 * w + 2) * 3 + 1], expected);
+  stbi_image_free(px);
+  auto back = load_image_u8(dir / "g.png", 3, 0);
+  EXPECT_EQ(back.sizes(), (std::vector<int64_t>{3, h, w}));
+  EXPECT_EQ(to_uint8(from_uint8(back)).equal(back), true);
+}
