@@ -98,3 +98,31 @@ TEST(Cli, TrainThenSampleEndToEnd) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("exceeds the checkpoint's T = 50"), std::string::npos) << r.output;
 }
+
+TEST(Cli, CtrlCWritesACheckpointAndResumeContinues) {
+  TempDir dir;
+  const std::string run_dir = dir / "run";
+  const std::string train = std::string(DIFFUSE_BINARY) +
+                            " --threads 1 train --data mnist --limit 64 --model tiny --batch-size 4 --timesteps 50"
+                            " --preview-n 2 --no-progress --out " + run_dir;
+  // Start a long run, interrupt it once it has logged a few steps, and collect its exit status.
+  const std::string script = train + " --steps 100000 --log-every 1 > " + dir / "out.txt" + " 2>&1 & pid=$!; " +
+                             "for i in $(seq 100); do [ -f " + run_dir + "/log.csv ] && break; sleep 0.1; done; " +
+                             "kill -INT $pid; wait $pid; echo $?";
+  FILE* pipe = popen(script.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buf[64] = {0};
+  ASSERT_NE(fgets(buf, sizeof buf, pipe), nullptr);
+  pclose(pipe);
+  EXPECT_EQ(std::string(buf), "130\n") << diffuse::read_file(dir / "out.txt");
+  const std::string out = diffuse::read_file(dir / "out.txt");
+  EXPECT_NE(out.find("interrupted at step"), std::string::npos) << out;
+  EXPECT_NE(out.find("--resume"), std::string::npos) << out;
+  ASSERT_TRUE(std::filesystem::exists(run_dir + "/checkpoint.safetensors"));
+
+  // Resuming continues from the saved step to the new target.
+  auto r = run("--threads 1 train --data mnist --limit 64 --model tiny --batch-size 4 --timesteps 50 --preview-n 2 "
+               "--no-progress --resume --steps 400 --out " + run_dir);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("finished at step 400"), std::string::npos) << r.output;
+}

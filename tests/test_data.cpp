@@ -10,22 +10,14 @@
 #include "diffuse/data/idx.h"
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
+#include "support/error_of.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
+using diffuse::testing::error_of;
 using diffuse::testing::TempDir;
 
 namespace {
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // An IDX image file with n images of h×w, as raw bytes.
 std::string idx_images(int n, int h, int w) {
   std::string s = {0, 0, 8, 3};
@@ -47,6 +39,14 @@ TEST(Mnist, TheShippedCopyLoadsWithTheRightShapesAndLabels) {
   EXPECT_EQ(train.labels.narrow(0, 0, 5).equal(torch::tensor({5, 0, 4, 1, 9}, torch::kLong)), true);
   EXPECT_EQ(test.labels.eq(1).sum().item<int64_t>(), 1135);
   EXPECT_EQ(load_dataset("mnist", Split::train, DataOptions{32, 100}).size(), 100);
+}
+
+TEST(FashionMnist, DebiansPackageLoadsThroughItsName) {
+  // scripts/setup installs dataset-fashion-mnist; same IDX format and sizes as MNIST.
+  auto test = load_dataset("fashion-mnist", Split::test);
+  EXPECT_EQ(test.images.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
+  EXPECT_EQ(test.num_classes, 10);
+  EXPECT_EQ(test.labels.eq(0).sum().item<int64_t>(), 1000);  // balanced: 1,000 per class
 }
 
 TEST(Idx, ReadsPlainAndGzipAndRejectsDamage) {

@@ -9,23 +9,13 @@
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
+#include "support/error_of.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
+using diffuse::testing::error_of;
 using diffuse::testing::TempDir;
 
-namespace {
-// Runs f and returns the message of the std::exception it throws ("" if none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
 
 TEST(Safetensors, RoundTripsTensorsAndMetadata) {
   TempDir dir;

@@ -122,3 +122,29 @@ TEST(AdamW, MatchesTheUpdateWrittenOutByHand) {
   EXPECT_NEAR(p[0].item<double>(), theta[0], 1e-12);
   EXPECT_NEAR(p[1].item<double>(), theta[1], 1e-12);
 }
+
+TEST(LearningRate, WarmsUpLinearlyThenFollowsAHalfCosineToZero) {
+  TrainConfig c;
+  c.lr = 1e-3;
+  c.warmup = 10;
+  c.steps = 110;
+  EXPECT_NEAR(learning_rate(c, 0), 1e-4, 1e-15);
+  EXPECT_NEAR(learning_rate(c, 9), 1e-3, 1e-15);
+  EXPECT_NEAR(learning_rate(c, 10), 1e-3, 1e-15);            // p = 0
+  EXPECT_NEAR(learning_rate(c, 60), 0.5e-3, 1e-15);          // p = ½: cos(π/2) = 0
+  EXPECT_NEAR(learning_rate(c, 85), 1e-3 * 0.5 * (1 + std::cos(M_PI * 0.75)), 1e-15);
+  EXPECT_NEAR(learning_rate(c, 110), 0.0, 1e-15);
+  c.cosine_decay = false;
+  EXPECT_NEAR(learning_rate(c, 100), 1e-3, 1e-15);
+}
+
+TEST(Train, VlbLossTrainsToAFiniteLoss) {
+  TempDir dir;
+  auto data = load_dataset("mnist", Split::train, DataOptions{32, 32});
+  auto cfg = quick_config(dir.str(), 3);
+  cfg.loss = TrainLoss::vlb;
+  auto result = train(cfg, tiny_info(data), data, torch::kCPU);
+  EXPECT_TRUE(std::isfinite(result.loss));
+  EXPECT_GT(result.loss, 0.0);
+  EXPECT_THROW(train_loss_from_string("hybrid"), std::invalid_argument);
+}

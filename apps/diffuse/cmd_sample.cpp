@@ -45,7 +45,10 @@ void run_sample(const SampleCliOptions& o) {
   Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ckpt.model->forward(x, t); };
   const int64_t C = info.data.channels, H = info.data.image_size;
   std::vector<torch::Tensor> images, frames_xt, frames_x0;
-  const int64_t frame_every = std::max<int64_t>(1, steps / std::max<int64_t>(1, o.trajectory_frames - 1));
+  // Trajectory frames: step indices round(k (S − 1)/(F − 2)), k = 0..F−2; the final image is the last column.
+  std::vector<bool> keep_frame(steps, false);
+  const int64_t frames = std::min(o.trajectory_frames - 1, steps);
+  for (int64_t k = 0; k < frames; ++k) keep_frame[frames == 1 ? 0 : (k * (steps - 1) + (frames - 1) / 2) / (frames - 1)] = true;
   const int64_t traj_images = std::min<int64_t>(o.n, 4);
   ProgressBar bar(o.sampler + "-" + std::to_string(steps), o.n * steps, 0, o.progress);
   for (int64_t start = 0; start < o.n; start += o.batch_size) {
@@ -53,8 +56,7 @@ void run_sample(const SampleCliOptions& o) {
     auto x_T = torch::randn({b, C, H, H}, gen).to(device);  // x_T ~ N(0, I), drawn in order: same seed, same images
     StepCallback cb = [&](const SampleStep& s) {
       bar.update(start * steps + (s.index + 1) * b);
-      const bool keep = start == 0 && !o.trajectory.empty() && (s.index % frame_every == 0 || s.index == s.steps - 1);
-      if (keep) {
+      if (start == 0 && !o.trajectory.empty() && keep_frame[s.index]) {
         frames_xt.push_back(s.x_t.narrow(0, 0, traj_images).to(torch::kCPU));
         frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
       }
@@ -115,7 +117,9 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--out", o->out, "Grid of all images (PNG)");
   cmd->add_option("--out-dir", o->out_dir, "Also write one PNG per image here");
   cmd->add_option("--trajectory", o->trajectory, "PNG of x_t and x0_pred along the way (first 4 images)");
-  cmd->add_option("--trajectory-frames", o->trajectory_frames, "Columns in the trajectory")->check(CLI::Range(2, 100))->capture_default_str();
+  cmd->add_option("--trajectory-frames", o->trajectory_frames, "Columns in the trajectory (the last is the result)")
+      ->check(CLI::Range(2, 100))
+      ->capture_default_str();
   cmd->add_flag("--no-clip", o->no_clip, "Do not clamp x0_pred to [-1, 1]");
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "No progress bar");
   add_device_option(*cmd, o->device);

@@ -20,7 +20,7 @@ extern "C" void on_sigint(int) {
 
 struct TrainOptions {
   std::string data, out, model = "mnist", objective = "eps", loss = "simple", device = "cpu";
-  std::string schedule = "linear";
+  std::string schedule = "linear", lr_schedule = "cosine";
   int64_t timesteps = 1000, image_size = 32, limit = 0;
   TrainConfig config;
 };
@@ -46,6 +46,8 @@ void run_train(TrainOptions& o) {
   }
 
   o.config.out_dir = o.out;
+  o.config.loss = train_loss_from_string(o.loss);
+  o.config.cosine_decay = o.lr_schedule == "cosine";
   o.config.stop = &g_stop;
   std::signal(SIGINT, on_sigint);
   const auto result = train(o.config, info, data, device);
@@ -75,6 +77,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--lr", c.lr, "Peak learning rate (AdamW)")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--warmup", c.warmup, "Linear learning-rate warm-up steps")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--lr-schedule", o->lr_schedule, "After warm-up: cosine decay to 0 at --steps, or constant")
+      ->check(CLI::IsMember({"cosine", "constant"}))
+      ->capture_default_str();
   cmd->add_option("--grad-clip", c.grad_clip, "Max gradient norm (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--ema-decay", c.ema_decay, "EMA decay of the weights used for sampling")
       ->check(CLI::Range(0.0, 1.0))
@@ -92,7 +97,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--objective", o->objective, "What the network predicts")
       ->check(CLI::IsMember({"eps", "x0"}))
       ->capture_default_str();
-  cmd->add_option("--loss", o->loss, "Training loss (vlb: see issue 4)")->check(CLI::IsMember({"simple"}))->capture_default_str();
+  cmd->add_option("--loss", o->loss, "simple: ||target - f(x_t, t)||^2; vlb: the bound's terms L_t-1, L_0 (bits/dim)")
+      ->check(CLI::IsMember({"simple", "vlb"}))
+      ->capture_default_str();
   cmd->add_option("--schedule", o->schedule, "Beta schedule")
       ->check(CLI::IsMember({"linear", "cosine", "scaled-linear"}))
       ->capture_default_str();

@@ -12,6 +12,7 @@ namespace diffuse::cli {
 void add_train_command(CLI::App& app);
 void add_sample_command(CLI::App& app);
 void add_schedule_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
 
 // --device cpu|cuda, checked against what this build and machine have.
 void add_device_option(CLI::App& cmd, std::string& device);

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "diffuse/diffusion/elbo.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/sampling/ddim.h"
@@ -22,6 +23,23 @@
 namespace fs = std::filesystem;
 
 namespace diffuse {
+
+std::string to_string(TrainLoss loss) { return loss == TrainLoss::simple ? "simple" : "vlb"; }
+
+TrainLoss train_loss_from_string(const std::string& name) {
+  if (name == "simple") return TrainLoss::simple;
+  if (name == "vlb") return TrainLoss::vlb;
+  throw std::invalid_argument("unknown loss '" + name + "' (expected simple or vlb)");
+}
+
+double learning_rate(const TrainConfig& c, int64_t step) {
+  const int64_t warmup = std::max<int64_t>(c.warmup, 1);
+  if (step < warmup) return c.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);  // linear warm-up
+  if (!c.cosine_decay || c.steps <= warmup) return c.lr;
+  // ½ (1 + cos(π p)), p = progress through the steps after warm-up
+  const double p = static_cast<double>(step - warmup) / static_cast<double>(c.steps - warmup);
+  return c.lr * 0.5 * (1.0 + std::cos(M_PI * std::min(p, 1.0)));
+}
 
 namespace {
 
@@ -165,7 +183,13 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     auto t = diffusion.sample_timesteps(B);
     auto noise = torch::randn_like(batch.x0);
     auto x_t = diffusion.q_sample(batch.x0, t, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
-    auto loss = GaussianDiffusion::loss_simple(model->forward(x_t, t), diffusion.training_target(batch.x0, noise));
+    auto model_out = model->forward(x_t, t);
+    auto loss = config.loss == TrainLoss::simple
+                    ? GaussianDiffusion::loss_simple(model_out, diffusion.training_target(batch.x0, noise))
+                    : vb_term_bpd(diffusion.schedule(), ModelVariance::posterior, batch.x0, x_t, t,
+                                  diffusion.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
+                          .mean()
+                          .to(torch::kFloat32);
 
     optimizer.zero_grad();
     loss.backward();
@@ -175,8 +199,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
                                "; stopping without overwriting the last checkpoint (try a lower --lr)");
     }
     if (config.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), config.grad_clip);
-    // Linear warm-up: lr_k = lr · min(1, k / warmup)
-    const double lr = config.lr * std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(config.warmup, 1));
+    const double lr = learning_rate(config, step);
     optimizer.step(lr);
     ema.update(*ema_model, *model);
     ++step;

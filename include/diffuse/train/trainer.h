@@ -16,18 +16,27 @@
 
 namespace diffuse {
 
+// L_simple: ‖target − f_θ(x_t, t)‖² (DDPM eq. 14). L_vlb: the bound's own terms L_{t−1} and L_0
+// at the drawn t (σ² = β̃), in bits/dim: for ε-prediction, w(t)‖ε − ε_θ‖² with
+// w(t) = β_t² / (2σ_t² α_t (1 − ᾱ_t)) per dimension, so training optimises the ELBO itself.
+enum class TrainLoss { simple, vlb };
+std::string to_string(TrainLoss loss);
+TrainLoss train_loss_from_string(const std::string& name);
+
 struct TrainConfig {
   std::string out_dir;
-  int64_t steps = 4000;
+  TrainLoss loss = TrainLoss::simple;
+  int64_t steps = 2400;
   int64_t batch_size = 64;
   double lr = 1e-3;
   int64_t warmup = 100;          // linear learning-rate warm-up over this many steps
+  bool cosine_decay = true;      // after warm-up, lr decays to 0 along a half cosine by `steps`
   double grad_clip = 1.0;        // max global gradient norm (≤ 0: off)
   double ema_decay = 0.999;
   double weight_decay = 0.0;
   uint64_t seed = 0;
-  int64_t checkpoint_every = 1000;
-  int64_t preview_every = 1000;  // 0: only at the end
+  int64_t checkpoint_every = 400;
+  int64_t preview_every = 400;   // 0: only at the end
   int64_t preview_n = 64;
   int64_t log_every = 50;
   bool resume = false;
@@ -41,6 +50,10 @@ struct TrainResult {
   double seconds = 0.0;      // wall time of this invocation
   bool interrupted = false;
 };
+
+// Learning rate at 0-based step k: lr · min(1, (k + 1)/warmup), times ½(1 + cos(π p)) with
+// p = (k − warmup)/(steps − warmup) after the warm-up when cosine_decay is on.
+double learning_rate(const TrainConfig& config, int64_t step);
 
 // Trains `info.model` on `data`. With config.resume and a train_state in out_dir, continues
 // from it (model, schedule and objective then come from the saved state).
