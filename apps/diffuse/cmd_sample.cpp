@@ -15,12 +15,11 @@ namespace diffuse::cli {
 namespace {
 
 struct SampleCliOptions {
-  std::string checkpoint, sampler = "ddim", spacing = "leading", out, out_dir, trajectory, device = "cpu";
-  std::string ddpm_variance = "posterior";
-  int64_t steps = 0, n = 64, batch_size = 256, trajectory_frames = 10;
-  double eta = 0.0;
+  std::string checkpoint, out, out_dir, trajectory, device = "cpu";
+  SamplerFlags sampler;
+  int64_t n = 64, batch_size = 256, trajectory_frames = 10;
   uint64_t seed = 0;
-  bool no_clip = false, progress = true;
+  bool progress = true;
 };
 
 void run_sample(const SampleCliOptions& o) {
@@ -29,42 +28,29 @@ void run_sample(const SampleCliOptions& o) {
   auto ckpt = load_checkpoint(o.checkpoint, device);
   const auto& info = ckpt.info;
   GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
-  SamplerConfig sc;
-  sc.name = o.sampler;
-  sc.spacing = timestep_spacing_from_string(o.spacing);
-  sc.eta = o.eta;
-  sc.ddpm_large_variance = o.ddpm_variance == "beta";
-  auto sampler = make_sampler(sc, diffusion.schedule());
-  const int64_t steps = o.steps > 0 ? o.steps : (o.sampler == "ddpm" ? diffusion.timesteps() : 50);
-  if (steps > diffusion.timesteps()) {
-    throw std::runtime_error("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " +
-                             std::to_string(diffusion.timesteps()));
-  }
+  int64_t steps = 0;
+  auto sampler = make_sampler_from_flags(o.sampler, diffusion, steps);
 
   auto gen = at::detail::createCPUGenerator(o.seed);
   Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ckpt.model->forward(x, t); };
   const int64_t C = info.data.channels, H = info.data.image_size;
-  std::vector<torch::Tensor> images, frames_xt, frames_x0;
+  std::vector<torch::Tensor> frames_xt, frames_x0;
   // Trajectory frames: step indices round(k (S − 1)/(F − 2)), k = 0..F−2; the final image is the last column.
   std::vector<bool> keep_frame(steps, false);
   const int64_t frames = std::min(o.trajectory_frames - 1, steps);
   for (int64_t k = 0; k < frames; ++k) keep_frame[frames == 1 ? 0 : (k * (steps - 1) + (frames - 1) / 2) / (frames - 1)] = true;
   const int64_t traj_images = std::min<int64_t>(o.n, 4);
-  ProgressBar bar(o.sampler + "-" + std::to_string(steps), o.n * steps, 0, o.progress);
-  for (int64_t start = 0; start < o.n; start += o.batch_size) {
-    const int64_t b = std::min(o.batch_size, o.n - start);
-    auto x_T = torch::randn({b, C, H, H}, gen).to(device);  // x_T ~ N(0, I), drawn in order: same seed, same images
-    StepCallback cb = [&](const SampleStep& s) {
-      bar.update(start * steps + (s.index + 1) * b);
-      if (start == 0 && !o.trajectory.empty() && keep_frame[s.index]) {
-        frames_xt.push_back(s.x_t.narrow(0, 0, traj_images).to(torch::kCPU));
-        frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
-      }
-    };
-    images.push_back(sample_loop(diffusion, *sampler, net, x_T, SampleOptions{steps, !o.no_clip}, gen, cb).to(torch::kCPU));
-  }
+  ProgressBar bar(o.sampler.sampler + "-" + std::to_string(steps), o.n * steps, 0, o.progress);
+  BatchStepCallback cb = [&](int64_t first, const SampleStep& s) {
+    bar.update(first * steps + (s.index + 1) * s.x_t.size(0));
+    if (first == 0 && !o.trajectory.empty() && keep_frame[s.index]) {
+      frames_xt.push_back(s.x_t.narrow(0, 0, traj_images).to(torch::kCPU));
+      frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
+    }
+  };
+  auto all = generate_images(diffusion, *sampler, net, o.n, o.batch_size, {C, H, H}, SampleOptions{steps, !o.sampler.no_clip}, gen, cb)
+                 .clamp(-1.0, 1.0);
   bar.finish();
-  auto all = torch::cat(images).clamp(-1.0, 1.0);
   if (!o.out.empty()) {
     save_grid_png(o.out, all);
     std::fprintf(stderr, "wrote %s (%lld images)\n", o.out.c_str(), static_cast<long long>(o.n));
@@ -102,15 +88,7 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by diffuse train")
       ->required()
       ->check(CLI::ExistingFile);
-  cmd->add_option("--sampler", o->sampler, "Sampler")->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Sampling steps S (default: T for ddpm, 50 for ddim)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--eta", o->eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd->add_option("--spacing", o->spacing, "Timestep spacing when S < T")
-      ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
-      ->capture_default_str();
-  cmd->add_option("--ddpm-variance", o->ddpm_variance, "DDPM sigma^2: posterior (beta-tilde) or beta")
-      ->check(CLI::IsMember({"posterior", "beta"}))
-      ->capture_default_str();
+  add_sampler_options(*cmd, o->sampler);
   cmd->add_option("--n", o->n, "Number of images")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed (same seed, same images)")->capture_default_str();
@@ -120,7 +98,6 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--trajectory-frames", o->trajectory_frames, "Columns in the trajectory (the last is the result)")
       ->check(CLI::Range(2, 100))
       ->capture_default_str();
-  cmd->add_flag("--no-clip", o->no_clip, "Do not clamp x0_pred to [-1, 1]");
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "No progress bar");
   add_device_option(*cmd, o->device);
   cmd->callback([o] { run_sample(*o); });

@@ -5,7 +5,10 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
+
+#include "diffuse/sampling/sampler.h"
 
 namespace diffuse::cli {
 
@@ -13,6 +16,18 @@ void add_train_command(CLI::App& app);
 void add_sample_command(CLI::App& app);
 void add_schedule_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+
+// Sampler flags shared by `sample` and `eval --metric fid`.
+struct SamplerFlags {
+  std::string sampler = "ddim", spacing = "leading", ddpm_variance = "posterior";
+  int64_t steps = 0;  // 0: T for ddpm, 50 for ddim
+  double eta = 0.0;
+  bool no_clip = false;
+};
+void add_sampler_options(CLI::App& cmd, SamplerFlags& flags);
+// The sampler and its step count for a diffusion of T steps; throws if --steps exceeds T.
+std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& flags, const GaussianDiffusion& diffusion,
+                                                 int64_t& steps);
 
 // --device cpu|cuda, checked against what this build and machine have.
 void add_device_option(CLI::App& cmd, std::string& device);

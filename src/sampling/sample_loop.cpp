@@ -22,4 +22,21 @@ torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, 
   return x;
 }
 
+torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
+                              int64_t n, int64_t batch_size, const std::vector<int64_t>& image_shape,
+                              const SampleOptions& options, const torch::Generator& gen,
+                              const BatchStepCallback& callback) {
+  TORCH_CHECK(n > 0 && batch_size > 0, "generate_images: n and batch size must be positive");
+  std::vector<torch::Tensor> images;
+  for (int64_t start = 0; start < n; start += batch_size) {
+    std::vector<int64_t> shape{std::min(batch_size, n - start)};
+    shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+    auto x_T = torch::randn(shape, gen).to(diffusion.device());  // x_T ~ N(0, I)
+    StepCallback cb;
+    if (callback) cb = [&](const SampleStep& s) { callback(start, s); };
+    images.push_back(sample_loop(diffusion, sampler, denoiser, x_T, options, gen, cb).to(torch::kCPU));
+  }
+  return torch::cat(images);
+}
+
 }  // namespace diffuse

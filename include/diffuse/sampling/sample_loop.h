@@ -33,4 +33,13 @@ torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, 
                           torch::Tensor x_T, const SampleOptions& options,
                           const c10::optional<torch::Generator>& gen, const StepCallback& callback = {});
 
+// Draws `n` images of shape [C, H, W] in batches of `batch_size`: each batch's x_T ~ N(0, I) comes
+// from `gen` in order, so the same seed gives the same images. The callback also gets the index
+// of the batch's first image. Returns [n, C, H, W] on the CPU.
+using BatchStepCallback = std::function<void(int64_t first_image, const SampleStep&)>;
+torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
+                              int64_t n, int64_t batch_size, const std::vector<int64_t>& image_shape,
+                              const SampleOptions& options, const torch::Generator& gen,
+                              const BatchStepCallback& callback = {});
+
 }  // namespace diffuse

@@ -1,0 +1,34 @@
+// The sampler flags shared by `diffuse sample` and `diffuse eval --metric fid`.
+#include "commands.h"
+
+namespace diffuse::cli {
+
+void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
+  cmd.add_option("--sampler", f.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
+  cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for ddim)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T")
+      ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
+      ->capture_default_str();
+  cmd.add_option("--ddpm-variance", f.ddpm_variance, "DDPM sigma^2: posterior (beta-tilde) or beta")
+      ->check(CLI::IsMember({"posterior", "beta"}))
+      ->capture_default_str();
+  cmd.add_flag("--no-clip", f.no_clip, "Do not clamp x0_pred to [-1, 1]");
+}
+
+std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const GaussianDiffusion& diffusion,
+                                                 int64_t& steps) {
+  SamplerConfig config;
+  config.name = f.sampler;
+  config.spacing = timestep_spacing_from_string(f.spacing);
+  config.eta = f.eta;
+  config.ddpm_large_variance = f.ddpm_variance == "beta";
+  steps = f.steps > 0 ? f.steps : (f.sampler == "ddpm" ? diffusion.timesteps() : 50);
+  if (steps > diffusion.timesteps()) {
+    throw std::runtime_error("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " +
+                             std::to_string(diffusion.timesteps()));
+  }
+  return make_sampler(config, diffusion.schedule());
+}
+
+}  // namespace diffuse::cli

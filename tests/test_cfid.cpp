@@ -1,0 +1,64 @@
+// The Fréchet distance against closed forms, and the classifier-FID's behaviour on real data:
+// near 0 between MNIST's test and train splits, large against noise or one repeated digit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "diffuse/eval/classifier.h"
+#include "diffuse/eval/frechet.h"
+#include "diffuse/io/image.h"
+
+using namespace diffuse;
+
+TEST(Frechet, MatchesTheClosedFormForDiagonalCovariances) {
+  // Diagonal Σ: d² = Σ (μ₁ − μ₂)² + Σ (√a − √b)²
+  GaussianStats a{torch::tensor({0.0, 1.0, -2.0}, torch::kFloat64), torch::diag(torch::tensor({1.0, 4.0, 0.25}, torch::kFloat64))};
+  GaussianStats b{torch::tensor({1.0, 1.0, 0.0}, torch::kFloat64), torch::diag(torch::tensor({9.0, 1.0, 0.25}, torch::kFloat64))};
+  const double expected = (1 + 0 + 4) + (std::pow(1 - 3, 2) + std::pow(2 - 1, 2) + 0);
+  EXPECT_NEAR(frechet_distance(a, b), expected, 1e-10);
+  EXPECT_NEAR(frechet_distance(a, a), 0.0, 1e-10);
+}
+
+TEST(Frechet, SquareRootOfARandomPsdMatrixSquaresBack) {
+  torch::manual_seed(0);
+  auto m = torch::randn({6, 6}, torch::kFloat64);
+  auto s = m.matmul(m.t());
+  auto r = sqrtm_psd(s);
+  EXPECT_LT((r.matmul(r) - s).abs().max().item<double>(), 1e-10);
+  // Sample statistics of N(0, diag(1, 4, 9, 0.25)): variances within a few standard errors.
+  auto stats = feature_statistics(torch::randn({20000, 4}, torch::kFloat64) * torch::tensor({1.0, 2.0, 3.0, 0.5}, torch::kFloat64));
+  const double var[] = {1.0, 4.0, 9.0, 0.25};
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(stats.cov[i][i].item<double>(), var[i], 5 * var[i] * std::sqrt(2.0 / 20000));
+  EXPECT_NEAR(stats.cov[0][1].item<double>(), 0.0, 5 * 2.0 / std::sqrt(20000.0));
+}
+
+TEST(ClassifierFid, IsNearZeroBetweenSplitsAndLargeForNoiseOrOneDigit) {
+  auto train = load_dataset("mnist", Split::train, DataOptions{32, 6000});
+  auto test = load_dataset("mnist", Split::test, DataOptions{32, 2000});
+  ClassifierOptions o;
+  o.epochs = 3;
+  o.progress = false;
+  auto clf = train_classifier(train, o);
+  const double accuracy = classifier_accuracy(clf, test);
+  EXPECT_GT(accuracy, 0.9);
+
+  auto stats_of = [&](const torch::Tensor& images) { return feature_statistics(classifier_outputs(clf, images).first); };
+  auto test_stats = stats_of(from_uint8(test.images));
+  auto train_stats = stats_of(from_uint8(train.images.narrow(0, 0, 2000)));
+  torch::manual_seed(1);
+  auto noise_stats = stats_of(torch::rand({2000, 1, 28, 28}) * 2 - 1);
+  auto first = from_uint8(test.images.narrow(0, 0, 1));
+  auto one_digit_stats = stats_of(first.expand({2000, 1, 28, 28}) + 0.05 * torch::randn({2000, 1, 28, 28}));
+  const double between = frechet_distance(test_stats, train_stats);
+  const double noise = frechet_distance(test_stats, noise_stats);
+  const double one_digit = frechet_distance(test_stats, one_digit_stats);
+  std::printf("classifier accuracy %.4f; cFID test-train %.3f, test-noise %.1f, test-one-digit %.1f\n", accuracy, between,
+              noise, one_digit);
+  EXPECT_LT(between * 20, noise);
+  EXPECT_LT(between * 20, one_digit);
+
+  auto [f, logits] = classifier_outputs(clf, from_uint8(test.images));
+  EXPECT_GT(predicted_class_entropy(logits), 0.95 * std::log(10.0));  // every digit predicted
+  auto [f1, logits1] = classifier_outputs(clf, first.expand({50, 1, 28, 28}).contiguous());
+  EXPECT_NEAR(predicted_class_entropy(logits1), 0.0, 1e-12);  // one class only
+}
