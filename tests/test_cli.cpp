@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "diffuse/io/atomic_file.h"
 #include "diffuse_build_paths.h"
 #include "support/temp_dir.h"
@@ -97,6 +99,22 @@ TEST(Cli, TrainThenSampleEndToEnd) {
   r = run("sample --checkpoint " + ckpt + " --sampler ddim --steps 100 --out " + dir / "c.png");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("exceeds the checkpoint's T = 50"), std::string::npos) << r.output;
+
+  // eval --json prints one object with the documented bits_per_dim fields (stderr holds the progress bar).
+  const std::string eval = std::string(DIFFUSE_BINARY) + " eval --checkpoint " + ckpt +
+                           " --metric nll --n 6 --t-samples 2 --json --no-progress 2>/dev/null";
+  FILE* pipe = popen(eval.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string json;
+  char buf[256];
+  while (fgets(buf, sizeof buf, pipe)) json += buf;
+  EXPECT_EQ(pclose(pipe), 0);
+  auto j = nlohmann::json::parse(json);
+  const auto& bpd = j.at("bits_per_dim");
+  EXPECT_NEAR(bpd.at("total").get<double>(),
+              bpd.at("prior").get<double>() + bpd.at("terms").get<double>() + bpd.at("decoder").get<double>(), 1e-9);
+  EXPECT_GT(j.at("stderr").at("total").get<double>(), 0.0);
+  EXPECT_EQ(j.at("images").get<int>(), 6);
 }
 
 TEST(Cli, CtrlCWritesACheckpointAndResumeContinues) {

@@ -148,6 +148,7 @@ void run_eval(EvalOptions& o) {
 
 void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
+  o->nll.n = 0;  // 0: the metric's default (256 test images for nll, 1000 generated for fid)
   auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint: the NLL bound in bits/dim");
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
   cmd->add_option("--data", o->data, "Data set (default: the one the checkpoint was trained on)");
