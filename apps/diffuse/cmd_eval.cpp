@@ -48,11 +48,13 @@ std::string classifier_cache_path(const Dataset& data) {
 void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffusion& diffusion,
               const std::string& data_name, const Dataset& reference) {
   const auto& info = ckpt.info;
-  auto train = load_dataset(data_name, Split::train, DataOptions{info.data.image_size, 0});
   ClassifierOptions co;
   co.progress = o.nll.progress;
-  const std::string cache = classifier_cache_path(train);
-  auto clf = load_or_train_classifier(cache, train, co);
+  // Keyed by the data set's name and image shape, which the reference split shares with training.
+  const std::string cache = classifier_cache_path(reference);
+  auto clf = load_or_train_classifier(
+      cache, reference.channels(), reference.image_size(), reference.num_classes,
+      [&] { return load_dataset(data_name, Split::train, DataOptions{info.data.image_size, 0}); }, co);
   const double accuracy = classifier_accuracy(clf, reference);
 
   int64_t steps = 0;
@@ -76,7 +78,7 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
   if (o.json) {
     nlohmann::json j = {{"cfid", cfid},
                         {"classifier_accuracy", accuracy},
-                        {"class_entropy", {{"generated", h_gen}, {"reference", h_ref}, {"max", std::log(double(train.num_classes))}}},
+                        {"class_entropy", {{"generated", h_gen}, {"reference", h_ref}, {"max", std::log(double(reference.num_classes))}}},
                         {"images", n},
                         {"reference_images", reference.size()},
                         {"sampler", sampler_text},
@@ -94,7 +96,7 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
               o.split.c_str());
   std::printf("  classifier: accuracy %.4f on the reference (%s)\n", accuracy, cache.c_str());
   std::printf("  predicted-class entropy: generated %.3f, reference %.3f nats (uniform: %.3f)\n", h_gen, h_ref,
-              std::log(static_cast<double>(train.num_classes)));
+              std::log(static_cast<double>(reference.num_classes)));
 }
 
 void run_eval(EvalOptions& o) {

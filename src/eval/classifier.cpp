@@ -66,14 +66,19 @@ double classifier_accuracy(FeatureClassifier& model, const Dataset& data, int64_
   return logits.argmax(1).eq(data.labels).to(torch::kFloat64).mean().item<double>();
 }
 
-FeatureClassifier load_or_train_classifier(const std::string& path, const Dataset& train, const ClassifierOptions& o) {
-  FeatureClassifier model(train.channels(), train.image_size(), std::max<int64_t>(train.num_classes, 2));
+FeatureClassifier load_or_train_classifier(const std::string& path, int64_t channels, int64_t image_size,
+                                           int64_t classes, const std::function<Dataset()>& load_train,
+                                           const ClassifierOptions& o) {
   if (std::filesystem::exists(path)) {
+    FeatureClassifier model(channels, image_size, classes);
     load_named_state(*model, load_safetensors(path));
     model->eval();
     return model;
   }
-  model = train_classifier(train, o);
+  const Dataset train = load_train();
+  TORCH_CHECK(train.channels() == channels && train.image_size() == image_size && train.num_classes == classes,
+              "classifier: training split of '", train.name, "' does not match the evaluated images");
+  auto model = train_classifier(train, o);
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   save_safetensors(path, named_state(*model),
                    {{"data", train.name}, {"epochs", std::to_string(o.epochs)}, {"seed", std::to_string(o.seed)}});

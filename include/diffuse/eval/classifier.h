@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 
 #include "diffuse/data/dataset.h"
@@ -43,8 +44,10 @@ double classifier_accuracy(FeatureClassifier& model, const Dataset& data, int64_
 std::pair<torch::Tensor, torch::Tensor> classifier_outputs(FeatureClassifier& model, const torch::Tensor& images,
                                                            int64_t batch_size = 512);
 
-// The cached classifier for a data set (trained once with a fixed seed if `path` is absent, then
-// written there atomically).
-FeatureClassifier load_or_train_classifier(const std::string& path, const Dataset& train, const ClassifierOptions& options);
+// The cached classifier for images of channels × size² and `classes` classes: loaded from `path`,
+// or (only then) trained on `load_train()` with a fixed seed and written there atomically.
+FeatureClassifier load_or_train_classifier(const std::string& path, int64_t channels, int64_t image_size,
+                                           int64_t classes, const std::function<Dataset()>& load_train,
+                                           const ClassifierOptions& options);
 
 }  // namespace diffuse
