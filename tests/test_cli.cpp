@@ -55,7 +55,7 @@ TEST(Cli, ScheduleCsvHasTheDocumentedHeaderAndFullPrecision) {
 TEST(Cli, BadFlagsAreRejectedWithAMessage) {
   for (const std::string args : {"schedule --schedule quadratic", "schedule --steps 0 --sampler ddim",
                                  "train --data mnist", "sample --checkpoint /no/such/file.safetensors --out x.png",
-                                 "frobnicate", "sample --sampler euler --checkpoint x"}) {
+                                 "frobnicate", "sample --sampler euler-a --checkpoint x"}) {
     auto r = run(args);
     EXPECT_NE(r.status, 0) << args;
     EXPECT_FALSE(r.output.empty()) << args;

@@ -2,6 +2,7 @@
 // one shared suite (timesteps, shapes, seeds) run over every sampler.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 
 #include "diffuse/sampling/ddim.h"
@@ -35,8 +36,8 @@ TEST(Ddim, EtaOneOnTheFullGridIsDdpmWithPosteriorVariance) {
     Prediction p{x0, torch::randn_like(x0)};  // any consistent pair: use x̂_0 and the ε̂ it implies
     p.eps = d.predict_eps_from_x0(xt, torch::full({16}, t, torch::kLong), x0);
     auto g1 = at::detail::createCPUGenerator(7), g2 = at::detail::createCPUGenerator(7);
-    auto a = ddim.step(p, t, t - 1, xt, g1).x_prev;
-    auto b = ddpm.step(p, t, t - 1, xt, g2).x_prev;
+    auto a = ddim.step(p, t, t - 1, xt, g1, {}).x_prev;
+    auto b = ddpm.step(p, t, t - 1, xt, g2, {}).x_prev;
     const double diff = (a - b).abs().max().item<double>();
     EXPECT_LT(diff, 1e-5) << "t=" << t;
   }
@@ -53,7 +54,7 @@ TEST(Ddim, StepKeepsTheMarginalOfQ) {
       torch::manual_seed(5);
       DdimSampler ddim(d.schedule(), TimestepSpacing::leading, eta);
       auto xt = d.q_sample(x0.expand({N, 1, 1, 1}), torch::full({N}, t, torch::kLong), torch::randn({N, 1, 1, 1}));
-      auto x_prev = ddim.step(exact_point_prediction(d, x0, xt, t), t, t_prev, xt, c10::nullopt).x_prev;
+      auto x_prev = ddim.step(exact_point_prediction(d, x0, xt, t), t, t_prev, xt, c10::nullopt, {}).x_prev;
       const double m_ref = std::sqrt(d.schedule().alpha_bar[t_prev]) * 0.6, v_ref = 1.0 - d.schedule().alpha_bar[t_prev];
       EXPECT_NEAR(x_prev.mean().item<double>(), m_ref, 5 * std::sqrt(v_ref / N)) << "eta " << eta << " t " << t;
       EXPECT_NEAR(x_prev.var().item<double>(), v_ref, 5 * v_ref * std::sqrt(2.0 / N)) << "eta " << eta << " t " << t;
@@ -69,7 +70,7 @@ TEST(Ddpm, RespacedStepKeepsTheMarginalOfQ) {
   DdpmSampler ddpm(d.schedule(), TimestepSpacing::leading, false);
   auto x0 = torch::full({1, 1, 1, 1}, -0.5);
   auto xt = d.q_sample(x0.expand({N, 1, 1, 1}), torch::full({N}, t, torch::kLong), torch::randn({N, 1, 1, 1}));
-  auto x_prev = ddpm.step(exact_point_prediction(d, x0, xt, t), t, t_prev, xt, c10::nullopt).x_prev;
+  auto x_prev = ddpm.step(exact_point_prediction(d, x0, xt, t), t, t_prev, xt, c10::nullopt, {}).x_prev;
   const double m_ref = std::sqrt(d.schedule().alpha_bar[t_prev]) * -0.5, v_ref = 1.0 - d.schedule().alpha_bar[t_prev];
   EXPECT_NEAR(x_prev.mean().item<double>(), m_ref, 5 * std::sqrt(v_ref / N));
   EXPECT_NEAR(x_prev.var().item<double>(), v_ref, 5 * v_ref * std::sqrt(2.0 / N));
@@ -80,7 +81,7 @@ TEST(Ddpm, LastStepReturnsTheCleanPrediction) {
   DdpmSampler ddpm(d.schedule(), TimestepSpacing::leading, true);
   auto x0 = torch::rand({2, 1, 3, 3});
   auto xt = torch::randn({2, 1, 3, 3});
-  auto out = ddpm.step(exact_point_prediction(d, x0, xt, 0), 0, -1, xt, c10::nullopt);
+  auto out = ddpm.step(exact_point_prediction(d, x0, xt, 0), 0, -1, xt, c10::nullopt, {});
   EXPECT_LT((out.x_prev - x0).abs().max().item<double>(), 1e-5);
 }
 
@@ -135,15 +136,20 @@ INSTANTIATE_TEST_SUITE_P(Samplers, EverySampler,
                                            SamplerConfig{"ddpm", TimestepSpacing::trailing, 0.0, true},
                                            SamplerConfig{"ddim", TimestepSpacing::leading, 0.0, false},
                                            SamplerConfig{"ddim", TimestepSpacing::linspace, 1.0, false},
-                                           SamplerConfig{"ddim", TimestepSpacing::trailing, 0.5, false}),
+                                           SamplerConfig{"ddim", TimestepSpacing::trailing, 0.5, false},
+                                           SamplerConfig{"euler", TimestepSpacing::leading, 0.0, false},
+                                           SamplerConfig{"heun", TimestepSpacing::trailing, 0.0, false},
+                                           SamplerConfig{"dpm++2m", TimestepSpacing::linspace, 0.0, false}),
                          [](const auto& info) {
-                           return info.param.name + "_" + to_string(info.param.spacing) + "_" +
-                                  std::to_string(info.index);
+                           std::string name = info.param.name + "_" + to_string(info.param.spacing) + "_" +
+                                              std::to_string(info.index);
+                           for (char& c : name) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
                          });
 
 TEST(MakeSampler, RejectsUnknownNamesAndNegativeEta) {
   auto d = make_diffusion();
-  EXPECT_THROW(make_sampler(SamplerConfig{"euler"}, d.schedule()), std::invalid_argument);
+  EXPECT_THROW(make_sampler(SamplerConfig{"euler-a"}, d.schedule()), std::invalid_argument);
   SamplerConfig bad{"ddim"};
   bad.eta = -1;
   EXPECT_THROW(make_sampler(bad, d.schedule()), std::invalid_argument);

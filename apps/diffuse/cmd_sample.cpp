@@ -1,4 +1,4 @@
-// diffuse sample: draw images from a checkpoint with DDPM or DDIM; a grid, one PNG per image,
+// diffuse sample: draw images from a checkpoint with any sampler (optionally per class, guided); a grid, one PNG per image,
 // and optionally the trajectory of x_t and x̂_0.
 #include <cstdio>
 #include <filesystem>
@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/io/image.h"
+#include "diffuse/sampling/guidance.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/util/progress.h"
 
@@ -14,8 +15,45 @@ namespace diffuse::cli {
 
 namespace {
 
+// Labels for --class: "all" (one row per class), "none" (the unconditional model ∅) or one class.
+struct ClassSelection {
+  torch::Tensor labels;  // undefined: unconditional
+  int64_t per_row = 0;   // grid width (0: square)
+};
+
+ClassSelection select_classes(const std::string& label, double guidance, int64_t classes, int64_t n) {
+  if (classes == 0) {
+    if (label != "all" && label != "none") {
+      throw std::runtime_error("--class " + label + ": this checkpoint is not class-conditional (train with --class-cond)");
+    }
+    if (guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint (train with --class-cond)");
+    return {};
+  }
+  if (label == "all") {
+    auto rows = class_rows(n, classes);
+    return {rows.labels, rows.per_row};
+  }
+  if (label == "none") {
+    if (guidance > 0) throw std::runtime_error("--guidance needs a class: with --class none there is nothing to guide to");
+    return {torch::full({n}, classes, torch::kLong), 0};
+  }
+  int64_t k = -1;
+  try {
+    size_t used = 0;
+    k = std::stoll(label, &used);
+    if (used != label.size()) k = -1;
+  } catch (const std::exception&) {
+    k = -1;
+  }
+  if (k < 0 || k >= classes) {
+    throw std::runtime_error("--class " + label + ": expected all, none or a class in [0, " + std::to_string(classes - 1) + "]");
+  }
+  return {torch::full({n}, k, torch::kLong), 0};
+}
+
 struct SampleCliOptions {
-  std::string checkpoint, out, out_dir, trajectory, device = "cpu";
+  std::string checkpoint, out, out_dir, trajectory, device = "cpu", label = "all";
+  double guidance = 0.0;
   SamplerFlags sampler;
   int64_t n = 64, batch_size = 256, trajectory_frames = 10;
   uint64_t seed = 0;
@@ -32,7 +70,12 @@ void run_sample(const SampleCliOptions& o) {
   auto sampler = make_sampler_from_flags(o.sampler, diffusion, steps);
 
   auto gen = at::detail::createCPUGenerator(o.seed);
-  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ckpt.model->forward(x, t); };
+  const int64_t classes = info.model.num_classes;
+  const ClassSelection selection = select_classes(o.label, o.guidance, classes, o.n);
+  ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    return ckpt.model->forward(x, t, y);
+  };
+  const ConditionalDenoiser net = classifier_free_guidance(model, classes, o.guidance);
   const int64_t C = info.data.channels, H = info.data.image_size;
   std::vector<torch::Tensor> frames_xt, frames_x0;
   // Trajectory frames: step indices round(k (S − 1)/(F − 2)), k = 0..F−2; the final image is the last column.
@@ -48,11 +91,12 @@ void run_sample(const SampleCliOptions& o) {
       frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
     }
   };
-  auto all = generate_images(diffusion, *sampler, net, o.n, o.batch_size, {C, H, H}, SampleOptions{steps, !o.sampler.no_clip}, gen, cb)
+  auto all = generate_images(diffusion, *sampler, net, selection.labels, o.n, o.batch_size, {C, H, H},
+                             SampleOptions{steps, !o.sampler.no_clip}, gen, cb)
                  .clamp(-1.0, 1.0);
   bar.finish();
   if (!o.out.empty()) {
-    save_grid_png(o.out, all);
+    save_grid_png(o.out, all, selection.per_row);
     std::fprintf(stderr, "wrote %s (%lld images)\n", o.out.c_str(), static_cast<long long>(o.n));
   }
   if (!o.out_dir.empty()) {
@@ -89,6 +133,11 @@ void add_sample_command(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingFile);
   add_sampler_options(*cmd, o->sampler);
+  cmd->add_option("--class", o->label, "Class-conditional checkpoints: all (a row per class), none, or a class index")
+      ->capture_default_str();
+  cmd->add_option("--guidance", o->guidance, "Classifier-free guidance w: (1+w) eps(x,y) - w eps(x)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--n", o->n, "Number of images")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed (same seed, same images)")->capture_default_str();

@@ -22,6 +22,7 @@ struct TrainOptions {
   std::string data, out, model = "mnist", objective = "eps", loss = "simple", device = "cpu";
   std::string schedule = "linear", lr_schedule = "cosine";
   int64_t timesteps = 1000, image_size = 32, limit = 0;
+  bool class_cond = false;
   TrainConfig config;
 };
 
@@ -39,9 +40,16 @@ void run_train(TrainOptions& o) {
   info.schedule.timesteps = o.timesteps;
   info.objective = objective_from_string(o.objective);
   info.data = DataInfo{data.name, data.channels(), data.image_size(), data.num_classes};
+  if (o.class_cond) {
+    if (data.num_classes < 2) {
+      throw std::runtime_error("--class-cond needs a labelled data set; '" + o.data + "' has no classes");
+    }
+    info.model.num_classes = data.num_classes;
+  }
   if (!o.config.resume) {
-    std::fprintf(stderr, "model: %s, %lld parameters; %s schedule, T = %lld, objective %s; %d threads\n",
-                 o.model.c_str(), static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),
+    std::fprintf(stderr, "model: %s%s, %lld parameters; %s schedule, T = %lld, objective %s; %d threads\n",
+                 o.model.c_str(), o.class_cond ? " (class-conditional)" : "",
+                 static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),
                  static_cast<long long>(o.timesteps), o.objective.c_str(), torch::get_num_threads());
   }
 
@@ -99,6 +107,10 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--loss", o->loss, "simple: ||target - f(x_t, t)||^2; vlb: the bound's terms L_t-1, L_0 (bits/dim)")
       ->check(CLI::IsMember({"simple", "vlb"}))
+      ->capture_default_str();
+  cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
+  cmd->add_option("--label-dropout", c.label_dropout, "--class-cond: probability of training with no label")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--schedule", o->schedule, "Beta schedule")
       ->check(CLI::IsMember({"linear", "cosine", "scaled-linear"}))

@@ -5,7 +5,7 @@ namespace diffuse::cli {
 
 void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
   cmd.add_option("--sampler", f.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
-  cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for ddim)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for the others)")->check(CLI::NonNegativeNumber);
   cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T")
       ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
@@ -21,6 +21,7 @@ std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const Ga
   SamplerConfig config;
   config.name = f.sampler;
   config.spacing = timestep_spacing_from_string(f.spacing);
+  if (f.eta != 0.0 && f.sampler != "ddim") throw std::runtime_error("--eta applies to --sampler ddim only");
   config.eta = f.eta;
   config.ddpm_large_variance = f.ddpm_variance == "beta";
   steps = f.steps > 0 ? f.steps : (f.sampler == "ddpm" ? diffusion.timesteps() : 50);

@@ -95,7 +95,10 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
               ", H, W] input, got ", x_t.sizes());
   // Time (and label) embedding: [B] → [B, 4·ch]
   auto emb = time_fc2(F::silu(time_fc1(timestep_embedding(t, config_.channels))));
-  if (label_embedding && y.defined()) emb = emb + label_embedding(y);
+  if (label_embedding) {  // no labels given: the "no label" class ∅ = num_classes
+    emb = emb + label_embedding(y.defined() ? y : torch::full({x_t.size(0)}, config_.num_classes,
+                                                               torch::dtype(torch::kLong).device(x_t.device())));
+  }
 
   auto h = conv_in(x_t);
   std::vector<torch::Tensor> skips{h};

@@ -5,10 +5,6 @@
 
 namespace diffuse {
 
-std::vector<int64_t> DdimSampler::timesteps(int64_t steps) const {
-  return spaced_timesteps(schedule_.timesteps(), steps, spacing_);
-}
-
 double DdimSampler::sigma(int64_t t, int64_t t_prev) const {
   const double alpha_bar = schedule_.alpha_bar_at(t);
   const double alpha_bar_prev = schedule_.alpha_bar_at(t_prev);
@@ -17,7 +13,7 @@ double DdimSampler::sigma(int64_t t, int64_t t_prev) const {
 }
 
 StepOutput DdimSampler::step(const Prediction& pred, int64_t t, int64_t t_prev, const torch::Tensor& x_t,
-                             const c10::optional<torch::Generator>& gen) {
+                             const c10::optional<torch::Generator>& gen, const Predictor& /*predict*/) {
   const double alpha_bar_prev = schedule_.alpha_bar_at(t_prev);
   const double sigma_t = sigma(t, t_prev);
   // "direction pointing to x_t": √(1 − ᾱ_prev − σ_t²) ε̂

@@ -4,12 +4,8 @@
 
 namespace diffuse {
 
-std::vector<int64_t> DdpmSampler::timesteps(int64_t steps) const {
-  return spaced_timesteps(schedule_.timesteps(), steps, spacing_);
-}
-
 StepOutput DdpmSampler::step(const Prediction& pred, int64_t t, int64_t t_prev, const torch::Tensor& x_t,
-                             const c10::optional<torch::Generator>& gen) {
+                             const c10::optional<torch::Generator>& gen, const Predictor& /*predict*/) {
   const double alpha_bar = schedule_.alpha_bar_at(t);
   const double alpha_bar_prev = schedule_.alpha_bar_at(t_prev);
   const double beta = 1.0 - alpha_bar / alpha_bar_prev;   // β'_t = 1 − ᾱ_t/ᾱ_prev

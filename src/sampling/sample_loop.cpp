@@ -7,15 +7,17 @@ torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, 
                           const c10::optional<torch::Generator>& gen, const StepCallback& callback) {
   torch::NoGradGuard no_grad;
   sampler.reset();
-  const auto timesteps = sampler.timesteps(options.steps);
+  const auto timesteps = sampler.timesteps(options.steps, options.start_t);
   const int64_t S = static_cast<int64_t>(timesteps.size());
+  const Predictor predict = [&](const torch::Tensor& x, int64_t t) {
+    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
+    return diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, options.clip_x0);
+  };
   auto x = std::move(x_T);
   for (int64_t i = 0; i < S; ++i) {
     const int64_t t = timesteps[i];
     const int64_t t_prev = i + 1 < S ? timesteps[i + 1] : -1;
-    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
-    auto pred = diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, options.clip_x0);
-    auto out = sampler.step(pred, t, t_prev, x, gen);
+    auto out = sampler.step(predict(x, t), t, t_prev, x, gen, predict);
     if (callback) callback(SampleStep{i, S, t, x, out.x0_pred});
     x = std::move(out.x_prev);
   }
@@ -26,7 +28,18 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
                               int64_t n, int64_t batch_size, const std::vector<int64_t>& image_shape,
                               const SampleOptions& options, const torch::Generator& gen,
                               const BatchStepCallback& callback) {
+  ConditionalDenoiser net = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
+    return denoiser(x, t);
+  };
+  return generate_images(diffusion, sampler, net, torch::Tensor(), n, batch_size, image_shape, options, gen, callback);
+}
+
+torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampler, const ConditionalDenoiser& denoiser,
+                              const torch::Tensor& labels, int64_t n, int64_t batch_size,
+                              const std::vector<int64_t>& image_shape, const SampleOptions& options,
+                              const torch::Generator& gen, const BatchStepCallback& callback) {
   TORCH_CHECK(n > 0 && batch_size > 0, "generate_images: n and batch size must be positive");
+  TORCH_CHECK(!labels.defined() || labels.numel() == n, "generate_images: ", labels.numel(), " labels for ", n, " images");
   std::vector<torch::Tensor> images;
   for (int64_t start = 0; start < n; start += batch_size) {
     std::vector<int64_t> shape{std::min(batch_size, n - start)};
@@ -34,7 +47,10 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
     auto x_T = torch::randn(shape, gen).to(diffusion.device());  // x_T ~ N(0, I)
     StepCallback cb;
     if (callback) cb = [&](const SampleStep& s) { callback(start, s); };
-    images.push_back(sample_loop(diffusion, sampler, denoiser, x_T, options, gen, cb).to(torch::kCPU));
+    torch::Tensor y;  // this batch's labels
+    if (labels.defined()) y = labels.narrow(0, start, shape[0]).to(diffusion.device());
+    Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return denoiser(x, t, y); };
+    images.push_back(sample_loop(diffusion, sampler, net, x_T, options, gen, cb).to(torch::kCPU));
   }
   return torch::cat(images);
 }

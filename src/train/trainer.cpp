@@ -15,6 +15,7 @@
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/sampling/ddim.h"
+#include "diffuse/sampling/guidance.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/adamw.h"
 #include "diffuse/train/ema.h"
@@ -93,11 +94,17 @@ void write_preview(const std::string& dir, int64_t step, const GaussianDiffusion
   auto gen = at::detail::createCPUGenerator(/*seed_in=*/1234);
   auto x_T = torch::randn({n, data.channels, data.image_size, data.image_size}, gen).to(device);
   DdimSampler sampler(diffusion.schedule(), TimestepSpacing::leading, /*eta=*/0.0);
-  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ema_model->forward(x, t); };
+  // Class-conditional models: one row per class, no guidance.
+  const int64_t classes = ema_model->config().num_classes;
+  ClassRows rows{torch::Tensor(), 0};
+  if (classes > 0) rows = class_rows(n, classes);
+  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) {
+    return ema_model->forward(x, t, rows.labels.defined() ? rows.labels.to(x.device()) : torch::Tensor());
+  };
   auto images = sample_loop(diffusion, sampler, net, x_T, SampleOptions{50, true}, gen);
   std::ostringstream name;
   name << dir << "/preview_" << std::setw(6) << std::setfill('0') << step << ".png";
-  save_grid_png(name.str(), images);
+  save_grid_png(name.str(), images, rows.per_row);
 }
 
 }  // namespace
@@ -183,7 +190,9 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     auto t = diffusion.sample_timesteps(B);
     auto noise = torch::randn_like(batch.x0);
     auto x_t = diffusion.q_sample(batch.x0, t, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
-    auto model_out = model->forward(x_t, t);
+    torch::Tensor y;  // class-conditional: labels, each dropped to ∅ with probability p
+    if (info.model.num_classes > 0) y = drop_labels(batch.labels, info.model.num_classes, config.label_dropout);
+    auto model_out = model->forward(x_t, t, y);
     auto loss = config.loss == TrainLoss::simple
                     ? GaussianDiffusion::loss_simple(model_out, diffusion.training_target(batch.x0, noise))
                     : vb_term_bpd(diffusion.schedule(), ModelVariance::posterior, batch.x0, x_t, t,

@@ -15,7 +15,8 @@ class UNetImpl : public torch::nn::Module {
  public:
   explicit UNetImpl(const UNetConfig& config);
 
-  // x_t: [B, C, H, W]; t: [B] int64 (0-based); y: [B] int64 labels or undefined → [B, C, H, W]
+  // x_t: [B, C, H, W]; t: [B] int64 (0-based); y: [B] int64 labels in [0, num_classes], where
+  // num_classes is "no label" (also used when y is undefined on a class-conditional model)
   torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {});
 
   const UNetConfig& config() const { return config_; }

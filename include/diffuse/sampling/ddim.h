@@ -11,19 +11,16 @@ namespace diffuse {
 class DdimSampler : public Sampler {
  public:
   DdimSampler(const NoiseSchedule& schedule, TimestepSpacing spacing, double eta)
-      : schedule_(schedule), spacing_(spacing), eta_(eta) {}
+      : Sampler(schedule, spacing), eta_(eta) {}
 
   std::string name() const override { return "ddim"; }
-  std::vector<int64_t> timesteps(int64_t steps) const override;
   StepOutput step(const Prediction& pred, int64_t t, int64_t t_prev, const torch::Tensor& x_t,
-                  const c10::optional<torch::Generator>& gen) override;
+                  const c10::optional<torch::Generator>& gen, const Predictor& predict) override;
 
   // σ_t for a step t → t_prev.
   double sigma(int64_t t, int64_t t_prev) const;
 
  private:
-  const NoiseSchedule& schedule_;
-  TimestepSpacing spacing_;
   double eta_;
 };
 

@@ -13,16 +13,13 @@ namespace diffuse {
 class DdpmSampler : public Sampler {
  public:
   DdpmSampler(const NoiseSchedule& schedule, TimestepSpacing spacing, bool large_variance)
-      : schedule_(schedule), spacing_(spacing), large_variance_(large_variance) {}
+      : Sampler(schedule, spacing), large_variance_(large_variance) {}
 
   std::string name() const override { return "ddpm"; }
-  std::vector<int64_t> timesteps(int64_t steps) const override;
   StepOutput step(const Prediction& pred, int64_t t, int64_t t_prev, const torch::Tensor& x_t,
-                  const c10::optional<torch::Generator>& gen) override;
+                  const c10::optional<torch::Generator>& gen, const Predictor& predict) override;
 
  private:
-  const NoiseSchedule& schedule_;
-  TimestepSpacing spacing_;
   bool large_variance_;
 };
 

@@ -13,6 +13,9 @@ namespace diffuse {
 
 // The network: (x_t [B,C,H,W], t [B] int64) → its raw output (ε or x_0 per the objective).
 using Denoiser = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
+// A label-aware network: (x_t, t, y) → raw output; y [B] int64, or undefined for "no label".
+using ConditionalDenoiser =
+    std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y)>;
 
 struct SampleStep {
   int64_t index;   // 0 .. steps−1
@@ -26,9 +29,10 @@ using StepCallback = std::function<void(const SampleStep&)>;
 struct SampleOptions {
   int64_t steps = 50;
   bool clip_x0 = true;  // clamp x̂_0 to [−1, 1] (pixel data lives there)
+  int64_t start_t = -1; // the timestep of the input x (−1: T − 1, pure noise); editing starts lower
 };
 
-// Runs the reverse process from x_T and returns x_0. Runs under NoGradGuard.
+// Runs the reverse process from x_T (or from x at options.start_t) and returns x_0. Runs under NoGradGuard.
 torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
                           torch::Tensor x_T, const SampleOptions& options,
                           const c10::optional<torch::Generator>& gen, const StepCallback& callback = {});
@@ -41,5 +45,10 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
                               int64_t n, int64_t batch_size, const std::vector<int64_t>& image_shape,
                               const SampleOptions& options, const torch::Generator& gen,
                               const BatchStepCallback& callback = {});
+// The same with labels [n] for a label-aware network, handed to it batch by batch.
+torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampler, const ConditionalDenoiser& denoiser,
+                              const torch::Tensor& labels, int64_t n, int64_t batch_size,
+                              const std::vector<int64_t>& image_shape, const SampleOptions& options,
+                              const torch::Generator& gen, const BatchStepCallback& callback = {});
 
 }  // namespace diffuse

@@ -34,6 +34,7 @@ struct TrainConfig {
   double grad_clip = 1.0;        // max global gradient norm (≤ 0: off)
   double ema_decay = 0.999;
   double weight_decay = 0.0;
+  double label_dropout = 0.1;    // class-conditional models: P(label → ∅), for classifier-free guidance
   uint64_t seed = 0;
   int64_t checkpoint_every = 400;
   int64_t preview_every = 400;   // 0: only at the end

@@ -1,0 +1,32 @@
+// Class conditioning and classifier-free guidance (Ho & Salimans 2022).
+//
+// One network learns ε_θ(x_t, t, y) and ε_θ(x_t, t, ∅): during training each label is replaced
+// by the "no label" class ∅ (index num_classes) with probability p. At sampling time
+//   ε̃ = (1 + w) ε_θ(x_t, t, y) − w ε_θ(x_t, t, ∅)
+// with guidance weight w ≥ 0 (w = 0: plain conditional sampling).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+
+#include "diffuse/sampling/sample_loop.h"
+
+namespace diffuse {
+
+// Each label replaced by `null_label` with probability p (drawn from the global generator).
+torch::Tensor drop_labels(const torch::Tensor& labels, int64_t null_label, double p);
+
+// The guided network: one batched call on [x; x] with labels [y; ∅], then
+// (1 + w)·cond − w·uncond. With w = 0 it is the conditional network, called once.
+ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, int64_t null_label, double w);
+
+// Labels for a grid with one row per class: image i gets class ⌊i / per_row⌋ where per_row =
+// ⌈n / classes⌉ is also the grid's width.
+struct ClassRows {
+  torch::Tensor labels;  // [n] int64
+  int64_t per_row;
+};
+ClassRows class_rows(int64_t n, int64_t classes);
+
+}  // namespace diffuse

@@ -1,0 +1,36 @@
+#include "diffuse/edit/ddim_inversion.h"
+
+#include <cmath>
+
+#include "diffuse/sampling/ddim.h"
+
+namespace diffuse {
+
+torch::Tensor ddim_invert(const GaussianDiffusion& diffusion, const Denoiser& denoiser, const torch::Tensor& x0,
+                          int64_t steps, TimestepSpacing spacing) {
+  torch::NoGradGuard no_grad;
+  DdimSampler grid(diffusion.schedule(), spacing, 0.0);
+  auto ts = grid.timesteps(steps);  // descending
+  std::reverse(ts.begin(), ts.end());
+  // The image stands in for x at the smallest grid timestep (ᾱ ≈ 1 there).
+  auto x = x0;
+  for (size_t i = 0; i + 1 < ts.size(); ++i) {
+    const int64_t t = ts[i], t_next = ts[i + 1];
+    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
+    const auto pred = diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, /*clip_x0=*/false);
+    const double ab_next = diffusion.schedule().alpha_bar_at(t_next);
+    x = std::sqrt(ab_next) * pred.x0 + std::sqrt(1.0 - ab_next) * pred.eps;
+  }
+  return x;
+}
+
+torch::Tensor ddim_decode(const GaussianDiffusion& diffusion, const Denoiser& denoiser, const torch::Tensor& x_T,
+                          int64_t steps, TimestepSpacing spacing) {
+  DdimSampler sampler(diffusion.schedule(), spacing, 0.0);
+  SampleOptions options;
+  options.steps = steps;
+  options.clip_x0 = false;  // x_T sits at the first timestep of the full grid (start_t = −1)
+  return sample_loop(diffusion, sampler, denoiser, x_T, options, c10::nullopt);
+}
+
+}  // namespace diffuse

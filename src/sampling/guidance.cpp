@@ -1,0 +1,32 @@
+#include "diffuse/sampling/guidance.h"
+
+#include <stdexcept>
+
+namespace diffuse {
+
+torch::Tensor drop_labels(const torch::Tensor& labels, int64_t null_label, double p) {
+  if (!(p >= 0.0 && p <= 1.0)) throw std::invalid_argument("label dropout must be in [0, 1], got " + std::to_string(p));
+  if (p == 0.0) return labels;
+  auto drop = torch::rand(labels.sizes(), torch::dtype(torch::kFloat32)).to(labels.device()) < p;
+  return torch::where(drop, torch::full_like(labels, null_label), labels);
+}
+
+ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, int64_t null_label, double w) {
+  if (!(w >= 0.0)) throw std::invalid_argument("guidance weight must be >= 0, got " + std::to_string(w));
+  if (w == 0.0) return net;
+  return [net = std::move(net), null_label, w](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    TORCH_CHECK(y.defined(), "classifier-free guidance needs labels");
+    const int64_t B = x.size(0);
+    auto out = net(torch::cat({x, x}), torch::cat({t, t}), torch::cat({y, torch::full_like(y, null_label)}));
+    auto cond = out.narrow(0, 0, B), uncond = out.narrow(0, B, B);
+    return (1.0 + w) * cond - w * uncond;  // ε̃ = (1 + w) ε(x, y) − w ε(x, ∅)
+  };
+}
+
+ClassRows class_rows(int64_t n, int64_t classes) {
+  if (n < 1 || classes < 1) throw std::invalid_argument("class_rows: n and classes must be positive");
+  const int64_t per_row = (n + classes - 1) / classes;
+  return {torch::clamp_max(torch::arange(n, torch::kLong) / per_row, classes - 1), per_row};
+}
+
+}  // namespace diffuse
