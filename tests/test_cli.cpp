@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "diffuse/io/atomic_file.h"
+#include "diffuse/io/image.h"
 #include "diffuse_build_paths.h"
 #include "support/temp_dir.h"
 
@@ -143,4 +144,67 @@ TEST(Cli, CtrlCWritesACheckpointAndResumeContinues) {
                "--no-progress --resume --steps 400 --out " + run_dir);
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("finished at step 400"), std::string::npos) << r.output;
+}
+
+TEST(Cli, ClassConditionalGuidanceAndEditing) {
+  TempDir dir;
+  auto r = run("--threads 1 train --data mnist --limit 32 --model tiny --steps 2 --batch-size 4 --timesteps 50 "
+               "--class-cond --preview-n 4 --no-progress --out " + dir / "cond");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(class-conditional)"), std::string::npos) << r.output;
+  const std::string cond = dir / "cond/checkpoint.safetensors";
+  r = run("sample --checkpoint " + cond + " --class 3 --guidance 2 --sampler dpm++2m --steps 5 --n 2 --no-progress --out " +
+          dir / "three.png");
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run("sample --checkpoint " + cond + " --sampler heun --steps 4 --n 10 --no-progress --out " + dir / "rows.png");
+  EXPECT_EQ(r.status, 0) << r.output;
+  for (const std::string bad : {"--class 10", "--class seven", "--class none --guidance 1"}) {
+    r = run("sample --checkpoint " + cond + " " + bad + " --n 2 --no-progress --out " + dir / "x.png");
+    EXPECT_NE(r.status, 0) << bad;
+    EXPECT_NE(r.output.find("--"), std::string::npos) << r.output;
+  }
+
+  r = run("--threads 1 train --data mnist --limit 32 --model tiny --steps 2 --batch-size 4 --timesteps 50 "
+          "--preview-n 4 --no-progress --out " + dir / "plain");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string plain = dir / "plain/checkpoint.safetensors";
+  r = run("sample --checkpoint " + plain + " --class 3 --n 2 --no-progress --out " + dir / "x.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("not class-conditional"), std::string::npos) << r.output;
+  r = run("sample --checkpoint " + plain + " --sampler euler --eta 1 --n 2 --no-progress --out " + dir / "x.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--eta applies to --sampler ddim only"), std::string::npos) << r.output;
+
+  // Editing: each mode runs on held-out images and writes its figure.
+  const std::string ck = " --checkpoint " + plain + " --steps 5";
+  for (const std::string mode : {"sdedit --test-index 0,1 --t 20", "sdedit --test-index 0 --strength 0.5",
+                                 "sweep --test-index 0,1 --ts 5,25,50", "invert --test-index 0 --steps-list 5,10",
+                                 "inpaint --test-index 0 --mask left --resample 1", "interpolate --test-index 0,1 --frames 3",
+                                 "mix --test-index 0,1 --ts 25 --frames 3"}) {
+    std::filesystem::remove(dir / "edit.png");
+    r = run("edit " + mode + ck + " --out " + dir / "edit.png");
+    EXPECT_EQ(r.status, 0) << mode << "\n" << r.output;
+    EXPECT_TRUE(std::filesystem::exists(dir / "edit.png")) << mode;
+  }
+  r = run("edit sweep --test-index 0 --ts 5,25 --checkpoint " + plain);
+  EXPECT_NE(r.output.find("PSNR"), std::string::npos) << r.output;
+
+  // Bad input: t out of range, wrong mask size, wrong channels, no image.
+  diffuse::save_image_png(dir / "rgb.png", torch::zeros({3, 28, 28}));
+  diffuse::save_image_png(dir / "mask.png", torch::zeros({1, 10, 10}));
+  const std::vector<std::pair<std::string, std::string>> bad{
+      {"sdedit --test-index 0 --t 51", "beyond the checkpoint's T = 50"},
+      {"sdedit --test-index 0", "exactly one of --t"},
+      {"sweep --test-index 0 --ts 0", "outside [1, 50]"},
+      {"inpaint --test-index 0 --mask " + dir / "mask.png", "is 10×10, but the image is 28×28"},
+      {"sdedit --t 5 --image " + dir / "rgb.png", "has 3 colour channel(s), but the model expects 1"},
+      {"sdedit --t 5", "needs 1 input image(s)"},
+      {"interpolate --test-index 0", "needs 2 input image(s)"},
+      {"sdedit --t 5 --test-index 10000000", "--test-index 10000000"}};
+  for (const auto& [args, message] : bad) {
+    r = run("edit " + args + " --checkpoint " + plain + " --out " + dir / "bad.png");
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
+    EXPECT_FALSE(std::filesystem::exists(dir / "bad.png")) << args;
+  }
 }

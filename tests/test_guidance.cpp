@@ -46,6 +46,7 @@ TEST(Guidance, CombinesConditionalAndUnconditionalInOneCall) {
 TEST(Guidance, ClassRowsGiveOneRowPerClass) {
   auto r = class_rows(100, 10);
   EXPECT_EQ(r.per_row, 10);
+  EXPECT_EQ(r.labels.scalar_type(), torch::kLong);
   EXPECT_EQ(r.labels[0].item<int64_t>(), 0);
   EXPECT_EQ(r.labels[19].item<int64_t>(), 1);
   EXPECT_EQ(r.labels[99].item<int64_t>(), 9);

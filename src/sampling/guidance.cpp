@@ -26,7 +26,8 @@ ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, int64_t nu
 ClassRows class_rows(int64_t n, int64_t classes) {
   if (n < 1 || classes < 1) throw std::invalid_argument("class_rows: n and classes must be positive");
   const int64_t per_row = (n + classes - 1) / classes;
-  return {torch::clamp_max(torch::arange(n, torch::kLong) / per_row, classes - 1), per_row};
+  // (integer division: "/" on integer tensors divides exactly and returns floats)
+  return {torch::clamp_max(torch::div(torch::arange(n, torch::kLong), per_row, "floor"), classes - 1), per_row};
 }
 
 }  // namespace diffuse

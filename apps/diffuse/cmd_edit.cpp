@@ -1,0 +1,293 @@
+// diffuse edit: real images through the diffusion process.
+//   sdedit       noise an image to x_t and denoise it (SDEdit)
+//   sweep        the same for a list of t on held-out images: MSE/PSNR table and a figure
+//   invert       DDIM inversion x_0 → x_T → x_0: reconstruction PSNR against steps
+//   inpaint      fill the white part of a mask (RePaint-style, optional resampling)
+//   interpolate  slerp between the inverted latents of two images, decoded with DDIM η = 0
+//   mix          denoise a pixel mixture of two images from an intermediate t
+// Inputs are PNG/JPEG files (--image) or images of the checkpoint's test split (--test-index).
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "commands.h"
+#include "diffuse/data/dataset.h"
+#include "diffuse/edit/ddim_inversion.h"
+#include "diffuse/edit/inpaint.h"
+#include "diffuse/edit/interpolate.h"
+#include "diffuse/edit/noise_and_denoise.h"
+#include "diffuse/io/checkpoint.h"
+#include "diffuse/io/image.h"
+
+namespace diffuse::cli {
+
+namespace {
+
+struct EditOptions {
+  std::string checkpoint, out, device = "cpu", mask;
+  std::vector<std::string> images;
+  std::vector<int64_t> test_indices, ts{50, 100, 250, 500, 750, 1000}, step_list{10, 20, 50, 100, 200};
+  SamplerFlags sampler;
+  int64_t t = 0, resample = 0, frames = 8;
+  double strength = 0.0;
+  uint64_t seed = 0;
+};
+
+// What every edit needs: the model, its diffusion, and the input images in [−1, 1].
+struct EditContext {
+  LoadedCheckpoint ckpt;
+  GaussianDiffusion diffusion;
+  Denoiser net;
+  torch::Tensor inputs;  // [B, C, H, W]
+  torch::Generator gen;
+};
+
+torch::Tensor load_input_file(const std::string& path, const DataInfo& data) {
+  const int file_channels = image_file_channels(path);
+  const int channels = file_channels <= 2 ? 1 : 3;  // alpha is dropped
+  if (channels != data.channels) {
+    throw std::runtime_error("image '" + path + "' has " + std::to_string(channels) + " colour channel(s), but the model expects " +
+                             std::to_string(data.channels));
+  }
+  auto img = load_image_u8(path, channels, /*size=*/0);
+  if (img.size(1) != data.image_size || img.size(2) != data.image_size) {
+    throw std::runtime_error("image '" + path + "' is " + std::to_string(img.size(2)) + "×" + std::to_string(img.size(1)) +
+                             ", but the model expects " + std::to_string(data.image_size) + "×" +
+                             std::to_string(data.image_size) + " (resize it first)");
+  }
+  return from_uint8(img);
+}
+
+EditContext open_edit(const EditOptions& o, size_t min_inputs) {
+  const auto device = resolve_device(o.device);
+  auto ckpt = load_checkpoint(o.checkpoint, device);
+  GaussianDiffusion diffusion(NoiseSchedule(ckpt.info.schedule), ckpt.info.objective, device);
+  std::vector<torch::Tensor> inputs;
+  for (const auto& path : o.images) inputs.push_back(load_input_file(path, ckpt.info.data));
+  if (!o.test_indices.empty()) {
+    auto test = load_dataset(ckpt.info.data.name, Split::test, DataOptions{ckpt.info.data.image_size, 0});
+    for (int64_t i : o.test_indices) {
+      if (i < 0 || i >= test.size()) {
+        throw std::runtime_error("--test-index " + std::to_string(i) + ": the test split has " + std::to_string(test.size()) + " images");
+      }
+      inputs.push_back(from_uint8(test.images[i]));
+    }
+  }
+  if (inputs.size() < min_inputs) {
+    throw std::runtime_error("edit: needs " + std::to_string(min_inputs) + " input image(s): give --image FILE or --test-index N");
+  }
+  auto model = ckpt.model;
+  model->eval();
+  Denoiser net = [model](const torch::Tensor& x, const torch::Tensor& t) mutable { return model->forward(x, t); };
+  return {std::move(ckpt), std::move(diffusion), std::move(net), torch::stack(inputs).to(device),
+          at::detail::createCPUGenerator(o.seed)};
+}
+
+void write_figure(const std::string& path, const std::vector<torch::Tensor>& tiles, int64_t columns, const std::string& what) {
+  if (path.empty()) return;
+  save_grid_png(path, torch::stack(tiles).to(torch::kCPU).clamp(-1, 1), columns);
+  std::fprintf(stderr, "wrote %s (%s)\n", path.c_str(), what.c_str());
+}
+
+int64_t edit_steps(const EditOptions& o, int64_t t) {
+  // Steps on [0, t]: --steps if given, else the sampler's default scaled to the part of the chain used.
+  const int64_t full = o.sampler.steps > 0 ? o.sampler.steps : (o.sampler.sampler == "ddpm" ? 1000000 : 50);
+  return std::max<int64_t>(1, std::min<int64_t>(full, t + 1));
+}
+
+void run_sdedit(const EditOptions& o) {
+  auto c = open_edit(o, 1);
+  const int64_t T = c.diffusion.timesteps();
+  if ((o.t > 0) == (o.strength > 0)) throw std::runtime_error("sdedit: give exactly one of --t (1..T) or --strength (0..1]");
+  if (o.t > T) throw std::runtime_error("--t " + std::to_string(o.t) + " is beyond the checkpoint's T = " + std::to_string(T));
+  const int64_t t = o.t > 0 ? o.t - 1 : timestep_for_strength(o.strength, T);
+  int64_t unused = 0;
+  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
+  auto r = noise_and_denoise(c.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t), !o.sampler.no_clip, c.gen);
+  auto p = psnr(r.result.clamp(-1, 1), c.inputs);
+  std::vector<torch::Tensor> tiles;
+  for (int64_t i = 0; i < c.inputs.size(0); ++i) {
+    std::printf("image %lld: t = %lld, PSNR to the original %.2f dB\n", static_cast<long long>(i),
+                static_cast<long long>(r.t + 1), p[i].item<double>());
+    for (const auto& x : {c.inputs[i], r.x_t[i], r.result[i]}) tiles.push_back(x);
+  }
+  write_figure(o.out, tiles, 3, "columns: original, x_t, result");
+}
+
+void run_sweep(const EditOptions& o) {
+  auto c = open_edit(o, 1);
+  const int64_t T = c.diffusion.timesteps(), shown = std::min<int64_t>(c.inputs.size(0), 3);
+  int64_t unused = 0;
+  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
+  std::printf("%6s  %10s  %9s   (%lld images, %s)\n", "t", "MSE", "PSNR dB", static_cast<long long>(c.inputs.size(0)),
+              o.sampler.sampler.c_str());
+  std::vector<torch::Tensor> tiles;
+  for (int64_t t1 : o.ts) {
+    if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
+    auto r = noise_and_denoise(c.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
+    auto result = r.result.clamp(-1, 1);
+    const double mse = (result - c.inputs).pow(2).mean().item<double>();
+    std::printf("%6lld  %10.5f  %9.2f\n", static_cast<long long>(r.t + 1), mse, psnr(result, c.inputs).mean().item<double>());
+    for (int64_t i = 0; i < shown; ++i)
+      for (const auto& x : {c.inputs[i], r.x_t[i], result[i]}) tiles.push_back(x);
+  }
+  write_figure(o.out, tiles, 3 * shown, "rows: t; columns: original, x_t, result per image");
+}
+
+void run_invert(const EditOptions& o) {
+  auto c = open_edit(o, 1);
+  const auto spacing = timestep_spacing_from_string(o.sampler.spacing);
+  std::printf("%6s  %9s   (DDIM inversion and decoding, eta 0, x0 unclipped, %lld images)\n", "steps", "PSNR dB",
+              static_cast<long long>(c.inputs.size(0)));
+  std::vector<torch::Tensor> latents, recons;
+  for (int64_t S : o.step_list) {
+    if (S < 2 || S > c.diffusion.timesteps()) throw std::runtime_error("--steps-list: " + std::to_string(S) + " outside [2, T]");
+    auto x_T = ddim_invert(c.diffusion, c.net, c.inputs, S, spacing);
+    auto back = ddim_decode(c.diffusion, c.net, x_T, S, spacing).clamp(-1, 1);
+    std::printf("%6lld  %9.2f\n", static_cast<long long>(S), psnr(back, c.inputs).mean().item<double>());
+    latents.push_back(x_T);
+    recons.push_back(back);
+  }
+  std::vector<torch::Tensor> tiles;
+  const int64_t shown = std::min<int64_t>(c.inputs.size(0), 4);
+  for (int64_t i = 0; i < shown; ++i) {
+    tiles.push_back(c.inputs[i]);
+    tiles.push_back(latents.back()[i] / 3.0);  // x_T, scaled to show ±3σ
+    for (const auto& r : recons) tiles.push_back(r[i]);
+  }
+  write_figure(o.out, tiles, 2 + static_cast<int64_t>(recons.size()),
+               "columns: original, x_T (largest S, /3), reconstruction per --steps-list");
+}
+
+// The mask: a file (white = fill in) or a built-in half/box. Returns `known` [1, 1, H, W].
+torch::Tensor load_known_mask(const std::string& spec, int64_t size) {
+  auto hole = torch::zeros({size, size});
+  const int64_t half = size / 2, q = size / 4;
+  if (spec == "left") hole.narrow(1, 0, half).fill_(1);
+  else if (spec == "right") hole.narrow(1, half, size - half).fill_(1);
+  else if (spec == "top") hole.narrow(0, 0, half).fill_(1);
+  else if (spec == "bottom") hole.narrow(0, half, size - half).fill_(1);
+  else if (spec == "center") hole.narrow(0, q, size - 2 * q).narrow(1, q, size - 2 * q).fill_(1);
+  else {
+    auto m = load_image_u8(spec, 1, 0);
+    if (m.size(1) != size || m.size(2) != size) {
+      throw std::runtime_error("mask '" + spec + "' is " + std::to_string(m.size(2)) + "×" + std::to_string(m.size(1)) +
+                               ", but the image is " + std::to_string(size) + "×" + std::to_string(size));
+    }
+    hole = (m[0] >= 128).to(torch::kFloat);
+  }
+  return (1 - hole).view({1, 1, size, size});
+}
+
+void run_inpaint(const EditOptions& o) {
+  if (o.mask.empty()) throw std::runtime_error("inpaint: give --mask FILE.png (white = fill in) or left|right|top|bottom|center");
+  auto c = open_edit(o, 1);
+  auto known = load_known_mask(o.mask, c.ckpt.info.data.image_size).to(c.inputs.device());
+  int64_t steps = 0;
+  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, steps);
+  InpaintOptions io;
+  io.steps = steps;
+  io.resample = o.resample;
+  io.clip_x0 = !o.sampler.no_clip;
+  auto result = inpaint(c.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
+  std::vector<torch::Tensor> tiles;
+  auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
+  for (int64_t i = 0; i < c.inputs.size(0); ++i)
+    for (const auto& x : {c.inputs[i], shown[i], result[i]}) tiles.push_back(x);
+  write_figure(o.out, tiles, 3, "columns: original, known pixels, result");
+}
+
+void run_interpolate(const EditOptions& o) {
+  auto c = open_edit(o, 2);
+  if (c.inputs.size(0) != 2) throw std::runtime_error("interpolate: give exactly two images");
+  const auto spacing = timestep_spacing_from_string(o.sampler.spacing);
+  const int64_t S = o.sampler.steps > 0 ? o.sampler.steps : 50;
+  auto x_T = ddim_invert(c.diffusion, c.net, c.inputs, S, spacing);
+  std::vector<torch::Tensor> lerp_latents, slerp_latents;
+  for (int64_t k = 0; k < o.frames; ++k) {
+    const double lambda = o.frames == 1 ? 0.0 : static_cast<double>(k) / static_cast<double>(o.frames - 1);
+    slerp_latents.push_back(slerp(x_T[0], x_T[1], lambda));
+    lerp_latents.push_back((1 - lambda) * x_T[0] + lambda * x_T[1]);
+  }
+  auto decoded_slerp = ddim_decode(c.diffusion, c.net, torch::stack(slerp_latents), S, spacing).clamp(-1, 1);
+  auto decoded_lerp = ddim_decode(c.diffusion, c.net, torch::stack(lerp_latents), S, spacing).clamp(-1, 1);
+  std::vector<torch::Tensor> tiles;
+  for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(decoded_slerp[k]);
+  for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(decoded_lerp[k]);
+  write_figure(o.out, tiles, o.frames, "rows: slerp, then linear interpolation of the inverted latents");
+}
+
+void run_mix(const EditOptions& o) {
+  auto c = open_edit(o, 2);
+  if (c.inputs.size(0) != 2) throw std::runtime_error("mix: give exactly two images");
+  const int64_t T = c.diffusion.timesteps();
+  int64_t unused = 0;
+  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
+  std::vector<torch::Tensor> tiles;
+  for (int64_t t1 : o.ts) {
+    if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
+    // x_0 mixtures λ a + (1 − λ) b, noised together to t and denoised
+    std::vector<torch::Tensor> mixtures;
+    for (int64_t k = 0; k < o.frames; ++k) {
+      const double lambda = o.frames == 1 ? 0.5 : static_cast<double>(k) / static_cast<double>(o.frames - 1);
+      mixtures.push_back((1 - lambda) * c.inputs[0] + lambda * c.inputs[1]);
+    }
+    auto r = noise_and_denoise(c.diffusion, *sampler, c.net, torch::stack(mixtures), t1 - 1, edit_steps(o, t1 - 1),
+                               !o.sampler.no_clip, c.gen);
+    for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(r.result[k]);
+  }
+  write_figure(o.out, tiles, o.frames, "rows: t; columns: mixture weight from the first image to the second");
+}
+
+CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::string& help,
+                        const std::shared_ptr<EditOptions>& o) {
+  auto* cmd = edit.add_subcommand(name, help);
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--image", o->images, "Input image file(s) (PNG/JPEG of the model's size and channels)");
+  cmd->add_option("--test-index", o->test_indices, "Input image(s) from the checkpoint's test split, by index")
+      ->delimiter(',');
+  cmd->add_option("--out", o->out, "Figure (PNG)");
+  cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  add_sampler_options(*cmd, o->sampler);
+  add_device_option(*cmd, o->device);
+  return cmd;
+}
+
+}  // namespace
+
+void add_edit_command(CLI::App& app) {
+  auto* edit = app.add_subcommand("edit", "Edit real images: sdedit, sweep, invert, inpaint, interpolate, mix");
+  edit->require_subcommand(1);
+  auto o = std::make_shared<EditOptions>();
+
+  auto* sdedit = add_edit_mode(*edit, "sdedit", "Noise images to x_t with q(x_t|x_0), then denoise them", o);
+  sdedit->add_option("--t", o->t, "Noise level as a 1-based timestep (1..T)")->check(CLI::PositiveNumber);
+  sdedit->add_option("--strength", o->strength, "Noise level as a fraction of T, in (0, 1]");
+  sdedit->callback([o] { run_sdedit(*o); });
+
+  auto* sweep = add_edit_mode(*edit, "sweep", "Noise-and-denoise at several t: MSE/PSNR table and figure", o);
+  sweep->add_option("--ts", o->ts, "Timesteps (1-based)")->delimiter(',')->capture_default_str();
+  sweep->callback([o] { run_sweep(*o); });
+
+  auto* invert = add_edit_mode(*edit, "invert", "DDIM inversion: x_0 -> x_T -> x_0, PSNR against steps", o);
+  invert->add_option("--steps-list", o->step_list, "DDIM steps to try")->delimiter(',')->capture_default_str();
+  invert->callback([o] { run_invert(*o); });
+
+  auto* inpaint_cmd = add_edit_mode(*edit, "inpaint", "Fill the white part of a mask, keeping the rest", o);
+  inpaint_cmd->add_option("--mask", o->mask, "Mask PNG (white = fill in) or left|right|top|bottom|center");
+  inpaint_cmd->add_option("--resample", o->resample, "RePaint: extra back-and-forth rounds per step")
+      ->check(CLI::Range(0, 20))
+      ->capture_default_str();
+  inpaint_cmd->callback([o] { run_inpaint(*o); });
+
+  auto* interp = add_edit_mode(*edit, "interpolate", "Slerp between two inverted images, decoded with DDIM eta 0", o);
+  interp->add_option("--frames", o->frames, "Images along the path")->check(CLI::Range(2, 64))->capture_default_str();
+  interp->callback([o] { run_interpolate(*o); });
+
+  auto* mix = add_edit_mode(*edit, "mix", "Denoise pixel mixtures of two images from intermediate t", o);
+  mix->add_option("--ts", o->ts, "Timesteps (1-based)")->delimiter(',')->capture_default_str();
+  mix->add_option("--frames", o->frames, "Mixture weights from 0 to 1")->check(CLI::Range(1, 64))->capture_default_str();
+  mix->callback([o] { run_mix(*o); });
+}
+
+}  // namespace diffuse::cli
