@@ -208,3 +208,19 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
     EXPECT_FALSE(std::filesystem::exists(dir / "bad.png")) << args;
   }
 }
+
+TEST(Cli, ShowDrawsTheScheduleAndTheForwardProcess) {
+  TempDir dir;
+  auto r = run("show schedule --out " + dir / "schedule.png");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "schedule.png"));
+  r = run("show forward --test-index 0,5 --ts 0,10,100 --schedule cosine --out " + dir / "forward.png");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "forward.png"));
+  r = run("show forward --ts 1001 --out " + dir / "bad.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--ts: 1001 outside [0, T]"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "bad.png"));
+  r = run("show");
+  EXPECT_NE(r.status, 0);
+}

@@ -7,6 +7,7 @@
 //   mix          denoise a pixel mixture of two images from an intermediate t
 // Inputs are PNG/JPEG files (--image) or images of the checkpoint's test split (--test-index).
 #include <cstdio>
+#include <iomanip>
 #include <memory>
 #include <sstream>
 
@@ -18,6 +19,7 @@
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/io/image.h"
+#include "diffuse/plot/figure.h"
 
 namespace diffuse::cli {
 
@@ -83,10 +85,17 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
           at::detail::createCPUGenerator(o.seed)};
 }
 
-void write_figure(const std::string& path, const std::vector<torch::Tensor>& tiles, int64_t columns, const std::string& what) {
+void write_figure(const std::string& path, const std::vector<torch::Tensor>& tiles, int64_t columns, const std::string& what,
+                  const std::vector<std::string>& column_labels, const std::vector<std::string>& row_labels = {}) {
   if (path.empty()) return;
-  save_grid_png(path, torch::stack(tiles).to(torch::kCPU).clamp(-1, 1), columns);
+  save_labelled_grid(path, torch::stack(tiles).to(torch::kCPU).clamp(-1, 1), columns, column_labels, row_labels, 3);
   std::fprintf(stderr, "wrote %s (%s)\n", path.c_str(), what.c_str());
+}
+
+std::string fixed(double v, int digits) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
 }
 
 int64_t edit_steps(const EditOptions& o, int64_t t) {
@@ -111,7 +120,7 @@ void run_sdedit(const EditOptions& o) {
                 static_cast<long long>(r.t + 1), p[i].item<double>());
     for (const auto& x : {c.inputs[i], r.x_t[i], r.result[i]}) tiles.push_back(x);
   }
-  write_figure(o.out, tiles, 3, "columns: original, x_t, result");
+  write_figure(o.out, tiles, 3, "columns: original, x_t, result", {"original", "t=" + std::to_string(r.t + 1), "result"});
 }
 
 void run_sweep(const EditOptions& o) {
@@ -122,16 +131,20 @@ void run_sweep(const EditOptions& o) {
   std::printf("%6s  %10s  %9s   (%lld images, %s)\n", "t", "MSE", "PSNR dB", static_cast<long long>(c.inputs.size(0)),
               o.sampler.sampler.c_str());
   std::vector<torch::Tensor> tiles;
+  std::vector<std::string> rows, columns;
+  for (int64_t i = 0; i < shown; ++i)
+    for (const char* name : {"original", "x_t", "result"}) columns.push_back(name);
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
     auto r = noise_and_denoise(c.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
+    rows.push_back("t=" + std::to_string(r.t + 1));
     auto result = r.result.clamp(-1, 1);
     const double mse = (result - c.inputs).pow(2).mean().item<double>();
     std::printf("%6lld  %10.5f  %9.2f\n", static_cast<long long>(r.t + 1), mse, psnr(result, c.inputs).mean().item<double>());
     for (int64_t i = 0; i < shown; ++i)
       for (const auto& x : {c.inputs[i], r.x_t[i], result[i]}) tiles.push_back(x);
   }
-  write_figure(o.out, tiles, 3 * shown, "rows: t; columns: original, x_t, result per image");
+  write_figure(o.out, tiles, 3 * shown, "rows: t; columns: original, x_t, result per image", columns, rows);
 }
 
 void run_invert(const EditOptions& o) {
@@ -155,8 +168,10 @@ void run_invert(const EditOptions& o) {
     tiles.push_back(latents.back()[i] / 3.0);  // x_T, scaled to show ±3σ
     for (const auto& r : recons) tiles.push_back(r[i]);
   }
+  std::vector<std::string> columns{"original", "x_T / 3"};
+  for (int64_t S : o.step_list) columns.push_back("S=" + std::to_string(S));
   write_figure(o.out, tiles, 2 + static_cast<int64_t>(recons.size()),
-               "columns: original, x_T (largest S, /3), reconstruction per --steps-list");
+               "columns: original, x_T (largest S, /3), reconstruction per --steps-list", columns);
 }
 
 // The mask: a file (white = fill in) or a built-in half/box. Returns `known` [1, 1, H, W].
@@ -194,7 +209,7 @@ void run_inpaint(const EditOptions& o) {
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
   for (int64_t i = 0; i < c.inputs.size(0); ++i)
     for (const auto& x : {c.inputs[i], shown[i], result[i]}) tiles.push_back(x);
-  write_figure(o.out, tiles, 3, "columns: original, known pixels, result");
+  write_figure(o.out, tiles, 3, "columns: original, known pixels, result", {"original", "known", "result"});
 }
 
 void run_interpolate(const EditOptions& o) {
@@ -212,9 +227,14 @@ void run_interpolate(const EditOptions& o) {
   auto decoded_slerp = ddim_decode(c.diffusion, c.net, torch::stack(slerp_latents), S, spacing).clamp(-1, 1);
   auto decoded_lerp = ddim_decode(c.diffusion, c.net, torch::stack(lerp_latents), S, spacing).clamp(-1, 1);
   std::vector<torch::Tensor> tiles;
-  for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(decoded_slerp[k]);
+  std::vector<std::string> columns;
+  for (int64_t k = 0; k < o.frames; ++k) {
+    tiles.push_back(decoded_slerp[k]);
+    columns.push_back(fixed(static_cast<double>(k) / static_cast<double>(o.frames - 1), 2));
+  }
   for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(decoded_lerp[k]);
-  write_figure(o.out, tiles, o.frames, "rows: slerp, then linear interpolation of the inverted latents");
+  write_figure(o.out, tiles, o.frames, "rows: slerp, then linear interpolation of the inverted latents", columns,
+               {"slerp", "lerp"});
 }
 
 void run_mix(const EditOptions& o) {
@@ -224,8 +244,13 @@ void run_mix(const EditOptions& o) {
   int64_t unused = 0;
   auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
   std::vector<torch::Tensor> tiles;
+  std::vector<std::string> rows, columns;
+  for (int64_t k = 0; k < o.frames; ++k) {
+    columns.push_back(fixed(o.frames == 1 ? 0.5 : static_cast<double>(k) / static_cast<double>(o.frames - 1), 2));
+  }
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
+    rows.push_back("t=" + std::to_string(t1));
     // x_0 mixtures λ a + (1 − λ) b, noised together to t and denoised
     std::vector<torch::Tensor> mixtures;
     for (int64_t k = 0; k < o.frames; ++k) {
@@ -236,7 +261,7 @@ void run_mix(const EditOptions& o) {
                                !o.sampler.no_clip, c.gen);
     for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(r.result[k]);
   }
-  write_figure(o.out, tiles, o.frames, "rows: t; columns: mixture weight from the first image to the second");
+  write_figure(o.out, tiles, o.frames, "rows: t; columns: weight of the second image in the mixture", columns, rows);
 }
 
 CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::string& help,

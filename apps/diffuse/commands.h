@@ -17,6 +17,7 @@ void add_sample_command(CLI::App& app);
 void add_schedule_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_edit_command(CLI::App& app);
+void add_show_command(CLI::App& app);
 
 // Sampler flags shared by `sample` and `eval --metric fid`.
 struct SamplerFlags {
