@@ -171,9 +171,38 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
   r = run("sample --checkpoint " + plain + " --class 3 --n 2 --no-progress --out " + dir / "x.png");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("not class-conditional"), std::string::npos) << r.output;
+  r = run("eval --metric fid --guidance 2 --n 4 --checkpoint " + plain);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--guidance needs a class-conditional checkpoint"), std::string::npos) << r.output;
   r = run("sample --checkpoint " + plain + " --sampler euler --eta 1 --n 2 --no-progress --out " + dir / "x.png");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--eta applies to --sampler ddim only"), std::string::npos) << r.output;
+
+  // cFID on a small IDX data set of random digits-sized images (the classifier trains in seconds),
+  // class-balanced and guided for the class-conditional checkpoint.
+  std::filesystem::create_directories(dir / "idx");
+  auto be32 = [](uint32_t v) { return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; };
+  for (const std::string split : {"train", "t10k"}) {
+    const uint32_t n = 120;
+    std::string images = be32(0x803) + be32(n) + be32(28) + be32(28), labels = be32(0x801) + be32(n);
+    for (uint32_t i = 0; i < n * 28 * 28; ++i) images += char((i * 2654435761u) >> 24);
+    for (uint32_t i = 0; i < n; ++i) labels += char(i % 10);
+    diffuse::write_file_atomic(dir / ("idx/" + split + "-images-idx3-ubyte"), images);
+    diffuse::write_file_atomic(dir / ("idx/" + split + "-labels-idx1-ubyte"), labels);
+  }
+  const std::string fid = "DIFFUSE_CACHE_DIR=" + dir / "cache" + " " + std::string(DIFFUSE_BINARY) +
+                          " eval --metric fid --data " + dir / "idx" + " --n 20 --steps 3 --no-progress --json";
+  FILE* pipe = popen((fid + " --checkpoint " + cond + " --guidance 1 2>/dev/null").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string json;
+  char buf[256];
+  while (fgets(buf, sizeof buf, pipe)) json += buf;
+  EXPECT_EQ(pclose(pipe), 0) << json;
+  auto j = nlohmann::json::parse(json);
+  EXPECT_GE(j.at("cfid").get<double>(), 0.0);
+  EXPECT_EQ(j.at("images").get<int>(), 20);
+  EXPECT_NE(j.at("sampler").get<std::string>().find("guidance 1"), std::string::npos) << json;
+  EXPECT_TRUE(std::filesystem::exists(dir / "cache"));  // the classifier was cached
 
   // Editing: each mode runs on held-out images and writes its figure.
   const std::string ck = " --checkpoint " + plain + " --steps 5";

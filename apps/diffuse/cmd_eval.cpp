@@ -15,6 +15,7 @@
 #include "diffuse/eval/nll.h"
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/io/image.h"
+#include "diffuse/sampling/guidance.h"
 #include "diffuse/util/progress.h"
 
 namespace diffuse::cli {
@@ -27,6 +28,7 @@ struct EvalOptions {
   NllOptions nll;
   SamplerFlags sampler;
   int64_t batch_size = 256;
+  double guidance = 0.0;
 };
 
 // Where the cFID classifier of a data set is cached: $DIFFUSE_CACHE_DIR, else ~/.cache/diffuse.
@@ -60,11 +62,19 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
   int64_t steps = 0;
   auto sampler = make_sampler_from_flags(o.sampler, diffusion, steps);
   const int64_t n = o.nll.n > 0 ? o.nll.n : 1000;
-  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ckpt.model->forward(x, t); };
+  // Class-conditional checkpoints: balanced labels (image i gets class i mod K), guided with w.
+  const int64_t classes = info.model.num_classes;
+  if (classes == 0 && o.guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint");
+  torch::Tensor labels;
+  if (classes > 0) labels = torch::arange(n, torch::kLong).remainder(classes);
+  ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    return ckpt.model->forward(x, t, y);
+  };
+  const ConditionalDenoiser net = classifier_free_guidance(model, classes, o.guidance);
   ProgressBar bar("generate", n * steps, 0, o.nll.progress);
   BatchStepCallback cb = [&](int64_t first, const SampleStep& s) { bar.update(first * steps + (s.index + 1) * s.x_t.size(0)); };
   auto gen = at::detail::createCPUGenerator(o.nll.seed);
-  auto generated = generate_images(diffusion, *sampler, net, n, o.batch_size,
+  auto generated = generate_images(diffusion, *sampler, net, labels, n, o.batch_size,
                                    {info.data.channels, info.data.image_size, info.data.image_size},
                                    SampleOptions{steps, !o.sampler.no_clip}, gen, cb);
   bar.finish();
@@ -74,7 +84,8 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
   const double cfid = frechet_distance(feature_statistics(gen_features), feature_statistics(ref_features));
   const double h_gen = predicted_class_entropy(gen_logits), h_ref = predicted_class_entropy(ref_logits);
   const std::string sampler_text = o.sampler.sampler + "-" + std::to_string(steps) +
-                                   (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "");
+                                   (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "") +
+                                   (classes > 0 ? " class-balanced, guidance " + std::to_string(o.guidance) : "");
   if (o.json) {
     nlohmann::json j = {{"cfid", cfid},
                         {"classifier_accuracy", accuracy},
@@ -171,6 +182,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--seed", o->nll.seed, "Random seed")->capture_default_str();
   cmd->add_option("--sample-batch-size", o->batch_size, "fid: images per sampling batch")->check(CLI::PositiveNumber)->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
+  cmd->add_option("--guidance", o->guidance, "fid, class-conditional checkpoints: guidance w (labels balanced over classes)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_flag("--no-progress", [o](int64_t) { o->nll.progress = false; }, "No progress bar");
   add_device_option(*cmd, o->device);
