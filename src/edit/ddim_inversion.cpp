@@ -13,11 +13,11 @@ torch::Tensor ddim_invert(const GaussianDiffusion& diffusion, const Denoiser& de
   auto ts = grid.timesteps(steps);  // descending
   std::reverse(ts.begin(), ts.end());
   // The image stands in for x at the smallest grid timestep (ᾱ ≈ 1 there).
+  const Predictor predict = make_predictor(diffusion, denoiser, /*clip_x0=*/false);
   auto x = x0;
   for (size_t i = 0; i + 1 < ts.size(); ++i) {
     const int64_t t = ts[i], t_next = ts[i + 1];
-    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
-    const auto pred = diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, /*clip_x0=*/false);
+    const auto pred = predict(x, t);
     const double ab_next = diffusion.schedule().alpha_bar_at(t_next);
     x = std::sqrt(ab_next) * pred.x0 + std::sqrt(1.0 - ab_next) * pred.eps;
   }

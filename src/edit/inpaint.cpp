@@ -22,10 +22,7 @@ torch::Tensor inpaint(const GaussianDiffusion& diffusion, Sampler& sampler, cons
     auto t_batch = torch::full({x0.size(0)}, t, torch::dtype(torch::kLong).device(x0.device()));
     return diffusion.q_sample(x0, t_batch, randn_like_from(x0, gen));
   };
-  const Predictor predict = [&](const torch::Tensor& x, int64_t t) {
-    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
-    return diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, options.clip_x0);
-  };
+  const Predictor predict = make_predictor(diffusion, denoiser, options.clip_x0);
   sampler.reset();
   const auto ts = sampler.timesteps(options.steps);
   auto x = randn_like_from(x0, gen);  // x_T ~ N(0, I)

@@ -2,6 +2,13 @@
 
 namespace diffuse {
 
+Predictor make_predictor(const GaussianDiffusion& diffusion, const Denoiser& denoiser, bool clip_x0) {
+  return [&diffusion, &denoiser, clip_x0](const torch::Tensor& x, int64_t t) {
+    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
+    return diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, clip_x0);
+  };
+}
+
 torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
                           torch::Tensor x_T, const SampleOptions& options,
                           const c10::optional<torch::Generator>& gen, const StepCallback& callback) {
@@ -9,10 +16,7 @@ torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, 
   sampler.reset();
   const auto timesteps = sampler.timesteps(options.steps, options.start_t);
   const int64_t S = static_cast<int64_t>(timesteps.size());
-  const Predictor predict = [&](const torch::Tensor& x, int64_t t) {
-    auto t_batch = torch::full({x.size(0)}, t, torch::dtype(torch::kLong).device(x.device()));
-    return diffusion.split_model_output(denoiser(x, t_batch), x, t_batch, options.clip_x0);
-  };
+  const Predictor predict = make_predictor(diffusion, denoiser, options.clip_x0);
   auto x = std::move(x_T);
   for (int64_t i = 0; i < S; ++i) {
     const int64_t t = timesteps[i];

@@ -32,6 +32,10 @@ struct SampleOptions {
   int64_t start_t = -1; // the timestep of the input x (−1: T − 1, pure noise); editing starts lower
 };
 
+// The network as samplers see it: x and a timestep → split_model_output (x̂_0, ε̂), clipped or not.
+// `diffusion` and `denoiser` must outlive the returned Predictor.
+Predictor make_predictor(const GaussianDiffusion& diffusion, const Denoiser& denoiser, bool clip_x0);
+
 // Runs the reverse process from x_T (or from x at options.start_t) and returns x_0. Runs under NoGradGuard.
 torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
                           torch::Tensor x_T, const SampleOptions& options,
