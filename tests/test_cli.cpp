@@ -13,7 +13,7 @@
 
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
-#include "diffuse_build_paths.h"
+#include "diffuse_build_config.h"
 #include "support/temp_dir.h"
 
 using diffuse::testing::TempDir;
@@ -239,6 +239,7 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
 }
 
 TEST(Cli, ShowDrawsTheScheduleAndTheForwardProcess) {
+  if (!DIFFUSE_HAVE_CAIRO) GTEST_SKIP() << "built without cairo";
   TempDir dir;
   auto r = run("show schedule --out " + dir / "schedule.png");
   EXPECT_EQ(r.status, 0) << r.output;

@@ -23,7 +23,9 @@ namespace diffuse::cli {
 namespace {
 
 struct EvalOptions {
-  std::string checkpoint, data, split = "test", metric = "nll", variance = "posterior", device = "cpu";
+  std::string checkpoint, data, split = "test", metric = "nll", variance = "posterior";
+  ComputeFlags compute;
+  Precision precision = Precision::fp32;
   bool json = false;
   NllOptions nll;
   SamplerFlags sampler;
@@ -68,6 +70,7 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
   torch::Tensor labels;
   if (classes > 0) labels = torch::arange(n, torch::kLong).remainder(classes);
   ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    AutocastScope autocast(x.device(), o.precision);
     return ckpt.model->forward(x, t, y);
   };
   const ConditionalDenoiser net = classifier_free_guidance(model, classes, o.guidance);
@@ -111,8 +114,11 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
 }
 
 void run_eval(EvalOptions& o) {
-  const auto device = resolve_device(o.device);
+  const auto compute = resolve_compute(o.compute);
+  const auto device = compute.device;
+  o.precision = compute.precision;
   auto ckpt = load_checkpoint(o.checkpoint, device);
+  ckpt.model->set_memory_format(compute.memory_format);
   const auto& info = ckpt.info;
   const std::string data_name = o.data.empty() ? info.data.name : o.data;
   const bool nll = o.metric == "nll";
@@ -126,7 +132,10 @@ void run_eval(EvalOptions& o) {
   if (!nll) return run_cfid(o, ckpt, diffusion, data_name, data);
   if (o.nll.n <= 0) o.nll.n = 256;
   o.nll.variance = model_variance_from_string(o.variance);
-  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return ckpt.model->forward(x, t); };
+  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) {
+    AutocastScope autocast(device, o.precision);
+    return ckpt.model->forward(x, t);
+  };
   const auto r = evaluate_nll(net, diffusion, data, o.nll);
 
   if (o.json) {
@@ -187,7 +196,7 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_flag("--no-progress", [o](int64_t) { o->nll.progress = false; }, "No progress bar");
-  add_device_option(*cmd, o->device);
+  add_compute_options(*cmd, o->compute);
   cmd->callback([o] { run_eval(*o); });
 }
 

@@ -52,7 +52,8 @@ ClassSelection select_classes(const std::string& label, double guidance, int64_t
 }
 
 struct SampleCliOptions {
-  std::string checkpoint, out, out_dir, trajectory, device = "cpu", label = "all";
+  std::string checkpoint, out, out_dir, trajectory, label = "all";
+  ComputeFlags compute;
   double guidance = 0.0;
   SamplerFlags sampler;
   int64_t n = 64, batch_size = 256, trajectory_frames = 10;
@@ -62,8 +63,11 @@ struct SampleCliOptions {
 
 void run_sample(const SampleCliOptions& o) {
   if (o.out.empty() && o.out_dir.empty()) throw std::runtime_error("sample: give --out FILE.png and/or --out-dir DIR");
-  const auto device = resolve_device(o.device);
+  const auto compute = resolve_compute(o.compute);
+  const auto device = compute.device;
+  c10::InferenceMode inference;
   auto ckpt = load_checkpoint(o.checkpoint, device);
+  ckpt.model->set_memory_format(compute.memory_format);
   const auto& info = ckpt.info;
   GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
   int64_t steps = 0;
@@ -73,6 +77,7 @@ void run_sample(const SampleCliOptions& o) {
   const int64_t classes = info.model.num_classes;
   const ClassSelection selection = select_classes(o.label, o.guidance, classes, o.n);
   ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    AutocastScope autocast(device, compute.precision);
     return ckpt.model->forward(x, t, y);
   };
   const ConditionalDenoiser net = classifier_free_guidance(model, classes, o.guidance);
@@ -148,7 +153,7 @@ void add_sample_command(CLI::App& app) {
       ->check(CLI::Range(2, 100))
       ->capture_default_str();
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "No progress bar");
-  add_device_option(*cmd, o->device);
+  add_compute_options(*cmd, o->compute);
   cmd->callback([o] { run_sample(*o); });
 }
 

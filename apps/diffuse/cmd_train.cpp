@@ -19,7 +19,8 @@ extern "C" void on_sigint(int) {
 }
 
 struct TrainOptions {
-  std::string data, out, model = "mnist", objective = "eps", loss = "simple", device = "cpu";
+  std::string data, out, model = "mnist", objective = "eps", loss = "simple";
+  ComputeFlags compute;
   std::string schedule = "linear", lr_schedule = "cosine";
   int64_t timesteps = 1000, image_size = 32, limit = 0;
   bool class_cond = false;
@@ -27,7 +28,10 @@ struct TrainOptions {
 };
 
 void run_train(TrainOptions& o) {
-  const auto device = resolve_device(o.device);
+  const auto compute = resolve_compute(o.compute);
+  const auto device = compute.device;
+  o.config.precision = compute.precision;
+  o.config.memory_format = compute.memory_format;
   auto data = load_dataset(o.data, Split::train, DataOptions{o.image_size, o.limit});
   std::fprintf(stderr, "data: %s, %lld images of %lldx%lldx%lld, %lld classes\n", data.name.c_str(),
                static_cast<long long>(data.size()), static_cast<long long>(data.channels()),
@@ -120,7 +124,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--limit", o->limit, "Use only the first N training images (0: all)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--seed", c.seed, "Random seed")->capture_default_str();
   cmd->add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "No progress bar");
-  add_device_option(*cmd, o->device);
+  add_compute_options(*cmd, o->compute);
   cmd->callback([o] { run_train(*o); });
 }
 

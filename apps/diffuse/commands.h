@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "diffuse/runtime/precision.h"
 #include "diffuse/sampling/sampler.h"
 
 namespace diffuse::cli {
@@ -18,6 +19,7 @@ void add_schedule_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_edit_command(CLI::App& app);
 void add_show_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 // Sampler flags shared by `sample` and `eval --metric fid`.
 struct SamplerFlags {
@@ -34,5 +36,18 @@ std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& flags, cons
 // --device cpu|cuda, checked against what this build and machine have.
 void add_device_option(CLI::App& cmd, std::string& device);
 torch::Device resolve_device(const std::string& name);
+
+// --device, --precision fp32|bf16|auto and --memory-format nchw|channels-last.
+struct ComputeFlags {
+  std::string device = "cpu", precision = "fp32", memory_format = "nchw";
+};
+struct Compute {
+  torch::Device device = torch::kCPU;
+  Precision precision = Precision::fp32;
+  MemoryFormat memory_format = MemoryFormat::nchw;
+};
+void add_compute_options(CLI::App& cmd, ComputeFlags& flags);
+// Resolves the flags (timing a convolution for --precision auto) and says on stderr what it chose.
+Compute resolve_compute(const ComputeFlags& flags);
 
 }  // namespace diffuse::cli

@@ -21,6 +21,33 @@ torch::Device resolve_device(const std::string& name) {
   return torch::Device(torch::kCPU);
 }
 
+void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
+  add_device_option(cmd, flags.device);
+  cmd.add_option("--precision", flags.precision,
+                 "fp32, or bf16 mixed precision (float32 weights, bf16 convolutions); auto: bf16 where this device runs it "
+                 "natively and faster")
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}))
+      ->capture_default_str();
+  cmd.add_option("--memory-format", flags.memory_format, "Activation layout: nchw or channels-last (NHWC)")
+      ->check(CLI::IsMember({"nchw", "channels-last"}))
+      ->capture_default_str();
+}
+
+Compute resolve_compute(const ComputeFlags& flags) {
+  Compute c;
+  c.device = resolve_device(flags.device);
+  const auto choice = resolve_precision(flags.precision, c.device);
+  c.precision = choice.precision;
+  c.memory_format = memory_format_from_string(flags.memory_format);
+  if (flags.precision == "auto" || c.precision != Precision::fp32) {
+    std::fprintf(stderr, "precision: %s (%s)\n", to_string(c.precision).c_str(), choice.reason.c_str());
+  }
+  if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {
+    std::fprintf(stderr, "warning: this CPU has no native bf16; bf16 will be much slower than fp32\n");
+  }
+  return c;
+}
+
 }  // namespace diffuse::cli
 
 int main(int argc, char** argv) {
@@ -39,6 +66,7 @@ int main(int argc, char** argv) {
   diffuse::cli::add_edit_command(app);
   diffuse::cli::add_show_command(app);
   diffuse::cli::add_schedule_command(app);
+  diffuse::cli::add_bench_command(app);
 
   try {
     app.parse(argc, argv);

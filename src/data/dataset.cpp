@@ -6,7 +6,7 @@
 
 #include "diffuse/data/idx.h"
 #include "diffuse/io/atomic_file.h"
-#include "diffuse_build_paths.h"
+#include "diffuse_build_config.h"
 
 namespace fs = std::filesystem;
 

@@ -100,7 +100,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
                                                                torch::dtype(torch::kLong).device(x_t.device())));
   }
 
-  auto h = conv_in(x_t);
+  auto h = conv_in(memory_format_ == MemoryFormat::nchw ? x_t : x_t.contiguous(torch_memory_format(memory_format_)));
   std::vector<torch::Tensor> skips{h};
   for (auto& s : down_) {
     if (s.down) {
@@ -124,7 +124,15 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       if (s.attn) h = s.attn(h);
     }
   }
-  return conv_out(F::silu(norm_out(h)));
+  return conv_out(F::silu(group_norm(norm_out, h))).to(x_t.scalar_type()).contiguous();
+}
+
+void UNetImpl::set_memory_format(MemoryFormat format) {
+  torch::NoGradGuard no_grad;
+  memory_format_ = format;
+  for (auto& p : parameters()) {
+    if (p.dim() == 4) p.set_data(p.contiguous(torch_memory_format(format)));
+  }
 }
 
 int64_t UNetImpl::parameter_count() const {

@@ -16,6 +16,12 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
   return torch::cat({torch::sin(args), torch::cos(args)}, 1);
 }
 
+// GroupNorm in its weights' precision: under bf16 autocast the convolutions hand it bf16, which
+// CPU autocast (unlike CUDA's) does not cast back, and normalising in float32 is the safe choice.
+torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
+  return norm(x.to(norm->weight.scalar_type()));
+}
+
 static torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1) {
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2));
 }
@@ -51,9 +57,9 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
-  auto h = conv1(F::silu(norm1(x)));
+  auto h = conv1(F::silu(group_norm(norm1, x)));
   h = h + time_proj(F::silu(emb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] → [B, C, 1, 1]
-  h = conv2(dropout_(F::silu(norm2(h))));
+  h = conv2(dropout_(F::silu(group_norm(norm2, h))));
   return (shortcut ? shortcut(x) : x) + h;
 }
 
@@ -67,10 +73,12 @@ AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups) : chann
 
 torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const auto B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto qkv_out = qkv(norm(x)).reshape({B, 3, C, H * W});
+  auto qkv_out = qkv(group_norm(norm, x)).reshape({B, 3, C, H * W});
   auto q = qkv_out.select(1, 0), k = qkv_out.select(1, 1), v = qkv_out.select(1, 2);  // [B, C, N]
   // weights[b, i, j] = softmax_j(q_i · k_j / √C)                        [B, N, N]
-  auto weights = torch::softmax(torch::matmul(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C)), -1);
+  // (softmax in float32 also under bf16 autocast)
+  auto scores = torch::matmul(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C));
+  auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
   auto h = torch::matmul(v, weights.transpose(1, 2));                  // [B, C, N]
   return x + proj_out(h.reshape({B, C, H, W}));
 }

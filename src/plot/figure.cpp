@@ -1,7 +1,5 @@
 #include "diffuse/plot/figure.h"
 
-#include <cairo.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -11,9 +9,17 @@
 
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
+#include "diffuse_build_config.h"
+
+#if DIFFUSE_HAVE_CAIRO
+#include <cairo.h>
+#endif
 
 namespace diffuse {
 
+bool figures_have_text() { return DIFFUSE_HAVE_CAIRO != 0; }
+
+#if DIFFUSE_HAVE_CAIRO
 namespace {
 
 using Surface = std::unique_ptr<cairo_surface_t, decltype(&cairo_surface_destroy)>;
@@ -147,6 +153,8 @@ void draw_panel(cairo_t* cr, const LinePlot& plot, double ox, double oy, double 
 
 }  // namespace
 
+#endif  // DIFFUSE_HAVE_CAIRO
+
 std::vector<double> axis_ticks(double lo, double hi, bool log_scale) {
   std::vector<double> ticks;
   if (!(hi > lo)) return {lo};
@@ -166,6 +174,7 @@ std::vector<double> axis_ticks(double lo, double hi, bool log_scale) {
   return ticks;
 }
 
+#if DIFFUSE_HAVE_CAIRO
 void save_line_plots(const std::string& path, const std::vector<LinePlot>& panels, int columns) {
   if (panels.empty()) throw std::invalid_argument("save_line_plots: nothing to plot");
   const int cols = std::max(1, std::min<int>(columns, static_cast<int>(panels.size())));
@@ -224,5 +233,22 @@ void save_labelled_grid(const std::string& path, const torch::Tensor& images, in
   cairo_surface_flush(surface.get());
   write_surface_png(path, surface.get());
 }
+
+#else  // no cairo: grids without headings, no line plots
+
+void save_line_plots(const std::string& path, const std::vector<LinePlot>& panels, int columns) {
+  if (panels.empty()) throw std::invalid_argument("save_line_plots: nothing to plot");
+  throw std::runtime_error("cannot draw '" + path + "': this build of diffuse has no cairo (install libcairo2-dev and rebuild)");
+}
+
+void save_labelled_grid(const std::string& path, const torch::Tensor& images, int64_t columns,
+                        const std::vector<std::string>&, const std::vector<std::string>&, int scale) {
+  TORCH_CHECK(images.dim() == 4 && (images.size(1) == 1 || images.size(1) == 3), "save_labelled_grid: expected [N, 1|3, H, W]");
+  TORCH_CHECK(columns > 0 && scale > 0, "save_labelled_grid: columns and scale must be positive");
+  auto big = torch::upsample_nearest2d(images.to(torch::kFloat), {images.size(2) * scale, images.size(3) * scale});
+  save_grid_png(path, big, columns);
+}
+
+#endif  // DIFFUSE_HAVE_CAIRO
 
 }  // namespace diffuse

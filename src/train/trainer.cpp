@@ -25,14 +25,6 @@ namespace fs = std::filesystem;
 
 namespace diffuse {
 
-std::string to_string(TrainLoss loss) { return loss == TrainLoss::simple ? "simple" : "vlb"; }
-
-TrainLoss train_loss_from_string(const std::string& name) {
-  if (name == "simple") return TrainLoss::simple;
-  if (name == "vlb") return TrainLoss::vlb;
-  throw std::invalid_argument("unknown loss '" + name + "' (expected simple or vlb)");
-}
-
 double learning_rate(const TrainConfig& c, int64_t step) {
   const int64_t warmup = std::max<int64_t>(c.warmup, 1);
   if (step < warmup) return c.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);  // linear warm-up
@@ -134,6 +126,8 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   UNet model(info.model), ema_model(info.model);
   model->to(device);
   ema_model->to(device);
+  model->set_memory_format(config.memory_format);
+  ema_model->set_memory_format(config.memory_format);
   {
     torch::NoGradGuard no_grad;
     auto src = model->parameters();
@@ -176,8 +170,11 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   const std::string log_path = config.out_dir + "/log.csv";
   ProgressBar bar("train", config.steps, step, config.progress);
   TrainResult result;
-  double window_loss = 0.0;
+  double window_loss = 0.0;  // sum of the window's losses, as last read back
+  auto window_loss_sum = torch::zeros({}, torch::dtype(torch::kFloat32).device(device));
   int64_t window_steps = 0;
+  TrainStep train_step(model, ema_model, diffusion, optimizer, ema,
+                       TrainStepOptions{config.loss, config.grad_clip, config.label_dropout, config.precision});
   auto window_start = std::chrono::steady_clock::now();
   model->train();
   while (step < config.steps) {
@@ -187,53 +184,41 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     }
     auto batch = loader.next();
     const int64_t B = batch.x0.size(0);
-    auto t = diffusion.sample_timesteps(B);
-    auto noise = torch::randn_like(batch.x0);
-    auto x_t = diffusion.q_sample(batch.x0, t, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
-    torch::Tensor y;  // class-conditional: labels, each dropped to ∅ with probability p
-    if (info.model.num_classes > 0) y = drop_labels(batch.labels, info.model.num_classes, config.label_dropout);
-    auto model_out = model->forward(x_t, t, y);
-    auto loss = config.loss == TrainLoss::simple
-                    ? GaussianDiffusion::loss_simple(model_out, diffusion.training_target(batch.x0, noise))
-                    : vb_term_bpd(diffusion.schedule(), ModelVariance::posterior, batch.x0, x_t, t,
-                                  diffusion.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
-                          .mean()
-                          .to(torch::kFloat32);
-
-    optimizer.zero_grad();
-    loss.backward();
-    const double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value)) {
-      throw std::runtime_error("loss is " + std::to_string(loss_value) + " at step " + std::to_string(step + 1) +
-                               "; stopping without overwriting the last checkpoint (try a lower --lr)");
-    }
-    if (config.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), config.grad_clip);
     const double lr = learning_rate(config, step);
-    optimizer.step(lr);
-    ema.update(*ema_model, *model);
+    window_loss_sum += train_step(batch.x0, batch.labels, lr);
     ++step;
-
-    window_loss += loss_value;
     ++window_steps;
+    // The loss is read back (a host sync) every step on the CPU, where that is free, and only when
+    // logging on a GPU; a NaN stops the run before the next checkpoint is written either way.
+    const bool log_now = step % config.log_every == 0 || step == config.steps;
+    const bool save_now = config.checkpoint_every > 0 && step % config.checkpoint_every == 0;
+    if (!device.is_cuda() || log_now || save_now) {
+      window_loss = window_loss_sum.item<double>();
+      if (!std::isfinite(window_loss)) {
+        throw std::runtime_error("loss is " + std::to_string(window_loss) + " before step " + std::to_string(step) +
+                                 "; stopping without overwriting the last checkpoint (try a lower --lr)");
+      }
+    }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
     std::ostringstream info_text;
-    info_text << "loss " << std::fixed << std::setprecision(4) << window_loss / window_steps << "  " << std::setprecision(0)
+    info_text << "loss " << std::fixed << std::setprecision(4) << window_loss / std::max<int64_t>(window_steps, 1) << "  " << std::setprecision(0)
               << (secs > 0 ? static_cast<double>(window_steps * B) / secs : 0.0) << " img/s";
     bar.update(step, info_text.str());
-    if (step % config.log_every == 0 || step == config.steps) {
+    if (log_now) {
       result.loss = window_loss / window_steps;
       append_log(log_path, step, result.loss, lr, static_cast<double>(window_steps * B) / secs, bar.elapsed_seconds());
       window_loss = 0.0;
+      window_loss_sum.zero_();
       window_steps = 0;
       window_start = std::chrono::steady_clock::now();
     }
-    if (config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step != config.steps) save_all(step);
+    if (save_now && step != config.steps) save_all(step);
     if (config.preview_every > 0 && step % config.preview_every == 0 && step != config.steps) {
       write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
       model->train();
     }
   }
-  if (window_steps > 0) result.loss = window_loss / window_steps;
+  if (window_steps > 0) result.loss = window_loss_sum.item<double>() / window_steps;
   save_all(step);
   if (!result.interrupted) write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
   bar.finish(result.interrupted ? "interrupted" : "done");

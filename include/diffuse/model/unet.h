@@ -8,6 +8,7 @@
 
 #include "diffuse/model/unet_blocks.h"
 #include "diffuse/model/unet_config.h"
+#include "diffuse/runtime/precision.h"
 
 namespace diffuse {
 
@@ -16,10 +17,13 @@ class UNetImpl : public torch::nn::Module {
   explicit UNetImpl(const UNetConfig& config);
 
   // x_t: [B, C, H, W]; t: [B] int64 (0-based); y: [B] int64 labels in [0, num_classes], where
-  // num_classes is "no label" (also used when y is undefined on a class-conditional model)
+  // num_classes is "no label" (also used when y is undefined on a class-conditional model).
+  // The output has x_t's shape, dtype (also under bf16 autocast) and a contiguous NCHW layout.
   torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {});
 
   const UNetConfig& config() const { return config_; }
+  // Converts the convolution weights (and, in forward, the input) to this memory format.
+  void set_memory_format(MemoryFormat format);
   int64_t parameter_count() const;
 
  private:
@@ -32,6 +36,7 @@ class UNetImpl : public torch::nn::Module {
   };
 
   UNetConfig config_;
+  MemoryFormat memory_format_ = MemoryFormat::nchw;
   torch::nn::Linear time_fc1{nullptr}, time_fc2{nullptr};
   torch::nn::Embedding label_embedding{nullptr};
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};

@@ -11,6 +11,9 @@ namespace diffuse {
 // t: [B] → [B, dim]
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
 
+// norm(x) computed in the norm's own (float32) precision, whatever x's dtype.
+torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
+
 // GroupNorm → SiLU → conv3×3 → (+ time projection) → GroupNorm → SiLU → dropout → conv3×3,
 // plus a 1×1 shortcut when the width changes.
 class ResBlockImpl : public torch::nn::Module {

@@ -29,6 +29,9 @@ void save_labelled_grid(const std::string& path, const torch::Tensor& images, in
                         const std::vector<std::string>& column_labels, const std::vector<std::string>& row_labels,
                         int scale = 3);
 
+// False in a build without cairo: then grids carry no headings and save_line_plots throws.
+bool figures_have_text();
+
 // "Nice" axis ticks for [lo, hi]: 1, 2 or 5 × 10^k steps (linear) or powers of ten (log).
 std::vector<double> axis_ticks(double lo, double hi, bool log_scale);
 

@@ -13,15 +13,15 @@
 
 #include "diffuse/data/dataset.h"
 #include "diffuse/io/checkpoint.h"
+#include "diffuse/runtime/precision.h"
+#include "diffuse/train/train_step.h"
 
 namespace diffuse {
 
 // L_simple: ‖target − f_θ(x_t, t)‖² (DDPM eq. 14). L_vlb: the bound's own terms L_{t−1} and L_0
 // at the drawn t (σ² = β̃), in bits/dim: for ε-prediction, w(t)‖ε − ε_θ‖² with
 // w(t) = β_t² / (2σ_t² α_t (1 − ᾱ_t)) per dimension, so training optimises the ELBO itself.
-enum class TrainLoss { simple, vlb };
-std::string to_string(TrainLoss loss);
-TrainLoss train_loss_from_string(const std::string& name);
+// (TrainLoss and the step itself live in train_step.h.)
 
 struct TrainConfig {
   std::string out_dir;
@@ -35,6 +35,8 @@ struct TrainConfig {
   double ema_decay = 0.999;
   double weight_decay = 0.0;
   double label_dropout = 0.1;    // class-conditional models: P(label → ∅), for classifier-free guidance
+  Precision precision = Precision::fp32;            // bf16: mixed precision (autocast), fp32 master weights
+  MemoryFormat memory_format = MemoryFormat::nchw;  // channels-last: NHWC activations and weights
   uint64_t seed = 0;
   int64_t checkpoint_every = 400;
   int64_t preview_every = 400;   // 0: only at the end

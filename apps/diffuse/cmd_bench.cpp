@@ -1,0 +1,80 @@
+// diffuse bench: times the training step, a forward pass or a DDIM sampling of a named model on
+// random data; see include/diffuse/bench/benchmark.h.
+#include <cstdio>
+#include <iostream>
+
+#include "commands.h"
+#include "diffuse/bench/benchmark.h"
+#include "diffuse/model/unet_config.h"
+
+namespace diffuse::cli {
+
+namespace {
+
+struct BenchOptions {
+  std::string what = "train";
+  ComputeFlags compute;
+  bool json = false, no_cuda_graph = false;
+  BenchConfig config;
+};
+
+void run_bench(BenchOptions& o) {
+  auto& c = o.config;
+  const auto compute = resolve_compute(o.compute);
+  c.task = bench_task_from_string(o.what);
+  c.device = compute.device;
+  c.precision = compute.precision;
+  c.memory_format = compute.memory_format;
+  c.cuda_graph = !o.no_cuda_graph;
+  if (!o.json) {
+    std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s (%d threads)\n", o.what.c_str(), c.model.c_str(),
+                 static_cast<long long>(c.batch_size),
+                 c.task == BenchTask::sample ? (", DDIM-" + std::to_string(c.steps)).c_str() : "",
+                 to_string(c.precision).c_str(), to_string(c.memory_format).c_str(), c.device.str().c_str(),
+                 torch::get_num_threads());
+    if (c.device.is_cpu()) std::fprintf(stderr, "cpu: %s\n", cpu_description().c_str());
+  }
+  auto on_run = [&](int i, double s) {
+    if (!o.json) std::fprintf(stderr, "  run %d/%d: %.4f s\n", i + 1, c.repeat, s);
+  };
+  const auto r = run_benchmark(c, on_run);
+  if (o.json) {
+    auto j = to_json(r);
+    if (c.device.is_cpu()) j["cpu"] = cpu_description();
+    std::cout << j.dump() << std::endl;
+    return;
+  }
+  std::printf("%-8s %-13s %6s %-5s %-13s %10s %10s %10s %10s\n", "what", "model", "batch", "prec", "format", "median s",
+              "img/s", "GFLOP/s", "peak MiB");
+  std::printf("%-8s %-13s %6lld %-5s %-13s %10.4f %10.1f %10.1f %10.0f\n", o.what.c_str(), c.model.c_str(),
+              static_cast<long long>(c.batch_size), to_string(c.precision).c_str(), to_string(c.memory_format).c_str(),
+              r.median_seconds, r.images_per_second, r.gflops_per_second,
+              static_cast<double>(r.peak_memory_bytes) / (1024.0 * 1024.0));
+  std::printf("(%lld parameters, %.3f GFLOP per image per forward pass%s)\n", static_cast<long long>(r.parameters),
+              r.forward_flops_per_image / 1e9,
+              c.task == BenchTask::train ? "; a training step counts 3 forward passes" : "");
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  auto& c = o->config;
+  auto* cmd = app.add_subcommand("bench", "Time training, inference or sampling of a model on random data");
+  cmd->add_option("--model", c.model, "Network: tiny, mnist (1x28x28) or ddpm-cifar10 (3x32x32)")
+      ->check(CLI::IsMember(unet_config_names()))
+      ->capture_default_str();
+  cmd->add_option("--what", o->what, "train (step: forward, backward, AdamW, EMA), infer (forward) or sample (DDIM)")
+      ->check(CLI::IsMember({"train", "infer", "sample"}))
+      ->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Images per batch")->check(CLI::Range(1, 65536))->capture_default_str();
+  cmd->add_option("--steps", c.steps, "DDIM steps for --what sample")->check(CLI::Range(1, 1000))->capture_default_str();
+  cmd->add_option("--repeat", c.repeat, "Timed runs (the median is reported)")->check(CLI::Range(1, 1000))->capture_default_str();
+  cmd->add_option("--warmup", c.warmup, "Untimed runs first")->check(CLI::Range(0, 100))->capture_default_str();
+  cmd->add_flag("--no-cuda-graph", o->no_cuda_graph, "--what sample on CUDA: run the loop eagerly");
+  cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
+  add_compute_options(*cmd, o->compute);
+  cmd->callback([o] { run_bench(*o); });
+}
+
+}  // namespace diffuse::cli

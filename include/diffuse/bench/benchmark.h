@@ -1,0 +1,53 @@
+// Timing of the project's own work, median of R runs after warm-up:
+//   train   one TrainStep (forward, backward, gradient clipping, AdamW, EMA) on a batch
+//   infer   one forward pass of the network on a batch (inference mode)
+//   sample  a whole DDIM-S sampling (η = 0) of a batch, as a CUDA graph on a GPU when asked
+// with images/s, achieved GFLOP/s (from unet_forward_flops) and peak memory.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "diffuse/runtime/precision.h"
+
+namespace diffuse {
+
+enum class BenchTask { train, infer, sample };
+BenchTask bench_task_from_string(const std::string& name);  // "train" | "infer" | "sample"
+std::string to_string(BenchTask task);
+
+struct BenchConfig {
+  std::string model = "mnist";
+  BenchTask task = BenchTask::train;
+  int64_t batch_size = 64;
+  int64_t steps = 50;          // DDIM steps for `sample`
+  Precision precision = Precision::fp32;
+  MemoryFormat memory_format = MemoryFormat::nchw;
+  torch::Device device = torch::kCPU;
+  int repeat = 5;
+  int warmup = 1;
+  bool cuda_graph = true;      // `sample` on CUDA: capture the whole loop in a CUDA graph
+  int64_t in_channels = 0;     // 0: the model's usual data (1×28² for mnist and tiny, 3×32² for ddpm-cifar10)
+  int64_t image_size = 0;
+};
+
+struct BenchResult {
+  BenchConfig config;
+  int64_t parameters = 0;
+  double forward_flops_per_image = 0;   // one network evaluation
+  std::vector<double> seconds;          // each timed run
+  double median_seconds = 0;
+  double images_per_second = 0;
+  double gflops_per_second = 0;         // achieved: counted FLOPs / median time
+  int64_t peak_memory_bytes = 0;        // see peak_memory_bytes()
+};
+
+// `on_run(i, seconds)` is called after each timed run (for a progress line).
+BenchResult run_benchmark(const BenchConfig& config, const std::function<void(int, double)>& on_run = {});
+nlohmann::json to_json(const BenchResult& result);
+
+}  // namespace diffuse

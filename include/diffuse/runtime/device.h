@@ -1,0 +1,38 @@
+// What differs between the CPU and a CUDA device for timing and replay: waiting for the device,
+// peak memory, and CUDA graphs (one launch for a whole fixed-shape computation).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+
+namespace diffuse {
+
+// Waits until the device has finished all queued work (no-op on the CPU).
+void synchronize(torch::Device device);
+
+// CUDA: peak bytes allocated by torch's caching allocator since the last reset. CPU: the peak
+// resident set of the whole process (which cannot be reset; reset is a no-op there).
+int64_t peak_memory_bytes(torch::Device device);
+void reset_peak_memory(torch::Device device);
+
+// True when this build has CUDA and a GPU is present.
+bool cuda_graphs_available();
+
+// Runs f(x) for a fixed input shape as a CUDA graph: captured on first use (after one warm-up
+// run on a side stream), then replayed with the new input copied into the captured one. f must
+// not synchronise with the host (no .item(), no host-side randomness). The result is a copy.
+// Without CUDA, constructing one throws.
+class CudaGraphRunner {
+ public:
+  explicit CudaGraphRunner(std::function<torch::Tensor(const torch::Tensor&)> f);
+  ~CudaGraphRunner();
+  torch::Tensor operator()(const torch::Tensor& x);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace diffuse

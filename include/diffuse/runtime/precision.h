@@ -1,0 +1,60 @@
+// Compute precision and memory format: float32 everywhere, or bfloat16 mixed precision (float32
+// weights, optimizer state and losses; bf16 convolutions and matrix products through autocast).
+//
+// bf16 is only a win where the hardware computes it natively: on CUDA (Ampere and newer) and on
+// CPUs with AVX512-BF16 or AMX-BF16. Elsewhere (AVX2 only) oneDNN emulates it and a 3×3
+// convolution ran ten times slower than float32, so `auto` checks the CPU flags and then times
+// one convolution both ways before it chooses bf16.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace diffuse {
+
+enum class Precision { fp32, bf16 };
+std::string to_string(Precision p);
+// "fp32" or "bf16"; "auto" is resolved by resolve_precision.
+Precision precision_from_string(const std::string& name);
+
+// What the CPU advertises in /proc/cpuinfo: bf16 in hardware (avx512_bf16 or amx_bf16).
+bool cpu_has_native_bf16();
+// The CPU's name and its vector extensions in one line, e.g. "Intel Xeon … (avx512f avx512_bf16 amx_bf16)".
+std::string cpu_description();
+
+// GFLOP/s of one 3×3 convolution (batch 16, 128 → 128 channels, 32×32), median of a few runs.
+double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds = 0.3);
+
+struct PrecisionChoice {
+  Precision precision = Precision::fp32;
+  std::string reason;  // one line for the log: why this precision
+};
+// "fp32" / "bf16" as asked; "auto": bf16 on CUDA; on CPU bf16 only if the CPU has it natively and
+// the measured convolution runs at least 1.2× faster than in float32.
+PrecisionChoice resolve_precision(const std::string& name, torch::Device device);
+
+// Autocast to bf16 on `device` for the lifetime of the scope (no-op for fp32); restores the
+// previous state and empties the cast cache when it ends.
+class AutocastScope {
+ public:
+  AutocastScope(torch::Device device, Precision precision);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool active_ = false, was_enabled_ = false;
+  torch::DeviceType device_type_;
+  at::ScalarType previous_dtype_;
+};
+
+// NCHW or channels-last (NHWC in memory) for the network's activations and convolution weights.
+enum class MemoryFormat { nchw, channels_last };
+MemoryFormat memory_format_from_string(const std::string& name);  // "nchw" | "channels-last"
+std::string to_string(MemoryFormat f);
+inline c10::MemoryFormat torch_memory_format(MemoryFormat f) {
+  return f == MemoryFormat::channels_last ? c10::MemoryFormat::ChannelsLast : c10::MemoryFormat::Contiguous;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,58 @@
+// One optimisation step of the diffusion model, shared by the trainer and `diffuse bench`:
+//   t ~ U{0..T−1}, ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε      (forward process, closed form)
+//   loss = L_simple or L_vlb at t (optionally under bf16 autocast)
+//   backward → [gradient hook, e.g. all-reduce] → clip ‖g‖ → AdamW → EMA
+// Nothing in a step waits for the device: the loss comes back as a tensor.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+
+#include "diffuse/diffusion/gaussian_diffusion.h"
+#include "diffuse/model/unet.h"
+#include "diffuse/runtime/precision.h"
+#include "diffuse/train/adamw.h"
+#include "diffuse/train/ema.h"
+
+namespace diffuse {
+
+enum class TrainLoss { simple, vlb };
+std::string to_string(TrainLoss loss);
+TrainLoss train_loss_from_string(const std::string& name);
+
+struct TrainStepOptions {
+  TrainLoss loss = TrainLoss::simple;
+  double grad_clip = 1.0;       // max global gradient norm (≤ 0: off)
+  double label_dropout = 0.1;   // class-conditional models: P(label → ∅)
+  Precision precision = Precision::fp32;
+};
+
+// Scales the gradients so that their global L2 norm is at most max_norm, without reading the
+// norm back to the host: g ← g · min(1, max_norm / (‖g‖ + 1e-6)). Returns ‖g‖ before clipping.
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+
+class TrainStep {
+ public:
+  // Called between backward and clipping (data parallelism all-reduces the gradients here).
+  using GradientHook = std::function<void(const std::vector<torch::Tensor>& params)>;
+
+  TrainStep(UNet model, UNet ema_model, const GaussianDiffusion& diffusion, AdamW& optimizer, Ema& ema,
+            TrainStepOptions options);
+
+  // x0: [B, C, H, W] in [−1, 1] on the model's device; labels: [B] or undefined. Returns the loss.
+  torch::Tensor operator()(const torch::Tensor& x0, const torch::Tensor& labels, double lr);
+
+  void set_gradient_hook(GradientHook hook) { hook_ = std::move(hook); }
+
+ private:
+  UNet model_, ema_model_;
+  const GaussianDiffusion& diffusion_;
+  AdamW& optimizer_;
+  Ema& ema_;
+  TrainStepOptions options_;
+  std::vector<torch::Tensor> params_;
+  GradientHook hook_;
+};
+
+}  // namespace diffuse

@@ -1,0 +1,150 @@
+#include "diffuse/bench/benchmark.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "diffuse/diffusion/gaussian_diffusion.h"
+#include "diffuse/model/unet.h"
+#include "diffuse/model/unet_flops.h"
+#include "diffuse/runtime/device.h"
+#include "diffuse/sampling/ddim.h"
+#include "diffuse/sampling/sample_loop.h"
+#include "diffuse/train/train_step.h"
+
+namespace diffuse {
+
+BenchTask bench_task_from_string(const std::string& name) {
+  if (name == "train") return BenchTask::train;
+  if (name == "infer") return BenchTask::infer;
+  if (name == "sample") return BenchTask::sample;
+  throw std::invalid_argument("unknown benchmark '" + name + "' (expected train, infer or sample)");
+}
+
+std::string to_string(BenchTask task) {
+  switch (task) {
+    case BenchTask::train: return "train";
+    case BenchTask::infer: return "infer";
+    default: return "sample";
+  }
+}
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Times `run` (which must leave its work finished on the device) `repeat` times after `warmup`.
+std::vector<double> time_runs(const BenchConfig& c, const std::function<void()>& run,
+                              const std::function<void(int, double)>& on_run) {
+  for (int i = 0; i < c.warmup; ++i) run();
+  synchronize(c.device);
+  reset_peak_memory(c.device);
+  std::vector<double> seconds;
+  for (int i = 0; i < c.repeat; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    synchronize(c.device);
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (on_run) on_run(i, seconds.back());
+  }
+  return seconds;
+}
+
+}  // namespace
+
+BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, double)>& on_run) {
+  if (c.batch_size < 1 || c.repeat < 1 || c.warmup < 0 || c.steps < 1) {
+    throw std::invalid_argument("bench: batch size, repeat and steps must be positive");
+  }
+  const bool rgb = c.model == "ddpm-cifar10";
+  const int64_t channels = c.in_channels > 0 ? c.in_channels : (rgb ? 3 : 1);
+  const int64_t size = c.image_size > 0 ? c.image_size : (rgb ? 32 : 28);
+  torch::manual_seed(0);
+  auto config = unet_config_by_name(c.model, channels, size);
+  UNet model(config);
+  model->to(c.device);
+  model->set_memory_format(c.memory_format);
+  GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, c.device);
+  const auto opts = torch::dtype(torch::kFloat32).device(c.device);
+  auto x0 = torch::rand({c.batch_size, channels, size, size}, opts) * 2 - 1;
+
+  BenchResult r;
+  r.config = c;
+  r.parameters = model->parameter_count();
+  r.forward_flops_per_image = unet_forward_flops(config);
+  double flops_per_run = 0;
+
+  if (c.task == BenchTask::train) {
+    UNet ema_model(config);
+    ema_model->to(c.device);
+    ema_model->set_memory_format(c.memory_format);
+    for (auto& p : ema_model->parameters()) p.set_requires_grad(false);
+    AdamW optimizer(model->parameters(), AdamWOptions{});
+    Ema ema(0.999);
+    TrainStepOptions options;
+    options.precision = c.precision;
+    TrainStep step(model, ema_model, diffusion, optimizer, ema, options);
+    model->train();
+    r.seconds = time_runs(c, [&] { step(x0, torch::Tensor(), 1e-4); }, on_run);
+    flops_per_run = 3 * r.forward_flops_per_image * static_cast<double>(c.batch_size);  // backward ≈ 2 × forward
+  } else if (c.task == BenchTask::infer) {
+    model->eval();
+    c10::InferenceMode inference;
+    auto t = torch::randint(0, 1000, {c.batch_size}, torch::dtype(torch::kLong).device(c.device));
+    r.seconds = time_runs(c, [&] {
+      AutocastScope autocast(c.device, c.precision);
+      model->forward(x0, t);
+    }, on_run);
+    flops_per_run = r.forward_flops_per_image * static_cast<double>(c.batch_size);
+  } else {
+    model->eval();
+    c10::InferenceMode inference;
+    DdimSampler sampler(diffusion.schedule(), TimestepSpacing::leading, /*eta=*/0.0);
+    Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) {
+      AutocastScope autocast(c.device, c.precision);
+      return model->forward(x, t);
+    };
+    auto loop = [&](const torch::Tensor& x_T) -> torch::Tensor {
+      return sample_loop(diffusion, sampler, net, x_T, SampleOptions{c.steps, true}, c10::nullopt, StepCallback());
+    };
+    auto x_T = torch::randn_like(x0);
+    if (c.device.is_cuda() && c.cuda_graph) {
+      CudaGraphRunner graph(loop);
+      r.seconds = time_runs(c, [&] { graph(x_T); }, on_run);
+    } else {
+      r.seconds = time_runs(c, [&] { loop(x_T); }, on_run);
+    }
+    flops_per_run = static_cast<double>(c.steps) * r.forward_flops_per_image * static_cast<double>(c.batch_size);
+  }
+  r.median_seconds = median(r.seconds);
+  r.images_per_second = static_cast<double>(c.batch_size) / r.median_seconds;
+  r.gflops_per_second = flops_per_run / r.median_seconds / 1e9;
+  r.peak_memory_bytes = peak_memory_bytes(c.device);
+  return r;
+}
+
+nlohmann::json to_json(const BenchResult& r) {
+  const auto& c = r.config;
+  return {{"model", c.model},
+          {"what", to_string(c.task)},
+          {"device", c.device.str()},
+          {"precision", to_string(c.precision)},
+          {"memory_format", to_string(c.memory_format)},
+          {"batch_size", c.batch_size},
+          {"steps", c.task == BenchTask::sample ? c.steps : 0},
+          {"cuda_graph", c.task == BenchTask::sample && c.device.is_cuda() && c.cuda_graph},
+          {"threads", torch::get_num_threads()},
+          {"parameters", r.parameters},
+          {"forward_gflops_per_image", r.forward_flops_per_image / 1e9},
+          {"seconds", r.seconds},
+          {"median_seconds", r.median_seconds},
+          {"images_per_second", r.images_per_second},
+          {"achieved_gflops_per_second", r.gflops_per_second},
+          {"peak_memory_mib", static_cast<double>(r.peak_memory_bytes) / (1024.0 * 1024.0)}};
+}
+
+}  // namespace diffuse
