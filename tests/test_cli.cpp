@@ -2,9 +2,7 @@
 // a non-zero exit.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -14,28 +12,17 @@
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
 #include "diffuse_build_config.h"
+#include "support/run_command.h"
 #include "support/temp_dir.h"
 
 using diffuse::testing::TempDir;
 
 namespace {
 
-struct Run {
-  int status;
-  std::string output;  // stdout and stderr together
-};
+using Run = diffuse::testing::CommandResult;
 
-Run run(const std::string& args) {
-  const std::string cmd = std::string(DIFFUSE_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return {-1, "popen failed"};
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+// `diffuse ARGS`, with stdout and stderr together.
+Run run(const std::string& args) { return diffuse::testing::run_command(std::string(DIFFUSE_BINARY) + " " + args); }
 
 }  // namespace
 

@@ -38,6 +38,10 @@ void run_bench(BenchOptions& o) {
     if (!o.json) std::fprintf(stderr, "  run %d/%d: %.4f s\n", i + 1, c.repeat, s);
   };
   const auto r = run_benchmark(c, on_run);
+  if (c.task == BenchTask::conv && !o.json) {
+    std::printf("3x3 convolution (batch 16, 128 -> 128 channels, 32x32): %.1f GFLOP/s\n", r.gflops_per_second);
+    return;
+  }
   if (o.json) {
     auto j = to_json(r);
     if (c.device.is_cpu()) j["cpu"] = cpu_description();
@@ -64,8 +68,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--model", c.model, "Network: tiny, mnist (1x28x28) or ddpm-cifar10 (3x32x32)")
       ->check(CLI::IsMember(unet_config_names()))
       ->capture_default_str();
-  cmd->add_option("--what", o->what, "train (step: forward, backward, AdamW, EMA), infer (forward) or sample (DDIM)")
-      ->check(CLI::IsMember({"train", "infer", "sample"}))
+  cmd->add_option("--what", o->what, "train (step: forward, backward, AdamW, EMA), infer (forward), sample (DDIM) or conv (the device's peak on a 3x3 convolution)")
+      ->check(CLI::IsMember({"train", "infer", "sample", "conv"}))
       ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Images per batch")->check(CLI::Range(1, 65536))->capture_default_str();
   cmd->add_option("--steps", c.steps, "DDIM steps for --what sample")->check(CLI::Range(1, 1000))->capture_default_str();

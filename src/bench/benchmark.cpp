@@ -18,14 +18,16 @@ BenchTask bench_task_from_string(const std::string& name) {
   if (name == "train") return BenchTask::train;
   if (name == "infer") return BenchTask::infer;
   if (name == "sample") return BenchTask::sample;
-  throw std::invalid_argument("unknown benchmark '" + name + "' (expected train, infer or sample)");
+  if (name == "conv") return BenchTask::conv;
+  throw std::invalid_argument("unknown benchmark '" + name + "' (expected train, infer, sample or conv)");
 }
 
 std::string to_string(BenchTask task) {
   switch (task) {
     case BenchTask::train: return "train";
     case BenchTask::infer: return "infer";
-    default: return "sample";
+    case BenchTask::sample: return "sample";
+    default: return "conv";
   }
 }
 
@@ -59,6 +61,12 @@ std::vector<double> time_runs(const BenchConfig& c, const std::function<void()>&
 BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, double)>& on_run) {
   if (c.batch_size < 1 || c.repeat < 1 || c.warmup < 0 || c.steps < 1) {
     throw std::invalid_argument("bench: batch size, repeat and steps must be positive");
+  }
+  if (c.task == BenchTask::conv) {
+    BenchResult r;
+    r.config = c;
+    r.gflops_per_second = measure_conv_gflops(c.device, c.precision, c.memory_format == MemoryFormat::channels_last, 1.0);
+    return r;
   }
   const bool rgb = c.model == "ddpm-cifar10";
   const int64_t channels = c.in_channels > 0 ? c.in_channels : (rgb ? 3 : 1);

@@ -22,17 +22,27 @@ void AdamW::step(double lr) {
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_count_));  // 1 − β₁ᵏ
   const double bias2 = 1.0 - std::pow(b2, static_cast<double>(step_count_));  // 1 − β₂ᵏ
+  // One multi-tensor (_foreach) kernel per line over all parameters with a gradient, instead of one
+  // small kernel per parameter and line (which on a GPU costs more in launches than in arithmetic).
+  std::vector<torch::Tensor> p, g, m, v;
   for (size_t i = 0; i < params_.size(); ++i) {
-    auto& p = params_[i];
-    if (!p.grad().defined()) continue;
-    const auto& g = p.grad();
-    m_[i].mul_(b1).add_(g, 1.0 - b1);             // m ← β₁ m + (1 − β₁) g
-    v_[i].mul_(b2).addcmul_(g, g, 1.0 - b2);      // v ← β₂ v + (1 − β₂) g²
-    if (options_.weight_decay > 0) p.mul_(1.0 - lr * options_.weight_decay);  // θ ← θ − lr λ θ
-    // θ ← θ − lr · m̂ / (√v̂ + ε), with m̂ = m/bias1, v̂ = v/bias2
-    auto denom = (v_[i] / bias2).sqrt_().add_(options_.eps);
-    p.addcdiv_(m_[i], denom, -lr / bias1);
+    if (!params_[i].grad().defined()) continue;
+    p.push_back(params_[i]);
+    g.push_back(params_[i].grad());
+    m.push_back(m_[i]);
+    v.push_back(v_[i]);
   }
+  if (p.empty()) return;
+  at::_foreach_mul_(m, b1);
+  at::_foreach_add_(m, g, 1.0 - b1);            // m ← β₁ m + (1 − β₁) g
+  at::_foreach_mul_(v, b2);
+  at::_foreach_addcmul_(v, g, g, 1.0 - b2);     // v ← β₂ v + (1 − β₂) g²
+  if (options_.weight_decay > 0) at::_foreach_mul_(p, 1.0 - lr * options_.weight_decay);  // θ ← θ − lr λ θ
+  // θ ← θ − lr · m̂ / (√v̂ + ε), with m̂ = m/bias1, v̂ = v/bias2
+  auto denom = at::_foreach_div(v, bias2);
+  at::_foreach_sqrt_(denom);
+  at::_foreach_add_(denom, options_.eps);
+  at::_foreach_addcdiv_(p, m, denom, -lr / bias1);
 }
 
 }  // namespace diffuse

@@ -15,7 +15,8 @@ void Ema::update(torch::nn::Module& averaged, const torch::nn::Module& model) {
   auto avg = averaged.parameters();
   const auto cur = model.parameters();
   TORCH_CHECK(avg.size() == cur.size(), "Ema::update: models differ");
-  for (size_t i = 0; i < avg.size(); ++i) avg[i].mul_(d).add_(cur[i], 1.0 - d);  // θ_ema ← d θ_ema + (1 − d) θ
+  at::_foreach_mul_(avg, d);
+  at::_foreach_add_(avg, cur, 1.0 - d);  // θ_ema ← d θ_ema + (1 − d) θ   (multi-tensor kernels)
   ++updates_;
 }
 

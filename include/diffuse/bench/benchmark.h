@@ -2,6 +2,7 @@
 //   train   one TrainStep (forward, backward, gradient clipping, AdamW, EMA) on a batch
 //   infer   one forward pass of the network on a batch (inference mode)
 //   sample  a whole DDIM-S sampling (η = 0) of a batch, as a CUDA graph on a GPU when asked
+//   conv    the device's rate on one large 3×3 convolution (the peak to compare the others with)
 // with images/s, achieved GFLOP/s (from unet_forward_flops) and peak memory.
 #pragma once
 
@@ -16,8 +17,8 @@
 
 namespace diffuse {
 
-enum class BenchTask { train, infer, sample };
-BenchTask bench_task_from_string(const std::string& name);  // "train" | "infer" | "sample"
+enum class BenchTask { train, infer, sample, conv };
+BenchTask bench_task_from_string(const std::string& name);  // "train" | "infer" | "sample" | "conv"
 std::string to_string(BenchTask task);
 
 struct BenchConfig {

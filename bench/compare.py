@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Runs `diffuse bench` and the Python reference (reference_unet.py) side by side in one go and
+prints a Markdown table of their times and ratios (reference time / diffuse time: > 1 means
+diffuse is faster).
+
+  bench/compare.py [--binary build/diffuse] [--quick] [--models mnist,ddpm-cifar10]
+                   [--precisions fp32,bf16] [--json results.jsonl]
+
+Each configuration is run by both implementations one after the other, so that both see the same
+machine state. bf16 rows are skipped where the CPU has no native bf16 (see `diffuse bench`).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = "/usr/bin/python3"  # Debian's python3-torch lives there
+
+
+def cases(models, quick):
+    """(model, what, batch, steps, repeat, warmup) per row: the issue's configurations."""
+    rows = []
+    for m in models:
+        big = m == "ddpm-cifar10"
+        r = 1 if (big or quick) else 5
+        rows += [
+            (m, "train", 16, 0, 2 if big else r + 2, 1),
+            (m, "train", 64, 0, 1 if big else r, 1),
+            (m, "infer", 64, 0, 2 if big else r, 1),
+            # DDIM-50 of 64 images; ddpm-cifar10 takes DDIM-5 (about 4.5 min per run at S = 50 on two cores)
+            (m, "sample", 64, 5 if big else 50, 1 if big else 2, 0 if big else 1),
+        ]
+    return rows
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "diffuse"))
+    ap.add_argument("--models", default="mnist,ddpm-cifar10")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--memory-format", default="nchw", help="diffuse's layout (the reference stays NCHW)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--json", help="append every result as one JSON line to this file")
+    a = ap.parse_args()
+    native_bf16 = any(f in open("/proc/cpuinfo").read() for f in (" avx512_bf16", " amx_bf16"))
+    out = open(a.json, "a") if a.json else None
+
+    peak = {}
+    for p in a.precisions.split(","):
+        if p == "bf16" and not native_bf16:
+            continue
+        r = run([a.binary, "bench", "--what", "conv", "--precision", p, "--json"])
+        peak[p] = r["achieved_gflops_per_second"]
+
+    print(f"CPU: {run([a.binary, 'bench', '--what', 'conv', '--json', '--repeat', '1'])['cpu']}, "
+          f"{os.cpu_count()} threads; peak of a large 3x3 convolution: "
+          + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items()))
+    print()
+    print("| model | what | batch | precision | diffuse s | reference s | ratio | diffuse GFLOP/s | % of conv peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in a.precisions.split(","):
+        if p == "bf16" and not native_bf16:
+            print(f"(bf16 skipped: this CPU has no native bf16)")
+            continue
+        for model, what, batch, steps, repeat, warmup in cases(a.models.split(","), a.quick):
+            common = ["--model", model, "--what", what, "--batch-size", str(batch), "--repeat", str(repeat),
+                      "--warmup", str(warmup), "--precision", p]
+            if steps:
+                common += ["--steps", str(steps)]
+            mine = run([a.binary, "bench", "--json", "--memory-format", a.memory_format] + common)
+            ref = run([PYTHON, os.path.join(HERE, "reference_unet.py"), "bench"] + common)
+            if out:
+                out.write(json.dumps({"impl": "diffuse", "result": mine}) + "\n")
+                out.write(json.dumps({"impl": "reference", "result": ref}) + "\n")
+            label = f"DDIM-{steps}" if what == "sample" else what
+            ratio = ref["median_seconds"] / mine["median_seconds"]
+            print(f"| {model} | {label} | {batch} | {p} | {mine['median_seconds']:.3f} | {ref['median_seconds']:.3f} "
+                  f"| {ratio:.2f}x | {mine['achieved_gflops_per_second']:.0f} "
+                  f"| {100 * mine['achieved_gflops_per_second'] / peak[p]:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
