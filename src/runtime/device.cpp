@@ -26,7 +26,7 @@ int64_t peak_memory_bytes(torch::Device device) {
   if (device.is_cuda()) {
     const auto index = device.has_index() ? device.index() : c10::cuda::current_device();
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
-    return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)].peak;
+    return stats.allocated_bytes[0].peak;  // [0]: StatType::AGGREGATE (the enum's namespace moved in LibTorch 2.5)
   }
 #endif
   if (device.is_cuda()) return -1;

@@ -18,8 +18,6 @@ namespace diffuse {
 #define DIFFUSE_AUTOCAST_BY_DEVICE_TYPE 0
 #endif
 
-namespace {
-
 bool autocast_enabled(torch::DeviceType type) {
 #if DIFFUSE_AUTOCAST_BY_DEVICE_TYPE
   return at::autocast::is_autocast_enabled(type);
@@ -27,6 +25,8 @@ bool autocast_enabled(torch::DeviceType type) {
   return type == torch::kCUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
 #endif
 }
+
+namespace {
 
 void set_autocast(torch::DeviceType type, bool enabled, at::ScalarType dtype) {
 #if DIFFUSE_AUTOCAST_BY_DEVICE_TYPE

@@ -34,6 +34,9 @@ struct PrecisionChoice {
 // the measured convolution runs at least 1.2× faster than in float32.
 PrecisionChoice resolve_precision(const std::string& name, torch::Device device);
 
+// Whether autocast is on for this device type (LibTorch 1.13 and 2.x spell it differently).
+bool autocast_enabled(torch::DeviceType type);
+
 // Autocast to bf16 on `device` for the lifetime of the scope (no-op for fp32); restores the
 // previous state and empties the cast cache when it ends.
 class AutocastScope {
