@@ -17,7 +17,7 @@ GaussianStats feature_statistics(const torch::Tensor& features) {
 
 torch::Tensor sqrtm_psd(const torch::Tensor& s) {
   auto sym = 0.5 * (s + s.t());  // remove rounding asymmetry before eigh
-  auto [eigenvalues, eigenvectors] = torch::linalg::eigh(sym, "L");
+  auto [eigenvalues, eigenvectors] = at::linalg_eigh(sym, "L");
   return eigenvectors.matmul(torch::diag(eigenvalues.clamp_min(0.0).sqrt())).matmul(eigenvectors.t());
 }
 
