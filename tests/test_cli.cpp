@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -68,6 +69,32 @@ TEST(Cli, CorruptDataAndCheckpointsAreClearErrors) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("bad.safetensors"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));
+}
+
+TEST(Cli, TrainWithTwoProcessesAsTorchrunStartsThem) {
+  TempDir dir;
+  const int port = 20000 + static_cast<int>(::getpid() % 20000);
+  auto launch = [&](int rank) {
+    return diffuse::testing::run_command("WORLD_SIZE=2 RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+                                         std::to_string(port) + " " + DIFFUSE_BINARY +
+                                         " --threads 1 train --data mnist --limit 32 --model tiny --steps 3 --batch-size 4 "
+                                         "--timesteps 50 --preview-n 4 --no-progress --out " + dir / "run");
+  };
+  diffuse::testing::CommandResult r0, r1;
+  std::thread t0([&] { r0 = launch(0); });
+  std::thread t1([&] { r1 = launch(1); });
+  t0.join();
+  t1.join();
+  ASSERT_EQ(r0.status, 0) << r0.output;
+  ASSERT_EQ(r1.status, 0) << r1.output;
+  EXPECT_NE(r0.output.find("rank 0 of 2"), std::string::npos) << r0.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/checkpoint.safetensors"));  // written by rank 0 alone
+  EXPECT_EQ(r1.output.find("checkpoint:"), std::string::npos) << r1.output;
+  // a bad rank is refused before anything starts
+  auto bad = diffuse::testing::run_command("WORLD_SIZE=2 RANK=5 " + std::string(DIFFUSE_BINARY) +
+                                           " train --data mnist --limit 8 --model tiny --steps 1 --out " + dir / "bad");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.output.find("RANK=5"), std::string::npos) << bad.output;
 }
 
 TEST(Cli, TrainThenSampleEndToEnd) {

@@ -29,7 +29,18 @@ struct TrainOptions {
 
 void run_train(TrainOptions& o) {
   const auto compute = resolve_compute(o.compute);
-  const auto device = compute.device;
+  // Launched by torchrun or a cluster launcher (WORLD_SIZE > 1): data parallelism, one GPU per local rank.
+  const auto dist = distributed_env_from_environment();
+  const auto device = dist.enabled() && compute.device.is_cuda()
+                          ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(dist.local_rank))
+                          : compute.device;
+  std::unique_ptr<DataParallel> data_parallel;
+  if (dist.enabled()) {
+    std::fprintf(stderr, "data parallel: rank %d of %d, rendezvous at %s:%d\n", dist.rank, dist.world_size,
+                 dist.master_addr.c_str(), dist.master_port);
+    data_parallel = std::make_unique<DataParallel>(dist, device);
+    o.config.data_parallel = data_parallel.get();
+  }
   o.config.precision = compute.precision;
   o.config.memory_format = compute.memory_format;
   auto data = load_dataset(o.data, Split::train, DataOptions{o.image_size, o.limit});
@@ -64,6 +75,7 @@ void run_train(TrainOptions& o) {
   std::signal(SIGINT, on_sigint);
   const auto result = train(o.config, info, data, device);
   std::signal(SIGINT, SIG_DFL);
+  if (dist.rank > 0) return;  // rank 0 reports and holds the checkpoint
   std::fprintf(stderr, "%s at step %lld after %.1f s, loss %.5f; checkpoint: %s/checkpoint.safetensors\n",
                result.interrupted ? "interrupted" : "finished", static_cast<long long>(result.step), result.seconds,
                result.loss, o.out.c_str());

@@ -1,5 +1,6 @@
 // diffuse: denoising diffusion models (DDPM, DDIM) from the command line.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <thread>
 
@@ -54,8 +55,10 @@ int main(int argc, char** argv) {
   CLI::App app{"diffuse: denoising diffusion models (DDPM, DDIM) in C++"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  // Default: OMP_NUM_THREADS where a launcher set it (several processes on one machine), else every core.
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  app.add_option("--threads", threads, "Torch CPU threads (default: hardware concurrency)")
+  if (const char* omp = std::getenv("OMP_NUM_THREADS"); omp && std::atoi(omp) > 0) threads = std::atoi(omp);
+  app.add_option("--threads", threads, "Torch CPU threads (default: OMP_NUM_THREADS, else hardware concurrency)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   app.parse_complete_callback([&] { torch::set_num_threads(threads); });

@@ -166,4 +166,13 @@ void BatchLoader::restore(const torch::Tensor& order, int64_t cursor) {
   cursor_ = cursor;
 }
 
+Dataset shard_of(const Dataset& data, int64_t index, int64_t count) {
+  if (count < 1 || index < 0 || index >= count) throw std::invalid_argument("shard_of: need 0 <= index < count");
+  if (data.size() < count) throw std::runtime_error("data '" + data.name + "' has fewer images than processes");
+  Dataset shard = data;
+  shard.images = data.images.slice(0, index, data.size(), count);
+  if (data.labels.defined() && data.labels.numel() > 0) shard.labels = data.labels.slice(0, index, data.size(), count);
+  return shard;
+}
+
 }  // namespace diffuse

@@ -128,6 +128,10 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   ema_model->to(device);
   model->set_memory_format(config.memory_format);
   ema_model->set_memory_format(config.memory_format);
+  DataParallel* dp = config.data_parallel;
+  const bool rank0 = !dp || dp->env().rank == 0;
+  if (dp && config.resume) throw std::runtime_error("--resume with several processes is not supported yet");
+  if (dp) dp->broadcast_from_rank0(model->parameters());  // every rank starts from rank 0's weights
   {
     torch::NoGradGuard no_grad;
     auto src = model->parameters();
@@ -138,7 +142,10 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
   AdamW optimizer(model->parameters(), AdamWOptions{0.9, 0.999, 1e-8, config.weight_decay});
   Ema ema(config.ema_decay);
-  BatchLoader loader(data, config.batch_size, device);
+  // Each rank reads every W-th image from its rank on, and draws its own t and noise.
+  const Dataset shard = dp ? shard_of(data, dp->env().rank, dp->env().world_size) : Dataset{};
+  BatchLoader loader(dp ? shard : data, config.batch_size, device);
+  if (dp && dp->env().rank > 0) torch::manual_seed(config.seed + 1000003ull * static_cast<uint64_t>(dp->env().rank));
 
   int64_t step = 0;
   if (state) {
@@ -162,19 +169,21 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   }
 
   auto save_all = [&](int64_t at_step) {
+    if (!rank0) return;
     info.step = at_step;
     TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, loader);
     save_checkpoint(config.out_dir + "/checkpoint.safetensors", ema_model, info);
   };
 
   const std::string log_path = config.out_dir + "/log.csv";
-  ProgressBar bar("train", config.steps, step, config.progress);
+  ProgressBar bar("train", config.steps, step, config.progress && rank0);
   TrainResult result;
   double window_loss = 0.0;  // sum of the window's losses, as last read back
   auto window_loss_sum = torch::zeros({}, torch::dtype(torch::kFloat32).device(device));
   int64_t window_steps = 0;
   TrainStep train_step(model, ema_model, diffusion, optimizer, ema,
                        TrainStepOptions{config.loss, config.grad_clip, config.label_dropout, config.precision});
+  if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
   model->train();
   while (step < config.steps) {
@@ -206,21 +215,21 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     bar.update(step, info_text.str());
     if (log_now) {
       result.loss = window_loss / window_steps;
-      append_log(log_path, step, result.loss, lr, static_cast<double>(window_steps * B) / secs, bar.elapsed_seconds());
+      if (rank0) append_log(log_path, step, result.loss, lr, static_cast<double>(window_steps * B) / secs, bar.elapsed_seconds());
       window_loss = 0.0;
       window_loss_sum.zero_();
       window_steps = 0;
       window_start = std::chrono::steady_clock::now();
     }
     if (save_now && step != config.steps) save_all(step);
-    if (config.preview_every > 0 && step % config.preview_every == 0 && step != config.steps) {
+    if (rank0 && config.preview_every > 0 && step % config.preview_every == 0 && step != config.steps) {
       write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
       model->train();
     }
   }
   if (window_steps > 0) result.loss = window_loss_sum.item<double>() / window_steps;
   save_all(step);
-  if (!result.interrupted) write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
+  if (rank0 && !result.interrupted) write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
   bar.finish(result.interrupted ? "interrupted" : "done");
   result.step = step;
   result.seconds = bar.elapsed_seconds();

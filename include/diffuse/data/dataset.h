@@ -46,6 +46,9 @@ Dataset load_image_folder(const std::string& dir, Split split, const DataOptions
 
 // Shuffles with torch's default generator (so a seed fixes the order) and hands out batches
 // as [−1, 1] floats; reshuffles at every epoch.
+// Every `count`-th image starting at `index` (a data-parallel rank's share; views, no copy).
+Dataset shard_of(const Dataset& data, int64_t index, int64_t count);
+
 class BatchLoader {
  public:
   BatchLoader(const Dataset& data, int64_t batch_size, torch::Device device);

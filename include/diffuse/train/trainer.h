@@ -14,6 +14,7 @@
 #include "diffuse/data/dataset.h"
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/runtime/precision.h"
+#include "diffuse/train/data_parallel.h"
 #include "diffuse/train/train_step.h"
 
 namespace diffuse {
@@ -45,6 +46,9 @@ struct TrainConfig {
   bool resume = false;
   bool progress = true;
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to checkpoint and return early
+  // Data parallelism (not owned): this rank trains on its shard with gradients averaged over all
+  // ranks; batch_size is per rank; only rank 0 writes the log, previews and checkpoints.
+  DataParallel* data_parallel = nullptr;
 };
 
 struct TrainResult {
