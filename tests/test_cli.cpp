@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -74,17 +73,11 @@ TEST(Cli, CorruptDataAndCheckpointsAreClearErrors) {
 TEST(Cli, TrainWithTwoProcessesAsTorchrunStartsThem) {
   TempDir dir;
   const int port = 20000 + static_cast<int>(::getpid() % 20000);
-  auto launch = [&](int rank) {
-    return diffuse::testing::run_command("WORLD_SIZE=2 RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-                                         std::to_string(port) + " " + DIFFUSE_BINARY +
-                                         " --threads 1 train --data mnist --limit 32 --model tiny --steps 3 --batch-size 4 "
-                                         "--timesteps 50 --preview-n 4 --no-progress --out " + dir / "run");
-  };
-  diffuse::testing::CommandResult r0, r1;
-  std::thread t0([&] { r0 = launch(0); });
-  std::thread t1([&] { r1 = launch(1); });
-  t0.join();
-  t1.join();
+  const auto [r0, r1] = diffuse::testing::run_two_ranks([&](int rank) {
+    return "WORLD_SIZE=2 RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
+           DIFFUSE_BINARY + " --threads 1 train --data mnist --limit 32 --model tiny --steps 3 --batch-size 4 "
+           "--timesteps 50 --preview-n 4 --no-progress --out " + dir / "run";
+  });
   ASSERT_EQ(r0.status, 0) << r0.output;
   ASSERT_EQ(r1.status, 0) << r1.output;
   EXPECT_NE(r0.output.find("rank 0 of 2"), std::string::npos) << r0.output;

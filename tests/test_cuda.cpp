@@ -8,32 +8,17 @@
 #include "diffuse/sampling/ddim.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/train_step.h"
+#include "support/networks.h"
 
 using namespace diffuse;
-
-namespace {
+using diffuse::testing::relative_error;
 
 #define SKIP_WITHOUT_CUDA() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device in this build or machine"
 
-double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
-  return ((a.cpu() - b.cpu()).norm() / b.cpu().norm()).item<double>();
-}
-
-UNet random_net(const std::string& name, int64_t channels, int64_t size) {
-  torch::manual_seed(7);
-  UNet net(unet_config_by_name(name, channels, size));
-  torch::NoGradGuard no_grad;
-  for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
-  net->eval();
-  return net;
-}
-
-}  // namespace
-
 TEST(Cuda, ForwardMatchesTheCpuInEveryPrecisionAndFormat) {
   SKIP_WITHOUT_CUDA();
-  auto net = random_net("mnist", 1, 28);
+  auto net = diffuse::testing::random_unet("mnist", 1, 28, 7);
   auto x = torch::randn({8, 1, 28, 28});
   auto t = torch::randint(0, 1000, {8}, torch::kLong);
   torch::NoGradGuard no_grad;
@@ -55,31 +40,14 @@ TEST(Cuda, ForwardMatchesTheCpuInEveryPrecisionAndFormat) {
 TEST(Cuda, TrainingStepsLowerTheLoss) {
   SKIP_WITHOUT_CUDA();
   for (auto precision : {Precision::fp32, Precision::bf16}) {
-    torch::manual_seed(0);
-    auto config = unet_config_by_name("tiny", 1, 12);
-    UNet model(config), ema_model(config);
-    model->to(torch::kCUDA);
-    ema_model->to(torch::kCUDA);
-    GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, torch::kCUDA);
-    AdamW optimizer(model->parameters(), AdamWOptions{});
-    Ema ema(0.99);
-    TrainStepOptions options;
-    options.precision = precision;
-    TrainStep step(model, ema_model, diffusion, optimizer, ema, options);
-    auto x0 = (torch::rand({16, 1, 12, 12}) * 2 - 1).cuda();
-    double first = 0, last = 0;
-    for (int i = 0; i < 60; ++i) {
-      const double loss = step(x0, torch::Tensor(), 2e-3).item<double>();
-      if (i < 5) first += loss / 5;
-      if (i >= 55) last += loss / 5;
-    }
+    const auto [first, last] = diffuse::testing::fit_fixed_batch(torch::kCUDA, precision);
     EXPECT_LT(last, 0.8 * first) << to_string(precision);
   }
 }
 
 TEST(Cuda, GraphReplayOfTheSamplingLoopEqualsTheEagerLoop) {
   SKIP_WITHOUT_CUDA();
-  auto net = random_net("tiny", 1, 16);
+  auto net = diffuse::testing::random_unet("tiny", 1, 16, 7);
   net->to(torch::kCUDA);
   GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, torch::kCUDA);
   DdimSampler sampler(diffusion.schedule(), TimestepSpacing::leading, 0.0);

@@ -5,7 +5,6 @@
 
 #include <cstdlib>
 #include <random>
-#include <thread>
 
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/io/safetensors.h"
@@ -65,17 +64,11 @@ TEST(DataParallel, TwoProcessesTakeTheCombinedBatchStep) {
   diffuse::testing::TempDir dir;
   std::random_device rd;
   const int port = 20000 + static_cast<int>(rd() % 20000);
-  auto launch = [&](int rank) {
-    return diffuse::testing::run_command("DIFFUSE_DP_OUT=" + dir.str() + " WORLD_SIZE=2 RANK=" + std::to_string(rank) +
-                                         " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
-                                         " /proc/" + std::to_string(getpid()) +
-                                         "/exe --gtest_filter=DataParallelWorker.OneStepOnThisRanksHalf");
-  };
-  diffuse::testing::CommandResult r0, r1;
-  std::thread t0([&] { r0 = launch(0); });
-  std::thread t1([&] { r1 = launch(1); });
-  t0.join();
-  t1.join();
+  const auto [r0, r1] = diffuse::testing::run_two_ranks([&](int rank) {
+    return "DIFFUSE_DP_OUT=" + dir.str() + " WORLD_SIZE=2 RANK=" + std::to_string(rank) +
+           " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " /proc/" + std::to_string(getpid()) +
+           "/exe --gtest_filter=DataParallelWorker.OneStepOnThisRanksHalf";
+  });
   ASSERT_EQ(r0.status, 0) << r0.output;
   ASSERT_EQ(r1.status, 0) << r1.output;
 

@@ -5,25 +5,12 @@
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/train_step.h"
+#include "support/networks.h"
 
 using namespace diffuse;
 
-namespace {
+using diffuse::testing::relative_error;
 
-double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
-  return ((a - b).norm() / b.norm()).item<double>();
-}
-
-UNet random_mnist_net() {
-  torch::manual_seed(5);
-  UNet net(unet_config_by_name("mnist", 1, 28));
-  torch::NoGradGuard no_grad;
-  for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
-  net->eval();
-  return net;
-}
-
-}  // namespace
 
 TEST(Precision, NamesRoundTripAndBadNamesThrow) {
   EXPECT_EQ(precision_from_string(to_string(Precision::bf16)), Precision::bf16);
@@ -52,7 +39,7 @@ TEST(Precision, AutocastScopeTurnsBf16OnAndRestoresTheState) {
 }
 
 TEST(Precision, Bf16AndChannelsLastAgreeWithFloat32) {
-  auto net = random_mnist_net();
+  auto net = diffuse::testing::random_unet("mnist", 1, 28, 5);
   auto x = torch::randn({4, 1, 28, 28});
   auto t = torch::tensor({1, 250, 600, 999}, torch::kLong);
   torch::NoGradGuard no_grad;
@@ -96,22 +83,7 @@ TEST(Precision, Bf16TrainingStepsLowerTheLossLikeFloat32) {
   // and end close to each other.
   std::vector<double> final_loss;
   for (auto precision : {Precision::fp32, Precision::bf16}) {
-    torch::manual_seed(0);
-    auto config = unet_config_by_name("tiny", 1, 12);
-    UNet model(config), ema_model(config);
-    GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, torch::kCPU);
-    AdamW optimizer(model->parameters(), AdamWOptions{});
-    Ema ema(0.99);
-    TrainStepOptions options;
-    options.precision = precision;
-    TrainStep step(model, ema_model, diffusion, optimizer, ema, options);
-    auto x0 = torch::rand({16, 1, 12, 12}) * 2 - 1;
-    double first = 0, last = 0;
-    for (int i = 0; i < 60; ++i) {
-      const double loss = step(x0, torch::Tensor(), 2e-3).item<double>();
-      if (i < 5) first += loss / 5;
-      if (i >= 55) last += loss / 5;
-    }
+    const auto [first, last] = diffuse::testing::fit_fixed_batch(torch::kCPU, precision);
     EXPECT_LT(last, 0.8 * first) << to_string(precision);
     final_loss.push_back(last);
   }

@@ -10,6 +10,7 @@
 #include "diffuse/model/unet.h"
 #include "diffuse/model/unet_flops.h"
 #include "diffuse_build_config.h"
+#include "support/networks.h"
 #include "support/run_command.h"
 #include "support/temp_dir.h"
 
@@ -30,13 +31,7 @@ bool python_torch_available() {
 TEST(Reference, SameWeightsGiveTheSameOutput) {
   if (!python_torch_available()) GTEST_SKIP() << "/usr/bin/python3 has no torch (apt install python3-torch)";
   for (const std::string name : {"tiny", "mnist"}) {
-    torch::manual_seed(3);
-    UNet net(unet_config_by_name(name, 1, 28));
-    {  // every weight random (the DDPM init zeroes the last layers, which would hide differences)
-      torch::NoGradGuard no_grad;
-      for (auto& p : net->parameters()) p.normal_(0.0, 0.1);
-    }
-    net->eval();
+    auto net = diffuse::testing::random_unet(name, 1, 28, 3);
     auto x = torch::randn({3, 1, 28, 28});
     auto t = torch::tensor({0, 417, 999}, torch::kLong);
     torch::Tensor out;

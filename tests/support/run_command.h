@@ -5,7 +5,9 @@
 
 #include <array>
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <thread>
 
 namespace diffuse::testing {
 
@@ -23,6 +25,16 @@ inline CommandResult run_command(const std::string& command) {
   while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
   const int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Runs command(0) and command(1) at the same time (two data-parallel ranks) and returns both results.
+inline std::pair<CommandResult, CommandResult> run_two_ranks(const std::function<std::string(int rank)>& command) {
+  CommandResult r0, r1;
+  std::thread t0([&] { r0 = run_command(command(0)); });
+  std::thread t1([&] { r1 = run_command(command(1)); });
+  t0.join();
+  t1.join();
+  return {r0, r1};
 }
 
 }  // namespace diffuse::testing
