@@ -70,6 +70,28 @@ TEST(Cli, CorruptDataAndCheckpointsAreClearErrors) {
   EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));
 }
 
+TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
+  for (const std::string what : {"train", "infer", "sample"}) {
+    auto r = diffuse::testing::run_command(std::string(DIFFUSE_BINARY) + " --threads 1 bench --model tiny --what " + what +
+                                           " --batch-size 2 --steps 2 --repeat 2 --warmup 0 --json 2>/dev/null");
+    ASSERT_EQ(r.status, 0) << what << ": " << r.output;
+    const auto j = nlohmann::json::parse(r.output);
+    EXPECT_EQ(j.at("what"), what);
+    EXPECT_EQ(j.at("seconds").size(), 2u);
+    EXPECT_GT(j.at("images_per_second").get<double>(), 0.0);
+    EXPECT_EQ(j.at("parameters").get<int64_t>(), 44969);  // tiny at 1×28×28, as bench/reference_unet.py counts
+    EXPECT_GT(j.at("achieved_gflops_per_second").get<double>(), 0.0);
+  }
+  auto r = run("bench --what everything");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--what"), std::string::npos) << r.output;
+  r = run("bench --device cuda --what infer --model tiny");
+  if (!torch::cuda::is_available()) {
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.output.find("no CUDA device"), std::string::npos) << r.output;
+  }
+}
+
 TEST(Cli, TrainWithTwoProcessesAsTorchrunStartsThem) {
   TempDir dir;
   const int port = 20000 + static_cast<int>(::getpid() % 20000);

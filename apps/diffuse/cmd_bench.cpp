@@ -26,14 +26,17 @@ void run_bench(BenchOptions& o) {
   c.precision = compute.precision;
   c.memory_format = compute.memory_format;
   c.cuda_graph = !o.no_cuda_graph;
-  if (!o.json) {
+  if (!o.json && c.task == BenchTask::conv) {
+    std::fprintf(stderr, "bench: conv, %s, %s, %s (%d threads)\n", to_string(c.precision).c_str(),
+                 to_string(c.memory_format).c_str(), c.device.str().c_str(), torch::get_num_threads());
+  } else if (!o.json) {
     std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s (%d threads)\n", o.what.c_str(), c.model.c_str(),
                  static_cast<long long>(c.batch_size),
                  c.task == BenchTask::sample ? (", DDIM-" + std::to_string(c.steps)).c_str() : "",
                  to_string(c.precision).c_str(), to_string(c.memory_format).c_str(), c.device.str().c_str(),
                  torch::get_num_threads());
-    if (c.device.is_cpu()) std::fprintf(stderr, "cpu: %s\n", cpu_description().c_str());
   }
+  if (!o.json && c.device.is_cpu()) std::fprintf(stderr, "cpu: %s\n", cpu_description().c_str());
   auto on_run = [&](int i, double s) {
     if (!o.json) std::fprintf(stderr, "  run %d/%d: %.4f s\n", i + 1, c.repeat, s);
   };
