@@ -2,6 +2,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "diffuse/runtime/device.h"
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -112,8 +114,8 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   auto w = torch::randn({C, C, 3, 3}, torch::dtype(dtype).device(device)).contiguous(format);
   const double flops = 2.0 * B * C * C * 9 * H * H;  // multiply-adds × 2
   auto run = [&] {
-    auto y = torch::conv2d(x, w, {}, 1, 1);
-    if (device.is_cuda()) y.sum().item<float>();  // wait for the GPU
+    torch::conv2d(x, w, {}, 1, 1);
+    synchronize(device);  // wait for the GPU
   };
   run();  // warm-up: oneDNN picks and caches its kernel
   std::vector<double> rates;
