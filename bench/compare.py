@@ -4,10 +4,13 @@ prints a Markdown table of their times and ratios (reference time / diffuse time
 diffuse is faster).
 
   bench/compare.py [--binary build/diffuse] [--quick] [--models mnist,ddpm-cifar10]
-                   [--precisions fp32,bf16] [--json results.jsonl]
+                   [--precisions fp32,bf16] [--rounds 3] [--conv-kernels auto] [--json results.jsonl]
 
-Each configuration is run by both implementations one after the other, so that both see the same
-machine state. bf16 rows are skipped where the CPU has no native bf16 (see `diffuse bench`).
+Each configuration is run by both implementations in turn, --rounds times (the order swapped
+every round), so that both see the same machine state; the ratio column is the median of the
+rounds' ratios, with their range beside it: the development machines' speed drifts by ±20 %
+within minutes, and a pair of runs taken together is far steadier than either alone. bf16 rows
+are skipped where the CPU has no native bf16 (see `diffuse bench`).
 """
 import argparse
 import json
@@ -30,9 +33,14 @@ def cases(models, quick):
             (m, "train", 64, 0, 1 if big else r, 1),
             (m, "infer", 64, 0, 2 if big else r, 1),
             # DDIM-50 of 64 images; ddpm-cifar10 takes DDIM-5 (about 4.5 min per run at S = 50 on two cores)
-            (m, "sample", 64, 5 if big else 50, 1 if big else 2, 0 if big else 1),
+            (m, "sample", 64, 5 if big else 50, 1, 0),
         ]
     return rows
+
+
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
 def run(cmd):
@@ -48,6 +56,8 @@ def main():
     ap.add_argument("--models", default="mnist,ddpm-cifar10")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--memory-format", default="nchw", help="diffuse's layout (the reference stays NCHW)")
+    ap.add_argument("--conv-kernels", default="auto", help="diffuse's float32 3x3 convolutions: aten, onednn or auto")
+    ap.add_argument("--rounds", type=int, default=3, help="pairs of runs per row (ddpm-cifar10: 1)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", help="append every result as one JSON line to this file")
     a = ap.parse_args()
@@ -65,8 +75,9 @@ def main():
           f"{os.cpu_count()} threads; peak of a large 3x3 convolution: "
           + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items()))
     print()
-    print("| model | what | batch | precision | diffuse s | reference s | ratio | diffuse GFLOP/s | % of conv peak |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | what | batch | precision | diffuse convolutions | diffuse s | reference s | ratio (range) "
+          "| diffuse GFLOP/s | % of conv peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in a.precisions.split(","):
         if p == "bf16" and not native_bf16:
             print(f"(bf16 skipped: this CPU has no native bf16)")
@@ -76,17 +87,29 @@ def main():
                       "--warmup", str(warmup), "--precision", p]
             if steps:
                 common += ["--steps", str(steps)]
-            mine = run([a.binary, "bench", "--json", "--memory-format", a.memory_format] + common)
-            ref = run([PYTHON, os.path.join(HERE, "reference_unet.py"), "bench"] + common)
+            mine_cmd = [a.binary, "bench", "--json", "--memory-format", a.memory_format,
+                        "--conv-kernels", a.conv_kernels] + common
+            ref_cmd = [PYTHON, os.path.join(HERE, "reference_unet.py"), "bench"] + common
+            mines, refs = [], []
+            for r in range(1 if model == "ddpm-cifar10" else a.rounds):
+                if r % 2 == 0:
+                    mines.append(run(mine_cmd))
+                    refs.append(run(ref_cmd))
+                else:
+                    refs.append(run(ref_cmd))
+                    mines.append(run(mine_cmd))
             if out:
-                out.write(json.dumps({"impl": "diffuse", "result": mine}) + "\n")
-                out.write(json.dumps({"impl": "reference", "result": ref}) + "\n")
+                for mine, ref in zip(mines, refs):
+                    out.write(json.dumps({"impl": "diffuse", "result": mine}) + "\n")
+                    out.write(json.dumps({"impl": "reference", "result": ref}) + "\n")
             label = f"DDIM-{steps}" if what == "sample" else what
-            ratio = ref["median_seconds"] / mine["median_seconds"]
-            print(f"| {model} | {label} | {batch} | {p} | {mine['median_seconds']:.3f} | {ref['median_seconds']:.3f} "
-                  f"| {ratio:.2f}x | {mine['achieved_gflops_per_second']:.0f} "
-                  f"| {100 * mine['achieved_gflops_per_second'] / peak[p]:.0f}% |", flush=True)
-
+            ratios = sorted(ref["median_seconds"] / mine["median_seconds"] for mine, ref in zip(mines, refs))
+            mine_s = median([m["median_seconds"] for m in mines])
+            ref_s = median([r["median_seconds"] for r in refs])
+            gflops = median([m["achieved_gflops_per_second"] for m in mines])
+            spread = f" ({ratios[0]:.2f}–{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+            print(f"| {model} | {label} | {batch} | {p} | {mines[0].get('conv_kernels', '?')} | {mine_s:.3f} | {ref_s:.3f} "
+                  f"| {median(ratios):.2f}x{spread} | {gflops:.0f} | {100 * gflops / peak[p]:.0f}% |", flush=True)
 
 if __name__ == "__main__":
     main()

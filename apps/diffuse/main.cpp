@@ -32,6 +32,11 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
   cmd.add_option("--memory-format", flags.memory_format, "Activation layout: nchw or channels-last (NHWC)")
       ->check(CLI::IsMember({"nchw", "channels-last"}))
       ->capture_default_str();
+  cmd.add_option("--conv-kernels", flags.conv_kernels,
+                 "float32 3x3 convolutions on the CPU: aten (LibTorch's), onednn (oneDNN's Winograd where it has it); "
+                 "auto: onednn where Winograd runs here and is measured faster")
+      ->check(CLI::IsMember({"aten", "onednn", "auto"}))
+      ->capture_default_str();
 }
 
 Compute resolve_compute(const ComputeFlags& flags) {
@@ -42,6 +47,12 @@ Compute resolve_compute(const ComputeFlags& flags) {
   c.memory_format = memory_format_from_string(flags.memory_format);
   if (flags.precision == "auto" || c.precision != Precision::fp32) {
     std::fprintf(stderr, "precision: %s (%s)\n", to_string(c.precision).c_str(), choice.reason.c_str());
+  }
+  const auto kernels = resolve_conv_kernels(flags.conv_kernels, c.device, c.precision == Precision::fp32);
+  c.conv_kernels = kernels.kernels;
+  set_conv_kernels(c.conv_kernels);
+  if (c.conv_kernels == ConvKernels::onednn || flags.conv_kernels != "auto") {
+    std::fprintf(stderr, "convolutions: %s (%s)\n", to_string(c.conv_kernels).c_str(), kernels.reason.c_str());
   }
   if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {
     std::fprintf(stderr, "warning: this CPU has no native bf16; bf16 will be much slower than fp32\n");

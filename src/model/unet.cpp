@@ -1,5 +1,7 @@
 #include "diffuse/model/unet.h"
 
+#include "diffuse/runtime/onednn_conv.h"
+
 #include <algorithm>
 
 namespace diffuse {
@@ -100,7 +102,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
                                                                torch::dtype(torch::kLong).device(x_t.device())));
   }
 
-  auto h = conv_in(memory_format_ == MemoryFormat::nchw ? x_t : x_t.contiguous(torch_memory_format(memory_format_)));
+  auto h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x_t : x_t.contiguous(torch_memory_format(memory_format_)));
   std::vector<torch::Tensor> skips{h};
   for (auto& s : down_) {
     if (s.down) {
@@ -124,7 +126,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       if (s.attn) h = s.attn(h);
     }
   }
-  return conv_out(F::silu(group_norm(norm_out, h))).to(x_t.scalar_type()).contiguous();
+  return conv3x3(conv_out, F::silu(group_norm(norm_out, h))).to(x_t.scalar_type()).contiguous();
 }
 
 void UNetImpl::set_memory_format(MemoryFormat format) {

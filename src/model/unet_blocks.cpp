@@ -1,5 +1,7 @@
 #include "diffuse/model/unet_blocks.h"
 
+#include "diffuse/runtime/onednn_conv.h"
+
 #include <cmath>
 
 namespace diffuse {
@@ -57,9 +59,9 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
-  auto h = conv1(F::silu(group_norm(norm1, x)));
+  auto h = conv3x3(conv1, F::silu(group_norm(norm1, x)));
   h = h + time_proj(F::silu(emb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] → [B, C, 1, 1]
-  h = conv2(dropout_(F::silu(group_norm(norm2, h))));
+  h = conv3x3(conv2, dropout_(F::silu(group_norm(norm2, h))));
   return (shortcut ? shortcut(x) : x) + h;
 }
 
@@ -97,7 +99,7 @@ torch::Tensor UpsampleImpl::forward(const torch::Tensor& x, int64_t height, int6
   auto up = F::interpolate(x, F::InterpolateFuncOptions()
                                   .size(std::vector<int64_t>{height, width})
                                   .mode(torch::kNearest));
-  return conv(up);
+  return conv3x3(conv, up);
 }
 
 }  // namespace diffuse

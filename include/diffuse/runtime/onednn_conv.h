@@ -1,0 +1,60 @@
+// 3×3 convolutions on the CPU through oneDNN directly, with Winograd's minimal filtering where
+// oneDNN has it (float32, AVX-512).
+//
+// ATen reaches oneDNN too, but always with its direct algorithm, re-ordering NCHW tensors into
+// oneDNN's blocked layout on every call. For the U-Net's shapes on an AVX-512 CPU, Winograd
+// F(4×4, 3×3) computes a 3×3 convolution with 36 instead of 144 multiplications per 4×4 output
+// tile: measured forward + both backward passes 1.4–3.7× faster than ATen's conv2d (2 threads,
+// docs/PERFORMANCE.md). Winograd's transforms round differently from direct summation: results
+// agree with ATen's to about 1e-5 relative, as two float32 summation orders do.
+//
+// Compiled only where the oneDNN headers were found (DIFFUSE_HAVE_ONEDNN, Debian's libdnnl-dev,
+// the same library Debian's LibTorch runs on); elsewhere every call takes ATen's path.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace diffuse {
+
+// Who computes the network's 3×3 stride-1 convolutions in float32 on the CPU.
+enum class ConvKernels { aten, onednn };
+std::string to_string(ConvKernels k);
+ConvKernels conv_kernels_from_string(const std::string& name);  // "aten" | "onednn"
+
+// Whether this build has the oneDNN path at all.
+bool onednn_conv_built();
+
+// Process-wide choice (like torch.backends flags): which kernels conv3x3 below uses.
+void set_conv_kernels(ConvKernels kernels);
+ConvKernels conv_kernels();
+
+// y = conv2d(x, weight, bias, stride 1, padding 1) through oneDNN, differentiable in x, weight
+// and bias. x: [N, C, H, W] float32 on the CPU; weight: [O, C, 3, 3]; bias: [O] or undefined.
+// Uses Winograd where oneDNN implements it for this CPU and shape, else oneDNN's direct algorithm.
+// Throws where the build has no oneDNN.
+torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+// The algorithm oneDNN runs for this shape, e.g. "jit_wino_4x3:avx512_core" (for logs and tests).
+std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
+                                          int64_t width);
+
+// A 3×3, stride-1, padding-1 convolution module applied to x: oneDNN when conv_kernels() is
+// onednn and x is a float32 NCHW CPU tensor outside autocast, else the module's own forward.
+torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x);
+
+struct ConvKernelsChoice {
+  ConvKernels kernels = ConvKernels::aten;
+  std::string reason;  // one line for the log
+};
+// "aten" / "onednn" as asked ("onednn" throws where it is not built); "auto": onednn only on the
+// CPU in float32, where built, and where a training-step's worth of one convolution (forward and
+// both backward passes) runs at least 1.2× faster than ATen's, measured.
+ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool fp32);
+
+// Seconds of forward + backward of one 3×3 convolution (batch 16, 64 channels, 32×32), median of
+// a few runs, with the given kernels.
+double measure_conv3x3_seconds(ConvKernels kernels);
+
+}  // namespace diffuse

@@ -1,0 +1,309 @@
+#include "diffuse/runtime/onednn_conv.h"
+
+#include "diffuse/runtime/precision.h"
+#include "diffuse_build_config.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+#if DIFFUSE_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace diffuse {
+
+namespace {
+std::atomic<ConvKernels> g_conv_kernels{ConvKernels::aten};
+}  // namespace
+
+std::string to_string(ConvKernels k) { return k == ConvKernels::aten ? "aten" : "onednn"; }
+
+ConvKernels conv_kernels_from_string(const std::string& name) {
+  if (name == "aten") return ConvKernels::aten;
+  if (name == "onednn") return ConvKernels::onednn;
+  throw std::invalid_argument("unknown convolution kernels '" + name + "' (expected aten, onednn or auto)");
+}
+
+bool onednn_conv_built() { return DIFFUSE_HAVE_ONEDNN != 0; }
+
+void set_conv_kernels(ConvKernels kernels) {
+  if (kernels == ConvKernels::onednn && !onednn_conv_built()) {
+    throw std::invalid_argument("oneDNN convolutions: this build has no oneDNN (install libdnnl-dev and rebuild)");
+  }
+  g_conv_kernels = kernels;
+}
+
+ConvKernels conv_kernels() { return g_conv_kernels; }
+
+#if DIFFUSE_HAVE_ONEDNN
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One convolution shape's primitives, created once (oneDNN generates their code at creation).
+struct ConvPlan {
+  memory::desc src_nchw, weights_oihw, bias_x, dst_nchw;
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  dnnl::convolution_forward forward;
+  // Training plans only: the two backward passes, built against the forward's layouts.
+  dnnl::convolution_backward_data::primitive_desc backward_data_pd;
+  dnnl::convolution_backward_data backward_data;
+  dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;
+  dnnl::convolution_backward_weights backward_weights;
+};
+
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>;  // N, C, O, H, W, training
+
+ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training, dnnl::algorithm algorithm) {
+  ConvPlan p;
+  p.src_nchw = memory::desc({n, c, h, w}, dt::f32, tag::nchw);
+  p.weights_oihw = memory::desc({o, c, 3, 3}, dt::f32, tag::oihw);
+  p.bias_x = memory::desc({o}, dt::f32, tag::x);
+  p.dst_nchw = memory::desc({n, o, h, w}, dt::f32, tag::nchw);
+  // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights)
+  const memory::desc src_any({n, c, h, w}, dt::f32, tag::any), weights_any({o, c, 3, 3}, dt::f32, tag::any),
+      dst_any({n, o, h, w}, dt::f32, tag::any);
+  const memory::dims stride{1, 1}, pad{1, 1};
+  const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  p.forward_pd = dnnl::convolution_forward::primitive_desc(
+      dnnl::convolution_forward::desc(prop, algorithm, src_any, weights_any, p.bias_x, dst_any, stride, pad, pad),
+      cpu_engine());
+  p.forward = dnnl::convolution_forward(p.forward_pd);
+  if (training) {
+    p.backward_data_pd = dnnl::convolution_backward_data::primitive_desc(
+        dnnl::convolution_backward_data::desc(algorithm, src_any, weights_any, dst_any, stride, pad, pad), cpu_engine(),
+        p.forward_pd);
+    p.backward_data = dnnl::convolution_backward_data(p.backward_data_pd);
+    p.backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        dnnl::convolution_backward_weights::desc(algorithm, src_any, weights_any, p.bias_x, dst_any, stride, pad, pad),
+        cpu_engine(), p.forward_pd);
+    p.backward_weights = dnnl::convolution_backward_weights(p.backward_weights_pd);
+  }
+  return p;
+}
+
+// The cached plan for this shape: Winograd where oneDNN implements it here, else direct.
+const ConvPlan& plan_for(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
+  static std::mutex mutex;
+  static std::map<PlanKey, std::unique_ptr<ConvPlan>> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = plans[PlanKey{n, c, o, h, w, training}];
+  if (!slot) {
+    try {
+      slot = std::make_unique<ConvPlan>(make_plan(n, c, o, h, w, training, dnnl::algorithm::convolution_winograd));
+    } catch (const dnnl::error&) {  // no Winograd kernel for this CPU or shape
+      slot = std::make_unique<ConvPlan>(make_plan(n, c, o, h, w, training, dnnl::algorithm::convolution_direct));
+    }
+  }
+  return *slot;
+}
+
+// oneDNN memory over a tensor's storage (no copy).
+memory wrap(const memory::desc& desc, const torch::Tensor& t) { return memory(desc, cpu_engine(), t.data_ptr()); }
+
+// `user` in the layout `want`: itself where the layouts agree, else a reordered copy in a buffer
+// that `keep` holds alive.
+memory in_layout(const memory& user, const memory::desc& want, dnnl::stream& stream, std::vector<torch::Tensor>& keep) {
+  if (user.get_desc() == want) return user;
+  keep.push_back(torch::empty({static_cast<int64_t>(want.get_size())}, torch::kUInt8));
+  memory source = user, converted(want, cpu_engine(), keep.back().data_ptr());
+  dnnl::reorder(source, converted).execute(stream, source, converted);
+  return converted;
+}
+
+// Memory in the primitive's layout `produced` to write a result into, and the reorder into the
+// tensor `out` afterwards (nothing to do where the layouts agree).
+struct Output {
+  memory target, user;
+  torch::Tensor buffer;
+  void finish(dnnl::stream& stream) {
+    if (buffer.defined()) dnnl::reorder(target, user).execute(stream, target, user);
+  }
+};
+Output output_in(const memory::desc& produced, const memory::desc& user_desc, const torch::Tensor& out) {
+  Output o;
+  o.user = wrap(user_desc, out);
+  if (produced == user_desc) {
+    o.target = o.user;
+  } else {
+    o.buffer = torch::empty({static_cast<int64_t>(produced.get_size())}, torch::kUInt8);
+    o.target = memory(produced, cpu_engine(), o.buffer.data_ptr());
+  }
+  return o;
+}
+
+torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool training) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
+  const ConvPlan& plan = plan_for(n, c, o, h, w, training);
+  dnnl::stream stream(cpu_engine());
+  std::vector<torch::Tensor> keep;
+  auto y = torch::empty({n, o, h, w}, x.options());
+  auto b = bias.defined() ? bias.contiguous() : torch::zeros({o}, x.options());
+  auto src = in_layout(wrap(plan.src_nchw, x), plan.forward_pd.src_desc(), stream, keep);
+  auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.forward_pd.weights_desc(), stream, keep);
+  auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_nchw, y);
+  plan.forward.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, wrap(plan.bias_x, b)},
+                                {DNNL_ARG_DST, dst.target}});
+  dst.finish(stream);
+  stream.wait();
+  return y;
+}
+
+// ∂L/∂x = conv_transpose(∂L/∂y, W); ∂L/∂W = Σ_n x ⋆ ∂L/∂y; ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
+std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
+                                        bool want_x, bool want_weights) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
+  const ConvPlan& plan = plan_for(n, c, o, h, w, /*training=*/true);
+  dnnl::stream stream(cpu_engine());
+  std::vector<torch::Tensor> keep;
+  const auto grad_y_user = wrap(plan.dst_nchw, grad_y);
+  torch::Tensor grad_x, grad_w, grad_b;
+  if (want_x) {
+    grad_x = torch::empty_like(x);
+    auto diff_dst = in_layout(grad_y_user, plan.backward_data_pd.diff_dst_desc(), stream, keep);
+    auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.backward_data_pd.weights_desc(), stream, keep);
+    auto diff_src = output_in(plan.backward_data_pd.diff_src_desc(), plan.src_nchw, grad_x);
+    plan.backward_data.execute(stream,
+                               {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, diff_src.target}});
+    diff_src.finish(stream);
+  }
+  if (want_weights) {
+    grad_w = torch::empty_like(weight);
+    grad_b = torch::empty({o}, x.options());
+    auto src = in_layout(wrap(plan.src_nchw, x), plan.backward_weights_pd.src_desc(), stream, keep);
+    auto diff_dst = in_layout(grad_y_user, plan.backward_weights_pd.diff_dst_desc(), stream, keep);
+    auto diff_w = output_in(plan.backward_weights_pd.diff_weights_desc(), plan.weights_oihw, grad_w);
+    plan.backward_weights.execute(stream, {{DNNL_ARG_SRC, src},
+                                           {DNNL_ARG_DIFF_DST, diff_dst},
+                                           {DNNL_ARG_DIFF_WEIGHTS, diff_w.target},
+                                           {DNNL_ARG_DIFF_BIAS, wrap(plan.bias_x, grad_b)}});
+    diff_w.finish(stream);
+  }
+  stream.wait();
+  return {grad_x, grad_w, grad_b};
+}
+
+struct OneDnnConv3x3Function : public torch::autograd::Function<OneDnnConv3x3Function> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& bias, bool has_bias) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = has_bias;
+    return run_forward(x, weight, bias, /*training=*/true);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    auto g = run_backward(saved[0], saved[1], grads[0].contiguous(), ctx->needs_input_grad(0),
+                          ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
+    return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+#endif  // DIFFUSE_HAVE_ONEDNN
+
+torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+#if DIFFUSE_HAVE_ONEDNN
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32,
+              "onednn_conv3x3: x must be a float32 [N, C, H, W] CPU tensor");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 3 && weight.size(3) == 3 &&
+                  weight.scalar_type() == torch::kFloat32,
+              "onednn_conv3x3: weight must be float32 [O, ", x.size(1), ", 3, 3]");
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "onednn_conv3x3: bias must be [O]");
+  const bool training = torch::GradMode::is_enabled() &&
+                        (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+  if (!training) return run_forward(x.contiguous(), weight.contiguous(), bias, false);
+  // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
+  const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, x.options());
+  return OneDnnConv3x3Function::apply(x.contiguous(), weight.contiguous(), b, bias.defined());
+#else
+  throw std::runtime_error("onednn_conv3x3: this build has no oneDNN (install libdnnl-dev and rebuild)");
+#endif
+}
+
+std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
+                                          int64_t width) {
+#if DIFFUSE_HAVE_ONEDNN
+  return plan_for(batch, in_channels, out_channels, height, width, true).forward_pd.impl_info_str();
+#else
+  return "none (built without oneDNN)";
+#endif
+}
+
+torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  if (g_conv_kernels == ConvKernels::onednn && x.device().is_cpu() && x.dim() == 4 &&
+      x.scalar_type() == torch::kFloat32 && x.is_contiguous() && conv->weight.scalar_type() == torch::kFloat32 &&
+      conv->weight.is_contiguous() && !autocast_enabled(torch::kCPU)) {
+    return onednn_conv3x3(x, conv->weight, conv->bias);
+  }
+  return conv(x);
+}
+
+double measure_conv3x3_seconds(ConvKernels kernels) {
+  const int64_t B = 16, C = 64, H = 32;
+  torch::manual_seed(0);
+  auto x = torch::randn({B, C, H, H}).requires_grad_();
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(C, C, 3).padding(1));
+  const auto previous = conv_kernels();
+  set_conv_kernels(kernels);
+  auto run = [&] {
+    auto y = conv3x3(conv, x);
+    y.backward(torch::ones_like(y));
+  };
+  run();  // warm-up: oneDNN generates its kernels
+  std::vector<double> seconds;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  set_conv_kernels(previous);
+  std::nth_element(seconds.begin(), seconds.begin() + 2, seconds.end());
+  return seconds[2];
+}
+
+ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool fp32) {
+  if (name != "auto") {
+    const auto kernels = conv_kernels_from_string(name);
+    if (kernels == ConvKernels::onednn && !onednn_conv_built()) {
+      throw std::invalid_argument("--conv-kernels onednn: this build has no oneDNN (install libdnnl-dev and rebuild)");
+    }
+    if (kernels == ConvKernels::onednn && !device.is_cpu()) {
+      throw std::invalid_argument("--conv-kernels onednn: oneDNN convolutions run on the CPU only");
+    }
+    return {kernels, "asked for"};
+  }
+  if (!onednn_conv_built()) return {ConvKernels::aten, "auto: built without oneDNN"};
+  if (!device.is_cpu()) return {ConvKernels::aten, "auto: not on the CPU"};
+  if (!fp32) return {ConvKernels::aten, "auto: bf16 convolutions run through autocast"};
+  // oneDNN's direct algorithm is what ATen runs already: only Winograd is worth the switch.
+  const auto implementation = onednn_conv3x3_implementation(16, 64, 64, 32, 32);
+  if (implementation.find("wino") == std::string::npos) {
+    return {ConvKernels::aten, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation + ")"};
+  }
+  const double aten = measure_conv3x3_seconds(ConvKernels::aten);
+  const double onednn = measure_conv3x3_seconds(ConvKernels::onednn);
+  std::ostringstream why;
+  why.precision(1);
+  why << std::fixed << "auto: 3×3 convolution forward + backward " << aten * 1e3 << " ms with ATen, " << onednn * 1e3
+      << " ms with oneDNN " << implementation;
+  return {aten >= 1.2 * onednn ? ConvKernels::onednn : ConvKernels::aten, why.str()};
+}
+
+}  // namespace diffuse

@@ -1,0 +1,145 @@
+// oneDNN 3×3 convolutions (Winograd where oneDNN has it) against ATen's convolution in float64:
+// outputs and all three gradients, the dispatch rules of conv3x3, and a whole U-Net's loss and
+// gradients with either kernels.
+#include <gtest/gtest.h>
+
+#include "diffuse/model/unet.h"
+#include "diffuse/runtime/onednn_conv.h"
+#include "diffuse/runtime/precision.h"
+#include "support/networks.h"
+
+using namespace diffuse;
+
+using diffuse::testing::relative_error;
+
+namespace {
+
+#define SKIP_WITHOUT_ONEDNN() \
+  if (!onednn_conv_built()) GTEST_SKIP() << "built without oneDNN (libdnnl-dev)"
+
+// Sets the process-wide kernels for one scope.
+struct KernelsScope {
+  ConvKernels previous = conv_kernels();
+  explicit KernelsScope(ConvKernels k) { set_conv_kernels(k); }
+  ~KernelsScope() { set_conv_kernels(previous); }
+};
+
+struct Shape {
+  int64_t n, c, o, h, w;
+};
+
+}  // namespace
+
+TEST(OneDnnConv, OutputAndGradientsMatchAFloat64Reference) {
+  SKIP_WITHOUT_ONEDNN();
+  // The U-Net's kinds of shapes: 1 input channel (conv_in), 1 output (conv_out), odd and
+  // non-square sizes (Winograd's 4×4 tiles then overhang), wide layers.
+  for (const Shape& s : {Shape{4, 1, 32, 28, 28}, Shape{4, 32, 1, 28, 28}, Shape{3, 16, 24, 7, 7},
+                         Shape{2, 64, 64, 14, 10}, Shape{2, 128, 128, 16, 16}}) {
+    SCOPED_TRACE("shape N" + std::to_string(s.n) + " C" + std::to_string(s.c) + " O" + std::to_string(s.o) + " " +
+                 std::to_string(s.h) + "x" + std::to_string(s.w));
+    torch::manual_seed(1);
+    auto x = torch::randn({s.n, s.c, s.h, s.w}).requires_grad_();
+    auto w = (torch::randn({s.o, s.c, 3, 3}) / std::sqrt(9.0 * s.c)).requires_grad_();
+    auto b = torch::randn({s.o}).requires_grad_();
+    auto upstream = torch::randn({s.n, s.o, s.h, s.w});
+
+    auto y = onednn_conv3x3(x, w, b);
+    y.backward(upstream);
+
+    auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
+    auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
+    auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
+    auto y64 = torch::conv2d(x64, w64, b64, 1, 1);
+    y64.backward(upstream.to(torch::kFloat64));
+
+    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-5);
+    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
+    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
+    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    // Without gradients (sampling) the inference primitive gives the same numbers.
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(relative_error(onednn_conv3x3(x, w, b), y.detach()), 1e-6);
+  }
+}
+
+TEST(OneDnnConv, WithoutBiasAndOnlySomeGradients) {
+  SKIP_WITHOUT_ONEDNN();
+  torch::manual_seed(2);
+  auto x = torch::randn({2, 8, 9, 9});  // input needs no gradient (the network's x_t)
+  auto w = torch::randn({8, 8, 3, 3}).requires_grad_();
+  auto y = onednn_conv3x3(x, w, torch::Tensor());
+  y.sum().backward();
+  auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
+  torch::conv2d(x.to(torch::kFloat64), w64, {}, 1, 1).sum().backward();
+  EXPECT_LT(relative_error(y.to(torch::kFloat64), torch::conv2d(x.to(torch::kFloat64), w64.detach(), {}, 1, 1)), 1e-5);
+  EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
+  EXPECT_FALSE(x.grad().defined());
+}
+
+TEST(OneDnnConv, BadInputsAreRejectedWithAMessage) {
+  SKIP_WITHOUT_ONEDNN();
+  auto w = torch::randn({4, 3, 3, 3});
+  EXPECT_THROW(onednn_conv3x3(torch::randn({1, 4, 8, 8}), w, {}), c10::Error);  // channels differ
+  EXPECT_THROW(onednn_conv3x3(torch::randn({1, 3, 8, 8}, torch::kFloat64), w, {}), c10::Error);
+  EXPECT_THROW(onednn_conv3x3(torch::randn({1, 3, 8, 8}), torch::randn({4, 3, 5, 5}), {}), c10::Error);
+  EXPECT_THROW(onednn_conv3x3(torch::randn({1, 3, 8, 8}), w, torch::randn({5})), c10::Error);
+}
+
+TEST(OneDnnConv, NamesAndResolution) {
+  EXPECT_EQ(conv_kernels_from_string(to_string(ConvKernels::onednn)), ConvKernels::onednn);
+  EXPECT_THROW(conv_kernels_from_string("winograd"), std::invalid_argument);
+  EXPECT_EQ(resolve_conv_kernels("aten", torch::kCPU, true).kernels, ConvKernels::aten);
+  EXPECT_EQ(resolve_conv_kernels("auto", torch::kCPU, /*fp32=*/false).kernels, ConvKernels::aten);
+  if (onednn_conv_built()) {
+    EXPECT_EQ(resolve_conv_kernels("onednn", torch::kCPU, true).kernels, ConvKernels::onednn);
+  } else {
+    EXPECT_THROW(resolve_conv_kernels("onednn", torch::kCPU, true), std::invalid_argument);
+    EXPECT_THROW(set_conv_kernels(ConvKernels::onednn), std::invalid_argument);
+  }
+}
+
+TEST(OneDnnConv, Conv3x3TakesATenWhereOneDnnDoesNotApply) {
+  SKIP_WITHOUT_ONEDNN();
+  KernelsScope scope(ConvKernels::onednn);
+  torch::manual_seed(3);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 8, 3).padding(1));
+  auto x = torch::randn({2, 8, 10, 10});
+  torch::NoGradGuard no_grad;
+  const auto aten = conv(x);
+  // float32 NCHW: oneDNN, same numbers to rounding
+  EXPECT_LT(relative_error(conv3x3(conv, x), aten), 1e-5);
+  // channels-last input and bf16 autocast go to the module's own forward
+  auto y_cl = conv3x3(conv, x.contiguous(c10::MemoryFormat::ChannelsLast));
+  EXPECT_LT(relative_error(y_cl, aten), 1e-5);
+  if (cpu_has_native_bf16()) {
+    AutocastScope autocast(torch::kCPU, Precision::bf16);
+    EXPECT_EQ(conv3x3(conv, x).scalar_type(), torch::kBFloat16);  // autocast's bf16 convolution ran
+  }
+}
+
+TEST(OneDnnConv, UNetLossAndGradientsAgreeWithATenKernels) {
+  SKIP_WITHOUT_ONEDNN();
+  auto net = diffuse::testing::random_unet("mnist", 1, 28, 4);
+  net->train();
+  torch::manual_seed(5);
+  auto x = torch::randn({4, 1, 28, 28});
+  auto t = torch::randint(0, 1000, {4}, torch::kLong);
+  auto loss_and_grads = [&](ConvKernels k) {
+    KernelsScope scope(k);
+    net->zero_grad();
+    auto loss = net(x, t).square().mean();
+    loss.backward();
+    std::vector<torch::Tensor> grads;
+    for (auto& p : net->parameters()) grads.push_back(p.grad().clone());
+    return std::make_pair(loss.item<double>(), torch::cat([&] {
+                            std::vector<torch::Tensor> flat;
+                            for (auto& g : grads) flat.push_back(g.flatten());
+                            return flat;
+                          }()));
+  };
+  const auto [loss_aten, grads_aten] = loss_and_grads(ConvKernels::aten);
+  const auto [loss_onednn, grads_onednn] = loss_and_grads(ConvKernels::onednn);
+  EXPECT_NEAR(loss_onednn, loss_aten, 1e-5 * std::abs(loss_aten));
+  EXPECT_LT(relative_error(grads_onednn, grads_aten), 1e-4);
+}
