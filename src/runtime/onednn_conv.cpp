@@ -115,12 +115,30 @@ const ConvPlan& plan_for(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, 
 // oneDNN memory over a tensor's storage (no copy).
 memory wrap(const memory::desc& desc, const torch::Tensor& t) { return memory(desc, cpu_engine(), t.data_ptr()); }
 
-// `user` in the layout `want`: itself where the layouts agree, else a reordered copy in a buffer
-// that `keep` holds alive.
-memory in_layout(const memory& user, const memory::desc& want, dnnl::stream& stream, std::vector<torch::Tensor>& keep) {
+// Byte buffers for one call's blocked copies, reused from call to call on this thread: a fresh
+// multi-megabyte allocation comes from mmap and pays a page fault per 4 KiB on first touch, which
+// measured more than the reorder that fills it. Slot i of a call is the i-th buffer it asks for;
+// a call has finished with them (stream.wait()) before it returns.
+class Scratch {
+ public:
+  void* take(size_t bytes) {
+    thread_local std::vector<torch::Tensor> slots;
+    if (next_ == slots.size()) slots.emplace_back();
+    auto& slot = slots[next_++];
+    if (!slot.defined() || static_cast<size_t>(slot.numel()) < bytes) {
+      slot = torch::empty({static_cast<int64_t>(bytes)}, torch::kUInt8);
+    }
+    return slot.data_ptr();
+  }
+
+ private:
+  size_t next_ = 0;
+};
+
+// `user` in the layout `want`: itself where the layouts agree, else a reordered copy in scratch.
+memory in_layout(const memory& user, const memory::desc& want, dnnl::stream& stream, Scratch& scratch) {
   if (user.get_desc() == want) return user;
-  keep.push_back(torch::empty({static_cast<int64_t>(want.get_size())}, torch::kUInt8));
-  memory source = user, converted(want, cpu_engine(), keep.back().data_ptr());
+  memory source = user, converted(want, cpu_engine(), scratch.take(want.get_size()));
   dnnl::reorder(source, converted).execute(stream, source, converted);
   return converted;
 }
@@ -129,20 +147,14 @@ memory in_layout(const memory& user, const memory::desc& want, dnnl::stream& str
 // tensor `out` afterwards (nothing to do where the layouts agree).
 struct Output {
   memory target, user;
-  torch::Tensor buffer;
   void finish(dnnl::stream& stream) {
-    if (buffer.defined()) dnnl::reorder(target, user).execute(stream, target, user);
+    if (target.get_data_handle() != user.get_data_handle()) dnnl::reorder(target, user).execute(stream, target, user);
   }
 };
-Output output_in(const memory::desc& produced, const memory::desc& user_desc, const torch::Tensor& out) {
+Output output_in(const memory::desc& produced, const memory::desc& user_desc, const torch::Tensor& out, Scratch& scratch) {
   Output o;
   o.user = wrap(user_desc, out);
-  if (produced == user_desc) {
-    o.target = o.user;
-  } else {
-    o.buffer = torch::empty({static_cast<int64_t>(produced.get_size())}, torch::kUInt8);
-    o.target = memory(produced, cpu_engine(), o.buffer.data_ptr());
-  }
+  o.target = produced == user_desc ? o.user : memory(produced, cpu_engine(), scratch.take(produced.get_size()));
   return o;
 }
 
@@ -150,12 +162,12 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
   const ConvPlan& plan = plan_for(n, c, o, h, w, training);
   dnnl::stream stream(cpu_engine());
-  std::vector<torch::Tensor> keep;
+  Scratch scratch;
   auto y = torch::empty({n, o, h, w}, x.options());
   auto b = bias.defined() ? bias.contiguous() : torch::zeros({o}, x.options());
-  auto src = in_layout(wrap(plan.src_nchw, x), plan.forward_pd.src_desc(), stream, keep);
-  auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.forward_pd.weights_desc(), stream, keep);
-  auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_nchw, y);
+  auto src = in_layout(wrap(plan.src_nchw, x), plan.forward_pd.src_desc(), stream, scratch);
+  auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.forward_pd.weights_desc(), stream, scratch);
+  auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_nchw, y, scratch);
   plan.forward.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, wrap(plan.bias_x, b)},
                                 {DNNL_ARG_DST, dst.target}});
   dst.finish(stream);
@@ -169,24 +181,28 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
   const ConvPlan& plan = plan_for(n, c, o, h, w, /*training=*/true);
   dnnl::stream stream(cpu_engine());
-  std::vector<torch::Tensor> keep;
+  Scratch scratch;
   const auto grad_y_user = wrap(plan.dst_nchw, grad_y);
   torch::Tensor grad_x, grad_w, grad_b;
+  memory diff_dst_for_data;  // ∂L/∂y in the backward-data layout, reused below where it is the same
   if (want_x) {
     grad_x = torch::empty_like(x);
-    auto diff_dst = in_layout(grad_y_user, plan.backward_data_pd.diff_dst_desc(), stream, keep);
-    auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.backward_data_pd.weights_desc(), stream, keep);
-    auto diff_src = output_in(plan.backward_data_pd.diff_src_desc(), plan.src_nchw, grad_x);
-    plan.backward_data.execute(stream,
-                               {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, diff_src.target}});
+    diff_dst_for_data = in_layout(grad_y_user, plan.backward_data_pd.diff_dst_desc(), stream, scratch);
+    auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.backward_data_pd.weights_desc(), stream, scratch);
+    auto diff_src = output_in(plan.backward_data_pd.diff_src_desc(), plan.src_nchw, grad_x, scratch);
+    plan.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst_for_data},
+                                        {DNNL_ARG_WEIGHTS, wei},
+                                        {DNNL_ARG_DIFF_SRC, diff_src.target}});
     diff_src.finish(stream);
   }
   if (want_weights) {
     grad_w = torch::empty_like(weight);
     grad_b = torch::empty({o}, x.options());
-    auto src = in_layout(wrap(plan.src_nchw, x), plan.backward_weights_pd.src_desc(), stream, keep);
-    auto diff_dst = in_layout(grad_y_user, plan.backward_weights_pd.diff_dst_desc(), stream, keep);
-    auto diff_w = output_in(plan.backward_weights_pd.diff_weights_desc(), plan.weights_oihw, grad_w);
+    auto src = in_layout(wrap(plan.src_nchw, x), plan.backward_weights_pd.src_desc(), stream, scratch);
+    const auto& want = plan.backward_weights_pd.diff_dst_desc();
+    auto diff_dst = want_x && diff_dst_for_data.get_desc() == want ? diff_dst_for_data
+                                                                   : in_layout(grad_y_user, want, stream, scratch);
+    auto diff_w = output_in(plan.backward_weights_pd.diff_weights_desc(), plan.weights_oihw, grad_w, scratch);
     plan.backward_weights.execute(stream, {{DNNL_ARG_SRC, src},
                                            {DNNL_ARG_DIFF_DST, diff_dst},
                                            {DNNL_ARG_DIFF_WEIGHTS, diff_w.target},
