@@ -72,7 +72,7 @@ def main():
         peak[p] = r["achieved_gflops_per_second"]
 
     print(f"CPU: {run([a.binary, 'bench', '--what', 'conv', '--json', '--repeat', '1'])['cpu']}, "
-          f"{os.cpu_count()} threads; peak of a large 3x3 convolution: "
+          f"{os.cpu_count()} threads; a large 3x3 convolution with diffuse's kernels: "
           + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items()))
     print()
     print("| model | what | batch | precision | diffuse convolutions | diffuse s | reference s | ratio (range) "

@@ -90,7 +90,7 @@ TEST(OneDnnConv, NamesAndResolution) {
   EXPECT_EQ(conv_kernels_from_string(to_string(ConvKernels::onednn)), ConvKernels::onednn);
   EXPECT_THROW(conv_kernels_from_string("winograd"), std::invalid_argument);
   EXPECT_EQ(resolve_conv_kernels("aten", torch::kCPU, true).kernels, ConvKernels::aten);
-  EXPECT_EQ(resolve_conv_kernels("auto", torch::kCPU, /*fp32=*/false).kernels, ConvKernels::aten);
+  EXPECT_EQ(resolve_conv_kernels("auto", torch::kCPU, /*may_run_fp32=*/false).kernels, ConvKernels::aten);
   if (onednn_conv_built()) {
     EXPECT_EQ(resolve_conv_kernels("onednn", torch::kCPU, true).kernels, ConvKernels::onednn);
   } else {

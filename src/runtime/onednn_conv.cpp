@@ -262,12 +262,72 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
 #endif
 }
 
+#if DIFFUSE_HAVE_ONEDNN
+namespace {
+
+// Best of three timed runs after one warm-up.
+template <class F>
+double best_seconds(F&& run) {
+  run();
+  double best = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+// Whether oneDNN beats ATen on this shape, timed once per shape and kind of call (forward only,
+// or forward and both backward passes) on random data: Winograd wins big on wide images (2–3× at
+// 32×32) and loses on small ones with many channels (a 4×4 image of 256 channels ran 5× slower
+// than ATen), so a fixed rule would be wrong somewhere.
+bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
+  static std::mutex mutex;
+  static std::map<PlanKey, bool> wins;
+  const PlanKey key{n, c, o, h, w, training};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = wins.find(key); it != wins.end()) return it->second;
+  }
+  // Data without the random generator: timing must not move the caller's random stream.
+  auto ramp = [](std::vector<int64_t> shape) {
+    int64_t count = 1;
+    for (auto d : shape) count *= d;
+    return torch::linspace(-1.0, 1.0, count).reshape(shape);
+  };
+  auto x = ramp({n, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}), grad_y = ramp({n, o, h, w});
+  double aten = 0, onednn = 0;
+  if (training) {
+    torch::AutoGradMode grad(true);
+    x.requires_grad_();
+    weight.requires_grad_();
+    bias.requires_grad_();
+    aten = best_seconds([&] { torch::conv2d(x, weight, bias, 1, 1).backward(grad_y); });
+    onednn = best_seconds([&] { onednn_conv3x3(x, weight, bias).backward(grad_y); });
+  } else {
+    torch::NoGradGuard no_grad;
+    aten = best_seconds([&] { torch::conv2d(x, weight, bias, 1, 1); });
+    onednn = best_seconds([&] { onednn_conv3x3(x, weight, bias); });
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  return wins[key] = onednn < aten;
+}
+
+}  // namespace
+#endif  // DIFFUSE_HAVE_ONEDNN
+
 torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x) {
+#if DIFFUSE_HAVE_ONEDNN
   if (g_conv_kernels == ConvKernels::onednn && x.device().is_cpu() && x.dim() == 4 &&
       x.scalar_type() == torch::kFloat32 && x.is_contiguous() && conv->weight.scalar_type() == torch::kFloat32 &&
       conv->weight.is_contiguous() && !autocast_enabled(torch::kCPU)) {
-    return onednn_conv3x3(x, conv->weight, conv->bias);
+    const bool training = torch::GradMode::is_enabled() && (x.requires_grad() || conv->weight.requires_grad());
+    if (onednn_wins(x.size(0), x.size(1), conv->weight.size(0), x.size(2), x.size(3), training)) {
+      return onednn_conv3x3(x, conv->weight, conv->bias);
+    }
   }
+#endif
   return conv(x);
 }
 
@@ -294,7 +354,7 @@ double measure_conv3x3_seconds(ConvKernels kernels) {
   return seconds[2];
 }
 
-ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool fp32) {
+ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool may_run_fp32) {
   if (name != "auto") {
     const auto kernels = conv_kernels_from_string(name);
     if (kernels == ConvKernels::onednn && !onednn_conv_built()) {
@@ -307,7 +367,7 @@ ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device de
   }
   if (!onednn_conv_built()) return {ConvKernels::aten, "auto: built without oneDNN"};
   if (!device.is_cpu()) return {ConvKernels::aten, "auto: not on the CPU"};
-  if (!fp32) return {ConvKernels::aten, "auto: bf16 convolutions run through autocast"};
+  if (!may_run_fp32) return {ConvKernels::aten, "auto: bf16 convolutions run through autocast"};
   // oneDNN's direct algorithm is what ATen runs already: only Winograd is worth the switch.
   const auto implementation = onednn_conv3x3_implementation(16, 64, 64, 32, 32);
   if (implementation.find("wino") == std::string::npos) {

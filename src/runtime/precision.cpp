@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "diffuse/runtime/device.h"
+#include "diffuse/runtime/onednn_conv.h"
 
 #include <algorithm>
 #include <chrono>
@@ -113,8 +114,14 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   auto x = torch::randn({B, C, H, H}, torch::dtype(dtype).device(device)).contiguous(format);
   auto w = torch::randn({C, C, 3, 3}, torch::dtype(dtype).device(device)).contiguous(format);
   const double flops = 2.0 * B * C * C * 9 * H * H;  // multiply-adds × 2
+  // float32 NCHW on the CPU runs through the chosen kernels (oneDNN's Winograd where set), as the network's would
+  const bool onednn = conv_kernels() == ConvKernels::onednn && device.is_cpu() && !channels_last && precision == Precision::fp32;
   auto run = [&] {
-    torch::conv2d(x, w, {}, 1, 1);
+    if (onednn) {
+      onednn_conv3x3(x, w, {});
+    } else {
+      torch::conv2d(x, w, {}, 1, 1);
+    }
     synchronize(device);  // wait for the GPU
   };
   run();  // warm-up: oneDNN picks and caches its kernel
@@ -138,7 +145,8 @@ PrecisionChoice resolve_precision(const std::string& name, torch::Device device)
   const double bf16 = measure_conv_gflops(device, Precision::bf16, false);
   std::ostringstream why;
   why.precision(0);
-  why << std::fixed << "auto: 3×3 convolution " << bf16 << " GFLOP/s in bf16 against " << fp32 << " in fp32";
+  why << std::fixed << "auto: 3×3 convolution " << bf16 << " GFLOP/s in bf16 against " << fp32 << " in fp32 ("
+      << to_string(conv_kernels()) << " kernels)";
   return {bf16 >= 1.2 * fp32 ? Precision::bf16 : Precision::fp32, why.str()};
 }
 

@@ -49,9 +49,10 @@ struct ConvKernelsChoice {
   std::string reason;  // one line for the log
 };
 // "aten" / "onednn" as asked ("onednn" throws where it is not built); "auto": onednn only on the
-// CPU in float32, where built, and where a training-step's worth of one convolution (forward and
-// both backward passes) runs at least 1.2× faster than ATen's, measured.
-ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool fp32);
+// CPU, where built, where oneDNN has a Winograd kernel for this CPU, and where one convolution's
+// forward and both backward passes run at least 1.2× faster than ATen's, measured; aten without
+// measuring where the run cannot be float32 (`may_run_fp32` false: bf16 asked for).
+ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool may_run_fp32);
 
 // Seconds of forward + backward of one 3×3 convolution (batch 16, 64 channels, 32×32), median of
 // a few runs, with the given kernels.

@@ -23,7 +23,9 @@ bool cpu_has_native_bf16();
 // The CPU's name and its vector extensions in one line, e.g. "Intel Xeon … (avx512f avx512_bf16 amx_bf16)".
 std::string cpu_description();
 
-// GFLOP/s of one 3×3 convolution (batch 16, 128 → 128 channels, 32×32), median of a few runs.
+// GFLOP/s of one 3×3 convolution (batch 16, 128 → 128 channels, 32×32), median of a few runs;
+// float32 on the CPU runs through conv_kernels() (with Winograd, the rate counts a direct
+// convolution's FLOPs: an effective rate).
 double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds = 0.3);
 
 struct PrecisionChoice {
@@ -31,7 +33,8 @@ struct PrecisionChoice {
   std::string reason;  // one line for the log: why this precision
 };
 // "fp32" / "bf16" as asked; "auto": bf16 on CUDA; on CPU bf16 only if the CPU has it natively and
-// the measured convolution runs at least 1.2× faster than in float32.
+// the measured convolution runs at least 1.2× faster than in float32 (with the float32 kernels
+// set by set_conv_kernels: resolve those first).
 PrecisionChoice resolve_precision(const std::string& name, torch::Device device);
 
 // Whether autocast is on for this device type (LibTorch 1.13 and 2.x spell it differently).
