@@ -2,6 +2,15 @@
 // random data; see include/diffuse/bench/benchmark.h.
 #include <cstdio>
 #include <iostream>
+#include <memory>
+#include <stdexcept>
+
+#if __has_include(<torch/csrc/autograd/profiler_legacy.h>)
+#include <torch/csrc/autograd/profiler_legacy.h>
+#define DIFFUSE_HAVE_RECORD_PROFILE 1
+#else
+#define DIFFUSE_HAVE_RECORD_PROFILE 0
+#endif
 
 #include "commands.h"
 #include "diffuse/bench/benchmark.h"
@@ -15,6 +24,7 @@ struct BenchOptions {
   std::string what = "train";
   ComputeFlags compute;
   bool json = false, no_cuda_graph = false;
+  std::string profile;  // chrome-trace file of every operator, or empty
   BenchConfig config;
 };
 
@@ -40,7 +50,26 @@ void run_bench(BenchOptions& o) {
   auto on_run = [&](int i, double s) {
     if (!o.json) std::fprintf(stderr, "  run %d/%d: %.4f s\n", i + 1, c.repeat, s);
   };
-  const auto r = run_benchmark(c, on_run);
+#if DIFFUSE_HAVE_RECORD_PROFILE
+  // The profile starts after the first timed run: warm-up and first-call work (kernel choice,
+  // code generation) stay out of it.
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profiler;
+  if (!o.profile.empty() && c.repeat < 2) throw std::invalid_argument("--profile needs --repeat 2 or more");
+  auto on_timed_run = [&](int i, double s) {
+    on_run(i, s);
+    if (i == 0 && !o.profile.empty()) profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(o.profile);
+  };
+#else
+  if (!o.profile.empty()) throw std::runtime_error("--profile: this LibTorch has no legacy profiler (RecordProfile)");
+  auto& on_timed_run = on_run;
+#endif
+  const auto r = run_benchmark(c, on_timed_run);
+#if DIFFUSE_HAVE_RECORD_PROFILE
+  if (profiler) {
+    profiler.reset();  // writes the trace
+    std::fprintf(stderr, "profile: %s (summary: bench/profile_summary.py %s)\n", o.profile.c_str(), o.profile.c_str());
+  }
+#endif
   if (c.task == BenchTask::conv && !o.json) {
     std::printf("3x3 convolution (batch 16, 128 -> 128 channels, 32x32): %.1f GFLOP/s\n", r.gflops_per_second);
     return;
@@ -81,6 +110,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", c.warmup, "Untimed runs first")->check(CLI::Range(0, 100))->capture_default_str();
   cmd->add_flag("--no-cuda-graph", o->no_cuda_graph, "--what sample on CUDA: run the loop eagerly");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
+  cmd->add_option("--profile", o->profile,
+                  "Write every operator's time in timed runs 2 to R as a chrome trace to this file; "
+                  "bench/profile_summary.py sums it per operator");
   add_compute_options(*cmd, o->compute);
   cmd->callback([o] { run_bench(*o); });
 }

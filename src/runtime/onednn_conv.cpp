@@ -14,6 +14,7 @@
 #include <vector>
 
 #if DIFFUSE_HAVE_ONEDNN
+#include <ATen/record_function.h>
 #include <oneapi/dnnl/dnnl.hpp>
 #endif
 
@@ -159,6 +160,7 @@ Output output_in(const memory::desc& produced, const memory::desc& user_desc, co
 }
 
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool training) {
+  RECORD_FUNCTION("diffuse::onednn_conv3x3", std::vector<c10::IValue>({x}));
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
   const ConvPlan& plan = plan_for(n, c, o, h, w, training);
   dnnl::stream stream(cpu_engine());
@@ -178,6 +180,7 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
 // ∂L/∂x = conv_transpose(∂L/∂y, W); ∂L/∂W = Σ_n x ⋆ ∂L/∂y; ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
 std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
                                         bool want_x, bool want_weights) {
+  RECORD_FUNCTION("diffuse::onednn_conv3x3_backward", std::vector<c10::IValue>({grad_y}));
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
   const ConvPlan& plan = plan_for(n, c, o, h, w, /*training=*/true);
   dnnl::stream stream(cpu_engine());
