@@ -25,6 +25,7 @@ struct BenchOptions {
   ComputeFlags compute;
   bool json = false, no_cuda_graph = false;
   std::string profile;  // chrome-trace file of every operator, or empty
+  std::vector<int64_t> conv_shape{16, 128, 32};
   BenchConfig config;
 };
 
@@ -36,6 +37,7 @@ void run_bench(BenchOptions& o) {
   c.precision = compute.precision;
   c.memory_format = compute.memory_format;
   c.cuda_graph = !o.no_cuda_graph;
+  c.conv_shape = {o.conv_shape.at(0), o.conv_shape.at(1), o.conv_shape.at(2)};
   if (!o.json && c.task == BenchTask::conv) {
     std::fprintf(stderr, "bench: conv, %s, %s, %s (%d threads)\n", to_string(c.precision).c_str(),
                  to_string(c.memory_format).c_str(), c.device.str().c_str(), torch::get_num_threads());
@@ -71,7 +73,11 @@ void run_bench(BenchOptions& o) {
   }
 #endif
   if (c.task == BenchTask::conv && !o.json) {
-    std::printf("3x3 convolution (batch 16, 128 -> 128 channels, 32x32): %.1f GFLOP/s\n", r.gflops_per_second);
+    const auto& shape = c.conv_shape;
+    std::printf("3x3 convolution forward (batch %lld, %lld -> %lld channels, %lldx%lld, %s kernels): %.1f GFLOP/s\n",
+                static_cast<long long>(shape.batch), static_cast<long long>(shape.channels),
+                static_cast<long long>(shape.channels), static_cast<long long>(shape.size),
+                static_cast<long long>(shape.size), to_string(compute.conv_kernels).c_str(), r.gflops_per_second);
     return;
   }
   if (o.json) {
@@ -110,6 +116,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", c.warmup, "Untimed runs first")->check(CLI::Range(0, 100))->capture_default_str();
   cmd->add_flag("--no-cuda-graph", o->no_cuda_graph, "--what sample on CUDA: run the loop eagerly");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
+  cmd->add_option("--conv-shape", o->conv_shape, "--what conv: batch, channels and image size of the convolution")
+      ->expected(3)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--profile", o->profile,
                   "Write every operator's time in timed runs 2 to R as a chrome trace to this file; "
                   "bench/profile_summary.py sums it per operator");

@@ -65,7 +65,8 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   if (c.task == BenchTask::conv) {
     BenchResult r;
     r.config = c;
-    r.gflops_per_second = measure_conv_gflops(c.device, c.precision, c.memory_format == MemoryFormat::channels_last, 1.0);
+    r.gflops_per_second =
+        measure_conv_gflops(c.device, c.precision, c.memory_format == MemoryFormat::channels_last, 1.0, c.conv_shape);
     return r;
   }
   const bool rgb = c.model == "ddpm-cifar10";
@@ -137,7 +138,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
 
 nlohmann::json to_json(const BenchResult& r) {
   const auto& c = r.config;
-  return {{"model", c.model},
+  nlohmann::json j{{"model", c.model},
           {"what", to_string(c.task)},
           {"device", c.device.str()},
           {"precision", to_string(c.precision)},
@@ -153,6 +154,8 @@ nlohmann::json to_json(const BenchResult& r) {
           {"images_per_second", r.images_per_second},
           {"achieved_gflops_per_second", r.gflops_per_second},
           {"peak_memory_mib", static_cast<double>(r.peak_memory_bytes) / (1024.0 * 1024.0)}};
+  if (c.task == BenchTask::conv) j["conv_shape"] = {c.conv_shape.batch, c.conv_shape.channels, c.conv_shape.size};
+  return j;
 }
 
 }  // namespace diffuse

@@ -106,9 +106,10 @@ std::string cpu_description() {
   return name + " (" + (ext.empty() ? "no AVX2" : ext) + ")";
 }
 
-double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds) {
+double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds,
+                           ConvShape shape) {
   torch::NoGradGuard no_grad;
-  const int64_t B = 16, C = 128, H = 32;
+  const int64_t B = shape.batch, C = shape.channels, H = shape.size;
   const auto dtype = precision == Precision::bf16 ? torch::kBFloat16 : torch::kFloat32;
   const auto format = channels_last ? c10::MemoryFormat::ChannelsLast : c10::MemoryFormat::Contiguous;
   auto x = torch::randn({B, C, H, H}, torch::dtype(dtype).device(device)).contiguous(format);

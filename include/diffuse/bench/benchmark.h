@@ -34,6 +34,7 @@ struct BenchConfig {
   bool cuda_graph = true;      // `sample` on CUDA: capture the whole loop in a CUDA graph
   int64_t in_channels = 0;     // 0: the model's usual data (1×28² for mnist and tiny, 3×32² for ddpm-cifar10)
   int64_t image_size = 0;
+  ConvShape conv_shape;        // `conv`: the convolution timed
 };
 
 struct BenchResult {

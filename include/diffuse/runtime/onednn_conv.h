@@ -41,21 +41,19 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
                                           int64_t width);
 
 // A 3×3, stride-1, padding-1 convolution module applied to x: oneDNN when conv_kernels() is
-// onednn and x is a float32 NCHW CPU tensor outside autocast, else the module's own forward.
+// onednn, x is a float32 NCHW CPU tensor outside autocast, and oneDNN was the faster of the two
+// when this shape (and kind of call: with or without gradients) was first timed; else the
+// module's own forward. The per-shape choice is made once per process, so two runs agree to
+// rounding, not bit for bit; --conv-kernels aten gives bitwise-repeatable runs.
 torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x);
 
 struct ConvKernelsChoice {
   ConvKernels kernels = ConvKernels::aten;
   std::string reason;  // one line for the log
 };
-// "aten" / "onednn" as asked ("onednn" throws where it is not built); "auto": onednn only on the
-// CPU, where built, where oneDNN has a Winograd kernel for this CPU, and where one convolution's
-// forward and both backward passes run at least 1.2× faster than ATen's, measured; aten without
-// measuring where the run cannot be float32 (`may_run_fp32` false: bf16 asked for).
+// "aten" / "onednn" as asked ("onednn" throws where it is not built); "auto": onednn on the CPU
+// where built and where oneDNN has a Winograd kernel for this CPU (then each shape is timed once
+// against ATen by conv3x3); aten where the run cannot be float32 (`may_run_fp32` false: bf16).
 ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device device, bool may_run_fp32);
-
-// Seconds of forward + backward of one 3×3 convolution (batch 16, 64 channels, 32×32), median of
-// a few runs, with the given kernels.
-double measure_conv3x3_seconds(ConvKernels kernels);
 
 }  // namespace diffuse

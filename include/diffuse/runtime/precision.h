@@ -23,10 +23,15 @@ bool cpu_has_native_bf16();
 // The CPU's name and its vector extensions in one line, e.g. "Intel Xeon … (avx512f avx512_bf16 amx_bf16)".
 std::string cpu_description();
 
-// GFLOP/s of one 3×3 convolution (batch 16, 128 → 128 channels, 32×32), median of a few runs;
-// float32 on the CPU runs through conv_kernels() (with Winograd, the rate counts a direct
-// convolution's FLOPs: an effective rate).
-double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds = 0.3);
+// A 3×3, stride-1 convolution's input: batch × channels × size × size, channels → channels.
+struct ConvShape {
+  int64_t batch = 16, channels = 128, size = 32;
+};
+// GFLOP/s of the forward pass of one 3×3 convolution, median of a few runs; float32 on the CPU
+// runs through conv_kernels() (with Winograd, the rate counts a direct convolution's FLOPs: an
+// effective rate).
+double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds = 0.3,
+                           ConvShape shape = {});
 
 struct PrecisionChoice {
   Precision precision = Precision::fp32;
