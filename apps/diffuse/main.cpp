@@ -42,18 +42,18 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
 Compute resolve_compute(const ComputeFlags& flags) {
   Compute c;
   c.device = resolve_device(flags.device);
-  // Kernels first: --precision auto weighs bf16 against float32 as these kernels run it.
-  const auto kernels = resolve_conv_kernels(flags.conv_kernels, c.device, /*may_run_fp32=*/flags.precision != "bf16");
-  c.conv_kernels = kernels.kernels;
-  set_conv_kernels(c.conv_kernels);
-  if (c.conv_kernels == ConvKernels::onednn || flags.conv_kernels != "auto") {
-    std::fprintf(stderr, "convolutions: %s (%s)\n", to_string(c.conv_kernels).c_str(), kernels.reason.c_str());
-  }
   const auto choice = resolve_precision(flags.precision, c.device);
   c.precision = choice.precision;
   c.memory_format = memory_format_from_string(flags.memory_format);
   if (flags.precision == "auto" || c.precision != Precision::fp32) {
     std::fprintf(stderr, "precision: %s (%s)\n", to_string(c.precision).c_str(), choice.reason.c_str());
+  }
+  // The kernels matter for float32 only (bf16 convolutions run through autocast).
+  const auto kernels = resolve_conv_kernels(flags.conv_kernels, c.device, c.precision == Precision::fp32);
+  c.conv_kernels = kernels.kernels;
+  set_conv_kernels(c.conv_kernels);
+  if ((c.conv_kernels == ConvKernels::onednn && c.precision == Precision::fp32) || flags.conv_kernels != "auto") {
+    std::fprintf(stderr, "convolutions: %s (%s)\n", to_string(c.conv_kernels).c_str(), kernels.reason.c_str());
   }
   if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {
     std::fprintf(stderr, "warning: this CPU has no native bf16; bf16 will be much slower than fp32\n");

@@ -1,5 +1,7 @@
 #include "diffuse/bench/benchmark.h"
 
+#include "diffuse/runtime/onednn_conv.h"
+
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
@@ -66,7 +68,8 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
     BenchResult r;
     r.config = c;
     r.gflops_per_second =
-        measure_conv_gflops(c.device, c.precision, c.memory_format == MemoryFormat::channels_last, 1.0, c.conv_shape);
+        measure_conv_gflops(c.device, c.precision, c.memory_format == MemoryFormat::channels_last, 1.0, c.conv_shape,
+                            conv_kernels() == ConvKernels::onednn);
     return r;
   }
   const bool rgb = c.model == "ddpm-cifar10";

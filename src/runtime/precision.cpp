@@ -107,7 +107,7 @@ std::string cpu_description() {
 }
 
 double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds,
-                           ConvShape shape) {
+                           ConvShape shape, bool onednn_winograd) {
   torch::NoGradGuard no_grad;
   const int64_t B = shape.batch, C = shape.channels, H = shape.size;
   const auto dtype = precision == Precision::bf16 ? torch::kBFloat16 : torch::kFloat32;
@@ -115,8 +115,7 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   auto x = torch::randn({B, C, H, H}, torch::dtype(dtype).device(device)).contiguous(format);
   auto w = torch::randn({C, C, 3, 3}, torch::dtype(dtype).device(device)).contiguous(format);
   const double flops = 2.0 * B * C * C * 9 * H * H;  // multiply-adds × 2
-  // float32 NCHW on the CPU runs through the chosen kernels (oneDNN's Winograd where set), as the network's would
-  const bool onednn = conv_kernels() == ConvKernels::onednn && device.is_cpu() && !channels_last && precision == Precision::fp32;
+  const bool onednn = onednn_winograd && device.is_cpu() && !channels_last && precision == Precision::fp32;
   auto run = [&] {
     if (onednn) {
       onednn_conv3x3(x, w, {});
@@ -146,8 +145,7 @@ PrecisionChoice resolve_precision(const std::string& name, torch::Device device)
   const double bf16 = measure_conv_gflops(device, Precision::bf16, false);
   std::ostringstream why;
   why.precision(0);
-  why << std::fixed << "auto: 3×3 convolution " << bf16 << " GFLOP/s in bf16 against " << fp32 << " in fp32 ("
-      << to_string(conv_kernels()) << " kernels)";
+  why << std::fixed << "auto: 3×3 convolution " << bf16 << " GFLOP/s in bf16 against " << fp32 << " in fp32";
   return {bf16 >= 1.2 * fp32 ? Precision::bf16 : Precision::fp32, why.str()};
 }
 

@@ -27,19 +27,20 @@ std::string cpu_description();
 struct ConvShape {
   int64_t batch = 16, channels = 128, size = 32;
 };
-// GFLOP/s of the forward pass of one 3×3 convolution, median of a few runs; float32 on the CPU
-// runs through conv_kernels() (with Winograd, the rate counts a direct convolution's FLOPs: an
-// effective rate).
+// GFLOP/s of the forward pass of one 3×3 convolution, median of a few runs; float32 NCHW on the
+// CPU with `onednn_winograd` runs oneDNN's Winograd kernel (the rate then counts a direct
+// convolution's FLOPs: an effective rate), else LibTorch's convolution.
 double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds = 0.3,
-                           ConvShape shape = {});
+                           ConvShape shape = {}, bool onednn_winograd = false);
 
 struct PrecisionChoice {
   Precision precision = Precision::fp32;
   std::string reason;  // one line for the log: why this precision
 };
 // "fp32" / "bf16" as asked; "auto": bf16 on CUDA; on CPU bf16 only if the CPU has it natively and
-// the measured convolution runs at least 1.2× faster than in float32 (with the float32 kernels
-// set by set_conv_kernels: resolve those first).
+// LibTorch's convolution runs at least 1.2× faster in bf16 than in float32. (Not against oneDNN's
+// Winograd: it beats bf16 on one large convolution, yet bf16 still trained both U-Nets faster,
+// since autocast also covers the matrix products and the small convolutions: docs/PERFORMANCE.md.)
 PrecisionChoice resolve_precision(const std::string& name, torch::Device device);
 
 // Whether autocast is on for this device type (LibTorch 1.13 and 2.x spell it differently).
