@@ -123,6 +123,47 @@ TEST(AdamW, MatchesTheUpdateWrittenOutByHand) {
   EXPECT_NEAR(p[1].item<double>(), theta[1], 1e-12);
 }
 
+TEST(AdamW, OnePassFloat32UpdateMatchesTheMultiTensorUpdateInFloat64) {
+  // float32 CPU parameters (one NCHW, one channels-last, one vector) take the one-pass loop;
+  // the same parameters in float64 take the multi-tensor kernels. Three steps, then θ, m, v and
+  // an EMA of θ agree to float32 rounding.
+  torch::manual_seed(0);
+  std::vector<torch::Tensor> p32{torch::randn({4, 3, 3, 3}), torch::randn({5, 6, 3, 3}).contiguous(c10::MemoryFormat::ChannelsLast),
+                                 torch::randn({7})};
+  std::vector<torch::Tensor> p64;
+  for (auto& p : p32) p64.push_back(p.to(torch::kFloat64));
+  torch::nn::ParameterList m32, m64, e32, e64;  // the "models" the EMA averages
+  for (size_t i = 0; i < p32.size(); ++i) {
+    p32[i].requires_grad_();
+    p64[i].requires_grad_();
+    m32->append(p32[i]);
+    m64->append(p64[i]);
+    e32->append(p32[i].detach().clone());
+    e64->append(p64[i].detach().clone());
+  }
+  const AdamWOptions options{0.9, 0.99, 1e-8, 0.05};
+  AdamW opt32(p32, options), opt64(p64, options);
+  Ema ema32(0.9), ema64(0.9);
+  for (int k = 0; k < 3; ++k) {
+    for (size_t i = 0; i < p32.size(); ++i) {
+      auto g = torch::randn(p32[i].sizes());
+      p32[i].mutable_grad() = g.contiguous(p32[i].suggest_memory_format());
+      p64[i].mutable_grad() = g.to(torch::kFloat64);
+    }
+    opt32.step(0.01);
+    opt64.step(0.01);
+    ema32.update(*e32, *m32);
+    ema64.update(*e64, *m64);
+  }
+  for (size_t i = 0; i < p32.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(p32[i].to(torch::kFloat64), p64[i], 1e-5, 1e-6)) << i;
+    EXPECT_TRUE(torch::allclose(opt32.first_moments()[i].to(torch::kFloat64), opt64.first_moments()[i], 1e-5, 1e-6)) << i;
+    EXPECT_TRUE(torch::allclose(opt32.second_moments()[i].to(torch::kFloat64), opt64.second_moments()[i], 1e-5, 1e-7)) << i;
+    EXPECT_TRUE(torch::allclose(e32->parameters()[i].to(torch::kFloat64), e64->parameters()[i], 1e-5, 1e-6)) << i;
+  }
+  EXPECT_TRUE(p32[1].is_contiguous(c10::MemoryFormat::ChannelsLast));  // updated in place, layout kept
+}
+
 TEST(LearningRate, WarmsUpLinearlyThenFollowsAHalfCosineToZero) {
   TrainConfig c;
   c.lr = 1e-3;
