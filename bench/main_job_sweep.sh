@@ -4,12 +4,13 @@
 # checkpoint's cFID (500 images, DDIM-50, eta 0 and 1) and times a training step of each batch
 # size on a quiet machine, then prints one table row per run.
 #   bench/main_job_sweep.sh [RUNS...]     RUN = STEPSxBATCH, default: 600x64 1200x64 2400x32 2400x64
-# Environment: OUT (default runs/sweep), PRECISION (default auto, as the main job trains).
+# Environment: OUT (default runs/sweep), PRECISION (default auto, as the main job trains), BIN
+# (default build/diffuse; a copy lets you rebuild while it runs).
 # Training and evaluation do not need a quiet machine (their wall time is not used); the step
 # timing at the end does. Finished runs are reused, so the script can be re-run to add rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=build/diffuse
+bin=${BIN:-build/diffuse}
 out=${OUT:-runs/sweep}
 precision=${PRECISION:-auto}
 runs=("$@")

@@ -270,17 +270,23 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
 #if DIFFUSE_HAVE_ONEDNN
 namespace {
 
-// Best of two timed runs after one warm-up (a first sampling step pays this once per shape).
-template <class F>
-double best_seconds(F&& run) {
-  run();
-  double best = 1e30;
-  for (int i = 0; i < 2; ++i) {
+// Seconds of `a` and of `b`, each the best of three runs taken in turn (a, b, a, b, …) after one
+// warm-up of each, so that a machine whose speed drifts treats both alike.
+template <class A, class B>
+std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
+  a();
+  b();
+  auto seconds = [](auto& run) {
     const auto t0 = std::chrono::steady_clock::now();
     run();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  double best_a = 1e30, best_b = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    best_a = std::min(best_a, seconds(a));
+    best_b = std::min(best_b, seconds(b));
   }
-  return best;
+  return {best_a, best_b};
 }
 
 // Whether oneDNN beats ATen on this shape, timed once per shape and kind of call (forward only,
@@ -308,12 +314,12 @@ bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool tra
     x.requires_grad_();
     weight.requires_grad_();
     bias.requires_grad_();
-    aten = best_seconds([&] { torch::conv2d(x, weight, bias, 1, 1).backward(grad_y); });
-    onednn = best_seconds([&] { onednn_conv3x3(x, weight, bias).backward(grad_y); });
+    std::tie(aten, onednn) = best_seconds_in_turn([&] { torch::conv2d(x, weight, bias, 1, 1).backward(grad_y); },
+                                                  [&] { onednn_conv3x3(x, weight, bias).backward(grad_y); });
   } else {
     torch::NoGradGuard no_grad;
-    aten = best_seconds([&] { torch::conv2d(x, weight, bias, 1, 1); });
-    onednn = best_seconds([&] { onednn_conv3x3(x, weight, bias); });
+    std::tie(aten, onednn) = best_seconds_in_turn([&] { torch::conv2d(x, weight, bias, 1, 1); },
+                                                  [&] { onednn_conv3x3(x, weight, bias); });
   }
   std::lock_guard<std::mutex> lock(mutex);
   return wins[key] = onednn < aten;
