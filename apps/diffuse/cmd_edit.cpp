@@ -26,7 +26,8 @@ namespace diffuse::cli {
 namespace {
 
 struct EditOptions {
-  std::string checkpoint, out, device = "cpu", mask;
+  std::string checkpoint, out, mask;
+  ComputeFlags compute;
   std::vector<std::string> images;
   std::vector<int64_t> test_indices, ts{50, 100, 250, 500, 750, 1000}, step_list{10, 20, 50, 100, 200};
   SamplerFlags sampler;
@@ -61,8 +62,10 @@ torch::Tensor load_input_file(const std::string& path, const DataInfo& data) {
 }
 
 EditContext open_edit(const EditOptions& o, size_t min_inputs) {
-  const auto device = resolve_device(o.device);
+  const auto compute = resolve_compute(o.compute);
+  const auto device = compute.device;
   auto ckpt = load_checkpoint(o.checkpoint, device);
+  ckpt.model->set_memory_format(compute.memory_format);
   GaussianDiffusion diffusion(NoiseSchedule(ckpt.info.schedule), ckpt.info.objective, device);
   std::vector<torch::Tensor> inputs;
   for (const auto& path : o.images) inputs.push_back(load_input_file(path, ckpt.info.data));
@@ -80,7 +83,10 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
   }
   auto model = ckpt.model;
   model->eval();
-  Denoiser net = [model](const torch::Tensor& x, const torch::Tensor& t) mutable { return model->forward(x, t); };
+  Denoiser net = [model, device, precision = compute.precision](const torch::Tensor& x, const torch::Tensor& t) mutable {
+    AutocastScope autocast(device, precision);  // bf16 inside the network; its output comes back in x's dtype
+    return model->forward(x, t);
+  };
   return {std::move(ckpt), std::move(diffusion), std::move(net), torch::stack(inputs).to(device),
           at::detail::createCPUGenerator(o.seed)};
 }
@@ -274,7 +280,7 @@ CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::stri
   cmd->add_option("--out", o->out, "Figure (PNG)");
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
-  add_device_option(*cmd, o->device);
+  add_compute_options(*cmd, o->compute);
   return cmd;
 }
 
