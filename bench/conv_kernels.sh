@@ -10,7 +10,8 @@ rate() {  # GFLOP/s of one shape with one kernel choice
 }
 echo "| batch × channels × size | where | aten GFLOP/s | onednn GFLOP/s (effective) | ratio |"
 echo "| --- | --- | --- | --- | --- |"
-while read -r shape where; do
+while read -r dims where; do
+  shape=${dims//,/ }
   a1=$(rate aten "$shape"); o1=$(rate onednn "$shape"); a2=$(rate aten "$shape"); o2=$(rate onednn "$shape")
   /usr/bin/python3 - "$shape" "$where" "$a1" "$a2" "$o1" "$o2" <<'EOF'
 import sys
@@ -19,11 +20,11 @@ a, o = max(a1, a2), max(o1, o2)
 print(f"| {shape.replace(' ', ' × ')} | {where.replace('_', ' ')} | {a:.0f} | {o:.0f} | {o / a:.2f}× |")
 EOF
 done <<'SHAPES'
-64 32 28 mnist_28×28
-64 64 14 mnist_14×14
-64 64 7 mnist_7×7
-16 128 32 ddpm-cifar10_32×32
-16 256 16 ddpm-cifar10_16×16
-16 256 8 ddpm-cifar10_8×8
-16 256 4 ddpm-cifar10_4×4
+64,32,28 mnist_28×28
+64,64,14 mnist_14×14
+64,64,7 mnist_7×7
+16,128,32 ddpm-cifar10_32×32
+16,256,16 ddpm-cifar10_16×16
+16,256,8 ddpm-cifar10_8×8
+16,256,4 ddpm-cifar10_4×4
 SHAPES

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <map>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -79,8 +78,8 @@ ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool t
   const memory::desc src_any({n, c, h, w}, dt::f32, tag::any), weights_any({o, c, 3, 3}, dt::f32, tag::any),
       dst_any({n, o, h, w}, dt::f32, tag::any);
   const memory::dims stride{1, 1}, pad{1, 1};
-  // forward_training also without gradients: oneDNN's Winograd forward_inference kernel ran up to
-  // 2× slower on this U-Net's shapes (e.g. batch 16, 256 channels, 16×16; 2026-11-27, Xeon AVX-512).
+  // forward_training also without gradients: oneDNN's Winograd forward_inference kernel ran 2–17×
+  // slower on the U-Nets' shapes (slowest on small images; 2026-11-27, Xeon with AVX-512).
   const auto prop = dnnl::prop_kind::forward_training;
   p.forward_pd = dnnl::convolution_forward::primitive_desc(
       dnnl::convolution_forward::desc(prop, algorithm, src_any, weights_any, p.bias_x, dst_any, stride, pad, pad),
@@ -118,10 +117,11 @@ const ConvPlan& plan_for(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, 
 // oneDNN memory over a tensor's storage (no copy).
 memory wrap(const memory::desc& desc, const torch::Tensor& t) { return memory(desc, cpu_engine(), t.data_ptr()); }
 
-// Byte buffers for one call's blocked copies, reused from call to call on this thread: a fresh
-// multi-megabyte allocation comes from mmap and pays a page fault per 4 KiB on first touch, which
-// measured more than the reorder that fills it. Slot i of a call is the i-th buffer it asks for;
-// a call has finished with them (stream.wait()) before it returns.
+// Byte buffers for one call's blocked copies, reused from call to call on this thread (and kept:
+// at most four, each as large as the largest copy seen): a fresh multi-megabyte allocation comes
+// from mmap and pays a page fault per 4 KiB on first touch, which measured more than the reorder
+// that fills it. Slot i of a call is the i-th buffer it asks for; a call has finished with them
+// (stream.wait()) before it returns.
 class Scratch {
  public:
   void* take(size_t bytes) {
@@ -290,9 +290,9 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
 }
 
 // Whether oneDNN beats ATen on this shape, timed once per shape and kind of call (forward only,
-// or forward and both backward passes) on random data: Winograd wins big on wide images (2–3× at
-// 32×32) and loses on small ones with many channels (a 4×4 image of 256 channels ran 5× slower
-// than ATen), so a fixed rule would be wrong somewhere.
+// or forward and both backward passes): Winograd wins big on wide images (2–4× at 16×16 and
+// 32×32) and loses on the smallest (4×4 with 256 channels), and where the line lies depends on
+// the CPU, so a fixed rule would be wrong somewhere.
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static std::mutex mutex;
   static std::map<PlanKey, bool> wins;

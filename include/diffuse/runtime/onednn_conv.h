@@ -2,11 +2,12 @@
 // oneDNN has it (float32, AVX-512).
 //
 // ATen reaches oneDNN too, but always with its direct algorithm, re-ordering NCHW tensors into
-// oneDNN's blocked layout on every call. For the U-Net's shapes on an AVX-512 CPU, Winograd
-// F(4×4, 3×3) computes a 3×3 convolution with 36 instead of 144 multiplications per 4×4 output
-// tile: measured forward + both backward passes 1.4–3.7× faster than ATen's conv2d (2 threads,
-// docs/PERFORMANCE.md). Winograd's transforms round differently from direct summation: results
-// agree with ATen's to about 1e-5 relative, as two float32 summation orders do.
+// oneDNN's blocked layout on every call. On an AVX-512 CPU oneDNN also has Winograd F(4×4, 3×3):
+// 36 instead of 144 multiplications per 4×4 output tile and channel pair. Measured on the
+// U-Nets' shapes (2 threads, docs/PERFORMANCE.md): forward 1.5–2.8× faster than ATen's, except on
+// 4×4 images, where it is slower; so each shape is timed once and keeps the faster kernel.
+// Winograd's transforms round differently from direct summation: results agree with ATen's to
+// about 1e-5 relative, as two float32 summation orders do.
 //
 // Compiled only where the oneDNN headers were found (DIFFUSE_HAVE_ONEDNN, Debian's libdnnl-dev,
 // the same library Debian's LibTorch runs on); elsewhere every call takes ATen's path.
