@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "diffuse/runtime/device.h"
 
 namespace diffuse::cli {
 
@@ -73,7 +74,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Torch CPU threads (default: OMP_NUM_THREADS, else hardware concurrency)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.parse_complete_callback([&] { torch::set_num_threads(threads); });
+  app.parse_complete_callback([&] {
+    torch::set_num_threads(threads);
+    diffuse::use_single_threaded_blas();  // torch's OpenMP threads already use the cores
+  });
 
   diffuse::cli::add_train_command(app);
   diffuse::cli::add_sample_command(app);

@@ -1,6 +1,9 @@
 #include "diffuse/runtime/device.h"
 
+#include <dlfcn.h>
 #include <sys/resource.h>
+
+#include <cstdlib>
 
 #include <stdexcept>
 
@@ -99,5 +102,14 @@ torch::Tensor CudaGraphRunner::operator()(const torch::Tensor&) {
 #endif
 
 CudaGraphRunner::~CudaGraphRunner() = default;
+
+bool use_single_threaded_blas() {
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) return false;  // the user's choice stands
+  using SetThreads = void (*)(int);
+  auto set_threads = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set_threads == nullptr) return false;  // another BLAS, or none
+  set_threads(1);
+  return true;
+}
 
 }  // namespace diffuse

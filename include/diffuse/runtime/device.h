@@ -20,6 +20,14 @@ void reset_peak_memory(torch::Device device);
 // True when this build has CUDA and a GPU is present.
 bool cuda_graphs_available();
 
+// Keeps OpenBLAS to the calling thread (openblas_set_num_threads(1), where that library is loaded
+// and OPENBLAS_NUM_THREADS is not set). LibTorch already spreads work over its OpenMP threads;
+// OpenBLAS's own thread pool competed with them for the same cores: with both on two cores the
+// small matrix products of a `mnist` step took 15× longer, and whole training steps ran about
+// 1.2× faster single-threaded (mnist and ddpm-cifar10, 2026-11-27, docs/PERFORMANCE.md).
+// Returns whether it changed anything.
+bool use_single_threaded_blas();
+
 // Runs f(x) for a fixed input shape as a CUDA graph: captured on first use (after one warm-up
 // run on a side stream), then replayed with the new input copied into the captured one. f must
 // not synchronise with the host (no .item(), no host-side randomness). The result is a copy.
