@@ -34,7 +34,7 @@ done
 # Seconds per training step of each batch size, median of 5, in float32 and in the main job's precision.
 declare -A step_seconds
 for batch in $(printf '%s\n' "${runs[@]}" | sed 's/.*x//' | sort -un); do
-  for p in fp32 "$precision"; do
+  for p in $(printf "%s\n" fp32 "$precision" | sort -u); do
     step_seconds[$batch,$p]=$("$bin" bench --model mnist --what train --batch-size "$batch" --repeat 5 --precision "$p" \
       --json 2>/dev/null | tail -1 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["median_seconds"])')
   done

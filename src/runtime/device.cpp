@@ -4,7 +4,6 @@
 #include <sys/resource.h>
 
 #include <cstdlib>
-
 #include <stdexcept>
 
 #include "diffuse_build_config.h"

@@ -261,7 +261,8 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
 std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
                                           int64_t width) {
 #if DIFFUSE_HAVE_ONEDNN
-  return plan_for(batch, in_channels, out_channels, height, width, true).forward_pd.impl_info_str();
+  // the forward-only plan: the same kernel, without generating the two backward passes' code
+  return plan_for(batch, in_channels, out_channels, height, width, false).forward_pd.impl_info_str();
 #else
   return "none (built without oneDNN)";
 #endif

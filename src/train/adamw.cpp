@@ -1,5 +1,7 @@
 #include "diffuse/train/adamw.h"
 
+#include "diffuse/train/flat_float.h"
+
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -19,16 +21,6 @@ void AdamW::zero_grad() {
 }
 
 namespace {
-
-// Whether a float32 CPU tensor and its partners lie element for element in the same dense memory,
-// so one flat loop can walk them all (NCHW or channels-last alike).
-bool flat_float_cpu(const torch::Tensor& p, std::initializer_list<torch::Tensor> partners) {
-  if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat32 || !p.is_non_overlapping_and_dense()) return false;
-  for (const auto& t : partners) {
-    if (!t.device().is_cpu() || t.scalar_type() != torch::kFloat32 || t.strides() != p.strides()) return false;
-  }
-  return true;
-}
 
 // The whole update in one pass over a parameter: θ, g, m and v read once, θ, m and v written once.
 // The multi-tensor kernels below take ten passes and allocate √v̂; on the CPU, where these loops

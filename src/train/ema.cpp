@@ -1,5 +1,7 @@
 #include "diffuse/train/ema.h"
 
+#include "diffuse/train/flat_float.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -22,8 +24,7 @@ void Ema::update(torch::nn::Module& averaged, const torch::nn::Module& model) {
   for (size_t i = 0; i < avg.size(); ++i) {
     auto& a = avg[i];
     const auto& c = cur[i];
-    if (a.device().is_cpu() && a.scalar_type() == torch::kFloat32 && c.scalar_type() == torch::kFloat32 &&
-        c.device().is_cpu() && a.is_non_overlapping_and_dense() && a.strides() == c.strides()) {
+    if (flat_float_cpu(a, {c})) {
       float* ema = a.data_ptr<float>();
       const float* now = c.data_ptr<float>();
       const float df = static_cast<float>(d), rest = static_cast<float>(1.0 - d);
