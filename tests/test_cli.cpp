@@ -11,6 +11,7 @@
 
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
+#include "diffuse/train/data_parallel.h"
 #include "diffuse_build_config.h"
 #include "support/run_command.h"
 #include "support/temp_dir.h"
@@ -95,6 +96,7 @@ TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
 }
 
 TEST(Cli, TrainWithTwoProcessesAsTorchrunStartsThem) {
+  if (!diffuse::gloo_built()) GTEST_SKIP() << "built without Gloo's headers: no CPU collectives";
   TempDir dir;
   const int port = 20000 + static_cast<int>(::getpid() % 20000);
   const auto [r0, r1] = diffuse::testing::run_two_ranks([&](int rank) {

@@ -42,11 +42,12 @@ void run_bench(BenchOptions& o) {
     std::fprintf(stderr, "bench: conv, %s, %s, %s (%d threads)\n", to_string(c.precision).c_str(),
                  to_string(c.memory_format).c_str(), c.device.str().c_str(), torch::get_num_threads());
   } else if (!o.json) {
-    std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s convolutions, %s (%d threads)\n", o.what.c_str(),
+    std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s convolutions, %s attention, %s (%d threads)\n", o.what.c_str(),
                  c.model.c_str(), static_cast<long long>(c.batch_size),
                  c.task == BenchTask::sample ? (", DDIM-" + std::to_string(c.steps)).c_str() : "",
                  to_string(c.precision).c_str(), to_string(c.memory_format).c_str(),
-                 to_string(compute.conv_kernels).c_str(), c.device.str().c_str(), torch::get_num_threads());
+                 to_string(compute.conv_kernels).c_str(), to_string(compute.attention).c_str(), c.device.str().c_str(),
+                 torch::get_num_threads());
   }
   if (!o.json && c.device.is_cpu()) std::fprintf(stderr, "cpu: %s\n", cpu_description().c_str());
   auto on_run = [&](int i, double s) {
@@ -84,6 +85,7 @@ void run_bench(BenchOptions& o) {
     auto j = to_json(r);
     if (c.device.is_cpu()) j["cpu"] = cpu_description();
     j["conv_kernels"] = to_string(compute.conv_kernels);
+    j["attention"] = to_string(compute.attention);
     std::cout << j.dump() << std::endl;
     return;
   }

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/sampling/sampler.h"
@@ -39,15 +40,16 @@ void add_device_option(CLI::App& cmd, std::string& device);
 torch::Device resolve_device(const std::string& name);
 
 // --device, --precision fp32|bf16|auto, --memory-format nchw|channels-last and
-// --conv-kernels aten|onednn|auto.
+// --conv-kernels aten|onednn|auto and --attention math|fused|auto.
 struct ComputeFlags {
-  std::string device = "cpu", precision = "fp32", memory_format = "nchw", conv_kernels = "auto";
+  std::string device = "cpu", precision = "fp32", memory_format = "nchw", conv_kernels = "auto", attention = "auto";
 };
 struct Compute {
   torch::Device device = torch::kCPU;
   Precision precision = Precision::fp32;
   MemoryFormat memory_format = MemoryFormat::nchw;
   ConvKernels conv_kernels = ConvKernels::aten;  // already set process-wide by resolve_compute
+  AttentionKernel attention = AttentionKernel::math;  // likewise
 };
 void add_compute_options(CLI::App& cmd, ComputeFlags& flags);
 // Resolves the flags (timing a convolution for --precision auto) and says on stderr what it chose.

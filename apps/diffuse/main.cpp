@@ -38,6 +38,11 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
                  "auto: onednn where Winograd runs here and is measured faster")
       ->check(CLI::IsMember({"aten", "onednn", "auto"}))
       ->capture_default_str();
+  cmd.add_option("--attention", flags.attention,
+                 "Self-attention product: math (QᵀK, softmax, V·Wᵀ as separate operators), fused "
+                 "(scaled_dot_product_attention, LibTorch >= 2.0); auto: math (measured as fast)")
+      ->check(CLI::IsMember({"math", "fused", "auto"}))
+      ->capture_default_str();
 }
 
 Compute resolve_compute(const ComputeFlags& flags) {
@@ -55,6 +60,12 @@ Compute resolve_compute(const ComputeFlags& flags) {
   set_conv_kernels(c.conv_kernels);
   if ((c.conv_kernels == ConvKernels::onednn && c.precision == Precision::fp32) || flags.conv_kernels != "auto") {
     std::fprintf(stderr, "convolutions: %s (%s)\n", to_string(c.conv_kernels).c_str(), kernels.reason.c_str());
+  }
+  const auto attention = resolve_attention_kernel(flags.attention, c.device);
+  c.attention = attention.kernel;
+  set_attention_kernel(c.attention);
+  if (c.attention == AttentionKernel::fused || flags.attention != "auto") {
+    std::fprintf(stderr, "attention: %s (%s)\n", to_string(c.attention).c_str(), attention.reason.c_str());
   }
   if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {
     std::fprintf(stderr, "warning: this CPU has no native bf16; bf16 will be much slower than fp32\n");

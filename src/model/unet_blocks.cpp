@@ -1,5 +1,6 @@
 #include "diffuse/model/unet_blocks.h"
 
+#include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/onednn_conv.h"
 
 #include <cmath>
@@ -77,11 +78,8 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const auto B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   auto qkv_out = qkv(group_norm(norm, x)).reshape({B, 3, C, H * W});
   auto q = qkv_out.select(1, 0), k = qkv_out.select(1, 1), v = qkv_out.select(1, 2);  // [B, C, N]
-  // weights[b, i, j] = softmax_j(q_i · k_j / √C)                        [B, N, N]
-  // (softmax in float32 also under bf16 autocast)
-  auto scores = torch::matmul(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C));
-  auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
-  auto h = torch::matmul(v, weights.transpose(1, 2));                  // [B, C, N]
+  // h[b, :, i] = Σ_j softmax_j(q_i · k_j / √C) v_j                      [B, C, N]
+  auto h = dot_product_attention(q, k, v);
   return x + proj_out(h.reshape({B, C, H, W}));
 }
 

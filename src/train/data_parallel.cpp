@@ -1,11 +1,17 @@
 #include "diffuse/train/data_parallel.h"
 
-// ProcessGroupGloo.hpp is only declared with USE_C10D_GLOO (TorchConfig sets it for CUDA builds of
-// LibTorch; Debian's does not, though its libtorch_cpu carries Gloo).
+// ProcessGroupGloo.hpp needs Gloo's own headers (Debian's libgloo-dev has them; PyTorch 2.11's
+// wheel does not ship them), and is only declared with USE_C10D_GLOO (TorchConfig sets it for
+// CUDA builds of LibTorch; Debian's does not, though its libtorch_cpu carries Gloo).
+#if __has_include(<gloo/algorithm.h>)
 #ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO
 #endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#define DIFFUSE_HAVE_GLOO 1
+#else
+#define DIFFUSE_HAVE_GLOO 0
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "diffuse_build_config.h"
@@ -53,10 +59,14 @@ DistributedEnv distributed_env_from_environment() {
   return e;
 }
 
+bool gloo_built() { return DIFFUSE_HAVE_GLOO; }
+
 struct DataParallel::Impl {
   torch::Device device = torch::kCPU;
   c10::intrusive_ptr<c10d::TCPStore> store;
+#if DIFFUSE_HAVE_GLOO
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#endif
 #if DIFFUSE_HAVE_NCCL
   c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
 #endif
@@ -65,13 +75,17 @@ struct DataParallel::Impl {
 #if DIFFUSE_HAVE_NCCL
     if (nccl) return void(nccl->allreduce(tensors)->wait());
 #endif
+#if DIFFUSE_HAVE_GLOO
     gloo->allreduce(tensors)->wait();
+#endif
   }
   void broadcast(std::vector<torch::Tensor>& tensors) {
 #if DIFFUSE_HAVE_NCCL
     if (nccl) return void(nccl->broadcast(tensors)->wait());
 #endif
+#if DIFFUSE_HAVE_GLOO
     gloo->broadcast(tensors)->wait();
+#endif
   }
 };
 
@@ -90,9 +104,13 @@ DataParallel::DataParallel(const DistributedEnv& env, torch::Device device) : en
     throw std::runtime_error("data-parallel training on CUDA needs a LibTorch built with NCCL");
 #endif
   }
+#if DIFFUSE_HAVE_GLOO
   auto gloo_options = c10d::ProcessGroupGloo::Options::create();
   gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(env.master_addr));
   impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world_size, gloo_options);
+#else
+  throw std::runtime_error("data-parallel training on the CPU needs Gloo's headers at build time (gloo/algorithm.h)");
+#endif
 }
 
 DataParallel::~DataParallel() = default;

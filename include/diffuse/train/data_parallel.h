@@ -27,6 +27,10 @@ struct DistributedEnv {
 // variable when one is malformed or RANK is out of range.
 DistributedEnv distributed_env_from_environment();
 
+// Whether this build has ProcessGroupGloo (CPU collectives): it needs Gloo's headers, which
+// Debian ships and PyTorch's wheels do not.
+bool gloo_built();
+
 class DataParallel {
  public:
   DataParallel(const DistributedEnv& env, torch::Device device);  // blocks until every rank has joined

@@ -1,0 +1,38 @@
+// The attention product of the U-Net's self-attention blocks, in one of two kernels:
+//   math:  scores = QᵀK/√C as a [B, N, N] tensor, softmax in float32, then V·softmaxᵀ (every
+//          LibTorch; what the block computed from the start);
+//   fused: LibTorch ≥ 2.0's scaled_dot_product_attention, which on CUDA runs flash or
+//          memory-efficient attention and never writes the N×N matrix to memory.
+// Both compute out_i = Σ_j softmax_j(q_i · k_j / √C) v_j; they agree to rounding.
+#pragma once
+
+#include <torch/torch.h>
+#include <torch/version.h>  // TORCH_VERSION_MAJOR, for the #if in attention.cpp
+
+#include <string>
+
+namespace diffuse {
+
+enum class AttentionKernel { math, fused };
+std::string to_string(AttentionKernel k);
+
+// Whether this build's LibTorch has scaled_dot_product_attention (2.0 and later).
+bool fused_attention_built();
+
+// Process-wide choice, like set_conv_kernels.
+void set_attention_kernel(AttentionKernel kernel);
+AttentionKernel attention_kernel();
+
+// q, k, v: [B, C, N] (C channels, N positions) → [B, C, N], in the kernel chosen above.
+torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+
+struct AttentionChoice {
+  AttentionKernel kernel = AttentionKernel::math;
+  std::string reason;  // one line for the log
+};
+// "math" / "fused" as asked ("fused" throws where LibTorch is older than 2.0); "auto": math, which
+// on an H200 was as fast as fused for the built-in U-Nets (docs/PERFORMANCE.md); fused saved 4 % of
+// training memory there.
+AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device);
+
+}  // namespace diffuse
