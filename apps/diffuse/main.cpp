@@ -39,9 +39,10 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
       ->check(CLI::IsMember({"aten", "onednn", "auto"}))
       ->capture_default_str();
   cmd.add_option("--attention", flags.attention,
-                 "Self-attention product: math (QᵀK, softmax, V·Wᵀ as separate operators), fused "
-                 "(scaled_dot_product_attention, LibTorch >= 2.0); auto: math (measured as fast)")
-      ->check(CLI::IsMember({"math", "fused", "auto"}))
+                 "Self-attention: math (QᵀK, softmax, V·Wᵀ by torch::matmul), onednn (the same, the products by "
+                 "oneDNN's batched matmul; float32 on the CPU), fused (scaled_dot_product_attention, LibTorch >= 2.0); "
+                 "auto: onednn on the CPU where built, else math")
+      ->check(CLI::IsMember({"math", "onednn", "fused", "auto"}))
       ->capture_default_str();
 }
 
@@ -64,7 +65,7 @@ Compute resolve_compute(const ComputeFlags& flags) {
   const auto attention = resolve_attention_kernel(flags.attention, c.device);
   c.attention = attention.kernel;
   set_attention_kernel(c.attention);
-  if (c.attention == AttentionKernel::fused || flags.attention != "auto") {
+  if (flags.attention != "auto") {
     std::fprintf(stderr, "attention: %s (%s)\n", to_string(c.attention).c_str(), attention.reason.c_str());
   }
   if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {

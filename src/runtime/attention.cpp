@@ -1,5 +1,8 @@
 #include "diffuse/runtime/attention.h"
 
+#include "diffuse/runtime/onednn_matmul.h"
+#include "diffuse/runtime/precision.h"
+
 #include <atomic>
 #include <cmath>
 #include <stdexcept>
@@ -14,7 +17,13 @@ std::string libtorch_version() {
 }
 }  // namespace
 
-std::string to_string(AttentionKernel k) { return k == AttentionKernel::fused ? "fused" : "math"; }
+std::string to_string(AttentionKernel k) {
+  switch (k) {
+    case AttentionKernel::onednn: return "onednn";
+    case AttentionKernel::fused: return "fused";
+    default: return "math";
+  }
+}
 
 bool fused_attention_built() {
 #if TORCH_VERSION_MAJOR >= 2
@@ -27,6 +36,9 @@ bool fused_attention_built() {
 void set_attention_kernel(AttentionKernel kernel) {
   if (kernel == AttentionKernel::fused && !fused_attention_built()) {
     throw std::invalid_argument("fused attention needs LibTorch 2.0 or later (this build has " + libtorch_version() + ")");
+  }
+  if (kernel == AttentionKernel::onednn && !onednn_matmul_built()) {
+    throw std::invalid_argument("oneDNN attention products: this build has no oneDNN (install libdnnl-dev and rebuild)");
   }
   g_kernel = kernel;
 }
@@ -42,16 +54,29 @@ torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor&
     return at::scaled_dot_product_attention(heads(q), heads(k), heads(v)).squeeze(1).transpose(1, 2);
   }
 #endif
+  const bool onednn = g_kernel == AttentionKernel::onednn && q.device().is_cpu() &&
+                      q.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 &&
+                      v.scalar_type() == torch::kFloat32 && !autocast_enabled(torch::kCPU);
+  auto bmm = [onednn](const torch::Tensor& a, const torch::Tensor& b) {
+    return onednn ? onednn_bmm(a, b) : torch::matmul(a, b);
+  };
   const auto C = q.size(1);
   // weights[b, i, j] = softmax_j(q_i · k_j / √C)                        [B, N, N]
   // (softmax in float32 also under bf16 autocast)
-  auto scores = torch::matmul(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C));
+  auto scores = bmm(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C));
   auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
-  return torch::matmul(v, weights.transpose(1, 2));  // out[b, :, i] = Σ_j weights[b, i, j] v[b, :, j]
+  return bmm(v, weights.transpose(1, 2));  // out[b, :, i] = Σ_j weights[b, i, j] v[b, :, j]
 }
 
 AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device) {
   if (name == "math") return {AttentionKernel::math, "as asked"};
+  if (name == "onednn") {
+    if (!onednn_matmul_built()) {
+      throw std::invalid_argument("--attention onednn: this build has no oneDNN (install libdnnl-dev and rebuild)");
+    }
+    if (!device.is_cpu()) throw std::invalid_argument("--attention onednn: oneDNN's products run on the CPU only");
+    return {AttentionKernel::onednn, "as asked"};
+  }
   if (name == "fused") {
     if (!fused_attention_built()) {
       throw std::invalid_argument("--attention fused: needs LibTorch 2.0 or later (this build has " + libtorch_version() +
@@ -59,7 +84,12 @@ AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device 
     }
     return {AttentionKernel::fused, "as asked"};
   }
-  if (name != "auto") throw std::invalid_argument("--attention: expected math, fused or auto, got '" + name + "'");
+  if (name != "auto") {
+    throw std::invalid_argument("--attention: expected math, onednn, fused or auto, got '" + name + "'");
+  }
+  if (device.is_cpu() && onednn_matmul_built()) {
+    return {AttentionKernel::onednn, "auto: oneDNN's batched matmul on the CPU (float32)"};
+  }
   // On an H200 (docs/PERFORMANCE.md) fused was no faster for these U-Nets' one-head attention over
   // 16×16 = 256 positions: the N×N scores are small there.
   return {AttentionKernel::math, "auto: math (fused measured no faster)"};

@@ -1,9 +1,11 @@
-// The attention product of the U-Net's self-attention blocks, in one of two kernels:
-//   math:  scores = QᵀK/√C as a [B, N, N] tensor, softmax in float32, then V·softmaxᵀ (every
-//          LibTorch; what the block computed from the start);
-//   fused: LibTorch ≥ 2.0's scaled_dot_product_attention, which on CUDA runs flash or
-//          memory-efficient attention and never writes the N×N matrix to memory.
-// Both compute out_i = Σ_j softmax_j(q_i · k_j / √C) v_j; they agree to rounding.
+// The attention product of the U-Net's self-attention blocks, in one of three kernels:
+//   math:   scores = QᵀK/√C as a [B, N, N] tensor, softmax in float32, then V·softmaxᵀ, the two
+//           products by torch::matmul (every LibTorch; what the block computed from the start);
+//   onednn: the same steps, the two products by oneDNN's batched matmul (runtime/onednn_matmul.h)
+//           where they are float32 on the CPU outside autocast, else as math;
+//   fused:  LibTorch ≥ 2.0's scaled_dot_product_attention, which on CUDA runs flash or
+//           memory-efficient attention and never writes the N×N matrix to memory.
+// All compute out_i = Σ_j softmax_j(q_i · k_j / √C) v_j; they agree to rounding.
 #pragma once
 
 #include <torch/torch.h>
@@ -13,7 +15,7 @@
 
 namespace diffuse {
 
-enum class AttentionKernel { math, fused };
+enum class AttentionKernel { math, onednn, fused };
 std::string to_string(AttentionKernel k);
 
 // Whether this build's LibTorch has scaled_dot_product_attention (2.0 and later).
@@ -30,9 +32,10 @@ struct AttentionChoice {
   AttentionKernel kernel = AttentionKernel::math;
   std::string reason;  // one line for the log
 };
-// "math" / "fused" as asked ("fused" throws where LibTorch is older than 2.0); "auto": math, which
-// on an H200 was as fast as fused for the built-in U-Nets (docs/PERFORMANCE.md); fused saved 4 % of
-// training memory there.
+// "math" / "onednn" / "fused" as asked ("onednn" throws where the build has no oneDNN, "fused"
+// where LibTorch is older than 2.0); "auto": onednn on the CPU where built, else math (on an H200
+// math was as fast as fused for the built-in U-Nets, docs/PERFORMANCE.md; fused saved 4 % of
+// training memory there).
 AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device);
 
 }  // namespace diffuse
