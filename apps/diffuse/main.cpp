@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] {
     torch::set_num_threads(threads);
     diffuse::use_single_threaded_blas();  // torch's OpenMP threads already use the cores
+    diffuse::keep_freed_memory_for_reuse();  // no page faults for every step's fresh tensors
   });
 
   diffuse::cli::add_train_command(app);

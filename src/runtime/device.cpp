@@ -1,9 +1,13 @@
 #include "diffuse/runtime/device.h"
 
 #include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <sys/resource.h>
 
 #include <cstdlib>
+#include <limits>
 #include <stdexcept>
 
 #include "diffuse_build_config.h"
@@ -109,6 +113,21 @@ bool use_single_threaded_blas() {
   if (set_threads == nullptr) return false;  // another BLAS, or none
   set_threads(1);
   return true;
+}
+
+bool keep_freed_memory_for_reuse() {
+#if defined(__GLIBC__)
+  for (const char* name : {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}) {
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') return false;  // the user's choice stands
+  }
+  // Blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) come from the heap, and the
+  // heap's free top is kept up to 2 GiB instead of returned to the kernel.
+  const bool mmap_set = mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1;
+  const bool trim_set = mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max()) == 1;
+  return mmap_set && trim_set;
+#else
+  return false;
+#endif
 }
 
 }  // namespace diffuse

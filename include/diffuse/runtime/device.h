@@ -28,6 +28,15 @@ bool cuda_graphs_available();
 // Returns whether it changed anything.
 bool use_single_threaded_blas();
 
+// Keeps freed memory in the process for the next tensor of that size (glibc: M_MMAP_THRESHOLD
+// 32 MiB, M_TRIM_THRESHOLD 2 GiB), unless GLIBC_TUNABLES or a MALLOC_*_ variable sets malloc's
+// behaviour already. By default glibc hands large blocks back to the kernel on free, and the next
+// step's tensors page-fault their memory in again, 4 KiB at a time: a DDIM-50 run of the mnist
+// U-Net at batch 64 took 3.2 million page faults and 8 s of system time, against 0.1 million and
+// 0.4 s with this (2026-11-27, docs/PERFORMANCE.md). The cost: the process keeps its peak heap.
+// Returns whether it changed anything (false on other C libraries).
+bool keep_freed_memory_for_reuse();
+
 // Runs f(x) for a fixed input shape as a CUDA graph: captured on first use (after one warm-up
 // run on a side stream), then replayed with the new input copied into the captured one. f must
 // not synchronise with the host (no .item(), no host-side randomness). The result is a copy.
