@@ -78,12 +78,7 @@ TEST(Attention, OneDnnKernelMatchesAFloat64ReferenceAndInAWholeUNet) {
   auto t = torch::randint(0, 1000, {4}, torch::kLong);
   auto loss_and_grads = [&](AttentionKernel kernel) {
     AttentionScope scope(kernel);
-    net->zero_grad();
-    auto loss = net(x, t).square().mean();
-    loss.backward();
-    std::vector<torch::Tensor> flat;
-    for (auto& p : net->parameters()) flat.push_back(p.grad().flatten().clone());
-    return std::make_pair(loss.item<double>(), torch::cat(flat));
+    return diffuse::testing::loss_and_flat_gradients(net, x, t);
   };
   const auto [loss_math, grads_math] = loss_and_grads(AttentionKernel::math);
   const auto [loss_onednn, grads_onednn] = loss_and_grads(AttentionKernel::onednn);

@@ -127,16 +127,7 @@ TEST(OneDnnConv, UNetLossAndGradientsAgreeWithATenKernels) {
   auto t = torch::randint(0, 1000, {4}, torch::kLong);
   auto loss_and_grads = [&](ConvKernels k) {
     KernelsScope scope(k);
-    net->zero_grad();
-    auto loss = net(x, t).square().mean();
-    loss.backward();
-    std::vector<torch::Tensor> grads;
-    for (auto& p : net->parameters()) grads.push_back(p.grad().clone());
-    return std::make_pair(loss.item<double>(), torch::cat([&] {
-                            std::vector<torch::Tensor> flat;
-                            for (auto& g : grads) flat.push_back(g.flatten());
-                            return flat;
-                          }()));
+    return diffuse::testing::loss_and_flat_gradients(net, x, t);
   };
   const auto [loss_aten, grads_aten] = loss_and_grads(ConvKernels::aten);
   const auto [loss_onednn, grads_onednn] = loss_and_grads(ConvKernels::onednn);

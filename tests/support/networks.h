@@ -6,6 +6,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/model/unet.h"
@@ -26,6 +27,18 @@ inline UNet random_unet(const std::string& name, int64_t channels, int64_t size,
 // ‖a − b‖ / ‖b‖, on the CPU.
 inline double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
   return ((a.cpu() - b.cpu()).norm() / b.cpu().norm()).item<double>();
+}
+
+// L = mean(net(x, t)²) and ∂L/∂θ of every parameter, flattened into one vector (for comparing two
+// kernels on a whole network).
+inline std::pair<double, torch::Tensor> loss_and_flat_gradients(UNet& net, const torch::Tensor& x,
+                                                                const torch::Tensor& t) {
+  net->zero_grad();
+  auto loss = net(x, t).square().mean();
+  loss.backward();
+  std::vector<torch::Tensor> flat;
+  for (auto& p : net->parameters()) flat.push_back(p.grad().flatten().clone());
+  return {loss.item<double>(), torch::cat(flat)};
 }
 
 // 60 TrainSteps of the tiny U-Net on one fixed batch of 16 12×12 images; returns the mean loss of
