@@ -116,6 +116,7 @@ TEST(Attention, ResolutionRules) {
   EXPECT_EQ(resolve_attention_kernel("math", torch::kCUDA).kernel, AttentionKernel::math);
   EXPECT_EQ(resolve_attention_kernel("auto", torch::kCPU).kernel,
             onednn_matmul_built() ? AttentionKernel::onednn : AttentionKernel::math);
+  EXPECT_EQ(resolve_attention_kernel("auto", torch::kCPU, /*may_run_fp32=*/false).kernel, AttentionKernel::math);
   EXPECT_EQ(resolve_attention_kernel("auto", torch::kCUDA).kernel, AttentionKernel::math);
   EXPECT_THROW(resolve_attention_kernel("onednn", torch::kCUDA), std::invalid_argument);
   if (onednn_matmul_built()) {

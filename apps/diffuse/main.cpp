@@ -62,7 +62,7 @@ Compute resolve_compute(const ComputeFlags& flags) {
   if ((c.conv_kernels == ConvKernels::onednn && c.precision == Precision::fp32) || flags.conv_kernels != "auto") {
     std::fprintf(stderr, "convolutions: %s (%s)\n", to_string(c.conv_kernels).c_str(), kernels.reason.c_str());
   }
-  const auto attention = resolve_attention_kernel(flags.attention, c.device);
+  const auto attention = resolve_attention_kernel(flags.attention, c.device, c.precision == Precision::fp32);
   c.attention = attention.kernel;
   set_attention_kernel(c.attention);
   if (flags.attention != "auto") {

@@ -68,7 +68,7 @@ torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor&
   return bmm(v, weights.transpose(1, 2));  // out[b, :, i] = Σ_j weights[b, i, j] v[b, :, j]
 }
 
-AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device) {
+AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device, bool may_run_fp32) {
   if (name == "math") return {AttentionKernel::math, "as asked"};
   if (name == "onednn") {
     if (!onednn_matmul_built()) {
@@ -86,6 +86,9 @@ AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device 
   }
   if (name != "auto") {
     throw std::invalid_argument("--attention: expected math, onednn, fused or auto, got '" + name + "'");
+  }
+  if (device.is_cpu() && onednn_matmul_built() && !may_run_fp32) {
+    return {AttentionKernel::math, "auto: bf16 products run through autocast"};
   }
   if (device.is_cpu() && onednn_matmul_built()) {
     return {AttentionKernel::onednn, "auto: oneDNN's batched matmul on the CPU (float32)"};

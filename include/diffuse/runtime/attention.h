@@ -33,9 +33,10 @@ struct AttentionChoice {
   std::string reason;  // one line for the log
 };
 // "math" / "onednn" / "fused" as asked ("onednn" throws where the build has no oneDNN, "fused"
-// where LibTorch is older than 2.0); "auto": onednn on the CPU where built, else math (on an H200
+// where LibTorch is older than 2.0); "auto": onednn on the CPU where built and the run can be
+// float32 (`may_run_fp32` false: bf16, whose products run through autocast), else math (on an H200
 // math was as fast as fused for the built-in U-Nets, docs/PERFORMANCE.md; fused saved 4 % of
 // training memory there).
-AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device);
+AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device, bool may_run_fp32 = true);
 
 }  // namespace diffuse
