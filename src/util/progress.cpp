@@ -34,8 +34,10 @@ void ProgressBar::update(int64_t done, const std::string& info) {
   if (tty_) {
     if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
   } else {
+    // A log gets a line per 5 %; the last one is finish()'s (with the time taken), not a repeat.
+    if (done >= total_) return;
     const int64_t percent = done * 100 / total_;
-    if (percent / 5 == last_reported_percent_ / 5 && done < total_) return;
+    if (percent / 5 == last_reported_percent_ / 5) return;
     last_reported_percent_ = percent;
   }
   last_draw_ = now;

@@ -12,7 +12,8 @@ namespace diffuse {
 class ProgressBar {
  public:
   ProgressBar(std::string label, int64_t total, int64_t start = 0, bool enabled = true);
-  // `done` items finished; `info` is shown after the counts (e.g. "loss 0.03  812 img/s").
+  // `done` items finished; `info` is shown after the counts (e.g. "loss 0.03  812 img/s"). On a
+  // terminal the bar redraws in place; in a log it writes a line per 5 %, the last from finish().
   void update(int64_t done, const std::string& info = "");
   void finish(const std::string& info = "");  // final line with total time
 

@@ -1,0 +1,54 @@
+// The progress bar in a log (stderr not a terminal, as under ctest): a line per 5 % and the
+// final line once.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "diffuse/util/progress.h"
+#include "support/temp_dir.h"
+
+namespace {
+
+// What `body` writes to stderr (file descriptor 2), read back from a file.
+template <class F>
+std::string stderr_of(const std::string& path, F&& body) {
+  std::fflush(stderr);
+  const int saved = ::dup(STDERR_FILENO);
+  FILE* file = std::fopen(path.c_str(), "w");
+  ::dup2(::fileno(file), STDERR_FILENO);
+  body();
+  std::fflush(stderr);
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  std::fclose(file);
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+int count(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST(Progress, ALogGetsALinePerFivePercentAndTheFinalLineOnce) {
+  if (::isatty(STDERR_FILENO)) GTEST_SKIP() << "stderr is a terminal here";
+  diffuse::testing::TempDir dir;
+  const auto log = stderr_of(dir / "stderr.txt", [] {
+    diffuse::ProgressBar bar("steps", 40);
+    for (int done = 1; done <= 40; ++done) bar.update(done, "loss 1");
+    bar.finish("done");
+  });
+  EXPECT_EQ(count(log, "40/40"), 1) << log;  // finish's line only
+  EXPECT_EQ(count(log, "took"), 1) << log;
+  EXPECT_EQ(count(log, "\n"), 20) << log;    // 5 %, 10 %, …, 95 % and the final line
+}
