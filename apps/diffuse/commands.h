@@ -40,7 +40,7 @@ void add_device_option(CLI::App& cmd, std::string& device);
 torch::Device resolve_device(const std::string& name);
 
 // --device, --precision fp32|bf16|auto, --memory-format nchw|channels-last and
-// --conv-kernels aten|onednn|auto and --attention math|fused|auto.
+// --conv-kernels aten|onednn|auto and --attention math|onednn|fused|auto.
 struct ComputeFlags {
   std::string device = "cpu", precision = "fp32", memory_format = "nchw", conv_kernels = "auto", attention = "auto";
 };

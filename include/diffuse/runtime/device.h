@@ -32,8 +32,9 @@ bool use_single_threaded_blas();
 // 32 MiB, M_TRIM_THRESHOLD 2 GiB), unless GLIBC_TUNABLES or a MALLOC_*_ variable sets malloc's
 // behaviour already. By default glibc hands large blocks back to the kernel on free, and the next
 // step's tensors page-fault their memory in again, 4 KiB at a time: a DDIM-50 run of the mnist
-// U-Net at batch 64 took 3.2 million page faults and 8 s of system time, against 0.1 million and
-// 0.4 s with this (2026-11-27, docs/PERFORMANCE.md). The cost: the process keeps its peak heap.
+// U-Net at batch 64 took 1.6–2.8 million page faults and 3.5–6.5 s of system time, against 0.1
+// million and 0.4 s with this (2026-11-27, docs/PERFORMANCE.md). The cost: the process keeps its
+// peak heap.
 // Returns whether it changed anything (false on other C libraries).
 bool keep_freed_memory_for_reuse();
 
