@@ -60,6 +60,12 @@ TEST(OneDnnBmm, ProductsAndGradientsOfStridedViewsMatchFloat64) {
   EXPECT_LT(relative_error(grads[1], grads64[1]), 1e-6);
   // a product with the same shapes but other strides takes its own primitive
   EXPECT_LT(relative_error(onednn_bmm(a.contiguous(), b), c64), 1e-6);
+  // neither inner dimension dense (every other row and column): oneDNN's primitive or dense copies
+  auto wide = torch::randn({3, 40, 32});
+  auto sparse_view = wide.slice(1, 0, 40, 2).slice(2, 0, 32, 2);  // [3, 20, 16], strides (1280, 64, 2)
+  EXPECT_LT(relative_error(onednn_bmm(sparse_view, b.detach()),
+                           torch::matmul(sparse_view.to(torch::kFloat64), b64.detach())),
+            1e-6);
   EXPECT_THROW(onednn_bmm(a, a), c10::Error);                    // inner sizes differ
   EXPECT_THROW(onednn_bmm(a.to(torch::kFloat64), b), c10::Error);  // not float32
 }

@@ -41,7 +41,7 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
   cmd.add_option("--attention", flags.attention,
                  "Self-attention: math (QᵀK, softmax, V·Wᵀ by torch::matmul), onednn (the same, the products by "
                  "oneDNN's batched matmul; float32 on the CPU), fused (scaled_dot_product_attention, LibTorch >= 2.0); "
-                 "auto: onednn on the CPU where built, else math")
+                 "auto: onednn for float32 runs on the CPU where built, else math")
       ->check(CLI::IsMember({"math", "onednn", "fused", "auto"}))
       ->capture_default_str();
 }

@@ -15,6 +15,8 @@
 #if DIFFUSE_HAVE_ONEDNN
 #include <ATen/record_function.h>
 #include <oneapi/dnnl/dnnl.hpp>
+
+#include "onednn_engine.h"
 #endif
 
 namespace diffuse {
@@ -49,10 +51,7 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
+using onednn::cpu_engine;
 
 // One convolution shape's primitives, created once (oneDNN generates their code at creation).
 struct ConvPlan {

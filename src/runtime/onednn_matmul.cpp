@@ -11,6 +11,8 @@
 #if DIFFUSE_HAVE_ONEDNN
 #include <ATen/record_function.h>
 #include <oneapi/dnnl/dnnl.hpp>
+
+#include "onednn_engine.h"
 #endif
 
 namespace diffuse {
@@ -21,45 +23,49 @@ bool onednn_matmul_built() { return DIFFUSE_HAVE_ONEDNN != 0; }
 namespace {
 
 using dnnl::memory;
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
+using onednn::cpu_engine;
 
 memory::desc strided_desc(const torch::Tensor& t) {
   return memory::desc(t.sizes().vec(), memory::data_type::f32, t.strides().vec());
 }
 
-// The primitive for these operands' shapes and strides, generated once (oneDNN JIT-compiles it).
-const dnnl::matmul& primitive_for(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c) {
+// The primitive for these operands' shapes and strides, generated once (oneDNN JIT-compiles it);
+// nullptr where oneDNN takes no such strides (e.g. neither inner dimension dense), also remembered.
+const dnnl::matmul* primitive_for(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c) {
+  struct Entry {
+    std::unique_ptr<dnnl::matmul> primitive;
+    bool tried = false;
+  };
   static std::mutex mutex;
-  static std::map<std::vector<int64_t>, std::unique_ptr<dnnl::matmul>> primitives;
+  static std::map<std::vector<int64_t>, Entry> entries;
   std::vector<int64_t> key;
   for (const auto* t : {&a, &b}) {
     key.insert(key.end(), t->sizes().begin(), t->sizes().end());
     key.insert(key.end(), t->strides().begin(), t->strides().end());
   }
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = primitives[key];
-  if (!slot) {
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(strided_desc(a), strided_desc(b), strided_desc(c)),
-                                          cpu_engine());
-    slot = std::make_unique<dnnl::matmul>(pd);
+  auto& entry = entries[key];
+  if (!entry.tried) {
+    entry.tried = true;
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(strided_desc(a), strided_desc(b), strided_desc(c)),
+                                            cpu_engine());
+      entry.primitive = std::make_unique<dnnl::matmul>(pd);
+    } catch (const dnnl::error&) {
+    }
   }
-  return *slot;
+  return entry.primitive.get();
 }
 
 torch::Tensor run_bmm(torch::Tensor a, torch::Tensor b) {
   RECORD_FUNCTION("diffuse::onednn_bmm", std::vector<c10::IValue>({a, b}));
   auto c = torch::empty({a.size(0), a.size(1), b.size(2)}, a.options());
-  const dnnl::matmul* prim = nullptr;
-  try {
-    prim = &primitive_for(a, b, c);
-  } catch (const dnnl::error&) {  // strides oneDNN does not take (e.g. neither inner dimension dense)
+  const dnnl::matmul* prim = primitive_for(a, b, c);
+  if (prim == nullptr) {  // strides oneDNN does not take: dense copies
     a = a.contiguous();
     b = b.contiguous();
-    prim = &primitive_for(a, b, c);
+    prim = primitive_for(a, b, c);
+    TORCH_CHECK(prim != nullptr, "onednn_bmm: oneDNN has no matmul for ", a.sizes(), " · ", b.sizes());
   }
   dnnl::stream stream(cpu_engine());
   memory ma(strided_desc(a), cpu_engine(), a.data_ptr()), mb(strided_desc(b), cpu_engine(), b.data_ptr()),
