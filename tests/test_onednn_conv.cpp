@@ -134,3 +134,40 @@ TEST(OneDnnConv, UNetLossAndGradientsAgreeWithATenKernels) {
   EXPECT_NEAR(loss_onednn, loss_aten, 1e-5 * std::abs(loss_aten));
   EXPECT_LT(relative_error(grads_onednn, grads_aten), 1e-4);
 }
+
+TEST(OneDnnConv, ResBlockWithBlockedActivationsAgreesWithTheNchwPath) {
+  SKIP_WITHOUT_ONEDNN();
+  // 32 → 48 channels (a shortcut convolution), 8 groups of 4 and 6 channels, an odd image size.
+  torch::manual_seed(6);
+  ResBlock block(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : block->parameters()) p.normal_(0.0, 0.1);
+  }
+  auto x = torch::randn({3, 32, 9, 7}), emb = torch::randn({3, 24});
+  {
+    KernelsScope scope(ConvKernels::onednn);
+    EXPECT_TRUE(blocked_convolutions_apply(x, {32, 48}));
+    EXPECT_FALSE(blocked_convolutions_apply(x, {32, 40}));  // 40 channels: not whole blocks
+  }
+  auto outputs_and_gradients = [&](ConvKernels k) {
+    KernelsScope scope(k);
+    torch::Tensor sampled;
+    {
+      torch::NoGradGuard no_grad;  // the sampling path: forward only
+      sampled = block(x, emb);
+    }
+    block->zero_grad();
+    auto xg = x.clone().requires_grad_();
+    auto y = block(xg, emb);
+    y.square().sum().backward();
+    std::vector<torch::Tensor> grads{xg.grad().flatten()};
+    for (auto& p : block->parameters()) grads.push_back(p.grad().flatten());
+    return std::make_tuple(sampled, y.detach(), torch::cat(grads));
+  };
+  const auto [sampled_aten, y_aten, grads_aten] = outputs_and_gradients(ConvKernels::aten);
+  const auto [sampled_onednn, y_onednn, grads_onednn] = outputs_and_gradients(ConvKernels::onednn);
+  EXPECT_LT(relative_error(sampled_onednn, sampled_aten), 1e-5);
+  EXPECT_LT(relative_error(y_onednn, y_aten), 1e-5);
+  EXPECT_LT(relative_error(grads_onednn, grads_aten), 1e-4);
+}

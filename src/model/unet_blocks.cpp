@@ -1,6 +1,8 @@
 #include "diffuse/model/unet_blocks.h"
 
 #include "diffuse/runtime/attention.h"
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
 
 #include <cmath>
@@ -60,10 +62,27 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
+  const auto time_shift = time_proj(F::silu(emb));  // [B, C_out]
+  if (blocked_convolutions_apply(x, {conv1->weight.size(1), conv1->weight.size(0)})) {
+    return forward_blocked(x, time_shift);
+  }
   auto h = conv3x3(conv1, F::silu(group_norm(norm1, x)));
-  h = h + time_proj(F::silu(emb)).unsqueeze(-1).unsqueeze(-1);  // [B, C] → [B, C, 1, 1]
+  h = h + time_shift.unsqueeze(-1).unsqueeze(-1);  // [B, C] → [B, C, 1, 1]
   h = conv3x3(conv2, dropout_(F::silu(group_norm(norm2, h))));
   return (shortcut ? shortcut(x) : x) + h;
+}
+
+// The same with h channel-blocked from the first GroupNorm to the second convolution's output:
+// both convolutions read and write oneDNN's layout, and GroupNorm, SiLU (and the time shift) run
+// as one kernel. Two re-orderings per block instead of four (runtime/blocked_layout.h).
+torch::Tensor ResBlockImpl::forward_blocked(const torch::Tensor& x, const torch::Tensor& time_shift) {
+  auto norm_silu = [](torch::nn::GroupNorm& norm, const torch::Tensor& h5, const torch::Tensor& shift) {
+    return group_norm_silu_blocked(h5, shift, norm->weight, norm->bias, norm->options.num_groups(),
+                                   norm->options.eps());
+  };
+  auto h = onednn_conv3x3_blocked(norm_silu(norm1, to_blocked(x), {}), conv1->weight, conv1->bias);
+  h = onednn_conv3x3_blocked(dropout_(norm_silu(norm2, h, time_shift)), conv2->weight, conv2->bias);
+  return (shortcut ? shortcut(x) : x) + from_blocked(h);
 }
 
 void ResBlockImpl::zero_last_layer() { init_zero(conv2); }

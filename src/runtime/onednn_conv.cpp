@@ -1,9 +1,11 @@
 #include "diffuse/runtime/onednn_conv.h"
 
+#include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse_build_config.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -55,7 +57,7 @@ using onednn::cpu_engine;
 
 // One convolution shape's primitives, created once (oneDNN generates their code at creation).
 struct ConvPlan {
-  memory::desc src_nchw, weights_oihw, bias_x, dst_nchw;
+  memory::desc src_user, weights_oihw, bias_x, dst_user;  // the callers' layouts: NCHW, or nChw16c when blocked
   dnnl::convolution_forward::primitive_desc forward_pd;
   dnnl::convolution_forward forward;
   // Training plans only: the two backward passes, built against the forward's layouts.
@@ -65,14 +67,18 @@ struct ConvPlan {
   dnnl::convolution_backward_weights backward_weights;
 };
 
-using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>;  // N, C, O, H, W, training
+// N, C, O, H, W, training, blocked (activations in runtime/blocked_layout.h's nChw16c)
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>;
 
-ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training, dnnl::algorithm algorithm) {
+ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training, bool blocked,
+                   dnnl::algorithm algorithm) {
+  static_assert(kChannelBlock == 16, "the blocked layout is oneDNN's aBcd16b");
+  const auto activations = blocked ? tag::aBcd16b : tag::nchw;
   ConvPlan p;
-  p.src_nchw = memory::desc({n, c, h, w}, dt::f32, tag::nchw);
+  p.src_user = memory::desc({n, c, h, w}, dt::f32, activations);
   p.weights_oihw = memory::desc({o, c, 3, 3}, dt::f32, tag::oihw);
   p.bias_x = memory::desc({o}, dt::f32, tag::x);
-  p.dst_nchw = memory::desc({n, o, h, w}, dt::f32, tag::nchw);
+  p.dst_user = memory::desc({n, o, h, w}, dt::f32, activations);
   // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights)
   const memory::desc src_any({n, c, h, w}, dt::f32, tag::any), weights_any({o, c, 3, 3}, dt::f32, tag::any),
       dst_any({n, o, h, w}, dt::f32, tag::any);
@@ -98,16 +104,17 @@ ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool t
 }
 
 // The cached plan for this shape: Winograd where oneDNN implements it here, else direct.
-const ConvPlan& plan_for(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
+const ConvPlan& plan_for(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training, bool blocked) {
   static std::mutex mutex;
   static std::map<PlanKey, std::unique_ptr<ConvPlan>> plans;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = plans[PlanKey{n, c, o, h, w, training}];
+  auto& slot = plans[PlanKey{n, c, o, h, w, training, blocked}];
   if (!slot) {
     try {
-      slot = std::make_unique<ConvPlan>(make_plan(n, c, o, h, w, training, dnnl::algorithm::convolution_winograd));
+      slot = std::make_unique<ConvPlan>(
+          make_plan(n, c, o, h, w, training, blocked, dnnl::algorithm::convolution_winograd));
     } catch (const dnnl::error&) {  // no Winograd kernel for this CPU or shape
-      slot = std::make_unique<ConvPlan>(make_plan(n, c, o, h, w, training, dnnl::algorithm::convolution_direct));
+      slot = std::make_unique<ConvPlan>(make_plan(n, c, o, h, w, training, blocked, dnnl::algorithm::convolution_direct));
     }
   }
   return *slot;
@@ -160,17 +167,33 @@ Output output_in(const memory::desc& produced, const memory::desc& user_desc, co
   return o;
 }
 
+// x: [N, C, H, W], or [N, C/16, H, W, 16] when blocked; weight: [O, C, 3, 3].
+struct Dims {
+  int64_t n, c, h, w, o;
+  bool blocked;
+  Dims(const torch::Tensor& x, const torch::Tensor& weight)
+      : n(x.size(0)),
+        c(x.dim() == 5 ? x.size(1) * x.size(4) : x.size(1)),
+        h(x.size(2)),
+        w(x.size(3)),
+        o(weight.size(0)),
+        blocked(x.dim() == 5) {}
+  std::vector<int64_t> output_sizes() const {
+    return blocked ? std::vector<int64_t>{n, o / kChannelBlock, h, w, kChannelBlock} : std::vector<int64_t>{n, o, h, w};
+  }
+};
+
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool training) {
   RECORD_FUNCTION("diffuse::onednn_conv3x3", std::vector<c10::IValue>({x}));
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
-  const ConvPlan& plan = plan_for(n, c, o, h, w, training);
+  const Dims d(x, weight);
+  const ConvPlan& plan = plan_for(d.n, d.c, d.o, d.h, d.w, training, d.blocked);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
-  auto y = torch::empty({n, o, h, w}, x.options());
-  auto b = bias.defined() ? bias.contiguous() : torch::zeros({o}, x.options());
-  auto src = in_layout(wrap(plan.src_nchw, x), plan.forward_pd.src_desc(), stream, scratch);
+  auto y = torch::empty(d.output_sizes(), x.options());
+  auto b = bias.defined() ? bias.contiguous() : torch::zeros({d.o}, x.options());
+  auto src = in_layout(wrap(plan.src_user, x), plan.forward_pd.src_desc(), stream, scratch);
   auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.forward_pd.weights_desc(), stream, scratch);
-  auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_nchw, y, scratch);
+  auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_user, y, scratch);
   plan.forward.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, wrap(plan.bias_x, b)},
                                 {DNNL_ARG_DST, dst.target}});
   dst.finish(stream);
@@ -182,18 +205,18 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
 std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
                                         bool want_x, bool want_weights) {
   RECORD_FUNCTION("diffuse::onednn_conv3x3_backward", std::vector<c10::IValue>({grad_y}));
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), o = weight.size(0);
-  const ConvPlan& plan = plan_for(n, c, o, h, w, /*training=*/true);
+  const Dims d(x, weight);
+  const ConvPlan& plan = plan_for(d.n, d.c, d.o, d.h, d.w, /*training=*/true, d.blocked);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
-  const auto grad_y_user = wrap(plan.dst_nchw, grad_y);
+  const auto grad_y_user = wrap(plan.dst_user, grad_y);
   torch::Tensor grad_x, grad_w, grad_b;
   memory diff_dst_for_data;  // ∂L/∂y in the backward-data layout, reused below where it is the same
   if (want_x) {
     grad_x = torch::empty_like(x);
     diff_dst_for_data = in_layout(grad_y_user, plan.backward_data_pd.diff_dst_desc(), stream, scratch);
     auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.backward_data_pd.weights_desc(), stream, scratch);
-    auto diff_src = output_in(plan.backward_data_pd.diff_src_desc(), plan.src_nchw, grad_x, scratch);
+    auto diff_src = output_in(plan.backward_data_pd.diff_src_desc(), plan.src_user, grad_x, scratch);
     plan.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst_for_data},
                                         {DNNL_ARG_WEIGHTS, wei},
                                         {DNNL_ARG_DIFF_SRC, diff_src.target}});
@@ -201,8 +224,8 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   }
   if (want_weights) {
     grad_w = torch::empty_like(weight);
-    grad_b = torch::empty({o}, x.options());
-    auto src = in_layout(wrap(plan.src_nchw, x), plan.backward_weights_pd.src_desc(), stream, scratch);
+    grad_b = torch::empty({d.o}, x.options());
+    auto src = in_layout(wrap(plan.src_user, x), plan.backward_weights_pd.src_desc(), stream, scratch);
     const auto& want = plan.backward_weights_pd.diff_dst_desc();
     auto diff_dst = want_x && diff_dst_for_data.get_desc() == want ? diff_dst_for_data
                                                                    : in_layout(grad_y_user, want, stream, scratch);
@@ -235,16 +258,10 @@ struct OneDnnConv3x3Function : public torch::autograd::Function<OneDnnConv3x3Fun
   }
 };
 
-}  // namespace
-#endif  // DIFFUSE_HAVE_ONEDNN
-
-torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-#if DIFFUSE_HAVE_ONEDNN
-  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32,
-              "onednn_conv3x3: x must be a float32 [N, C, H, W] CPU tensor");
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 3 && weight.size(3) == 3 &&
-                  weight.scalar_type() == torch::kFloat32,
-              "onednn_conv3x3: weight must be float32 [O, ", x.size(1), ", 3, 3]");
+// Forward, through the autograd function where a gradient is wanted. x is checked by the caller.
+torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.scalar_type() == torch::kFloat32,
+              "onednn_conv3x3: weight must be float32 [O, C, 3, 3], got ", weight.sizes());
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "onednn_conv3x3: bias must be [O]");
   const bool training = torch::GradMode::is_enabled() &&
                         (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
@@ -252,8 +269,33 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
   const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, x.options());
   return OneDnnConv3x3Function::apply(x.contiguous(), weight.contiguous(), b, bias.defined());
+}
+
+}  // namespace
+#endif  // DIFFUSE_HAVE_ONEDNN
+
+torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+#if DIFFUSE_HAVE_ONEDNN
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32,
+              "onednn_conv3x3: x must be a float32 [N, C, H, W] CPU tensor");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1), "onednn_conv3x3: weight must be [O, ", x.size(1),
+              ", 3, 3], got ", weight.sizes());
+  return convolve(x, weight, bias);
 #else
   throw std::runtime_error("onednn_conv3x3: this build has no oneDNN (install libdnnl-dev and rebuild)");
+#endif
+}
+
+torch::Tensor onednn_conv3x3_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias) {
+#if DIFFUSE_HAVE_ONEDNN
+  TORCH_CHECK(x5.dim() == 5 && x5.size(4) == kChannelBlock && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
+              "onednn_conv3x3_blocked: x must be a float32 [N, C/16, H, W, 16] CPU tensor, got ", x5.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * kChannelBlock && weight.size(0) % kChannelBlock == 0,
+              "onednn_conv3x3_blocked: weight must be [O, ", x5.size(1) * kChannelBlock,
+              ", 3, 3] with O a multiple of 16, got ", weight.sizes());
+  return convolve(x5, weight, bias);
+#else
+  throw std::runtime_error("onednn_conv3x3_blocked: this build has no oneDNN (install libdnnl-dev and rebuild)");
 #endif
 }
 
@@ -261,7 +303,7 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
                                           int64_t width) {
 #if DIFFUSE_HAVE_ONEDNN
   // the forward-only plan: the same kernel, without generating the two backward passes' code
-  return plan_for(batch, in_channels, out_channels, height, width, false).forward_pd.impl_info_str();
+  return plan_for(batch, in_channels, out_channels, height, width, false, false).forward_pd.impl_info_str();
 #else
   return "none (built without oneDNN)";
 #endif
@@ -296,7 +338,7 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static std::mutex mutex;
   static std::map<PlanKey, bool> wins;
-  const PlanKey key{n, c, o, h, w, training};
+  const PlanKey key{n, c, o, h, w, training, false};
   {
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = wins.find(key); it != wins.end()) return it->second;
@@ -327,6 +369,22 @@ bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool tra
 
 }  // namespace
 #endif  // DIFFUSE_HAVE_ONEDNN
+
+bool blocked_convolutions_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels) {
+  if (!DIFFUSE_HAVE_ONEDNN || g_conv_kernels != ConvKernels::onednn) return false;
+  // DIFFUSE_BLOCKED_ACTIVATIONS=0 turns the blocked path off, to measure what it gains
+  static const bool off = [] {
+    const char* v = std::getenv("DIFFUSE_BLOCKED_ACTIVATIONS");
+    return v != nullptr && std::string(v) == "0";
+  }();
+  if (off) return false;
+  if (!x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != torch::kFloat32 || !x.is_contiguous()) return false;
+  if (autocast_enabled(torch::kCPU)) return false;
+  for (auto c : channels) {
+    if (c % kChannelBlock != 0) return false;
+  }
+  return true;
+}
 
 torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x) {
 #if DIFFUSE_HAVE_ONEDNN

@@ -1,0 +1,28 @@
+// GroupNorm followed by SiLU in one kernel, on channel-blocked float32 CPU activations
+// (runtime/blocked_layout.h), with an optional per-channel shift added first (the ResBlock's
+// time embedding):
+//   u = x + s[n, c]                                      (s optional)
+//   μ_ng = mean of u over group g's channels and all pixels,  σ²_ng likewise (biased)
+//   z = (u − μ_ng) / √(σ²_ng + ε) · γ_c + β_c
+//   y = SiLU(z) = z · sigmoid(z)
+// LibTorch computes these as three or four passes over memory (add, GroupNorm's statistics,
+// its normalisation, SiLU), each writing a new tensor. Here: one pass for the statistics, one
+// that writes y; the backward pass likewise reads x and ∂L/∂y twice and writes ∂L/∂x once, and
+// only x is kept for it (LibTorch keeps GroupNorm's input and output).
+//
+// Backward, with x̂ = (u − μ)/σ, M = the group's element count, sums over the group:
+//   ∂L/∂z = ∂L/∂y · sig(z) (1 + z (1 − sig(z)))
+//   ∂L/∂x = (1/σ) (γ ∂L/∂z − (1/M) Σ γ ∂L/∂z − x̂ (1/M) Σ γ ∂L/∂z x̂)
+//   ∂L/∂γ_c = Σ_{n,hw} ∂L/∂z x̂,   ∂L/∂β_c = Σ_{n,hw} ∂L/∂z,   ∂L/∂s[n, c] = Σ_hw ∂L/∂x
+#pragma once
+
+#include <torch/torch.h>
+
+namespace diffuse {
+
+// x5: [N, C/16, H, W, 16] float32 CPU; shift: [N, C] or undefined; gamma, beta: [C];
+// groups divides C. Differentiable in x5, shift, gamma and beta. Returns y in x5's layout.
+torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                      const torch::Tensor& beta, int64_t groups, double eps);
+
+}  // namespace diffuse

@@ -1,0 +1,300 @@
+#include "diffuse/runtime/group_norm_silu.h"
+
+#include "diffuse/runtime/blocked_layout.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace diffuse {
+
+// The lane helpers pass 64-byte vectors by value; they are always inlined, so no call ABI is involved.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace {
+
+constexpr int64_t L = kChannelBlock;  // lanes: the 16 channels of one pixel
+static_assert(L == 16, "the lane type below is 16 floats");
+
+// One pixel's 16 channels as one value: GCC's generic vectors become one AVX-512 register, two
+// AVX2 registers or four SSE ones, whichever the function is compiled for. The row loops below
+// are compiled three times, for AVX-512, AVX2 and baseline x86-64, and the loader picks the best
+// this CPU runs (GCC function multi-versioning), so the project still builds for any x86-64. By
+// feature, not "arch=": an arch clone runs only on that exact CPU model.
+typedef float Lanes __attribute__((vector_size(L * sizeof(float))));
+typedef int32_t LaneInts __attribute__((vector_size(L * sizeof(int32_t))));
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DIFFUSE_ROW_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DIFFUSE_ROW_KERNEL
+#endif
+// Inlined into each clone (GCC does not inline a baseline function into a clone otherwise).
+#define DIFFUSE_LANE_HELPER __attribute__((always_inline)) inline
+
+DIFFUSE_LANE_HELPER Lanes load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DIFFUSE_LANE_HELPER void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
+DIFFUSE_LANE_HELPER Lanes splat(float v) { return Lanes{} + v; }
+
+// e^x in float32 without a library call: x = n·ln2 + r with n = round(x/ln2) and |r| ≤ ln2/2
+// (ln2 split in two constants so that n·ln2 is exact, Cody–Waite), e^r by a degree-7 polynomial
+// (Cephes' expf coefficients: relative error < 2e-7 on that interval), and 2^n by writing
+// n + 127 into the exponent bits. x is clamped to [−87, 88], where 2^n stays a normal float.
+DIFFUSE_LANE_HELPER Lanes exp_approx(Lanes x) {
+  x = x < -87.0f ? splat(-87.0f) : x;
+  x = x > 88.0f ? splat(88.0f) : x;
+  const Lanes n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5·2²³ trick)
+  const Lanes r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  Lanes p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const LaneInts bits = (__builtin_convertvector(n, LaneInts) + 127) << 23;
+  return p * (Lanes)bits;  // a vector cast keeps the bits
+}
+
+DIFFUSE_LANE_HELPER Lanes sigmoid(Lanes z) { return 1.0f / (1.0f + exp_approx(-z)); }
+
+// Σ x and Σ x² per lane over one channel block's `pixels` rows: float sums over runs of 64 rows,
+// added up in double.
+DIFFUSE_ROW_KERNEL
+void block_sums(const float* x, int64_t pixels, double* sum, double* sum_sq) {
+  double s[L] = {}, q[L] = {};
+  for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
+    Lanes run_s{}, run_q{};
+    for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
+      const Lanes v = load(x + p * L);
+      run_s += v;
+      run_q += v * v;
+    }
+    for (int64_t l = 0; l < L; ++l) s[l] += run_s[l], q[l] += run_q[l];
+  }
+  for (int64_t l = 0; l < L; ++l) sum[l] = s[l], sum_sq[l] = q[l];
+}
+
+// y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane.
+DIFFUSE_ROW_KERNEL
+void block_norm_silu(const float* x, int64_t pixels, const float* a_, const float* b_, float* y) {
+  const Lanes a = load(a_), b = load(b_);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const Lanes z = load(x + p * L) * a + b;
+    store(y + p * L, z * sigmoid(z));
+  }
+}
+
+// Backward, first pass: ∂L/∂z into dz, and per lane Σ ∂L/∂z and Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ.
+DIFFUSE_ROW_KERNEL
+void block_backward_sums(const float* x, const float* dy, int64_t pixels, const float* a_, const float* b_,
+                         const float* shift_minus_mean_, const float* inv_std_, float* dz, double* sum_dz,
+                         double* sum_dz_xhat) {
+  const Lanes a = load(a_), b = load(b_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_);
+  double s[L] = {}, q[L] = {};
+  for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
+    Lanes run_s{}, run_q{};
+    for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
+      const Lanes v = load(x + p * L);
+      const Lanes z = v * a + b;
+      const Lanes sig = sigmoid(z);
+      const Lanes g = load(dy + p * L) * sig * (1.0f + z * (1.0f - sig));
+      store(dz + p * L, g);
+      run_s += g;
+      run_q += g * ((v + shift_minus_mean) * inv_std);
+    }
+    for (int64_t l = 0; l < L; ++l) s[l] += run_s[l], q[l] += run_q[l];
+  }
+  for (int64_t l = 0; l < L; ++l) sum_dz[l] = s[l], sum_dz_xhat[l] = q[l];
+}
+
+// Backward, second pass (in place over dz): ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), and Σ ∂L/∂x per lane.
+DIFFUSE_ROW_KERNEL
+void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, const float* shift_minus_mean_,
+                       const float* inv_std_, const float* m1_, const float* m2_, float* dz_then_dx, double* sum_dx) {
+  const Lanes gamma = load(gamma_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_),
+              m1 = load(m1_), m2 = load(m2_);
+  double s[L] = {};
+  for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
+    Lanes run{};
+    for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
+      const Lanes xhat = (load(x + p * L) + shift_minus_mean) * inv_std;
+      const Lanes d = inv_std * (gamma * load(dz_then_dx + p * L) - m1 - xhat * m2);
+      store(dz_then_dx + p * L, d);
+      run += d;
+    }
+    for (int64_t l = 0; l < L; ++l) s[l] += run[l];
+  }
+  for (int64_t l = 0; l < L; ++l) sum_dx[l] = s[l];
+}
+
+struct Shape {
+  int64_t n, blocks, pixels, channels, groups, per_group;  // per_group: channels per group
+  explicit Shape(const torch::Tensor& x5, int64_t g)
+      : n(x5.size(0)),
+        blocks(x5.size(1)),
+        pixels(x5.size(2) * x5.size(3)),
+        channels(x5.size(1) * L),
+        groups(g),
+        per_group(channels / g) {}
+};
+
+// Per lane of block `cb` of sample `i`: s − μ, 1/σ, and a, b of block_norm_silu.
+void lane_coefficients(const Shape& s, int64_t i, int64_t cb, const float* shift, const float* gamma, const float* beta,
+                       const float* mean, const float* inv_std, float* shift_minus_mean, float* r, float* a, float* b) {
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t c = cb * L + l, g = c / s.per_group;
+    shift_minus_mean[l] = shift[i * s.channels + c] - mean[i * s.groups + g];
+    r[l] = inv_std[i * s.groups + g];
+    a[l] = gamma[c] * r[l];
+    b[l] = beta[c] + shift_minus_mean[l] * a[l];
+  }
+}
+
+// Forward: y, and the statistics kept for backward (mean and 1/σ per sample and group).
+std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                          const torch::Tensor& beta, int64_t groups, double eps) {
+  RECORD_FUNCTION("diffuse::group_norm_silu_blocked", std::vector<c10::IValue>({x5}));
+  const Shape s(x5, groups);
+  auto sums = torch::empty({s.n, s.channels}, torch::kFloat64), sums_sq = torch::empty_like(sums);
+  const float* x = x5.data_ptr<float>();
+  double *sum = sums.data_ptr<double>(), *sum_sq = sums_sq.data_ptr<double>();
+  const int64_t block_size = s.pixels * L;
+  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) block_sums(x + k * block_size, s.pixels, sum + k * L, sum_sq + k * L);
+  });
+  // Per group: μ = Σu/M, σ² = Σu²/M − μ², with Σu = Σx + P·s and Σu² = Σx² + 2s·Σx + P·s² per channel.
+  auto mean = torch::empty({s.n, groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
+  const float* sh = shift.data_ptr<float>();
+  const double count = static_cast<double>(s.per_group * s.pixels);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      double su = 0, sq = 0;
+      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
+        const double t = sh[i * s.channels + c], sx = sum[i * s.channels + c];
+        su += sx + s.pixels * t;
+        sq += sum_sq[i * s.channels + c] + 2 * t * sx + s.pixels * t * t;
+      }
+      const double mu = su / count, var = std::max(sq / count - mu * mu, 0.0);
+      mean.data_ptr<float>()[i * groups + g] = static_cast<float>(mu);
+      inv_std.data_ptr<float>()[i * groups + g] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    }
+  }
+  auto y5 = torch::empty_like(x5);
+  float* y = y5.data_ptr<float>();
+  const float *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
+              *rs = inv_std.data_ptr<float>();
+  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      float smm[L], r[L], a[L], b[L];
+      lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
+      block_norm_silu(x + k * block_size, s.pixels, a, b, y + k * block_size);
+    }
+  });
+  return {y5, mean, inv_std};
+}
+
+// Backward: ∂L/∂x, ∂L/∂s, ∂L/∂γ, ∂L/∂β.
+std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch::Tensor& shift,
+                                           const torch::Tensor& gamma, const torch::Tensor& beta,
+                                           const torch::Tensor& mean, const torch::Tensor& inv_std,
+                                           const torch::Tensor& dy5, int64_t groups) {
+  RECORD_FUNCTION("diffuse::group_norm_silu_blocked_backward", std::vector<c10::IValue>({dy5}));
+  const Shape s(x5, groups);
+  auto dx5 = torch::empty_like(x5);
+  auto sums_dz = torch::empty({s.n, s.channels}, torch::kFloat64), sums_dz_xhat = torch::empty_like(sums_dz),
+       sums_dx = torch::empty_like(sums_dz);
+  const float *x = x5.data_ptr<float>(), *dy = dy5.data_ptr<float>(), *sh = shift.data_ptr<float>(),
+              *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
+              *rs = inv_std.data_ptr<float>();
+  float* dx = dx5.data_ptr<float>();
+  double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
+         *dx_sum = sums_dx.data_ptr<double>();
+  const int64_t block_size = s.pixels * L;
+  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      float smm[L], r[L], a[L], b[L];
+      lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
+      block_backward_sums(x + k * block_size, dy + k * block_size, s.pixels, a, b, smm, r, dx + k * block_size,
+                          a_sum + k * L, b_sum + k * L);
+    }
+  });
+  // m1 = (1/M) Σ_group γ ∂L/∂z,  m2 = (1/M) Σ_group γ ∂L/∂z x̂, per sample and group.
+  std::vector<float> m1(s.n * groups), m2(s.n * groups);
+  const double count = static_cast<double>(s.per_group * s.pixels);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      double u = 0, v = 0;
+      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
+        u += ga[c] * a_sum[i * s.channels + c];
+        v += ga[c] * b_sum[i * s.channels + c];
+      }
+      m1[i * groups + g] = static_cast<float>(u / count);
+      m2[i * groups + g] = static_cast<float>(v / count);
+    }
+  }
+  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t i = k / s.blocks, cb = k % s.blocks;
+      float smm[L], r[L], a[L], b[L], gl[L], m1l[L], m2l[L];
+      lane_coefficients(s, i, cb, sh, ga, be, mu, rs, smm, r, a, b);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t c = cb * L + l, g = c / s.per_group;
+        gl[l] = ga[c];
+        m1l[l] = m1[i * groups + g];
+        m2l[l] = m2[i * groups + g];
+      }
+      block_backward_dx(x + k * block_size, s.pixels, gl, smm, r, m1l, m2l, dx + k * block_size, dx_sum + k * L);
+    }
+  });
+  auto d_shift = sums_dx.to(torch::kFloat32);
+  auto d_gamma = sums_dz_xhat.sum(0).to(torch::kFloat32), d_beta = sums_dz.sum(0).to(torch::kFloat32);
+  return {dx5, d_shift, d_gamma, d_beta};
+}
+
+struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5,
+                               const torch::Tensor& shift, const torch::Tensor& gamma, const torch::Tensor& beta,
+                               int64_t groups, double eps) {
+    auto out = forward_kernel(x5, shift, gamma, beta, groups, eps);
+    ctx->save_for_backward({x5, shift, gamma, beta, out[1], out[2]});
+    ctx->saved_data["groups"] = groups;
+    return out[0];
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto v = ctx->get_saved_variables();
+    auto g = backward_kernel(v[0], v[1], v[2], v[3], v[4], v[5], grads[0].contiguous(),
+                             ctx->saved_data["groups"].toInt());
+    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                      const torch::Tensor& beta, int64_t groups, double eps) {
+  TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
+              "group_norm_silu_blocked: x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
+  const int64_t n = x5.size(0), channels = x5.size(1) * L;
+  TORCH_CHECK(groups > 0 && channels % groups == 0, "group_norm_silu_blocked: ", groups, " groups do not divide ",
+              channels, " channels");
+  TORCH_CHECK(gamma.numel() == channels && beta.numel() == channels, "group_norm_silu_blocked: gamma and beta need ",
+              channels, " entries");
+  TORCH_CHECK(!shift.defined() || (shift.dim() == 2 && shift.size(0) == n && shift.size(1) == channels),
+              "group_norm_silu_blocked: shift must be [", n, ", ", channels, "]");
+  // autograd functions take no undefined tensors: a missing shift travels as zeros
+  const auto s = shift.defined() ? shift.to(torch::kFloat32).contiguous() : torch::zeros({n, channels});
+  return GroupNormSiluFunction::apply(x5.contiguous(), s, gamma.to(torch::kFloat32).contiguous(),
+                                      beta.to(torch::kFloat32).contiguous(), groups, eps);
+}
+
+}  // namespace diffuse

@@ -1,0 +1,91 @@
+// The channel-blocked layout and the fused GroupNorm+SiLU kernel against LibTorch's own
+// group_norm and silu in float64: output and the gradients of x, the shift, γ and β.
+#include <gtest/gtest.h>
+
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/group_norm_silu.h"
+#include "support/networks.h"
+
+using namespace diffuse;
+
+using diffuse::testing::relative_error;
+
+TEST(BlockedLayout, PutsSixteenChannelsOfAPixelSideBySideAndBack) {
+  auto x = torch::arange(2 * 32 * 3 * 5, torch::kFloat32).reshape({2, 32, 3, 5});
+  auto x5 = to_blocked(x);
+  ASSERT_EQ(x5.sizes(), (std::vector<int64_t>{2, 2, 3, 5, 16}));
+  EXPECT_TRUE(x5.is_contiguous());
+  // x5[n, c/16, h, w, c%16] = x[n, c, h, w], checked at a few places
+  EXPECT_EQ(x5[1][1][2][4][3].item<float>(), x[1][16 + 3][2][4].item<float>());
+  EXPECT_EQ(x5[0][0][1][0][15].item<float>(), x[0][15][1][0].item<float>());
+  EXPECT_TRUE(torch::equal(from_blocked(x5), x));
+  EXPECT_THROW(to_blocked(torch::zeros({1, 24, 2, 2})), c10::Error);  // 24 channels: not whole blocks
+}
+
+namespace {
+
+struct Case {
+  int64_t n, c, h, w, groups;
+  bool shift;
+};
+
+}  // namespace
+
+TEST(GroupNormSilu, OutputAndGradientsMatchAFloat64Reference) {
+  // Groups within a block (32 channels in 8 groups), groups across blocks (16 in 1, 64 in 2),
+  // groups that straddle block edges (48 channels in 4 groups of 12), odd image sizes.
+  for (const Case& k : {Case{2, 32, 7, 7, 8, true}, Case{3, 16, 5, 3, 1, false}, Case{2, 48, 6, 6, 4, true},
+                        Case{1, 64, 14, 14, 2, true}, Case{2, 128, 4, 4, 32, false}}) {
+    SCOPED_TRACE("N" + std::to_string(k.n) + " C" + std::to_string(k.c) + " " + std::to_string(k.h) + "x" +
+                 std::to_string(k.w) + " groups " + std::to_string(k.groups) + (k.shift ? " shift" : ""));
+    torch::manual_seed(3);
+    // An offset and a scale per channel, so that the statistics have something to remove.
+    auto x = (torch::randn({k.n, k.c, k.h, k.w}) * 2 + torch::randn({1, k.c, 1, 1}) * 3).requires_grad_();
+    auto shift = (torch::randn({k.n, k.c}) * 0.5).requires_grad_();
+    auto gamma = (1 + 0.3 * torch::randn({k.c})).requires_grad_();
+    auto beta = (0.3 * torch::randn({k.c})).requires_grad_();
+    auto upstream = torch::randn({k.n, k.c, k.h, k.w});
+
+    auto y = from_blocked(
+        group_norm_silu_blocked(to_blocked(x), k.shift ? shift : torch::Tensor(), gamma, beta, k.groups, 1e-5));
+    y.backward(upstream);
+
+    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
+    auto x64 = f64(x), shift64 = f64(shift), gamma64 = f64(gamma), beta64 = f64(beta);
+    auto u64 = k.shift ? x64 + shift64.unsqueeze(-1).unsqueeze(-1) : x64;
+    auto y64 = torch::silu(torch::group_norm(u64, k.groups, gamma64, beta64, 1e-5));
+    y64.backward(upstream.to(torch::kFloat64));
+
+    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-6);
+    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
+    EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-5);
+    EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-5);
+    if (k.shift) {
+      EXPECT_LT(relative_error(shift.grad().to(torch::kFloat64), shift64.grad()), 1e-5);
+    } else {
+      EXPECT_FALSE(shift.grad().defined());
+    }
+  }
+}
+
+TEST(GroupNormSilu, SaturatesWithoutOverflowForLargeInputs) {
+  // z far beyond exp's float range on both sides: SiLU(z) → z for z ≫ 0 and → 0 for z ≪ 0.
+  auto x = torch::zeros({1, 16, 1, 2});
+  x.index_put_({0, torch::indexing::Slice(), 0, 0}, 1.0);
+  x.index_put_({0, torch::indexing::Slice(), 0, 1}, -1.0);
+  auto gamma = torch::full({16}, 500.0), beta = torch::zeros({16});
+  auto y = from_blocked(group_norm_silu_blocked(to_blocked(x), {}, gamma, beta, 1, 1e-5));
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+  EXPECT_NEAR(y[0][0][0][0].item<float>(), 500.0, 1e-2);  // x̂ = ±1 (up to ε), so z = ±500
+  EXPECT_NEAR(y[0][0][0][1].item<float>(), 0.0, 1e-30);
+}
+
+TEST(GroupNormSilu, RejectsWrongShapes) {
+  auto x5 = torch::zeros({1, 2, 3, 3, 16});
+  EXPECT_THROW(group_norm_silu_blocked(x5, {}, torch::ones({32}), torch::zeros({32}), 5, 1e-5), c10::Error);
+  EXPECT_THROW(group_norm_silu_blocked(x5, {}, torch::ones({16}), torch::zeros({16}), 8, 1e-5), c10::Error);
+  EXPECT_THROW(group_norm_silu_blocked(x5, torch::zeros({2, 32}), torch::ones({32}), torch::zeros({32}), 8, 1e-5),
+               c10::Error);
+  EXPECT_THROW(group_norm_silu_blocked(torch::zeros({1, 32, 3, 3}), {}, torch::ones({32}), torch::zeros({32}), 8, 1e-5),
+               c10::Error);
+}
