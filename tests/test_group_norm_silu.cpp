@@ -78,6 +78,20 @@ TEST(GroupNormSilu, SaturatesWithoutOverflowForLargeInputs) {
   EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
   EXPECT_NEAR(y[0][0][0][0].item<float>(), 500.0, 1e-2);  // x̂ = ±1 (up to ε), so z = ±500
   EXPECT_NEAR(y[0][0][0][1].item<float>(), 0.0, 1e-30);
+
+  // z across exp's whole range (γ = 30: z up to about ±100), element by element against float64:
+  // within a few times LibTorch's own float32 error (at this γ, z's float32 rounding dominates both;
+  // near z = 0 it cancels, and the two round differently).
+  torch::manual_seed(4);
+  auto wide = torch::randn({2, 32, 8, 8});
+  auto g = torch::full({32}, 30.0), b = torch::randn({32});
+  auto want = torch::silu(torch::group_norm(wide.to(torch::kFloat64), 4, g.to(torch::kFloat64), b.to(torch::kFloat64)));
+  auto worst_error = [&](const torch::Tensor& got) {
+    return ((got.to(torch::kFloat64) - want).abs() / (want.abs() + 1e-3)).max().item<double>();
+  };
+  const double fused = worst_error(from_blocked(group_norm_silu_blocked(to_blocked(wide), {}, g, b, 4, 1e-5)));
+  const double libtorch = worst_error(torch::silu(torch::group_norm(wide, 4, g, b)));
+  EXPECT_LT(fused, 4 * libtorch + 1e-6) << "LibTorch float32: " << libtorch;
 }
 
 TEST(GroupNormSilu, RejectsWrongShapes) {

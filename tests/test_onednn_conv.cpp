@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "diffuse/model/unet.h"
+#include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
 #include "support/networks.h"
@@ -135,39 +136,57 @@ TEST(OneDnnConv, UNetLossAndGradientsAgreeWithATenKernels) {
   EXPECT_LT(relative_error(grads_onednn, grads_aten), 1e-4);
 }
 
-TEST(OneDnnConv, ResBlockWithBlockedActivationsAgreesWithTheNchwPath) {
+TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
   SKIP_WITHOUT_ONEDNN();
-  // 32 → 48 channels (a shortcut convolution), 8 groups of 4 and 6 channels, an odd image size.
+  // A ResBlock of 32 → 48 channels (a 1×1 shortcut; 8 groups of 4 and of 6 channels), an
+  // attention block, a stride-2 downsampling and an upsampling, chained, on an odd image size.
   torch::manual_seed(6);
-  ResBlock block(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
+  ResBlock res(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
+  AttentionBlock attention(48, 8);
+  Downsample down(48);
+  Upsample up(48);
+  std::vector<torch::nn::Module*> modules{res.get(), attention.get(), down.get(), up.get()};
   {
     torch::NoGradGuard no_grad;
-    for (auto& p : block->parameters()) p.normal_(0.0, 0.1);
+    for (auto* m : modules) {
+      for (auto& p : m->parameters()) p.normal_(0.0, 0.1);
+    }
   }
   auto x = torch::randn({3, 32, 9, 7}), emb = torch::randn({3, 24});
   {
     KernelsScope scope(ConvKernels::onednn);
-    EXPECT_TRUE(blocked_convolutions_apply(x, {32, 48}));
-    EXPECT_FALSE(blocked_convolutions_apply(x, {32, 40}));  // 40 channels: not whole blocks
+    EXPECT_TRUE(blocked_activations_apply(x, {32, 48}));
+    EXPECT_FALSE(blocked_activations_apply(x, {32, 40}));  // 40 channels: not whole blocks
   }
-  auto outputs_and_gradients = [&](ConvKernels k) {
-    KernelsScope scope(k);
+  auto chain = [&](const torch::Tensor& in) {
+    auto h = attention(res(in, emb));
+    return up(down(h), h.size(2), h.size(3));
+  };
+  // NCHW with ATen's kernels against blocked activations with oneDNN's, with and without gradients.
+  auto outputs_and_gradients = [&](bool blocked) {
+    KernelsScope scope(blocked ? ConvKernels::onednn : ConvKernels::aten);
+    auto run = [&](const torch::Tensor& in) { return blocked ? from_blocked(chain(to_blocked(in))) : chain(in); };
     torch::Tensor sampled;
     {
       torch::NoGradGuard no_grad;  // the sampling path: forward only
-      sampled = block(x, emb);
+      sampled = run(x);
     }
-    block->zero_grad();
+    std::vector<torch::Tensor> grads;
     auto xg = x.clone().requires_grad_();
-    auto y = block(xg, emb);
+    auto y = run(xg);
     y.square().sum().backward();
-    std::vector<torch::Tensor> grads{xg.grad().flatten()};
-    for (auto& p : block->parameters()) grads.push_back(p.grad().flatten());
+    grads.push_back(xg.grad().flatten());
+    for (auto* m : modules) {
+      for (auto& p : m->parameters()) {
+        grads.push_back(p.grad().flatten().clone());
+        p.mutable_grad() = torch::Tensor();
+      }
+    }
     return std::make_tuple(sampled, y.detach(), torch::cat(grads));
   };
-  const auto [sampled_aten, y_aten, grads_aten] = outputs_and_gradients(ConvKernels::aten);
-  const auto [sampled_onednn, y_onednn, grads_onednn] = outputs_and_gradients(ConvKernels::onednn);
-  EXPECT_LT(relative_error(sampled_onednn, sampled_aten), 1e-5);
-  EXPECT_LT(relative_error(y_onednn, y_aten), 1e-5);
-  EXPECT_LT(relative_error(grads_onednn, grads_aten), 1e-4);
+  const auto [sampled_nchw, y_nchw, grads_nchw] = outputs_and_gradients(false);
+  const auto [sampled_blocked, y_blocked, grads_blocked] = outputs_and_gradients(true);
+  EXPECT_LT(relative_error(sampled_blocked, sampled_nchw), 1e-5);
+  EXPECT_LT(relative_error(y_blocked, y_nchw), 1e-5);
+  EXPECT_LT(relative_error(grads_blocked, grads_nchw), 1e-4);
 }

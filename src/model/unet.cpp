@@ -1,5 +1,7 @@
 #include "diffuse/model/unet.h"
 
+#include "diffuse/model/layout_ops.h"
+#include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/onednn_conv.h"
 
 #include <algorithm>
@@ -103,6 +105,10 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
   }
 
   auto h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x_t : x_t.contiguous(torch_memory_format(memory_format_)));
+  // From here to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
+  // width is a multiple of config_.channels.
+  const bool blocked = blocked_activations_apply(h, {config_.channels});
+  if (blocked) h = to_blocked(h);
   std::vector<torch::Tensor> skips{h};
   for (auto& s : down_) {
     if (s.down) {
@@ -126,7 +132,9 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       if (s.attn) h = s.attn(h);
     }
   }
-  return conv3x3(conv_out, F::silu(group_norm(norm_out, h))).to(x_t.scalar_type()).contiguous();
+  h = norm_silu(norm_out, h);
+  if (blocked) h = from_blocked(h);
+  return conv3x3(conv_out, h).to(x_t.scalar_type()).contiguous();
 }
 
 void UNetImpl::set_memory_format(MemoryFormat format) {

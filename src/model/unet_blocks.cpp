@@ -1,9 +1,8 @@
 #include "diffuse/model/unet_blocks.h"
 
+#include "diffuse/model/layout_ops.h"
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/blocked_layout.h"
-#include "diffuse/runtime/group_norm_silu.h"
-#include "diffuse/runtime/onednn_conv.h"
 
 #include <cmath>
 
@@ -62,27 +61,10 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
-  const auto time_shift = time_proj(F::silu(emb));  // [B, C_out]
-  if (blocked_convolutions_apply(x, {conv1->weight.size(1), conv1->weight.size(0)})) {
-    return forward_blocked(x, time_shift);
-  }
-  auto h = conv3x3(conv1, F::silu(group_norm(norm1, x)));
-  h = h + time_shift.unsqueeze(-1).unsqueeze(-1);  // [B, C] → [B, C, 1, 1]
-  h = conv3x3(conv2, dropout_(F::silu(group_norm(norm2, h))));
-  return (shortcut ? shortcut(x) : x) + h;
-}
-
-// The same with h channel-blocked from the first GroupNorm to the second convolution's output:
-// both convolutions read and write oneDNN's layout, and GroupNorm, SiLU (and the time shift) run
-// as one kernel. Two re-orderings per block instead of four (runtime/blocked_layout.h).
-torch::Tensor ResBlockImpl::forward_blocked(const torch::Tensor& x, const torch::Tensor& time_shift) {
-  auto norm_silu = [](torch::nn::GroupNorm& norm, const torch::Tensor& h5, const torch::Tensor& shift) {
-    return group_norm_silu_blocked(h5, shift, norm->weight, norm->bias, norm->options.num_groups(),
-                                   norm->options.eps());
-  };
-  auto h = onednn_conv3x3_blocked(norm_silu(norm1, to_blocked(x), {}), conv1->weight, conv1->bias);
-  h = onednn_conv3x3_blocked(dropout_(norm_silu(norm2, h, time_shift)), conv2->weight, conv2->bias);
-  return (shortcut ? shortcut(x) : x) + from_blocked(h);
+  auto h = convolve(conv1, norm_silu(norm1, x));
+  const auto time_shift = time_proj(F::silu(emb));  // [B, C_out], added to h before the second norm
+  h = convolve(conv2, dropout_(norm_silu(norm2, h, time_shift)));
+  return (shortcut ? convolve(shortcut, x) : x) + h;
 }
 
 void ResBlockImpl::zero_last_layer() { init_zero(conv2); }
@@ -94,6 +76,8 @@ AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups) : chann
 }
 
 torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
+  // The products below want [B, C, N]: blocked activations are re-ordered around the block.
+  if (is_blocked(x)) return to_blocked(forward(from_blocked(x)));
   const auto B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   auto qkv_out = qkv(group_norm(norm, x)).reshape({B, 3, C, H * W});
   auto q = qkv_out.select(1, 0), k = qkv_out.select(1, 1), v = qkv_out.select(1, 2);  // [B, C, N]
@@ -108,15 +92,12 @@ DownsampleImpl::DownsampleImpl(int64_t channels) {
   conv = register_module("conv", diffuse::conv(channels, channels, 3, /*stride=*/2));
 }
 
-torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) { return conv(x); }
+torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) { return convolve(conv, x); }
 
 UpsampleImpl::UpsampleImpl(int64_t channels) { conv = register_module("conv", diffuse::conv(channels, channels, 3)); }
 
 torch::Tensor UpsampleImpl::forward(const torch::Tensor& x, int64_t height, int64_t width) {
-  auto up = F::interpolate(x, F::InterpolateFuncOptions()
-                                  .size(std::vector<int64_t>{height, width})
-                                  .mode(torch::kNearest));
-  return conv3x3(conv, up);
+  return convolve(conv, upsample_nearest(x, height, width));
 }
 
 }  // namespace diffuse

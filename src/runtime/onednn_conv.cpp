@@ -67,22 +67,32 @@ struct ConvPlan {
   dnnl::convolution_backward_weights backward_weights;
 };
 
-// N, C, O, H, W, training, blocked (activations in runtime/blocked_layout.h's nChw16c)
-using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>;
+// A convolution's shape: k×k kernel, stride, padding k/2 (every convolution of the U-Net), and
+// whether the activations are channel-blocked (runtime/blocked_layout.h's nChw16c) or NCHW.
+struct OneDnnConvShape {
+  int64_t n, c, o, h, w, k, stride;
+  bool training, blocked;
+  int64_t out_h() const { return (h + 2 * (k / 2) - k) / stride + 1; }
+  int64_t out_w() const { return (w + 2 * (k / 2) - k) / stride + 1; }
+  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, blocked); }
+  bool operator<(const OneDnnConvShape& other) const { return key() < other.key(); }
+};
 
-ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training, bool blocked,
-                   dnnl::algorithm algorithm) {
+ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
   static_assert(kChannelBlock == 16, "the blocked layout is oneDNN's aBcd16b");
-  const auto activations = blocked ? tag::aBcd16b : tag::nchw;
+  const auto activations = s.blocked ? tag::aBcd16b : tag::nchw;
+  const memory::dims src_dims{s.n, s.c, s.h, s.w}, weights_dims{s.o, s.c, s.k, s.k},
+      dst_dims{s.n, s.o, s.out_h(), s.out_w()};
   ConvPlan p;
-  p.src_user = memory::desc({n, c, h, w}, dt::f32, activations);
-  p.weights_oihw = memory::desc({o, c, 3, 3}, dt::f32, tag::oihw);
-  p.bias_x = memory::desc({o}, dt::f32, tag::x);
-  p.dst_user = memory::desc({n, o, h, w}, dt::f32, activations);
+  p.src_user = memory::desc(src_dims, dt::f32, activations);
+  p.weights_oihw = memory::desc(weights_dims, dt::f32, tag::oihw);
+  p.bias_x = memory::desc({s.o}, dt::f32, tag::x);
+  p.dst_user = memory::desc(dst_dims, dt::f32, activations);
   // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights)
-  const memory::desc src_any({n, c, h, w}, dt::f32, tag::any), weights_any({o, c, 3, 3}, dt::f32, tag::any),
-      dst_any({n, o, h, w}, dt::f32, tag::any);
-  const memory::dims stride{1, 1}, pad{1, 1};
+  const memory::desc src_any(src_dims, dt::f32, tag::any), weights_any(weights_dims, dt::f32, tag::any),
+      dst_any(dst_dims, dt::f32, tag::any);
+  const memory::dims stride{s.stride, s.stride}, pad{s.k / 2, s.k / 2};
+  const bool training = s.training;
   // forward_training also without gradients: oneDNN's Winograd forward_inference kernel ran 2–17×
   // slower on the U-Nets' shapes (slowest on small images; 2026-11-27, Xeon with AVX-512).
   const auto prop = dnnl::prop_kind::forward_training;
@@ -104,17 +114,16 @@ ConvPlan make_plan(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool t
 }
 
 // The cached plan for this shape: Winograd where oneDNN implements it here, else direct.
-const ConvPlan& plan_for(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training, bool blocked) {
+const ConvPlan& plan_for(const OneDnnConvShape& shape) {
   static std::mutex mutex;
-  static std::map<PlanKey, std::unique_ptr<ConvPlan>> plans;
+  static std::map<OneDnnConvShape, std::unique_ptr<ConvPlan>> plans;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = plans[PlanKey{n, c, o, h, w, training, blocked}];
+  auto& slot = plans[shape];
   if (!slot) {
     try {
-      slot = std::make_unique<ConvPlan>(
-          make_plan(n, c, o, h, w, training, blocked, dnnl::algorithm::convolution_winograd));
-    } catch (const dnnl::error&) {  // no Winograd kernel for this CPU or shape
-      slot = std::make_unique<ConvPlan>(make_plan(n, c, o, h, w, training, blocked, dnnl::algorithm::convolution_direct));
+      slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_winograd));
+    } catch (const dnnl::error&) {  // no Winograd kernel for this CPU or shape (only 3×3 stride 1 has one)
+      slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_direct));
     }
   }
   return *slot;
@@ -167,30 +176,27 @@ Output output_in(const memory::desc& produced, const memory::desc& user_desc, co
   return o;
 }
 
-// x: [N, C, H, W], or [N, C/16, H, W, 16] when blocked; weight: [O, C, 3, 3].
-struct Dims {
-  int64_t n, c, h, w, o;
-  bool blocked;
-  Dims(const torch::Tensor& x, const torch::Tensor& weight)
-      : n(x.size(0)),
-        c(x.dim() == 5 ? x.size(1) * x.size(4) : x.size(1)),
-        h(x.size(2)),
-        w(x.size(3)),
-        o(weight.size(0)),
-        blocked(x.dim() == 5) {}
-  std::vector<int64_t> output_sizes() const {
-    return blocked ? std::vector<int64_t>{n, o / kChannelBlock, h, w, kChannelBlock} : std::vector<int64_t>{n, o, h, w};
-  }
-};
+// x: [N, C, H, W], or [N, C/16, H, W, 16] when blocked; weight: [O, C, k, k].
+OneDnnConvShape shape_of(const torch::Tensor& x, const torch::Tensor& weight, int64_t stride, bool training) {
+  const bool blocked = x.dim() == 5;
+  return OneDnnConvShape{x.size(0), blocked ? x.size(1) * x.size(4) : x.size(1), weight.size(0), x.size(2), x.size(3),
+                   weight.size(2), stride, training, blocked};
+}
 
-torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool training) {
-  RECORD_FUNCTION("diffuse::onednn_conv3x3", std::vector<c10::IValue>({x}));
-  const Dims d(x, weight);
-  const ConvPlan& plan = plan_for(d.n, d.c, d.o, d.h, d.w, training, d.blocked);
+std::vector<int64_t> output_sizes(const OneDnnConvShape& s) {
+  if (s.blocked) return {s.n, s.o / kChannelBlock, s.out_h(), s.out_w(), kChannelBlock};
+  return {s.n, s.o, s.out_h(), s.out_w()};
+}
+
+torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          int64_t stride, bool training) {
+  RECORD_FUNCTION("diffuse::onednn_conv", std::vector<c10::IValue>({x}));
+  const auto shape = shape_of(x, weight, stride, training);
+  const ConvPlan& plan = plan_for(shape);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
-  auto y = torch::empty(d.output_sizes(), x.options());
-  auto b = bias.defined() ? bias.contiguous() : torch::zeros({d.o}, x.options());
+  auto y = torch::empty(output_sizes(shape), x.options());
+  auto b = bias.defined() ? bias.contiguous() : torch::zeros({shape.o}, x.options());
   auto src = in_layout(wrap(plan.src_user, x), plan.forward_pd.src_desc(), stream, scratch);
   auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.forward_pd.weights_desc(), stream, scratch);
   auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_user, y, scratch);
@@ -203,10 +209,9 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
 
 // ∂L/∂x = conv_transpose(∂L/∂y, W); ∂L/∂W = Σ_n x ⋆ ∂L/∂y; ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
 std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
-                                        bool want_x, bool want_weights) {
-  RECORD_FUNCTION("diffuse::onednn_conv3x3_backward", std::vector<c10::IValue>({grad_y}));
-  const Dims d(x, weight);
-  const ConvPlan& plan = plan_for(d.n, d.c, d.o, d.h, d.w, /*training=*/true, d.blocked);
+                                        int64_t stride, bool want_x, bool want_weights) {
+  RECORD_FUNCTION("diffuse::onednn_conv_backward", std::vector<c10::IValue>({grad_y}));
+  const ConvPlan& plan = plan_for(shape_of(x, weight, stride, /*training=*/true));
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
   const auto grad_y_user = wrap(plan.dst_user, grad_y);
@@ -224,7 +229,7 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   }
   if (want_weights) {
     grad_w = torch::empty_like(weight);
-    grad_b = torch::empty({d.o}, x.options());
+    grad_b = torch::empty({weight.size(0)}, x.options());
     auto src = in_layout(wrap(plan.src_user, x), plan.backward_weights_pd.src_desc(), stream, scratch);
     const auto& want = plan.backward_weights_pd.diff_dst_desc();
     auto diff_dst = want_x && diff_dst_for_data.get_desc() == want ? diff_dst_for_data
@@ -240,35 +245,39 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   return {grad_x, grad_w, grad_b};
 }
 
-struct OneDnnConv3x3Function : public torch::autograd::Function<OneDnnConv3x3Function> {
+struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
-                               const torch::Tensor& bias, bool has_bias) {
+                               const torch::Tensor& bias, int64_t stride, bool has_bias) {
     ctx->save_for_backward({x, weight});
+    ctx->saved_data["stride"] = stride;
     ctx->saved_data["has_bias"] = has_bias;
-    return run_forward(x, weight, bias, /*training=*/true);
+    return run_forward(x, weight, bias, stride, /*training=*/true);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    auto g = run_backward(saved[0], saved[1], grads[0].contiguous(), ctx->needs_input_grad(0),
-                          ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
-    return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor()};
+    auto g = run_backward(saved[0], saved[1], grads[0].contiguous(), ctx->saved_data["stride"].toInt(),
+                          ctx->needs_input_grad(0), ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
+    return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 // Forward, through the autograd function where a gradient is wanted. x is checked by the caller.
-torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.scalar_type() == torch::kFloat32,
-              "onednn_conv3x3: weight must be float32 [O, C, 3, 3], got ", weight.sizes());
-  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "onednn_conv3x3: bias must be [O]");
+torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, int64_t stride) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1 &&
+                  weight.scalar_type() == torch::kFloat32,
+              "onednn convolution: weight must be float32 [O, C, k, k] with k odd, got ", weight.sizes());
+  TORCH_CHECK(stride >= 1, "onednn convolution: stride must be positive, got ", stride);
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+              "onednn convolution: bias must be [O]");
   const bool training = torch::GradMode::is_enabled() &&
                         (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
-  if (!training) return run_forward(x.contiguous(), weight.contiguous(), bias, false);
+  if (!training) return run_forward(x.contiguous(), weight.contiguous(), bias, stride, false);
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
   const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, x.options());
-  return OneDnnConv3x3Function::apply(x.contiguous(), weight.contiguous(), b, bias.defined());
+  return OneDnnConvFunction::apply(x.contiguous(), weight.contiguous(), b, stride, bias.defined());
 }
 
 }  // namespace
@@ -280,22 +289,24 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
               "onednn_conv3x3: x must be a float32 [N, C, H, W] CPU tensor");
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1), "onednn_conv3x3: weight must be [O, ", x.size(1),
               ", 3, 3], got ", weight.sizes());
-  return convolve(x, weight, bias);
+  TORCH_CHECK(weight.size(2) == 3, "onednn_conv3x3: weight must be [O, C, 3, 3], got ", weight.sizes());
+  return convolve(x, weight, bias, 1);
 #else
   throw std::runtime_error("onednn_conv3x3: this build has no oneDNN (install libdnnl-dev and rebuild)");
 #endif
 }
 
-torch::Tensor onednn_conv3x3_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias) {
+torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias,
+                                  int64_t stride) {
 #if DIFFUSE_HAVE_ONEDNN
   TORCH_CHECK(x5.dim() == 5 && x5.size(4) == kChannelBlock && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
-              "onednn_conv3x3_blocked: x must be a float32 [N, C/16, H, W, 16] CPU tensor, got ", x5.sizes());
+              "onednn_conv_blocked: x must be a float32 [N, C/16, H, W, 16] CPU tensor, got ", x5.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * kChannelBlock && weight.size(0) % kChannelBlock == 0,
-              "onednn_conv3x3_blocked: weight must be [O, ", x5.size(1) * kChannelBlock,
-              ", 3, 3] with O a multiple of 16, got ", weight.sizes());
-  return convolve(x5, weight, bias);
+              "onednn_conv_blocked: weight must be [O, ", x5.size(1) * kChannelBlock,
+              ", k, k] with O a multiple of 16, got ", weight.sizes());
+  return convolve(x5, weight, bias, stride);
 #else
-  throw std::runtime_error("onednn_conv3x3_blocked: this build has no oneDNN (install libdnnl-dev and rebuild)");
+  throw std::runtime_error("onednn_conv_blocked: this build has no oneDNN (install libdnnl-dev and rebuild)");
 #endif
 }
 
@@ -303,7 +314,8 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
                                           int64_t width) {
 #if DIFFUSE_HAVE_ONEDNN
   // the forward-only plan: the same kernel, without generating the two backward passes' code
-  return plan_for(batch, in_channels, out_channels, height, width, false, false).forward_pd.impl_info_str();
+  return plan_for(OneDnnConvShape{batch, in_channels, out_channels, height, width, 3, 1, false, false})
+      .forward_pd.impl_info_str();
 #else
   return "none (built without oneDNN)";
 #endif
@@ -337,8 +349,8 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
 // the CPU, so a fixed rule would be wrong somewhere.
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static std::mutex mutex;
-  static std::map<PlanKey, bool> wins;
-  const PlanKey key{n, c, o, h, w, training, false};
+  static std::map<OneDnnConvShape, bool> wins;
+  const OneDnnConvShape key{n, c, o, h, w, 3, 1, training, false};
   {
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = wins.find(key); it != wins.end()) return it->second;
@@ -370,7 +382,7 @@ bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool tra
 }  // namespace
 #endif  // DIFFUSE_HAVE_ONEDNN
 
-bool blocked_convolutions_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels) {
+bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels) {
   if (!DIFFUSE_HAVE_ONEDNN || g_conv_kernels != ConvKernels::onednn) return false;
   // DIFFUSE_BLOCKED_ACTIVATIONS=0 turns the blocked path off, to measure what it gains
   static const bool off = [] {

@@ -24,8 +24,6 @@ class ResBlockImpl : public torch::nn::Module {
   void zero_last_layer();  // conv2 ← 0: the block starts as its shortcut
 
  private:
-  torch::Tensor forward_blocked(const torch::Tensor& x, const torch::Tensor& time_shift);
-
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, shortcut{nullptr};
   torch::nn::Linear time_proj{nullptr};

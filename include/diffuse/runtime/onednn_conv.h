@@ -37,16 +37,19 @@ ConvKernels conv_kernels();
 // Throws where the build has no oneDNN.
 torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
-// The same on channel-blocked activations (runtime/blocked_layout.h): x5 [N, C/16, H, W, 16] →
-// [N, O/16, H, W, 16], O a multiple of 16. oneDNN's kernels read and write this layout natively,
-// so no re-ordering runs around the call.
-torch::Tensor onednn_conv3x3_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias);
+// A k×k convolution (k odd, padding k/2, any stride: the U-Net's 3×3, 1×1 and stride-2 ones) on
+// channel-blocked activations (runtime/blocked_layout.h): x5 [N, C/16, H, W, 16] →
+// [N, O/16, H', W', 16], O a multiple of 16. oneDNN's kernels read and write this layout
+// natively, so nothing is re-ordered around the call; Winograd where oneDNN has it (3×3, stride
+// 1), else its direct algorithm. Differentiable; throws where the build has no oneDNN.
+torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias,
+                                  int64_t stride);
 
-// Whether a block may keep x (NCHW) channel-blocked between its 3×3 convolutions: conv_kernels()
-// is onednn, x is a float32 contiguous CPU tensor outside autocast, and every width involved is
-// a multiple of 16; and the environment variable DIFFUSE_BLOCKED_ACTIVATIONS is not "0" (a
-// switch for measuring the gain, docs/PERFORMANCE.md).
-bool blocked_convolutions_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels);
+// Whether a network may carry x (NCHW) channel-blocked from its first convolution to its last
+// (runtime/blocked_layout.h, model/layout_ops.h): conv_kernels() is onednn, x is a float32
+// contiguous CPU tensor outside autocast, every width in `channels` is a multiple of 16, and the
+// environment variable DIFFUSE_BLOCKED_ACTIVATIONS is not "0" (a switch for measuring the gain).
+bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels);
 
 // The algorithm oneDNN runs for this shape, e.g. "jit_wino_4x3:avx512_core" (for logs and tests).
 std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,

@@ -1,0 +1,27 @@
+// The U-Net's operations on activations in either of two layouts, so that each block is written
+// once for both:
+//   NCHW             [B, C, H, W]            every device, precision and memory format;
+//   channel-blocked  [B, C/16, H, W, 16]     float32 on a CPU with oneDNN (runtime/blocked_layout.h),
+// told apart by their rank. H and W are dimensions 2 and 3 in both, and channels concatenate
+// along dimension 1 in both (torch::cat({a, b}, 1)), blocks being whole.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace diffuse {
+
+inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
+
+// SiLU(GroupNorm(x + shift)), shift: [B, C] (a ResBlock's time projection) or undefined.
+// Blocked: one fused kernel (runtime/group_norm_silu.h); NCHW: LibTorch's ops, the norm in its
+// weights' precision.
+torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift = {});
+
+// conv(x) for a k×k convolution module with padding k/2. Blocked: oneDNN on the blocked layout;
+// NCHW: conv3x3 (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward.
+torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x);
+
+// Nearest-neighbour upsampling to height × width (index ⌊i · in/out⌋ on each axis).
+torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width);
+
+}  // namespace diffuse

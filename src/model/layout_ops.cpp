@@ -1,0 +1,38 @@
+#include "diffuse/model/layout_ops.h"
+
+#include "diffuse/model/unet_blocks.h"
+#include "diffuse/runtime/group_norm_silu.h"
+#include "diffuse/runtime/onednn_conv.h"
+
+namespace diffuse {
+
+namespace F = torch::nn::functional;
+
+torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
+  if (is_blocked(x)) {
+    return group_norm_silu_blocked(x, shift, norm->weight, norm->bias, norm->options.num_groups(), norm->options.eps());
+  }
+  const auto u = shift.defined() ? x + shift.unsqueeze(-1).unsqueeze(-1) : x;  // [B, C] → [B, C, 1, 1]
+  return F::silu(group_norm(norm, u));
+}
+
+torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  const int64_t stride = conv->options.stride()->at(0);
+  if (is_blocked(x)) return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
+  if (conv->weight.size(2) == 3 && stride == 1) return conv3x3(conv, x);
+  return conv(x);
+}
+
+torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width) {
+  if (is_blocked(x)) {
+    // [B, C/16, H, W, 16] read as a volume [B, C/16 channels, depth H, height W, width 16]:
+    // nearest-neighbour resizing to (height, width, 16) repeats rows and columns and leaves the
+    // 16 lanes as they are.
+    return F::interpolate(x, F::InterpolateFuncOptions()
+                                 .size(std::vector<int64_t>{height, width, x.size(4)})
+                                 .mode(torch::kNearest));
+  }
+  return F::interpolate(x, F::InterpolateFuncOptions().size(std::vector<int64_t>{height, width}).mode(torch::kNearest));
+}
+
+}  // namespace diffuse
