@@ -136,6 +136,40 @@ TEST(OneDnnConv, UNetLossAndGradientsAgreeWithATenKernels) {
   EXPECT_LT(relative_error(grads_onednn, grads_aten), 1e-4);
 }
 
+TEST(OneDnnConv, BlockedConvolutionsOfEveryKindMatchAFloat64Reference) {
+  SKIP_WITHOUT_ONEDNN();
+  struct Kind {
+    int64_t c, o, k, stride, h, w;
+  };
+  // 3×3 stride 1 (Winograd or direct, whichever timed faster), 3×3 stride 2 on an odd size
+  // (downsampling), 1×1 (shortcuts, attention's projections).
+  for (const Kind& k : {Kind{32, 48, 3, 1, 9, 7}, Kind{16, 16, 3, 1, 16, 16}, Kind{32, 32, 3, 2, 7, 9},
+                        Kind{48, 32, 1, 1, 5, 6}}) {
+    SCOPED_TRACE("C" + std::to_string(k.c) + " O" + std::to_string(k.o) + " k" + std::to_string(k.k) + " stride " +
+                 std::to_string(k.stride));
+    torch::manual_seed(2);
+    auto x = torch::randn({2, k.c, k.h, k.w}).requires_grad_();
+    auto w = (torch::randn({k.o, k.c, k.k, k.k}) / std::sqrt(double(k.c * k.k * k.k))).requires_grad_();
+    auto b = torch::randn({k.o}).requires_grad_();
+    auto y = from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride));
+    auto upstream = torch::randn_like(y);
+    y.backward(upstream);
+
+    auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
+    auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
+    auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
+    auto y64 = torch::conv2d(x64, w64, b64, k.stride, k.k / 2);
+    y64.backward(upstream.to(torch::kFloat64));
+    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-5);
+    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
+    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
+    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    torch::NoGradGuard no_grad;  // the inference plan
+    EXPECT_LT(relative_error(from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride)).to(torch::kFloat64), y64),
+              1e-5);
+  }
+}
+
 TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
   SKIP_WITHOUT_ONEDNN();
   // A ResBlock of 32 → 48 channels (a 1×1 shortcut; 8 groups of 4 and of 6 channels), an

@@ -113,19 +113,19 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
   return p;
 }
 
-// The cached plan for this shape: Winograd where oneDNN implements it here, else direct.
-const ConvPlan& plan_for(const OneDnnConvShape& shape) {
+// The cached plan for this shape: with `winograd`, Winograd where oneDNN implements it here (3×3,
+// stride 1, AVX-512), else direct.
+const ConvPlan& plan_for(const OneDnnConvShape& shape, bool winograd) {
   static std::mutex mutex;
-  static std::map<OneDnnConvShape, std::unique_ptr<ConvPlan>> plans;
+  static std::map<std::pair<OneDnnConvShape, bool>, std::unique_ptr<ConvPlan>> plans;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = plans[shape];
+  auto& slot = plans[{shape, winograd}];
   if (!slot) {
     try {
-      if (std::getenv("DIFFUSE_TMP_DIRECT")) throw dnnl::error(dnnl_unimplemented, "tmp");
-      slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_winograd));
-    } catch (const dnnl::error&) {  // no Winograd kernel for this CPU or shape (only 3×3 stride 1 has one)
-      slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_direct));
+      if (winograd) slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_winograd));
+    } catch (const dnnl::error&) {  // no Winograd kernel for this CPU or shape
     }
+    if (!slot) slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_direct));
   }
   return *slot;
 }
@@ -190,10 +190,10 @@ std::vector<int64_t> output_sizes(const OneDnnConvShape& s) {
 }
 
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                          int64_t stride, bool training) {
+                          int64_t stride, bool training, bool winograd) {
   RECORD_FUNCTION("diffuse::onednn_conv", std::vector<c10::IValue>({x}));
   const auto shape = shape_of(x, weight, stride, training);
-  const ConvPlan& plan = plan_for(shape);
+  const ConvPlan& plan = plan_for(shape, winograd);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
   auto y = torch::empty(output_sizes(shape), x.options());
@@ -210,9 +210,9 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
 
 // ∂L/∂x = conv_transpose(∂L/∂y, W); ∂L/∂W = Σ_n x ⋆ ∂L/∂y; ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
 std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
-                                        int64_t stride, bool want_x, bool want_weights) {
+                                        int64_t stride, bool winograd, bool want_x, bool want_weights) {
   RECORD_FUNCTION("diffuse::onednn_conv_backward", std::vector<c10::IValue>({grad_y}));
-  const ConvPlan& plan = plan_for(shape_of(x, weight, stride, /*training=*/true));
+  const ConvPlan& plan = plan_for(shape_of(x, weight, stride, /*training=*/true), winograd);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
   const auto grad_y_user = wrap(plan.dst_user, grad_y);
@@ -246,13 +246,66 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   return {grad_x, grad_w, grad_b};
 }
 
+// Seconds of `a` and of `b`, each the best of three runs taken in turn (a, b, a, b, …) after one
+// warm-up of each, so that a machine whose speed drifts treats both alike.
+template <class A, class B>
+std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
+  a();
+  b();
+  auto seconds = [](auto& run) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  double best_a = 1e30, best_b = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    best_a = std::min(best_a, seconds(a));
+    best_b = std::min(best_b, seconds(b));
+  }
+  return {best_a, best_b};
+}
+
+// Data without the random generator: timing must not move the caller's random stream.
+torch::Tensor ramp(const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (auto d : shape) count *= d;
+  return torch::linspace(-1.0, 1.0, count).reshape(shape);
+}
+
+// Winograd or direct for this shape. On blocked activations both read and write the same layout,
+// and which is faster depends on the image size (Winograd's 4×4 tiles pay off on wide images,
+// direct won at 7×7 and some 14×14 shapes, 2026-11-27), so each blocked 3×3 stride-1 shape is
+// timed once, per kind of call (forward only, or forward and both backward passes). NCHW calls
+// take Winograd: conv3x3 times them against ATen instead.
+bool winograd_for(const OneDnnConvShape& shape) {
+  if (!shape.blocked || shape.k != 3 || shape.stride != 1) return true;
+  static std::mutex mutex;
+  static std::map<OneDnnConvShape, bool> choice;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = choice.find(shape); it != choice.end()) return it->second;
+  }
+  const int64_t b = kChannelBlock;
+  const auto x = ramp({shape.n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
+             bias = torch::zeros({shape.o}), grad_y = ramp({shape.n, shape.o / b, shape.h, shape.w, b});
+  auto call = [&](bool winograd) {
+    run_forward(x, weight, bias, 1, shape.training, winograd);
+    if (shape.training) run_backward(x, weight, grad_y, 1, winograd, true, true);
+  };
+  const auto [winograd_s, direct_s] = best_seconds_in_turn([&] { call(true); }, [&] { call(false); });
+  std::lock_guard<std::mutex> lock(mutex);
+  return choice[shape] = winograd_s < direct_s;
+}
+
 struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias, int64_t stride, bool has_bias) {
     ctx->save_for_backward({x, weight});
+    const bool winograd = winograd_for(shape_of(x, weight, stride, /*training=*/true));
     ctx->saved_data["stride"] = stride;
+    ctx->saved_data["winograd"] = winograd;
     ctx->saved_data["has_bias"] = has_bias;
-    return run_forward(x, weight, bias, stride, /*training=*/true);
+    return run_forward(x, weight, bias, stride, /*training=*/true, winograd);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -260,7 +313,8 @@ struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction>
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     auto g = run_backward(saved[0], saved[1], grads[0].contiguous(), ctx->saved_data["stride"].toInt(),
-                          ctx->needs_input_grad(0), ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
+                          ctx->saved_data["winograd"].toBool(), ctx->needs_input_grad(0),
+                          ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
     return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -275,7 +329,10 @@ torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, cons
               "onednn convolution: bias must be [O]");
   const bool training = torch::GradMode::is_enabled() &&
                         (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
-  if (!training) return run_forward(x.contiguous(), weight.contiguous(), bias, stride, false);
+  if (!training) {
+    return run_forward(x.contiguous(), weight.contiguous(), bias, stride, false,
+                       winograd_for(shape_of(x, weight, stride, false)));
+  }
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
   const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, x.options());
   return OneDnnConvFunction::apply(x.contiguous(), weight.contiguous(), b, stride, bias.defined());
@@ -315,7 +372,7 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
                                           int64_t width) {
 #if DIFFUSE_HAVE_ONEDNN
   // the forward-only plan: the same kernel, without generating the two backward passes' code
-  return plan_for(OneDnnConvShape{batch, in_channels, out_channels, height, width, 3, 1, false, false})
+  return plan_for(OneDnnConvShape{batch, in_channels, out_channels, height, width, 3, 1, false, false}, true)
       .forward_pd.impl_info_str();
 #else
   return "none (built without oneDNN)";
@@ -324,25 +381,6 @@ std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, in
 
 #if DIFFUSE_HAVE_ONEDNN
 namespace {
-
-// Seconds of `a` and of `b`, each the best of three runs taken in turn (a, b, a, b, …) after one
-// warm-up of each, so that a machine whose speed drifts treats both alike.
-template <class A, class B>
-std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
-  a();
-  b();
-  auto seconds = [](auto& run) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  double best_a = 1e30, best_b = 1e30;
-  for (int i = 0; i < 3; ++i) {
-    best_a = std::min(best_a, seconds(a));
-    best_b = std::min(best_b, seconds(b));
-  }
-  return {best_a, best_b};
-}
 
 // Whether oneDNN beats ATen on this shape, timed once per shape and kind of call (forward only,
 // or forward and both backward passes): Winograd wins big on wide images (2–4× at 16×16 and
@@ -356,12 +394,6 @@ bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool tra
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = wins.find(key); it != wins.end()) return it->second;
   }
-  // Data without the random generator: timing must not move the caller's random stream.
-  auto ramp = [](std::vector<int64_t> shape) {
-    int64_t count = 1;
-    for (auto d : shape) count *= d;
-    return torch::linspace(-1.0, 1.0, count).reshape(shape);
-  };
   auto x = ramp({n, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}), grad_y = ramp({n, o, h, w});
   double aten = 0, onednn = 0;
   if (training) {
