@@ -265,6 +265,11 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
   return {best_a, best_b};
 }
 
+// The batch the per-shape timings below run at: at most 8 images. Which kernel wins depends on
+// the image size and the widths; more images only multiply the work (and the first call's wait:
+// about 8 s for ddpm-cifar10 at batch 64 when timed at full batch).
+int64_t timing_batch(int64_t n) { return std::min<int64_t>(n, 8); }
+
 // Data without the random generator: timing must not move the caller's random stream.
 torch::Tensor ramp(const std::vector<int64_t>& shape) {
   int64_t count = 1;
@@ -285,9 +290,9 @@ bool winograd_for(const OneDnnConvShape& shape) {
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = choice.find(shape); it != choice.end()) return it->second;
   }
-  const int64_t b = kChannelBlock;
-  const auto x = ramp({shape.n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
-             bias = torch::zeros({shape.o}), grad_y = ramp({shape.n, shape.o / b, shape.h, shape.w, b});
+  const int64_t b = kChannelBlock, n = timing_batch(shape.n);
+  const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
+             bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
   auto call = [&](bool winograd) {
     run_forward(x, weight, bias, 1, shape.training, winograd);
     if (shape.training) run_backward(x, weight, grad_y, 1, winograd, true, true);
@@ -385,7 +390,7 @@ namespace {
 // Whether oneDNN beats ATen on this shape, timed once per shape and kind of call (forward only,
 // or forward and both backward passes): Winograd wins big on wide images (2–4× at 16×16 and
 // 32×32) and loses on the smallest (4×4 with 256 channels), and where the line lies depends on
-// the CPU, so a fixed rule would be wrong somewhere.
+// the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static std::mutex mutex;
   static std::map<OneDnnConvShape, bool> wins;
@@ -394,7 +399,8 @@ bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool tra
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = wins.find(key); it != wins.end()) return it->second;
   }
-  auto x = ramp({n, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}), grad_y = ramp({n, o, h, w});
+  const int64_t m = timing_batch(n);
+  auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}), grad_y = ramp({m, o, h, w});
   double aten = 0, onednn = 0;
   if (training) {
     torch::AutoGradMode grad(true);
