@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Runs one `diffuse bench` configuration as is and with an environment variable changed, in turn,
+and prints each pair of median times, their ratio and the median ratio: a side-by-side A/B of a
+switch such as DIFFUSE_BLOCKED_ACTIVATIONS=0 on a machine whose speed drifts.
+
+  bench/env_ab.py DIFFUSE_BLOCKED_ACTIVATIONS=0 --rounds 3 -- --model mnist --what train --batch-size 16
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
+
+def seconds(binary, bench_args, env):
+    p = subprocess.run([binary, "bench", *bench_args, "--json"], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sys.exit(f"diffuse bench failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])["median_seconds"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("setting", help="VAR=VALUE for the B runs")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "diffuse"))
+    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then the arguments of `diffuse bench`")
+    a = ap.parse_args()
+    name, sep, value = a.setting.partition("=")
+    if not sep or not name:
+        sys.exit(f"expected VAR=VALUE, got {a.setting!r}")
+    bench_args = a.bench_args[1:] if a.bench_args[:1] == ["--"] else a.bench_args
+    env_a = dict(os.environ)
+    env_a.pop(name, None)
+    env_b = dict(env_a, **{name: value})
+    ratios = []
+    print(f"| round | as is, s | {a.setting}, s | ratio B/A |")
+    print("| --- | --- | --- | --- |")
+    for r in range(a.rounds):
+        # the order swaps every round, so that a drifting machine treats both alike
+        if r % 2 == 0:
+            ta, tb = seconds(a.binary, bench_args, env_a), seconds(a.binary, bench_args, env_b)
+        else:
+            tb, ta = seconds(a.binary, bench_args, env_b), seconds(a.binary, bench_args, env_a)
+        ratios.append(tb / ta)
+        print(f"| {r + 1} | {ta:.4f} | {tb:.4f} | {tb / ta:.3f} |")
+    print(f"\nmedian ratio B/A: {median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
