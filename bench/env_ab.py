@@ -31,12 +31,15 @@ def main():
     ap.add_argument("setting", help="VAR=VALUE for the B runs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "diffuse"))
-    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then the arguments of `diffuse bench`")
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    a = ap.parse_args(argv[:split])
+    bench_args = argv[split + 1:]  # after "--": the arguments of `diffuse bench`
+    if not bench_args:
+        sys.exit("give the arguments of `diffuse bench` after --")
     name, sep, value = a.setting.partition("=")
     if not sep or not name:
         sys.exit(f"expected VAR=VALUE, got {a.setting!r}")
-    bench_args = a.bench_args[1:] if a.bench_args[:1] == ["--"] else a.bench_args
     env_a = dict(os.environ)
     env_a.pop(name, None)
     env_b = dict(env_a, **{name: value})
