@@ -103,3 +103,51 @@ TEST(GroupNormSilu, RejectsWrongShapes) {
   EXPECT_THROW(group_norm_silu_blocked(torch::zeros({1, 32, 3, 3}), {}, torch::ones({32}), torch::zeros({32}), 8, 1e-5),
                c10::Error);
 }
+
+TEST(GroupNormSilu, DropoutKeepsOneMinusPScaledAndBackwardUsesTheSameMask) {
+  torch::manual_seed(7);
+  auto x = torch::randn({4, 32, 16, 16});
+  auto shift = torch::randn({4, 32}) * 0.3;
+  auto gamma = (1 + 0.2 * torch::randn({32})).requires_grad_(), beta = (0.2 * torch::randn({32})).requires_grad_();
+  const double p = 0.3;
+  auto x5 = to_blocked(x).requires_grad_();
+  auto y = from_blocked(group_norm_silu_blocked(x5, shift, gamma, beta, 8, 1e-5, p));
+  torch::Tensor plain;
+  {
+    torch::NoGradGuard no_grad;
+    plain = from_blocked(group_norm_silu_blocked(to_blocked(x), shift, gamma, beta, 8, 1e-5));
+  }
+  // Each element is either dropped (0) or kept and scaled by 1/(1 − p).
+  auto kept = y != 0;
+  const double keep_rate = kept.to(torch::kFloat64).mean().item<double>();
+  EXPECT_NEAR(keep_rate, 1 - p, 0.01);  // 32,768 draws: 4 standard deviations ≈ 0.01
+  EXPECT_TRUE(torch::allclose(y.masked_select(kept), plain.masked_select(kept) / (1 - p), 1e-5, 1e-6));
+  // The mask is not a pattern of the layout: each channel and each sample keeps about 1 − p.
+  auto per_channel = kept.to(torch::kFloat64).mean({0, 2, 3});
+  EXPECT_LT((per_channel - (1 - p)).abs().max().item<double>(), 0.06);  // 1,024 draws each: 4 sd ≈ 0.057
+
+  // Backward against float64 autograd through the same mask (taken from the forward output).
+  auto upstream = torch::randn_like(y);
+  y.backward(upstream);
+  auto x64 = x.to(torch::kFloat64).requires_grad_();
+  auto g64 = gamma.detach().to(torch::kFloat64).requires_grad_(), b64 = beta.detach().to(torch::kFloat64).requires_grad_();
+  auto y64 = torch::silu(torch::group_norm(x64 + shift.to(torch::kFloat64).unsqueeze(-1).unsqueeze(-1), 8, g64, b64)) *
+             kept.to(torch::kFloat64) / (1 - p);
+  y64.backward(upstream.to(torch::kFloat64));
+  EXPECT_LT(relative_error(from_blocked(x5.grad()).to(torch::kFloat64), x64.grad()), 1e-5);
+  EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), g64.grad()), 1e-5);
+  EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+
+  // The seed comes from LibTorch's generator: the same seed gives the same mask, the next call another.
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(11);
+  auto first = group_norm_silu_blocked(to_blocked(x), shift, gamma, beta, 8, 1e-5, p) != 0;
+  auto second = group_norm_silu_blocked(to_blocked(x), shift, gamma, beta, 8, 1e-5, p) != 0;
+  torch::manual_seed(11);
+  auto again = group_norm_silu_blocked(to_blocked(x), shift, gamma, beta, 8, 1e-5, p) != 0;
+  EXPECT_TRUE(torch::equal(first, again));
+  // Two independent masks agree where both keep or both drop: (1 − p)² + p² = 0.58.
+  const double agree = (first == second).to(torch::kFloat64).mean().item<double>();
+  EXPECT_NEAR(agree, (1 - p) * (1 - p) + p * p, 0.015);
+  EXPECT_THROW(group_norm_silu_blocked(to_blocked(x), shift, gamma, beta, 8, 1e-5, 1.0), c10::Error);
+}

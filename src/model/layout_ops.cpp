@@ -16,6 +16,16 @@ torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, cons
   return F::silu(group_norm(norm, u));
 }
 
+torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
+                                torch::nn::Dropout& dropout) {
+  if (is_blocked(x)) {
+    const double p = dropout->is_training() ? dropout->options.p() : 0.0;
+    return group_norm_silu_blocked(x, shift, norm->weight, norm->bias, norm->options.num_groups(), norm->options.eps(),
+                                   p);
+  }
+  return dropout(norm_silu(norm, x, shift));
+}
+
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const int64_t stride = conv->options.stride()->at(0);
   if (is_blocked(x)) return onednn_conv_blocked(x, conv->weight, conv->bias, stride);

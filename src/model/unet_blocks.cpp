@@ -63,7 +63,7 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
   auto h = convolve(conv1, norm_silu(norm1, x));
   const auto time_shift = time_proj(F::silu(emb));  // [B, C_out], added to h before the second norm
-  h = convolve(conv2, dropout_(norm_silu(norm2, h, time_shift)));
+  h = convolve(conv2, norm_silu_dropout(norm2, h, time_shift, dropout_));
   return (shortcut ? convolve(shortcut, x) : x) + h;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace diffuse {
 
@@ -77,6 +78,33 @@ DIFFUSE_LANE_HELPER Lanes reciprocal(Lanes d) {
 // e^(−z) ≤ e^87 keeps 1/(1 + e^(−z)) a normal float.
 DIFFUSE_LANE_HELPER Lanes sigmoid(Lanes z) { return reciprocal(1.0f + exp_approx(-(z > -87.0f ? z : splat(-87.0f)))); }
 
+// Dropout without a stored mask: element i is kept where a hash of (i, seed) is at least
+// p·2³², so that backward recomputes the same mask from the seed. The hash is murmur3's 32-bit
+// finaliser applied twice, the seed's halves mixed in before each (so that two seeds give
+// unrelated masks, not shifted copies of one). `scale` = 1/(1 − p); inactive: p = 0.
+struct Dropout {
+  uint32_t seed_lo = 0, seed_hi = 0, threshold = 0;
+  float scale = 1.0f;
+  bool active = false;
+};
+
+typedef uint32_t LaneUInts __attribute__((vector_size(L * sizeof(uint32_t))));
+
+DIFFUSE_LANE_HELPER LaneUInts fmix32(LaneUInts h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  return h ^ (h >> 16);
+}
+
+// 1/(1 − p) where the 16 elements from index `first` are kept, else 0.
+DIFFUSE_LANE_HELPER Lanes keep_scale(const Dropout& d, uint32_t first) {
+  const LaneUInts index = LaneUInts{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + first;
+  const LaneUInts h = fmix32(fmix32(index + d.seed_lo) ^ d.seed_hi);
+  return (Lanes)((LaneInts)(h >= d.threshold) & (LaneInts)splat(d.scale));
+}
+
 // Σ x and Σ x² per lane over one channel block's `pixels` rows: float sums over runs of 64 rows,
 // added up in double.
 DIFFUSE_ROW_KERNEL
@@ -94,21 +122,25 @@ void block_sums(const float* x, int64_t pixels, double* sum, double* sum_sq) {
   for (int64_t l = 0; l < L; ++l) sum[l] = s[l], sum_sq[l] = q[l];
 }
 
-// y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane.
+// y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane; then dropout (`first`: the index of
+// the block's first element).
 DIFFUSE_ROW_KERNEL
-void block_norm_silu(const float* x, int64_t pixels, const float* a_, const float* b_, float* y) {
+void block_norm_silu(const float* x, int64_t pixels, const float* a_, const float* b_, const Dropout& dropout,
+                     uint32_t first, float* y) {
   const Lanes a = load(a_), b = load(b_);
   for (int64_t p = 0; p < pixels; ++p) {
     const Lanes z = load(x + p * L) * a + b;
-    store(y + p * L, z * sigmoid(z));
+    Lanes out = z * sigmoid(z);
+    if (dropout.active) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * L));
+    store(y + p * L, out);
   }
 }
 
 // Backward, first pass: ∂L/∂z into dz, and per lane Σ ∂L/∂z and Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ.
 DIFFUSE_ROW_KERNEL
 void block_backward_sums(const float* x, const float* dy, int64_t pixels, const float* a_, const float* b_,
-                         const float* shift_minus_mean_, const float* inv_std_, float* dz, double* sum_dz,
-                         double* sum_dz_xhat) {
+                         const float* shift_minus_mean_, const float* inv_std_, const Dropout& dropout,
+                         uint32_t first, float* dz, double* sum_dz, double* sum_dz_xhat) {
   const Lanes a = load(a_), b = load(b_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_);
   double s[L] = {}, q[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
@@ -117,7 +149,9 @@ void block_backward_sums(const float* x, const float* dy, int64_t pixels, const 
       const Lanes v = load(x + p * L);
       const Lanes z = v * a + b;
       const Lanes sig = sigmoid(z);
-      const Lanes g = load(dy + p * L) * sig * (1.0f + z * (1.0f - sig));
+      Lanes upstream = load(dy + p * L);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
+      if (dropout.active) upstream *= keep_scale(dropout, first + static_cast<uint32_t>(p * L));
+      const Lanes g = upstream * sig * (1.0f + z * (1.0f - sig));
       store(dz + p * L, g);
       run_s += g;
       run_q += g * ((v + shift_minus_mean) * inv_std);
@@ -172,7 +206,7 @@ void lane_coefficients(const Shape& s, int64_t i, int64_t cb, const float* shift
 
 // Forward: y, and the statistics kept for backward (mean and 1/σ per sample and group).
 std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
-                                          const torch::Tensor& beta, int64_t groups, double eps) {
+                                          const torch::Tensor& beta, int64_t groups, double eps, const Dropout& dropout) {
   RECORD_FUNCTION("diffuse::group_norm_silu_blocked", std::vector<c10::IValue>({x5}));
   const Shape s(x5, groups);
   auto sums = torch::empty({s.n, s.channels}, torch::kFloat64), sums_sq = torch::empty_like(sums);
@@ -207,7 +241,8 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::
     for (int64_t k = begin; k < end; ++k) {
       float smm[L], r[L], a[L], b[L];
       lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-      block_norm_silu(x + k * block_size, s.pixels, a, b, y + k * block_size);
+      block_norm_silu(x + k * block_size, s.pixels, a, b, dropout, static_cast<uint32_t>(k * block_size),
+                      y + k * block_size);
     }
   });
   return {y5, mean, inv_std};
@@ -217,7 +252,7 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::
 std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch::Tensor& shift,
                                            const torch::Tensor& gamma, const torch::Tensor& beta,
                                            const torch::Tensor& mean, const torch::Tensor& inv_std,
-                                           const torch::Tensor& dy5, int64_t groups) {
+                                           const torch::Tensor& dy5, int64_t groups, const Dropout& dropout) {
   RECORD_FUNCTION("diffuse::group_norm_silu_blocked_backward", std::vector<c10::IValue>({dy5}));
   const Shape s(x5, groups);
   auto dx5 = torch::empty_like(x5);
@@ -234,8 +269,8 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
     for (int64_t k = begin; k < end; ++k) {
       float smm[L], r[L], a[L], b[L];
       lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-      block_backward_sums(x + k * block_size, dy + k * block_size, s.pixels, a, b, smm, r, dx + k * block_size,
-                          a_sum + k * L, b_sum + k * L);
+      block_backward_sums(x + k * block_size, dy + k * block_size, s.pixels, a, b, smm, r, dropout,
+                          static_cast<uint32_t>(k * block_size), dx + k * block_size, a_sum + k * L, b_sum + k * L);
     }
   });
   // m1 = (1/M) Σ_group γ ∂L/∂z,  m2 = (1/M) Σ_group γ ∂L/∂z x̂, per sample and group.
@@ -271,13 +306,26 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
   return {dx5, d_shift, d_gamma, d_beta};
 }
 
+Dropout make_dropout(double p, int64_t seed) {
+  Dropout d;
+  if (p <= 0) return d;
+  d.active = true;
+  d.seed_lo = static_cast<uint32_t>(seed);
+  d.seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
+  d.threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+  d.scale = static_cast<float>(1.0 / (1.0 - p));
+  return d;
+}
+
 struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5,
                                const torch::Tensor& shift, const torch::Tensor& gamma, const torch::Tensor& beta,
-                               int64_t groups, double eps) {
-    auto out = forward_kernel(x5, shift, gamma, beta, groups, eps);
+                               int64_t groups, double eps, double dropout, int64_t seed) {
+    auto out = forward_kernel(x5, shift, gamma, beta, groups, eps, make_dropout(dropout, seed));
     ctx->save_for_backward({x5, shift, gamma, beta, out[1], out[2]});
     ctx->saved_data["groups"] = groups;
+    ctx->saved_data["dropout"] = dropout;
+    ctx->saved_data["seed"] = seed;
     return out[0];
   }
 
@@ -285,15 +333,16 @@ struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFun
                                                  torch::autograd::variable_list grads) {
     const auto v = ctx->get_saved_variables();
     auto g = backward_kernel(v[0], v[1], v[2], v[3], v[4], v[5], grads[0].contiguous(),
-                             ctx->saved_data["groups"].toInt());
-    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor()};
+                             ctx->saved_data["groups"].toInt(),
+                             make_dropout(ctx->saved_data["dropout"].toDouble(), ctx->saved_data["seed"].toInt()));
+    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
-                                      const torch::Tensor& beta, int64_t groups, double eps) {
+                                      const torch::Tensor& beta, int64_t groups, double eps, double dropout) {
   TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
               "group_norm_silu_blocked: x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
   const int64_t n = x5.size(0), channels = x5.size(1) * L;
@@ -303,10 +352,15 @@ torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tens
               channels, " entries");
   TORCH_CHECK(!shift.defined() || (shift.dim() == 2 && shift.size(0) == n && shift.size(1) == channels),
               "group_norm_silu_blocked: shift must be [", n, ", ", channels, "]");
+  TORCH_CHECK(dropout >= 0 && dropout < 1, "group_norm_silu_blocked: dropout must be in [0, 1), got ", dropout);
   // autograd functions take no undefined tensors: a missing shift travels as zeros
   const auto s = shift.defined() ? shift.to(torch::kFloat32).contiguous() : torch::zeros({n, channels});
+  // The mask's seed comes from LibTorch's default generator, so torch::manual_seed (and a resumed
+  // run's saved generator state) reproduces it.
+  const int64_t seed = dropout > 0 ? torch::randint(std::numeric_limits<int64_t>::max(), {1}, torch::kLong).item<int64_t>()
+                                   : 0;
   return GroupNormSiluFunction::apply(x5.contiguous(), s, gamma.to(torch::kFloat32).contiguous(),
-                                      beta.to(torch::kFloat32).contiguous(), groups, eps);
+                                      beta.to(torch::kFloat32).contiguous(), groups, eps, dropout, seed);
 }
 
 }  // namespace diffuse

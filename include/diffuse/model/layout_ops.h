@@ -17,6 +17,11 @@ inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
 // weights' precision.
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift = {});
 
+// dropout(SiLU(GroupNorm(x + shift))), the ResBlock's second normalisation. Blocked: the mask is
+// drawn inside the fused kernel (group_norm_silu_blocked) in training mode; NCHW: the module.
+torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
+                                torch::nn::Dropout& dropout);
+
 // conv(x) for a k×k convolution module with padding k/2. Blocked: oneDNN on the blocked layout;
 // NCHW: conv3x3 (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward.
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x);

@@ -4,7 +4,7 @@
 //   u = x + s[n, c]                                      (s optional)
 //   μ_ng = mean of u over group g's channels and all pixels,  σ²_ng likewise (biased)
 //   z = (u − μ_ng) / √(σ²_ng + ε) · γ_c + β_c
-//   y = SiLU(z) = z · sigmoid(z)
+//   y = SiLU(z) = z · sigmoid(z),  then dropout (optional): y · keep / (1 − p)
 // LibTorch computes these as three or four passes over memory (add, GroupNorm's statistics,
 // its normalisation, SiLU), each writing a new tensor. Here: one pass for the statistics, one
 // that writes y; the backward pass likewise reads x and ∂L/∂y twice and writes ∂L/∂x once, and
@@ -21,8 +21,11 @@
 namespace diffuse {
 
 // x5: [N, C/16, H, W, 16] float32 CPU; shift: [N, C] or undefined; gamma, beta: [C];
-// groups divides C. Differentiable in x5, shift, gamma and beta. Returns y in x5's layout.
+// groups divides C; dropout: the probability p ∈ [0, 1) of zeroing an element (0: none). The
+// dropout mask is a hash of each element's index and a seed drawn from LibTorch's default
+// generator, recomputed in backward rather than stored. Differentiable in x5, shift, gamma and
+// beta. Returns y in x5's layout.
 torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
-                                      const torch::Tensor& beta, int64_t groups, double eps);
+                                      const torch::Tensor& beta, int64_t groups, double eps, double dropout = 0.0);
 
 }  // namespace diffuse
