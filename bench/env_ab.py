@@ -11,12 +11,9 @@ import os
 import subprocess
 import sys
 
+from compare import median  # bench/compare.py, beside this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def median(values):
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
 def seconds(binary, bench_args, env):

@@ -8,21 +8,26 @@ namespace diffuse {
 
 namespace F = torch::nn::functional;
 
+namespace {
+
+// The fused kernel with a norm module's parameters; dropout p (0: none).
+torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x5, const torch::Tensor& shift,
+                              double dropout) {
+  return group_norm_silu_blocked(x5, shift, norm->weight, norm->bias, norm->options.num_groups(), norm->options.eps(),
+                                 dropout);
+}
+
+}  // namespace
+
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
-  if (is_blocked(x)) {
-    return group_norm_silu_blocked(x, shift, norm->weight, norm->bias, norm->options.num_groups(), norm->options.eps());
-  }
+  if (is_blocked(x)) return fused_norm_silu(norm, x, shift, 0.0);
   const auto u = shift.defined() ? x + shift.unsqueeze(-1).unsqueeze(-1) : x;  // [B, C] → [B, C, 1, 1]
   return F::silu(group_norm(norm, u));
 }
 
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
                                 torch::nn::Dropout& dropout) {
-  if (is_blocked(x)) {
-    const double p = dropout->is_training() ? dropout->options.p() : 0.0;
-    return group_norm_silu_blocked(x, shift, norm->weight, norm->bias, norm->options.num_groups(), norm->options.eps(),
-                                   p);
-  }
+  if (is_blocked(x)) return fused_norm_silu(norm, x, shift, dropout->is_training() ? dropout->options.p() : 0.0);
   return dropout(norm_silu(norm, x, shift));
 }
 

@@ -5,9 +5,9 @@
 #include "diffuse_build_config.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -92,7 +92,6 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
   const memory::desc src_any(src_dims, dt::f32, tag::any), weights_any(weights_dims, dt::f32, tag::any),
       dst_any(dst_dims, dt::f32, tag::any);
   const memory::dims stride{s.stride, s.stride}, pad{s.k / 2, s.k / 2};
-  const bool training = s.training;
   // forward_training also without gradients: oneDNN's Winograd forward_inference kernel ran 2–17×
   // slower on the U-Nets' shapes (slowest on small images; 2026-11-27, Xeon with AVX-512).
   const auto prop = dnnl::prop_kind::forward_training;
@@ -100,7 +99,7 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
       dnnl::convolution_forward::desc(prop, algorithm, src_any, weights_any, p.bias_x, dst_any, stride, pad, pad),
       cpu_engine());
   p.forward = dnnl::convolution_forward(p.forward_pd);
-  if (training) {
+  if (s.training) {
     p.backward_data_pd = dnnl::convolution_backward_data::primitive_desc(
         dnnl::convolution_backward_data::desc(algorithm, src_any, weights_any, dst_any, stride, pad, pad), cpu_engine(),
         p.forward_pd);
@@ -270,6 +269,26 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
 // about 8 s for ddpm-cifar10 at batch 64 when timed at full batch).
 int64_t timing_batch(int64_t n) { return std::min<int64_t>(n, 8); }
 
+// A yes or no per shape, decided once by a timing and remembered for the process (the lock is not
+// held while timing; two threads meeting a new shape may both time it).
+class ShapeChoices {
+ public:
+  template <class Decide>
+  bool get(const OneDnnConvShape& shape, Decide&& decide) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (auto it = choices_.find(shape); it != choices_.end()) return it->second;
+    }
+    const bool yes = decide();
+    std::lock_guard<std::mutex> lock(mutex_);
+    return choices_[shape] = yes;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<OneDnnConvShape, bool> choices_;
+};
+
 // Data without the random generator: timing must not move the caller's random stream.
 torch::Tensor ramp(const std::vector<int64_t>& shape) {
   int64_t count = 1;
@@ -284,22 +303,18 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
 // take Winograd: conv3x3 times them against ATen instead.
 bool winograd_for(const OneDnnConvShape& shape) {
   if (!shape.blocked || shape.k != 3 || shape.stride != 1) return true;
-  static std::mutex mutex;
-  static std::map<OneDnnConvShape, bool> choice;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (auto it = choice.find(shape); it != choice.end()) return it->second;
-  }
-  const int64_t b = kChannelBlock, n = timing_batch(shape.n);
-  const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
-             bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
-  auto call = [&](bool winograd) {
-    run_forward(x, weight, bias, 1, shape.training, winograd);
-    if (shape.training) run_backward(x, weight, grad_y, 1, winograd, true, true);
-  };
-  const auto [winograd_s, direct_s] = best_seconds_in_turn([&] { call(true); }, [&] { call(false); });
-  std::lock_guard<std::mutex> lock(mutex);
-  return choice[shape] = winograd_s < direct_s;
+  static ShapeChoices winograd_wins;
+  return winograd_wins.get(shape, [&] {
+    const int64_t b = kChannelBlock, n = timing_batch(shape.n);
+    const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
+               bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
+    auto call = [&](bool winograd) {
+      run_forward(x, weight, bias, 1, shape.training, winograd);
+      if (shape.training) run_backward(x, weight, grad_y, 1, winograd, true, true);
+    };
+    const auto [winograd_s, direct_s] = best_seconds_in_turn([&] { call(true); }, [&] { call(false); });
+    return winograd_s < direct_s;
+  });
 }
 
 struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction> {
@@ -392,45 +407,50 @@ namespace {
 // 32×32) and loses on the smallest (4×4 with 256 channels), and where the line lies depends on
 // the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
-  static std::mutex mutex;
-  static std::map<OneDnnConvShape, bool> wins;
-  const OneDnnConvShape key{n, c, o, h, w, 3, 1, training, false};
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (auto it = wins.find(key); it != wins.end()) return it->second;
-  }
-  const int64_t m = timing_batch(n);
-  auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}), grad_y = ramp({m, o, h, w});
-  double aten = 0, onednn = 0;
-  if (training) {
-    torch::AutoGradMode grad(true);
-    x.requires_grad_();
-    weight.requires_grad_();
-    bias.requires_grad_();
-    std::tie(aten, onednn) = best_seconds_in_turn([&] { torch::conv2d(x, weight, bias, 1, 1).backward(grad_y); },
-                                                  [&] { onednn_conv3x3(x, weight, bias).backward(grad_y); });
-  } else {
-    torch::NoGradGuard no_grad;
-    std::tie(aten, onednn) = best_seconds_in_turn([&] { torch::conv2d(x, weight, bias, 1, 1); },
-                                                  [&] { onednn_conv3x3(x, weight, bias); });
-  }
-  std::lock_guard<std::mutex> lock(mutex);
-  return wins[key] = onednn < aten;
+  static ShapeChoices onednn_faster;
+  return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, false}, [&] {
+    const int64_t m = timing_batch(n);
+    auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
+         grad_y = ramp({m, o, h, w});
+    double aten = 0, onednn = 0;
+    if (training) {
+      torch::AutoGradMode grad(true);
+      x.requires_grad_();
+      weight.requires_grad_();
+      bias.requires_grad_();
+      std::tie(aten, onednn) = best_seconds_in_turn([&] { torch::conv2d(x, weight, bias, 1, 1).backward(grad_y); },
+                                                    [&] { onednn_conv3x3(x, weight, bias).backward(grad_y); });
+    } else {
+      torch::NoGradGuard no_grad;
+      std::tie(aten, onednn) = best_seconds_in_turn([&] { torch::conv2d(x, weight, bias, 1, 1); },
+                                                    [&] { onednn_conv3x3(x, weight, bias); });
+    }
+    return onednn < aten;
+  });
 }
 
 }  // namespace
 #endif  // DIFFUSE_HAVE_ONEDNN
 
+namespace {
+
+// Whether x may take the oneDNN path at all: conv_kernels() is onednn and x is a float32
+// contiguous NCHW CPU tensor outside autocast.
+bool onednn_may_take(const torch::Tensor& x) {
+  return DIFFUSE_HAVE_ONEDNN && g_conv_kernels == ConvKernels::onednn && x.device().is_cpu() && x.dim() == 4 &&
+         x.scalar_type() == torch::kFloat32 && x.is_contiguous() && !autocast_enabled(torch::kCPU);
+}
+
+}  // namespace
+
 bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels) {
-  if (!DIFFUSE_HAVE_ONEDNN || g_conv_kernels != ConvKernels::onednn) return false;
+  if (!onednn_may_take(x)) return false;
   // DIFFUSE_BLOCKED_ACTIVATIONS=0 turns the blocked path off, to measure what it gains
   static const bool off = [] {
     const char* v = std::getenv("DIFFUSE_BLOCKED_ACTIVATIONS");
     return v != nullptr && std::string(v) == "0";
   }();
   if (off) return false;
-  if (!x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != torch::kFloat32 || !x.is_contiguous()) return false;
-  if (autocast_enabled(torch::kCPU)) return false;
   for (auto c : channels) {
     if (c % kChannelBlock != 0) return false;
   }
@@ -439,9 +459,7 @@ bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int
 
 torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x) {
 #if DIFFUSE_HAVE_ONEDNN
-  if (g_conv_kernels == ConvKernels::onednn && x.device().is_cpu() && x.dim() == 4 &&
-      x.scalar_type() == torch::kFloat32 && x.is_contiguous() && conv->weight.scalar_type() == torch::kFloat32 &&
-      conv->weight.is_contiguous() && !autocast_enabled(torch::kCPU)) {
+  if (onednn_may_take(x) && conv->weight.scalar_type() == torch::kFloat32 && conv->weight.is_contiguous()) {
     const bool training = torch::GradMode::is_enabled() && (x.requires_grad() || conv->weight.requires_grad());
     if (onednn_wins(x.size(0), x.size(1), conv->weight.size(0), x.size(2), x.size(3), training)) {
       return onednn_conv3x3(x, conv->weight, conv->bias);
