@@ -34,8 +34,9 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
       ->check(CLI::IsMember({"nchw", "channels-last"}))
       ->capture_default_str();
   cmd.add_option("--conv-kernels", flags.conv_kernels,
-                 "float32 3x3 convolutions on the CPU: aten (LibTorch's), onednn (oneDNN's Winograd where it has it); "
-                 "auto: onednn where Winograd runs here and is measured faster")
+                 "float32 convolutions on the CPU: aten (LibTorch's), onednn (oneDNN's, Winograd or direct timed per "
+                 "shape; the U-Net's activations stay channel-blocked where every width is a multiple of 16); "
+                 "auto: onednn where oneDNN has Winograd for this CPU")
       ->check(CLI::IsMember({"aten", "onednn", "auto"}))
       ->capture_default_str();
   cmd.add_option("--attention", flags.attention,
