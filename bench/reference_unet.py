@@ -77,7 +77,7 @@ class Attention(nn.Module):
         B, C, H, W = x.shape
         q, k, v = self.qkv(group_norm(self.norm, x)).reshape(B, 3, C, H * W).unbind(1)
         w = torch.softmax((q.transpose(1, 2) @ k / math.sqrt(C)).float(), dim=-1)  # [B, N, N]
-        h = v @ w.transpose(1, 2)
+        h = v @ w.to(v.dtype).transpose(1, 2)
         self.flops = 2 * 2 * (H * W) ** 2 * C  # the two products, per image
         return x + self.proj_out(h.reshape(B, C, H, W))
 
@@ -141,7 +141,7 @@ class UNet(nn.Module):
                 for k in self.state_dict()}
 
     def forward(self, x, t, y=None):
-        emb = self.time_fc2(F.silu(self.time_fc1(timestep_embedding(t, self.ch))))
+        emb = self.time_fc2(F.silu(self.time_fc1(timestep_embedding(t, self.ch).to(self.time_fc1.weight.dtype))))
         if self.num_classes:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
@@ -58,6 +59,15 @@ std::vector<double> time_runs(const BenchConfig& c, const std::function<void()>&
   return seconds;
 }
 
+// Experiments on the GPU, switched by the environment so that bench/env_ab.py can time them side
+// by side: DIFFUSE_CUDNN_BENCHMARK=1 lets cuDNN time its algorithms per shape (like
+// torch.backends.cudnn.benchmark); DIFFUSE_BF16_WEIGHTS=1 casts the network to bf16 once for
+// inference and sampling instead of running float32 weights under autocast.
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "1";
+}
+
 }  // namespace
 
 BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, double)>& on_run) {
@@ -80,6 +90,12 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   UNet model(config);
   model->to(c.device);
   model->set_memory_format(c.memory_format);
+  if (c.device.is_cuda() && env_flag("DIFFUSE_CUDNN_BENCHMARK")) at::globalContext().setBenchmarkCuDNN(true);
+  // Inference in bf16 weights: the network cast once, autocast off (AutocastScope with fp32).
+  const bool bf16_weights =
+      c.task != BenchTask::train && c.precision == Precision::bf16 && env_flag("DIFFUSE_BF16_WEIGHTS");
+  const Precision autocast_precision = bf16_weights ? Precision::fp32 : c.precision;
+  if (bf16_weights) model->to(torch::kBFloat16);
   GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, c.device);
   const auto opts = torch::dtype(torch::kFloat32).device(c.device);
   auto x0 = torch::rand({c.batch_size, channels, size, size}, opts) * 2 - 1;
@@ -108,7 +124,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
     c10::InferenceMode inference;
     auto t = torch::randint(0, 1000, {c.batch_size}, torch::dtype(torch::kLong).device(c.device));
     r.seconds = time_runs(c, [&] {
-      AutocastScope autocast(c.device, c.precision);
+      AutocastScope autocast(c.device, autocast_precision);
       model->forward(x0, t);
     }, on_run);
     flops_per_run = r.forward_flops_per_image * static_cast<double>(c.batch_size);
@@ -117,7 +133,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
     c10::InferenceMode inference;
     DdimSampler sampler(diffusion.schedule(), TimestepSpacing::leading, /*eta=*/0.0);
     Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) {
-      AutocastScope autocast(c.device, c.precision);
+      AutocastScope autocast(c.device, autocast_precision);
       return model->forward(x, t);
     };
     auto loop = [&](const torch::Tensor& x_T) -> torch::Tensor {

@@ -1,6 +1,7 @@
 #include "diffuse/model/layout_ops.h"
 
 #include "diffuse/model/unet_blocks.h"
+#include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
 
@@ -21,6 +22,10 @@ torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x
 
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, 0.0);
+  const int64_t groups = norm->options.num_groups();
+  if (cuda_group_norm_applies(x, norm->weight, norm->bias, shift, groups)) {
+    return group_norm_cuda(x, shift, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/true);
+  }
   const auto u = shift.defined() ? x + shift.unsqueeze(-1).unsqueeze(-1) : x;  // [B, C] → [B, C, 1, 1]
   return F::silu(group_norm(norm, u));
 }

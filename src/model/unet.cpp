@@ -97,14 +97,18 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
 torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y) {
   TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == config_.in_channels, "UNet: expected [B, ", config_.in_channels,
               ", H, W] input, got ", x_t.sizes());
+  // The weights' dtype: float32, or bf16 where a sampler cast the whole network (the sinusoids
+  // are computed in float32 either way).
+  const auto dtype = conv_in->weight.scalar_type();
   // Time (and label) embedding: [B] → [B, 4·ch]
-  auto emb = time_fc2(F::silu(time_fc1(timestep_embedding(t, config_.channels))));
+  auto emb = time_fc2(F::silu(time_fc1(timestep_embedding(t, config_.channels).to(dtype))));
   if (label_embedding) {  // no labels given: the "no label" class ∅ = num_classes
     emb = emb + label_embedding(y.defined() ? y : torch::full({x_t.size(0)}, config_.num_classes,
                                                                torch::dtype(torch::kLong).device(x_t.device())));
   }
 
-  auto h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x_t : x_t.contiguous(torch_memory_format(memory_format_)));
+  const auto x = x_t.to(dtype);
+  auto h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(memory_format_)));
   // From here to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
   // width is a multiple of config_.channels.
   const bool blocked = blocked_activations_apply(h, {config_.channels});

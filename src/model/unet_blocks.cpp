@@ -3,6 +3,7 @@
 #include "diffuse/model/layout_ops.h"
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/group_norm_cuda.h"
 
 #include <cmath>
 
@@ -22,7 +23,13 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
 
 // GroupNorm in its weights' precision: under bf16 autocast the convolutions hand it bf16, which
 // CPU autocast (unlike CUDA's) does not cast back, and normalising in float32 is the safe choice.
+// Channels-last inference on a GPU takes the hand-written kernel (float32 statistics, output in
+// x's dtype).
 torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
+  const int64_t groups = norm->options.num_groups();
+  if (cuda_group_norm_applies(x, norm->weight, norm->bias, {}, groups)) {  // channels-last inference on a GPU
+    return group_norm_cuda(x, {}, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/false);
+  }
   return norm(x.to(norm->weight.scalar_type()));
 }
 

@@ -62,9 +62,9 @@ torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor&
   };
   const auto C = q.size(1);
   // weights[b, i, j] = softmax_j(q_i · k_j / √C)                        [B, N, N]
-  // (softmax in float32 also under bf16 autocast)
+  // (softmax in float32 also in bf16, then back to v's dtype for the product)
   auto scores = bmm(q.transpose(1, 2), k) / std::sqrt(static_cast<double>(C));
-  auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
+  auto weights = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type());
   return bmm(v, weights.transpose(1, 2));  // out[b, :, i] = Σ_j weights[b, i, j] v[b, :, j]
 }
 

@@ -11,7 +11,8 @@ namespace diffuse {
 // t: [B] → [B, dim]
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
 
-// norm(x) computed in the norm's own (float32) precision, whatever x's dtype.
+// norm(x) computed in the norm's own (float32) precision, whatever x's dtype; on a GPU, for
+// channels-last inference, one kernel with float32 statistics and x's dtype out (runtime/group_norm_cuda.h).
 torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 
 // GroupNorm → SiLU → conv3×3 → (+ time projection) → GroupNorm → SiLU → dropout → conv3×3,
