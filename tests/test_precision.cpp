@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "diffuse/model/unet.h"
+#include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/train_step.h"
 #include "support/networks.h"
@@ -18,6 +19,13 @@ TEST(Precision, NamesRoundTripAndBadNamesThrow) {
   EXPECT_THROW(precision_from_string("fp16"), std::invalid_argument);
   EXPECT_EQ(memory_format_from_string("channels-last"), MemoryFormat::channels_last);
   EXPECT_THROW(memory_format_from_string("nhwc"), std::invalid_argument);
+  // auto: channels-last only for inference on a GPU with the own GroupNorm kernel
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCPU, true).format, MemoryFormat::nchw);
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCUDA, false).format, MemoryFormat::nchw);
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCUDA, true).format,
+            cuda_group_norm_built() ? MemoryFormat::channels_last : MemoryFormat::nchw);
+  EXPECT_EQ(resolve_memory_format("channels-last", torch::kCPU, false).format, MemoryFormat::channels_last);
+  EXPECT_THROW(resolve_memory_format("nhwc", torch::kCPU, true), std::invalid_argument);
   EXPECT_EQ(resolve_precision("fp32", torch::kCPU).precision, Precision::fp32);
   // auto never picks bf16 on a CPU without it in hardware
   if (!cpu_has_native_bf16()) EXPECT_EQ(resolve_precision("auto", torch::kCPU).precision, Precision::fp32);

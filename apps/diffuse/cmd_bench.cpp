@@ -31,8 +31,9 @@ struct BenchOptions {
 
 void run_bench(BenchOptions& o) {
   auto& c = o.config;
-  const auto compute = resolve_compute(o.compute);
   c.task = bench_task_from_string(o.what);
+  const auto compute = resolve_compute(
+      o.compute, c.task == BenchTask::infer || c.task == BenchTask::sample ? Workload::inference : Workload::training);
   c.device = compute.device;
   c.precision = compute.precision;
   c.memory_format = compute.memory_format;

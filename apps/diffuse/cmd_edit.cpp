@@ -62,7 +62,7 @@ torch::Tensor load_input_file(const std::string& path, const DataInfo& data) {
 }
 
 EditContext open_edit(const EditOptions& o, size_t min_inputs) {
-  const auto compute = resolve_compute(o.compute);
+  const auto compute = resolve_compute(o.compute, Workload::inference);
   const auto device = compute.device;
   auto ckpt = load_checkpoint(o.checkpoint, device);
   ckpt.model->set_memory_format(compute.memory_format);

@@ -114,7 +114,7 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
 }
 
 void run_eval(EvalOptions& o) {
-  const auto compute = resolve_compute(o.compute);
+  const auto compute = resolve_compute(o.compute, Workload::inference);
   const auto device = compute.device;
   o.precision = compute.precision;
   auto ckpt = load_checkpoint(o.checkpoint, device);

@@ -63,7 +63,7 @@ struct SampleCliOptions {
 
 void run_sample(const SampleCliOptions& o) {
   if (o.out.empty() && o.out_dir.empty()) throw std::runtime_error("sample: give --out FILE.png and/or --out-dir DIR");
-  const auto compute = resolve_compute(o.compute);
+  const auto compute = resolve_compute(o.compute, Workload::inference);
   const auto device = compute.device;
   c10::InferenceMode inference;
   auto ckpt = load_checkpoint(o.checkpoint, device);

@@ -28,7 +28,7 @@ struct TrainOptions {
 };
 
 void run_train(TrainOptions& o) {
-  const auto compute = resolve_compute(o.compute);
+  const auto compute = resolve_compute(o.compute, Workload::training);
   // Launched by torchrun or a cluster launcher (WORLD_SIZE > 1): data parallelism, one GPU per local rank.
   const auto dist = distributed_env_from_environment();
   const auto device = dist.enabled() && compute.device.is_cuda()

@@ -42,7 +42,7 @@ torch::Device resolve_device(const std::string& name);
 // --device, --precision fp32|bf16|auto, --memory-format nchw|channels-last and
 // --conv-kernels aten|onednn|auto and --attention math|onednn|fused|auto.
 struct ComputeFlags {
-  std::string device = "cpu", precision = "fp32", memory_format = "nchw", conv_kernels = "auto", attention = "auto";
+  std::string device = "cpu", precision = "fp32", memory_format = "auto", conv_kernels = "auto", attention = "auto";
 };
 struct Compute {
   torch::Device device = torch::kCPU;
@@ -52,7 +52,9 @@ struct Compute {
   AttentionKernel attention = AttentionKernel::math;  // likewise
 };
 void add_compute_options(CLI::App& cmd, ComputeFlags& flags);
+// What the command computes: training (gradients) or inference only (sampling, evaluation, editing).
+enum class Workload { training, inference };
 // Resolves the flags (timing a convolution for --precision auto) and says on stderr what it chose.
-Compute resolve_compute(const ComputeFlags& flags);
+Compute resolve_compute(const ComputeFlags& flags, Workload workload);
 
 }  // namespace diffuse::cli

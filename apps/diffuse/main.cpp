@@ -30,8 +30,10 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
                  "natively and faster")
       ->check(CLI::IsMember({"fp32", "bf16", "auto"}))
       ->capture_default_str();
-  cmd.add_option("--memory-format", flags.memory_format, "Activation layout: nchw or channels-last (NHWC)")
-      ->check(CLI::IsMember({"nchw", "channels-last"}))
+  cmd.add_option("--memory-format", flags.memory_format,
+                 "Activation layout: nchw or channels-last (NHWC); auto: channels-last for inference on a GPU (with "
+                 "the own GroupNorm kernel), else nchw")
+      ->check(CLI::IsMember({"nchw", "channels-last", "auto"}))
       ->capture_default_str();
   cmd.add_option("--conv-kernels", flags.conv_kernels,
                  "float32 convolutions on the CPU: aten (LibTorch's), onednn (oneDNN's, Winograd or direct timed per "
@@ -47,12 +49,16 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
       ->capture_default_str();
 }
 
-Compute resolve_compute(const ComputeFlags& flags) {
+Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   Compute c;
   c.device = resolve_device(flags.device);
   const auto choice = resolve_precision(flags.precision, c.device);
   c.precision = choice.precision;
-  c.memory_format = memory_format_from_string(flags.memory_format);
+  const auto format = resolve_memory_format(flags.memory_format, c.device, workload == Workload::inference);
+  c.memory_format = format.format;
+  if (c.device.is_cuda() || flags.memory_format != "auto") {
+    std::fprintf(stderr, "memory format: %s (%s)\n", to_string(c.memory_format).c_str(), format.reason.c_str());
+  }
   if (flags.precision == "auto" || c.precision != Precision::fp32) {
     std::fprintf(stderr, "precision: %s (%s)\n", to_string(c.precision).c_str(), choice.reason.c_str());
   }

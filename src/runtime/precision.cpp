@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "diffuse/runtime/device.h"
+#include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/onednn_conv.h"
 
 #include <algorithm>
@@ -83,6 +84,14 @@ MemoryFormat memory_format_from_string(const std::string& name) {
 }
 
 std::string to_string(MemoryFormat f) { return f == MemoryFormat::nchw ? "nchw" : "channels-last"; }
+
+MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device device, bool inference_only) {
+  if (name != "auto") return {memory_format_from_string(name), "asked for"};
+  if (!device.is_cuda()) return {MemoryFormat::nchw, "auto: nchw on the CPU"};
+  if (!inference_only) return {MemoryFormat::nchw, "auto: nchw for training (LibTorch's GroupNorm copies channels-last)"};
+  if (!cuda_group_norm_built()) return {MemoryFormat::nchw, "auto: nchw (built without the own CUDA GroupNorm kernel)"};
+  return {MemoryFormat::channels_last, "auto: channels-last for inference on the GPU (own GroupNorm kernel)"};
+}
 
 bool cpu_has_native_bf16() {
   const auto flags = cpu_flags();
