@@ -1,6 +1,8 @@
 #include "diffuse/model/layout_ops.h"
 
 #include "diffuse/model/unet_blocks.h"
+#include "diffuse/runtime/blocked_conv_out.h"
+#include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
@@ -38,7 +40,11 @@ torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor&
 
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const int64_t stride = conv->options.stride()->at(0);
-  if (is_blocked(x)) return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
+  if (is_blocked(x)) {
+    // A few output channels (the last convolution): oneDNN's blocked kernels want whole blocks.
+    if (conv->weight.size(0) % kChannelBlock != 0 && stride == 1) return conv_blocked_to_nchw(x, conv->weight, conv->bias);
+    return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
+  }
   if (conv->weight.size(2) == 3 && stride == 1) return conv3x3(conv, x);
   return conv(x);
 }

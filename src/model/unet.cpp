@@ -136,9 +136,8 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       if (s.attn) h = s.attn(h);
     }
   }
-  h = norm_silu(norm_out, h);
-  if (blocked) h = from_blocked(h);
-  return conv3x3(conv_out, h).to(x_t.scalar_type()).contiguous();
+  // conv_out reads blocked activations directly and writes NCHW (runtime/blocked_conv_out.h)
+  return convolve(conv_out, norm_silu(norm_out, h)).to(x_t.scalar_type()).contiguous();
 }
 
 void UNetImpl::set_memory_format(MemoryFormat format) {

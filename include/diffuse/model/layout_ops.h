@@ -22,7 +22,9 @@ torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, cons
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
                                 torch::nn::Dropout& dropout);
 
-// conv(x) for a k×k convolution module with padding k/2. Blocked: oneDNN on the blocked layout;
+// conv(x) for a k×k convolution module with padding k/2. Blocked: oneDNN on the blocked layout,
+// or, where the outputs are not whole blocks of 16 (conv_out), runtime/blocked_conv_out.h, which
+// writes NCHW;
 // NCHW: conv3x3 (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward.
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x);
 

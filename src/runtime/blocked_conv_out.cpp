@@ -1,0 +1,209 @@
+#include "diffuse/runtime/blocked_conv_out.h"
+
+#include "diffuse/runtime/blocked_layout.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace diffuse {
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace {
+
+constexpr int64_t L = kChannelBlock;  // lanes: the 16 channels of one pixel
+static_assert(L == 16, "the lane type below is 16 floats");
+
+// 16 floats as one value (one AVX-512 register, two AVX2 ones); the loops are compiled for each
+// of these (the machine's own picked at load), as in group_norm_silu.cpp.
+typedef float Lanes __attribute__((vector_size(L * sizeof(float))));
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DIFFUSE_LANE_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DIFFUSE_LANE_LOOP
+#endif
+#define DIFFUSE_LANE_HELPER __attribute__((always_inline)) inline
+
+DIFFUSE_LANE_HELPER Lanes load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DIFFUSE_LANE_HELPER void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
+
+struct Dims {
+  int64_t n, blocks, h, w, o, k, pad;
+};
+
+Dims dims_of(const torch::Tensor& x5, const torch::Tensor& weight) {
+  return {x5.size(0), x5.size(1), x5.size(2), x5.size(3), weight.size(0), weight.size(2), weight.size(2) / 2};
+}
+
+// W [O, C, k, k] → [O, C/16, k, k, 16]: a tap's 16 channel weights side by side, like x5's lanes.
+torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
+  return weight.reshape({d.o, d.blocks, L, d.k, d.k}).permute({0, 1, 3, 4, 2}).contiguous();
+}
+
+// One output row (image n, row h) of every output channel.
+DIFFUSE_LANE_LOOP void forward_row(const float* x, const float* wp, const float* b, float* out, const Dims& d,
+                                   int64_t row) {
+  const int64_t n = row / d.h, h = row % d.h;
+  for (int64_t o = 0; o < d.o; ++o) {
+    for (int64_t w = 0; w < d.w; ++w) {
+      Lanes acc{};
+      for (int64_t cb = 0; cb < d.blocks; ++cb) {
+        for (int64_t i = 0; i < d.k; ++i) {
+          const int64_t ih = h + i - d.pad;
+          if (ih < 0 || ih >= d.h) continue;
+          for (int64_t j = 0; j < d.k; ++j) {
+            const int64_t iw = w + j - d.pad;
+            if (iw < 0 || iw >= d.w) continue;
+            acc += load(wp + (((o * d.blocks + cb) * d.k + i) * d.k + j) * L) *
+                   load(x + (((n * d.blocks + cb) * d.h + ih) * d.w + iw) * L);
+          }
+        }
+      }
+      float sum = b != nullptr ? b[o] : 0.0f;
+      for (int64_t l = 0; l < L; ++l) sum += acc[l];
+      out[((n * d.o + o) * d.h + h) * d.w + w] = sum;
+    }
+  }
+}
+
+torch::Tensor forward_kernel(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias) {
+  RECORD_FUNCTION("diffuse::conv_blocked_to_nchw", std::vector<c10::IValue>({x5}));
+  const Dims d = dims_of(x5, weight);
+  const auto wl = weights_by_lane(weight, d);
+  auto y = torch::empty({d.n, d.o, d.h, d.w}, x5.options());
+  const float* x = x5.data_ptr<float>();
+  const float* wp = wl.data_ptr<float>();
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, d.n * d.h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) forward_row(x, wp, b, out, d, row);
+  });
+  return y;
+}
+
+// ∂L/∂x of one row (image n, block cb, row ih): each input pixel gathers the output gradients its
+// taps reached.
+DIFFUSE_LANE_LOOP void backward_data_row(const float* wp, const float* gy, float* gx, const Dims& d, int64_t row) {
+  const int64_t n = row / (d.blocks * d.h), cb = (row / d.h) % d.blocks, ih = row % d.h;
+  for (int64_t iw = 0; iw < d.w; ++iw) {
+    Lanes acc{};
+    for (int64_t o = 0; o < d.o; ++o) {
+      for (int64_t i = 0; i < d.k; ++i) {
+        const int64_t h = ih - i + d.pad;
+        if (h < 0 || h >= d.h) continue;
+        for (int64_t j = 0; j < d.k; ++j) {
+          const int64_t w = iw - j + d.pad;
+          if (w < 0 || w >= d.w) continue;
+          acc += gy[((n * d.o + o) * d.h + h) * d.w + w] * load(wp + (((o * d.blocks + cb) * d.k + i) * d.k + j) * L);
+        }
+      }
+    }
+    store(gx + (((n * d.blocks + cb) * d.h + ih) * d.w + iw) * L, acc);
+  }
+}
+
+torch::Tensor backward_data(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& grad_y) {
+  const Dims d = dims_of(x5, weight);
+  const auto wl = weights_by_lane(weight, d);
+  auto grad_x = torch::empty_like(x5);
+  const float* wp = wl.data_ptr<float>();
+  const float* gy = grad_y.data_ptr<float>();
+  float* gx = grad_x.data_ptr<float>();
+  at::parallel_for(0, d.n * d.blocks * d.h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) backward_data_row(wp, gy, gx, d, row);
+  });
+  return grad_x;
+}
+
+// One image's share of ∂L/∂W, added to acc ([O, C/16, k, k, 16]).
+DIFFUSE_LANE_LOOP void backward_weights_image(const float* x, const float* gy, float* acc, const Dims& d, int64_t n) {
+  for (int64_t o = 0; o < d.o; ++o) {
+    for (int64_t cb = 0; cb < d.blocks; ++cb) {
+      for (int64_t i = 0; i < d.k; ++i) {
+        for (int64_t j = 0; j < d.k; ++j) {
+          Lanes sum{};
+          for (int64_t h = std::max<int64_t>(0, d.pad - i); h < std::min(d.h, d.h + d.pad - i); ++h) {
+            for (int64_t w = std::max<int64_t>(0, d.pad - j); w < std::min(d.w, d.w + d.pad - j); ++w) {
+              sum += gy[((n * d.o + o) * d.h + h) * d.w + w] *
+                     load(x + (((n * d.blocks + cb) * d.h + h + i - d.pad) * d.w + w + j - d.pad) * L);
+            }
+          }
+          float* av = acc + (((o * d.blocks + cb) * d.k + i) * d.k + j) * L;
+          store(av, load(av) + sum);
+        }
+      }
+    }
+  }
+}
+
+// ∂L/∂W: partial sums over fixed chunks of images, added in chunk order (the same result on
+// any number of threads), then back to [O, C, k, k].
+torch::Tensor backward_weights(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& grad_y) {
+  const Dims d = dims_of(x5, weight);
+  const int64_t per_tap = d.o * d.blocks * d.k * d.k * L;
+  const int64_t chunks = std::min<int64_t>(d.n, 16);
+  auto partial = torch::zeros({chunks, per_tap}, x5.options());
+  const float* x = x5.data_ptr<float>();
+  const float* gy = grad_y.data_ptr<float>();
+  float* part = partial.data_ptr<float>();
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      for (int64_t n = chunk * d.n / chunks; n < (chunk + 1) * d.n / chunks; ++n) {
+        backward_weights_image(x, gy, part + chunk * per_tap, d, n);
+      }
+    }
+  });
+  // [O, C/16, k, k, 16] → [O, C, k, k]
+  return partial.sum(0).reshape({d.o, d.blocks, d.k, d.k, L}).permute({0, 1, 4, 2, 3}).reshape(weight.sizes());
+}
+
+struct ConvBlockedToNchwFunction : public torch::autograd::Function<ConvBlockedToNchwFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5, const torch::Tensor& weight,
+                               const torch::Tensor& bias, bool has_bias) {
+    ctx->save_for_backward({x5, weight});
+    ctx->saved_data["has_bias"] = has_bias;
+    return forward_kernel(x5, weight, has_bias ? bias : torch::Tensor());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    RECORD_FUNCTION("diffuse::conv_blocked_to_nchw_backward", std::vector<c10::IValue>({grads[0]}));
+    const auto saved = ctx->get_saved_variables();
+    const auto grad_y = grads[0].contiguous();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    torch::Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) gx = backward_data(saved[0], saved[1], grad_y);
+    if (ctx->needs_input_grad(1)) gw = backward_weights(saved[0], saved[1], grad_y);
+    if (has_bias && ctx->needs_input_grad(2)) gb = grad_y.sum({0, 2, 3});
+    return {gx, gw, gb, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor conv_blocked_to_nchw(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias) {
+  TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
+              "conv_blocked_to_nchw: x must be a float32 [N, C/16, H, W, 16] CPU tensor, got ", x5.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * L && weight.size(2) == weight.size(3) &&
+                  weight.size(2) % 2 == 1 && weight.scalar_type() == torch::kFloat32,
+              "conv_blocked_to_nchw: weight must be float32 [O, ", x5.size(1) * L, ", k, k] with k odd, got ",
+              weight.sizes());
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+              "conv_blocked_to_nchw: bias must be [", weight.size(0), "]");
+  const auto x = x5.contiguous(), w = weight.contiguous();
+  const bool training = torch::GradMode::is_enabled() &&
+                        (x5.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+  if (!training) return forward_kernel(x, w, bias.defined() ? bias.contiguous() : torch::Tensor());
+  // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
+  const auto b = bias.defined() ? bias.contiguous() : torch::zeros({weight.size(0)}, x5.options());
+  return ConvBlockedToNchwFunction::apply(x, w, b, bias.defined());
+}
+
+}  // namespace diffuse
