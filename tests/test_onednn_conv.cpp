@@ -173,7 +173,8 @@ TEST(OneDnnConv, BlockedConvolutionsOfEveryKindMatchAFloat64Reference) {
 TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
   SKIP_WITHOUT_ONEDNN();
   // A ResBlock of 32 → 48 channels (a 1×1 shortcut; 8 groups of 4 and of 6 channels), an
-  // attention block, a stride-2 downsampling and an upsampling, chained, on an odd image size.
+  // attention block, a stride-2 downsampling and an upsampling, chained, on an odd image size
+  // (9×7 → 5×4 → 9×7) and on an even one (8×6 → 4×3 → 8×6: the upsampling's exact-double path).
   torch::manual_seed(6);
   ResBlock res(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
   AttentionBlock attention(48, 8);
@@ -186,41 +187,44 @@ TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
       for (auto& p : m->parameters()) p.normal_(0.0, 0.1);
     }
   }
-  auto x = torch::randn({3, 32, 9, 7}), emb = torch::randn({3, 24});
-  {
-    KernelsScope scope(ConvKernels::onednn);
-    EXPECT_TRUE(blocked_activations_apply(x, {32, 48}));
-    EXPECT_FALSE(blocked_activations_apply(x, {32, 40}));  // 40 channels: not whole blocks
-  }
-  auto chain = [&](const torch::Tensor& in) {
-    auto h = attention(res(in, emb));
-    return up(down(h), h.size(2), h.size(3));
-  };
-  // NCHW with ATen's kernels against blocked activations with oneDNN's, with and without gradients.
-  auto outputs_and_gradients = [&](bool blocked) {
-    KernelsScope scope(blocked ? ConvKernels::onednn : ConvKernels::aten);
-    auto run = [&](const torch::Tensor& in) { return blocked ? from_blocked(chain(to_blocked(in))) : chain(in); };
-    torch::Tensor sampled;
+  for (const auto& size : {std::make_pair(9, 7), std::make_pair(8, 6)}) {
+    SCOPED_TRACE(std::to_string(size.first) + "x" + std::to_string(size.second));
+    auto x = torch::randn({3, 32, size.first, size.second}), emb = torch::randn({3, 24});
     {
-      torch::NoGradGuard no_grad;  // the sampling path: forward only
-      sampled = run(x);
+      KernelsScope scope(ConvKernels::onednn);
+      EXPECT_TRUE(blocked_activations_apply(x, {32, 48}));
+      EXPECT_FALSE(blocked_activations_apply(x, {32, 40}));  // 40 channels: not whole blocks
     }
-    std::vector<torch::Tensor> grads;
-    auto xg = x.clone().requires_grad_();
-    auto y = run(xg);
-    y.square().sum().backward();
-    grads.push_back(xg.grad().flatten());
-    for (auto* m : modules) {
-      for (auto& p : m->parameters()) {
-        grads.push_back(p.grad().flatten().clone());
-        p.mutable_grad() = torch::Tensor();
+    auto chain = [&](const torch::Tensor& in) {
+      auto h = attention(res(in, emb));
+      return up(down(h), h.size(2), h.size(3));
+    };
+    // NCHW with ATen's kernels against blocked activations with oneDNN's, with and without gradients.
+    auto outputs_and_gradients = [&](bool blocked) {
+      KernelsScope scope(blocked ? ConvKernels::onednn : ConvKernels::aten);
+      auto run = [&](const torch::Tensor& in) { return blocked ? from_blocked(chain(to_blocked(in))) : chain(in); };
+      torch::Tensor sampled;
+      {
+        torch::NoGradGuard no_grad;  // the sampling path: forward only
+        sampled = run(x);
       }
-    }
-    return std::make_tuple(sampled, y.detach(), torch::cat(grads));
-  };
-  const auto [sampled_nchw, y_nchw, grads_nchw] = outputs_and_gradients(false);
-  const auto [sampled_blocked, y_blocked, grads_blocked] = outputs_and_gradients(true);
-  EXPECT_LT(relative_error(sampled_blocked, sampled_nchw), 1e-5);
-  EXPECT_LT(relative_error(y_blocked, y_nchw), 1e-5);
-  EXPECT_LT(relative_error(grads_blocked, grads_nchw), 1e-4);
+      std::vector<torch::Tensor> grads;
+      auto xg = x.clone().requires_grad_();
+      auto y = run(xg);
+      y.square().sum().backward();
+      grads.push_back(xg.grad().flatten());
+      for (auto* m : modules) {
+        for (auto& p : m->parameters()) {
+          grads.push_back(p.grad().flatten().clone());
+          p.mutable_grad() = torch::Tensor();
+        }
+      }
+      return std::make_tuple(sampled, y.detach(), torch::cat(grads));
+    };
+    const auto [sampled_nchw, y_nchw, grads_nchw] = outputs_and_gradients(false);
+    const auto [sampled_blocked, y_blocked, grads_blocked] = outputs_and_gradients(true);
+    EXPECT_LT(relative_error(sampled_blocked, sampled_nchw), 1e-5);
+    EXPECT_LT(relative_error(y_blocked, y_nchw), 1e-5);
+    EXPECT_LT(relative_error(grads_blocked, grads_nchw), 1e-4);
+  }
 }
