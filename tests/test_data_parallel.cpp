@@ -1,8 +1,10 @@
 // Data parallelism over c10d (Gloo): two processes on loopback, each with half of a batch, take
-// the same step as one process on the whole batch. The test binary starts itself twice as the
-// two ranks (environment DIFFUSE_DP_OUT set), and each rank writes its parameters after the step.
+// the same step as one process on the whole batch, and a NaN on one rank reaches both. The test
+// binary starts itself twice as the two ranks (environment DIFFUSE_DP_OUT or DIFFUSE_DP_MEAN
+// set), and each rank writes its parameters after the step.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <random>
 
@@ -84,6 +86,34 @@ TEST(DataParallel, TwoProcessesTakeTheCombinedBatchStep) {
     ++compared;
   }
   EXPECT_GT(compared, 10);
+}
+
+// The rank's side of the test below: rank 1 holds a NaN loss, rank 0 a finite one.
+TEST(DataParallelWorker, MeanOverRanksOfOneNumber) {
+  if (!std::getenv("DIFFUSE_DP_MEAN")) GTEST_SKIP() << "runs only as a rank started by DataParallel.ANanOnOneRankReachesEveryRank";
+  const auto env = distributed_env_from_environment();
+  ASSERT_EQ(env.world_size, 2);
+  DataParallel dp(env, torch::kCPU);
+  EXPECT_DOUBLE_EQ(dp.mean_over_ranks(1.0 + env.rank), 1.5);  // (1 + 2) / 2
+  const double loss = env.rank == 1 ? std::nan("") : 0.25;
+  EXPECT_TRUE(std::isnan(dp.mean_over_ranks(loss))) << "rank " << env.rank;
+  dp.barrier();
+}
+
+// The trainer checks the loss's mean over ranks, so a NaN on one rank stops every rank at the
+// same step instead of leaving the others waiting in the next all-reduce.
+TEST(DataParallel, ANanOnOneRankReachesEveryRank) {
+  if (!gloo_built()) GTEST_SKIP() << "built without Gloo's headers: no CPU collectives";
+  std::random_device rd;
+  const int port = 20000 + static_cast<int>(rd() % 20000);
+  const auto [r0, r1] = diffuse::testing::run_two_ranks([&](int rank) {
+    return "DIFFUSE_DP_MEAN=1 WORLD_SIZE=2 RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+           std::to_string(port) + " /proc/" + std::to_string(getpid()) +
+           "/exe --gtest_filter=DataParallelWorker.MeanOverRanksOfOneNumber";
+  });
+  EXPECT_EQ(r0.status, 0) << r0.output;
+  EXPECT_EQ(r1.status, 0) << r1.output;
+  EXPECT_NE(r0.output.find("[  PASSED  ] 1 test"), std::string::npos) << r0.output;  // not skipped
 }
 
 TEST(DataParallel, EnvironmentIsCheckedWithClearErrors) {

@@ -1,38 +1,18 @@
 #include "diffuse/runtime/blocked_conv_out.h"
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "lanes.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include <algorithm>
-#include <cstring>
 
 namespace diffuse {
 
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace {
 
-constexpr int64_t L = kChannelBlock;  // lanes: the 16 channels of one pixel
-static_assert(L == 16, "the lane type below is 16 floats");
-
-// 16 floats as one value (one AVX-512 register, two AVX2 ones); the loops are compiled for each
-// of these (the machine's own picked at load), as in group_norm_silu.cpp.
-typedef float Lanes __attribute__((vector_size(L * sizeof(float))));
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DIFFUSE_LANE_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DIFFUSE_LANE_LOOP
-#endif
-#define DIFFUSE_LANE_HELPER __attribute__((always_inline)) inline
-
-DIFFUSE_LANE_HELPER Lanes load(const float* p) {
-  Lanes v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-DIFFUSE_LANE_HELPER void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
+using namespace lanes;
 
 struct Dims {
   int64_t n, blocks, h, w, o, k, pad;

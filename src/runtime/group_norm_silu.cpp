@@ -1,6 +1,7 @@
 #include "diffuse/runtime/group_norm_silu.h"
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "lanes.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
@@ -13,36 +14,9 @@
 
 namespace diffuse {
 
-// The lane helpers pass 64-byte vectors by value; they are always inlined, so no call ABI is involved.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace {
 
-constexpr int64_t L = kChannelBlock;  // lanes: the 16 channels of one pixel
-static_assert(L == 16, "the lane type below is 16 floats");
-
-// One pixel's 16 channels as one value: GCC's generic vectors become one AVX-512 register, two
-// AVX2 registers or four SSE ones, whichever the function is compiled for. The row loops below
-// are compiled three times, for AVX-512, AVX2 and baseline x86-64, and the loader picks the best
-// this CPU runs (GCC function multi-versioning), so the project still builds for any x86-64. By
-// feature, not "arch=": an arch clone runs only on that exact CPU model.
-typedef float Lanes __attribute__((vector_size(L * sizeof(float))));
-typedef int32_t LaneInts __attribute__((vector_size(L * sizeof(int32_t))));
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DIFFUSE_ROW_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DIFFUSE_ROW_KERNEL
-#endif
-// Inlined into each clone (GCC does not inline a baseline function into a clone otherwise).
-#define DIFFUSE_LANE_HELPER __attribute__((always_inline)) inline
-
-DIFFUSE_LANE_HELPER Lanes load(const float* p) {
-  Lanes v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-DIFFUSE_LANE_HELPER void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
-DIFFUSE_LANE_HELPER Lanes splat(float v) { return Lanes{} + v; }
+using namespace lanes;
 
 // e^x in float32 without a library call: x = n·ln2 + r with n = round(x/ln2) and |r| ≤ ln2/2
 // (ln2 split in two constants so that n·ln2 is exact, Cody–Waite), e^r by a degree-7 polynomial
@@ -107,7 +81,7 @@ DIFFUSE_LANE_HELPER Lanes keep_scale(const Dropout& d, uint32_t first) {
 
 // Σ x and Σ x² per lane over one channel block's `pixels` rows: float sums over runs of 64 rows,
 // added up in double.
-DIFFUSE_ROW_KERNEL
+DIFFUSE_LANE_LOOP
 void block_sums(const float* x, int64_t pixels, double* sum, double* sum_sq) {
   double s[L] = {}, q[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
@@ -124,7 +98,7 @@ void block_sums(const float* x, int64_t pixels, double* sum, double* sum_sq) {
 
 // y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane; then dropout (`first`: the index of
 // the block's first element).
-DIFFUSE_ROW_KERNEL
+DIFFUSE_LANE_LOOP
 void block_norm_silu(const float* x, int64_t pixels, const float* a_, const float* b_, const Dropout& dropout,
                      uint32_t first, float* y) {
   const Lanes a = load(a_), b = load(b_);
@@ -137,7 +111,7 @@ void block_norm_silu(const float* x, int64_t pixels, const float* a_, const floa
 }
 
 // Backward, first pass: ∂L/∂z into dz, and per lane Σ ∂L/∂z and Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ.
-DIFFUSE_ROW_KERNEL
+DIFFUSE_LANE_LOOP
 void block_backward_sums(const float* x, const float* dy, int64_t pixels, const float* a_, const float* b_,
                          const float* shift_minus_mean_, const float* inv_std_, const Dropout& dropout,
                          uint32_t first, float* dz, double* sum_dz, double* sum_dz_xhat) {
@@ -162,7 +136,7 @@ void block_backward_sums(const float* x, const float* dy, int64_t pixels, const 
 }
 
 // Backward, second pass (in place over dz): ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), and Σ ∂L/∂x per lane.
-DIFFUSE_ROW_KERNEL
+DIFFUSE_LANE_LOOP
 void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, const float* shift_minus_mean_,
                        const float* inv_std_, const float* m1_, const float* m2_, float* dz_then_dx, double* sum_dx) {
   const Lanes gamma = load(gamma_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_),

@@ -136,6 +136,12 @@ void DataParallel::average_gradients(const std::vector<torch::Tensor>& params) {
   }
 }
 
+double DataParallel::mean_over_ranks(double value) {
+  std::vector<torch::Tensor> one{torch::full({1}, value, torch::dtype(torch::kFloat64).device(impl_->device))};
+  impl_->all_reduce(one);
+  return one[0].item<double>() / static_cast<double>(env_.world_size);
+}
+
 void DataParallel::broadcast_from_rank0(const std::vector<torch::Tensor>& tensors) {
   torch::NoGradGuard no_grad;
   for (const auto& t : tensors) {

@@ -199,10 +199,12 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     ++window_steps;
     // The loss is read back (a host sync) every step on the CPU, where that is free, and only when
     // logging on a GPU; a NaN stops the run before the next checkpoint is written either way.
+    // Several ranks read the mean over all of them: a NaN on one rank then stops every rank at
+    // the same step (one rank stopping alone would leave the others waiting in the next all-reduce).
     const bool log_now = step % config.log_every == 0 || step == config.steps;
     const bool save_now = config.checkpoint_every > 0 && step % config.checkpoint_every == 0;
     if (!device.is_cuda() || log_now || save_now) {
-      window_loss = window_loss_sum.item<double>();
+      window_loss = dp ? dp->mean_over_ranks(window_loss_sum.item<double>()) : window_loss_sum.item<double>();
       if (!std::isfinite(window_loss)) {
         throw std::runtime_error("loss is " + std::to_string(window_loss) + " before step " + std::to_string(step) +
                                  "; stopping without overwriting the last checkpoint (try a lower --lr)");

@@ -39,6 +39,9 @@ class DataParallel {
   const DistributedEnv& env() const { return env_; }
   // g ← (1/W) Σ_ranks g, for every parameter with a gradient (one flattened all-reduce).
   void average_gradients(const std::vector<torch::Tensor>& params);
+  // The mean of `value` over all ranks (an all-reduce of one number): a NaN or infinity on any
+  // rank makes it non-finite on every rank, so that all of them stop together.
+  double mean_over_ranks(double value);
   // Every rank takes rank 0's values (parameters at the start, so all ranks begin equal).
   void broadcast_from_rank0(const std::vector<torch::Tensor>& tensors);
   void barrier();

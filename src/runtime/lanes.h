@@ -1,0 +1,44 @@
+// One pixel's 16 channels (a block of the channel-blocked layout, runtime/blocked_layout.h) as one
+// value, for the hand-written CPU loops (group_norm_silu.cpp, blocked_conv_out.cpp): GCC's
+// generic vectors become one AVX-512 register, two AVX2 registers or four SSE ones, whichever
+// the function is compiled for. Loops marked DIFFUSE_LANE_LOOP are compiled three times, for
+// AVX-512, AVX2 and baseline x86-64, and the loader picks the best this CPU runs (GCC function
+// multi-versioning), so the project still builds for any x86-64. By feature, not "arch=": an
+// arch clone runs only on that exact CPU model. Private to src/runtime.
+#pragma once
+
+#include "diffuse/runtime/blocked_layout.h"
+
+#include <cstdint>
+#include <cstring>
+
+// Helpers that take 64-byte vectors by value (group_norm_silu.cpp's) are always inlined, so no
+// call ABI is involved; GCC still notes the ABI change at their definitions, hence -Wno-psabi
+// for that file in CMakeLists.txt. store() takes its vector by reference and needs none.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace diffuse::lanes {
+
+constexpr int64_t L = kChannelBlock;  // lanes: the 16 channels of one pixel
+static_assert(L == 16, "the lane type below is 16 floats");
+
+typedef float Lanes __attribute__((vector_size(L * sizeof(float))));
+typedef int32_t LaneInts __attribute__((vector_size(L * sizeof(int32_t))));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DIFFUSE_LANE_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DIFFUSE_LANE_LOOP
+#endif
+// Inlined into each clone (GCC does not inline a baseline function into a clone otherwise).
+#define DIFFUSE_LANE_HELPER __attribute__((always_inline)) inline
+
+DIFFUSE_LANE_HELPER Lanes load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DIFFUSE_LANE_HELPER void store(float* p, const Lanes& v) { std::memcpy(p, &v, sizeof v); }
+DIFFUSE_LANE_HELPER Lanes splat(float v) { return Lanes{} + v; }
+
+}  // namespace diffuse::lanes
