@@ -19,7 +19,7 @@ bool cuda_group_norm_built() { return DIFFUSE_HAVE_CUDA_KERNELS; }
 
 bool cuda_group_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta,
                              const torch::Tensor& shift, int64_t groups) {
-  if (!cuda_group_norm_built() || !x.is_cuda() || x.dim() != 4) return false;
+  if (!cuda_group_norm_built() || !x.is_cuda() || x.dim() != 4 || !gamma.defined() || !beta.defined()) return false;
   if (const char* v = std::getenv("DIFFUSE_CUDA_GROUP_NORM"); v != nullptr && std::string(v) == "0") return false;
   const auto dtype = x.scalar_type();
   if (dtype != torch::kFloat32 && dtype != torch::kBFloat16) return false;

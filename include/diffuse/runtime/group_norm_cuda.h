@@ -15,7 +15,8 @@ bool cuda_group_norm_built();
 
 // Whether group_norm_cuda takes this call: the kernel is built, not switched off
 // (DIFFUSE_CUDA_GROUP_NORM=0), x is a 4-D channels-last float32 or bf16 CUDA tensor whose
-// channels (a multiple of 8, at most 1024) split into `groups`, and no gradient is wanted.
+// channels (a multiple of 8, at most 1024) split into `groups`, γ and β are given (an affine
+// norm), and no gradient is wanted.
 bool cuda_group_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta,
                              const torch::Tensor& shift, int64_t groups);
 
