@@ -81,6 +81,19 @@ TEST(Edit, DdimInversionRoundTripsAndImprovesWithSteps) {
   EXPECT_LT(errors[1], 0.5 * errors[0]);
   EXPECT_LT(errors[2], 0.5 * errors[1]);
   EXPECT_LT(errors[2], 5e-2);
+  // Trailing spacing: the grid's smallest timestep is T/S − 1 (19 at S = 50), where ᾱ is 0.98,
+  // not ≈ 1. The inversion's first step takes the clean image there; the round trip must be as
+  // close as with leading spacing.
+  auto x_T = ddim_invert(d, net, x0, 50, TimestepSpacing::trailing);
+  const double trailing = (ddim_decode(d, net, x_T, 50, TimestepSpacing::trailing) - x0).abs().max().item<double>();
+  // The exact flow of N(μ, s²) data: x_t = √ᾱ_t μ + √(ᾱ_t s² + 1 − ᾱ_t) (x_0 − μ)/s.
+  const double ab_T = d.schedule().alpha_bar_at(d.timesteps() - 1);
+  auto exact = std::sqrt(ab_T) * mu + std::sqrt(ab_T * s * s + 1 - ab_T) * (x0 - mu) / s;
+  const double latent = (x_T - exact).abs().max().item<double>();
+  std::printf("  trailing spacing, S = 50: round-trip max error %.4f (leading %.4f), latent off the exact flow by %.4f\n",
+              trailing, errors[1], latent);
+  EXPECT_LT(trailing, 2 * errors[1] + 1e-3);
+  EXPECT_LT(latent, 0.1);
 }
 
 TEST(Edit, InpaintKeepsKnownPixelsAndFillsTheHole) {

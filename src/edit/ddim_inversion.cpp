@@ -12,9 +12,12 @@ torch::Tensor ddim_invert(const GaussianDiffusion& diffusion, const Denoiser& de
   DdimSampler grid(diffusion.schedule(), spacing, 0.0);
   auto ts = grid.timesteps(steps);  // descending
   std::reverse(ts.begin(), ts.end());
-  // The image stands in for x at the smallest grid timestep (ᾱ ≈ 1 there).
   const Predictor predict = make_predictor(diffusion, denoiser, /*clip_x0=*/false);
-  auto x = x0;
+  // First step, from the clean image (ᾱ = 1, where decoding ends) to the smallest grid timestep
+  // t₀ (0 for leading spacing, T/S − 1 for trailing): x̂_0 is the image itself, and ε̂ is the one
+  // prediction there is, the network's at the image with t₀'s label.
+  const double ab_first = diffusion.schedule().alpha_bar_at(ts.front());
+  auto x = std::sqrt(ab_first) * x0 + std::sqrt(1.0 - ab_first) * predict(x0, ts.front()).eps;
   for (size_t i = 0; i + 1 < ts.size(); ++i) {
     const int64_t t = ts[i], t_next = ts[i + 1];
     const auto pred = predict(x, t);
