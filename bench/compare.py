@@ -5,6 +5,7 @@ diffuse is faster).
 
   bench/compare.py [--binary build/diffuse] [--quick] [--models mnist,ddpm-cifar10]
                    [--precisions fp32,bf16] [--rounds 3] [--conv-kernels auto] [--json results.jsonl]
+                   [--rows train16,infer64]
 
 Each configuration is run by both implementations in turn, --rounds times (the order swapped
 every round), so that both see the same machine state; the ratio column is the median of the
@@ -59,6 +60,9 @@ def main():
     ap.add_argument("--conv-kernels", default="auto", help="diffuse's float32 3x3 convolutions: aten, onednn or auto")
     ap.add_argument("--rounds", type=int, default=3, help="pairs of runs per row (ddpm-cifar10: 1)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--rows", default="",
+                    help="only these rows, e.g. 'train16,infer64' (what + batch; DDIM rows are 'sample64'); "
+                         "with more --rounds, a steadier median for one row on a noisy machine")
     ap.add_argument("--json", help="append every result as one JSON line to this file")
     a = ap.parse_args()
     native_bf16 = any(f in open("/proc/cpuinfo").read() for f in (" avx512_bf16", " amx_bf16"))
@@ -83,6 +87,8 @@ def main():
             print(f"(bf16 skipped: this CPU has no native bf16)")
             continue
         for model, what, batch, steps, repeat, warmup in cases(a.models.split(","), a.quick):
+            if a.rows and f"{what}{batch}" not in a.rows.split(","):
+                continue
             common = ["--model", model, "--what", what, "--batch-size", str(batch), "--repeat", str(repeat),
                       "--warmup", str(warmup), "--precision", p]
             if steps:
@@ -91,7 +97,7 @@ def main():
                         "--conv-kernels", a.conv_kernels] + common
             ref_cmd = [PYTHON, os.path.join(HERE, "reference_unet.py"), "bench"] + common
             mines, refs = [], []
-            for r in range(1 if model == "ddpm-cifar10" else a.rounds):
+            for r in range(1 if model == "ddpm-cifar10" and not a.rows else a.rounds):
                 if r % 2 == 0:
                     mines.append(run(mine_cmd))
                     refs.append(run(ref_cmd))
