@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <stdexcept>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
@@ -14,6 +13,7 @@
 #include "diffuse/sampling/ddim.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/train_step.h"
+#include "diffuse/util/environment.h"
 
 namespace diffuse {
 
@@ -63,10 +63,7 @@ std::vector<double> time_runs(const BenchConfig& c, const std::function<void()>&
 // by side: DIFFUSE_CUDNN_BENCHMARK=1 lets cuDNN time its algorithms per shape (like
 // torch.backends.cudnn.benchmark); DIFFUSE_BF16_WEIGHTS=1 casts the network to bf16 once for
 // inference and sampling instead of running float32 weights under autocast.
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::string(v) == "1";
-}
+bool env_flag(const char* name) { return env_equals(name, "1"); }
 
 }  // namespace
 

@@ -1,10 +1,9 @@
 #include "diffuse/runtime/group_norm_cuda.h"
 
 #include <cstdint>
-#include <cstdlib>
 #include <stdexcept>
-#include <string>
 
+#include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
 
 #if DIFFUSE_HAVE_CUDA_KERNELS
@@ -20,7 +19,8 @@ bool cuda_group_norm_built() { return DIFFUSE_HAVE_CUDA_KERNELS; }
 bool cuda_group_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta,
                              const torch::Tensor& shift, int64_t groups) {
   if (!cuda_group_norm_built() || !x.is_cuda() || x.dim() != 4 || !gamma.defined() || !beta.defined()) return false;
-  if (const char* v = std::getenv("DIFFUSE_CUDA_GROUP_NORM"); v != nullptr && std::string(v) == "0") return false;
+  static const bool off = env_equals("DIFFUSE_CUDA_GROUP_NORM", "0");  // read once: this runs for every norm
+  if (off) return false;
   const auto dtype = x.scalar_type();
   if (dtype != torch::kFloat32 && dtype != torch::kBFloat16) return false;
   if (!x.is_contiguous(c10::MemoryFormat::ChannelsLast)) return false;

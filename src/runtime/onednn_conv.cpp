@@ -2,12 +2,12 @@
 
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/precision.h"
+#include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -446,10 +446,7 @@ bool onednn_may_take(const torch::Tensor& x) {
 bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels) {
   if (!onednn_may_take(x)) return false;
   // DIFFUSE_BLOCKED_ACTIVATIONS=0 turns the blocked path off, to measure what it gains
-  static const bool off = [] {
-    const char* v = std::getenv("DIFFUSE_BLOCKED_ACTIVATIONS");
-    return v != nullptr && std::string(v) == "0";
-  }();
+  static const bool off = env_equals("DIFFUSE_BLOCKED_ACTIVATIONS", "0");
   if (off) return false;
   for (auto c : channels) {
     if (c % kChannelBlock != 0) return false;
