@@ -1,6 +1,7 @@
 #include "diffuse/runtime/blocked_conv_out.h"
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/gradient_wanted.h"
 #include "lanes.h"
 
 #include <ATen/Parallel.h>
@@ -178,9 +179,9 @@ torch::Tensor conv_blocked_to_nchw(const torch::Tensor& x5, const torch::Tensor&
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "conv_blocked_to_nchw: bias must be [", weight.size(0), "]");
   const auto x = x5.contiguous(), w = weight.contiguous();
-  const bool training = torch::GradMode::is_enabled() &&
-                        (x5.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
-  if (!training) return forward_kernel(x, w, bias.defined() ? bias.contiguous() : torch::Tensor());
+  if (!gradient_wanted({x5, weight, bias})) {
+    return forward_kernel(x, w, bias.defined() ? bias.contiguous() : torch::Tensor());
+  }
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
   const auto b = bias.defined() ? bias.contiguous() : torch::zeros({weight.size(0)}, x5.options());
   return ConvBlockedToNchwFunction::apply(x, w, b, bias.defined());

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
 
@@ -28,9 +29,7 @@ bool cuda_group_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma,
   const int64_t c = x.size(1);
   if (c % 8 != 0 || c > 1024 || groups < 1 || c % groups != 0) return false;
   if (x.size(0) > INT32_MAX || x.size(2) * x.size(3) > INT32_MAX) return false;
-  const bool wants_grad = torch::GradMode::is_enabled() && (x.requires_grad() || gamma.requires_grad() ||
-                                                            beta.requires_grad() || (shift.defined() && shift.requires_grad()));
-  return !wants_grad;
+  return !gradient_wanted({x, gamma, beta, shift});
 }
 
 torch::Tensor group_norm_cuda(const torch::Tensor& x, const torch::Tensor& shift, const torch::Tensor& gamma,

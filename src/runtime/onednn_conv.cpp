@@ -1,6 +1,7 @@
 #include "diffuse/runtime/onednn_conv.h"
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
@@ -347,9 +348,7 @@ torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, cons
   TORCH_CHECK(stride >= 1, "onednn convolution: stride must be positive, got ", stride);
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "onednn convolution: bias must be [O]");
-  const bool training = torch::GradMode::is_enabled() &&
-                        (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
-  if (!training) {
+  if (!gradient_wanted({x, weight, bias})) {
     return run_forward(x.contiguous(), weight.contiguous(), bias, stride, false,
                        winograd_for(shape_of(x, weight, stride, false)));
   }
@@ -457,7 +456,7 @@ bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int
 torch::Tensor conv3x3(torch::nn::Conv2d& conv, const torch::Tensor& x) {
 #if DIFFUSE_HAVE_ONEDNN
   if (onednn_may_take(x) && conv->weight.scalar_type() == torch::kFloat32 && conv->weight.is_contiguous()) {
-    const bool training = torch::GradMode::is_enabled() && (x.requires_grad() || conv->weight.requires_grad());
+    const bool training = gradient_wanted({x, conv->weight});
     if (onednn_wins(x.size(0), x.size(1), conv->weight.size(0), x.size(2), x.size(3), training)) {
       return onednn_conv3x3(x, conv->weight, conv->bias);
     }

@@ -1,5 +1,7 @@
 #include "diffuse/runtime/onednn_matmul.h"
 
+#include "diffuse/runtime/gradient_wanted.h"
+
 #include "diffuse_build_config.h"
 
 #include <map>
@@ -103,7 +105,7 @@ torch::Tensor onednn_bmm(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && a.scalar_type() == torch::kFloat32 &&
                   b.scalar_type() == torch::kFloat32,
               "onednn_bmm: a and b must be float32 CPU tensors");
-  if (torch::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad())) {
+  if (gradient_wanted({a, b})) {
     return OneDnnBmmFunction::apply(a, b);
   }
   return run_bmm(a, b);
