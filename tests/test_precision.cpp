@@ -78,7 +78,7 @@ TEST(Precision, Bf16AndChannelsLastAgreeWithFloat32) {
 
 TEST(Precision, GradientClippingMatchesLibTorch) {
   torch::manual_seed(1);
-  std::vector<torch::Tensor> a{torch::randn({10, 3}), torch::randn({7})}, b;
+  std::vector<torch::Tensor> a{torch::randn({10, 3}), torch::randn({7}), torch::randn({50000})}, b;
   for (auto& p : a) {
     p.mutable_grad() = torch::randn_like(p) * 3;
     auto q = p.detach().clone();
@@ -86,6 +86,8 @@ TEST(Precision, GradientClippingMatchesLibTorch) {
     b.push_back(q);
   }
   const double expected_norm = torch::nn::utils::clip_grad_norm_(b, 1.5);
+  // the one-pass float64 sum of the training step's CPU path, before clip_grad_norm scales a
+  EXPECT_NEAR(flat_grad_norm(a).value(), expected_norm, 1e-5 * expected_norm);
   const double norm = clip_grad_norm(a, 1.5).item<double>();
   EXPECT_NEAR(norm, expected_norm, 1e-4 * expected_norm);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i].grad(), b[i].grad(), 1e-5, 1e-6));
@@ -93,6 +95,8 @@ TEST(Precision, GradientClippingMatchesLibTorch) {
   auto before = a[0].grad().clone();
   clip_grad_norm(a, 1e6);
   EXPECT_TRUE(torch::equal(a[0].grad(), before));
+  a[1].mutable_grad() = a[1].grad().to(torch::kFloat64);  // not all float32: no flat pass
+  EXPECT_FALSE(flat_grad_norm(a).has_value());
 }
 
 TEST(Precision, Bf16TrainingStepsLowerTheLossLikeFloat32) {

@@ -7,6 +7,7 @@
 #include "diffuse/io/safetensors.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/adamw.h"
+#include "diffuse/train/train_step.h"
 #include "diffuse/train/trainer.h"
 #include "support/temp_dir.h"
 
@@ -124,12 +125,13 @@ TEST(AdamW, MatchesTheUpdateWrittenOutByHand) {
 }
 
 TEST(AdamW, OnePassFloat32UpdateMatchesTheMultiTensorUpdateInFloat64) {
-  // float32 CPU parameters (one NCHW, one channels-last, one vector) take the one-pass loop;
-  // the same parameters in float64 take the multi-tensor kernels. Three steps, then θ, m, v and
-  // an EMA of θ agree to float32 rounding.
+  // float32 CPU parameters (one NCHW, one channels-last, one vector, one matrix of several
+  // chunks of the parallel loop) take the one-pass loop; the same parameters in float64 take the
+  // multi-tensor kernels. Three steps with different gradient scales, then θ, m, v and an EMA of
+  // θ agree to float32 rounding.
   torch::manual_seed(0);
   std::vector<torch::Tensor> p32{torch::randn({4, 3, 3, 3}), torch::randn({5, 6, 3, 3}).contiguous(c10::MemoryFormat::ChannelsLast),
-                                 torch::randn({7})};
+                                 torch::randn({7}), torch::randn({3, 20000})};
   std::vector<torch::Tensor> p64;
   for (auto& p : p32) p64.push_back(p.to(torch::kFloat64));
   torch::nn::ParameterList m32, m64, e32, e64;  // the "models" the EMA averages
@@ -150,8 +152,9 @@ TEST(AdamW, OnePassFloat32UpdateMatchesTheMultiTensorUpdateInFloat64) {
       p32[i].mutable_grad() = g.contiguous(p32[i].suggest_memory_format());
       p64[i].mutable_grad() = g.to(torch::kFloat64);
     }
-    opt32.step(0.01);
-    opt64.step(0.01);
+    const double grad_scale = 1.0 / (1 + k);
+    opt32.step(0.01, grad_scale);
+    opt64.step(0.01, grad_scale);
     ema32.update(*e32, *m32);
     ema64.update(*e64, *m64);
   }
@@ -162,6 +165,33 @@ TEST(AdamW, OnePassFloat32UpdateMatchesTheMultiTensorUpdateInFloat64) {
     EXPECT_TRUE(torch::allclose(e32->parameters()[i].to(torch::kFloat64), e64->parameters()[i], 1e-5, 1e-6)) << i;
   }
   EXPECT_TRUE(p32[1].is_contiguous(c10::MemoryFormat::ChannelsLast));  // updated in place, layout kept
+}
+
+TEST(TrainStep, ClippingFoldedIntoAdamWMatchesScalingTheGradients) {
+  // A float32 CPU step reads ‖g‖ in one pass and hands min(1, c/‖g‖) to AdamW. The same steps with
+  // the gradients clipped by clip_grad_norm in the hook (so that the folded scale is 1 to within
+  // 1e-6/c) must end at the same weights; without clipping they must not.
+  auto run = [](bool clip_in_hook, double clip) {
+    torch::manual_seed(0);
+    auto config = unet_config_by_name("tiny", 1, 12);
+    UNet model(config), ema_model(config);
+    GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, torch::kCPU);
+    AdamW optimizer(model->parameters(), AdamWOptions{});
+    Ema ema(0.99);
+    TrainStepOptions options;
+    options.grad_clip = clip;
+    TrainStep step(model, ema_model, diffusion, optimizer, ema, options);
+    if (clip_in_hook) step.set_gradient_hook([](const std::vector<torch::Tensor>& p) { clip_grad_norm(p, 0.05); });
+    auto x0 = torch::rand({8, 1, 12, 12}) * 2 - 1;
+    for (int i = 0; i < 4; ++i) step(x0, torch::Tensor(), 1e-2);
+    std::vector<torch::Tensor> flat;
+    for (auto& p : model->parameters()) flat.push_back(p.detach().flatten().clone());
+    return torch::cat(flat);
+  };
+  const auto folded = run(false, 0.05), in_hook = run(true, 0.05), unclipped = run(false, 0);
+  const double scale = in_hook.norm().item<double>();
+  EXPECT_LT((folded - in_hook).norm().item<double>(), 1e-5 * scale);
+  EXPECT_GT((folded - unclipped).norm().item<double>(), 1e-3 * scale);
 }
 
 TEST(LearningRate, WarmsUpLinearlyThenFollowsAHalfCosineToZero) {

@@ -2,8 +2,6 @@
 
 #include "diffuse/train/flat_float.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 
 namespace diffuse {
@@ -19,23 +17,25 @@ void Ema::update(torch::nn::Module& averaged, const torch::nn::Module& model) {
   auto avg = averaged.parameters();
   const auto cur = model.parameters();
   TORCH_CHECK(avg.size() == cur.size(), "Ema::update: models differ");
-  // float32 CPU weights in one pass each (memory-bound there); the rest with multi-tensor kernels
+  // float32 CPU weights in one pass over all of them (memory-bound there); the rest with
+  // multi-tensor kernels
+  std::vector<std::pair<float*, const float*>> flat;  // (θ_ema, θ)
+  std::vector<int64_t> flat_sizes;
   std::vector<torch::Tensor> rest_avg, rest_cur;
   for (size_t i = 0; i < avg.size(); ++i) {
-    auto& a = avg[i];
-    const auto& c = cur[i];
-    if (flat_float_cpu(a, {c})) {
-      float* ema = a.data_ptr<float>();
-      const float* now = c.data_ptr<float>();
-      const float df = static_cast<float>(d), rest = static_cast<float>(1.0 - d);
-      at::parallel_for(0, a.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) ema[k] = ema[k] * df + rest * now[k];
-      });
+    if (flat_float_cpu(avg[i], {cur[i]})) {
+      flat.emplace_back(avg[i].data_ptr<float>(), cur[i].data_ptr<float>());
+      flat_sizes.push_back(avg[i].numel());
     } else {
-      rest_avg.push_back(a);
-      rest_cur.push_back(c);
+      rest_avg.push_back(avg[i]);
+      rest_cur.push_back(cur[i]);
     }
   }
+  const float df = static_cast<float>(d), rest = static_cast<float>(1.0 - d);
+  parallel_over_chunks(element_chunks(flat_sizes), [&](size_t, const ElementChunk& c) {
+    auto [ema, now] = flat[c.tensor];
+    for (int64_t k = c.begin; k < c.end; ++k) ema[k] = ema[k] * df + rest * now[k];  // θ_ema ← d θ_ema + (1 − d) θ
+  });
   if (!rest_avg.empty()) {
     at::_foreach_mul_(rest_avg, d);
     at::_foreach_add_(rest_avg, rest_cur, 1.0 - d);  // θ_ema ← d θ_ema + (1 − d) θ

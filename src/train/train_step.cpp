@@ -2,6 +2,10 @@
 
 #include "diffuse/diffusion/elbo.h"
 #include "diffuse/sampling/guidance.h"
+#include "diffuse/train/flat_float.h"
+
+#include <algorithm>
+#include <cmath>
 
 namespace diffuse {
 
@@ -11,6 +15,35 @@ TrainLoss train_loss_from_string(const std::string& name) {
   if (name == "simple") return TrainLoss::simple;
   if (name == "vlb") return TrainLoss::vlb;
   throw std::invalid_argument("unknown loss '" + name + "' (expected simple or vlb)");
+}
+
+std::optional<double> flat_grad_norm(const std::vector<torch::Tensor>& params) {
+  std::vector<const float*> grads;
+  std::vector<int64_t> sizes;
+  for (const auto& p : params) {
+    const auto& g = p.grad();
+    if (!g.defined()) continue;
+    if (!flat_float_cpu(g, {})) return std::nullopt;
+    grads.push_back(g.data_ptr<float>());
+    sizes.push_back(g.numel());
+  }
+  const auto chunks = element_chunks(sizes);
+  std::vector<double> partial(chunks.size());  // Σ g² per chunk, in float64
+  parallel_over_chunks(chunks, [&](size_t i, const ElementChunk& c) {
+    const float* g = grads[c.tensor];
+    double lanes[8] = {};  // eight independent sums, so that the loop vectorises
+    int64_t k = c.begin;
+    for (; k + 8 <= c.end; k += 8) {
+      for (int j = 0; j < 8; ++j) lanes[j] += static_cast<double>(g[k + j]) * g[k + j];
+    }
+    for (; k < c.end; ++k) lanes[0] += static_cast<double>(g[k]) * g[k];
+    double sum = 0;
+    for (double l : lanes) sum += l;
+    partial[i] = sum;
+  });
+  double total = 0;
+  for (double s : partial) total += s;
+  return std::sqrt(total);  // ‖g‖ = √(Σ_p Σ_k g_pk²)
 }
 
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
@@ -58,8 +91,15 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
   optimizer_.zero_grad();
   loss.backward();
   if (hook_) hook_(params_);
-  if (options_.grad_clip > 0) clip_grad_norm(params_, options_.grad_clip);
-  optimizer_.step(lr);
+  double grad_scale = 1.0;  // min(1, max_norm / ‖g‖), applied inside AdamW's pass where it can be
+  if (options_.grad_clip > 0) {
+    if (const auto norm = flat_grad_norm(params_)) {  // float32 CPU gradients: no device to wait for
+      grad_scale = std::min(1.0, options_.grad_clip / (*norm + 1e-6));
+    } else {
+      clip_grad_norm(params_, options_.grad_clip);
+    }
+  }
+  optimizer_.step(lr, grad_scale);
   ema_.update(*ema_model_, *model_);
   return loss.detach();
 }

@@ -23,8 +23,10 @@ class AdamW {
  public:
   AdamW(std::vector<torch::Tensor> params, AdamWOptions options);
 
-  void zero_grad();
-  void step(double lr);  // parameters without a gradient are skipped
+  void zero_grad();  // the gradients become undefined, as for a fresh model
+  // Parameters without a gradient are skipped. grad_scale multiplies every gradient first
+  // (g ← s·g): gradient clipping, folded into the update's pass.
+  void step(double lr, double grad_scale = 1.0);
 
   int64_t step_count() const { return step_count_; }
   void set_step_count(int64_t k) { step_count_ = k; }

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <optional>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/model/unet.h"
@@ -31,6 +32,11 @@ struct TrainStepOptions {
 // Scales the gradients so that their global L2 norm is at most max_norm, without reading the
 // norm back to the host: g ← g · min(1, max_norm / (‖g‖ + 1e-6)). Returns ‖g‖ before clipping.
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+
+// ‖g‖ over the parameters' gradients in one parallel pass, summed in float64, where every defined
+// gradient is a dense float32 CPU tensor; nullopt otherwise. The training step then folds the
+// clipping scale into AdamW's pass instead of scaling each gradient on its own.
+std::optional<double> flat_grad_norm(const std::vector<torch::Tensor>& params);
 
 class TrainStep {
  public:
