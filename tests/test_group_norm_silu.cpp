@@ -20,6 +20,26 @@ TEST(BlockedLayout, PutsSixteenChannelsOfAPixelSideBySideAndBack) {
   EXPECT_EQ(x5[0][0][1][0][15].item<float>(), x[0][15][1][0].item<float>());
   EXPECT_TRUE(torch::equal(from_blocked(x5), x));
   EXPECT_THROW(to_blocked(torch::zeros({1, 24, 2, 2})), c10::Error);  // 24 channels: not whole blocks
+  // images of whole 16-pixel tiles and a remainder (7×7 = 3 · 16 + 1, 4×8 = 2 · 16), against the
+  // definition as a permuted copy
+  for (auto [h, w] : {std::pair<int64_t, int64_t>{7, 7}, {4, 8}}) {
+    auto big = torch::randn({3, 48, h, w});
+    auto expected = big.reshape({3, 3, 16, h, w}).permute({0, 1, 3, 4, 2}).contiguous();
+    EXPECT_TRUE(torch::equal(to_blocked(big), expected));
+    EXPECT_TRUE(torch::equal(from_blocked(expected), big));
+  }
+  // a non-contiguous input, and bf16 (LibTorch's permuted copy) alike
+  auto strided = x.transpose(2, 3);
+  EXPECT_TRUE(torch::equal(from_blocked(to_blocked(strided)), strided));
+  EXPECT_TRUE(torch::equal(to_blocked(x.to(torch::kBFloat16)), x5.to(torch::kBFloat16)));
+  // each one's backward pass is the other: ∂(Σ g5 · to_blocked(x))/∂x = from_blocked(g5), and back
+  auto g5 = torch::randn_like(x5), g = torch::randn_like(x);
+  auto xr = x.clone().requires_grad_(), x5r = x5.clone().requires_grad_();
+  (to_blocked(xr) * g5).sum().backward();
+  (from_blocked(x5r) * g).sum().backward();
+  EXPECT_TRUE(torch::equal(xr.grad(), from_blocked(g5)));
+  EXPECT_TRUE(torch::equal(x5r.grad(), to_blocked(g)));
+  EXPECT_TRUE(torch::equal(from_blocked(g5).reshape({2, 2, 16, 3, 5}).permute({0, 1, 3, 4, 2}), g5));
 }
 
 namespace {

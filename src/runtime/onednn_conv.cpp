@@ -209,21 +209,26 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
 }
 
 // ∂L/∂x = conv_transpose(∂L/∂y, W); ∂L/∂W = Σ_n x ⋆ ∂L/∂y; ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
+// Each pass with its own algorithm: Winograd's backward-weights pass can lose where its other
+// passes win.
 std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
-                                        int64_t stride, bool winograd, bool want_x, bool want_weights) {
+                                        int64_t stride, bool winograd_data, bool winograd_weights, bool want_x,
+                                        bool want_weights) {
   RECORD_FUNCTION("diffuse::onednn_conv_backward", std::vector<c10::IValue>({grad_y}));
-  const ConvPlan& plan = plan_for(shape_of(x, weight, stride, /*training=*/true), winograd);
+  const auto shape = shape_of(x, weight, stride, /*training=*/true);
+  const ConvPlan& data_plan = plan_for(shape, winograd_data);
+  const ConvPlan& weights_plan = plan_for(shape, winograd_weights);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
-  const auto grad_y_user = wrap(plan.dst_user, grad_y);
+  const auto grad_y_user = wrap(data_plan.dst_user, grad_y);
   torch::Tensor grad_x, grad_w, grad_b;
   memory diff_dst_for_data;  // ∂L/∂y in the backward-data layout, reused below where it is the same
   if (want_x) {
     grad_x = torch::empty_like(x);
-    diff_dst_for_data = in_layout(grad_y_user, plan.backward_data_pd.diff_dst_desc(), stream, scratch);
-    auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.backward_data_pd.weights_desc(), stream, scratch);
-    auto diff_src = output_in(plan.backward_data_pd.diff_src_desc(), plan.src_user, grad_x, scratch);
-    plan.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst_for_data},
+    diff_dst_for_data = in_layout(grad_y_user, data_plan.backward_data_pd.diff_dst_desc(), stream, scratch);
+    auto wei = in_layout(wrap(data_plan.weights_oihw, weight), data_plan.backward_data_pd.weights_desc(), stream, scratch);
+    auto diff_src = output_in(data_plan.backward_data_pd.diff_src_desc(), data_plan.src_user, grad_x, scratch);
+    data_plan.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst_for_data},
                                         {DNNL_ARG_WEIGHTS, wei},
                                         {DNNL_ARG_DIFF_SRC, diff_src.target}});
     diff_src.finish(stream);
@@ -231,15 +236,15 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   if (want_weights) {
     grad_w = torch::empty_like(weight);
     grad_b = torch::empty({weight.size(0)}, x.options());
-    auto src = in_layout(wrap(plan.src_user, x), plan.backward_weights_pd.src_desc(), stream, scratch);
-    const auto& want = plan.backward_weights_pd.diff_dst_desc();
+    auto src = in_layout(wrap(weights_plan.src_user, x), weights_plan.backward_weights_pd.src_desc(), stream, scratch);
+    const auto& want = weights_plan.backward_weights_pd.diff_dst_desc();
     auto diff_dst = want_x && diff_dst_for_data.get_desc() == want ? diff_dst_for_data
                                                                    : in_layout(grad_y_user, want, stream, scratch);
-    auto diff_w = output_in(plan.backward_weights_pd.diff_weights_desc(), plan.weights_oihw, grad_w, scratch);
-    plan.backward_weights.execute(stream, {{DNNL_ARG_SRC, src},
+    auto diff_w = output_in(weights_plan.backward_weights_pd.diff_weights_desc(), weights_plan.weights_oihw, grad_w, scratch);
+    weights_plan.backward_weights.execute(stream, {{DNNL_ARG_SRC, src},
                                            {DNNL_ARG_DIFF_DST, diff_dst},
                                            {DNNL_ARG_DIFF_WEIGHTS, diff_w.target},
-                                           {DNNL_ARG_DIFF_BIAS, wrap(plan.bias_x, grad_b)}});
+                                           {DNNL_ARG_DIFF_BIAS, wrap(weights_plan.bias_x, grad_b)}});
     diff_w.finish(stream);
   }
   stream.wait();
@@ -270,24 +275,25 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
 // about 8 s for ddpm-cifar10 at batch 64 when timed at full batch).
 int64_t timing_batch(int64_t n) { return std::min<int64_t>(n, 8); }
 
-// A yes or no per shape, decided once by a timing and remembered for the process (the lock is not
+// A choice per shape, decided once by a timing and remembered for the process (the lock is not
 // held while timing; two threads meeting a new shape may both time it).
+template <class Choice>
 class ShapeChoices {
  public:
   template <class Decide>
-  bool get(const OneDnnConvShape& shape, Decide&& decide) {
+  Choice get(const OneDnnConvShape& shape, Decide&& decide) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (auto it = choices_.find(shape); it != choices_.end()) return it->second;
     }
-    const bool yes = decide();
+    const Choice choice = decide();
     std::lock_guard<std::mutex> lock(mutex_);
-    return choices_[shape] = yes;
+    return choices_[shape] = choice;
   }
 
  private:
   std::mutex mutex_;
-  std::map<OneDnnConvShape, bool> choices_;
+  std::map<OneDnnConvShape, Choice> choices_;
 };
 
 // Data without the random generator: timing must not move the caller's random stream.
@@ -297,24 +303,35 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
   return torch::linspace(-1.0, 1.0, count).reshape(shape);
 }
 
-// Winograd or direct for this shape. On blocked activations both read and write the same layout,
-// and which is faster depends on the image size (Winograd's 4×4 tiles pay off on wide images,
-// direct won at 7×7 and some 14×14 shapes, 2026-11-27), so each blocked 3×3 stride-1 shape is
-// timed once, per kind of call (forward only, or forward and both backward passes). NCHW calls
-// take Winograd: conv3x3 times them against ATen instead.
-bool winograd_for(const OneDnnConvShape& shape) {
-  if (!shape.blocked || shape.k != 3 || shape.stride != 1) return true;
-  static ShapeChoices winograd_wins;
-  return winograd_wins.get(shape, [&] {
+// Winograd (true) or direct (false) for each pass of one convolution shape.
+struct PassAlgorithms {
+  bool forward = true, backward_data = true, backward_weights = true;
+};
+
+// Winograd or direct for each pass of this shape. On blocked activations both read and write the
+// same layout, and which is faster depends on the image size and the pass (Winograd's 4×4 tiles
+// pay off on wide images; direct won at 7×7 and some 14×14 shapes, 2026-11-27), so each blocked
+// 3×3 stride-1 shape is timed once, per pass (forward alone for inference shapes). NCHW calls take
+// Winograd: conv3x3 times them against ATen instead.
+PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
+  if (!shape.blocked || shape.k != 3 || shape.stride != 1) return {};
+  static ShapeChoices<PassAlgorithms> choices;
+  return choices.get(shape, [&] {
     const int64_t b = kChannelBlock, n = timing_batch(shape.n);
     const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
                bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
-    auto call = [&](bool winograd) {
-      run_forward(x, weight, bias, 1, shape.training, winograd);
-      if (shape.training) run_backward(x, weight, grad_y, 1, winograd, true, true);
+    // whether the first (Winograd) of the two timings is the smaller
+    auto winograd_faster = [](auto&& run) {
+      const auto [winograd_s, direct_s] = best_seconds_in_turn([&] { run(true); }, [&] { run(false); });
+      return winograd_s < direct_s;
     };
-    const auto [winograd_s, direct_s] = best_seconds_in_turn([&] { call(true); }, [&] { call(false); });
-    return winograd_s < direct_s;
+    PassAlgorithms a;
+    a.forward = winograd_faster([&](bool w) { run_forward(x, weight, bias, 1, shape.training, w); });
+    if (shape.training) {
+      a.backward_data = winograd_faster([&](bool w) { run_backward(x, weight, grad_y, 1, w, w, true, false); });
+      a.backward_weights = winograd_faster([&](bool w) { run_backward(x, weight, grad_y, 1, w, w, false, true); });
+    }
+    return a;
   });
 }
 
@@ -322,11 +339,12 @@ struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction>
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias, int64_t stride, bool has_bias) {
     ctx->save_for_backward({x, weight});
-    const bool winograd = winograd_for(shape_of(x, weight, stride, /*training=*/true));
+    const auto algorithms = algorithms_for(shape_of(x, weight, stride, /*training=*/true));
     ctx->saved_data["stride"] = stride;
-    ctx->saved_data["winograd"] = winograd;
+    ctx->saved_data["winograd_data"] = algorithms.backward_data;
+    ctx->saved_data["winograd_weights"] = algorithms.backward_weights;
     ctx->saved_data["has_bias"] = has_bias;
-    return run_forward(x, weight, bias, stride, /*training=*/true, winograd);
+    return run_forward(x, weight, bias, stride, /*training=*/true, algorithms.forward);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -334,8 +352,8 @@ struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction>
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     auto g = run_backward(saved[0], saved[1], grads[0].contiguous(), ctx->saved_data["stride"].toInt(),
-                          ctx->saved_data["winograd"].toBool(), ctx->needs_input_grad(0),
-                          ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
+                          ctx->saved_data["winograd_data"].toBool(), ctx->saved_data["winograd_weights"].toBool(),
+                          ctx->needs_input_grad(0), ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
     return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -350,7 +368,7 @@ torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, cons
               "onednn convolution: bias must be [O]");
   if (!gradient_wanted({x, weight, bias})) {
     return run_forward(x.contiguous(), weight.contiguous(), bias, stride, false,
-                       winograd_for(shape_of(x, weight, stride, false)));
+                       algorithms_for(shape_of(x, weight, stride, false)).forward);
   }
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
   const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, x.options());
@@ -406,7 +424,7 @@ namespace {
 // 32×32) and loses on the smallest (4×4 with 256 channels), and where the line lies depends on
 // the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
-  static ShapeChoices onednn_faster;
+  static ShapeChoices<bool> onednn_faster;
   return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, false}, [&] {
     const int64_t m = timing_batch(n);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
