@@ -88,6 +88,33 @@ TEST(GroupNormSilu, OutputAndGradientsMatchAFloat64Reference) {
   }
 }
 
+TEST(GroupNormSilu, InputPassedThroughCarriesTheResidualsGradientIntoTheKernel) {
+  // out = SiLU(GroupNorm(x)) + w ⊙ x', x' the passed-through x: ∂L/∂x gets both terms (the
+  // second added inside the backward kernel), against float64 LibTorch.
+  torch::manual_seed(5);
+  auto x = (torch::randn({2, 48, 6, 5}) * 2 + 1).requires_grad_();
+  auto gamma = (1 + 0.3 * torch::randn({48})).requires_grad_(), beta = (0.3 * torch::randn({48})).requires_grad_();
+  auto w = torch::randn({2, 48, 6, 5}), upstream = torch::randn({2, 48, 6, 5});
+  auto [y5, x5_again] = group_norm_silu_blocked_and_input(to_blocked(x), gamma, beta, 4, 1e-5);
+  EXPECT_TRUE(torch::equal(from_blocked(x5_again), x));
+  (from_blocked(y5) + w * from_blocked(x5_again)).backward(upstream);
+
+  auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
+  auto x64 = f64(x), gamma64 = f64(gamma), beta64 = f64(beta);
+  (torch::silu(torch::group_norm(x64, 4, gamma64, beta64, 1e-5)) + w.to(torch::kFloat64) * x64)
+      .backward(upstream.to(torch::kFloat64));
+  EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
+  EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-5);
+  EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-5);
+
+  // without a gradient to record, the second output is x itself
+  torch::NoGradGuard no_grad;
+  const auto x5 = to_blocked(x.detach());
+  auto [y_inference, same] = group_norm_silu_blocked_and_input(x5, gamma, beta, 4, 1e-5);
+  EXPECT_TRUE(same.is_same(x5));
+  EXPECT_TRUE(torch::allclose(y_inference, y5.detach()));
+}
+
 TEST(GroupNormSilu, SaturatesWithoutOverflowForLargeInputs) {
   // z far beyond exp's float range on both sides: SiLU(z) → z for z ≫ 0 and → 0 for z ≪ 0.
   auto x = torch::zeros({1, 16, 1, 2});

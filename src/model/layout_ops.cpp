@@ -52,6 +52,14 @@ torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, cons
   return F::silu(group_norm(norm, u));
 }
 
+std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
+  if (is_blocked(x)) {
+    return group_norm_silu_blocked_and_input(x, norm->weight, norm->bias, norm->options.num_groups(),
+                                             norm->options.eps());
+  }
+  return {norm_silu(norm, x), x};
+}
+
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
                                 torch::nn::Dropout& dropout) {
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, dropout->is_training() ? dropout->options.p() : 0.0);

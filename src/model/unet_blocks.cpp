@@ -68,10 +68,11 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
-  auto h = convolve(conv1, norm_silu(norm1, x));
+  const auto [normed, x_for_residual] = norm_silu_and_input(norm1, x);
+  auto h = convolve(conv1, normed);
   const auto time_shift = time_proj(F::silu(emb));  // [B, C_out], added to h before the second norm
   h = convolve(conv2, norm_silu_dropout(norm2, h, time_shift, dropout_));
-  return (shortcut ? convolve(shortcut, x) : x) + h;
+  return (shortcut ? convolve(shortcut, x_for_residual) : x_for_residual) + h;
 }
 
 void ResBlockImpl::zero_last_layer() { init_zero(conv2); }

@@ -1,6 +1,7 @@
 #include "diffuse/runtime/group_norm_silu.h"
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/gradient_wanted.h"
 #include "lanes.h"
 
 #include <ATen/Parallel.h>
@@ -135,10 +136,13 @@ void block_backward_sums(const float* x, const float* dy, int64_t pixels, const 
   for (int64_t l = 0; l < L; ++l) sum_dz[l] = s[l], sum_dz_xhat[l] = q[l];
 }
 
-// Backward, second pass (in place over dz): ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), and Σ ∂L/∂x per lane.
+// Backward, second pass (in place over dz): ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), and Σ ∂L/∂x per lane
+// (the shift's gradient). `also` (or null): a second gradient of x, from a residual connection
+// that read x through the passed-through output, added to what is stored but not to the sums.
 DIFFUSE_LANE_LOOP
 void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, const float* shift_minus_mean_,
-                       const float* inv_std_, const float* m1_, const float* m2_, float* dz_then_dx, double* sum_dx) {
+                       const float* inv_std_, const float* m1_, const float* m2_, const float* also,
+                       float* dz_then_dx, double* sum_dx) {
   const Lanes gamma = load(gamma_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_),
               m1 = load(m1_), m2 = load(m2_);
   double s[L] = {};
@@ -147,7 +151,7 @@ void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, cons
     for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
       const Lanes xhat = (load(x + p * L) + shift_minus_mean) * inv_std;
       const Lanes d = inv_std * (gamma * load(dz_then_dx + p * L) - m1 - xhat * m2);
-      store(dz_then_dx + p * L, d);
+      store(dz_then_dx + p * L, also ? d + load(also + p * L) : d);
       run += d;
     }
     for (int64_t l = 0; l < L; ++l) s[l] += run[l];
@@ -226,7 +230,8 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::
 std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch::Tensor& shift,
                                            const torch::Tensor& gamma, const torch::Tensor& beta,
                                            const torch::Tensor& mean, const torch::Tensor& inv_std,
-                                           const torch::Tensor& dy5, int64_t groups, const Dropout& dropout) {
+                                           const torch::Tensor& dy5, const torch::Tensor& dx_also, int64_t groups,
+                                           const Dropout& dropout) {
   RECORD_FUNCTION("diffuse::group_norm_silu_blocked_backward", std::vector<c10::IValue>({dy5}));
   const Shape s(x5, groups);
   auto dx5 = torch::empty_like(x5);
@@ -236,6 +241,7 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
               *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
               *rs = inv_std.data_ptr<float>();
   float* dx = dx5.data_ptr<float>();
+  const float* also = dx_also.defined() ? dx_also.data_ptr<float>() : nullptr;
   double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
          *dx_sum = sums_dx.data_ptr<double>();
   const int64_t block_size = s.pixels * L;
@@ -272,7 +278,8 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
         m1l[l] = m1[i * groups + g];
         m2l[l] = m2[i * groups + g];
       }
-      block_backward_dx(x + k * block_size, s.pixels, gl, smm, r, m1l, m2l, dx + k * block_size, dx_sum + k * L);
+      block_backward_dx(x + k * block_size, s.pixels, gl, smm, r, m1l, m2l, also ? also + k * block_size : nullptr,
+                        dx + k * block_size, dx_sum + k * L);
     }
   });
   auto d_shift = sums_dx.to(torch::kFloat32);
@@ -291,32 +298,39 @@ Dropout make_dropout(double p, int64_t seed) {
   return d;
 }
 
+// Outputs: y, and with pass_input also x5 itself. LibTorch hands an input returned as an output
+// back as a new view of it whose gradient arrives here as grads[1]: a residual connection that
+// reads x through it has its gradient of x added inside the backward kernel's last pass, instead
+// of LibTorch adding the two gradients of x in a pass over memory of its own.
 struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFunction> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5,
-                               const torch::Tensor& shift, const torch::Tensor& gamma, const torch::Tensor& beta,
-                               int64_t groups, double eps, double dropout, int64_t seed) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5,
+                                                const torch::Tensor& shift, const torch::Tensor& gamma,
+                                                const torch::Tensor& beta, int64_t groups, double eps, double dropout,
+                                                int64_t seed, bool pass_input) {
     auto out = forward_kernel(x5, shift, gamma, beta, groups, eps, make_dropout(dropout, seed));
     ctx->save_for_backward({x5, shift, gamma, beta, out[1], out[2]});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["dropout"] = dropout;
     ctx->saved_data["seed"] = seed;
-    return out[0];
+    if (pass_input) return {out[0], x5};
+    return {out[0]};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto v = ctx->get_saved_variables();
-    auto g = backward_kernel(v[0], v[1], v[2], v[3], v[4], v[5], grads[0].contiguous(),
+    const auto dx_also = grads.size() > 1 && grads[1].defined() ? grads[1].contiguous() : torch::Tensor();
+    auto g = backward_kernel(v[0], v[1], v[2], v[3], v[4], v[5], grads[0].contiguous(), dx_also,
                              ctx->saved_data["groups"].toInt(),
                              make_dropout(ctx->saved_data["dropout"].toDouble(), ctx->saved_data["seed"].toInt()));
-    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
-}  // namespace
-
-torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
-                                      const torch::Tensor& beta, int64_t groups, double eps, double dropout) {
+// The checked and prepared call; pass_input as in GroupNormSiluFunction.
+torch::autograd::variable_list apply_group_norm_silu(const torch::Tensor& x5, const torch::Tensor& shift,
+                                                     const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                     int64_t groups, double eps, double dropout, bool pass_input) {
   TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
               "group_norm_silu_blocked: x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
   const int64_t n = x5.size(0), channels = x5.size(1) * L;
@@ -334,7 +348,23 @@ torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tens
   const int64_t seed = dropout > 0 ? torch::randint(std::numeric_limits<int64_t>::max(), {1}, torch::kLong).item<int64_t>()
                                    : 0;
   return GroupNormSiluFunction::apply(x5.contiguous(), s, gamma.to(torch::kFloat32).contiguous(),
-                                      beta.to(torch::kFloat32).contiguous(), groups, eps, dropout, seed);
+                                      beta.to(torch::kFloat32).contiguous(), groups, eps, dropout, seed, pass_input);
+}
+
+}  // namespace
+
+torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                      const torch::Tensor& beta, int64_t groups, double eps, double dropout) {
+  return apply_group_norm_silu(x5, shift, gamma, beta, groups, eps, dropout, /*pass_input=*/false)[0];
+}
+
+std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const torch::Tensor& x5,
+                                                                          const torch::Tensor& gamma,
+                                                                          const torch::Tensor& beta, int64_t groups,
+                                                                          double eps) {
+  if (!gradient_wanted({x5, gamma, beta})) return {group_norm_silu_blocked(x5, {}, gamma, beta, groups, eps), x5};
+  auto out = apply_group_norm_silu(x5, {}, gamma, beta, groups, eps, 0.0, /*pass_input=*/true);
+  return {out[0], out[1]};
 }
 
 }  // namespace diffuse

@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include <utility>
+
 namespace diffuse {
 
 inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
@@ -16,6 +18,11 @@ inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
 // Blocked: one fused kernel (runtime/group_norm_silu.h); NCHW: LibTorch's ops, the norm in its
 // weights' precision.
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift = {});
+
+// {SiLU(GroupNorm(x)), x}: a ResBlock's first normalisation and the x its residual connection
+// reads. Blocked, the second is x passed through the fused kernel, so that backward adds the
+// residual's gradient of x inside that kernel; NCHW: x itself.
+std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 
 // dropout(SiLU(GroupNorm(x + shift))), the ResBlock's second normalisation. Blocked: the mask is
 // drawn inside the fused kernel (group_norm_silu_blocked) in training mode; NCHW: the module.

@@ -18,6 +18,8 @@
 
 #include <torch/torch.h>
 
+#include <utility>
+
 namespace diffuse {
 
 // x5: [N, C/16, H, W, 16] float32 CPU; shift: [N, C] or undefined; gamma, beta: [C];
@@ -27,5 +29,13 @@ namespace diffuse {
 // beta. Returns y in x5's layout.
 torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
                                       const torch::Tensor& beta, int64_t groups, double eps, double dropout = 0.0);
+
+// y as above (no shift, no dropout), and x5 again, for a residual connection to read x through:
+// the gradient that reaches the second output is added to ∂L/∂x inside the backward kernel
+// instead of in a separate pass over memory. Without a gradient to record: {y, x5}.
+std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const torch::Tensor& x5,
+                                                                          const torch::Tensor& gamma,
+                                                                          const torch::Tensor& beta, int64_t groups,
+                                                                          double eps);
 
 }  // namespace diffuse
