@@ -1,8 +1,9 @@
-// The channel-blocked layout and the fused GroupNorm+SiLU kernel against LibTorch's own
-// group_norm and silu in float64: output and the gradients of x, the shift, γ and β.
+// The channel-blocked layout (its re-orders and 2× upsampling) and the fused GroupNorm+SiLU kernel
+// against LibTorch's own operators in float64: outputs and the gradients of x, the shift, γ and β.
 #include <gtest/gtest.h>
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/blocked_upsample.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "support/networks.h"
 
@@ -40,6 +41,22 @@ TEST(BlockedLayout, PutsSixteenChannelsOfAPixelSideBySideAndBack) {
   EXPECT_TRUE(torch::equal(xr.grad(), from_blocked(g5)));
   EXPECT_TRUE(torch::equal(x5r.grad(), to_blocked(g)));
   EXPECT_TRUE(torch::equal(from_blocked(g5).reshape({2, 2, 16, 3, 5}).permute({0, 1, 3, 4, 2}), g5));
+}
+
+TEST(BlockedLayout, UpsamplingTwiceMatchesLibTorchsNearestForwardAndBackward) {
+  // y[i, j] = x[⌊i/2⌋, ⌊j/2⌋]; ∂L/∂x sums the four copies' gradients. Odd, non-square sizes.
+  torch::manual_seed(6);
+  auto x = torch::randn({2, 32, 3, 5}).requires_grad_();
+  auto upstream = torch::randn({2, 32, 6, 10});
+  auto y = from_blocked(upsample_twice_blocked(to_blocked(x)));
+  y.backward(upstream);
+  auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
+  auto y64 = torch::nn::functional::interpolate(
+      x64, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{6, 10}).mode(torch::kNearest));
+  y64.backward(upstream.to(torch::kFloat64));
+  EXPECT_TRUE(torch::equal(y.to(torch::kFloat64), y64));
+  EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-6);
+  EXPECT_THROW(upsample_twice_blocked(torch::zeros({1, 32, 3, 3})), c10::Error);  // NCHW, not blocked
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #include "diffuse/model/unet_blocks.h"
 #include "diffuse/runtime/blocked_conv_out.h"
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/blocked_upsample.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
@@ -19,26 +20,6 @@ torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x
   return group_norm_silu_blocked(x5, shift, norm->weight, norm->bias, norm->options.num_groups(), norm->options.eps(),
                                  dropout);
 }
-
-// Nearest-neighbour upsampling of blocked activations to exactly twice the height and width:
-// each pixel repeated 2 × 2 times, as one broadcast copy. Backward adds the four copies' gradients
-// as strided views (autograd's own backward of the broadcast, a sum over two size-2 dimensions
-// in the middle of the tensor, took 8 ms per mnist training step).
-struct UpsampleTwiceBlocked : public torch::autograd::Function<UpsampleTwiceBlocked> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5) {
-    const auto B = x5.size(0), CB = x5.size(1), H = x5.size(2), W = x5.size(3), L = x5.size(4);
-    return x5.unsqueeze(3).unsqueeze(5).expand({B, CB, H, 2, W, 2, L}).reshape({B, CB, 2 * H, 2 * W, L});
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto& g = grads[0];
-    const auto B = g.size(0), CB = g.size(1), H = g.size(2) / 2, W = g.size(3) / 2, L = g.size(4);
-    const auto g7 = g.reshape({B, CB, H, 2, W, 2, L});
-    auto copy = [&](int64_t i, int64_t j) { return g7.select(3, i).select(4, j); };  // [B, CB, H, W, L]
-    return {copy(0, 0) + copy(0, 1) + copy(1, 0) + copy(1, 1)};
-  }
-};
 
 }  // namespace
 
@@ -81,7 +62,7 @@ torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t w
   if (is_blocked(x) && height == 2 * x.size(2) && width == 2 * x.size(3)) {
     // Exactly twice the size (index ⌊i/2⌋): LibTorch's 3-D nearest kernel below took 0.75 ms for
     // mnist's 7×7 → 14×14 at batch 16.
-    return UpsampleTwiceBlocked::apply(x);
+    return upsample_twice_blocked(x);
   }
   if (is_blocked(x)) {
     // [B, C/16, H, W, 16] read as a volume [B, C/16 channels, depth H, height W, width 16]:

@@ -1,13 +1,12 @@
 // One pixel's 16 channels (a block of the channel-blocked layout, runtime/blocked_layout.h) as one
-// value, for the hand-written CPU loops (group_norm_silu.cpp, blocked_conv_out.cpp): GCC's
-// generic vectors become one AVX-512 register, two AVX2 registers or four SSE ones, whichever
-// the function is compiled for. Loops marked DIFFUSE_LANE_LOOP are compiled three times, for
-// AVX-512, AVX2 and baseline x86-64, and the loader picks the best this CPU runs (GCC function
-// multi-versioning), so the project still builds for any x86-64. By feature, not "arch=": an
-// arch clone runs only on that exact CPU model. Private to src/runtime.
+// value, for the hand-written CPU loops (group_norm_silu.cpp, blocked_conv_out.cpp, blocked_layout.cpp,
+// blocked_upsample.cpp): GCC's generic vectors become one AVX-512 register, two AVX2 registers or
+// four SSE ones, whichever the function is compiled for. Loops marked DIFFUSE_LANE_LOOP are
+// compiled for AVX-512, AVX2 and baseline x86-64 (util/target_clones.h). Private to src/runtime.
 #pragma once
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/util/target_clones.h"
 
 #include <cstdint>
 #include <cstring>
@@ -25,11 +24,7 @@ static_assert(L == 16, "the lane type below is 16 floats");
 typedef float Lanes __attribute__((vector_size(L * sizeof(float))));
 typedef int32_t LaneInts __attribute__((vector_size(L * sizeof(int32_t))));
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DIFFUSE_LANE_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DIFFUSE_LANE_LOOP
-#endif
+#define DIFFUSE_LANE_LOOP DIFFUSE_TARGET_CLONES
 // Inlined into each clone (GCC does not inline a baseline function into a clone otherwise).
 #define DIFFUSE_LANE_HELPER __attribute__((always_inline)) inline
 

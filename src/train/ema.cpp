@@ -1,10 +1,21 @@
 #include "diffuse/train/ema.h"
 
 #include "diffuse/train/flat_float.h"
+#include "diffuse/util/target_clones.h"
 
 #include <algorithm>
 
 namespace diffuse {
+
+namespace {
+
+// θ_ema ← d θ_ema + (1 − d) θ over n elements, vectorised for the widest unit this CPU has.
+DIFFUSE_TARGET_CLONES void ema_elements(float* ema, const float* now, float d, int64_t n) {
+  const float rest = 1.0f - d;
+  for (int64_t k = 0; k < n; ++k) ema[k] = ema[k] * d + rest * now[k];
+}
+
+}  // namespace
 
 double Ema::current_decay() const {
   const double k = static_cast<double>(updates_);
@@ -31,10 +42,9 @@ void Ema::update(torch::nn::Module& averaged, const torch::nn::Module& model) {
       rest_cur.push_back(cur[i]);
     }
   }
-  const float df = static_cast<float>(d), rest = static_cast<float>(1.0 - d);
   parallel_over_chunks(element_chunks(flat_sizes), [&](size_t, const ElementChunk& c) {
     auto [ema, now] = flat[c.tensor];
-    for (int64_t k = c.begin; k < c.end; ++k) ema[k] = ema[k] * df + rest * now[k];  // θ_ema ← d θ_ema + (1 − d) θ
+    ema_elements(ema + c.begin, now + c.begin, static_cast<float>(d), c.end - c.begin);
   });
   if (!rest_avg.empty()) {
     at::_foreach_mul_(rest_avg, d);

@@ -1,0 +1,12 @@
+// DIFFUSE_TARGET_CLONES: a hot loop compiled three times, for AVX-512, AVX2 and baseline x86-64,
+// the loader picking the best this CPU runs (GCC function multi-versioning), so that the project
+// still builds for any x86-64 while its loops use the widest vectors the machine has. By feature,
+// not "arch=": an arch clone runs only on that exact CPU model. Elsewhere (clang, other
+// architectures) the loop is compiled once, for the build's target.
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DIFFUSE_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DIFFUSE_TARGET_CLONES
+#endif
