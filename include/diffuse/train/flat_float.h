@@ -21,7 +21,7 @@ inline bool flat_float_cpu(const torch::Tensor& p, std::initializer_list<torch::
   return true;
 }
 
-// One element range of one tensor, the unit of work of parallel_over_elements.
+// One element range of one tensor, the unit of work of parallel_over_chunks.
 struct ElementChunk {
   size_t tensor;  // index into the caller's list
   int64_t begin, end;
