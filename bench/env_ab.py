@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Runs one `diffuse bench` configuration as is and with an environment variable changed, in turn,
-and prints each pair of median times, their ratio and the median ratio: a side-by-side A/B of a
-switch such as DIFFUSE_BLOCKED_ACTIVATIONS=0 on a machine whose speed drifts.
+"""Runs one `diffuse bench` configuration as is and with an environment variable changed, or with
+another build of diffuse, in turn, and prints each pair of median times, their ratio and the median
+ratio: a side-by-side A/B of a switch such as DIFFUSE_BLOCKED_ACTIVATIONS=0, or of a change against
+the build before it, on a machine whose speed drifts.
 
   bench/env_ab.py DIFFUSE_BLOCKED_ACTIVATIONS=0 --rounds 3 -- --model mnist --what train --batch-size 16
+  bench/env_ab.py --against /tmp/diffuse-after --rounds 12 -- --model mnist --what train --batch-size 16
 """
 import argparse
 import json
@@ -25,7 +27,8 @@ def seconds(binary, bench_args, env):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("setting", help="VAR=VALUE for the B runs")
+    ap.add_argument("setting", nargs="?", help="VAR=VALUE for the B runs")
+    ap.add_argument("--against", help="another diffuse binary for the B runs (A: --binary)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "diffuse"))
     argv = sys.argv[1:]
@@ -34,21 +37,27 @@ def main():
     bench_args = argv[split + 1:]  # after "--": the arguments of `diffuse bench`
     if not bench_args:
         sys.exit("give the arguments of `diffuse bench` after --")
-    name, sep, value = a.setting.partition("=")
-    if not sep or not name:
-        sys.exit(f"expected VAR=VALUE, got {a.setting!r}")
+    if not a.setting and not a.against:
+        sys.exit("give VAR=VALUE, --against BINARY, or both")
     env_a = dict(os.environ)
-    env_a.pop(name, None)
-    env_b = dict(env_a, **{name: value})
+    env_b = dict(env_a)
+    if a.setting:
+        name, sep, value = a.setting.partition("=")
+        if not sep or not name:
+            sys.exit(f"expected VAR=VALUE, got {a.setting!r}")
+        env_a.pop(name, None)
+        env_b = dict(env_a, **{name: value})
+    binary_b = a.against or a.binary
+    label_b = " ".join(x for x in (a.setting, a.against) if x)
     ratios = []
-    print(f"| round | as is, s | {a.setting}, s | ratio B/A |")
+    print(f"| round | as is, s | {label_b}, s | ratio B/A |")
     print("| --- | --- | --- | --- |")
     for r in range(a.rounds):
         # the order swaps every round, so that a drifting machine treats both alike
         if r % 2 == 0:
-            ta, tb = seconds(a.binary, bench_args, env_a), seconds(a.binary, bench_args, env_b)
+            ta, tb = seconds(a.binary, bench_args, env_a), seconds(binary_b, bench_args, env_b)
         else:
-            tb, ta = seconds(a.binary, bench_args, env_b), seconds(a.binary, bench_args, env_a)
+            tb, ta = seconds(binary_b, bench_args, env_b), seconds(a.binary, bench_args, env_a)
         ratios.append(tb / ta)
         print(f"| {r + 1} | {ta:.4f} | {tb:.4f} | {tb / ta:.3f} |")
     print(f"\nmedian ratio B/A: {median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f})")
