@@ -132,6 +132,47 @@ TEST(GroupNormSilu, InputPassedThroughCarriesTheResidualsGradientIntoTheKernel) 
   EXPECT_TRUE(torch::allclose(y_inference, y5.detach()));
 }
 
+TEST(GroupNormSilu, Bf16NchwKernelMatchesAFloat64ReferenceOnTheSameBf16Inputs) {
+  // bf16 x and upstream gradient, float32 shift, γ and β; the reference computes in float64 from
+  // the same (bf16-rounded) values, so the differences are the kernel's own: its float32
+  // arithmetic and the bf16 rounding of y and ∂L/∂x (relative 2⁻⁹ ≈ 2e-3 per element). Images of
+  // whole 16-pixel vectors and a remainder (7×7 = 3 · 16 + 1), groups of 4 and of 32 channels.
+  for (const Case& k : {Case{2, 32, 7, 7, 8, true}, Case{3, 64, 4, 4, 2, false}, Case{2, 24, 5, 3, 6, true}}) {
+    SCOPED_TRACE("N" + std::to_string(k.n) + " C" + std::to_string(k.c) + " " + std::to_string(k.h) + "x" +
+                 std::to_string(k.w) + " groups " + std::to_string(k.groups) + (k.shift ? " shift" : ""));
+    torch::manual_seed(7);
+    auto x = (torch::randn({k.n, k.c, k.h, k.w}) * 2 + torch::randn({1, k.c, 1, 1}) * 3)
+                 .to(torch::kBFloat16)
+                 .requires_grad_();
+    auto shift = (torch::randn({k.n, k.c}) * 0.5).requires_grad_();
+    auto gamma = (1 + 0.3 * torch::randn({k.c})).requires_grad_(), beta = (0.3 * torch::randn({k.c})).requires_grad_();
+    auto upstream = torch::randn({k.n, k.c, k.h, k.w}).to(torch::kBFloat16);
+    ASSERT_TRUE(group_norm_silu_nchw_bf16_applies(x, gamma));
+    auto y = group_norm_silu_nchw_bf16(x, k.shift ? shift : torch::Tensor(), gamma, beta, k.groups, 1e-5);
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    y.backward(upstream);
+    EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16);
+
+    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
+    auto x64 = f64(x), shift64 = f64(shift), gamma64 = f64(gamma), beta64 = f64(beta);
+    auto u64 = k.shift ? x64 + shift64.unsqueeze(-1).unsqueeze(-1) : x64;
+    auto y64 = torch::silu(torch::group_norm(u64, k.groups, gamma64, beta64, 1e-5));
+    y64.backward(upstream.to(torch::kFloat64));
+
+    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 4e-3);
+    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 4e-3);
+    EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-4);
+    EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-4);
+    if (k.shift) EXPECT_LT(relative_error(shift.grad().to(torch::kFloat64), shift64.grad()), 1e-3);
+  }
+  // not for float32, channels-last or a float64 γ: the caller's other paths take those
+  EXPECT_FALSE(group_norm_silu_nchw_bf16_applies(torch::zeros({1, 16, 2, 2}), torch::ones({16})));
+  EXPECT_FALSE(group_norm_silu_nchw_bf16_applies(
+      torch::zeros({1, 16, 2, 2}, torch::kBFloat16).contiguous(c10::MemoryFormat::ChannelsLast), torch::ones({16})));
+  EXPECT_FALSE(group_norm_silu_nchw_bf16_applies(torch::zeros({1, 16, 2, 2}, torch::kBFloat16),
+                                                 torch::ones({16}, torch::kFloat64)));
+}
+
 TEST(GroupNormSilu, SaturatesWithoutOverflowForLargeInputs) {
   // z far beyond exp's float range on both sides: SiLU(z) → z for z ≫ 0 and → 0 for z ≪ 0.
   auto x = torch::zeros({1, 16, 1, 2});

@@ -26,6 +26,9 @@ torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, 0.0);
   const int64_t groups = norm->options.num_groups();
+  if (group_norm_silu_nchw_bf16_applies(x, norm->weight)) {  // the CPU's bf16 autocast path
+    return group_norm_silu_nchw_bf16(x, shift, norm->weight, norm->bias, groups, norm->options.eps());
+  }
   if (cuda_group_norm_applies(x, norm->weight, norm->bias, shift, groups)) {
     return group_norm_cuda(x, shift, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/true);
   }

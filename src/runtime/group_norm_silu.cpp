@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 namespace diffuse {
 
@@ -160,14 +163,15 @@ void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, cons
 }
 
 struct Shape {
-  int64_t n, blocks, pixels, channels, groups, per_group;  // per_group: channels per group
-  explicit Shape(const torch::Tensor& x5, int64_t g)
-      : n(x5.size(0)),
-        blocks(x5.size(1)),
-        pixels(x5.size(2) * x5.size(3)),
-        channels(x5.size(1) * L),
-        groups(g),
-        per_group(channels / g) {}
+  int64_t n, blocks, pixels, channels, groups, per_group;  // blocks: C/16; per_group: channels per group
+  Shape(int64_t images, int64_t c, int64_t image_pixels, int64_t g)
+      : n(images), blocks(c / L), pixels(image_pixels), channels(c), groups(g), per_group(c / g) {}
+  // x5: blocked [N, C/16, H, W, 16]
+  static Shape of_blocked(const torch::Tensor& x5, int64_t g) {
+    return Shape(x5.size(0), x5.size(1) * L, x5.size(2) * x5.size(3), g);
+  }
+  // x: [N, C, H, W]
+  static Shape of_nchw(const torch::Tensor& x, int64_t g) { return Shape(x.size(0), x.size(1), x.size(2) * x.size(3), g); }
 };
 
 // Per lane of block `cb` of sample `i`: s − μ, 1/σ, and a, b of block_norm_silu.
@@ -182,11 +186,73 @@ void lane_coefficients(const Shape& s, int64_t i, int64_t cb, const float* shift
   }
 }
 
+// Per sample and group, from the per-channel Σx and Σx² over the image (float64):
+//   μ = Σu/M, σ² = Σu²/M − μ², with Σu = Σx + P·s and Σu² = Σx² + 2s·Σx + P·s² per channel,
+// M = channels per group × P pixels. Returns μ and 1/√(σ² + ε), float32 [N, groups].
+std::pair<torch::Tensor, torch::Tensor> group_statistics(const Shape& s, const float* shift, const double* sum,
+                                                         const double* sum_sq, double eps) {
+  auto mean = torch::empty({s.n, s.groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
+  float *mu_out = mean.data_ptr<float>(), *r_out = inv_std.data_ptr<float>();
+  const double count = static_cast<double>(s.per_group * s.pixels);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      double su = 0, sq = 0;
+      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
+        const double t = shift[i * s.channels + c], sx = sum[i * s.channels + c];
+        su += sx + s.pixels * t;
+        sq += sum_sq[i * s.channels + c] + 2 * t * sx + s.pixels * t * t;
+      }
+      const double mu = su / count, var = std::max(sq / count - mu * mu, 0.0);
+      mu_out[i * s.groups + g] = static_cast<float>(mu);
+      r_out[i * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    }
+  }
+  return {mean, inv_std};
+}
+
+// m1 = (1/M) Σ_group γ ∂L/∂z,  m2 = (1/M) Σ_group γ ∂L/∂z x̂, per sample and group, from the
+// per-channel sums Σ ∂L/∂z (sum_dz) and Σ ∂L/∂z x̂ (sum_dz_xhat).
+void group_backward_means(const Shape& s, const float* gamma, const double* sum_dz, const double* sum_dz_xhat,
+                          std::vector<float>& m1, std::vector<float>& m2) {
+  m1.assign(s.n * s.groups, 0.0f);
+  m2.assign(s.n * s.groups, 0.0f);
+  const double count = static_cast<double>(s.per_group * s.pixels);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      double u = 0, v = 0;
+      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
+        u += gamma[c] * sum_dz[i * s.channels + c];
+        v += gamma[c] * sum_dz_xhat[i * s.channels + c];
+      }
+      m1[i * s.groups + g] = static_cast<float>(u / count);
+      m2[i * s.groups + g] = static_cast<float>(v / count);
+    }
+  }
+}
+
+// ∂L/∂s[n, c] = Σ_hw ∂L/∂x, ∂L/∂γ_c = Σ_n Σ ∂L/∂z x̂, ∂L/∂β_c = Σ_n Σ ∂L/∂z, as float32, from the
+// float64 sums, in plain loops: as tensor operations (a sum and three casts) these small
+// reductions took about 2 ms of a mnist training step (bench --profile).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> parameter_gradients(const Shape& s, const double* sum_dz,
+                                                                            const double* sum_dz_xhat,
+                                                                            const double* sum_dx) {
+  auto d_shift = torch::empty({s.n, s.channels}), d_gamma = torch::empty({s.channels}), d_beta = torch::empty_like(d_gamma);
+  float *ds = d_shift.data_ptr<float>(), *dg = d_gamma.data_ptr<float>(), *db = d_beta.data_ptr<float>();
+  for (int64_t k = 0; k < s.n * s.channels; ++k) ds[k] = static_cast<float>(sum_dx[k]);
+  for (int64_t c = 0; c < s.channels; ++c) {
+    double g = 0, b = 0;
+    for (int64_t i = 0; i < s.n; ++i) g += sum_dz_xhat[i * s.channels + c], b += sum_dz[i * s.channels + c];
+    dg[c] = static_cast<float>(g);
+    db[c] = static_cast<float>(b);
+  }
+  return {d_shift, d_gamma, d_beta};
+}
+
 // Forward: y, and the statistics kept for backward (mean and 1/σ per sample and group).
 std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
                                           const torch::Tensor& beta, int64_t groups, double eps, const Dropout& dropout) {
   RECORD_FUNCTION("diffuse::group_norm_silu_blocked", std::vector<c10::IValue>({x5}));
-  const Shape s(x5, groups);
+  const auto s = Shape::of_blocked(x5, groups);
   auto sums = torch::empty({s.n, s.channels}, torch::kFloat64), sums_sq = torch::empty_like(sums);
   const float* x = x5.data_ptr<float>();
   double *sum = sums.data_ptr<double>(), *sum_sq = sums_sq.data_ptr<double>();
@@ -194,23 +260,8 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::
   at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) block_sums(x + k * block_size, s.pixels, sum + k * L, sum_sq + k * L);
   });
-  // Per group: μ = Σu/M, σ² = Σu²/M − μ², with Σu = Σx + P·s and Σu² = Σx² + 2s·Σx + P·s² per channel.
-  auto mean = torch::empty({s.n, groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
   const float* sh = shift.data_ptr<float>();
-  const double count = static_cast<double>(s.per_group * s.pixels);
-  for (int64_t i = 0; i < s.n; ++i) {
-    for (int64_t g = 0; g < groups; ++g) {
-      double su = 0, sq = 0;
-      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
-        const double t = sh[i * s.channels + c], sx = sum[i * s.channels + c];
-        su += sx + s.pixels * t;
-        sq += sum_sq[i * s.channels + c] + 2 * t * sx + s.pixels * t * t;
-      }
-      const double mu = su / count, var = std::max(sq / count - mu * mu, 0.0);
-      mean.data_ptr<float>()[i * groups + g] = static_cast<float>(mu);
-      inv_std.data_ptr<float>()[i * groups + g] = static_cast<float>(1.0 / std::sqrt(var + eps));
-    }
-  }
+  auto [mean, inv_std] = group_statistics(s, sh, sum, sum_sq, eps);
   auto y5 = torch::empty_like(x5);
   float* y = y5.data_ptr<float>();
   const float *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
@@ -233,7 +284,7 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
                                            const torch::Tensor& dy5, const torch::Tensor& dx_also, int64_t groups,
                                            const Dropout& dropout) {
   RECORD_FUNCTION("diffuse::group_norm_silu_blocked_backward", std::vector<c10::IValue>({dy5}));
-  const Shape s(x5, groups);
+  const auto s = Shape::of_blocked(x5, groups);
   auto dx5 = torch::empty_like(x5);
   auto sums_dz = torch::empty({s.n, s.channels}, torch::kFloat64), sums_dz_xhat = torch::empty_like(sums_dz),
        sums_dx = torch::empty_like(sums_dz);
@@ -253,20 +304,8 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
                           static_cast<uint32_t>(k * block_size), dx + k * block_size, a_sum + k * L, b_sum + k * L);
     }
   });
-  // m1 = (1/M) Σ_group γ ∂L/∂z,  m2 = (1/M) Σ_group γ ∂L/∂z x̂, per sample and group.
-  std::vector<float> m1(s.n * groups), m2(s.n * groups);
-  const double count = static_cast<double>(s.per_group * s.pixels);
-  for (int64_t i = 0; i < s.n; ++i) {
-    for (int64_t g = 0; g < groups; ++g) {
-      double u = 0, v = 0;
-      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
-        u += ga[c] * a_sum[i * s.channels + c];
-        v += ga[c] * b_sum[i * s.channels + c];
-      }
-      m1[i * groups + g] = static_cast<float>(u / count);
-      m2[i * groups + g] = static_cast<float>(v / count);
-    }
-  }
+  std::vector<float> m1, m2;
+  group_backward_means(s, ga, a_sum, b_sum, m1, m2);
   at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t i = k / s.blocks, cb = k % s.blocks;
@@ -282,19 +321,262 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
                         dx + k * block_size, dx_sum + k * L);
     }
   });
-  // The float64 sums to float32 gradients in plain loops: as tensor operations (a sum and three
-  // casts) these small reductions took about 2 ms of a mnist training step (bench --profile).
-  auto d_shift = torch::empty({s.n, s.channels}), d_gamma = torch::empty({s.channels}), d_beta = torch::empty_like(d_gamma);
-  float *ds = d_shift.data_ptr<float>(), *dg = d_gamma.data_ptr<float>(), *db = d_beta.data_ptr<float>();
-  for (int64_t k = 0; k < s.n * s.channels; ++k) ds[k] = static_cast<float>(dx_sum[k]);
-  for (int64_t c = 0; c < s.channels; ++c) {
-    double g = 0, b = 0;
-    for (int64_t i = 0; i < s.n; ++i) g += b_sum[i * s.channels + c], b += a_sum[i * s.channels + c];
-    dg[c] = static_cast<float>(g);
-    db[c] = static_cast<float>(b);
-  }
+  auto [d_shift, d_gamma, d_beta] = parameter_gradients(s, a_sum, b_sum, dx_sum);
   return {dx5, d_shift, d_gamma, d_beta};
 }
+
+// ---- bfloat16 NCHW: the CPU's bf16 autocast path ----
+// One channel's image (a plane of P pixels) at a time, 16 pixels per vector with that channel's
+// coefficients in every lane. x, ∂L/∂y and the results are bf16 in memory, float32 in registers:
+// no float32 copy of x, no separate SiLU, no casts around the norm (under autocast LibTorch casts
+// x to float32 for GroupNorm, runs SiLU in float32 and casts the result to bf16 for the
+// convolution: four more passes over memory, forward and backward alike).
+
+typedef uint16_t LaneHalves __attribute__((vector_size(L * sizeof(uint16_t))));
+
+// bf16 → float32: the 16 bits are the float's upper half.
+DIFFUSE_LANE_HELPER Lanes load_bf16(const c10::BFloat16* p) {
+  LaneHalves h;
+  std::memcpy(&h, p, sizeof h);
+  return (Lanes)(__builtin_convertvector(h, LaneUInts) << 16);
+}
+
+// float32 → bf16, rounding to nearest even (NaN stays a NaN).
+DIFFUSE_LANE_HELPER void store_bf16(c10::BFloat16* p, const Lanes& v) {
+  const LaneUInts u = (LaneUInts)v;
+  const LaneUInts rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const LaneUInts nan = (LaneUInts)(v != v);
+  const LaneHalves h = __builtin_convertvector((rounded & ~nan) | (0x7FC0u & nan), LaneHalves);
+  std::memcpy(p, &h, sizeof h);
+}
+
+// The last P mod 16 pixels of a plane go through these zero-padded copies.
+struct PlaneTail {
+  int64_t start, count;
+  explicit PlaneTail(int64_t pixels) : start(pixels - pixels % L), count(pixels % L) {}
+  template <class T>
+  void copy_in(const T* from, T (&to)[L]) const {
+    std::memset(to, 0, sizeof to);
+    std::memcpy(to, from + start, count * sizeof(T));
+  }
+  template <class T>
+  void copy_out(const T (&from)[L], T* to) const {
+    std::memcpy(to + start, from, count * sizeof(T));
+  }
+};
+
+// Σ x and Σ x² over a plane (zero padding adds nothing).
+DIFFUSE_LANE_LOOP
+void plane_sums_bf16(const c10::BFloat16* x, int64_t pixels, double* sum, double* sum_sq) {
+  const PlaneTail tail(pixels);
+  Lanes s{}, q{};
+  for (int64_t p = 0; p < tail.start; p += L) {
+    const Lanes v = load_bf16(x + p);
+    s += v;
+    q += v * v;
+  }
+  if (tail.count) {
+    c10::BFloat16 pad[L];
+    tail.copy_in(x, pad);
+    const Lanes v = load_bf16(pad);
+    s += v;
+    q += v * v;
+  }
+  double ds = 0, dq = 0;
+  for (int64_t l = 0; l < L; ++l) ds += s[l], dq += q[l];
+  *sum = ds;
+  *sum_sq = dq;
+}
+
+// The per-vector steps of the plane loops below, inlined into each clone (no lambdas: GCC does not
+// inline those into a clone, and a call would pass the 64-byte vectors by the baseline ABI).
+DIFFUSE_LANE_HELPER Lanes silu_of_affine(Lanes v, float a, float b) {
+  const Lanes z = v * a + b;
+  return z * sigmoid(z);
+}
+
+// y = SiLU(x·a + b) over a plane, a = γ/σ, b = β + (s − μ)·γ/σ.
+DIFFUSE_LANE_LOOP
+void plane_norm_silu_bf16(const c10::BFloat16* x, int64_t pixels, float a, float b, c10::BFloat16* y) {
+  const PlaneTail tail(pixels);
+  for (int64_t p = 0; p < tail.start; p += L) store_bf16(y + p, silu_of_affine(load_bf16(x + p), a, b));
+  if (tail.count) {
+    c10::BFloat16 pad[L], out[L];
+    tail.copy_in(x, pad);
+    store_bf16(out, silu_of_affine(load_bf16(pad), a, b));
+    tail.copy_out(out, y);
+  }
+}
+
+// ∂L/∂z = ∂L/∂y · σ(z)(1 + z(1 − σ(z))) for z = x·a + b, added to the sums Σ ∂L/∂z (s) and
+// Σ ∂L/∂z·x̂ (q), x̂ = (x + s − μ)/σ.
+DIFFUSE_LANE_HELPER Lanes dz_and_sums(Lanes v, Lanes upstream, float a, float b, float shift_minus_mean, float inv_std,
+                                      Lanes& s, Lanes& q) {
+  const Lanes z = v * a + b;
+  const Lanes sig = sigmoid(z);
+  const Lanes g = upstream * sig * (1.0f + z * (1.0f - sig));
+  s += g;
+  q += g * ((v + shift_minus_mean) * inv_std);
+  return g;
+}
+
+// Backward, first pass over a plane: ∂L/∂z into dz (float32), Σ ∂L/∂z and Σ ∂L/∂z·x̂ with
+// x̂ = (x + s − μ)/σ (padding: ∂L/∂y = 0, so ∂L/∂z = 0 there).
+DIFFUSE_LANE_LOOP
+void plane_backward_sums_bf16(const c10::BFloat16* x, const c10::BFloat16* dy, int64_t pixels, float a, float b,
+                              float shift_minus_mean, float inv_std, float* dz, double* sum_dz,
+                              double* sum_dz_xhat) {
+  const PlaneTail tail(pixels);
+  Lanes s{}, q{};
+  for (int64_t p = 0; p < tail.start; p += L) {
+    store(dz + p, dz_and_sums(load_bf16(x + p), load_bf16(dy + p), a, b, shift_minus_mean, inv_std, s, q));
+  }
+  if (tail.count) {
+    c10::BFloat16 pad_x[L], pad_dy[L];
+    float out[L];
+    tail.copy_in(x, pad_x);
+    tail.copy_in(dy, pad_dy);
+    store(out, dz_and_sums(load_bf16(pad_x), load_bf16(pad_dy), a, b, shift_minus_mean, inv_std, s, q));
+    tail.copy_out(out, dz);
+  }
+  double ds = 0, dq = 0;
+  for (int64_t l = 0; l < L; ++l) ds += s[l], dq += q[l];
+  *sum_dz = ds;
+  *sum_dz_xhat = dq;
+}
+
+// ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), x̂ = (x + s − μ)/σ.
+DIFFUSE_LANE_HELPER Lanes dx_of(Lanes v, Lanes g, float gamma, float shift_minus_mean, float inv_std, float m1,
+                                float m2) {
+  const Lanes xhat = (v + shift_minus_mean) * inv_std;
+  return inv_std * (gamma * g - m1 - xhat * m2);
+}
+
+// Backward, second pass over a plane: ∂L/∂x in bf16, and its sum.
+DIFFUSE_LANE_LOOP
+void plane_backward_dx_bf16(const c10::BFloat16* x, const float* dz, int64_t pixels, float gamma,
+                            float shift_minus_mean, float inv_std, float m1, float m2, c10::BFloat16* dx,
+                            double* sum_dx) {
+  const PlaneTail tail(pixels);
+  Lanes s{};
+  for (int64_t p = 0; p < tail.start; p += L) {
+    const Lanes d = dx_of(load_bf16(x + p), load(dz + p), gamma, shift_minus_mean, inv_std, m1, m2);
+    s += d;
+    store_bf16(dx + p, d);
+  }
+  if (tail.count) {
+    c10::BFloat16 pad_x[L], out[L];
+    float pad_dz[L];
+    tail.copy_in(x, pad_x);
+    tail.copy_in(dz, pad_dz);
+    const Lanes d = dx_of(load_bf16(pad_x), load(pad_dz), gamma, shift_minus_mean, inv_std, m1, m2);
+    for (int64_t l = 0; l < tail.count; ++l) s[l] += d[l];  // the padded lanes are no pixels
+    store_bf16(out, d);
+    tail.copy_out(out, dx);
+  }
+  double ds = 0;
+  for (int64_t l = 0; l < L; ++l) ds += s[l];
+  *sum_dx = ds;
+}
+
+// Per plane (sample i, channel c): s − μ, 1/σ, a = γ/σ, b = β + (s − μ)·γ/σ.
+struct PlaneCoefficients {
+  float shift_minus_mean, inv_std, a, b;
+  PlaneCoefficients(const Shape& s, int64_t plane, const float* shift, const float* gamma, const float* beta,
+                    const float* mean, const float* inv_std_) {
+    const int64_t i = plane / s.channels, c = plane % s.channels, g = c / s.per_group;
+    shift_minus_mean = shift[plane] - mean[i * s.groups + g];
+    inv_std = inv_std_[i * s.groups + g];
+    a = gamma[c] * inv_std;
+    b = beta[c] + shift_minus_mean * a;
+  }
+};
+
+using BF16 = c10::BFloat16;
+
+std::vector<torch::Tensor> forward_kernel_nchw_bf16(const torch::Tensor& x, const torch::Tensor& shift,
+                                                    const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                    int64_t groups, double eps) {
+  RECORD_FUNCTION("diffuse::group_norm_silu_nchw_bf16", std::vector<c10::IValue>({x}));
+  const auto s = Shape::of_nchw(x, groups);
+  auto sums = torch::empty({s.n, s.channels}, torch::kFloat64), sums_sq = torch::empty_like(sums);
+  const BF16* xp = x.data_ptr<BF16>();
+  double *sum = sums.data_ptr<double>(), *sum_sq = sums_sq.data_ptr<double>();
+  const int64_t planes = s.n * s.channels, grain = std::max<int64_t>(1, 4096 / s.pixels);
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) plane_sums_bf16(xp + k * s.pixels, s.pixels, sum + k, sum_sq + k);
+  });
+  const float* sh = shift.data_ptr<float>();
+  auto [mean, inv_std] = group_statistics(s, sh, sum, sum_sq, eps);
+  auto y = torch::empty_like(x);
+  BF16* yp = y.data_ptr<BF16>();
+  const float *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
+              *rs = inv_std.data_ptr<float>();
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
+      plane_norm_silu_bf16(xp + k * s.pixels, s.pixels, co.a, co.b, yp + k * s.pixels);
+    }
+  });
+  return {y, mean, inv_std};
+}
+
+std::vector<torch::Tensor> backward_kernel_nchw_bf16(const torch::Tensor& x, const torch::Tensor& shift,
+                                                     const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                     const torch::Tensor& mean, const torch::Tensor& inv_std,
+                                                     const torch::Tensor& dy, int64_t groups) {
+  RECORD_FUNCTION("diffuse::group_norm_silu_nchw_bf16_backward", std::vector<c10::IValue>({dy}));
+  const auto s = Shape::of_nchw(x, groups);
+  auto dz = torch::empty(x.sizes(), torch::kFloat32), dx = torch::empty_like(x);
+  auto sums_dz = torch::empty({s.n, s.channels}, torch::kFloat64), sums_dz_xhat = torch::empty_like(sums_dz),
+       sums_dx = torch::empty_like(sums_dz);
+  const BF16 *xp = x.data_ptr<BF16>(), *dyp = dy.data_ptr<BF16>();
+  const float *sh = shift.data_ptr<float>(), *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(),
+              *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
+  float* dzp = dz.data_ptr<float>();
+  BF16* dxp = dx.data_ptr<BF16>();
+  double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
+         *dx_sum = sums_dx.data_ptr<double>();
+  const int64_t planes = s.n * s.channels, grain = std::max<int64_t>(1, 4096 / s.pixels);
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
+      plane_backward_sums_bf16(xp + k * s.pixels, dyp + k * s.pixels, s.pixels, co.a, co.b, co.shift_minus_mean,
+                               co.inv_std, dzp + k * s.pixels, a_sum + k, b_sum + k);
+    }
+  });
+  std::vector<float> m1, m2;
+  group_backward_means(s, ga, a_sum, b_sum, m1, m2);
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
+      const int64_t i = k / s.channels, c = k % s.channels, g = i * s.groups + c / s.per_group;
+      plane_backward_dx_bf16(xp + k * s.pixels, dzp + k * s.pixels, s.pixels, ga[c], co.shift_minus_mean, co.inv_std,
+                             m1[g], m2[g], dxp + k * s.pixels, dx_sum + k);
+    }
+  });
+  auto [d_shift, d_gamma, d_beta] = parameter_gradients(s, a_sum, b_sum, dx_sum);
+  return {dx, d_shift, d_gamma, d_beta};
+}
+
+struct GroupNormSiluNchwBf16Function : public torch::autograd::Function<GroupNormSiluNchwBf16Function> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& shift, const torch::Tensor& gamma, const torch::Tensor& beta,
+                               int64_t groups, double eps) {
+    auto out = forward_kernel_nchw_bf16(x, shift, gamma, beta, groups, eps);
+    ctx->save_for_backward({x, shift, gamma, beta, out[1], out[2]});
+    ctx->saved_data["groups"] = groups;
+    return out[0];
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto v = ctx->get_saved_variables();
+    auto g = backward_kernel_nchw_bf16(v[0], v[1], v[2], v[3], v[4], v[5],
+                                       grads[0].to(torch::kBFloat16).contiguous(), ctx->saved_data["groups"].toInt());
+    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor()};
+  }
+};
 
 Dropout make_dropout(double p, int64_t seed) {
   Dropout d;
@@ -374,6 +656,29 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
   if (!gradient_wanted({x5, gamma, beta})) return {group_norm_silu_blocked(x5, {}, gamma, beta, groups, eps), x5};
   auto out = apply_group_norm_silu(x5, {}, gamma, beta, groups, eps, 0.0, /*pass_input=*/true);
   return {out[0], out[1]};
+}
+
+bool group_norm_silu_nchw_bf16_applies(const torch::Tensor& x, const torch::Tensor& gamma) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() == 4 && x.is_contiguous() &&
+         gamma.defined() && gamma.scalar_type() == torch::kFloat32;
+}
+
+torch::Tensor group_norm_silu_nchw_bf16(const torch::Tensor& x, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                        const torch::Tensor& beta, int64_t groups, double eps) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16,
+              "group_norm_silu_nchw_bf16: x must be a bf16 CPU tensor [N, C, H, W], got ", x.sizes());
+  const int64_t n = x.size(0), channels = x.size(1);
+  TORCH_CHECK(groups > 0 && channels % groups == 0, "group_norm_silu_nchw_bf16: ", groups, " groups do not divide ",
+              channels, " channels");
+  TORCH_CHECK(gamma.numel() == channels && beta.numel() == channels,
+              "group_norm_silu_nchw_bf16: gamma and beta need ", channels, " entries");
+  TORCH_CHECK(!shift.defined() || (shift.dim() == 2 && shift.size(0) == n && shift.size(1) == channels),
+              "group_norm_silu_nchw_bf16: shift must be [", n, ", ", channels, "]");
+  // a missing shift travels as zeros; the shift, γ and β in float32, as the arithmetic is
+  const auto s = shift.defined() ? shift.to(torch::kFloat32).contiguous() : torch::zeros({n, channels});
+  const auto g = gamma.to(torch::kFloat32).contiguous(), b = beta.to(torch::kFloat32).contiguous();
+  if (!gradient_wanted({x, shift, gamma, beta})) return forward_kernel_nchw_bf16(x.contiguous(), s, g, b, groups, eps)[0];
+  return GroupNormSiluNchwBf16Function::apply(x.contiguous(), s, g, b, groups, eps);
 }
 
 }  // namespace diffuse

@@ -38,4 +38,15 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
                                                                           const torch::Tensor& beta, int64_t groups,
                                                                           double eps);
 
+// The same without dropout for bfloat16 NCHW CPU tensors (the CPU's bf16 autocast path):
+// statistics and arithmetic in float32, x read and y written in bf16, so that no float32 copy of
+// x, no separate SiLU and no casts sit between the two convolutions. x: [N, C, H, W] bf16; shift
+// [N, C] (any float dtype) or undefined; gamma, beta: [C]. Differentiable in x, shift, gamma and
+// beta (∂L/∂x in bf16, the others in float32). Returns y in bf16.
+torch::Tensor group_norm_silu_nchw_bf16(const torch::Tensor& x, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                        const torch::Tensor& beta, int64_t groups, double eps);
+
+// Whether that kernel takes x: a contiguous bf16 NCHW CPU tensor, float32 γ.
+bool group_norm_silu_nchw_bf16_applies(const torch::Tensor& x, const torch::Tensor& gamma);
+
 }  // namespace diffuse
