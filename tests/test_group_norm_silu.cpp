@@ -66,6 +66,34 @@ struct Case {
   bool shift;
 };
 
+// Relative errors allowed: of y, of ∂L/∂x, of ∂L/∂γ and ∂L/∂β, of ∂L/∂shift.
+struct Tolerances {
+  double y, x, parameters, shift;
+};
+
+// Checks y = SiLU(GroupNorm(x + shift)) and the gradients that y.backward(upstream) left on x,
+// shift, γ and β against LibTorch in float64 from the same values (with k.shift; without, the
+// shift must have no gradient).
+void expect_float64_agreement(const Case& k, const torch::Tensor& y, const torch::Tensor& x, const torch::Tensor& shift,
+                              const torch::Tensor& gamma, const torch::Tensor& beta, const torch::Tensor& upstream,
+                              const Tolerances& tolerance) {
+  auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
+  auto x64 = f64(x), shift64 = f64(shift), gamma64 = f64(gamma), beta64 = f64(beta);
+  auto u64 = k.shift ? x64 + shift64.unsqueeze(-1).unsqueeze(-1) : x64;
+  auto y64 = torch::silu(torch::group_norm(u64, k.groups, gamma64, beta64, 1e-5));
+  y64.backward(upstream.to(torch::kFloat64));
+
+  EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), tolerance.y);
+  EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), tolerance.x);
+  EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), tolerance.parameters);
+  EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), tolerance.parameters);
+  if (k.shift) {
+    EXPECT_LT(relative_error(shift.grad().to(torch::kFloat64), shift64.grad()), tolerance.shift);
+  } else {
+    EXPECT_FALSE(shift.grad().defined());
+  }
+}
+
 }  // namespace
 
 TEST(GroupNormSilu, OutputAndGradientsMatchAFloat64Reference) {
@@ -86,22 +114,7 @@ TEST(GroupNormSilu, OutputAndGradientsMatchAFloat64Reference) {
     auto y = from_blocked(
         group_norm_silu_blocked(to_blocked(x), k.shift ? shift : torch::Tensor(), gamma, beta, k.groups, 1e-5));
     y.backward(upstream);
-
-    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
-    auto x64 = f64(x), shift64 = f64(shift), gamma64 = f64(gamma), beta64 = f64(beta);
-    auto u64 = k.shift ? x64 + shift64.unsqueeze(-1).unsqueeze(-1) : x64;
-    auto y64 = torch::silu(torch::group_norm(u64, k.groups, gamma64, beta64, 1e-5));
-    y64.backward(upstream.to(torch::kFloat64));
-
-    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-6);
-    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
-    EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-5);
-    EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-5);
-    if (k.shift) {
-      EXPECT_LT(relative_error(shift.grad().to(torch::kFloat64), shift64.grad()), 1e-5);
-    } else {
-      EXPECT_FALSE(shift.grad().defined());
-    }
+    expect_float64_agreement(k, y, x, shift, gamma, beta, upstream, Tolerances{1e-6, 1e-5, 1e-5, 1e-5});
   }
 }
 
@@ -152,18 +165,7 @@ TEST(GroupNormSilu, Bf16NchwKernelMatchesAFloat64ReferenceOnTheSameBf16Inputs) {
     EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
     y.backward(upstream);
     EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16);
-
-    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
-    auto x64 = f64(x), shift64 = f64(shift), gamma64 = f64(gamma), beta64 = f64(beta);
-    auto u64 = k.shift ? x64 + shift64.unsqueeze(-1).unsqueeze(-1) : x64;
-    auto y64 = torch::silu(torch::group_norm(u64, k.groups, gamma64, beta64, 1e-5));
-    y64.backward(upstream.to(torch::kFloat64));
-
-    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 4e-3);
-    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 4e-3);
-    EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-4);
-    EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-4);
-    if (k.shift) EXPECT_LT(relative_error(shift.grad().to(torch::kFloat64), shift64.grad()), 1e-3);
+    expect_float64_agreement(k, y, x, shift, gamma, beta, upstream, Tolerances{4e-3, 4e-3, 1e-4, 1e-3});
   }
   // not for float32, channels-last or a float64 γ: the caller's other paths take those
   EXPECT_FALSE(group_norm_silu_nchw_bf16_applies(torch::zeros({1, 16, 2, 2}), torch::ones({16})));
