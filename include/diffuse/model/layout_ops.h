@@ -15,7 +15,8 @@ namespace diffuse {
 inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
 
 // SiLU(GroupNorm(x + shift)), shift: [B, C] (a ResBlock's time projection) or undefined.
-// Blocked: one fused kernel (runtime/group_norm_silu.h); NCHW: LibTorch's ops, the norm in its
+// Blocked, or bf16 NCHW on the CPU: one fused kernel (runtime/group_norm_silu.h); channels-last on
+// CUDA: runtime/group_norm_cuda.h where it applies; otherwise LibTorch's ops, the norm in its
 // weights' precision.
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift = {});
 
