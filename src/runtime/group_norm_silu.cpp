@@ -56,6 +56,24 @@ DIFFUSE_LANE_HELPER Lanes reciprocal(Lanes d) {
 // e^(−z) ≤ e^87 keeps 1/(1 + e^(−z)) a normal float.
 DIFFUSE_LANE_HELPER Lanes sigmoid(Lanes z) { return reciprocal(1.0f + exp_approx(-(z > -87.0f ? z : splat(-87.0f)))); }
 
+// The formulas both layouts' kernels share. C, a coefficient: Lanes (one per lane: the blocked
+// layout's 16 channels) or float (one for all lanes: 16 pixels of one NCHW channel).
+// SiLU(z) = z·σ(z)
+DIFFUSE_LANE_HELPER Lanes silu(Lanes z) { return z * sigmoid(z); }
+
+// ∂L/∂z = ∂L/∂SiLU · σ(z)(1 + z(1 − σ(z)))
+DIFFUSE_LANE_HELPER Lanes silu_backward(Lanes z, Lanes upstream) {
+  const Lanes sig = sigmoid(z);
+  return upstream * sig * (1.0f + z * (1.0f - sig));
+}
+
+// ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), x̂ = (x + s − μ)/σ
+template <class C>
+DIFFUSE_LANE_HELPER Lanes group_norm_backward(Lanes x, Lanes dz, C gamma, C shift_minus_mean, C inv_std, C m1, C m2) {
+  const Lanes xhat = (x + shift_minus_mean) * inv_std;
+  return inv_std * (gamma * dz - m1 - xhat * m2);
+}
+
 // Dropout without a stored mask: element i is kept where a hash of (i, seed) is at least
 // p·2³², so that backward recomputes the same mask from the seed. The hash is murmur3's 32-bit
 // finaliser applied twice, the seed's halves mixed in before each (so that two seeds give
@@ -107,8 +125,7 @@ void block_norm_silu(const float* x, int64_t pixels, const float* a_, const floa
                      uint32_t first, float* y) {
   const Lanes a = load(a_), b = load(b_);
   for (int64_t p = 0; p < pixels; ++p) {
-    const Lanes z = load(x + p * L) * a + b;
-    Lanes out = z * sigmoid(z);
+    Lanes out = silu(load(x + p * L) * a + b);
     if (dropout.active) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * L));
     store(y + p * L, out);
   }
@@ -125,11 +142,9 @@ void block_backward_sums(const float* x, const float* dy, int64_t pixels, const 
     Lanes run_s{}, run_q{};
     for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
       const Lanes v = load(x + p * L);
-      const Lanes z = v * a + b;
-      const Lanes sig = sigmoid(z);
       Lanes upstream = load(dy + p * L);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
       if (dropout.active) upstream *= keep_scale(dropout, first + static_cast<uint32_t>(p * L));
-      const Lanes g = upstream * sig * (1.0f + z * (1.0f - sig));
+      const Lanes g = silu_backward(v * a + b, upstream);
       store(dz + p * L, g);
       run_s += g;
       run_q += g * ((v + shift_minus_mean) * inv_std);
@@ -152,8 +167,8 @@ void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, cons
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
     Lanes run{};
     for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
-      const Lanes xhat = (load(x + p * L) + shift_minus_mean) * inv_std;
-      const Lanes d = inv_std * (gamma * load(dz_then_dx + p * L) - m1 - xhat * m2);
+      const Lanes d = group_norm_backward(load(x + p * L), load(dz_then_dx + p * L), gamma, shift_minus_mean, inv_std,
+                                          m1, m2);
       store(dz_then_dx + p * L, also ? d + load(also + p * L) : d);
       run += d;
     }
@@ -388,33 +403,25 @@ void plane_sums_bf16(const c10::BFloat16* x, int64_t pixels, double* sum, double
   *sum_sq = dq;
 }
 
-// The per-vector steps of the plane loops below, inlined into each clone (no lambdas: GCC does not
-// inline those into a clone, and a call would pass the 64-byte vectors by the baseline ABI).
-DIFFUSE_LANE_HELPER Lanes silu_of_affine(Lanes v, float a, float b) {
-  const Lanes z = v * a + b;
-  return z * sigmoid(z);
-}
-
 // y = SiLU(x·a + b) over a plane, a = γ/σ, b = β + (s − μ)·γ/σ.
 DIFFUSE_LANE_LOOP
 void plane_norm_silu_bf16(const c10::BFloat16* x, int64_t pixels, float a, float b, c10::BFloat16* y) {
   const PlaneTail tail(pixels);
-  for (int64_t p = 0; p < tail.start; p += L) store_bf16(y + p, silu_of_affine(load_bf16(x + p), a, b));
+  for (int64_t p = 0; p < tail.start; p += L) store_bf16(y + p, silu(load_bf16(x + p) * a + b));
   if (tail.count) {
     c10::BFloat16 pad[L], out[L];
     tail.copy_in(x, pad);
-    store_bf16(out, silu_of_affine(load_bf16(pad), a, b));
+    store_bf16(out, silu(load_bf16(pad) * a + b));
     tail.copy_out(out, y);
   }
 }
 
-// ∂L/∂z = ∂L/∂y · σ(z)(1 + z(1 − σ(z))) for z = x·a + b, added to the sums Σ ∂L/∂z (s) and
-// Σ ∂L/∂z·x̂ (q), x̂ = (x + s − μ)/σ.
+// ∂L/∂z for z = x·a + b, added to the sums Σ ∂L/∂z (s) and Σ ∂L/∂z·x̂ (q), x̂ = (x + s − μ)/σ.
+// (A helper, not a lambda: GCC does not inline lambdas into a clone, and a call would pass the
+// 64-byte vectors by the baseline ABI.)
 DIFFUSE_LANE_HELPER Lanes dz_and_sums(Lanes v, Lanes upstream, float a, float b, float shift_minus_mean, float inv_std,
                                       Lanes& s, Lanes& q) {
-  const Lanes z = v * a + b;
-  const Lanes sig = sigmoid(z);
-  const Lanes g = upstream * sig * (1.0f + z * (1.0f - sig));
+  const Lanes g = silu_backward(v * a + b, upstream);
   s += g;
   q += g * ((v + shift_minus_mean) * inv_std);
   return g;
@@ -445,13 +452,6 @@ void plane_backward_sums_bf16(const c10::BFloat16* x, const c10::BFloat16* dy, i
   *sum_dz_xhat = dq;
 }
 
-// ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), x̂ = (x + s − μ)/σ.
-DIFFUSE_LANE_HELPER Lanes dx_of(Lanes v, Lanes g, float gamma, float shift_minus_mean, float inv_std, float m1,
-                                float m2) {
-  const Lanes xhat = (v + shift_minus_mean) * inv_std;
-  return inv_std * (gamma * g - m1 - xhat * m2);
-}
-
 // Backward, second pass over a plane: ∂L/∂x in bf16, and its sum.
 DIFFUSE_LANE_LOOP
 void plane_backward_dx_bf16(const c10::BFloat16* x, const float* dz, int64_t pixels, float gamma,
@@ -460,7 +460,7 @@ void plane_backward_dx_bf16(const c10::BFloat16* x, const float* dz, int64_t pix
   const PlaneTail tail(pixels);
   Lanes s{};
   for (int64_t p = 0; p < tail.start; p += L) {
-    const Lanes d = dx_of(load_bf16(x + p), load(dz + p), gamma, shift_minus_mean, inv_std, m1, m2);
+    const Lanes d = group_norm_backward(load_bf16(x + p), load(dz + p), gamma, shift_minus_mean, inv_std, m1, m2);
     s += d;
     store_bf16(dx + p, d);
   }
@@ -469,7 +469,7 @@ void plane_backward_dx_bf16(const c10::BFloat16* x, const float* dz, int64_t pix
     float pad_dz[L];
     tail.copy_in(x, pad_x);
     tail.copy_in(dz, pad_dz);
-    const Lanes d = dx_of(load_bf16(pad_x), load(pad_dz), gamma, shift_minus_mean, inv_std, m1, m2);
+    const Lanes d = group_norm_backward(load_bf16(pad_x), load(pad_dz), gamma, shift_minus_mean, inv_std, m1, m2);
     for (int64_t l = 0; l < tail.count; ++l) s[l] += d[l];  // the padded lanes are no pixels
     store_bf16(out, d);
     tail.copy_out(out, dx);
@@ -618,28 +618,37 @@ struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFun
   }
 };
 
+// The shift, γ and β as the kernels take them, after checking their shapes against x's n images
+// and `channels` (and `groups`): float32 and contiguous, a missing shift as zeros (autograd
+// functions take no undefined tensors). `who` names the caller in the messages.
+struct NormParameters {
+  torch::Tensor shift, gamma, beta;
+};
+
+NormParameters checked_parameters(const char* who, int64_t n, int64_t channels, int64_t groups,
+                                  const torch::Tensor& shift, const torch::Tensor& gamma, const torch::Tensor& beta) {
+  TORCH_CHECK(groups > 0 && channels % groups == 0, who, ": ", groups, " groups do not divide ", channels, " channels");
+  TORCH_CHECK(gamma.numel() == channels && beta.numel() == channels, who, ": gamma and beta need ", channels,
+              " entries");
+  TORCH_CHECK(!shift.defined() || (shift.dim() == 2 && shift.size(0) == n && shift.size(1) == channels), who,
+              ": shift must be [", n, ", ", channels, "]");
+  return {shift.defined() ? shift.to(torch::kFloat32).contiguous() : torch::zeros({n, channels}),
+          gamma.to(torch::kFloat32).contiguous(), beta.to(torch::kFloat32).contiguous()};
+}
+
 // The checked and prepared call; pass_input as in GroupNormSiluFunction.
 torch::autograd::variable_list apply_group_norm_silu(const torch::Tensor& x5, const torch::Tensor& shift,
                                                      const torch::Tensor& gamma, const torch::Tensor& beta,
                                                      int64_t groups, double eps, double dropout, bool pass_input) {
   TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
               "group_norm_silu_blocked: x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
-  const int64_t n = x5.size(0), channels = x5.size(1) * L;
-  TORCH_CHECK(groups > 0 && channels % groups == 0, "group_norm_silu_blocked: ", groups, " groups do not divide ",
-              channels, " channels");
-  TORCH_CHECK(gamma.numel() == channels && beta.numel() == channels, "group_norm_silu_blocked: gamma and beta need ",
-              channels, " entries");
-  TORCH_CHECK(!shift.defined() || (shift.dim() == 2 && shift.size(0) == n && shift.size(1) == channels),
-              "group_norm_silu_blocked: shift must be [", n, ", ", channels, "]");
+  const auto p = checked_parameters("group_norm_silu_blocked", x5.size(0), x5.size(1) * L, groups, shift, gamma, beta);
   TORCH_CHECK(dropout >= 0 && dropout < 1, "group_norm_silu_blocked: dropout must be in [0, 1), got ", dropout);
-  // autograd functions take no undefined tensors: a missing shift travels as zeros
-  const auto s = shift.defined() ? shift.to(torch::kFloat32).contiguous() : torch::zeros({n, channels});
   // The mask's seed comes from LibTorch's default generator, so torch::manual_seed (and a resumed
   // run's saved generator state) reproduces it.
   const int64_t seed = dropout > 0 ? torch::randint(std::numeric_limits<int64_t>::max(), {1}, torch::kLong).item<int64_t>()
                                    : 0;
-  return GroupNormSiluFunction::apply(x5.contiguous(), s, gamma.to(torch::kFloat32).contiguous(),
-                                      beta.to(torch::kFloat32).contiguous(), groups, eps, dropout, seed, pass_input);
+  return GroupNormSiluFunction::apply(x5.contiguous(), p.shift, p.gamma, p.beta, groups, eps, dropout, seed, pass_input);
 }
 
 }  // namespace
@@ -667,18 +676,11 @@ torch::Tensor group_norm_silu_nchw_bf16(const torch::Tensor& x, const torch::Ten
                                         const torch::Tensor& beta, int64_t groups, double eps) {
   TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16,
               "group_norm_silu_nchw_bf16: x must be a bf16 CPU tensor [N, C, H, W], got ", x.sizes());
-  const int64_t n = x.size(0), channels = x.size(1);
-  TORCH_CHECK(groups > 0 && channels % groups == 0, "group_norm_silu_nchw_bf16: ", groups, " groups do not divide ",
-              channels, " channels");
-  TORCH_CHECK(gamma.numel() == channels && beta.numel() == channels,
-              "group_norm_silu_nchw_bf16: gamma and beta need ", channels, " entries");
-  TORCH_CHECK(!shift.defined() || (shift.dim() == 2 && shift.size(0) == n && shift.size(1) == channels),
-              "group_norm_silu_nchw_bf16: shift must be [", n, ", ", channels, "]");
-  // a missing shift travels as zeros; the shift, γ and β in float32, as the arithmetic is
-  const auto s = shift.defined() ? shift.to(torch::kFloat32).contiguous() : torch::zeros({n, channels});
-  const auto g = gamma.to(torch::kFloat32).contiguous(), b = beta.to(torch::kFloat32).contiguous();
-  if (!gradient_wanted({x, shift, gamma, beta})) return forward_kernel_nchw_bf16(x.contiguous(), s, g, b, groups, eps)[0];
-  return GroupNormSiluNchwBf16Function::apply(x.contiguous(), s, g, b, groups, eps);
+  const auto p = checked_parameters("group_norm_silu_nchw_bf16", x.size(0), x.size(1), groups, shift, gamma, beta);
+  if (!gradient_wanted({x, shift, gamma, beta})) {
+    return forward_kernel_nchw_bf16(x.contiguous(), p.shift, p.gamma, p.beta, groups, eps)[0];
+  }
+  return GroupNormSiluNchwBf16Function::apply(x.contiguous(), p.shift, p.gamma, p.beta, groups, eps);
 }
 
 }  // namespace diffuse
