@@ -7,6 +7,8 @@
 #include "diffuse/runtime/group_norm_silu.h"
 #include "support/networks.h"
 
+#include <ATen/Parallel.h>
+
 using namespace diffuse;
 
 using diffuse::testing::relative_error;
@@ -94,9 +96,24 @@ void expect_float64_agreement(const Case& k, const torch::Tensor& y, const torch
   }
 }
 
+// Two threads at least while it lives: the kernels then take their three-pass schedule for a
+// batch of one image and the sample-by-sample one for larger batches (two_passes in
+// group_norm_silu.cpp), so that the cases below run both.
+class AtLeastTwoThreads {
+ public:
+  AtLeastTwoThreads() {
+    if (before_ < 2) at::set_num_threads(2);
+  }
+  ~AtLeastTwoThreads() { at::set_num_threads(before_); }
+
+ private:
+  int before_ = at::get_num_threads();
+};
+
 }  // namespace
 
 TEST(GroupNormSilu, OutputAndGradientsMatchAFloat64Reference) {
+  const AtLeastTwoThreads threads;
   // Groups within a block (32 channels in 8 groups), groups across blocks (16 in 1, 64 in 2),
   // groups that straddle block edges (48 channels in 4 groups of 12), odd image sizes.
   for (const Case& k : {Case{2, 32, 7, 7, 8, true}, Case{3, 16, 5, 3, 1, false}, Case{2, 48, 6, 6, 4, true},
@@ -150,7 +167,9 @@ TEST(GroupNormSilu, Bf16NchwKernelMatchesAFloat64ReferenceOnTheSameBf16Inputs) {
   // the same (bf16-rounded) values, so the differences are the kernel's own: its float32
   // arithmetic and the bf16 rounding of y and ∂L/∂x (relative 2⁻⁹ ≈ 2e-3 per element). Images of
   // whole 16-pixel vectors and a remainder (7×7 = 3 · 16 + 1), groups of 4 and of 32 channels.
-  for (const Case& k : {Case{2, 32, 7, 7, 8, true}, Case{3, 64, 4, 4, 2, false}, Case{2, 24, 5, 3, 6, true}}) {
+  const AtLeastTwoThreads threads;
+  for (const Case& k : {Case{2, 32, 7, 7, 8, true}, Case{3, 64, 4, 4, 2, false}, Case{2, 24, 5, 3, 6, true},
+                        Case{1, 32, 5, 5, 4, true}}) {
     SCOPED_TRACE("N" + std::to_string(k.n) + " C" + std::to_string(k.c) + " " + std::to_string(k.h) + "x" +
                  std::to_string(k.w) + " groups " + std::to_string(k.groups) + (k.shift ? " shift" : ""));
     torch::manual_seed(7);

@@ -201,48 +201,70 @@ void lane_coefficients(const Shape& s, int64_t i, int64_t cb, const float* shift
   }
 }
 
-// Per sample and group, from the per-channel Σx and Σx² over the image (float64):
+// Of sample i, per group, from the per-channel Σx and Σx² over the image (float64):
 //   μ = Σu/M, σ² = Σu²/M − μ², with Σu = Σx + P·s and Σu² = Σx² + 2s·Σx + P·s² per channel,
-// M = channels per group × P pixels. Returns μ and 1/√(σ² + ε), float32 [N, groups].
-std::pair<torch::Tensor, torch::Tensor> group_statistics(const Shape& s, const float* shift, const double* sum,
-                                                         const double* sum_sq, double eps) {
-  auto mean = torch::empty({s.n, s.groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
-  float *mu_out = mean.data_ptr<float>(), *r_out = inv_std.data_ptr<float>();
+// M = channels per group × P pixels. Writes μ and 1/√(σ² + ε) into row i of mean and inv_std
+// ([N, groups]).
+void sample_statistics(const Shape& s, int64_t i, const float* shift, const double* sum, const double* sum_sq,
+                       double eps, float* mean, float* inv_std) {
   const double count = static_cast<double>(s.per_group * s.pixels);
-  for (int64_t i = 0; i < s.n; ++i) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      double su = 0, sq = 0;
-      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
-        const double t = shift[i * s.channels + c], sx = sum[i * s.channels + c];
-        su += sx + s.pixels * t;
-        sq += sum_sq[i * s.channels + c] + 2 * t * sx + s.pixels * t * t;
-      }
-      const double mu = su / count, var = std::max(sq / count - mu * mu, 0.0);
-      mu_out[i * s.groups + g] = static_cast<float>(mu);
-      r_out[i * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + eps));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    double su = 0, sq = 0;
+    for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
+      const double t = shift[i * s.channels + c], sx = sum[i * s.channels + c];
+      su += sx + s.pixels * t;
+      sq += sum_sq[i * s.channels + c] + 2 * t * sx + s.pixels * t * t;
     }
+    const double mu = su / count, var = std::max(sq / count - mu * mu, 0.0);
+    mean[i * s.groups + g] = static_cast<float>(mu);
+    inv_std[i * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + eps));
   }
-  return {mean, inv_std};
 }
 
-// m1 = (1/M) Σ_group γ ∂L/∂z,  m2 = (1/M) Σ_group γ ∂L/∂z x̂, per sample and group, from the
-// per-channel sums Σ ∂L/∂z (sum_dz) and Σ ∂L/∂z x̂ (sum_dz_xhat).
-void group_backward_means(const Shape& s, const float* gamma, const double* sum_dz, const double* sum_dz_xhat,
-                          std::vector<float>& m1, std::vector<float>& m2) {
-  m1.assign(s.n * s.groups, 0.0f);
-  m2.assign(s.n * s.groups, 0.0f);
+// Of sample i, per group: m1 = (1/M) Σ_group γ ∂L/∂z,  m2 = (1/M) Σ_group γ ∂L/∂z x̂, from the
+// per-channel sums Σ ∂L/∂z (sum_dz) and Σ ∂L/∂z x̂ (sum_dz_xhat), into row i of m1 and m2.
+void sample_backward_means(const Shape& s, int64_t i, const float* gamma, const double* sum_dz,
+                           const double* sum_dz_xhat, float* m1, float* m2) {
   const double count = static_cast<double>(s.per_group * s.pixels);
-  for (int64_t i = 0; i < s.n; ++i) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      double u = 0, v = 0;
-      for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
-        u += gamma[c] * sum_dz[i * s.channels + c];
-        v += gamma[c] * sum_dz_xhat[i * s.channels + c];
-      }
-      m1[i * s.groups + g] = static_cast<float>(u / count);
-      m2[i * s.groups + g] = static_cast<float>(v / count);
+  for (int64_t g = 0; g < s.groups; ++g) {
+    double u = 0, v = 0;
+    for (int64_t c = g * s.per_group; c < (g + 1) * s.per_group; ++c) {
+      u += gamma[c] * sum_dz[i * s.channels + c];
+      v += gamma[c] * sum_dz_xhat[i * s.channels + c];
     }
+    m1[i * s.groups + g] = static_cast<float>(u / count);
+    m2[i * s.groups + g] = static_cast<float>(v / count);
   }
+}
+
+// Both kernels, forward and backward, make two passes over their data with per-sample sums in
+// between: first(k) for every unit k (a channel block, or one channel's plane) of every sample,
+// then per_sample(i), then second(k) for every unit. With at least as many samples as threads,
+// each thread takes whole samples and runs the three back to back, so that the second pass reads
+// the sample from this core's cache (a few hundred KiB per sample in the U-Nets) and not from
+// memory. With fewer samples (sampling one image), three passes over the batch, parallel over
+// units, `grain` units at least per task.
+template <class First, class PerSample, class Second>
+void two_passes(int64_t samples, int64_t units_per_sample, int64_t grain, First&& first, PerSample&& per_sample,
+                Second&& second) {
+  if (samples >= at::get_num_threads()) {
+    at::parallel_for(0, samples, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        for (int64_t k = i * units_per_sample; k < (i + 1) * units_per_sample; ++k) first(k);
+        per_sample(i);
+        for (int64_t k = i * units_per_sample; k < (i + 1) * units_per_sample; ++k) second(k);
+      }
+    });
+    return;
+  }
+  const int64_t units = samples * units_per_sample;
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) first(k);
+  });
+  for (int64_t i = 0; i < samples; ++i) per_sample(i);
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) second(k);
+  });
 }
 
 // ∂L/∂s[n, c] = Σ_hw ∂L/∂x, ∂L/∂γ_c = Σ_n Σ ∂L/∂z x̂, ∂L/∂β_c = Σ_n Σ ∂L/∂z, as float32, from the
@@ -272,23 +294,20 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::
   const float* x = x5.data_ptr<float>();
   double *sum = sums.data_ptr<double>(), *sum_sq = sums_sq.data_ptr<double>();
   const int64_t block_size = s.pixels * L;
-  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) block_sums(x + k * block_size, s.pixels, sum + k * L, sum_sq + k * L);
-  });
-  const float* sh = shift.data_ptr<float>();
-  auto [mean, inv_std] = group_statistics(s, sh, sum, sum_sq, eps);
+  const float *sh = shift.data_ptr<float>(), *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>();
+  auto mean = torch::empty({s.n, s.groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
+  float *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
   auto y5 = torch::empty_like(x5);
   float* y = y5.data_ptr<float>();
-  const float *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
-              *rs = inv_std.data_ptr<float>();
-  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      float smm[L], r[L], a[L], b[L];
-      lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-      block_norm_silu(x + k * block_size, s.pixels, a, b, dropout, static_cast<uint32_t>(k * block_size),
-                      y + k * block_size);
-    }
-  });
+  two_passes(
+      s.n, s.blocks, 1, [&](int64_t k) { block_sums(x + k * block_size, s.pixels, sum + k * L, sum_sq + k * L); },
+      [&](int64_t i) { sample_statistics(s, i, sh, sum, sum_sq, eps, mu, rs); },
+      [&](int64_t k) {
+        float smm[L], r[L], a[L], b[L];
+        lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
+        block_norm_silu(x + k * block_size, s.pixels, a, b, dropout, static_cast<uint32_t>(k * block_size),
+                        y + k * block_size);
+      });
   return {y5, mean, inv_std};
 }
 
@@ -311,31 +330,29 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
   double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
          *dx_sum = sums_dx.data_ptr<double>();
   const int64_t block_size = s.pixels * L;
-  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      float smm[L], r[L], a[L], b[L];
-      lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-      block_backward_sums(x + k * block_size, dy + k * block_size, s.pixels, a, b, smm, r, dropout,
-                          static_cast<uint32_t>(k * block_size), dx + k * block_size, a_sum + k * L, b_sum + k * L);
-    }
-  });
-  std::vector<float> m1, m2;
-  group_backward_means(s, ga, a_sum, b_sum, m1, m2);
-  at::parallel_for(0, s.n * s.blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t i = k / s.blocks, cb = k % s.blocks;
-      float smm[L], r[L], a[L], b[L], gl[L], m1l[L], m2l[L];
-      lane_coefficients(s, i, cb, sh, ga, be, mu, rs, smm, r, a, b);
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t c = cb * L + l, g = c / s.per_group;
-        gl[l] = ga[c];
-        m1l[l] = m1[i * groups + g];
-        m2l[l] = m2[i * groups + g];
-      }
-      block_backward_dx(x + k * block_size, s.pixels, gl, smm, r, m1l, m2l, also ? also + k * block_size : nullptr,
-                        dx + k * block_size, dx_sum + k * L);
-    }
-  });
+  std::vector<float> m1(s.n * s.groups), m2(s.n * s.groups);
+  two_passes(
+      s.n, s.blocks, 1,
+      [&](int64_t k) {
+        float smm[L], r[L], a[L], b[L];
+        lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
+        block_backward_sums(x + k * block_size, dy + k * block_size, s.pixels, a, b, smm, r, dropout,
+                            static_cast<uint32_t>(k * block_size), dx + k * block_size, a_sum + k * L, b_sum + k * L);
+      },
+      [&](int64_t i) { sample_backward_means(s, i, ga, a_sum, b_sum, m1.data(), m2.data()); },
+      [&](int64_t k) {
+        const int64_t i = k / s.blocks, cb = k % s.blocks;
+        float smm[L], r[L], a[L], b[L], gl[L], m1l[L], m2l[L];
+        lane_coefficients(s, i, cb, sh, ga, be, mu, rs, smm, r, a, b);
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t c = cb * L + l, g = c / s.per_group;
+          gl[l] = ga[c];
+          m1l[l] = m1[i * groups + g];
+          m2l[l] = m2[i * groups + g];
+        }
+        block_backward_dx(x + k * block_size, s.pixels, gl, smm, r, m1l, m2l, also ? also + k * block_size : nullptr,
+                          dx + k * block_size, dx_sum + k * L);
+      });
   auto [d_shift, d_gamma, d_beta] = parameter_gradients(s, a_sum, b_sum, dx_sum);
   return {dx5, d_shift, d_gamma, d_beta};
 }
@@ -502,22 +519,19 @@ std::vector<torch::Tensor> forward_kernel_nchw_bf16(const torch::Tensor& x, cons
   auto sums = torch::empty({s.n, s.channels}, torch::kFloat64), sums_sq = torch::empty_like(sums);
   const BF16* xp = x.data_ptr<BF16>();
   double *sum = sums.data_ptr<double>(), *sum_sq = sums_sq.data_ptr<double>();
-  const int64_t planes = s.n * s.channels, grain = std::max<int64_t>(1, 4096 / s.pixels);
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) plane_sums_bf16(xp + k * s.pixels, s.pixels, sum + k, sum_sq + k);
-  });
-  const float* sh = shift.data_ptr<float>();
-  auto [mean, inv_std] = group_statistics(s, sh, sum, sum_sq, eps);
+  const int64_t grain = std::max<int64_t>(1, 4096 / s.pixels);
+  const float *sh = shift.data_ptr<float>(), *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>();
+  auto mean = torch::empty({s.n, s.groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
+  float *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
   auto y = torch::empty_like(x);
   BF16* yp = y.data_ptr<BF16>();
-  const float *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
-              *rs = inv_std.data_ptr<float>();
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
-      plane_norm_silu_bf16(xp + k * s.pixels, s.pixels, co.a, co.b, yp + k * s.pixels);
-    }
-  });
+  two_passes(
+      s.n, s.channels, grain, [&](int64_t k) { plane_sums_bf16(xp + k * s.pixels, s.pixels, sum + k, sum_sq + k); },
+      [&](int64_t i) { sample_statistics(s, i, sh, sum, sum_sq, eps, mu, rs); },
+      [&](int64_t k) {
+        const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
+        plane_norm_silu_bf16(xp + k * s.pixels, s.pixels, co.a, co.b, yp + k * s.pixels);
+      });
   return {y, mean, inv_std};
 }
 
@@ -537,24 +551,22 @@ std::vector<torch::Tensor> backward_kernel_nchw_bf16(const torch::Tensor& x, con
   BF16* dxp = dx.data_ptr<BF16>();
   double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
          *dx_sum = sums_dx.data_ptr<double>();
-  const int64_t planes = s.n * s.channels, grain = std::max<int64_t>(1, 4096 / s.pixels);
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
-      plane_backward_sums_bf16(xp + k * s.pixels, dyp + k * s.pixels, s.pixels, co.a, co.b, co.shift_minus_mean,
-                               co.inv_std, dzp + k * s.pixels, a_sum + k, b_sum + k);
-    }
-  });
-  std::vector<float> m1, m2;
-  group_backward_means(s, ga, a_sum, b_sum, m1, m2);
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
-      const int64_t i = k / s.channels, c = k % s.channels, g = i * s.groups + c / s.per_group;
-      plane_backward_dx_bf16(xp + k * s.pixels, dzp + k * s.pixels, s.pixels, ga[c], co.shift_minus_mean, co.inv_std,
-                             m1[g], m2[g], dxp + k * s.pixels, dx_sum + k);
-    }
-  });
+  const int64_t grain = std::max<int64_t>(1, 4096 / s.pixels);
+  std::vector<float> m1(s.n * s.groups), m2(s.n * s.groups);
+  two_passes(
+      s.n, s.channels, grain,
+      [&](int64_t k) {
+        const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
+        plane_backward_sums_bf16(xp + k * s.pixels, dyp + k * s.pixels, s.pixels, co.a, co.b, co.shift_minus_mean,
+                                 co.inv_std, dzp + k * s.pixels, a_sum + k, b_sum + k);
+      },
+      [&](int64_t i) { sample_backward_means(s, i, ga, a_sum, b_sum, m1.data(), m2.data()); },
+      [&](int64_t k) {
+        const PlaneCoefficients co(s, k, sh, ga, be, mu, rs);
+        const int64_t i = k / s.channels, c = k % s.channels, g = i * s.groups + c / s.per_group;
+        plane_backward_dx_bf16(xp + k * s.pixels, dzp + k * s.pixels, s.pixels, ga[c], co.shift_minus_mean,
+                               co.inv_std, m1[g], m2[g], dxp + k * s.pixels, dx_sum + k);
+      });
   auto [d_shift, d_gamma, d_beta] = parameter_gradients(s, a_sum, b_sum, dx_sum);
   return {dx, d_shift, d_gamma, d_beta};
 }

@@ -315,6 +315,12 @@ struct PassAlgorithms {
 // Winograd: conv3x3 times them against ATen instead.
 PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (!shape.blocked || shape.k != 3 || shape.stride != 1) return {};
+  // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
+  // what the per-pass timing gains
+  static const bool all_direct = env_equals("DIFFUSE_CONV_ALGORITHM", "direct");
+  static const bool all_winograd = env_equals("DIFFUSE_CONV_ALGORITHM", "winograd");
+  if (all_direct) return {false, false, false};
+  if (all_winograd) return {};
   static ShapeChoices<PassAlgorithms> choices;
   return choices.get(shape, [&] {
     const int64_t b = kChannelBlock, n = timing_batch(shape.n);
