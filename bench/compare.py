@@ -56,7 +56,9 @@ def main():
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "diffuse"))
     ap.add_argument("--models", default="mnist,ddpm-cifar10")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--memory-format", default="nchw", help="diffuse's layout (the reference stays NCHW)")
+    ap.add_argument("--memory-format", default="auto",
+                    help="diffuse's layout (auto: channels-last for bf16 on a CPU with native bf16, else NCHW; "
+                         "the reference stays NCHW)")
     ap.add_argument("--conv-kernels", default="auto", help="diffuse's float32 3x3 convolutions: aten, onednn or auto")
     ap.add_argument("--rounds", type=int, default=3, help="pairs of runs per row (ddpm-cifar10: 1)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")

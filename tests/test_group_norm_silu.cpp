@@ -194,6 +194,65 @@ TEST(GroupNormSilu, Bf16NchwKernelMatchesAFloat64ReferenceOnTheSameBf16Inputs) {
                                                  torch::ones({16}, torch::kFloat64)));
 }
 
+TEST(GroupNormSilu, Bf16ChannelsLastKernelMatchesAFloat64ReferenceOnTheSameBf16Inputs) {
+  // The blocked kernel walking bf16 NHWC memory (a pixel's C channels side by side, 16 at a time):
+  // groups within a block, groups straddling blocks (48 channels in 4 groups of 12), a batch of
+  // one (the three-pass schedule) and of several (sample by sample). Tolerances as for the NCHW
+  // bf16 kernel: y and ∂L/∂x are rounded to bf16.
+  const AtLeastTwoThreads threads;
+  const auto channels_last = c10::MemoryFormat::ChannelsLast;
+  for (const Case& k : {Case{2, 32, 7, 7, 8, true}, Case{3, 64, 4, 4, 2, false}, Case{1, 48, 5, 3, 4, true}}) {
+    SCOPED_TRACE("N" + std::to_string(k.n) + " C" + std::to_string(k.c) + " " + std::to_string(k.h) + "x" +
+                 std::to_string(k.w) + " groups " + std::to_string(k.groups) + (k.shift ? " shift" : ""));
+    torch::manual_seed(8);
+    auto x = (torch::randn({k.n, k.c, k.h, k.w}) * 2 + torch::randn({1, k.c, 1, 1}) * 3)
+                 .to(torch::kBFloat16)
+                 .contiguous(channels_last)
+                 .requires_grad_();
+    auto shift = (torch::randn({k.n, k.c}) * 0.5).requires_grad_();
+    auto gamma = (1 + 0.3 * torch::randn({k.c})).requires_grad_(), beta = (0.3 * torch::randn({k.c})).requires_grad_();
+    auto upstream = torch::randn({k.n, k.c, k.h, k.w}).to(torch::kBFloat16);
+    ASSERT_TRUE(group_norm_silu_nhwc_bf16_applies(x, gamma));
+    auto y = group_norm_silu_nhwc_bf16(x, k.shift ? shift : torch::Tensor(), gamma, beta, k.groups, 1e-5);
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(y.is_contiguous(channels_last));
+    y.backward(upstream);
+    EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16);
+    expect_float64_agreement(k, y, x, shift, gamma, beta, upstream, Tolerances{4e-3, 4e-3, 1e-4, 1e-3});
+  }
+  // the input passed through: out = y + w ⊙ x' gives x both gradients, as in float64
+  torch::manual_seed(9);
+  auto x = (torch::randn({2, 32, 5, 4}) * 2 + 1).to(torch::kBFloat16).contiguous(channels_last).requires_grad_();
+  auto gamma = (1 + 0.3 * torch::randn({32})).requires_grad_(), beta = (0.3 * torch::randn({32})).requires_grad_();
+  auto w = torch::randn({2, 32, 5, 4}).to(torch::kBFloat16), upstream = torch::randn({2, 32, 5, 4});
+  auto [y, same_x] = group_norm_silu_nhwc_bf16_and_input(x, gamma, beta, 8, 1e-5);
+  (y.to(torch::kFloat32) + w * same_x).backward(upstream);
+  auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
+  auto y64 = torch::silu(torch::group_norm(x64, 8, gamma.detach().to(torch::kFloat64), beta.detach().to(torch::kFloat64), 1e-5));
+  (y64 + w.to(torch::kFloat64) * x64).backward(upstream.to(torch::kFloat64));
+  EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 4e-3);
+  {  // dropout (ddpm-cifar10's ResBlocks): about 1 − p kept, and backward through the same mask
+    torch::manual_seed(10);
+    auto xd = torch::randn({4, 32, 16, 16}).to(torch::kBFloat16).contiguous(channels_last).requires_grad_();
+    auto yd = group_norm_silu_nhwc_bf16(xd, {}, gamma, beta, 8, 1e-5, 0.3);
+    const auto kept = (yd != 0).to(torch::kFloat64);
+    EXPECT_NEAR(kept.mean().item<double>(), 0.7, 0.01);  // 32,768 draws: 4 standard deviations ≈ 0.01
+    const auto up = torch::randn({4, 32, 16, 16}).to(torch::kBFloat16);
+    yd.backward(up);
+    auto xd64 = xd.detach().to(torch::kFloat64).requires_grad_();
+    (torch::silu(torch::group_norm(xd64, 8, gamma.detach().to(torch::kFloat64), beta.detach().to(torch::kFloat64),
+                                   1e-5)) *
+     kept / 0.7)
+        .backward(up.to(torch::kFloat64));
+    EXPECT_LT(relative_error(xd.grad().to(torch::kFloat64), xd64.grad()), 4e-3);
+  }
+  // not for NCHW, float32, or widths that are not whole blocks of 16
+  EXPECT_FALSE(group_norm_silu_nhwc_bf16_applies(torch::zeros({1, 16, 2, 2}, torch::kBFloat16), torch::ones({16})));
+  EXPECT_FALSE(group_norm_silu_nhwc_bf16_applies(torch::zeros({1, 16, 2, 2}).contiguous(channels_last), torch::ones({16})));
+  EXPECT_FALSE(group_norm_silu_nhwc_bf16_applies(
+      torch::zeros({1, 24, 2, 2}, torch::kBFloat16).contiguous(channels_last), torch::ones({24})));
+}
+
 TEST(GroupNormSilu, SaturatesWithoutOverflowForLargeInputs) {
   // z far beyond exp's float range on both sides: SiLU(z) → z for z ≫ 0 and → 0 for z ≪ 0.
   auto x = torch::zeros({1, 16, 1, 2});

@@ -228,3 +228,54 @@ TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
     EXPECT_LT(relative_error(grads_blocked, grads_nchw), 1e-4);
   }
 }
+
+TEST(OneDnnConv, Bf16ChannelsLastConvolutionsMatchAFloat64ReferenceOnTheSameBf16Values) {
+  SKIP_WITHOUT_ONEDNN();
+  if (!cpu_has_native_bf16()) GTEST_SKIP() << "this CPU has no native bf16";
+  struct Kind {
+    int64_t c, o, k, stride, h, w;
+  };
+  // 3×3 stride 1, 3×3 stride 2 on an odd size, 1×1, and widths that are no multiples of 16
+  for (const Kind& k : {Kind{32, 48, 3, 1, 9, 7}, Kind{32, 32, 3, 2, 7, 9}, Kind{48, 32, 1, 1, 5, 6},
+                        Kind{24, 8, 3, 1, 6, 6}}) {
+    SCOPED_TRACE("C" + std::to_string(k.c) + " O" + std::to_string(k.o) + " k" + std::to_string(k.k) + " stride " +
+                 std::to_string(k.stride));
+    torch::manual_seed(4);
+    const auto channels_last = torch::MemoryFormat::ChannelsLast;
+    auto x = torch::randn({2, k.c, k.h, k.w}).to(torch::kBFloat16).contiguous(channels_last).requires_grad_();
+    // float32 master weights whose values bf16 holds exactly: the kernel's conversion then loses
+    // nothing, and the reference sees the same numbers
+    auto w = (torch::randn({k.o, k.c, k.k, k.k}) / std::sqrt(double(k.c * k.k * k.k)))
+                 .to(torch::kBFloat16)
+                 .to(torch::kFloat32)
+                 .requires_grad_();
+    auto b = torch::randn({k.o}).requires_grad_();
+    auto y = onednn_conv_nhwc_bf16(x, w, b, k.stride);
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(y.is_contiguous(channels_last));
+    auto upstream = torch::randn(y.sizes()).to(torch::kBFloat16);
+    y.backward(upstream);
+    EXPECT_EQ(w.grad().scalar_type(), torch::kFloat32);
+
+    auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
+    auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
+    auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
+    auto y64 = torch::conv2d(x64, w64, b64, k.stride, k.k / 2);
+    y64.backward(upstream.to(torch::kFloat64));
+    // y and ∂L/∂x are rounded to bf16 (2⁻⁹ relative per element); ∂L/∂W and ∂L/∂b are float32
+    // sums of exact products
+    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 4e-3);
+    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 4e-3);
+    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
+    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    torch::NoGradGuard no_grad;  // the inference plan
+    EXPECT_LT(relative_error(onednn_conv_nhwc_bf16(x, w, b, k.stride).to(torch::kFloat64), y64), 4e-3);
+  }
+  // taken under the CPU's bf16 autocast only, and for channels-last activations only
+  auto x = torch::randn({2, 32, 6, 6}).contiguous(torch::MemoryFormat::ChannelsLast);
+  auto w = torch::randn({16, 32, 3, 3});
+  EXPECT_FALSE(nhwc_bf16_conv_applies(x, w));
+  const AutocastScope autocast(torch::Device(torch::kCPU), Precision::bf16);
+  EXPECT_TRUE(nhwc_bf16_conv_applies(x, w));
+  EXPECT_FALSE(nhwc_bf16_conv_applies(x.contiguous(), w));
+}

@@ -4,6 +4,7 @@
 
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/group_norm_cuda.h"
+#include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/train_step.h"
 #include "support/networks.h"
@@ -19,13 +20,17 @@ TEST(Precision, NamesRoundTripAndBadNamesThrow) {
   EXPECT_THROW(precision_from_string("fp16"), std::invalid_argument);
   EXPECT_EQ(memory_format_from_string("channels-last"), MemoryFormat::channels_last);
   EXPECT_THROW(memory_format_from_string("nhwc"), std::invalid_argument);
-  // auto: channels-last only for inference on a GPU with the own GroupNorm kernel
-  EXPECT_EQ(resolve_memory_format("auto", torch::kCPU, true).format, MemoryFormat::nchw);
-  EXPECT_EQ(resolve_memory_format("auto", torch::kCUDA, false).format, MemoryFormat::nchw);
-  EXPECT_EQ(resolve_memory_format("auto", torch::kCUDA, true).format,
+  // auto: channels-last for inference on a GPU with the own GroupNorm kernel, and for bf16 on a
+  // CPU with native bf16 and oneDNN; else NCHW
+  const auto fp32 = Precision::fp32, bf16 = Precision::bf16;
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCPU, true, fp32).format, MemoryFormat::nchw);
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCPU, false, bf16).format,
+            onednn_bf16_available() ? MemoryFormat::channels_last : MemoryFormat::nchw);
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCUDA, false, bf16).format, MemoryFormat::nchw);
+  EXPECT_EQ(resolve_memory_format("auto", torch::kCUDA, true, bf16).format,
             cuda_group_norm_built() ? MemoryFormat::channels_last : MemoryFormat::nchw);
-  EXPECT_EQ(resolve_memory_format("channels-last", torch::kCPU, false).format, MemoryFormat::channels_last);
-  EXPECT_THROW(resolve_memory_format("nhwc", torch::kCPU, true), std::invalid_argument);
+  EXPECT_EQ(resolve_memory_format("channels-last", torch::kCPU, false, fp32).format, MemoryFormat::channels_last);
+  EXPECT_THROW(resolve_memory_format("nhwc", torch::kCPU, true, fp32), std::invalid_argument);
   EXPECT_EQ(resolve_precision("fp32", torch::kCPU).precision, Precision::fp32);
   // auto never picks bf16 on a CPU without it in hardware
   if (!cpu_has_native_bf16()) EXPECT_EQ(resolve_precision("auto", torch::kCPU).precision, Precision::fp32);
@@ -65,6 +70,13 @@ TEST(Precision, Bf16AndChannelsLastAgreeWithFloat32) {
   auto cl = net->forward(x, t);
   EXPECT_TRUE(cl.is_contiguous());
   EXPECT_LT(relative_error(cl, reference), 1e-5);
+  {  // bf16 in channels-last: oneDNN's bf16 convolutions and the NHWC GroupNorm where they apply
+    AutocastScope scope(torch::kCPU, Precision::bf16);
+    auto cl_bf16 = net->forward(x, t);
+    EXPECT_EQ(cl_bf16.scalar_type(), torch::kFloat32);
+    EXPECT_LT(relative_error(cl_bf16, reference), 0.05);
+    EXPECT_GT(relative_error(cl_bf16, reference), 1e-5);
+  }
   // The sampling experiment DIFFUSE_BF16_WEIGHTS: the whole network cast to bf16 once, no
   // autocast. The forward pass casts its float32 input and time embedding to the weights' dtype
   // and hands back float32.
@@ -97,6 +109,31 @@ TEST(Precision, GradientClippingMatchesLibTorch) {
   EXPECT_TRUE(torch::equal(a[0].grad(), before));
   a[1].mutable_grad() = a[1].grad().to(torch::kFloat64);  // not all float32: no flat pass
   EXPECT_FALSE(flat_grad_norm(a).has_value());
+}
+
+TEST(Precision, Bf16ChannelsLastGradientsAgreeWithFloat32) {
+  // The gradients of every parameter of a loss, float32 NCHW against bf16 autocast in
+  // channels-last (on a CPU with native bf16: oneDNN's bf16 convolutions, the NHWC GroupNorm
+  // kernel and the input passed through it for the residual's gradient).
+  auto net = diffuse::testing::random_unet("mnist", 1, 28, 6);
+  auto x = torch::randn({3, 1, 28, 28}), target = torch::randn({3, 1, 28, 28});
+  auto t = torch::tensor({10, 400, 900}, torch::kLong);
+  auto gradients = [&](MemoryFormat format, Precision precision) {
+    net->set_memory_format(format);
+    net->zero_grad();
+    AutocastScope scope(torch::kCPU, precision);
+    (net->forward(x, t) - target).square().mean().backward();
+    std::vector<torch::Tensor> g;
+    for (const auto& p : net->parameters()) g.push_back(p.grad().to(torch::kFloat64).flatten());
+    return torch::cat(g);
+  };
+  const auto reference = gradients(MemoryFormat::nchw, Precision::fp32);
+  const auto bf16 = gradients(MemoryFormat::channels_last, Precision::bf16);
+  // 1e-3 measured on a CPU with AMX; not adding the residual's gradient in the GroupNorm kernel
+  // (a mutation) gave 0.14
+  EXPECT_LT(relative_error(bf16, reference), 0.01);
+  EXPECT_GT(relative_error(bf16, reference), 1e-5);  // it really ran in bf16
+  for (const auto& p : net->parameters()) EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);
 }
 
 TEST(Precision, Bf16TrainingStepsLowerTheLossLikeFloat32) {

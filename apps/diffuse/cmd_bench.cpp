@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "diffuse/bench/benchmark.h"
 #include "diffuse/model/unet_config.h"
+#include "diffuse/runtime/onednn_conv.h"
 
 namespace diffuse::cli {
 
@@ -39,6 +40,13 @@ void run_bench(BenchOptions& o) {
   c.memory_format = compute.memory_format;
   c.cuda_graph = !o.no_cuda_graph;
   c.conv_shape = {o.conv_shape.at(0), o.conv_shape.at(1), o.conv_shape.at(2)};
+  // who computes the convolutions: oneDNN's bf16 kernels for bf16 channels-last on a CPU with
+  // native bf16, else the float32 choice (bf16 NCHW: LibTorch's through autocast)
+  const bool onednn_bf16 = c.device.is_cpu() && c.precision == Precision::bf16 &&
+                           c.memory_format == MemoryFormat::channels_last && onednn_bf16_available();
+  const std::string convolutions = onednn_bf16                       ? "onednn-bf16"
+                                   : c.precision == Precision::bf16 ? "aten"
+                                                                    : to_string(compute.conv_kernels);
   if (!o.json && c.task == BenchTask::conv) {
     std::fprintf(stderr, "bench: conv, %s, %s, %s (%d threads)\n", to_string(c.precision).c_str(),
                  to_string(c.memory_format).c_str(), c.device.str().c_str(), torch::get_num_threads());
@@ -47,7 +55,7 @@ void run_bench(BenchOptions& o) {
                  c.model.c_str(), static_cast<long long>(c.batch_size),
                  c.task == BenchTask::sample ? (", DDIM-" + std::to_string(c.steps)).c_str() : "",
                  to_string(c.precision).c_str(), to_string(c.memory_format).c_str(),
-                 to_string(compute.conv_kernels).c_str(), to_string(compute.attention).c_str(), c.device.str().c_str(),
+                 convolutions.c_str(), to_string(compute.attention).c_str(), c.device.str().c_str(),
                  torch::get_num_threads());
   }
   if (!o.json && c.device.is_cpu()) std::fprintf(stderr, "cpu: %s\n", cpu_description().c_str());
@@ -79,13 +87,13 @@ void run_bench(BenchOptions& o) {
     std::printf("3x3 convolution forward (batch %lld, %lld -> %lld channels, %lldx%lld, %s kernels): %.1f GFLOP/s\n",
                 static_cast<long long>(shape.batch), static_cast<long long>(shape.channels),
                 static_cast<long long>(shape.channels), static_cast<long long>(shape.size),
-                static_cast<long long>(shape.size), to_string(compute.conv_kernels).c_str(), r.gflops_per_second);
+                static_cast<long long>(shape.size), convolutions.c_str(), r.gflops_per_second);
     return;
   }
   if (o.json) {
     auto j = to_json(r);
     if (c.device.is_cpu()) j["cpu"] = cpu_description();
-    j["conv_kernels"] = to_string(compute.conv_kernels);
+    j["conv_kernels"] = convolutions;
     j["attention"] = to_string(compute.attention);
     std::cout << j.dump() << std::endl;
     return;

@@ -54,7 +54,8 @@ Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   c.device = resolve_device(flags.device);
   const auto choice = resolve_precision(flags.precision, c.device);
   c.precision = choice.precision;
-  const auto format = resolve_memory_format(flags.memory_format, c.device, workload == Workload::inference);
+  const auto format =
+      resolve_memory_format(flags.memory_format, c.device, workload == Workload::inference, c.precision);
   c.memory_format = format.format;
   if (c.device.is_cuda() || flags.memory_format != "auto") {
     std::fprintf(stderr, "memory format: %s (%s)\n", to_string(c.memory_format).c_str(), format.reason.c_str());

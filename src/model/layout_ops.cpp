@@ -26,6 +26,9 @@ torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, 0.0);
   const int64_t groups = norm->options.num_groups();
+  if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {  // the CPU's bf16 path in channels-last
+    return group_norm_silu_nhwc_bf16(x, shift, norm->weight, norm->bias, groups, norm->options.eps());
+  }
   if (group_norm_silu_nchw_bf16_applies(x, norm->weight)) {  // the CPU's bf16 autocast path
     return group_norm_silu_nchw_bf16(x, shift, norm->weight, norm->bias, groups, norm->options.eps());
   }
@@ -41,12 +44,21 @@ std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm
     return group_norm_silu_blocked_and_input(x, norm->weight, norm->bias, norm->options.num_groups(),
                                              norm->options.eps());
   }
+  if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
+    return group_norm_silu_nhwc_bf16_and_input(x, norm->weight, norm->bias, norm->options.num_groups(),
+                                               norm->options.eps());
+  }
   return {norm_silu(norm, x), x};
 }
 
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
                                 torch::nn::Dropout& dropout) {
-  if (is_blocked(x)) return fused_norm_silu(norm, x, shift, dropout->is_training() ? dropout->options.p() : 0.0);
+  const double p = dropout->is_training() ? dropout->options.p() : 0.0;
+  if (is_blocked(x)) return fused_norm_silu(norm, x, shift, p);
+  if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
+    return group_norm_silu_nhwc_bf16(x, shift, norm->weight, norm->bias, norm->options.num_groups(),
+                                     norm->options.eps(), p);
+  }
   return dropout(norm_silu(norm, x, shift));
 }
 
@@ -57,6 +69,7 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x) {
     if (conv->weight.size(0) % kChannelBlock != 0 && stride == 1) return conv_blocked_to_nchw(x, conv->weight, conv->bias);
     return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
   }
+  if (nhwc_bf16_conv_applies(x, conv->weight)) return onednn_conv_nhwc_bf16(x, conv->weight, conv->bias, stride);
   if (conv->weight.size(2) == 3 && stride == 1) return conv3x3(conv, x);
   return conv(x);
 }

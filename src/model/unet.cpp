@@ -109,6 +109,9 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
 
   const auto x = x_t.to(dtype);
   auto h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(memory_format_)));
+  // LibTorch's convolution may write a one-channel input's output NCHW even where that input is
+  // channels-last (for one channel the two layouts coincide): the format asked for from here on.
+  if (memory_format_ != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(memory_format_));
   // From here to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
   // width is a multiple of config_.channels.
   const bool blocked = blocked_activations_apply(h, {config_.channels});

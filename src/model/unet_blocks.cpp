@@ -91,14 +91,14 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   // took 0.2–0.5 ms each for these small shapes), the norm and the products on NCHW, which the
   // products want as [B, C, N].
   auto qkv_out = blocked ? from_blocked(convolve(qkv, to_blocked(group_norm(norm, from_blocked(x)))))
-                         : qkv(group_norm(norm, x));
+                         : convolve(qkv, group_norm(norm, x));
   // unbind, not three selects: its backward stacks the three gradients in one copy, where each
   // select's backward zero-filled a tensor of all three and the three were then added
   const auto qkv_parts = qkv_out.reshape({B, 3, C, H * W}).unbind(1);
   const auto &q = qkv_parts[0], &k = qkv_parts[1], &v = qkv_parts[2];  // [B, C, N]
   // h[b, :, i] = Σ_j softmax_j(q_i · k_j / √C) v_j                      [B, C, N]
   auto h = dot_product_attention(q, k, v).reshape({B, C, H, W});
-  return x + (blocked ? convolve(proj_out, to_blocked(h)) : proj_out(h));
+  return x + convolve(proj_out, blocked ? to_blocked(h) : h);
 }
 
 void AttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -101,15 +102,45 @@ DIFFUSE_LANE_HELPER Lanes keep_scale(const Dropout& d, uint32_t first) {
   return (Lanes)((LaneInts)(h >= d.threshold) & (LaneInts)splat(d.scale));
 }
 
-// Σ x and Σ x² per lane over one channel block's `pixels` rows: float sums over runs of 64 rows,
-// added up in double.
-DIFFUSE_LANE_LOOP
-void block_sums(const float* x, int64_t pixels, double* sum, double* sum_sq) {
+using BF16 = c10::BFloat16;
+
+typedef uint16_t LaneHalves __attribute__((vector_size(L * sizeof(uint16_t))));
+
+// bf16 → float32: the 16 bits are the float's upper half.
+DIFFUSE_LANE_HELPER Lanes load_bf16(const c10::BFloat16* p) {
+  LaneHalves h;
+  std::memcpy(&h, p, sizeof h);
+  return (Lanes)(__builtin_convertvector(h, LaneUInts) << 16);
+}
+
+// float32 → bf16, rounding to nearest even (NaN stays a NaN).
+DIFFUSE_LANE_HELPER void store_bf16(c10::BFloat16* p, const Lanes& v) {
+  const LaneUInts u = (LaneUInts)v;
+  const LaneUInts rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const LaneUInts nan = (LaneUInts)(v != v);
+  const LaneHalves h = __builtin_convertvector((rounded & ~nan) | (0x7FC0u & nan), LaneHalves);
+  std::memcpy(p, &h, sizeof h);
+}
+
+// A pixel's 16 channels as float32 lanes, from float32 or bf16 memory, and back.
+DIFFUSE_LANE_HELPER Lanes load_lanes(const float* p) { return load(p); }
+DIFFUSE_LANE_HELPER Lanes load_lanes(const BF16* p) { return load_bf16(p); }
+DIFFUSE_LANE_HELPER void store_lanes(float* p, const Lanes& v) { store(p, v); }
+DIFFUSE_LANE_HELPER void store_lanes(BF16* p, const Lanes& v) { store_bf16(p, v); }
+
+// The loops below walk one unit: 16 channels (a channel block) of one image over its `pixels`
+// pixels, whose 16 values lie side by side, the next pixel's `stride` elements further on (16
+// in the blocked layout, C in NHWC). T: float32 (blocked) or bf16 (NHWC) in memory; the
+// arithmetic is float32 either way.
+
+// Σ x and Σ x² per lane over one unit: float sums over runs of 64 pixels, added up in double.
+template <class T>
+DIFFUSE_LANE_LOOP void block_sums(const T* x, int64_t pixels, int64_t stride, double* sum, double* sum_sq) {
   double s[L] = {}, q[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
     Lanes run_s{}, run_q{};
     for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
-      const Lanes v = load(x + p * L);
+      const Lanes v = load_lanes(x + p * stride);
       run_s += v;
       run_q += v * v;
     }
@@ -119,33 +150,35 @@ void block_sums(const float* x, int64_t pixels, double* sum, double* sum_sq) {
 }
 
 // y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane; then dropout (`first`: the index of
-// the block's first element).
-DIFFUSE_LANE_LOOP
-void block_norm_silu(const float* x, int64_t pixels, const float* a_, const float* b_, const Dropout& dropout,
-                     uint32_t first, float* y) {
+// the unit's first element in the tensor).
+template <class T>
+DIFFUSE_LANE_LOOP void block_norm_silu(const T* x, int64_t pixels, int64_t stride, const float* a_, const float* b_,
+                                       const Dropout& dropout, uint32_t first, T* y) {
   const Lanes a = load(a_), b = load(b_);
   for (int64_t p = 0; p < pixels; ++p) {
-    Lanes out = silu(load(x + p * L) * a + b);
-    if (dropout.active) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * L));
-    store(y + p * L, out);
+    Lanes out = silu(load_lanes(x + p * stride) * a + b);
+    if (dropout.active) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
+    store_lanes(y + p * stride, out);
   }
 }
 
-// Backward, first pass: ∂L/∂z into dz, and per lane Σ ∂L/∂z and Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ.
-DIFFUSE_LANE_LOOP
-void block_backward_sums(const float* x, const float* dy, int64_t pixels, const float* a_, const float* b_,
-                         const float* shift_minus_mean_, const float* inv_std_, const Dropout& dropout,
-                         uint32_t first, float* dz, double* sum_dz, double* sum_dz_xhat) {
+// Backward, first pass: ∂L/∂z into dz (float32, in the same layout), and per lane Σ ∂L/∂z and
+// Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ.
+template <class T>
+DIFFUSE_LANE_LOOP void block_backward_sums(const T* x, const T* dy, int64_t pixels, int64_t stride, const float* a_,
+                                           const float* b_, const float* shift_minus_mean_, const float* inv_std_,
+                                           const Dropout& dropout, uint32_t first, float* dz, double* sum_dz,
+                                           double* sum_dz_xhat) {
   const Lanes a = load(a_), b = load(b_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_);
   double s[L] = {}, q[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
     Lanes run_s{}, run_q{};
     for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
-      const Lanes v = load(x + p * L);
-      Lanes upstream = load(dy + p * L);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
-      if (dropout.active) upstream *= keep_scale(dropout, first + static_cast<uint32_t>(p * L));
+      const Lanes v = load_lanes(x + p * stride);
+      Lanes upstream = load_lanes(dy + p * stride);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
+      if (dropout.active) upstream *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
       const Lanes g = silu_backward(v * a + b, upstream);
-      store(dz + p * L, g);
+      store(dz + p * stride, g);
       run_s += g;
       run_q += g * ((v + shift_minus_mean) * inv_std);
     }
@@ -154,22 +187,23 @@ void block_backward_sums(const float* x, const float* dy, int64_t pixels, const 
   for (int64_t l = 0; l < L; ++l) sum_dz[l] = s[l], sum_dz_xhat[l] = q[l];
 }
 
-// Backward, second pass (in place over dz): ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2), and Σ ∂L/∂x per lane
-// (the shift's gradient). `also` (or null): a second gradient of x, from a residual connection
-// that read x through the passed-through output, added to what is stored but not to the sums.
-DIFFUSE_LANE_LOOP
-void block_backward_dx(const float* x, int64_t pixels, const float* gamma_, const float* shift_minus_mean_,
-                       const float* inv_std_, const float* m1_, const float* m2_, const float* also,
-                       float* dz_then_dx, double* sum_dx) {
+// Backward, second pass: ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2) into dx (which may be dz itself:
+// each element is read before it is written), and Σ ∂L/∂x per lane (the shift's gradient).
+// `also` (or null): a second gradient of x, from a residual connection that read x through the
+// passed-through output, added to what is stored but not to the sums.
+template <class T>
+DIFFUSE_LANE_LOOP void block_backward_dx(const T* x, int64_t pixels, int64_t stride, const float* gamma_,
+                                         const float* shift_minus_mean_, const float* inv_std_, const float* m1_,
+                                         const float* m2_, const T* also, const float* dz, T* dx, double* sum_dx) {
   const Lanes gamma = load(gamma_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_),
               m1 = load(m1_), m2 = load(m2_);
   double s[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
     Lanes run{};
     for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
-      const Lanes d = group_norm_backward(load(x + p * L), load(dz_then_dx + p * L), gamma, shift_minus_mean, inv_std,
-                                          m1, m2);
-      store(dz_then_dx + p * L, also ? d + load(also + p * L) : d);
+      const Lanes d = group_norm_backward(load_lanes(x + p * stride), load(dz + p * stride), gamma, shift_minus_mean,
+                                          inv_std, m1, m2);
+      store_lanes(dx + p * stride, also ? d + load_lanes(also + p * stride) : d);
       run += d;
     }
     for (int64_t l = 0; l < L; ++l) s[l] += run[l];
@@ -285,59 +319,82 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> parameter_gradients(cons
   return {d_shift, d_gamma, d_beta};
 }
 
+// The units of x: float32 blocked [N, C/16, H, W, 16] (one block after another, pixels 16
+// elements apart), or bf16 channels-last [N, C, H, W] (NHWC: a pixel's C channels side by side).
+struct Units {
+  Shape s;
+  bool nhwc;
+  Units(const torch::Tensor& x, int64_t groups)
+      : s(x.dim() == 4 ? Shape::of_nchw(x, groups) : Shape::of_blocked(x, groups)), nhwc(x.dim() == 4) {}
+  int64_t stride() const { return nhwc ? s.channels : L; }
+  // the element where unit k (image k / blocks, channel block k % blocks) starts
+  int64_t offset(int64_t k) const {
+    return nhwc ? (k / s.blocks) * s.pixels * s.channels + (k % s.blocks) * L : k * s.pixels * L;
+  }
+};
+
 // Forward: y, and the statistics kept for backward (mean and 1/σ per sample and group).
-std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
+template <class T>
+std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x_, const torch::Tensor& shift, const torch::Tensor& gamma,
                                           const torch::Tensor& beta, int64_t groups, double eps, const Dropout& dropout) {
-  RECORD_FUNCTION("diffuse::group_norm_silu_blocked", std::vector<c10::IValue>({x5}));
-  const auto s = Shape::of_blocked(x5, groups);
+  RECORD_FUNCTION(x_.dim() == 4 ? "diffuse::group_norm_silu_nhwc_bf16" : "diffuse::group_norm_silu_blocked",
+                  std::vector<c10::IValue>({x_}));
+  const Units u(x_, groups);
+  const auto& s = u.s;
   auto sums = torch::empty({s.n, s.channels}, torch::kFloat64), sums_sq = torch::empty_like(sums);
-  const float* x = x5.data_ptr<float>();
+  const T* x = x_.data_ptr<T>();
   double *sum = sums.data_ptr<double>(), *sum_sq = sums_sq.data_ptr<double>();
-  const int64_t block_size = s.pixels * L;
   const float *sh = shift.data_ptr<float>(), *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>();
   auto mean = torch::empty({s.n, s.groups}, torch::kFloat32), inv_std = torch::empty_like(mean);
   float *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
-  auto y5 = torch::empty_like(x5);
-  float* y = y5.data_ptr<float>();
+  auto y_ = torch::empty_like(x_);  // in x's layout
+  T* y = y_.data_ptr<T>();
   two_passes(
-      s.n, s.blocks, 1, [&](int64_t k) { block_sums(x + k * block_size, s.pixels, sum + k * L, sum_sq + k * L); },
+      s.n, s.blocks, 1,
+      [&](int64_t k) { block_sums(x + u.offset(k), s.pixels, u.stride(), sum + k * L, sum_sq + k * L); },
       [&](int64_t i) { sample_statistics(s, i, sh, sum, sum_sq, eps, mu, rs); },
       [&](int64_t k) {
         float smm[L], r[L], a[L], b[L];
         lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-        block_norm_silu(x + k * block_size, s.pixels, a, b, dropout, static_cast<uint32_t>(k * block_size),
-                        y + k * block_size);
+        block_norm_silu(x + u.offset(k), s.pixels, u.stride(), a, b, dropout, static_cast<uint32_t>(u.offset(k)),
+                        y + u.offset(k));
       });
-  return {y5, mean, inv_std};
+  return {y_, mean, inv_std};
 }
 
 // Backward: ∂L/∂x, ∂L/∂s, ∂L/∂γ, ∂L/∂β.
-std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch::Tensor& shift,
+template <class T>
+std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch::Tensor& shift,
                                            const torch::Tensor& gamma, const torch::Tensor& beta,
                                            const torch::Tensor& mean, const torch::Tensor& inv_std,
-                                           const torch::Tensor& dy5, const torch::Tensor& dx_also, int64_t groups,
+                                           const torch::Tensor& dy_, const torch::Tensor& dx_also, int64_t groups,
                                            const Dropout& dropout) {
-  RECORD_FUNCTION("diffuse::group_norm_silu_blocked_backward", std::vector<c10::IValue>({dy5}));
-  const auto s = Shape::of_blocked(x5, groups);
-  auto dx5 = torch::empty_like(x5);
+  RECORD_FUNCTION(x_.dim() == 4 ? "diffuse::group_norm_silu_nhwc_bf16_backward"
+                                : "diffuse::group_norm_silu_blocked_backward",
+                  std::vector<c10::IValue>({dy_}));
+  const Units u(x_, groups);
+  const auto& s = u.s;
+  auto dx_ = torch::empty_like(x_);
+  // ∂L/∂z between the passes in float32: the float32 kernel keeps it in ∂L/∂x's memory
+  const torch::Tensor dz_ = std::is_same_v<T, float> ? dx_ : torch::empty_like(x_, x_.options().dtype(torch::kFloat32));
   auto sums_dz = torch::empty({s.n, s.channels}, torch::kFloat64), sums_dz_xhat = torch::empty_like(sums_dz),
        sums_dx = torch::empty_like(sums_dz);
-  const float *x = x5.data_ptr<float>(), *dy = dy5.data_ptr<float>(), *sh = shift.data_ptr<float>(),
-              *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(), *mu = mean.data_ptr<float>(),
-              *rs = inv_std.data_ptr<float>();
-  float* dx = dx5.data_ptr<float>();
-  const float* also = dx_also.defined() ? dx_also.data_ptr<float>() : nullptr;
+  const T *x = x_.data_ptr<T>(), *dy = dy_.data_ptr<T>();
+  const float *sh = shift.data_ptr<float>(), *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(),
+              *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
+  T* dx = dx_.data_ptr<T>();
+  float* dz = dz_.data_ptr<float>();
+  const T* also = dx_also.defined() ? dx_also.data_ptr<T>() : nullptr;
   double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
          *dx_sum = sums_dx.data_ptr<double>();
-  const int64_t block_size = s.pixels * L;
   std::vector<float> m1(s.n * s.groups), m2(s.n * s.groups);
   two_passes(
       s.n, s.blocks, 1,
       [&](int64_t k) {
         float smm[L], r[L], a[L], b[L];
         lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-        block_backward_sums(x + k * block_size, dy + k * block_size, s.pixels, a, b, smm, r, dropout,
-                            static_cast<uint32_t>(k * block_size), dx + k * block_size, a_sum + k * L, b_sum + k * L);
+        block_backward_sums(x + u.offset(k), dy + u.offset(k), s.pixels, u.stride(), a, b, smm, r, dropout,
+                            static_cast<uint32_t>(u.offset(k)), dz + u.offset(k), a_sum + k * L, b_sum + k * L);
       },
       [&](int64_t i) { sample_backward_means(s, i, ga, a_sum, b_sum, m1.data(), m2.data()); },
       [&](int64_t k) {
@@ -350,11 +407,11 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
           m1l[l] = m1[i * groups + g];
           m2l[l] = m2[i * groups + g];
         }
-        block_backward_dx(x + k * block_size, s.pixels, gl, smm, r, m1l, m2l, also ? also + k * block_size : nullptr,
-                          dx + k * block_size, dx_sum + k * L);
+        block_backward_dx(x + u.offset(k), s.pixels, u.stride(), gl, smm, r, m1l, m2l,
+                          also ? also + u.offset(k) : nullptr, dz + u.offset(k), dx + u.offset(k), dx_sum + k * L);
       });
   auto [d_shift, d_gamma, d_beta] = parameter_gradients(s, a_sum, b_sum, dx_sum);
-  return {dx5, d_shift, d_gamma, d_beta};
+  return {dx_, d_shift, d_gamma, d_beta};
 }
 
 // ---- bfloat16 NCHW: the CPU's bf16 autocast path ----
@@ -364,23 +421,6 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x5, const torch:
 // x to float32 for GroupNorm, runs SiLU in float32 and casts the result to bf16 for the
 // convolution: four more passes over memory, forward and backward alike).
 
-typedef uint16_t LaneHalves __attribute__((vector_size(L * sizeof(uint16_t))));
-
-// bf16 → float32: the 16 bits are the float's upper half.
-DIFFUSE_LANE_HELPER Lanes load_bf16(const c10::BFloat16* p) {
-  LaneHalves h;
-  std::memcpy(&h, p, sizeof h);
-  return (Lanes)(__builtin_convertvector(h, LaneUInts) << 16);
-}
-
-// float32 → bf16, rounding to nearest even (NaN stays a NaN).
-DIFFUSE_LANE_HELPER void store_bf16(c10::BFloat16* p, const Lanes& v) {
-  const LaneUInts u = (LaneUInts)v;
-  const LaneUInts rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const LaneUInts nan = (LaneUInts)(v != v);
-  const LaneHalves h = __builtin_convertvector((rounded & ~nan) | (0x7FC0u & nan), LaneHalves);
-  std::memcpy(p, &h, sizeof h);
-}
 
 // The last P mod 16 pixels of a plane go through these zero-padded copies.
 struct PlaneTail {
@@ -509,8 +549,6 @@ struct PlaneCoefficients {
   }
 };
 
-using BF16 = c10::BFloat16;
-
 std::vector<torch::Tensor> forward_kernel_nchw_bf16(const torch::Tensor& x, const torch::Tensor& shift,
                                                     const torch::Tensor& gamma, const torch::Tensor& beta,
                                                     int64_t groups, double eps) {
@@ -601,16 +639,25 @@ Dropout make_dropout(double p, int64_t seed) {
   return d;
 }
 
-// Outputs: y, and with pass_input also x5 itself. LibTorch hands an input returned as an output
-// back as a new view of it whose gradient arrives here as grads[1]: a residual connection that
-// reads x through it has its gradient of x added inside the backward kernel's last pass, instead
-// of LibTorch adding the two gradients of x in a pass over memory of its own.
+// A gradient as the kernels read it: in x's layout and type.
+torch::Tensor like_x(const torch::Tensor& x, const torch::Tensor& grad) {
+  if (x.dim() == 4) return grad.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+  return grad.contiguous();
+}
+
+// x: float32 blocked or bf16 NHWC (Units). Outputs: y, and with pass_input also x itself.
+// LibTorch hands an input returned as an output back as a new view of it whose gradient arrives
+// here as grads[1]: a residual connection that reads x through it has its gradient of x added
+// inside the backward kernel's last pass, instead of LibTorch adding the two gradients of x in a
+// pass over memory of its own.
 struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5,
                                                 const torch::Tensor& shift, const torch::Tensor& gamma,
                                                 const torch::Tensor& beta, int64_t groups, double eps, double dropout,
                                                 int64_t seed, bool pass_input) {
-    auto out = forward_kernel(x5, shift, gamma, beta, groups, eps, make_dropout(dropout, seed));
+    const auto d = make_dropout(dropout, seed);
+    auto out = x5.dim() == 4 ? forward_kernel<BF16>(x5, shift, gamma, beta, groups, eps, d)
+                             : forward_kernel<float>(x5, shift, gamma, beta, groups, eps, d);
     ctx->save_for_backward({x5, shift, gamma, beta, out[1], out[2]});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["dropout"] = dropout;
@@ -622,10 +669,12 @@ struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFun
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto v = ctx->get_saved_variables();
-    const auto dx_also = grads.size() > 1 && grads[1].defined() ? grads[1].contiguous() : torch::Tensor();
-    auto g = backward_kernel(v[0], v[1], v[2], v[3], v[4], v[5], grads[0].contiguous(), dx_also,
-                             ctx->saved_data["groups"].toInt(),
-                             make_dropout(ctx->saved_data["dropout"].toDouble(), ctx->saved_data["seed"].toInt()));
+    const auto dx_also = grads.size() > 1 && grads[1].defined() ? like_x(v[0], grads[1]) : torch::Tensor();
+    const auto dy = like_x(v[0], grads[0]);
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const auto d = make_dropout(ctx->saved_data["dropout"].toDouble(), ctx->saved_data["seed"].toInt());
+    auto g = v[0].dim() == 4 ? backward_kernel<BF16>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, d)
+                             : backward_kernel<float>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, d);
     return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -648,26 +697,37 @@ NormParameters checked_parameters(const char* who, int64_t n, int64_t channels, 
           gamma.to(torch::kFloat32).contiguous(), beta.to(torch::kFloat32).contiguous()};
 }
 
-// The checked and prepared call; pass_input as in GroupNormSiluFunction.
-torch::autograd::variable_list apply_group_norm_silu(const torch::Tensor& x5, const torch::Tensor& shift,
-                                                     const torch::Tensor& gamma, const torch::Tensor& beta,
-                                                     int64_t groups, double eps, double dropout, bool pass_input) {
-  TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
-              "group_norm_silu_blocked: x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
-  const auto p = checked_parameters("group_norm_silu_blocked", x5.size(0), x5.size(1) * L, groups, shift, gamma, beta);
-  TORCH_CHECK(dropout >= 0 && dropout < 1, "group_norm_silu_blocked: dropout must be in [0, 1), got ", dropout);
+// The checked and prepared call, x float32 blocked or bf16 NHWC (`who` says which was asked
+// for); pass_input as in GroupNormSiluFunction.
+torch::autograd::variable_list apply_group_norm_silu(const char* who, const torch::Tensor& x5,
+                                                     const torch::Tensor& shift, const torch::Tensor& gamma,
+                                                     const torch::Tensor& beta, int64_t groups, double eps,
+                                                     double dropout, bool pass_input) {
+  const bool nhwc = x5.dim() == 4;
+  if (nhwc) {
+    TORCH_CHECK(x5.device().is_cpu() && x5.scalar_type() == torch::kBFloat16 && x5.size(1) % L == 0, who,
+                ": x must be a bf16 CPU tensor [N, C, H, W] with C a multiple of 16, got ", x5.sizes(), " ",
+                x5.scalar_type());
+  } else {
+    TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32, who,
+                ": x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
+  }
+  const auto p = checked_parameters(who, x5.size(0), nhwc ? x5.size(1) : x5.size(1) * L, groups, shift, gamma, beta);
+  TORCH_CHECK(dropout >= 0 && dropout < 1, who, ": dropout must be in [0, 1), got ", dropout);
   // The mask's seed comes from LibTorch's default generator, so torch::manual_seed (and a resumed
   // run's saved generator state) reproduces it.
   const int64_t seed = dropout > 0 ? torch::randint(std::numeric_limits<int64_t>::max(), {1}, torch::kLong).item<int64_t>()
                                    : 0;
-  return GroupNormSiluFunction::apply(x5.contiguous(), p.shift, p.gamma, p.beta, groups, eps, dropout, seed, pass_input);
+  const auto x = nhwc ? x5.contiguous(torch::MemoryFormat::ChannelsLast) : x5.contiguous();
+  return GroupNormSiluFunction::apply(x, p.shift, p.gamma, p.beta, groups, eps, dropout, seed, pass_input);
 }
 
 }  // namespace
 
 torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
                                       const torch::Tensor& beta, int64_t groups, double eps, double dropout) {
-  return apply_group_norm_silu(x5, shift, gamma, beta, groups, eps, dropout, /*pass_input=*/false)[0];
+  return apply_group_norm_silu("group_norm_silu_blocked", x5, shift, gamma, beta, groups, eps, dropout,
+                               /*pass_input=*/false)[0];
 }
 
 std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const torch::Tensor& x5,
@@ -675,8 +735,33 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
                                                                           const torch::Tensor& beta, int64_t groups,
                                                                           double eps) {
   if (!gradient_wanted({x5, gamma, beta})) return {group_norm_silu_blocked(x5, {}, gamma, beta, groups, eps), x5};
-  auto out = apply_group_norm_silu(x5, {}, gamma, beta, groups, eps, 0.0, /*pass_input=*/true);
+  auto out = apply_group_norm_silu("group_norm_silu_blocked", x5, {}, gamma, beta, groups, eps, 0.0,
+                                   /*pass_input=*/true);
   return {out[0], out[1]};
+}
+
+torch::Tensor group_norm_silu_nhwc_bf16(const torch::Tensor& x, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                        const torch::Tensor& beta, int64_t groups, double eps, double dropout) {
+  TORCH_CHECK(x.dim() == 4, "group_norm_silu_nhwc_bf16: x must be [N, C, H, W], got ", x.sizes());
+  return apply_group_norm_silu("group_norm_silu_nhwc_bf16", x, shift, gamma, beta, groups, eps, dropout,
+                               /*pass_input=*/false)[0];
+}
+
+std::pair<torch::Tensor, torch::Tensor> group_norm_silu_nhwc_bf16_and_input(const torch::Tensor& x,
+                                                                            const torch::Tensor& gamma,
+                                                                            const torch::Tensor& beta, int64_t groups,
+                                                                            double eps) {
+  TORCH_CHECK(x.dim() == 4, "group_norm_silu_nhwc_bf16: x must be [N, C, H, W], got ", x.sizes());
+  if (!gradient_wanted({x, gamma, beta})) return {group_norm_silu_nhwc_bf16(x, {}, gamma, beta, groups, eps), x};
+  auto out = apply_group_norm_silu("group_norm_silu_nhwc_bf16", x, {}, gamma, beta, groups, eps, 0.0,
+                                   /*pass_input=*/true);
+  return {out[0], out[1]};
+}
+
+bool group_norm_silu_nhwc_bf16_applies(const torch::Tensor& x, const torch::Tensor& gamma) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() == 4 && x.size(1) % L == 0 &&
+         x.size(1) > 1 && x.is_contiguous(torch::MemoryFormat::ChannelsLast) && gamma.defined() &&
+         gamma.scalar_type() == torch::kFloat32;
 }
 
 bool group_norm_silu_nchw_bf16_applies(const torch::Tensor& x, const torch::Tensor& gamma) {

@@ -68,30 +68,44 @@ struct ConvPlan {
   dnnl::convolution_backward_weights backward_weights;
 };
 
+// How a call's activations lie in memory, and their precision: float32 NCHW or channel-blocked
+// (runtime/blocked_layout.h's nChw16c), or bf16 channels-last (NHWC), where oneDNN's bf16 kernels
+// (AMX, AVX512-BF16) read and write the tensors as they are.
+enum class Activations { nchw_f32, blocked_f32, nhwc_bf16 };
+
 // A convolution's shape: k×k kernel, stride, padding k/2 (every convolution of the U-Net), and
-// whether the activations are channel-blocked (runtime/blocked_layout.h's nChw16c) or NCHW.
+// its activations' layout.
 struct OneDnnConvShape {
   int64_t n, c, o, h, w, k, stride;
-  bool training, blocked;
+  bool training;
+  Activations layout;
+  bool blocked() const { return layout == Activations::blocked_f32; }
   int64_t out_h() const { return (h + 2 * (k / 2) - k) / stride + 1; }
   int64_t out_w() const { return (w + 2 * (k / 2) - k) / stride + 1; }
-  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, blocked); }
+  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, layout); }
   bool operator<(const OneDnnConvShape& other) const { return key() < other.key(); }
 };
 
 ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
   static_assert(kChannelBlock == 16, "the blocked layout is oneDNN's aBcd16b");
-  const auto activations = s.blocked ? tag::aBcd16b : tag::nchw;
+  const bool bf16 = s.layout == Activations::nhwc_bf16;
+  const auto activations = s.blocked() ? tag::aBcd16b : bf16 ? tag::nhwc : tag::nchw;
+  const auto compute = bf16 ? dt::bf16 : dt::f32;  // the activations' and the kernel's weights' type
   const memory::dims src_dims{s.n, s.c, s.h, s.w}, weights_dims{s.o, s.c, s.k, s.k},
       dst_dims{s.n, s.o, s.out_h(), s.out_w()};
   ConvPlan p;
-  p.src_user = memory::desc(src_dims, dt::f32, activations);
-  p.weights_oihw = memory::desc(weights_dims, dt::f32, tag::oihw);
+  p.src_user = memory::desc(src_dims, compute, activations);
+  p.weights_oihw = memory::desc(weights_dims, dt::f32, tag::oihw);  // the float32 master weights (and their gradient)
   p.bias_x = memory::desc({s.o}, dt::f32, tag::x);
-  p.dst_user = memory::desc(dst_dims, dt::f32, activations);
-  // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights)
-  const memory::desc src_any(src_dims, dt::f32, tag::any), weights_any(weights_dims, dt::f32, tag::any),
-      dst_any(dst_dims, dt::f32, tag::any);
+  p.dst_user = memory::desc(dst_dims, compute, activations);
+  // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights).
+  // bf16 activations stay NHWC: there oneDNN runs its AMX kernels (brgconv), 2–5× faster than its
+  // bf16 kernels on nChw16c (2026-11-27, Xeon with AMX, the mnist shapes).
+  const memory::desc src_any = bf16 ? p.src_user : memory::desc(src_dims, dt::f32, tag::any),
+                     dst_any = bf16 ? p.dst_user : memory::desc(dst_dims, dt::f32, tag::any),
+                     weights_any(weights_dims, compute, tag::any),
+                     // ∂L/∂W in float32 also from bf16 activations: it is added into float32 weights
+                     diff_weights_any(weights_dims, dt::f32, tag::any);
   const memory::dims stride{s.stride, s.stride}, pad{s.k / 2, s.k / 2};
   // forward_training also without gradients: oneDNN's Winograd forward_inference kernel ran 2–17×
   // slower on the U-Nets' shapes (slowest on small images; 2026-11-27, Xeon with AVX-512).
@@ -106,7 +120,8 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
         p.forward_pd);
     p.backward_data = dnnl::convolution_backward_data(p.backward_data_pd);
     p.backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-        dnnl::convolution_backward_weights::desc(algorithm, src_any, weights_any, p.bias_x, dst_any, stride, pad, pad),
+        dnnl::convolution_backward_weights::desc(algorithm, src_any, diff_weights_any, p.bias_x, dst_any, stride, pad,
+                                                 pad),
         cpu_engine(), p.forward_pd);
     p.backward_weights = dnnl::convolution_backward_weights(p.backward_weights_pd);
   }
@@ -177,16 +192,22 @@ Output output_in(const memory::desc& produced, const memory::desc& user_desc, co
   return o;
 }
 
-// x: [N, C, H, W], or [N, C/16, H, W, 16] when blocked; weight: [O, C, k, k].
+// x: [N, C, H, W] (float32 NCHW, or bf16 channels-last), or [N, C/16, H, W, 16] when blocked;
+// weight: [O, C, k, k].
 OneDnnConvShape shape_of(const torch::Tensor& x, const torch::Tensor& weight, int64_t stride, bool training) {
   const bool blocked = x.dim() == 5;
+  const auto layout = blocked ? Activations::blocked_f32
+                      : x.scalar_type() == torch::kBFloat16 ? Activations::nhwc_bf16
+                                                            : Activations::nchw_f32;
   return OneDnnConvShape{x.size(0), blocked ? x.size(1) * x.size(4) : x.size(1), weight.size(0), x.size(2), x.size(3),
-                   weight.size(2), stride, training, blocked};
+                         weight.size(2), stride, training, layout};
 }
 
-std::vector<int64_t> output_sizes(const OneDnnConvShape& s) {
-  if (s.blocked) return {s.n, s.o / kChannelBlock, s.out_h(), s.out_w(), kChannelBlock};
-  return {s.n, s.o, s.out_h(), s.out_w()};
+// An uninitialised output of this shape, in its layout.
+torch::Tensor empty_output(const OneDnnConvShape& s, const torch::TensorOptions& options) {
+  if (s.blocked()) return torch::empty({s.n, s.o / kChannelBlock, s.out_h(), s.out_w(), kChannelBlock}, options);
+  const auto format = s.layout == Activations::nhwc_bf16 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  return torch::empty({s.n, s.o, s.out_h(), s.out_w()}, options.memory_format(format));
 }
 
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -196,8 +217,8 @@ torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, c
   const ConvPlan& plan = plan_for(shape, winograd);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
-  auto y = torch::empty(output_sizes(shape), x.options());
-  auto b = bias.defined() ? bias.contiguous() : torch::zeros({shape.o}, x.options());
+  auto y = empty_output(shape, x.options());
+  auto b = bias.defined() ? bias.contiguous() : torch::zeros({shape.o}, weight.options());
   auto src = in_layout(wrap(plan.src_user, x), plan.forward_pd.src_desc(), stream, scratch);
   auto wei = in_layout(wrap(plan.weights_oihw, weight), plan.forward_pd.weights_desc(), stream, scratch);
   auto dst = output_in(plan.forward_pd.dst_desc(), plan.dst_user, y, scratch);
@@ -235,7 +256,7 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
   }
   if (want_weights) {
     grad_w = torch::empty_like(weight);
-    grad_b = torch::empty({weight.size(0)}, x.options());
+    grad_b = torch::empty({weight.size(0)}, weight.options());
     auto src = in_layout(wrap(weights_plan.src_user, x), weights_plan.backward_weights_pd.src_desc(), stream, scratch);
     const auto& want = weights_plan.backward_weights_pd.diff_dst_desc();
     auto diff_dst = want_x && diff_dst_for_data.get_desc() == want ? diff_dst_for_data
@@ -314,7 +335,8 @@ struct PassAlgorithms {
 // 3×3 stride-1 shape is timed once, per pass (forward alone for inference shapes). NCHW calls take
 // Winograd: conv3x3 times them against ATen instead.
 PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
-  if (!shape.blocked || shape.k != 3 || shape.stride != 1) return {};
+  if (shape.layout == Activations::nhwc_bf16) return {false, false, false};  // oneDNN has no bf16 Winograd
+  if (!shape.blocked() || shape.k != 3 || shape.stride != 1) return {};
   // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
   // what the per-pass timing gains
   static const bool all_direct = env_equals("DIFFUSE_CONV_ALGORITHM", "direct");
@@ -341,6 +363,14 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   });
 }
 
+// ∂L/∂y as the kernels read it: in x's layout and precision (bf16 channels-last for a bf16 call).
+torch::Tensor in_layout_of(const torch::Tensor& x, const torch::Tensor& grad_y) {
+  if (x.scalar_type() == torch::kBFloat16) {
+    return grad_y.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+  }
+  return grad_y.contiguous();
+}
+
 struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias, int64_t stride, bool has_bias) {
@@ -357,7 +387,7 @@ struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction>
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    auto g = run_backward(saved[0], saved[1], grads[0].contiguous(), ctx->saved_data["stride"].toInt(),
+    auto g = run_backward(saved[0], saved[1], in_layout_of(saved[0], grads[0]), ctx->saved_data["stride"].toInt(),
                           ctx->saved_data["winograd_data"].toBool(), ctx->saved_data["winograd_weights"].toBool(),
                           ctx->needs_input_grad(0), ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
     return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
@@ -373,12 +403,12 @@ torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, cons
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "onednn convolution: bias must be [O]");
   if (!gradient_wanted({x, weight, bias})) {
-    return run_forward(x.contiguous(), weight.contiguous(), bias, stride, false,
+    return run_forward(x, weight.contiguous(), bias, stride, false,
                        algorithms_for(shape_of(x, weight, stride, false)).forward);
   }
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
-  const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, x.options());
-  return OneDnnConvFunction::apply(x.contiguous(), weight.contiguous(), b, stride, bias.defined());
+  const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, weight.options());
+  return OneDnnConvFunction::apply(x, weight.contiguous(), b, stride, bias.defined());
 }
 
 }  // namespace
@@ -391,7 +421,7 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1), "onednn_conv3x3: weight must be [O, ", x.size(1),
               ", 3, 3], got ", weight.sizes());
   TORCH_CHECK(weight.size(2) == 3, "onednn_conv3x3: weight must be [O, C, 3, 3], got ", weight.sizes());
-  return convolve(x, weight, bias, 1);
+  return convolve(x.contiguous(), weight, bias, 1);
 #else
   throw std::runtime_error("onednn_conv3x3: this build has no oneDNN (install libdnnl-dev and rebuild)");
 #endif
@@ -405,17 +435,45 @@ torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& 
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * kChannelBlock && weight.size(0) % kChannelBlock == 0,
               "onednn_conv_blocked: weight must be [O, ", x5.size(1) * kChannelBlock,
               ", k, k] with O a multiple of 16, got ", weight.sizes());
-  return convolve(x5, weight, bias, stride);
+  return convolve(x5.contiguous(), weight, bias, stride);
 #else
   throw std::runtime_error("onednn_conv_blocked: this build has no oneDNN (install libdnnl-dev and rebuild)");
 #endif
+}
+
+torch::Tensor onednn_conv_nhwc_bf16(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                    int64_t stride) {
+#if DIFFUSE_HAVE_ONEDNN
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() &&
+                  (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32),
+              "onednn_conv_nhwc_bf16: x must be a bf16 or float32 [N, C, H, W] CPU tensor, got ", x.sizes(), " ",
+              x.scalar_type());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1), "onednn_conv_nhwc_bf16: weight must be [O, ", x.size(1),
+              ", k, k], got ", weight.sizes());
+  // a float32 x is cast here, as autocast would cast it for LibTorch's convolution
+  return convolve(x.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast), weight, bias, stride);
+#else
+  throw std::runtime_error("onednn_conv_nhwc_bf16: this build has no oneDNN (install libdnnl-dev and rebuild)");
+#endif
+}
+
+bool onednn_bf16_available() {
+  static const bool available = onednn_conv_built() && cpu_has_native_bf16() && !env_equals("DIFFUSE_ONEDNN_BF16", "0");
+  return available;
+}
+
+bool nhwc_bf16_conv_applies(const torch::Tensor& x, const torch::Tensor& weight) {
+  return onednn_bf16_available() && x.device().is_cpu() && x.dim() == 4 &&
+         (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32) && x.size(1) > 1 &&
+         x.is_contiguous(torch::MemoryFormat::ChannelsLast) && autocast_enabled(torch::kCPU) &&
+         weight.scalar_type() == torch::kFloat32;
 }
 
 std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
                                           int64_t width) {
 #if DIFFUSE_HAVE_ONEDNN
   // the forward-only plan: the same kernel, without generating the two backward passes' code
-  return plan_for(OneDnnConvShape{batch, in_channels, out_channels, height, width, 3, 1, false, false}, true)
+  return plan_for(OneDnnConvShape{batch, in_channels, out_channels, height, width, 3, 1, false, Activations::nchw_f32}, true)
       .forward_pd.impl_info_str();
 #else
   return "none (built without oneDNN)";
@@ -431,7 +489,7 @@ namespace {
 // the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static ShapeChoices<bool> onednn_faster;
-  return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, false}, [&] {
+  return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32}, [&] {
     const int64_t m = timing_batch(n);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
          grad_y = ramp({m, o, h, w});

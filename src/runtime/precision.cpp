@@ -85,8 +85,12 @@ MemoryFormat memory_format_from_string(const std::string& name) {
 
 std::string to_string(MemoryFormat f) { return f == MemoryFormat::nchw ? "nchw" : "channels-last"; }
 
-MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device device, bool inference_only) {
+MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device device, bool inference_only,
+                                         Precision precision) {
   if (name != "auto") return {memory_format_from_string(name), "asked for"};
+  if (device.is_cpu() && precision == Precision::bf16 && onednn_bf16_available()) {
+    return {MemoryFormat::channels_last, "auto: channels-last for bf16 on this CPU (oneDNN's bf16 kernels on NHWC)"};
+  }
   if (!device.is_cuda()) return {MemoryFormat::nchw, "auto: nchw on the CPU"};
   if (!inference_only) return {MemoryFormat::nchw, "auto: nchw for training (LibTorch's GroupNorm copies channels-last)"};
   if (!cuda_group_norm_built()) return {MemoryFormat::nchw, "auto: nchw (built without the own CUDA GroupNorm kernel)"};
@@ -125,8 +129,13 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   auto w = torch::randn({C, C, 3, 3}, torch::dtype(dtype).device(device)).contiguous(format);
   const double flops = 2.0 * B * C * C * 9 * H * H;  // multiply-adds × 2
   const bool onednn = onednn_winograd && device.is_cpu() && !channels_last && precision == Precision::fp32;
+  // bf16 channels-last on a CPU: the kernels the network then runs (float32 master weights)
+  const bool onednn_bf16 = device.is_cpu() && channels_last && precision == Precision::bf16 && onednn_bf16_available();
+  const auto w32 = w.to(torch::kFloat32);
   auto run = [&] {
-    if (onednn) {
+    if (onednn_bf16) {
+      onednn_conv_nhwc_bf16(x, w32, {}, 1);
+    } else if (onednn) {
       onednn_conv3x3(x, w, {});
     } else {
       torch::conv2d(x, w, {}, 1, 1);

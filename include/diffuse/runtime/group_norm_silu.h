@@ -1,6 +1,6 @@
-// GroupNorm followed by SiLU in one kernel, on channel-blocked float32 CPU activations
-// (runtime/blocked_layout.h), with an optional per-channel shift added first (the ResBlock's
-// time embedding):
+// GroupNorm followed by SiLU in one kernel, on CPU activations channel-blocked in float32
+// (runtime/blocked_layout.h) or channels-last in bf16 (NHWC), or NCHW in bf16, with an optional
+// per-channel shift added first (the ResBlock's time embedding):
 //   u = x + s[n, c]                                      (s optional)
 //   μ_ng = mean of u over group g's channels and all pixels,  σ²_ng likewise (biased)
 //   z = (u − μ_ng) / √(σ²_ng + ε) · γ_c + β_c
@@ -37,6 +37,22 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
                                                                           const torch::Tensor& gamma,
                                                                           const torch::Tensor& beta, int64_t groups,
                                                                           double eps);
+
+// The same two for bf16 channels-last (NHWC) CPU tensors, the layout oneDNN's bf16 convolutions
+// read and write as it lies (runtime/onednn_conv.h's onednn_conv_nhwc_bf16): x [N, C, H, W] bf16
+// in channels-last memory, C a multiple of 16 (a pixel's channels are read 16 at a time). The
+// same kernel as the blocked one, walking 16 channels of one image with a pixel stride of C
+// instead of 16; statistics and arithmetic in float32, x read and y written in bf16. ∂L/∂x in
+// bf16, the parameters' gradients in float32.
+torch::Tensor group_norm_silu_nhwc_bf16(const torch::Tensor& x, const torch::Tensor& shift, const torch::Tensor& gamma,
+                                        const torch::Tensor& beta, int64_t groups, double eps, double dropout = 0.0);
+std::pair<torch::Tensor, torch::Tensor> group_norm_silu_nhwc_bf16_and_input(const torch::Tensor& x,
+                                                                            const torch::Tensor& gamma,
+                                                                            const torch::Tensor& beta, int64_t groups,
+                                                                            double eps);
+
+// Whether those take x: a bf16 channels-last CPU tensor, C a multiple of 16, float32 γ.
+bool group_norm_silu_nhwc_bf16_applies(const torch::Tensor& x, const torch::Tensor& gamma);
 
 // The same without dropout for bfloat16 NCHW CPU tensors (the CPU's bf16 autocast path):
 // statistics and arithmetic in float32, x read and y written in bf16, so that no float32 copy of

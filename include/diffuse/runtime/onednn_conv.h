@@ -45,6 +45,25 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
 torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias,
                                   int64_t stride);
 
+// A k×k convolution (k odd, padding k/2, any stride) under the CPU's bf16 autocast, with the
+// activations channels-last (NHWC): x [N, C, H, W] in channels-last memory, bf16 (or float32, cast
+// to bf16 here); weight [O, C, k, k] and bias [O] float32 (the master weights: oneDNN converts them
+// to bf16 as it re-orders them for its kernel) → y bf16, channels-last. oneDNN's bf16 kernels
+// (AMX where the CPU has it) read and write NHWC as it lies: LibTorch 1.13's bf16 convolution
+// copies its input on every call, forward and backward. ∂L/∂W and ∂L/∂b come out in float32.
+// Differentiable; throws where the build has no oneDNN.
+torch::Tensor onednn_conv_nhwc_bf16(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                    int64_t stride);
+
+// Whether this process runs bf16 convolutions of channels-last activations through oneDNN: built
+// with oneDNN, a CPU with native bf16 (avx512_bf16 or amx_bf16), and the environment variable
+// DIFFUSE_ONEDNN_BF16 not "0" (a switch for measuring the gain).
+bool onednn_bf16_available();
+
+// Whether onednn_conv_nhwc_bf16 takes x: onednn_bf16_available(), bf16 autocast on the CPU, x bf16
+// or float32 channels-last with more than one channel, weight float32.
+bool nhwc_bf16_conv_applies(const torch::Tensor& x, const torch::Tensor& weight);
+
 // Whether a network may carry x (NCHW) channel-blocked from its first convolution to its last
 // (runtime/blocked_layout.h, model/layout_ops.h): conv_kernels() is onednn, x is a float32
 // contiguous CPU tensor outside autocast, every width in `channels` is a multiple of 16, and the
