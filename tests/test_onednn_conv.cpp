@@ -270,6 +270,9 @@ TEST(OneDnnConv, Bf16ChannelsLastConvolutionsMatchAFloat64ReferenceOnTheSameBf16
     EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
     torch::NoGradGuard no_grad;  // the inference plan
     EXPECT_LT(relative_error(onednn_conv_nhwc_bf16(x, w, b, k.stride).to(torch::kFloat64), y64), 4e-3);
+    // channels-last weights (UNet::set_memory_format) are read as they lie: the same numbers
+    const auto w_cl = w.detach().contiguous(channels_last);
+    EXPECT_TRUE(torch::equal(onednn_conv_nhwc_bf16(x, w_cl, b, k.stride), onednn_conv_nhwc_bf16(x, w, b, k.stride)));
   }
   // taken under the CPU's bf16 autocast only, and for channels-last activations only
   auto x = torch::randn({2, 32, 6, 6}).contiguous(torch::MemoryFormat::ChannelsLast);

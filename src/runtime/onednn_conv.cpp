@@ -79,10 +79,11 @@ struct OneDnnConvShape {
   int64_t n, c, o, h, w, k, stride;
   bool training;
   Activations layout;
+  bool weights_ohwi = false;  // the weights channels-last (UNet::set_memory_format), not OIHW
   bool blocked() const { return layout == Activations::blocked_f32; }
   int64_t out_h() const { return (h + 2 * (k / 2) - k) / stride + 1; }
   int64_t out_w() const { return (w + 2 * (k / 2) - k) / stride + 1; }
-  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, layout); }
+  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, layout, weights_ohwi); }
   bool operator<(const OneDnnConvShape& other) const { return key() < other.key(); }
 };
 
@@ -95,7 +96,8 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
       dst_dims{s.n, s.o, s.out_h(), s.out_w()};
   ConvPlan p;
   p.src_user = memory::desc(src_dims, compute, activations);
-  p.weights_oihw = memory::desc(weights_dims, dt::f32, tag::oihw);  // the float32 master weights (and their gradient)
+  // the float32 master weights (and their gradient), as they lie
+  p.weights_oihw = memory::desc(weights_dims, dt::f32, s.weights_ohwi ? tag::ohwi : tag::oihw);
   p.bias_x = memory::desc({s.o}, dt::f32, tag::x);
   p.dst_user = memory::desc(dst_dims, compute, activations);
   // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights).
@@ -199,8 +201,21 @@ OneDnnConvShape shape_of(const torch::Tensor& x, const torch::Tensor& weight, in
   const auto layout = blocked ? Activations::blocked_f32
                       : x.scalar_type() == torch::kBFloat16 ? Activations::nhwc_bf16
                                                             : Activations::nchw_f32;
-  return OneDnnConvShape{x.size(0), blocked ? x.size(1) * x.size(4) : x.size(1), weight.size(0), x.size(2), x.size(3),
-                         weight.size(2), stride, training, layout};
+  return OneDnnConvShape{x.size(0),
+                         blocked ? x.size(1) * x.size(4) : x.size(1),
+                         weight.size(0),
+                         x.size(2),
+                         x.size(3),
+                         weight.size(2),
+                         stride,
+                         training,
+                         layout,
+                         !weight.is_contiguous() && weight.is_contiguous(torch::MemoryFormat::ChannelsLast)};
+}
+
+// The weights as oneDNN reads them: OIHW or channels-last (OHWI) as they lie, else an OIHW copy.
+torch::Tensor weights_as_laid(const torch::Tensor& weight) {
+  return weight.is_contiguous(torch::MemoryFormat::ChannelsLast) ? weight : weight.contiguous();
 }
 
 // An uninitialised output of this shape, in its layout.
@@ -403,12 +418,12 @@ torch::Tensor convolve(const torch::Tensor& x, const torch::Tensor& weight, cons
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "onednn convolution: bias must be [O]");
   if (!gradient_wanted({x, weight, bias})) {
-    return run_forward(x, weight.contiguous(), bias, stride, false,
+    return run_forward(x, weights_as_laid(weight), bias, stride, false,
                        algorithms_for(shape_of(x, weight, stride, false)).forward);
   }
   // autograd functions take no undefined tensors: a missing bias travels as zeros without a gradient
   const auto b = bias.defined() ? bias : torch::zeros({weight.size(0)}, weight.options());
-  return OneDnnConvFunction::apply(x, weight.contiguous(), b, stride, bias.defined());
+  return OneDnnConvFunction::apply(x, weights_as_laid(weight), b, stride, bias.defined());
 }
 
 }  // namespace
