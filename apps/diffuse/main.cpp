@@ -57,7 +57,7 @@ Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   const auto format =
       resolve_memory_format(flags.memory_format, c.device, workload == Workload::inference, c.precision);
   c.memory_format = format.format;
-  if (c.device.is_cuda() || flags.memory_format != "auto") {
+  if (c.device.is_cuda() || flags.memory_format != "auto" || c.memory_format != MemoryFormat::nchw) {
     std::fprintf(stderr, "memory format: %s (%s)\n", to_string(c.memory_format).c_str(), format.reason.c_str());
   }
   if (flags.precision == "auto" || c.precision != Precision::fp32) {

@@ -89,7 +89,8 @@ MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device 
                                          Precision precision) {
   if (name != "auto") return {memory_format_from_string(name), "asked for"};
   if (device.is_cpu() && precision == Precision::bf16 && onednn_bf16_available()) {
-    return {MemoryFormat::channels_last, "auto: channels-last for bf16 on this CPU (oneDNN's bf16 kernels on NHWC)"};
+    return {MemoryFormat::channels_last,
+            "auto: channels-last for bf16 on this CPU, whose native bf16 kernels in oneDNN read NHWC"};
   }
   if (!device.is_cuda()) return {MemoryFormat::nchw, "auto: nchw on the CPU"};
   if (!inference_only) return {MemoryFormat::nchw, "auto: nchw for training (LibTorch's GroupNorm copies channels-last)"};
