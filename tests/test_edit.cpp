@@ -49,6 +49,16 @@ TEST(Edit, NoiseAndDenoiseReturnsThePointAndTheNoiseLevel) {
   EXPECT_EQ(noise_and_denoise(d, leading, point_denoiser(d, point), x0, 499, 20, true, gen).t, 475);
   EXPECT_THROW(noise_and_denoise(d, ddim, point_denoiser(d, point), x0, 1000, 20, true, gen), std::invalid_argument);
   EXPECT_THROW(noise_and_denoise(d, ddim, point_denoiser(d, point), x0, 10, 20, true, gen), std::invalid_argument);
+  // One ε given for the batch: two copies of an image are noised alike (edit mix's columns);
+  // drawn, they are not.
+  const auto eps = torch::randn({1, 1, 4, 4});
+  auto shared = noise_and_denoise(d, ddim, point_denoiser(d, point), x0, 499, 20, true, gen, eps);
+  EXPECT_TRUE(torch::equal(shared.x_t[0], shared.x_t[1]));
+  EXPECT_FALSE(torch::equal(out.x_t[0], out.x_t[1]));
+  const double ab = d.schedule().alpha_bar_at(499);  // x_t = √ᾱ x_0 + √(1 − ᾱ) ε, with the ε given
+  EXPECT_TRUE(torch::allclose(shared.x_t[0], std::sqrt(ab) * x0[0] + std::sqrt(1 - ab) * eps[0], 1e-5, 1e-6));
+  EXPECT_THROW(noise_and_denoise(d, ddim, point_denoiser(d, point), x0, 499, 20, true, gen, torch::randn({3, 1, 4, 4})),
+               c10::Error);
   EXPECT_EQ(timestep_for_strength(0.5, 1000), 499);
   EXPECT_EQ(timestep_for_strength(1.0, 1000), 999);
   EXPECT_THROW(timestep_for_strength(0.0, 1000), std::invalid_argument);

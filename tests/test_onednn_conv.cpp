@@ -29,6 +29,24 @@ struct Shape {
   int64_t n, c, o, h, w;
 };
 
+// Checks y = conv2d(x, w, b, stride, padding k/2) and the gradients that y.backward(upstream) left
+// on x, w and b against LibTorch in float64 from the same values: y and ∂L/∂x within `data`
+// (relative), ∂L/∂W and ∂L/∂b within `parameters`. Returns the float64 y.
+torch::Tensor expect_float64_agreement(const torch::Tensor& y, const torch::Tensor& x, const torch::Tensor& w,
+                                       const torch::Tensor& b, const torch::Tensor& upstream, int64_t stride,
+                                       double data, double parameters) {
+  auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
+  auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
+  auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
+  auto y64 = torch::conv2d(x64, w64, b64, stride, w.size(2) / 2);
+  y64.backward(upstream.to(torch::kFloat64));
+  EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), data);
+  EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), data);
+  EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), parameters);
+  EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), parameters);
+  return y64.detach();
+}
+
 }  // namespace
 
 TEST(OneDnnConv, OutputAndGradientsMatchAFloat64Reference) {
@@ -47,17 +65,7 @@ TEST(OneDnnConv, OutputAndGradientsMatchAFloat64Reference) {
 
     auto y = onednn_conv3x3(x, w, b);
     y.backward(upstream);
-
-    auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
-    auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
-    auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
-    auto y64 = torch::conv2d(x64, w64, b64, 1, 1);
-    y64.backward(upstream.to(torch::kFloat64));
-
-    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-5);
-    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
-    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
-    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    expect_float64_agreement(y, x, w, b, upstream, 1, 1e-5, 1e-5);
     // Without gradients (sampling) the inference primitive gives the same numbers.
     torch::NoGradGuard no_grad;
     EXPECT_LT(relative_error(onednn_conv3x3(x, w, b), y.detach()), 1e-6);
@@ -154,16 +162,7 @@ TEST(OneDnnConv, BlockedConvolutionsOfEveryKindMatchAFloat64Reference) {
     auto y = from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride));
     auto upstream = torch::randn_like(y);
     y.backward(upstream);
-
-    auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
-    auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
-    auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
-    auto y64 = torch::conv2d(x64, w64, b64, k.stride, k.k / 2);
-    y64.backward(upstream.to(torch::kFloat64));
-    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-5);
-    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
-    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
-    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    const auto y64 = expect_float64_agreement(y, x, w, b, upstream, k.stride, 1e-5, 1e-5);
     torch::NoGradGuard no_grad;  // the inference plan
     EXPECT_LT(relative_error(from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride)).to(torch::kFloat64), y64),
               1e-5);
@@ -257,17 +256,9 @@ TEST(OneDnnConv, Bf16ChannelsLastConvolutionsMatchAFloat64ReferenceOnTheSameBf16
     y.backward(upstream);
     EXPECT_EQ(w.grad().scalar_type(), torch::kFloat32);
 
-    auto x64 = x.detach().to(torch::kFloat64).requires_grad_();
-    auto w64 = w.detach().to(torch::kFloat64).requires_grad_();
-    auto b64 = b.detach().to(torch::kFloat64).requires_grad_();
-    auto y64 = torch::conv2d(x64, w64, b64, k.stride, k.k / 2);
-    y64.backward(upstream.to(torch::kFloat64));
     // y and ∂L/∂x are rounded to bf16 (2⁻⁹ relative per element); ∂L/∂W and ∂L/∂b are float32
     // sums of exact products
-    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 4e-3);
-    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 4e-3);
-    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
-    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    const auto y64 = expect_float64_agreement(y, x, w, b, upstream, k.stride, 4e-3, 1e-5);
     torch::NoGradGuard no_grad;  // the inference plan
     EXPECT_LT(relative_error(onednn_conv_nhwc_bf16(x, w, b, k.stride).to(torch::kFloat64), y64), 4e-3);
     // channels-last weights (UNet::set_memory_format) are read as they lie: the same numbers

@@ -257,14 +257,17 @@ void run_mix(const EditOptions& o) {
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
     rows.push_back("t=" + std::to_string(t1));
-    // x_0 mixtures λ a + (1 − λ) b, noised together to t and denoised
+    // x_0 mixtures λ a + (1 − λ) b, noised to t with one ε for the whole row (so that the columns
+    // differ by λ alone) and denoised
     std::vector<torch::Tensor> mixtures;
     for (int64_t k = 0; k < o.frames; ++k) {
       const double lambda = o.frames == 1 ? 0.5 : static_cast<double>(k) / static_cast<double>(o.frames - 1);
       mixtures.push_back((1 - lambda) * c.inputs[0] + lambda * c.inputs[1]);
     }
-    auto r = noise_and_denoise(c.diffusion, *sampler, c.net, torch::stack(mixtures), t1 - 1, edit_steps(o, t1 - 1),
-                               !o.sampler.no_clip, c.gen);
+    const auto x0 = torch::stack(mixtures);
+    const auto eps = torch::randn({1, x0.size(1), x0.size(2), x0.size(3)}, c.gen);
+    auto r = noise_and_denoise(c.diffusion, *sampler, c.net, x0, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip,
+                               c.gen, eps);
     for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(r.result[k]);
   }
   write_figure(o.out, tiles, o.frames, "rows: t; columns: weight of the second image in the mixture", columns, rows);

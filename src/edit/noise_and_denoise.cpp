@@ -8,7 +8,7 @@ namespace diffuse {
 
 NoisedAndDenoised noise_and_denoise(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
                                     const torch::Tensor& x0, int64_t t, int64_t steps, bool clip_x0,
-                                    const torch::Generator& gen) {
+                                    const torch::Generator& gen, const torch::Tensor& noise) {
   const int64_t T = diffusion.timesteps();
   if (t < 0 || t >= T) throw std::invalid_argument("edit: t must be in [1, " + std::to_string(T) + "] (1-based)");
   if (steps < 1 || steps > t + 1) {
@@ -16,9 +16,11 @@ NoisedAndDenoised noise_and_denoise(const GaussianDiffusion& diffusion, Sampler&
                                 std::to_string(t + 1));
   }
   const int64_t t_first = sampler.timesteps(steps, t).front();
-  auto noise = torch::randn(x0.sizes(), gen).to(x0.device());
+  // a given ε must broadcast to x_0 (expand throws with LibTorch's message otherwise)
+  const auto eps =
+      noise.defined() ? noise.to(x0.device()).expand(x0.sizes()) : torch::randn(x0.sizes(), gen).to(x0.device());
   auto t_batch = torch::full({x0.size(0)}, t_first, torch::dtype(torch::kLong).device(x0.device()));
-  auto x_t = diffusion.q_sample(x0, t_batch, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+  auto x_t = diffusion.q_sample(x0, t_batch, eps);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
   SampleOptions options;
   options.steps = steps;
   options.clip_x0 = clip_x0;

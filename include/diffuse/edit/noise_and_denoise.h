@@ -12,7 +12,9 @@ namespace diffuse {
 
 // x_0 [B, C, H, W] in [−1, 1] → noised to timestep t (0-based) → denoised with `sampler` over
 // `steps` steps spaced on [0, t]. The noise level is the grid's first timestep: t itself for
-// trailing and linspace spacing, a little below t for leading. ε is drawn from `gen`.
+// trailing and linspace spacing, a little below t for leading. ε is drawn from `gen`, or given
+// (`noise`, broadcast to x_0's shape: one ε for every image of the batch gives a comparison whose
+// columns differ by x_0 alone, as `edit mix` draws them).
 struct NoisedAndDenoised {
   int64_t t;             // the timestep x_t is at
   torch::Tensor x_t;
@@ -20,7 +22,7 @@ struct NoisedAndDenoised {
 };
 NoisedAndDenoised noise_and_denoise(const GaussianDiffusion& diffusion, Sampler& sampler, const Denoiser& denoiser,
                                     const torch::Tensor& x0, int64_t t, int64_t steps, bool clip_x0,
-                                    const torch::Generator& gen);
+                                    const torch::Generator& gen, const torch::Tensor& noise = {});
 
 // The 0-based timestep for an edit strength s in (0, 1]: t = round(s · T) − 1.
 int64_t timestep_for_strength(double strength, int64_t T);
