@@ -98,6 +98,10 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const auto &q = qkv_parts[0], &k = qkv_parts[1], &v = qkv_parts[2];  // [B, C, N]
   // h[b, :, i] = Σ_j softmax_j(q_i · k_j / √C) v_j                      [B, C, N]
   auto h = dot_product_attention(q, k, v).reshape({B, C, H, W});
+  // channels-last activations: h too, so that the projection takes the same convolution path as
+  // the rest of the network (on the CPU in bf16, oneDNN's NHWC kernels instead of LibTorch's)
+  const auto channels_last = torch::MemoryFormat::ChannelsLast;
+  if (!blocked && x.is_contiguous(channels_last) && !x.is_contiguous()) h = h.contiguous(channels_last);
   return x + convolve(proj_out, blocked ? to_blocked(h) : h);
 }
 
