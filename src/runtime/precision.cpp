@@ -160,11 +160,13 @@ PrecisionChoice resolve_precision(const std::string& name, torch::Device device)
   if (name != "auto") return {precision_from_string(name), "asked for"};
   if (device.is_cuda()) return {Precision::bf16, "auto: CUDA computes bf16 natively"};
   if (!cpu_has_native_bf16()) return {Precision::fp32, "auto: this CPU has no native bf16 (avx512_bf16/amx_bf16)"};
-  const double fp32 = measure_conv_gflops(device, Precision::fp32, false);
-  const double bf16 = measure_conv_gflops(device, Precision::bf16, false);
+  const bool onednn = onednn_bf16_available();  // then both precisions run through oneDNN
+  const double fp32 = measure_conv_gflops(device, Precision::fp32, false, 0.3, {}, /*onednn_winograd=*/onednn);
+  const double bf16 = measure_conv_gflops(device, Precision::bf16, /*channels_last=*/onednn);
   std::ostringstream why;
   why.precision(0);
-  why << std::fixed << "auto: 3×3 convolution " << bf16 << " GFLOP/s in bf16 against " << fp32 << " in fp32";
+  why << std::fixed << "auto: 3×3 convolution " << bf16 << " GFLOP/s in bf16 against " << fp32 << " in fp32"
+      << (onednn ? ", oneDNN's bf16 channels-last and fp32 Winograd kernels" : ", LibTorch's kernels");
   return {bf16 >= 1.2 * fp32 ? Precision::bf16 : Precision::fp32, why.str()};
 }
 

@@ -38,9 +38,11 @@ struct PrecisionChoice {
   std::string reason;  // one line for the log: why this precision
 };
 // "fp32" / "bf16" as asked; "auto": bf16 on CUDA; on CPU bf16 only if the CPU has it natively and
-// LibTorch's convolution runs at least 1.2× faster in bf16 than in float32. (Not against oneDNN's
-// Winograd: it beats bf16 on one large convolution, yet bf16 still trained both U-Nets faster,
-// since autocast also covers the matrix products and the small convolutions: docs/PERFORMANCE.md.)
+// its convolution runs at least 1.2× faster than float32's: the kernels each precision then runs
+// where oneDNN's bf16 path is available (bf16 channels-last through oneDNN against float32 through
+// oneDNN's Winograd), else LibTorch's in both. (LibTorch's NCHW bf16 lost to Winograd on one large
+// convolution, yet bf16 still trained both U-Nets faster, since autocast also covers the matrix
+// products and the small convolutions: docs/PERFORMANCE.md.)
 PrecisionChoice resolve_precision(const std::string& name, torch::Device device);
 
 // Whether autocast is on for this device type (LibTorch 1.13 and 2.x spell it differently).
