@@ -15,7 +15,6 @@
 #include "commands.h"
 #include "diffuse/bench/benchmark.h"
 #include "diffuse/model/unet_config.h"
-#include "diffuse/runtime/onednn_conv.h"
 
 namespace diffuse::cli {
 
@@ -42,11 +41,10 @@ void run_bench(BenchOptions& o) {
   c.conv_shape = {o.conv_shape.at(0), o.conv_shape.at(1), o.conv_shape.at(2)};
   // who computes the convolutions: oneDNN's bf16 kernels for bf16 channels-last on a CPU with
   // native bf16, else the float32 choice (bf16 NCHW: LibTorch's through autocast)
-  const bool onednn_bf16 = c.device.is_cpu() && c.precision == Precision::bf16 &&
-                           c.memory_format == MemoryFormat::channels_last && onednn_bf16_available();
-  const std::string convolutions = onednn_bf16                       ? "onednn-bf16"
-                                   : c.precision == Precision::bf16 ? "aten"
-                                                                    : to_string(compute.conv_kernels);
+  const bool channels_last = c.memory_format == MemoryFormat::channels_last;
+  const std::string convolutions = onednn_bf16_convolutions(c.device, c.precision, channels_last) ? "onednn-bf16"
+                                   : c.precision == Precision::bf16                              ? "aten"
+                                                                                  : to_string(compute.conv_kernels);
   if (!o.json && c.task == BenchTask::conv) {
     std::fprintf(stderr, "bench: conv, %s, %s, %s (%d threads)\n", to_string(c.precision).c_str(),
                  to_string(c.memory_format).c_str(), c.device.str().c_str(), torch::get_num_threads());

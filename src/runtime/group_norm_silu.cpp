@@ -623,7 +623,7 @@ struct GroupNormSiluNchwBf16Function : public torch::autograd::Function<GroupNor
                                                  torch::autograd::variable_list grads) {
     const auto v = ctx->get_saved_variables();
     auto g = backward_kernel_nchw_bf16(v[0], v[1], v[2], v[3], v[4], v[5],
-                                       grads[0].to(torch::kBFloat16).contiguous(), ctx->saved_data["groups"].toInt());
+                                       gradient_like(v[0], grads[0]), ctx->saved_data["groups"].toInt());
     return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor()};
   }
 };
@@ -637,12 +637,6 @@ Dropout make_dropout(double p, int64_t seed) {
   d.threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
   d.scale = static_cast<float>(1.0 / (1.0 - p));
   return d;
-}
-
-// A gradient as the kernels read it: in x's layout and type.
-torch::Tensor like_x(const torch::Tensor& x, const torch::Tensor& grad) {
-  if (x.dim() == 4) return grad.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
-  return grad.contiguous();
 }
 
 // x: float32 blocked or bf16 NHWC (Units). Outputs: y, and with pass_input also x itself.
@@ -669,8 +663,8 @@ struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFun
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto v = ctx->get_saved_variables();
-    const auto dx_also = grads.size() > 1 && grads[1].defined() ? like_x(v[0], grads[1]) : torch::Tensor();
-    const auto dy = like_x(v[0], grads[0]);
+    const auto dx_also = grads.size() > 1 && grads[1].defined() ? gradient_like(v[0], grads[1]) : torch::Tensor();
+    const auto dy = gradient_like(v[0], grads[0]);
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const auto d = make_dropout(ctx->saved_data["dropout"].toDouble(), ctx->saved_data["seed"].toInt());
     auto g = v[0].dim() == 4 ? backward_kernel<BF16>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, d)

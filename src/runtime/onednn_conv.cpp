@@ -378,14 +378,6 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   });
 }
 
-// ∂L/∂y as the kernels read it: in x's layout and precision (bf16 channels-last for a bf16 call).
-torch::Tensor in_layout_of(const torch::Tensor& x, const torch::Tensor& grad_y) {
-  if (x.scalar_type() == torch::kBFloat16) {
-    return grad_y.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
-  }
-  return grad_y.contiguous();
-}
-
 struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias, int64_t stride, bool has_bias) {
@@ -402,7 +394,8 @@ struct OneDnnConvFunction : public torch::autograd::Function<OneDnnConvFunction>
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    auto g = run_backward(saved[0], saved[1], in_layout_of(saved[0], grads[0]), ctx->saved_data["stride"].toInt(),
+    // ∂L/∂y in x's layout and precision (bf16 channels-last for a bf16 call)
+    auto g = run_backward(saved[0], saved[1], gradient_like(saved[0], grads[0]), ctx->saved_data["stride"].toInt(),
                           ctx->saved_data["winograd_data"].toBool(), ctx->saved_data["winograd_weights"].toBool(),
                           ctx->needs_input_grad(0), ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2)));
     return {g[0], g[1], has_bias ? g[2] : torch::Tensor(), torch::Tensor(), torch::Tensor()};

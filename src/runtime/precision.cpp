@@ -88,7 +88,7 @@ std::string to_string(MemoryFormat f) { return f == MemoryFormat::nchw ? "nchw" 
 MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device device, bool inference_only,
                                          Precision precision) {
   if (name != "auto") return {memory_format_from_string(name), "asked for"};
-  if (device.is_cpu() && precision == Precision::bf16 && onednn_bf16_available()) {
+  if (onednn_bf16_convolutions(device, precision, /*channels_last=*/true)) {
     return {MemoryFormat::channels_last,
             "auto: channels-last for bf16 on this CPU, whose native bf16 kernels in oneDNN read NHWC"};
   }
@@ -96,6 +96,10 @@ MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device 
   if (!inference_only) return {MemoryFormat::nchw, "auto: nchw for training (LibTorch's GroupNorm copies channels-last)"};
   if (!cuda_group_norm_built()) return {MemoryFormat::nchw, "auto: nchw (built without the own CUDA GroupNorm kernel)"};
   return {MemoryFormat::channels_last, "auto: channels-last for inference on the GPU (own GroupNorm kernel)"};
+}
+
+bool onednn_bf16_convolutions(torch::Device device, Precision precision, bool channels_last) {
+  return device.is_cpu() && precision == Precision::bf16 && channels_last && onednn_bf16_available();
 }
 
 bool cpu_has_native_bf16() {
@@ -131,7 +135,7 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   const double flops = 2.0 * B * C * C * 9 * H * H;  // multiply-adds × 2
   const bool onednn = onednn_winograd && device.is_cpu() && !channels_last && precision == Precision::fp32;
   // bf16 channels-last on a CPU: the kernels the network then runs (float32 master weights)
-  const bool onednn_bf16 = device.is_cpu() && channels_last && precision == Precision::bf16 && onednn_bf16_available();
+  const bool onednn_bf16 = onednn_bf16_convolutions(device, precision, channels_last);
   const auto w32 = w.to(torch::kFloat32);
   auto run = [&] {
     if (onednn_bf16) {
@@ -160,7 +164,8 @@ PrecisionChoice resolve_precision(const std::string& name, torch::Device device)
   if (name != "auto") return {precision_from_string(name), "asked for"};
   if (device.is_cuda()) return {Precision::bf16, "auto: CUDA computes bf16 natively"};
   if (!cpu_has_native_bf16()) return {Precision::fp32, "auto: this CPU has no native bf16 (avx512_bf16/amx_bf16)"};
-  const bool onednn = onednn_bf16_available();  // then both precisions run through oneDNN
+  // where bf16 can run through oneDNN, float32 does too (Winograd)
+  const bool onednn = onednn_bf16_convolutions(device, Precision::bf16, /*channels_last=*/true);
   const double fp32 = measure_conv_gflops(device, Precision::fp32, false, 0.3, {}, /*onednn_winograd=*/onednn);
   const double bf16 = measure_conv_gflops(device, Precision::bf16, /*channels_last=*/onednn);
   std::ostringstream why;

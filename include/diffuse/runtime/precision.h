@@ -80,6 +80,11 @@ struct MemoryFormatChoice {
 // on the CPU, which has its own channel-blocked layout).
 MemoryFormatChoice resolve_memory_format(const std::string& name, torch::Device device, bool inference_only,
                                          Precision precision);
+
+// Whether convolutions in this precision and layout on this device run through oneDNN's bf16
+// NHWC kernels (runtime/onednn_conv.h's onednn_conv_nhwc_bf16): bf16, channels-last, a CPU where
+// onednn_bf16_available().
+bool onednn_bf16_convolutions(torch::Device device, Precision precision, bool channels_last);
 inline c10::MemoryFormat torch_memory_format(MemoryFormat f) {
   return f == MemoryFormat::channels_last ? c10::MemoryFormat::ChannelsLast : c10::MemoryFormat::Contiguous;
 }
