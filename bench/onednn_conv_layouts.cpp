@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
   for (const auto& s : shapes) {
     time_passes(n, s[0], s[1], s[2], "fp32 nChw16c, Winograd", dt::f32, tag::aBcd16b, algorithm::convolution_winograd);
     time_passes(n, s[0], s[1], s[2], "fp32 nChw16c, direct", dt::f32, tag::aBcd16b, algorithm::convolution_direct);
+    time_passes(n, s[0], s[1], s[2], "fp32 NHWC, direct", dt::f32, tag::nhwc, algorithm::convolution_direct);
     time_passes(n, s[0], s[1], s[2], "bf16 nChw16c", dt::bf16, tag::aBcd16b, algorithm::convolution_direct);
     time_passes(n, s[0], s[1], s[2], "bf16 NHWC", dt::bf16, tag::nhwc, algorithm::convolution_direct);
   }

@@ -11,6 +11,7 @@
 
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
+#include "diffuse/runtime/precision.h"
 #include "diffuse/train/data_parallel.h"
 #include "diffuse_build_config.h"
 #include "support/run_command.h"
@@ -93,6 +94,22 @@ TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
     EXPECT_NE(r.status, 0);
     EXPECT_NE(r.output.find("no CUDA device"), std::string::npos) << r.output;
   }
+}
+
+// ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from creating bf16 convolutions even where the CPU flags
+// say bf16: `auto` must then take fp32, and an explicit bf16 must fail with a message, not with
+// oneDNN's "could not create a primitive descriptor iterator" from inside the first layer.
+TEST(Cli, Bf16WhereOneDnnCreatesNoBf16ConvolutionIsAClearChoiceOrError) {
+  const std::string capped = "ONEDNN_MAX_CPU_ISA=AVX2 " + std::string(DIFFUSE_BINARY) +
+                             " --threads 1 bench --model tiny --what infer --batch-size 2 --repeat 1 --warmup 0 ";
+  auto r = diffuse::testing::run_command(capped + "--precision auto");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("precision: fp32"), std::string::npos) << r.output;
+  // where the flags say bf16, LibTorch's and oneDNN's bf16 convolutions both go through oneDNN
+  if (!diffuse::cpu_has_native_bf16()) GTEST_SKIP() << "no native bf16 here: the explicit bf16 ask is not capped";
+  r = diffuse::testing::run_command(capped + "--precision bf16");
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("bf16 convolutions do not run on this CPU"), std::string::npos) << r.output;
 }
 
 TEST(Cli, TrainWithTwoProcessesAsTorchrunStartsThem) {

@@ -465,9 +465,34 @@ torch::Tensor onednn_conv_nhwc_bf16(const torch::Tensor& x, const torch::Tensor&
 #endif
 }
 
+#if DIFFUSE_HAVE_ONEDNN
+namespace {
+
+// Whether oneDNN creates the three passes of a bf16 NHWC convolution here. The CPU's flags can
+// say bf16 while oneDNN still refuses: ONEDNN_MAX_CPU_ISA capped below avx512_core_bf16, or an OS
+// or hypervisor that has not enabled the registers; then every bf16 call would throw "could not
+// create a primitive descriptor iterator".
+bool onednn_creates_bf16_convolutions() {
+  try {
+    make_plan(OneDnnConvShape{1, 16, 16, 4, 4, 3, 1, /*training=*/true, Activations::nhwc_bf16},
+              dnnl::algorithm::convolution_direct);
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
+}  // namespace
+#endif
+
 bool onednn_bf16_available() {
-  static const bool available = onednn_conv_built() && cpu_has_native_bf16() && !env_equals("DIFFUSE_ONEDNN_BF16", "0");
+#if DIFFUSE_HAVE_ONEDNN
+  static const bool available =
+      cpu_has_native_bf16() && !env_equals("DIFFUSE_ONEDNN_BF16", "0") && onednn_creates_bf16_convolutions();
   return available;
+#else
+  return false;
+#endif
 }
 
 bool nhwc_bf16_conv_applies(const torch::Tensor& x, const torch::Tensor& weight) {

@@ -160,10 +160,39 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   return rates[rates.size() / 2];
 }
 
+std::string cpu_bf16_convolution_failure() {
+  try {
+    torch::NoGradGuard no_grad;
+    const auto x = torch::zeros({1, 16, 4, 4}, torch::kBFloat16), w = torch::zeros({16, 16, 3, 3});
+    if (onednn_bf16_available()) {  // the kernels a bf16 network then runs
+      onednn_conv_nhwc_bf16(x.contiguous(c10::MemoryFormat::ChannelsLast), w, {}, 1);
+    } else {
+      torch::conv2d(x, w.to(torch::kBFloat16), {}, 1, 1);
+    }
+    return {};
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
 PrecisionChoice resolve_precision(const std::string& name, torch::Device device) {
-  if (name != "auto") return {precision_from_string(name), "asked for"};
+  if (name != "auto") {
+    const auto precision = precision_from_string(name);
+    if (precision == Precision::bf16 && device.is_cpu()) {
+      if (const auto failure = cpu_bf16_convolution_failure(); !failure.empty()) {
+        throw std::invalid_argument("--precision bf16: bf16 convolutions do not run on this CPU (" + failure +
+                                    "); use --precision fp32 or auto");
+      }
+    }
+    return {precision, "asked for"};
+  }
   if (device.is_cuda()) return {Precision::bf16, "auto: CUDA computes bf16 natively"};
   if (!cpu_has_native_bf16()) return {Precision::fp32, "auto: this CPU has no native bf16 (avx512_bf16/amx_bf16)"};
+  if (const auto failure = cpu_bf16_convolution_failure(); !failure.empty()) {
+    return {Precision::fp32, "auto: the CPU flags say bf16, but a bf16 convolution failed (" + failure + ")"};
+  }
   // where bf16 can run through oneDNN, float32 does too (Winograd)
   const bool onednn = onednn_bf16_convolutions(device, Precision::bf16, /*channels_last=*/true);
   const double fp32 = measure_conv_gflops(device, Precision::fp32, false, 0.3, {}, /*onednn_winograd=*/onednn);

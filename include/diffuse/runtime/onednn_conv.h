@@ -56,7 +56,8 @@ torch::Tensor onednn_conv_nhwc_bf16(const torch::Tensor& x, const torch::Tensor&
                                     int64_t stride);
 
 // Whether this process runs bf16 convolutions of channels-last activations through oneDNN: built
-// with oneDNN, a CPU with native bf16 (avx512_bf16 or amx_bf16), and the environment variable
+// with oneDNN, a CPU with native bf16 (avx512_bf16 or amx_bf16) where oneDNN also creates bf16
+// convolutions (not so under ONEDNN_MAX_CPU_ISA=AVX2, say), and the environment variable
 // DIFFUSE_ONEDNN_BF16 not "0" (a switch for measuring the gain).
 bool onednn_bf16_available();
 

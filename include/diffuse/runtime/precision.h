@@ -43,7 +43,15 @@ struct PrecisionChoice {
 // oneDNN's Winograd), else LibTorch's in both. (LibTorch's NCHW bf16 lost to Winograd on one large
 // convolution, yet bf16 still trained both U-Nets faster, since autocast also covers the matrix
 // products and the small convolutions: docs/PERFORMANCE.md.)
+// A bf16 ask on the CPU where a small bf16 convolution fails (cpu_bf16_convolution_failure) throws
+// std::invalid_argument naming why; `auto` then takes fp32.
 PrecisionChoice resolve_precision(const std::string& name, torch::Device device);
+
+// Why a small bf16 convolution on the CPU fails, through the kernels a bf16 network would run
+// (oneDNN's NHWC kernels where onednn_bf16_available(), else LibTorch's); empty where it runs.
+// The CPU's flags are not enough: under ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with avx512_bf16, or
+// where the OS has not enabled the registers, oneDNN creates no bf16 convolution.
+std::string cpu_bf16_convolution_failure();
 
 // Whether autocast is on for this device type (LibTorch 1.13 and 2.x spell it differently).
 bool autocast_enabled(torch::DeviceType type);
