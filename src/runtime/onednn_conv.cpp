@@ -3,6 +3,7 @@
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/runtime/precision.h"
+#include "diffuse/runtime/winograd_conv.h"
 #include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
 
@@ -225,10 +226,36 @@ torch::Tensor empty_output(const OneDnnConvShape& s, const torch::TensorOptions&
   return torch::empty({s.n, s.o, s.out_h(), s.out_w()}, options.memory_format(format));
 }
 
+// Whether oneDNN has a Winograd kernel for this CPU at all (2.6: AVX-512 only).
+bool onednn_has_winograd() {
+  static const bool has = [] {
+    try {
+      const std::string kernel = make_plan(OneDnnConvShape{16, 64, 64, 32, 32, 3, 1, false, Activations::nchw_f32},
+                                           dnnl::algorithm::convolution_winograd)
+                                     .forward_pd.impl_info_str();
+      return kernel.find("wino") != std::string::npos;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return has;
+}
+
+// Whether a Winograd pass of this shape runs the own F(4×4, 3×3) (runtime/winograd_conv.h)
+// instead of oneDNN's: blocked float32 3×3 stride-1 convolutions on a CPU where oneDNN has no
+// Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
+// oneDNN has one).
+bool own_winograd_for(const OneDnnConvShape& s) {
+  static const bool forced = env_equals("DIFFUSE_OWN_WINOGRAD", "1");
+  return s.blocked() && s.k == 3 && s.stride == 1 && s.o % kChannelBlock == 0 && winograd_conv_built() &&
+         (forced || !onednn_has_winograd());
+}
+
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                           int64_t stride, bool training, bool winograd) {
   RECORD_FUNCTION("diffuse::onednn_conv", std::vector<c10::IValue>({x}));
   const auto shape = shape_of(x, weight, stride, training);
+  if (winograd && own_winograd_for(shape)) return winograd_conv3x3_blocked(x, weight, bias);
   const ConvPlan& plan = plan_for(shape, winograd);
   dnnl::stream stream(cpu_engine());
   Scratch scratch;
@@ -252,6 +279,17 @@ std::vector<torch::Tensor> run_backward(const torch::Tensor& x, const torch::Ten
                                         bool want_weights) {
   RECORD_FUNCTION("diffuse::onednn_conv_backward", std::vector<c10::IValue>({grad_y}));
   const auto shape = shape_of(x, weight, stride, /*training=*/true);
+  // the passes the own Winograd takes, then oneDNN's for the rest
+  const bool own_data = want_x && winograd_data && own_winograd_for(shape);
+  const bool own_weights = want_weights && winograd_weights && own_winograd_for(shape);
+  if (own_data || own_weights) {
+    auto rest = run_backward(x, weight, grad_y, stride, winograd_data, winograd_weights, want_x && !own_data,
+                             want_weights && !own_weights);
+    if (own_data) rest[0] = winograd_conv3x3_blocked_backward_data(grad_y, weight);
+    if (own_weights) std::tie(rest[1], rest[2]) = winograd_conv3x3_blocked_backward_weights(x, grad_y);
+    return rest;
+  }
+  if (!want_x && !want_weights) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
   const ConvPlan& data_plan = plan_for(shape, winograd_data);
   const ConvPlan& weights_plan = plan_for(shape, winograd_weights);
   dnnl::stream stream(cpu_engine());
@@ -598,6 +636,10 @@ ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device de
   // shapes then take it is timed per shape (conv3x3), not decided here from one shape's timing.
   const auto implementation = onednn_conv3x3_implementation(16, 64, 64, 32, 32);
   if (implementation.find("wino") == std::string::npos) {
+    if (winograd_conv_built()) {
+      return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
+                                       "); the own F(4×4, 3×3) Winograd runs the blocked shapes where timed faster"};
+    }
     return {ConvKernels::aten, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation + ")"};
   }
   return {ConvKernels::onednn, "auto: oneDNN runs Winograd here (" + implementation +

@@ -1,0 +1,285 @@
+#include "diffuse/runtime/winograd_conv.h"
+
+#include "diffuse/runtime/onednn_matmul.h"
+#include "lanes.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+namespace diffuse {
+
+bool winograd_conv_built() { return onednn_matmul_built(); }
+
+namespace {
+
+using lanes::L;
+using lanes::Lanes;
+using lanes::load;
+using lanes::store;
+
+constexpr int64_t kTile = 4;   // output pixels per tile side: F(4×4, 3×3)
+constexpr int64_t kPatch = 6;  // input pixels per patch side: 4 + 3 − 1
+constexpr int64_t kPoints = kPatch * kPatch;
+
+// The weights' transform G (6×3) of F(4×4, 3×3) with interpolation points 0, ±1, ±2 and ∞.
+constexpr float kG[6][3] = {{1.0f / 4, 0, 0},
+                            {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                            {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                            {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                            {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                            {0, 0, 1}};
+
+// Bᵀ applied to six values (a column or a row of a 6×6 patch):
+//   Bᵀ = [4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]
+DIFFUSE_LANE_HELPER void apply_bt(const Lanes d[6], Lanes out[6]) {
+  out[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  out[1] = -4.0f * d[1] - 4.0f * d[2] + d[3] + d[4];
+  out[2] = 4.0f * d[1] - 4.0f * d[2] - d[3] + d[4];
+  out[3] = -2.0f * d[1] - d[2] + 2.0f * d[3] + d[4];
+  out[4] = 2.0f * d[1] - d[2] - 2.0f * d[3] + d[4];
+  out[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+// Aᵀ applied to six values: Aᵀ = [1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]
+DIFFUSE_LANE_HELPER void apply_at(const Lanes m[6], Lanes out[4]) {
+  const Lanes a = m[1] + m[2], b = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4];
+  out[0] = m[0] + a + c;
+  out[1] = b + 2.0f * e;
+  out[2] = a + 4.0f * c;
+  out[3] = b + 8.0f * e + m[5];
+}
+
+// A (= (Aᵀ)ᵀ, 6×4) applied to four values: the backward of apply_at.
+DIFFUSE_LANE_HELPER void apply_a(const Lanes d[4], Lanes out[6]) {
+  out[0] = d[0];
+  out[1] = d[0] + d[1] + d[2] + d[3];
+  out[2] = d[0] - d[1] + d[2] - d[3];
+  out[3] = d[0] + 2.0f * d[1] + 4.0f * d[2] + 8.0f * d[3];
+  out[4] = d[0] - 2.0f * d[1] + 4.0f * d[2] - 8.0f * d[3];
+  out[5] = d[3];
+}
+
+// Tiles of an image batch: tile t is image t / (rows · cols), tile row (t / cols) % rows, column t % cols.
+struct Tiles {
+  int64_t n, h, w, rows, cols;
+  Tiles(int64_t images, int64_t height, int64_t width)
+      : n(images), h(height), w(width), rows((height + kTile - 1) / kTile), cols((width + kTile - 1) / kTile) {}
+  int64_t count() const { return n * rows * cols; }
+};
+
+// For tiles [begin, end): V[p][t][block·16 + l] = (Bᵀ d B)[p] of the 6×6 patch d around tile t
+// (zero outside the image), for each of the `blocks` channel blocks of x5 ([N, C/16, H, W, 16]).
+DIFFUSE_LANE_LOOP void input_transform(const float* x5, const Tiles& s, int64_t blocks, int64_t begin, int64_t end,
+                                       float* v) {
+  const int64_t channels = blocks * L, tiles = s.count();
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t image = t / (s.rows * s.cols), y0 = (t / s.cols) % s.rows * kTile - 1, x0 = t % s.cols * kTile - 1;
+    for (int64_t cb = 0; cb < blocks; ++cb) {
+      const float* plane = x5 + (image * blocks + cb) * s.h * s.w * L;
+      Lanes cols[kPoints];  // Bᵀ d: each column of d transformed
+      for (int64_t k = 0; k < kPatch; ++k) {
+        Lanes d[kPatch];
+        const int64_t x = x0 + k;
+        for (int64_t r = 0; r < kPatch; ++r) {
+          const int64_t y = y0 + r;
+          d[r] = y >= 0 && y < s.h && x >= 0 && x < s.w ? load(plane + (y * s.w + x) * L) : Lanes{};
+        }
+        Lanes out[kPatch];
+        apply_bt(d, out);
+        for (int64_t r = 0; r < kPatch; ++r) cols[r * kPatch + k] = out[r];
+      }
+      for (int64_t r = 0; r < kPatch; ++r) {  // then (Bᵀ d) B: each row
+        Lanes out[kPatch];
+        apply_bt(cols + r * kPatch, out);
+        for (int64_t k = 0; k < kPatch; ++k) store(v + ((r * kPatch + k) * tiles + t) * channels + cb * L, out[k]);
+      }
+    }
+  }
+}
+
+// For tiles [begin, end): the 4×4 output pixels Aᵀ m A + bias of tile t from m = M[·][t][o]
+// (M: [36, tiles, O]), into y5 ([N, O/16, H, W, 16]; pixels outside the image dropped).
+DIFFUSE_LANE_LOOP void output_transform(const float* m, const float* bias, const Tiles& s, int64_t blocks,
+                                        int64_t begin, int64_t end, float* y5) {
+  const int64_t channels = blocks * L, tiles = s.count();
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t image = t / (s.rows * s.cols), y0 = (t / s.cols) % s.rows * kTile, x0 = t % s.cols * kTile;
+    for (int64_t ob = 0; ob < blocks; ++ob) {
+      Lanes rows[kTile * kPatch];  // Aᵀ m: 4 rows of 6
+      for (int64_t k = 0; k < kPatch; ++k) {
+        Lanes col[kPatch], out[kTile];
+        for (int64_t r = 0; r < kPatch; ++r) col[r] = load(m + ((r * kPatch + k) * tiles + t) * channels + ob * L);
+        apply_at(col, out);
+        for (int64_t r = 0; r < kTile; ++r) rows[r * kPatch + k] = out[r];
+      }
+      const Lanes b = bias ? load(bias + ob * L) : Lanes{};
+      float* plane = y5 + (image * blocks + ob) * s.h * s.w * L;
+      for (int64_t r = 0; r < kTile && y0 + r < s.h; ++r) {
+        Lanes out[kTile];
+        apply_at(rows + r * kPatch, out);
+        for (int64_t k = 0; k < kTile && x0 + k < s.w; ++k) store(plane + ((y0 + r) * s.w + x0 + k) * L, out[k] + b);
+      }
+    }
+  }
+}
+
+// For tiles [begin, end): Q[p][t][o] = (A g Aᵀ)[p] of the 4×4 gradient tile g of ∂L/∂y (zero
+// outside the image): ∂L/∂m of output_transform.
+DIFFUSE_LANE_LOOP void gradient_transform(const float* g5, const Tiles& s, int64_t blocks, int64_t begin, int64_t end,
+                                          float* q) {
+  const int64_t channels = blocks * L, tiles = s.count();
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t image = t / (s.rows * s.cols), y0 = (t / s.cols) % s.rows * kTile, x0 = t % s.cols * kTile;
+    for (int64_t ob = 0; ob < blocks; ++ob) {
+      const float* plane = g5 + (image * blocks + ob) * s.h * s.w * L;
+      Lanes cols[kPatch * kTile];  // A g: 6 rows of 4
+      for (int64_t k = 0; k < kTile; ++k) {
+        Lanes d[kTile], out[kPatch];
+        const int64_t x = x0 + k;
+        for (int64_t r = 0; r < kTile; ++r) {
+          const int64_t y = y0 + r;
+          d[r] = y < s.h && x < s.w ? load(plane + (y * s.w + x) * L) : Lanes{};
+        }
+        apply_a(d, out);
+        for (int64_t r = 0; r < kPatch; ++r) cols[r * kTile + k] = out[r];
+      }
+      for (int64_t r = 0; r < kPatch; ++r) {
+        Lanes out[kPatch];
+        apply_a(cols + r * kTile, out);
+        for (int64_t k = 0; k < kPatch; ++k) store(q + ((r * kPatch + k) * tiles + t) * channels + ob * L, out[k]);
+      }
+    }
+  }
+}
+
+// U[p][c][o] = (G g Gᵀ)[p] for input channels [begin, end), from the weights laid out [C][9][O]
+// (16 output channels per vector).
+DIFFUSE_LANE_LOOP void weight_transform(const float* w_c9o, int64_t c_total, int64_t o_total, int64_t begin,
+                                        int64_t end, float* u) {
+  for (int64_t c = begin; c < end; ++c) {
+    for (int64_t o = 0; o < o_total; o += L) {
+      Lanes g[9], t[6 * 3];
+      for (int64_t k = 0; k < 9; ++k) g[k] = load(w_c9o + (c * 9 + k) * o_total + o);
+      for (int64_t i = 0; i < 6; ++i) {  // t = G g
+        for (int64_t j = 0; j < 3; ++j) t[i * 3 + j] = kG[i][0] * g[j] + kG[i][1] * g[3 + j] + kG[i][2] * g[6 + j];
+      }
+      for (int64_t i = 0; i < 6; ++i) {  // U = t Gᵀ
+        for (int64_t j = 0; j < 6; ++j) {
+          store(u + ((i * 6 + j) * c_total + c) * o_total + o,
+                t[i * 3] * kG[j][0] + t[i * 3 + 1] * kG[j][1] + t[i * 3 + 2] * kG[j][2]);
+        }
+      }
+    }
+  }
+}
+
+// ∂L/∂g [C][9][O] = Gᵀ ∂L/∂U G for input channels [begin, end), from dU [36][C][O].
+DIFFUSE_LANE_LOOP void weight_transform_backward(const float* du, int64_t c_total, int64_t o_total, int64_t begin,
+                                                 int64_t end, float* dw_c9o) {
+  for (int64_t c = begin; c < end; ++c) {
+    for (int64_t o = 0; o < o_total; o += L) {
+      Lanes s[3 * 6] = {};  // s = Gᵀ dU
+      for (int64_t i = 0; i < 6; ++i) {
+        for (int64_t j = 0; j < 6; ++j) {
+          const Lanes d = load(du + ((i * 6 + j) * c_total + c) * o_total + o);
+          for (int64_t a = 0; a < 3; ++a) s[a * 6 + j] += kG[i][a] * d;
+        }
+      }
+      for (int64_t a = 0; a < 3; ++a) {  // ∂L/∂g = s G
+        for (int64_t b = 0; b < 3; ++b) {
+          Lanes sum{};
+          for (int64_t j = 0; j < 6; ++j) sum += s[a * 6 + j] * kG[j][b];
+          store(dw_c9o + (c * 9 + a * 3 + b) * o_total + o, sum);
+        }
+      }
+    }
+  }
+}
+
+// A loop over [0, count) shared out among the threads, a few units at a time.
+template <class Body>
+void in_parallel(int64_t count, int64_t grain, Body&& body) {
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) { body(begin, end); });
+}
+
+// U: [36, C, O] from weight [O, C, 3, 3].
+torch::Tensor transformed_weights(const torch::Tensor& weight) {
+  const int64_t o = weight.size(0), c = weight.size(1);
+  const auto w_c9o = weight.permute({1, 2, 3, 0}).contiguous();
+  auto u = torch::empty({kPoints, c, o}, weight.options());
+  in_parallel(c, 4, [&](int64_t begin, int64_t end) {
+    weight_transform(w_c9o.data_ptr<float>(), c, o, begin, end, u.data_ptr<float>());
+  });
+  return u;
+}
+
+// V: [36, tiles, C] from x5.
+torch::Tensor transformed_input(const torch::Tensor& x5, const Tiles& s) {
+  const int64_t blocks = x5.size(1);
+  auto v = torch::empty({kPoints, s.count(), blocks * L}, x5.options());
+  in_parallel(s.count(), 8, [&](int64_t begin, int64_t end) {
+    input_transform(x5.data_ptr<float>(), s, blocks, begin, end, v.data_ptr<float>());
+  });
+  return v;
+}
+
+void check_blocked(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.dim() == 5 && t.size(4) == L && t.device().is_cpu() && t.scalar_type() == torch::kFloat32,
+              "winograd_conv3x3_blocked: ", what, " must be a float32 [N, C/16, H, W, 16] CPU tensor, got ", t.sizes());
+}
+
+}  // namespace
+
+torch::Tensor winograd_conv3x3_blocked(const torch::Tensor& x5_in, const torch::Tensor& weight_in,
+                                       const torch::Tensor& bias_in) {
+  RECORD_FUNCTION("diffuse::winograd_conv", std::vector<c10::IValue>({x5_in}));
+  check_blocked(x5_in, "x");
+  TORCH_CHECK(weight_in.dim() == 4 && weight_in.size(1) == x5_in.size(1) * L && weight_in.size(2) == 3 &&
+                  weight_in.size(3) == 3 && weight_in.size(0) % L == 0 && weight_in.scalar_type() == torch::kFloat32,
+              "winograd_conv3x3_blocked: weight must be float32 [O, ", x5_in.size(1) * L,
+              ", 3, 3] with O a multiple of 16, got ", weight_in.sizes());
+  const auto x5 = x5_in.contiguous();
+  const auto weight = weight_in.detach();
+  const int64_t o = weight.size(0), out_blocks = o / L;
+  const Tiles s(x5.size(0), x5.size(2), x5.size(3));
+  const auto v = transformed_input(x5, s);
+  const auto m = onednn_bmm(v, transformed_weights(weight));  // M[p] = V[p] · U[p]: [36, tiles, O]
+  auto y5 = torch::empty({s.n, out_blocks, s.h, s.w, L}, x5.options());
+  const auto bias = bias_in.defined() ? bias_in.detach().contiguous() : torch::Tensor();
+  in_parallel(s.count(), 8, [&](int64_t begin, int64_t end) {
+    output_transform(m.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr, s, out_blocks, begin, end,
+                     y5.data_ptr<float>());
+  });
+  return y5;
+}
+
+torch::Tensor winograd_conv3x3_blocked_backward_data(const torch::Tensor& grad_y5, const torch::Tensor& weight) {
+  // ∂L/∂x[c] = Σ_o ∂L/∂y[o] ⋆ rot180(w[o][c]): a forward convolution with weights [C, O, 3, 3]
+  return winograd_conv3x3_blocked(grad_y5, weight.detach().flip({2, 3}).transpose(0, 1), {});
+}
+
+std::pair<torch::Tensor, torch::Tensor> winograd_conv3x3_blocked_backward_weights(const torch::Tensor& x5_in,
+                                                                                   const torch::Tensor& grad_y5_in) {
+  RECORD_FUNCTION("diffuse::winograd_conv_backward_weights", std::vector<c10::IValue>({grad_y5_in}));
+  check_blocked(x5_in, "x");
+  check_blocked(grad_y5_in, "∂L/∂y");
+  const auto x5 = x5_in.contiguous(), grad_y5 = grad_y5_in.contiguous();
+  const int64_t c = x5.size(1) * L, out_blocks = grad_y5.size(1), o = out_blocks * L;
+  const Tiles s(x5.size(0), x5.size(2), x5.size(3));
+  const auto v = transformed_input(x5, s);
+  auto q = torch::empty({kPoints, s.count(), o}, x5.options());
+  in_parallel(s.count(), 8, [&](int64_t begin, int64_t end) {
+    gradient_transform(grad_y5.data_ptr<float>(), s, out_blocks, begin, end, q.data_ptr<float>());
+  });
+  const auto du = onednn_bmm(v.transpose(1, 2), q);  // ∂L/∂U[p] = V[p]ᵀ · Q[p]: [36, C, O]
+  auto dw_c9o = torch::empty({c, 9, o}, x5.options());
+  in_parallel(c, 4, [&](int64_t begin, int64_t end) {
+    weight_transform_backward(du.data_ptr<float>(), c, o, begin, end, dw_c9o.data_ptr<float>());
+  });
+  auto grad_weight = dw_c9o.permute({2, 0, 1}).reshape({o, c, 3, 3}).contiguous();
+  // ∂L/∂b = Σ_{n,h,w} ∂L/∂y, summed in float64 (many terms of both signs)
+  auto grad_bias = grad_y5.sum({0, 2, 3}, false, torch::kFloat64).reshape({o}).to(torch::kFloat32);
+  return {grad_weight, grad_bias};
+}
+
+}  // namespace diffuse
