@@ -2,6 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/onednn_conv.h"
@@ -137,9 +138,15 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   // bf16 channels-last on a CPU: the kernels the network then runs (float32 master weights)
   const bool onednn_bf16 = onednn_bf16_convolutions(device, precision, channels_last);
   const auto w32 = w.to(torch::kFloat32);
+  // float32 through oneDNN: on blocked activations, as the network runs them (Winograd or direct,
+  // timed per shape; oneDNN's Winograd, or the own where oneDNN has none)
+  const bool blocked = onednn && C % kChannelBlock == 0;
+  const auto x5 = blocked ? to_blocked(x) : torch::Tensor();
   auto run = [&] {
     if (onednn_bf16) {
       onednn_conv_nhwc_bf16(x, w32, {}, 1);
+    } else if (blocked) {
+      onednn_conv_blocked(x5, w, {}, 1);
     } else if (onednn) {
       onednn_conv3x3(x, w, {});
     } else {

@@ -27,9 +27,10 @@ std::string cpu_description();
 struct ConvShape {
   int64_t batch = 16, channels = 128, size = 32;
 };
-// GFLOP/s of the forward pass of one 3×3 convolution, median of a few runs; float32 NCHW on the
-// CPU with `onednn_winograd` runs oneDNN's Winograd kernel (the rate then counts a direct
-// convolution's FLOPs: an effective rate), else LibTorch's convolution.
+// GFLOP/s of the forward pass of one 3×3 convolution, median of a few runs; float32 on the CPU
+// with `onednn_winograd` runs the blocked layout's kernels (Winograd where timed faster: oneDNN's,
+// or the own F(4×4, 3×3) where oneDNN has none; the rate then counts a direct convolution's
+// FLOPs: an effective rate), else LibTorch's convolution.
 double measure_conv_gflops(torch::Device device, Precision precision, bool channels_last, double seconds = 0.3,
                            ConvShape shape = {}, bool onednn_winograd = false);
 
