@@ -3,12 +3,24 @@
 #include <gtest/gtest.h>
 
 #include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/winograd_conv.h"
 #include "support/networks.h"
 
 using namespace diffuse;
 
 using diffuse::testing::relative_error;
+
+namespace {
+
+// An environment variable set for one scope (the switches below are read on every call).
+struct ScopedEnv {
+  const char* name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name); }
+};
+
+}  // namespace
 
 TEST(WinogradConv, OutputAndGradientsMatchAFloat64Reference) {
   if (!winograd_conv_built()) GTEST_SKIP() << "built without oneDNN (its matmul runs the products)";
@@ -50,4 +62,34 @@ TEST(WinogradConv, RejectsWhatItCannotConvolve) {
   EXPECT_THROW(winograd_conv3x3_blocked(x5, torch::zeros({24, 16, 3, 3}), {}), c10::Error);  // O not a multiple of 16
   EXPECT_THROW(winograd_conv3x3_blocked(x5, torch::zeros({16, 32, 3, 3}), {}), c10::Error);  // C mismatch
   EXPECT_THROW(winograd_conv3x3_blocked(x5, torch::zeros({16, 16, 5, 5}), {}), c10::Error);  // not 3×3
+}
+
+// The blocked path's autograd function sends its Winograd passes to the own kernels where oneDNN
+// has none, or under DIFFUSE_OWN_WINOGRAD=1: forced here (with every pass Winograd), the output and
+// the three gradients through onednn_conv_blocked still match float64, on a shape whose tiles
+// overhang and with a second layer, so that both backward passes run.
+TEST(WinogradConv, TheBlockedPathsWinogradPassesRunItWhereAsked) {
+  if (!winograd_conv_built() || !onednn_conv_built()) GTEST_SKIP() << "built without oneDNN";
+  ScopedEnv own("DIFFUSE_OWN_WINOGRAD", "1"), winograd("DIFFUSE_CONV_ALGORITHM", "winograd");
+  torch::manual_seed(4);
+  const auto x = torch::randn({2, 32, 10, 14});
+  const auto w1 = (torch::randn({16, 32, 3, 3}) * 0.1).requires_grad_(), b1 = torch::randn({16}).requires_grad_();
+  const auto w2 = (torch::randn({32, 16, 3, 3}) * 0.1).requires_grad_(), b2 = torch::randn({32}).requires_grad_();
+  const auto upstream = torch::randn({2, 32, 10, 14});
+  const auto x5 = to_blocked(x).requires_grad_();
+  const auto y = from_blocked(onednn_conv_blocked(onednn_conv_blocked(x5, w1, b1, 1), w2, b2, 1));
+  y.backward(upstream);
+
+  auto x64 = x.to(torch::kFloat64).requires_grad_();
+  std::vector<torch::Tensor> p64;
+  for (const auto& p : {w1, b1, w2, b2}) p64.push_back(p.detach().to(torch::kFloat64).requires_grad_());
+  const auto y64 = torch::conv2d(torch::conv2d(x64, p64[0], p64[1], 1, 1), p64[2], p64[3], 1, 1);
+  y64.backward(upstream.to(torch::kFloat64));
+  EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-5);
+  EXPECT_LT(relative_error(from_blocked(x5.grad()).to(torch::kFloat64), x64.grad()), 1e-5);
+  int i = 0;
+  for (const auto& p : {w1, b1, w2, b2}) {
+    EXPECT_LT(relative_error(p.grad().to(torch::kFloat64), p64[i].grad()), 1e-5) << "parameter " << i;
+    ++i;
+  }
 }

@@ -226,29 +226,20 @@ torch::Tensor empty_output(const OneDnnConvShape& s, const torch::TensorOptions&
   return torch::empty({s.n, s.o, s.out_h(), s.out_w()}, options.memory_format(format));
 }
 
-// Whether oneDNN has a Winograd kernel for this CPU at all (2.6: AVX-512 only).
+// Whether oneDNN has a Winograd kernel for this CPU at all (2.6: AVX-512 only), judged by the
+// kernel it picks for one typical shape.
 bool onednn_has_winograd() {
-  static const bool has = [] {
-    try {
-      const std::string kernel = make_plan(OneDnnConvShape{16, 64, 64, 32, 32, 3, 1, false, Activations::nchw_f32},
-                                           dnnl::algorithm::convolution_winograd)
-                                     .forward_pd.impl_info_str();
-      return kernel.find("wino") != std::string::npos;
-    } catch (const dnnl::error&) {
-      return false;
-    }
-  }();
+  static const bool has = onednn_conv3x3_implementation(16, 64, 64, 32, 32).find("wino") != std::string::npos;
   return has;
 }
 
 // Whether a Winograd pass of this shape runs the own F(4×4, 3×3) (runtime/winograd_conv.h)
 // instead of oneDNN's: blocked float32 3×3 stride-1 convolutions on a CPU where oneDNN has no
 // Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
-// oneDNN has one).
+// oneDNN has one; read on every call, so that a test can switch it).
 bool own_winograd_for(const OneDnnConvShape& s) {
-  static const bool forced = env_equals("DIFFUSE_OWN_WINOGRAD", "1");
   return s.blocked() && s.k == 3 && s.stride == 1 && s.o % kChannelBlock == 0 && winograd_conv_built() &&
-         (forced || !onednn_has_winograd());
+         (!onednn_has_winograd() || env_equals("DIFFUSE_OWN_WINOGRAD", "1"));
 }
 
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -391,11 +382,9 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (shape.layout == Activations::nhwc_bf16) return {false, false, false};  // oneDNN has no bf16 Winograd
   if (!shape.blocked() || shape.k != 3 || shape.stride != 1) return {};
   // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
-  // what the per-pass timing gains
-  static const bool all_direct = env_equals("DIFFUSE_CONV_ALGORITHM", "direct");
-  static const bool all_winograd = env_equals("DIFFUSE_CONV_ALGORITHM", "winograd");
-  if (all_direct) return {false, false, false};
-  if (all_winograd) return {};
+  // what the per-pass timing gains (read on every call, so that a test can switch it)
+  if (env_equals("DIFFUSE_CONV_ALGORITHM", "direct")) return {false, false, false};
+  if (env_equals("DIFFUSE_CONV_ALGORITHM", "winograd")) return {};
   static ShapeChoices<PassAlgorithms> choices;
   return choices.get(shape, [&] {
     const int64_t b = kChannelBlock, n = timing_batch(shape.n);
