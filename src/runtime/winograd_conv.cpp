@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
+
 namespace diffuse {
 
 bool winograd_conv_built() { return onednn_matmul_built(); }
@@ -196,6 +198,23 @@ DIFFUSE_LANE_LOOP void weight_transform_backward(const float* du, int64_t c_tota
   }
 }
 
+// ∂L/∂b for the 16 channels of block `ob`: Σ over images and pixels of the blocked ∂L/∂y, float
+// sums over runs of 64 pixels added up in double (a float64 `sum` in LibTorch took 8 ms where
+// float32 took 0.17, for 16 × 32 × 28 × 28 values).
+DIFFUSE_LANE_LOOP void bias_gradient(const float* g5, int64_t images, int64_t blocks, int64_t pixels, int64_t ob,
+                                     float* grad_bias) {
+  double total[L] = {};
+  for (int64_t image = 0; image < images; ++image) {
+    const float* plane = g5 + (image * blocks + ob) * pixels * L;
+    for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
+      Lanes run{};
+      for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) run += load(plane + p * L);
+      for (int64_t l = 0; l < L; ++l) total[l] += run[l];
+    }
+  }
+  for (int64_t l = 0; l < L; ++l) grad_bias[ob * L + l] = static_cast<float>(total[l]);
+}
+
 // A loop over [0, count) shared out among the threads, a few units at a time.
 template <class Body>
 void in_parallel(int64_t count, int64_t grain, Body&& body) {
@@ -277,8 +296,12 @@ std::pair<torch::Tensor, torch::Tensor> winograd_conv3x3_blocked_backward_weight
     weight_transform_backward(du.data_ptr<float>(), c, o, begin, end, dw_c9o.data_ptr<float>());
   });
   auto grad_weight = dw_c9o.permute({2, 0, 1}).reshape({o, c, 3, 3}).contiguous();
-  // ∂L/∂b = Σ_{n,h,w} ∂L/∂y, summed in float64 (many terms of both signs)
-  auto grad_bias = grad_y5.sum({0, 2, 3}, false, torch::kFloat64).reshape({o}).to(torch::kFloat32);
+  auto grad_bias = torch::empty({o}, x5.options());  // ∂L/∂b = Σ_{n,h,w} ∂L/∂y
+  in_parallel(out_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ob = begin; ob < end; ++ob) {
+      bias_gradient(grad_y5.data_ptr<float>(), s.n, out_blocks, s.h * s.w, ob, grad_bias.data_ptr<float>());
+    }
+  });
   return {grad_weight, grad_bias};
 }
 
