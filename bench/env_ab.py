@@ -6,6 +6,9 @@ the build before it, on a machine whose speed drifts.
 
   bench/env_ab.py DIFFUSE_BLOCKED_ACTIVATIONS=0 --rounds 3 -- --model mnist --what train --batch-size 16
   bench/env_ab.py --against /tmp/diffuse-after --rounds 12 -- --model mnist --what train --batch-size 16
+
+A switch the code reads on every call (DIFFUSE_OWN_WINOGRAD, DIFFUSE_CONV_ALGORITHM) is better
+compared inside one process, run by run: `diffuse bench ... --alternate VAR=VALUE`.
 """
 import argparse
 import json

@@ -86,7 +86,16 @@ TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
     EXPECT_EQ(j.at("parameters").get<int64_t>(), 44969);  // tiny at 1×28×28, as bench/reference_unet.py counts
     EXPECT_GT(j.at("achieved_gflops_per_second").get<double>(), 0.0);
   }
-  auto r = run("bench --what everything");
+  // --alternate: the B runs and their ratio in the same object
+  auto r = diffuse::testing::run_command(std::string(DIFFUSE_BINARY) +
+                                         " --threads 1 bench --model tiny --what infer --batch-size 2 --repeat 2 "
+                                         "--warmup 0 --json --alternate DIFFUSE_CONV_ALGORITHM=direct");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output.substr(r.output.rfind('\n', r.output.size() - 2) + 1));
+  EXPECT_EQ(j.at("alternate").at("setting"), "DIFFUSE_CONV_ALGORITHM=direct");
+  EXPECT_EQ(j.at("alternate").at("seconds").size(), 2u);
+  EXPECT_GT(j.at("alternate").at("median_ratio").get<double>(), 0.0);
+  r = run("bench --what everything");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--what"), std::string::npos) << r.output;
   r = run("bench --device cuda --what infer --model tiny");

@@ -102,6 +102,11 @@ void run_bench(BenchOptions& o) {
               static_cast<long long>(c.batch_size), to_string(c.precision).c_str(), to_string(c.memory_format).c_str(),
               r.median_seconds, r.images_per_second, r.gflops_per_second,
               static_cast<double>(r.peak_memory_bytes) / (1024.0 * 1024.0));
+  if (!c.alternate.empty()) {
+    std::printf("with %s: median %.4f s, %.1f img/s; B/A, the median over %d pairs of runs: %.3f\n", c.alternate.c_str(),
+                r.alternate_median_seconds, static_cast<double>(c.batch_size) / r.alternate_median_seconds, c.repeat,
+                r.alternate_median_ratio);
+  }
   std::printf("(%lld parameters, %.3f GFLOP per image per forward pass%s)\n", static_cast<long long>(r.parameters),
               r.forward_flops_per_image / 1e9,
               c.task == BenchTask::train ? "; a training step counts 3 forward passes" : "");
@@ -123,6 +128,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--steps", c.steps, "DDIM steps for --what sample")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_option("--repeat", c.repeat, "Timed runs (the median is reported)")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_option("--warmup", c.warmup, "Untimed runs first")->check(CLI::Range(0, 100))->capture_default_str();
+  cmd->add_option("--alternate", c.alternate,
+                  "VAR=VALUE: alternate the timed runs between the environment as it is (A) and with VAR=VALUE "
+                  "(B) in one process, pair by pair, and print both medians and B/A; for switches the code reads on "
+                  "every call (DIFFUSE_OWN_WINOGRAD=1, DIFFUSE_CONV_ALGORITHM=direct|winograd)");
   cmd->add_flag("--no-cuda-graph", o->no_cuda_graph, "--what sample on CUDA: run the loop eagerly");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
   cmd->add_option("--conv-shape", o->conv_shape, "--what conv: batch, channels and image size of the convolution")

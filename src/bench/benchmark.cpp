@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <optional>
 #include <stdexcept>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
@@ -42,21 +44,86 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Times `run` (which must leave its work finished on the device) `repeat` times after `warmup`.
-std::vector<double> time_runs(const BenchConfig& c, const std::function<void()>& run,
-                              const std::function<void(int, double)>& on_run) {
-  for (int i = 0; i < c.warmup; ++i) run();
+// The environment variable of an A/B (BenchConfig::alternate): `set(true)` gives it the B value,
+// `set(false)` what it had before (or unsets it); the destructor restores it.
+class EnvironmentSwitch {
+ public:
+  explicit EnvironmentSwitch(const std::string& setting) {
+    const auto eq = setting.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw std::invalid_argument("bench --alternate: expected VAR=VALUE, got '" + setting + "'");
+    }
+    name_ = setting.substr(0, eq);
+    value_ = setting.substr(eq + 1);
+    if (const char* before = std::getenv(name_.c_str())) before_ = before;
+  }
+  ~EnvironmentSwitch() { set(false); }
+  void set(bool b) {
+    if (b) {
+      setenv(name_.c_str(), value_.c_str(), 1);
+    } else if (before_) {
+      setenv(name_.c_str(), before_->c_str(), 1);
+    } else {
+      unsetenv(name_.c_str());
+    }
+  }
+
+ private:
+  std::string name_, value_;
+  std::optional<std::string> before_;
+};
+
+// Seconds of one run (which must leave its work finished on the device).
+double seconds_of(const BenchConfig& c, const std::function<void()>& run) {
+  const auto t0 = std::chrono::steady_clock::now();
+  run();
+  synchronize(c.device);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct Timings {
+  std::vector<double> a, b;  // b: the alternate runs, empty without c.alternate
+};
+
+// Times `run` `repeat` times after `warmup`; with c.alternate, `repeat` pairs of A and B runs.
+Timings time_runs(const BenchConfig& c, const std::function<void()>& run, const std::function<void(int, double)>& on_run) {
+  std::optional<EnvironmentSwitch> alternate;
+  if (!c.alternate.empty()) alternate.emplace(c.alternate);
+  for (int i = 0; i < c.warmup; ++i) {
+    run();
+    if (alternate) {  // B's first-call work (its kernels' creation, its timings) stays out too
+      alternate->set(true);
+      run();
+      alternate->set(false);
+    }
+  }
   synchronize(c.device);
   reset_peak_memory(c.device);
-  std::vector<double> seconds;
+  Timings t;
   for (int i = 0; i < c.repeat; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    synchronize(c.device);
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    if (on_run) on_run(i, seconds.back());
+    if (!alternate) {
+      t.a.push_back(seconds_of(c, run));
+    } else {
+      // A B in even pairs, B A in odd ones: neither side always runs after the other
+      const bool b_first = i % 2 == 1;
+      alternate->set(b_first);
+      const double first = seconds_of(c, run);
+      alternate->set(!b_first);
+      const double second = seconds_of(c, run);
+      alternate->set(false);
+      t.a.push_back(b_first ? second : first);
+      t.b.push_back(b_first ? first : second);
+    }
+    if (on_run) on_run(i, t.a.back());
   }
-  return seconds;
+  return t;
+}
+
+// The median over pairs of b[i] / a[i].
+double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> ratios;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) ratios.push_back(b[i] / a[i]);
+  return ratios.empty() ? 0.0 : median(ratios);
 }
 
 // Experiments on the GPU, switched by the environment so that bench/env_ab.py can time them side
@@ -70,6 +137,9 @@ bool env_flag(const char* name) { return env_equals(name, "1"); }
 BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, double)>& on_run) {
   if (c.batch_size < 1 || c.repeat < 1 || c.warmup < 0 || c.steps < 1) {
     throw std::invalid_argument("bench: batch size, repeat and steps must be positive");
+  }
+  if (!c.alternate.empty() && c.task == BenchTask::conv) {
+    throw std::invalid_argument("bench --alternate: not with --what conv");
   }
   if (c.task == BenchTask::conv) {
     BenchResult r;
@@ -102,6 +172,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   r.parameters = model->parameter_count();
   r.forward_flops_per_image = unet_forward_flops(config);
   double flops_per_run = 0;
+  Timings timings;
 
   if (c.task == BenchTask::train) {
     UNet ema_model(config);
@@ -114,13 +185,13 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
     options.precision = c.precision;
     TrainStep step(model, ema_model, diffusion, optimizer, ema, options);
     model->train();
-    r.seconds = time_runs(c, [&] { step(x0, torch::Tensor(), 1e-4); }, on_run);
+    timings = time_runs(c, [&] { step(x0, torch::Tensor(), 1e-4); }, on_run);
     flops_per_run = 3 * r.forward_flops_per_image * static_cast<double>(c.batch_size);  // backward ≈ 2 × forward
   } else if (c.task == BenchTask::infer) {
     model->eval();
     c10::InferenceMode inference;
     auto t = torch::randint(0, 1000, {c.batch_size}, torch::dtype(torch::kLong).device(c.device));
-    r.seconds = time_runs(c, [&] {
+    timings = time_runs(c, [&] {
       AutocastScope autocast(c.device, autocast_precision);
       model->forward(x0, t);
     }, on_run);
@@ -139,13 +210,19 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
     auto x_T = torch::randn_like(x0);
     if (c.device.is_cuda() && c.cuda_graph) {
       CudaGraphRunner graph(loop);
-      r.seconds = time_runs(c, [&] { graph(x_T); }, on_run);
+      timings = time_runs(c, [&] { graph(x_T); }, on_run);
     } else {
-      r.seconds = time_runs(c, [&] { loop(x_T); }, on_run);
+      timings = time_runs(c, [&] { loop(x_T); }, on_run);
     }
     flops_per_run = static_cast<double>(c.steps) * r.forward_flops_per_image * static_cast<double>(c.batch_size);
   }
+  r.seconds = timings.a;
   r.median_seconds = median(r.seconds);
+  if (!timings.b.empty()) {
+    r.alternate_seconds = timings.b;
+    r.alternate_median_seconds = median(timings.b);
+    r.alternate_median_ratio = median_ratio(timings.a, timings.b);
+  }
   r.images_per_second = static_cast<double>(c.batch_size) / r.median_seconds;
   r.gflops_per_second = flops_per_run / r.median_seconds / 1e9;
   r.peak_memory_bytes = peak_memory_bytes(c.device);
@@ -170,6 +247,12 @@ nlohmann::json to_json(const BenchResult& r) {
           {"images_per_second", r.images_per_second},
           {"achieved_gflops_per_second", r.gflops_per_second},
           {"peak_memory_mib", static_cast<double>(r.peak_memory_bytes) / (1024.0 * 1024.0)}};
+  if (!c.alternate.empty()) {
+    j["alternate"] = {{"setting", c.alternate},
+                      {"seconds", r.alternate_seconds},
+                      {"median_seconds", r.alternate_median_seconds},
+                      {"median_ratio", r.alternate_median_ratio}};
+  }
   if (c.task == BenchTask::conv) j["conv_shape"] = {c.conv_shape.batch, c.conv_shape.channels, c.conv_shape.size};
   return j;
 }

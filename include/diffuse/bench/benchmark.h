@@ -35,6 +35,11 @@ struct BenchConfig {
   int64_t in_channels = 0;     // 0: the model's usual data (1×28² for mnist and tiny, 3×32² for ddpm-cifar10)
   int64_t image_size = 0;
   ConvShape conv_shape;        // `conv`: the convolution timed
+  // "VAR=VALUE", or empty: the timed runs alternate between the environment as it is (A) and with
+  // VAR=VALUE (B), in pairs A B, B A, A B, …, both warmed up: an A/B of a switch that the code
+  // reads on every call (DIFFUSE_OWN_WINOGRAD=1, DIFFUSE_CONV_ALGORITHM=direct) in one process,
+  // where the host's drift between two processes (±20–50 % here) does not enter.
+  std::string alternate;
 };
 
 struct BenchResult {
@@ -46,9 +51,15 @@ struct BenchResult {
   double images_per_second = 0;
   double gflops_per_second = 0;         // achieved: counted FLOPs / median time
   int64_t peak_memory_bytes = 0;        // see peak_memory_bytes()
+  // With config.alternate: the B runs (`seconds` above holds the A runs), their median, and the
+  // median over pairs of B's time / A's.
+  std::vector<double> alternate_seconds;
+  double alternate_median_seconds = 0;
+  double alternate_median_ratio = 0;
 };
 
-// `on_run(i, seconds)` is called after each timed run (for a progress line).
+// `on_run(i, seconds)` is called after each timed run (for a progress line; with
+// config.alternate, after each pair, with A's seconds).
 BenchResult run_benchmark(const BenchConfig& config, const std::function<void(int, double)>& on_run = {});
 nlohmann::json to_json(const BenchResult& result);
 
