@@ -1,5 +1,5 @@
-// Process-wide runtime settings (runtime/device.h): keep_freed_memory_for_reuse must stop the
-// page faults that freshly mapped tensor memory costs on every step.
+// Process-wide runtime settings (runtime/device.h, runtime/large_block_cache.h): freed tensor
+// memory must be reused without the page faults that freshly mapped memory costs on every step.
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "diffuse/runtime/device.h"
+#include "diffuse/runtime/large_block_cache.h"
+
+#include <c10/core/CPUAllocator.h>
 
 namespace {
 
@@ -35,4 +38,40 @@ TEST(Runtime, FreedTensorMemoryIsReusedWithoutPageFaults) {
   // Faulting the memory in again would take 4 × 96 MB / 4 KiB = 98,304 faults (glibc's defaults:
   // about 82,000 here; with the settings: none).
   EXPECT_LT(faults, 98'304 / 10) << faults << " minor page faults in 4 steps";
+}
+
+// Blocks over glibc's largest mmap threshold (32 MiB): mapped afresh on every step without the
+// cache, served from the last step's freed blocks with it.
+TEST(Runtime, LargeTensorsReuseTheLastStepsMemoryWithoutPageFaults) {
+  if (!diffuse::cache_large_cpu_blocks()) GTEST_SKIP() << "LibTorch 2.x, or DIFFUSE_LARGE_BLOCK_CACHE=0";
+  auto step = [] {
+    std::vector<torch::Tensor> activations;
+    for (int i = 0; i < 4; ++i) activations.push_back(torch::full({10'000'000}, float(i)));  // 4 × 40 MB, touched
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(activations[i][9'999'999].item<float>(), float(i));
+  };
+  step();
+  const auto before = diffuse::large_block_cache_stats();
+  const long faults_before = minor_page_faults();
+  for (int i = 0; i < 3; ++i) step();
+  const long faults = minor_page_faults() - faults_before;
+  const auto after = diffuse::large_block_cache_stats();
+  // faulting them in again: 3 × 160 MB / 4 KiB = 117,187 faults
+  EXPECT_LT(faults, 117'187 / 10) << faults << " minor page faults in 3 steps";
+  EXPECT_EQ(after.served - before.served, 12u);
+  EXPECT_EQ(after.reused - before.reused, 12u);
+  EXPECT_GE(after.idle_bytes, 4u * 40'000'000u);
+}
+
+// raw_allocate/raw_deallocate (LibTorch's own helpers use them) go through the cache's raw
+// deleter, for small blocks (LibTorch's allocator's) and large ones alike.
+TEST(Runtime, RawAllocationsOfAnySizeAreFreedByTheCache) {
+  if (!diffuse::cache_large_cpu_blocks()) GTEST_SKIP() << "LibTorch 2.x, or DIFFUSE_LARGE_BLOCK_CACHE=0";
+  c10::Allocator* allocator = c10::GetCPUAllocator();
+  void* small = allocator->raw_allocate(1000);
+  allocator->raw_deallocate(small);
+  const auto idle_before = diffuse::large_block_cache_stats().idle_bytes;
+  void* large = allocator->raw_allocate(diffuse::kLargeBlockBytes + 64);
+  static_cast<char*>(large)[diffuse::kLargeBlockBytes] = 1;
+  allocator->raw_deallocate(large);
+  EXPECT_EQ(diffuse::large_block_cache_stats().idle_bytes, idle_before + diffuse::kLargeBlockBytes + 64);
 }

@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "diffuse/runtime/device.h"
+#include "diffuse/runtime/large_block_cache.h"
 
 namespace diffuse::cli {
 
@@ -98,6 +99,7 @@ int main(int argc, char** argv) {
     torch::set_num_threads(threads);
     diffuse::use_single_threaded_blas();  // torch's OpenMP threads already use the cores
     diffuse::keep_freed_memory_for_reuse();  // no page faults for every step's fresh tensors
+    diffuse::cache_large_cpu_blocks();       // nor for those larger than glibc's largest mmap threshold
   });
 
   diffuse::cli::add_train_command(app);

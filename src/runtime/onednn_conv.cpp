@@ -27,6 +27,11 @@ namespace diffuse {
 
 namespace {
 std::atomic<ConvKernels> g_conv_kernels{ConvKernels::aten};
+
+// The kernel oneDNN picks for one typical 3×3 shape, and whether it is a Winograd kernel: what
+// oneDNN has for this CPU (2.6: Winograd on AVX-512 only).
+std::string typical_conv3x3_implementation() { return onednn_conv3x3_implementation(16, 64, 64, 32, 32); }
+bool names_winograd(const std::string& implementation) { return implementation.find("wino") != std::string::npos; }
 }  // namespace
 
 std::string to_string(ConvKernels k) { return k == ConvKernels::aten ? "aten" : "onednn"; }
@@ -226,10 +231,9 @@ torch::Tensor empty_output(const OneDnnConvShape& s, const torch::TensorOptions&
   return torch::empty({s.n, s.o, s.out_h(), s.out_w()}, options.memory_format(format));
 }
 
-// Whether oneDNN has a Winograd kernel for this CPU at all (2.6: AVX-512 only), judged by the
-// kernel it picks for one typical shape.
+// Whether oneDNN has a Winograd kernel for this CPU at all.
 bool onednn_has_winograd() {
-  static const bool has = onednn_conv3x3_implementation(16, 64, 64, 32, 32).find("wino") != std::string::npos;
+  static const bool has = names_winograd(typical_conv3x3_implementation());
   return has;
 }
 
@@ -623,8 +627,8 @@ ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device de
   if (!may_run_fp32) return {ConvKernels::aten, "auto: bf16 convolutions run through autocast"};
   // oneDNN's direct algorithm is what ATen runs already: only Winograd is worth the switch. Which
   // shapes then take it is timed per shape (conv3x3), not decided here from one shape's timing.
-  const auto implementation = onednn_conv3x3_implementation(16, 64, 64, 32, 32);
-  if (implementation.find("wino") == std::string::npos) {
+  const auto implementation = typical_conv3x3_implementation();
+  if (!names_winograd(implementation)) {
     if (winograd_conv_built()) {
       return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
                                        "); the own F(4×4, 3×3) Winograd runs the blocked shapes where timed faster"};
