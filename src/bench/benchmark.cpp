@@ -86,7 +86,8 @@ struct Timings {
 };
 
 // Times `run` `repeat` times after `warmup`; with c.alternate, `repeat` pairs of A and B runs.
-Timings time_runs(const BenchConfig& c, const std::function<void()>& run, const std::function<void(int, double)>& on_run) {
+Timings time_runs(const BenchConfig& c, const std::function<void()>& run,
+                  const std::function<void(int, double)>& on_run) {
   std::optional<EnvironmentSwitch> alternate;
   if (!c.alternate.empty()) alternate.emplace(c.alternate);
   for (int i = 0; i < c.warmup; ++i) {
