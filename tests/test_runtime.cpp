@@ -60,6 +60,12 @@ TEST(Runtime, LargeTensorsReuseTheLastStepsMemoryWithoutPageFaults) {
   EXPECT_EQ(after.served - before.served, 12u);
   EXPECT_EQ(after.reused - before.reused, 12u);
   EXPECT_GE(after.idle_bytes, 4u * 40'000'000u);
+
+  // released: the next step maps (and faults) its blocks afresh, and they are not reused
+  EXPECT_EQ(diffuse::release_idle_large_blocks(), after.idle_bytes);
+  EXPECT_EQ(diffuse::large_block_cache_stats().idle_bytes, 0u);
+  step();
+  EXPECT_EQ(diffuse::large_block_cache_stats().reused, after.reused);
 }
 
 // raw_allocate/raw_deallocate (LibTorch's own helpers use them) go through the cache's raw

@@ -45,6 +45,25 @@ class LargeBlockCache final : public c10::Allocator {
     return stats_;
   }
 
+  size_t release_idle() const {
+    std::vector<void*> blocks;
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& [size, idle] : idle_) {
+        for (void* data : idle) {
+          blocks.push_back(data);
+          sizes_.erase(data);
+          bytes += size;
+        }
+      }
+      idle_.clear();
+      stats_.idle_bytes = 0;
+    }
+    for (void* data : blocks) c10::free_cpu(data);
+    return bytes;
+  }
+
   static std::atomic<const LargeBlockCache*> installed;
 
  private:
@@ -120,10 +139,16 @@ LargeBlockCacheStats large_block_cache_stats() {
   const auto* cache = LargeBlockCache::installed.load();
   return cache ? cache->stats() : LargeBlockCacheStats{};
 }
+
+size_t release_idle_large_blocks() {
+  const auto* cache = LargeBlockCache::installed.load();
+  return cache ? cache->release_idle() : 0;
+}
 #else
 // LibTorch 2.x changed c10::Allocator (allocate no longer const, copy_data added); not built there.
 bool cache_large_cpu_blocks() { return false; }
 LargeBlockCacheStats large_block_cache_stats() { return {}; }
+size_t release_idle_large_blocks() { return 0; }
 #endif
 
 }  // namespace diffuse

@@ -19,6 +19,10 @@ namespace diffuse {
 // place (false on LibTorch 2.x, or with the environment variable DIFFUSE_LARGE_BLOCK_CACHE=0).
 bool cache_large_cpu_blocks();
 
+// Hands the idle blocks back to the system (for a program that is done with large tensors of
+// some shapes, like CUDA's empty_cache). Returns the bytes released.
+size_t release_idle_large_blocks();
+
 struct LargeBlockCacheStats {
   size_t idle_bytes = 0;  // held for reuse now
   size_t served = 0;      // large requests so far
