@@ -10,7 +10,9 @@
 #include "diffuse/data/idx.h"
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
+#include "diffuse_build_config.h"
 #include "support/error_of.h"
+#include "support/run_command.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
@@ -39,6 +41,24 @@ TEST(Mnist, TheShippedCopyLoadsWithTheRightShapesAndLabels) {
   EXPECT_EQ(train.labels.narrow(0, 0, 5).equal(torch::tensor({5, 0, 4, 1, 9}, torch::kLong)), true);
   EXPECT_EQ(test.labels.eq(1).sum().item<int64_t>(), 1135);
   EXPECT_EQ(load_dataset("mnist", Split::train, DataOptions{32, 100}).size(), 100);
+}
+
+// The shipped copy is the published one: each file, uncompressed, has the MD5 listed beside it
+// (data/mnist/MD5SUMS.uncompressed, equal to the published MNIST sums). A truncated or altered
+// copy (a failed fetch, an edit) fails here; the loader itself checks sizes and magic numbers only.
+TEST(Mnist, TheShippedFilesMatchTheirChecksums) {
+  const std::filesystem::path dir = std::filesystem::path(DIFFUSE_DEFAULT_DATA_DIR) / "mnist";
+  std::ifstream sums(dir / "MD5SUMS.uncompressed");
+  ASSERT_TRUE(sums) << dir / "MD5SUMS.uncompressed";
+  std::string sum, name;
+  int files = 0;
+  while (sums >> sum >> name) {
+    const auto r = diffuse::testing::run_command("zcat '" + (dir / (name + ".gz")).string() + "' | md5sum");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.substr(0, 32), sum) << name;
+    ++files;
+  }
+  EXPECT_EQ(files, 4);
 }
 
 TEST(FashionMnist, DebiansPackageLoadsThroughItsName) {
