@@ -103,9 +103,9 @@ void run_bench(BenchOptions& o) {
               r.median_seconds, r.images_per_second, r.gflops_per_second,
               static_cast<double>(r.peak_memory_bytes) / (1024.0 * 1024.0));
   if (!c.alternate.empty()) {
+    const double images_per_second = static_cast<double>(c.batch_size) / r.alternate_median_seconds;
     std::printf("with %s: median %.4f s, %.1f img/s; B/A, the median over %d pairs of runs: %.3f\n",
-                c.alternate.c_str(), r.alternate_median_seconds, static_cast<double>(c.batch_size) / r.alternate_median_seconds, c.repeat,
-                r.alternate_median_ratio);
+                c.alternate.c_str(), r.alternate_median_seconds, images_per_second, c.repeat, r.alternate_median_ratio);
   }
   std::printf("(%lld parameters, %.3f GFLOP per image per forward pass%s)\n", static_cast<long long>(r.parameters),
               r.forward_flops_per_image / 1e9,

@@ -3,8 +3,8 @@
 // glibc serves blocks that large with mmap and returns them to the kernel on free, whatever
 // M_MMAP_THRESHOLD says (32 MiB is its largest), so a network whose activations pass that size
 // (ddpm-cifar10 at batch 64: 33.5 MB per 128-channel 32×32 tensor) faulted every page of every
-// such tensor in again on every step: 0.9 million page faults and about a third of a training
-// step (docs/PERFORMANCE.md). A step asks for the same sizes in the same order each time, so from
+// such tensor in again on every step: 0.8–1 million page faults a step, and about a third of the
+// step's time (docs/PERFORMANCE.md). A step asks for the same sizes in the same order each time, so from
 // the second step on every large request is served from the blocks the last step freed.
 //
 // Idle blocks are kept up to a quarter of the machine's memory; past that a freed block goes back
