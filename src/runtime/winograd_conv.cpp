@@ -215,18 +215,12 @@ DIFFUSE_LANE_LOOP void bias_gradient(const float* g5, int64_t images, int64_t bl
   for (int64_t l = 0; l < L; ++l) grad_bias[ob * L + l] = static_cast<float>(total[l]);
 }
 
-// A loop over [0, count) shared out among the threads, a few units at a time.
-template <class Body>
-void in_parallel(int64_t count, int64_t grain, Body&& body) {
-  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) { body(begin, end); });
-}
-
 // U: [36, C, O] from weight [O, C, 3, 3].
 torch::Tensor transformed_weights(const torch::Tensor& weight) {
   const int64_t o = weight.size(0), c = weight.size(1);
   const auto w_c9o = weight.permute({1, 2, 3, 0}).contiguous();
   auto u = torch::empty({kPoints, c, o}, weight.options());
-  in_parallel(c, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, c, 4, [&](int64_t begin, int64_t end) {
     weight_transform(w_c9o.data_ptr<float>(), c, o, begin, end, u.data_ptr<float>());
   });
   return u;
@@ -236,7 +230,7 @@ torch::Tensor transformed_weights(const torch::Tensor& weight) {
 torch::Tensor transformed_input(const torch::Tensor& x5, const Tiles& s) {
   const int64_t blocks = x5.size(1);
   auto v = torch::empty({kPoints, s.count(), blocks * L}, x5.options());
-  in_parallel(s.count(), 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.count(), 8, [&](int64_t begin, int64_t end) {
     input_transform(x5.data_ptr<float>(), s, blocks, begin, end, v.data_ptr<float>());
   });
   return v;
@@ -265,7 +259,7 @@ torch::Tensor winograd_conv3x3_blocked(const torch::Tensor& x5_in, const torch::
   const auto m = onednn_bmm(v, transformed_weights(weight));  // M[p] = V[p] · U[p]: [36, tiles, O]
   auto y5 = torch::empty({s.n, out_blocks, s.h, s.w, L}, x5.options());
   const auto bias = bias_in.defined() ? bias_in.detach().contiguous() : torch::Tensor();
-  in_parallel(s.count(), 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.count(), 8, [&](int64_t begin, int64_t end) {
     output_transform(m.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr, s, out_blocks, begin, end,
                      y5.data_ptr<float>());
   });
@@ -287,17 +281,17 @@ std::pair<torch::Tensor, torch::Tensor> winograd_conv3x3_blocked_backward_weight
   const Tiles s(x5.size(0), x5.size(2), x5.size(3));
   const auto v = transformed_input(x5, s);
   auto q = torch::empty({kPoints, s.count(), o}, x5.options());
-  in_parallel(s.count(), 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.count(), 8, [&](int64_t begin, int64_t end) {
     gradient_transform(grad_y5.data_ptr<float>(), s, out_blocks, begin, end, q.data_ptr<float>());
   });
   const auto du = onednn_bmm(v.transpose(1, 2), q);  // ∂L/∂U[p] = V[p]ᵀ · Q[p]: [36, C, O]
   auto dw_c9o = torch::empty({c, 9, o}, x5.options());
-  in_parallel(c, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, c, 4, [&](int64_t begin, int64_t end) {
     weight_transform_backward(du.data_ptr<float>(), c, o, begin, end, dw_c9o.data_ptr<float>());
   });
   auto grad_weight = dw_c9o.permute({2, 0, 1}).reshape({o, c, 3, 3}).contiguous();
   auto grad_bias = torch::empty({o}, x5.options());  // ∂L/∂b = Σ_{n,h,w} ∂L/∂y
-  in_parallel(out_blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, out_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ob = begin; ob < end; ++ob) {
       bias_gradient(grad_y5.data_ptr<float>(), s.n, out_blocks, s.h * s.w, ob, grad_bias.data_ptr<float>());
     }
