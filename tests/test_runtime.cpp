@@ -43,7 +43,7 @@ TEST(Runtime, FreedTensorMemoryIsReusedWithoutPageFaults) {
 // Blocks over glibc's largest mmap threshold (32 MiB): mapped afresh on every step without the
 // cache, served from the last step's freed blocks with it.
 TEST(Runtime, LargeTensorsReuseTheLastStepsMemoryWithoutPageFaults) {
-  if (!diffuse::cache_large_cpu_blocks()) GTEST_SKIP() << "LibTorch 2.x, or DIFFUSE_LARGE_BLOCK_CACHE=0";
+  if (!diffuse::cache_large_cpu_blocks()) GTEST_SKIP() << "DIFFUSE_LARGE_BLOCK_CACHE=0";
   auto step = [] {
     std::vector<torch::Tensor> activations;
     for (int i = 0; i < 4; ++i) activations.push_back(torch::full({10'000'000}, float(i)));  // 4 × 40 MB, touched
@@ -71,7 +71,7 @@ TEST(Runtime, LargeTensorsReuseTheLastStepsMemoryWithoutPageFaults) {
 // raw_allocate/raw_deallocate (LibTorch's own helpers use them) go through the cache's raw
 // deleter, for small blocks (LibTorch's allocator's) and large ones alike.
 TEST(Runtime, RawAllocationsOfAnySizeAreFreedByTheCache) {
-  if (!diffuse::cache_large_cpu_blocks()) GTEST_SKIP() << "LibTorch 2.x, or DIFFUSE_LARGE_BLOCK_CACHE=0";
+  if (!diffuse::cache_large_cpu_blocks()) GTEST_SKIP() << "DIFFUSE_LARGE_BLOCK_CACHE=0";
   c10::Allocator* allocator = c10::GetCPUAllocator();
   void* small = allocator->raw_allocate(1000);
   allocator->raw_deallocate(small);

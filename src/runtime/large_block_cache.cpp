@@ -15,7 +15,15 @@
 
 namespace diffuse {
 
-#if TORCH_VERSION_MAJOR == 1
+// LibTorch 2.3 changed c10::Allocator: allocate is no longer const, and copy_data (used by
+// clone and copy-on-write) must be given. Earlier 2.x releases keep the 1.x interface.
+#define DIFFUSE_ALLOCATOR_2_3 (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3))
+#if DIFFUSE_ALLOCATOR_2_3
+#define DIFFUSE_ALLOCATE_CONST
+#else
+#define DIFFUSE_ALLOCATE_CONST const
+#endif
+
 namespace {
 
 // Requests under kLargeBlockBytes go to LibTorch's own allocator; larger ones are served from an
@@ -27,7 +35,7 @@ class LargeBlockCache final : public c10::Allocator {
   LargeBlockCache(c10::Allocator* small_blocks, size_t max_idle_bytes)
       : small_blocks_(small_blocks), max_idle_bytes_(max_idle_bytes) {}
 
-  c10::DataPtr allocate(size_t bytes) const override {
+  c10::DataPtr allocate(size_t bytes) DIFFUSE_ALLOCATE_CONST override {
     if (bytes < kLargeBlockBytes) return small_blocks_->allocate(bytes);
     void* data = take_idle(bytes);
     if (data == nullptr) {
@@ -39,6 +47,12 @@ class LargeBlockCache final : public c10::Allocator {
   }
 
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+#if DIFFUSE_ALLOCATOR_2_3
+  void copy_data(void* destination, const void* source, size_t bytes) const override {
+    default_copy_data(destination, source, bytes);  // plain host memory: a memcpy
+  }
+#endif
 
   LargeBlockCacheStats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -144,11 +158,5 @@ size_t release_idle_large_blocks() {
   const auto* cache = LargeBlockCache::installed.load();
   return cache ? cache->release_idle() : 0;
 }
-#else
-// LibTorch 2.x changed c10::Allocator (allocate no longer const, copy_data added); not built there.
-bool cache_large_cpu_blocks() { return false; }
-LargeBlockCacheStats large_block_cache_stats() { return {}; }
-size_t release_idle_large_blocks() { return 0; }
-#endif
 
 }  // namespace diffuse

@@ -8,7 +8,7 @@
 // the second step on every large request is served from the blocks the last step freed.
 //
 // Idle blocks are kept up to a quarter of the machine's memory; past that a freed block goes back
-// to the system. LibTorch 1.x only (its c10::Allocator interface); elsewhere nothing is installed.
+// to the system. Built for LibTorch 1.x and 2.x (2.3 changed c10::Allocator's interface).
 #pragma once
 
 #include <cstddef>
@@ -16,7 +16,7 @@
 namespace diffuse {
 
 // Puts the cache in front of LibTorch's CPU allocator, once per process. Returns whether it is in
-// place (false on LibTorch 2.x, or with the environment variable DIFFUSE_LARGE_BLOCK_CACHE=0).
+// place (false with the environment variable DIFFUSE_LARGE_BLOCK_CACHE=0).
 bool cache_large_cpu_blocks();
 
 // Hands the idle blocks back to the system (for a program that is done with large tensors of
