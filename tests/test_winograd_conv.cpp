@@ -5,22 +5,12 @@
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/winograd_conv.h"
+#include "diffuse/util/environment.h"
 #include "support/networks.h"
 
 using namespace diffuse;
 
 using diffuse::testing::relative_error;
-
-namespace {
-
-// An environment variable set for one scope (the switches below are read on every call).
-struct ScopedEnv {
-  const char* name;
-  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
-  ~ScopedEnv() { unsetenv(name); }
-};
-
-}  // namespace
 
 TEST(WinogradConv, OutputAndGradientsMatchAFloat64Reference) {
   if (!winograd_conv_built()) GTEST_SKIP() << "built without oneDNN (its matmul runs the products)";
@@ -70,7 +60,8 @@ TEST(WinogradConv, RejectsWhatItCannotConvolve) {
 // overhang and with a second layer, so that both backward passes run.
 TEST(WinogradConv, TheBlockedPathsWinogradPassesRunItWhereAsked) {
   if (!winograd_conv_built() || !onednn_conv_built()) GTEST_SKIP() << "built without oneDNN";
-  ScopedEnv own("DIFFUSE_OWN_WINOGRAD", "1"), winograd("DIFFUSE_CONV_ALGORITHM", "winograd");
+  const EnvironmentSwitch own("DIFFUSE_OWN_WINOGRAD", "1", /*on=*/true),
+      winograd("DIFFUSE_CONV_ALGORITHM", "winograd", /*on=*/true);
   torch::manual_seed(4);
   const auto x = torch::randn({2, 32, 10, 14});
   const auto w1 = (torch::randn({16, 32, 3, 3}) * 0.1).requires_grad_(), b1 = torch::randn({16}).requires_grad_();

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <optional>
 #include <stdexcept>
+#include <utility>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/model/unet.h"
@@ -44,34 +44,14 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// The environment variable of an A/B (BenchConfig::alternate): `set(true)` gives it the B value,
-// `set(false)` what it had before (or unsets it); the destructor restores it.
-class EnvironmentSwitch {
- public:
-  explicit EnvironmentSwitch(const std::string& setting) {
-    const auto eq = setting.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      throw std::invalid_argument("bench --alternate: expected VAR=VALUE, got '" + setting + "'");
-    }
-    name_ = setting.substr(0, eq);
-    value_ = setting.substr(eq + 1);
-    if (const char* before = std::getenv(name_.c_str())) before_ = before;
+// The variable and value of an A/B (BenchConfig::alternate): "VAR=VALUE" split in two.
+std::pair<std::string, std::string> alternate_assignment(const std::string& setting) {
+  const auto eq = setting.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw std::invalid_argument("bench --alternate: expected VAR=VALUE, got '" + setting + "'");
   }
-  ~EnvironmentSwitch() { set(false); }
-  void set(bool b) {
-    if (b) {
-      setenv(name_.c_str(), value_.c_str(), 1);
-    } else if (before_) {
-      setenv(name_.c_str(), before_->c_str(), 1);
-    } else {
-      unsetenv(name_.c_str());
-    }
-  }
-
- private:
-  std::string name_, value_;
-  std::optional<std::string> before_;
-};
+  return {setting.substr(0, eq), setting.substr(eq + 1)};
+}
 
 // Seconds of one run (which must leave its work finished on the device).
 double seconds_of(const BenchConfig& c, const std::function<void()>& run) {
@@ -89,7 +69,10 @@ struct Timings {
 Timings time_runs(const BenchConfig& c, const std::function<void()>& run,
                   const std::function<void(int, double)>& on_run) {
   std::optional<EnvironmentSwitch> alternate;
-  if (!c.alternate.empty()) alternate.emplace(c.alternate);
+  if (!c.alternate.empty()) {
+    const auto [name, value] = alternate_assignment(c.alternate);
+    alternate.emplace(name, value);
+  }
   for (int i = 0; i < c.warmup; ++i) {
     run();
     if (alternate) {  // B's first-call work (its kernels' creation, its timings) stays out too

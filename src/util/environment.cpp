@@ -1,12 +1,31 @@
 #include "diffuse/util/environment.h"
 
 #include <cstdlib>
+#include <utility>
 
 namespace diffuse {
 
 bool env_equals(const char* name, const std::string& value) {
   const char* v = std::getenv(name);
   return v != nullptr && value == v;
+}
+
+EnvironmentSwitch::EnvironmentSwitch(std::string name, std::string value, bool on)
+    : name_(std::move(name)), value_(std::move(value)) {
+  if (const char* before = std::getenv(name_.c_str())) before_ = before;
+  if (on) set(true);
+}
+
+EnvironmentSwitch::~EnvironmentSwitch() { set(false); }
+
+void EnvironmentSwitch::set(bool on) {
+  if (on) {
+    setenv(name_.c_str(), value_.c_str(), 1);
+  } else if (before_) {
+    setenv(name_.c_str(), before_->c_str(), 1);
+  } else {
+    unsetenv(name_.c_str());
+  }
 }
 
 }  // namespace diffuse

@@ -2,11 +2,28 @@
 // the bench's DIFFUSE_BF16_WEIGHTS=1, ...): set to a value, or not.
 #pragma once
 
+#include <optional>
 #include <string>
 
 namespace diffuse {
 
 // Whether the variable `name` is set to exactly `value`.
 bool env_equals(const char* name, const std::string& value);
+
+// One variable switched between `value` (set(true)) and what it had before (set(false): that
+// value, or unset); `on` switches it at once. The destructor restores it. For the bench's A/B
+// runs and for tests of switches the code reads on every call.
+class EnvironmentSwitch {
+ public:
+  EnvironmentSwitch(std::string name, std::string value, bool on = false);
+  ~EnvironmentSwitch();
+  EnvironmentSwitch(const EnvironmentSwitch&) = delete;
+  EnvironmentSwitch& operator=(const EnvironmentSwitch&) = delete;
+  void set(bool on);
+
+ private:
+  std::string name_, value_;
+  std::optional<std::string> before_;
+};
 
 }  // namespace diffuse
