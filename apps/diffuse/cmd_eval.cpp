@@ -16,6 +16,7 @@
 #include "diffuse/io/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/sampling/guidance.h"
+#include "diffuse/util/environment.h"
 #include "diffuse/util/progress.h"
 
 namespace diffuse::cli {
@@ -33,15 +34,10 @@ struct EvalOptions {
   double guidance = 0.0;
 };
 
-// Where the cFID classifier of a data set is cached: $DIFFUSE_CACHE_DIR, else ~/.cache/diffuse.
+// Where the cFID classifier of a data set is cached: cache_directory(), else ./.cache/diffuse.
 std::string classifier_cache_path(const Dataset& data) {
-  std::string dir;
-  if (const char* env = std::getenv("DIFFUSE_CACHE_DIR"); env && *env) {
-    dir = env;
-  } else {
-    const char* home = std::getenv("HOME");
-    dir = std::string(home && *home ? home : ".") + "/.cache/diffuse";
-  }
+  std::string dir = cache_directory();
+  if (dir.empty()) dir = "./.cache/diffuse";
   std::string name = data.name;
   for (char& c : name)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') c = '_';

@@ -89,6 +89,10 @@ int main(int argc, char** argv) {
   CLI::App app{"diffuse: denoising diffusion models (DDPM, DDIM) in C++"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  app.footer(
+      "Environment: DIFFUSE_DATA_DIR (data sets; README), DIFFUSE_CACHE_DIR (the cFID classifiers and the\n"
+      "convolution timings kept across runs; default $XDG_CACHE_HOME/diffuse or ~/.cache/diffuse),\n"
+      "DIFFUSE_TIMING_CACHE=0 (time every convolution shape afresh in each run).");
   // Default: OMP_NUM_THREADS where a launcher set it (several processes on one machine), else every core.
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (const char* omp = std::getenv("OMP_NUM_THREADS"); omp && std::atoi(omp) > 0) threads = std::atoi(omp);

@@ -11,12 +11,12 @@
 
 namespace diffuse {
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+void write_file_atomic(const std::string& path, const std::string& bytes, bool durable) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw std::runtime_error("cannot write '" + tmp + "': " + std::strerror(errno));
   const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                  ::fsync(::fileno(f)) == 0;
+                  (!durable || ::fsync(::fileno(f)) == 0);
   const int saved_errno = errno;
   if (std::fclose(f) != 0 || !ok) {
     std::remove(tmp.c_str());

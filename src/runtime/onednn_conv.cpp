@@ -3,6 +3,7 @@
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/runtime/precision.h"
+#include "diffuse/runtime/timing_cache.h"
 #include "diffuse/runtime/winograd_conv.h"
 #include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -344,18 +346,52 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
 // about 8 s for ddpm-cifar10 at batch 64 when timed at full batch).
 int64_t timing_batch(int64_t n) { return std::min<int64_t>(n, 8); }
 
-// A choice per shape, decided once by a timing and remembered for the process (the lock is not
-// held while timing; two threads meeting a new shape may both time it).
+// Winograd (true) or direct (false) for each pass of one convolution shape.
+struct PassAlgorithms {
+  bool forward = true, backward_data = true, backward_weights = true;
+};
+
+// Choices as the timing cache keeps them: small integers.
+int64_t encode(bool b) { return b ? 1 : 0; }
+int64_t encode(const PassAlgorithms& a) {
+  return (a.forward ? 1 : 0) | (a.backward_data ? 2 : 0) | (a.backward_weights ? 4 : 0);
+}
+void decode(int64_t v, bool& b) { b = v != 0; }
+void decode(int64_t v, PassAlgorithms& a) { a = {(v & 1) != 0, (v & 2) != 0, (v & 4) != 0}; }
+
+// The timing cache's key of a choice: what was timed against what, the shape, and the threads it
+// ran on (the winner can change with them).
+std::string choice_key(const char* timed, const OneDnnConvShape& s) {
+  static const char* const layouts[] = {"nchw_f32", "blocked_f32", "nhwc_bf16"};
+  std::ostringstream key;
+  key << timed << " " << layouts[static_cast<int>(s.layout)] << " n" << s.n << " c" << s.c << " o" << s.o << " "
+      << s.h << "x" << s.w << " k" << s.k << " s" << s.stride << (s.training ? " training" : " inference")
+      << (s.weights_ohwi ? " ohwi" : "") << " threads" << at::get_num_threads();
+  return key.str();
+}
+
+// A choice per shape, decided once by a timing and remembered for the process, and across
+// processes by the timing cache (runtime/timing_cache.h). The lock is not held while timing; two
+// threads meeting a new shape may both time it.
 template <class Choice>
 class ShapeChoices {
  public:
+  // `timed`: what the timing compares, for the cache's key
   template <class Decide>
-  Choice get(const OneDnnConvShape& shape, Decide&& decide) {
+  Choice get(const OneDnnConvShape& shape, const char* timed, Decide&& decide) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (auto it = choices_.find(shape); it != choices_.end()) return it->second;
     }
-    const Choice choice = decide();
+    Choice choice;
+    auto* cache = process_timing_cache();
+    const std::string key = cache ? choice_key(timed, shape) : std::string();
+    if (const auto kept = cache ? cache->find(key) : std::nullopt) {
+      decode(*kept, choice);
+    } else {
+      choice = decide();
+      if (cache) cache->store(key, encode(choice));
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     return choices_[shape] = choice;
   }
@@ -372,11 +408,6 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
   return torch::linspace(-1.0, 1.0, count).reshape(shape);
 }
 
-// Winograd (true) or direct (false) for each pass of one convolution shape.
-struct PassAlgorithms {
-  bool forward = true, backward_data = true, backward_weights = true;
-};
-
 // Winograd or direct for each pass of this shape. On blocked activations both read and write the
 // same layout, and which is faster depends on the image size and the pass (Winograd's 4×4 tiles
 // pay off on wide images; direct won at 7×7 and some 14×14 shapes, 2026-11-27), so each blocked
@@ -390,7 +421,8 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "direct")) return {false, false, false};
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "winograd")) return {};
   static ShapeChoices<PassAlgorithms> choices;
-  return choices.get(shape, [&] {
+  const char* timed = own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct";
+  return choices.get(shape, timed, [&] {
     const int64_t b = kChannelBlock, n = timing_batch(shape.n);
     const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
                bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
@@ -553,7 +585,7 @@ namespace {
 // the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static ShapeChoices<bool> onednn_faster;
-  return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32}, [&] {
+  return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32}, "onednn-or-aten", [&] {
     const int64_t m = timing_batch(n);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
          grad_y = ramp({m, o, h, w});

@@ -10,6 +10,13 @@ bool env_equals(const char* name, const std::string& value) {
   return v != nullptr && value == v;
 }
 
+std::string cache_directory() {
+  if (const char* d = std::getenv("DIFFUSE_CACHE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return std::string(d) + "/diffuse";
+  if (const char* d = std::getenv("HOME"); d && *d) return std::string(d) + "/.cache/diffuse";
+  return {};
+}
+
 EnvironmentSwitch::EnvironmentSwitch(std::string name, std::string value, bool on)
     : name_(std::move(name)), value_(std::move(value)) {
   if (const char* before = std::getenv(name_.c_str())) before_ = before;

@@ -6,7 +6,8 @@
 namespace diffuse {
 
 // Writes `bytes` to `path` atomically; throws std::runtime_error naming the path on failure.
-void write_file_atomic(const std::string& path, const std::string& bytes);
+// `durable`: fsync before the rename (checkpoints, images); a cache that can be rebuilt skips it.
+void write_file_atomic(const std::string& path, const std::string& bytes, bool durable = true);
 
 // Reads a whole file; throws std::runtime_error naming the path if it cannot.
 std::string read_file(const std::string& path);

@@ -10,6 +10,11 @@ namespace diffuse {
 // Whether the variable `name` is set to exactly `value`.
 bool env_equals(const char* name, const std::string& value);
 
+// Where diffuse keeps what it can rebuild (the cFID classifiers, the convolution timings):
+// $DIFFUSE_CACHE_DIR, else $XDG_CACHE_HOME/diffuse, else $HOME/.cache/diffuse; empty where none
+// of them is set.
+std::string cache_directory();
+
 // One variable switched between `value` (set(true)) and what it had before (set(false): that
 // value, or unset); `on` switches it at once. The destructor restores it. For the bench's A/B
 // runs and for tests of switches the code reads on every call.

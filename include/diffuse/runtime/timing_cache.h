@@ -1,0 +1,51 @@
+// Choices made by timing (which convolution kernel is faster for a shape), kept across processes.
+//
+// The first call of each convolution shape times its candidates (runtime/onednn_conv.h): about
+// 0.25 s of a mnist training step and 1.2 s of a ddpm-cifar10 DDIM call, in every process. The
+// winners are kept in a small JSON file and read back by the next process on the same machine:
+//   $DIFFUSE_CACHE_DIR/timings.json, else $XDG_CACHE_HOME/diffuse/timings.json, else
+//   ~/.cache/diffuse/timings.json.
+// The file holds one machine's choices: the CPU (model and the instruction sets that matter), the
+// LibTorch version and the oneDNN cap (ONEDNN_MAX_CPU_ISA). Another machine's file is replaced.
+// DIFFUSE_TIMING_CACHE=0 turns it off (the test suite runs so); deleting the file re-times.
+// A file that cannot be read or written costs a warning, never a failure.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+namespace diffuse {
+
+// One file of choices (key → small integer) for one machine signature.
+class TimingCacheFile {
+ public:
+  TimingCacheFile(std::string path, std::string machine);
+
+  // The kept choice for `key`, read from the file on first use.
+  std::optional<int64_t> find(const std::string& key);
+  // Keeps `value` for `key` and rewrites the file (merged with what other processes wrote since).
+  void store(const std::string& key, int64_t value);
+
+  const std::string& path() const { return path_; }
+
+ private:
+  // The file's choices when it is this machine's, else none; a warning where it is unreadable.
+  std::map<std::string, int64_t> read_choices(bool warn) const;
+
+  std::string path_, machine_;
+  std::mutex mutex_;
+  bool loaded_ = false, warned_ = false;
+  std::map<std::string, int64_t> choices_;
+};
+
+// This machine's signature: CPU model and flags, LibTorch version, ONEDNN_MAX_CPU_ISA.
+std::string timing_machine_signature();
+
+// The process's cache (the path above, in util/environment.h's cache_directory()), or null where it
+// is off or no directory is known.
+TimingCacheFile* process_timing_cache();
+
+}  // namespace diffuse

@@ -1,0 +1,76 @@
+#include "diffuse/runtime/timing_cache.h"
+
+#include "diffuse/io/atomic_file.h"
+#include "diffuse/runtime/precision.h"
+#include "diffuse/util/environment.h"
+
+#include <torch/version.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+namespace diffuse {
+
+TimingCacheFile::TimingCacheFile(std::string path, std::string machine)
+    : path_(std::move(path)), machine_(std::move(machine)) {}
+
+std::map<std::string, int64_t> TimingCacheFile::read_choices(bool warn) const {
+  std::error_code missing;
+  if (!std::filesystem::exists(path_, missing)) return {};
+  try {
+    const auto doc = nlohmann::json::parse(read_file(path_));
+    if (doc.value("machine", std::string()) != machine_) return {};  // another machine's: replaced on store
+    return doc.at("choices").get<std::map<std::string, int64_t>>();
+  } catch (const std::exception& e) {
+    if (warn) std::fprintf(stderr, "warning: timing cache '%s' ignored (%s)\n", path_.c_str(), e.what());
+    return {};
+  }
+}
+
+std::optional<int64_t> TimingCacheFile::find(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!loaded_) {
+    choices_ = read_choices(/*warn=*/true);
+    loaded_ = true;
+  }
+  if (const auto it = choices_.find(key); it != choices_.end()) return it->second;
+  return std::nullopt;
+}
+
+void TimingCacheFile::store(const std::string& key, int64_t value) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // what other processes kept since this one read the file stays
+  for (const auto& [k, v] : read_choices(/*warn=*/false)) choices_.emplace(k, v);
+  choices_[key] = value;
+  loaded_ = true;
+  try {
+    std::filesystem::create_directories(std::filesystem::path(path_).parent_path());
+    const nlohmann::json doc = {{"machine", machine_}, {"choices", choices_}};
+    write_file_atomic(path_, doc.dump(1) + "\n", /*durable=*/false);
+  } catch (const std::exception& e) {
+    if (!warned_) std::fprintf(stderr, "warning: timing cache not written (%s)\n", e.what());
+    warned_ = true;
+  }
+}
+
+std::string timing_machine_signature() {
+  const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA");
+  return cpu_description() + ", LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
+         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) +
+         (cap ? std::string(", ONEDNN_MAX_CPU_ISA=") + cap : std::string());
+}
+
+TimingCacheFile* process_timing_cache() {
+  // made once and never destroyed: convolutions may run during static destruction
+  static TimingCacheFile* cache = []() -> TimingCacheFile* {
+    if (env_equals("DIFFUSE_TIMING_CACHE", "0")) return nullptr;
+    const auto dir = cache_directory();
+    if (dir.empty()) return nullptr;
+    return new TimingCacheFile(dir + "/timings.json", timing_machine_signature());
+  }();
+  return cache;
+}
+
+}  // namespace diffuse
