@@ -1,4 +1,4 @@
-// Data: the shipped MNIST, IDX validation, image folders, CIFAR-10 records, the batch loader.
+// Data: the shipped MNIST, IDX validation, image folders and archives, CIFAR-10 records, the batch loader.
 #include <gtest/gtest.h>
 
 #include <zlib.h>
@@ -126,6 +126,84 @@ TEST(ImageFolder, ClassesAreSubfoldersAndImagesAreResized) {
   EXPECT_EQ(d.images[2].max().item<uint8_t>(), 0);    // grey file promoted to RGB
   write_file_atomic(dir / "dogs/broken.png", "not a png");
   EXPECT_NE(error_of([&] { load_dataset(dir.str(), Split::train); }).find("broken.png"), std::string::npos);
+}
+
+namespace {
+// A small image tree: train/cats (2), train/dogs (1), test/cats (1), of different sizes and
+// contents, written as PNG files under `root`.
+void write_small_tree(const std::string& root) {
+  for (const char* d : {"train/cats", "train/dogs", "test/cats"}) std::filesystem::create_directories(root + "/" + d);
+  torch::manual_seed(5);
+  save_image_png(root + "/train/cats/a.png", torch::rand({3, 10, 10}) * 2 - 1);
+  save_image_png(root + "/train/cats/b.png", torch::rand({3, 20, 16}) * 2 - 1);
+  save_image_png(root + "/train/dogs/c.png", torch::rand({1, 8, 8}) * 2 - 1);
+  save_image_png(root + "/test/cats/d.png", torch::rand({3, 12, 12}) * 2 - 1);
+}
+
+// tar -czf `archive` of root's train/ and test/ (members "train/...", "test/...").
+void tar_gz(const std::string& root, const std::string& archive) {
+  const auto r = diffuse::testing::run_command("tar -czf " + archive + " -C " + root + " train test");
+  ASSERT_EQ(r.status, 0) << r.output;
+}
+}  // namespace
+
+TEST(ImageArchive, ReadsTheTreeAsTheExtractedFolderGivesIt) {
+  if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
+  TempDir dir;
+  write_small_tree(dir / "tree");
+  tar_gz(dir / "tree", dir / "images.tar.gz");
+  for (Split split : {Split::train, Split::test}) {
+    const auto folder = load_dataset(dir / "tree", split, DataOptions{12, 0});
+    const auto archive = load_dataset(dir / "images.tar.gz", split, DataOptions{12, 0});
+    EXPECT_TRUE(archive.images.equal(folder.images)) << to_string(split);
+    EXPECT_TRUE(archive.labels.equal(folder.labels)) << to_string(split);
+    EXPECT_EQ(archive.num_classes, folder.num_classes);
+  }
+  const auto train = load_dataset(dir / "images.tar.gz", Split::train, DataOptions{12, 0});
+  EXPECT_EQ(train.images.sizes(), (std::vector<int64_t>{3, 3, 12, 12}));
+  EXPECT_TRUE(train.labels.equal(torch::tensor({0, 0, 1}, torch::kLong)));
+  EXPECT_EQ(load_dataset(dir / "images.tar.gz", Split::train, DataOptions{12, 2}).size(), 2);
+  // the same tree wrapped in one folder (flowers/train/CLASS/..., as the flowers archive is)
+  const auto r = diffuse::testing::run_command("cd " + dir.str() + " && mv tree wrapped && mkdir tree && mv wrapped tree/ && "
+                                               "tar -czf wrapped.tar.gz -C tree wrapped");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto wrapped = load_dataset(dir / "wrapped.tar.gz", Split::train, DataOptions{12, 0});
+  EXPECT_TRUE(wrapped.images.equal(train.images));
+  EXPECT_TRUE(wrapped.labels.equal(train.labels));
+}
+
+TEST(ImageArchive, TruncatedArchivesAndBrokenMembersAreClearErrors) {
+  if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
+  TempDir dir;
+  write_small_tree(dir / "tree");
+  write_file_atomic(dir / "tree/train/dogs/broken.png", "not a png");
+  tar_gz(dir / "tree", dir / "broken.tar.gz");
+  auto msg = error_of([&] { load_dataset(dir / "broken.tar.gz", Split::train); });
+  EXPECT_NE(msg.find("broken.png"), std::string::npos) << msg;
+  std::filesystem::remove(dir / "tree/train/dogs/broken.png");
+  tar_gz(dir / "tree", dir / "good.tar.gz");
+  const auto bytes = read_file(dir / "good.tar.gz");
+  write_file_atomic(dir / "cut.tar.gz", bytes.substr(0, bytes.size() / 2));
+  msg = error_of([&] { load_dataset(dir / "cut.tar.gz", Split::train); });
+  EXPECT_NE(msg.find("cut.tar.gz"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("truncated or corrupt"), std::string::npos) << msg;
+}
+
+TEST(Cifar10, TheJpegArchiveIsReadWhereNoBatchesAreThere) {
+  if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
+  TempDir dir;
+  write_small_tree(dir / "tree");
+  tar_gz(dir / "tree", dir / "cifar10-jpeg-q75.tar.gz");
+  const auto test = load_cifar10(dir.str(), Split::test, {});
+  EXPECT_EQ(test.name, "cifar10");
+  EXPECT_EQ(test.images.sizes(), (std::vector<int64_t>{1, 3, 32, 32}));
+  // the real archive, where the development checkout has it: the whole test split
+  const std::string shared = std::string(DIFFUSE_SOURCE_DIR) + "/../shared/data/cifar10";
+  if (!std::filesystem::exists(shared + "/cifar10-jpeg-q75.tar.gz")) GTEST_SKIP() << "no " << shared;
+  const auto real = load_cifar10(shared, Split::test, {});
+  EXPECT_EQ(real.images.sizes(), (std::vector<int64_t>{10000, 3, 32, 32}));
+  EXPECT_EQ(real.num_classes, 10);
+  EXPECT_TRUE(torch::bincount(real.labels).equal(torch::full({10}, 1000, torch::kLong)));
 }
 
 TEST(Cifar10, ReadsBinaryRecordsAndRejectsTruncatedBatches) {

@@ -82,14 +82,21 @@ Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& opt
   }
   std::sort(files.begin(), files.end());
   if (files.empty()) {
+    // else the JPEG tree, extracted or as the archive it comes in
+    Dataset d;
+    const auto archive = fs::path(dir) / "cifar10-jpeg-q75.tar.gz";
     if (fs::is_directory(fs::path(dir) / to_string(split))) {
-      auto d = load_image_folder(dir, split, DataOptions{32, options.limit});
-      d.name = "cifar10";
-      return d;
+      d = load_image_folder(dir, split, DataOptions{32, options.limit});
+    } else if (fs::is_regular_file(archive) && image_archives_built()) {
+      d = load_image_archive(archive.string(), split, DataOptions{32, options.limit});
+    } else {
+      throw std::runtime_error("data 'cifar10': no " +
+                               std::string(split == Split::train ? "data_batch_*.bin" : "test_batch.bin") + " nor " +
+                               to_string(split) + "/CLASS/*.jpg nor a readable cifar10-jpeg-q75.tar.gz under '" + dir +
+                               "' (set DIFFUSE_CIFAR10_DIR to a folder holding the binary batches or the JPEG tree)");
     }
-    throw std::runtime_error("data 'cifar10': no " + std::string(split == Split::train ? "data_batch_*.bin" : "test_batch.bin") +
-                             " nor " + to_string(split) + "/CLASS/*.jpg under '" + dir +
-                             "' (set DIFFUSE_CIFAR10_DIR to a folder holding the binary batches or the extracted JPEG tree)");
+    d.name = "cifar10";
+    return d;
   }
   constexpr int64_t kRecord = 1 + 3 * 32 * 32;
   std::vector<torch::Tensor> images, labels;
@@ -124,6 +131,8 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
     std::string dir = env_or("DIFFUSE_CIFAR10_DIR", data_root() + "/cifar10");
     if (!fs::exists(dir)) dir = data_root() + "/../../shared/data/cifar10";  // the development checkout
     return load_cifar10(dir, split, options);
+  } else if (is_image_archive_path(spec) && fs::is_regular_file(spec)) {
+    return load_image_archive(spec, split, options);
   } else if (fs::is_directory(spec)) {
     const std::string prefix = split == Split::train ? "train" : "t10k";
     if (!find_plain_or_gz(spec, prefix + "-images-idx3-ubyte").empty()) {
@@ -132,7 +141,8 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
       return load_image_folder(spec, split, options);
     }
   } else {
-    throw std::runtime_error("data '" + spec + "': not mnist, fashion-mnist, cifar10 or an existing directory");
+    throw std::runtime_error("data '" + spec + "': not mnist, fashion-mnist, cifar10, an existing directory or an image "
+                             "archive (.tar.gz, .tgz, .tar)");
   }
   return limit_dataset(std::move(d), options.limit);
 }

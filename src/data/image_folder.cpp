@@ -1,60 +1,103 @@
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <stdexcept>
 
+#include <ATen/Parallel.h>
+
 #include "diffuse/data/dataset.h"
 #include "diffuse/io/image.h"
+#include "image_tree.h"
 
 namespace fs = std::filesystem;
 
 namespace diffuse {
 
-namespace {
-bool is_image_file(const fs::path& p) {
-  std::string ext = p.extension().string();
+bool is_image_name(const std::string& name) {
+  std::string ext = fs::path(name).extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
 }
-}  // namespace
 
-Dataset load_image_folder(const std::string& dir, Split split, const DataOptions& options) {
-  fs::path root(dir);
-  if (fs::is_directory(root / "train") && fs::is_directory(root / "test")) root /= to_string(split);
-  std::vector<fs::path> files;
-  for (const auto& e : fs::recursive_directory_iterator(root))
-    if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  if (options.limit > 0 && static_cast<int64_t>(files.size()) > options.limit) files.resize(options.limit);
-  if (files.empty()) throw std::runtime_error("data '" + dir + "': no PNG/JPEG/BMP images under '" + root.string() + "'");
-  if (options.image_size < 1) throw std::runtime_error("data '" + dir + "': image size must be positive");
+Dataset image_tree_dataset(const std::string& name, std::vector<ImageEntry> entries, Split split,
+                           const DataOptions& options) {
+  auto under = [](const ImageEntry& e, const std::string& folder) { return e.relative.rfind(folder + "/", 0) == 0; };
+  // A tree wrapped in one folder, as archives often are (flowers/train/CLASS/...): that folder is
+  // the root where it holds train/ or test/.
+  if (!entries.empty()) {
+    const std::string top = entries.front().relative.substr(0, entries.front().relative.find('/'));
+    const bool one_top = std::all_of(entries.begin(), entries.end(), [&](auto& e) { return under(e, top); });
+    if (one_top && std::any_of(entries.begin(), entries.end(),
+                               [&](auto& e) { return under(e, top + "/train") || under(e, top + "/test"); })) {
+      for (auto& e : entries) e.relative.erase(0, top.size() + 1);
+    }
+  }
+  // a train/ or test/ folder at the root makes the tree split (the other may be missing: an error
+  // when asked for, not the wrong images)
+  const bool has_splits = std::any_of(entries.begin(), entries.end(),
+                                      [&](auto& e) { return under(e, "train") || under(e, "test"); });
+  if (has_splits) {
+    const std::string folder = to_string(split);
+    entries.erase(std::remove_if(entries.begin(), entries.end(), [&](auto& e) { return !under(e, folder); }),
+                  entries.end());
+    for (auto& e : entries) e.relative.erase(0, folder.size() + 1);
+  }
+  std::sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.relative < b.relative; });
+  if (options.limit > 0 && static_cast<int64_t>(entries.size()) > options.limit) entries.resize(options.limit);
+  if (entries.empty()) {
+    throw std::runtime_error("data '" + name + "': no PNG/JPEG/BMP images" +
+                             (has_splits ? " under " + to_string(split) + "/" : std::string()));
+  }
+  if (options.image_size < 1) throw std::runtime_error("data '" + name + "': image size must be positive");
 
-  // Grey only if every file is grey; otherwise RGB.
-  int channels = 1;
-  for (const auto& f : files)
-    if (image_file_channels(f.string()) >= 3) channels = 3;
+  auto what = [&](const ImageEntry& e) { return e.file.empty() ? name + ": " + e.relative : e.file; };
+  const int64_t n = static_cast<int64_t>(entries.size());
+  // Grey only if every image is grey; otherwise RGB.
+  std::atomic<int> channels{1};
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end && channels == 1; ++i) {
+      const auto& e = entries[i];
+      if ((e.file.empty() ? image_bytes_channels(e.bytes, what(e)) : image_file_channels(e.file)) >= 3) channels = 3;
+    }
+  });
 
-  // Class = first path component below the root ("" when images sit in the root itself).
-  auto class_of = [&](const fs::path& f) {
-    const auto rel = fs::relative(f, root);
-    return std::distance(rel.begin(), rel.end()) > 1 ? rel.begin()->string() : std::string();
+  // Class = first path component ("" when images sit in the root itself).
+  auto class_of = [](const ImageEntry& e) {
+    const auto slash = e.relative.find('/');
+    return slash == std::string::npos ? std::string() : e.relative.substr(0, slash);
   };
   std::map<std::string, int64_t> class_ids;
-  for (const auto& f : files) class_ids.emplace(class_of(f), 0);
+  for (const auto& e : entries) class_ids.emplace(class_of(e), 0);
   int64_t next_id = 0;
-  for (auto& [name, id] : class_ids) id = next_id++;
+  for (auto& [cls, id] : class_ids) id = next_id++;
 
-  const int64_t n = static_cast<int64_t>(files.size());
   Dataset d;
-  d.name = dir;
-  d.images = torch::empty({n, channels, options.image_size, options.image_size}, torch::kUInt8);
+  d.name = name;
+  d.images = torch::empty({n, channels.load(), options.image_size, options.image_size}, torch::kUInt8);
   d.labels = torch::empty({n}, torch::kLong);
-  for (int64_t i = 0; i < n; ++i) {
-    d.images[i].copy_(load_image_u8(files[i].string(), channels, options.image_size));
-    d.labels[i] = class_ids.at(class_of(files[i]));
-  }
+  auto* labels = d.labels.data_ptr<int64_t>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const auto& e = entries[i];
+      d.images[i].copy_(e.file.empty() ? decode_image_u8(e.bytes, what(e), channels, options.image_size)
+                                       : load_image_u8(e.file, channels, options.image_size));
+      labels[i] = class_ids.at(class_of(e));
+    }
+  });
   d.num_classes = static_cast<int64_t>(class_ids.size());
   return d;
+}
+
+Dataset load_image_folder(const std::string& dir, Split split, const DataOptions& options) {
+  const fs::path root(dir);
+  std::vector<ImageEntry> entries;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (e.is_regular_file() && is_image_name(e.path().string())) {
+      entries.push_back({fs::relative(e.path(), root).generic_string(), e.path().string(), {}});
+    }
+  }
+  return image_tree_dataset(dir, std::move(entries), split, options);
 }
 
 }  // namespace diffuse

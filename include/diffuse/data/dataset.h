@@ -1,5 +1,5 @@
 // Image datasets held in memory as 8-bit pixels, and the shuffling batch loader.
-//   --data mnist | fashion-mnist | cifar10 | DIR
+//   --data mnist | fashion-mnist | cifar10 | DIR | ARCHIVE.tar.gz
 #pragma once
 
 #include <torch/torch.h>
@@ -40,15 +40,20 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
 Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name);
 // CIFAR-10 binary batches (data_batch_*.bin / test_batch.bin) or an image tree train/CLASS/*.
 Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& options);
-// Images under `dir` (recursively); the class is the first sub-folder. If `dir` holds train/ and
+// Images under `dir` (recursively); the class is the first sub-folder. If `dir` holds train/ or
 // test/ folders, the split picks one.
 Dataset load_image_folder(const std::string& dir, Split split, const DataOptions& options);
+// The same tree inside a .tar.gz, .tgz or .tar archive, read without extracting it (libarchive;
+// where the build has none, an error that says so). Errors name the archive and the member.
+Dataset load_image_archive(const std::string& path, Split split, const DataOptions& options);
+bool is_image_archive_path(const std::string& path);  // by its name: .tar.gz, .tgz, .tar
+bool image_archives_built();
 
-// Shuffles with torch's default generator (so a seed fixes the order) and hands out batches
-// as [−1, 1] floats; reshuffles at every epoch.
 // Every `count`-th image starting at `index` (a data-parallel rank's share; views, no copy).
 Dataset shard_of(const Dataset& data, int64_t index, int64_t count);
 
+// Shuffles with torch's default generator (so a seed fixes the order) and hands out batches
+// as [−1, 1] floats; reshuffles at every epoch.
 class BatchLoader {
  public:
   BatchLoader(const Dataset& data, int64_t batch_size, torch::Device device);

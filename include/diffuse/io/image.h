@@ -31,4 +31,9 @@ int image_file_channels(const std::string& path);
 // box/triangle filter when the file is not size×size. size ≤ 0 keeps the file's size.
 torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size);
 
+// The same two for an image file's bytes held in memory (an archive's member); `what` names it in
+// the messages.
+int image_bytes_channels(const std::string& bytes, const std::string& what);
+torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what, int channels, int64_t size);
+
 }  // namespace diffuse

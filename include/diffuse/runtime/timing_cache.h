@@ -29,8 +29,6 @@ class TimingCacheFile {
   // Keeps `value` for `key` and rewrites the file (merged with what other processes wrote since).
   void store(const std::string& key, int64_t value);
 
-  const std::string& path() const { return path_; }
-
  private:
   // The file's choices when it is this machine's, else none; a warning where it is unreadable.
   std::map<std::string, int64_t> read_choices(bool warn) const;
