@@ -36,7 +36,9 @@ Dataset load_image_archive(const std::string& path, Split split, const DataOptio
     const char* why = archive_error_string(a.get());
     return std::runtime_error("data '" + path + "': " + what + (why ? std::string(": ") + why : std::string()));
   };
-  if (archive_read_open_filename(a.get(), path.c_str(), 1 << 16) != ARCHIVE_OK) throw fail("cannot open the archive (truncated or corrupt?)");
+  if (archive_read_open_filename(a.get(), path.c_str(), 1 << 16) != ARCHIVE_OK) {
+    throw fail("cannot open the archive (truncated or corrupt?)");
+  }
   std::vector<ImageEntry> entries;
   archive_entry* entry = nullptr;
   int status = ARCHIVE_OK;
@@ -51,7 +53,9 @@ Dataset load_image_archive(const std::string& path, Split split, const DataOptio
     }
     entries.push_back({name, {}, std::move(bytes)});
   }
-  if (status != ARCHIVE_EOF) throw fail("cannot read past member " + std::to_string(entries.size()) + " (truncated or corrupt?)");
+  if (status != ARCHIVE_EOF) {
+    throw fail("cannot read past member " + std::to_string(entries.size()) + " (truncated or corrupt?)");
+  }
   return image_tree_dataset(path, std::move(entries), split, options);
 #else
   (void)split;

@@ -585,7 +585,8 @@ namespace {
 // the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static ShapeChoices<bool> onednn_faster;
-  return onednn_faster.get(OneDnnConvShape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32}, "onednn-or-aten", [&] {
+  const OneDnnConvShape shape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32};
+  return onednn_faster.get(shape, "onednn-or-aten", [&] {
     const int64_t m = timing_batch(n);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
          grad_y = ramp({m, o, h, w});
