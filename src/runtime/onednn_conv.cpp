@@ -376,16 +376,17 @@ std::string choice_key(const char* timed, const OneDnnConvShape& s) {
 template <class Choice>
 class ShapeChoices {
  public:
-  // `timed`: what the timing compares, for the cache's key
-  template <class Decide>
-  Choice get(const OneDnnConvShape& shape, const char* timed, Decide&& decide) {
+  // `timed()`: what the timing compares, for the cache's key (asked only for a shape new to the
+  // process, off the per-call path)
+  template <class Timed, class Decide>
+  Choice get(const OneDnnConvShape& shape, Timed&& timed, Decide&& decide) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (auto it = choices_.find(shape); it != choices_.end()) return it->second;
     }
     Choice choice;
     auto* cache = process_timing_cache();
-    const std::string key = cache ? choice_key(timed, shape) : std::string();
+    const std::string key = cache ? choice_key(timed(), shape) : std::string();
     if (const auto kept = cache ? cache->find(key) : std::nullopt) {
       decode(*kept, choice);
     } else {
@@ -421,7 +422,7 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "direct")) return {false, false, false};
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "winograd")) return {};
   static ShapeChoices<PassAlgorithms> choices;
-  const char* timed = own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct";
+  const auto timed = [&] { return own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct"; };
   return choices.get(shape, timed, [&] {
     const int64_t b = kChannelBlock, n = timing_batch(shape.n);
     const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
@@ -586,7 +587,7 @@ namespace {
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static ShapeChoices<bool> onednn_faster;
   const OneDnnConvShape shape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32};
-  return onednn_faster.get(shape, "onednn-or-aten", [&] {
+  return onednn_faster.get(shape, [] { return "onednn-or-aten"; }, [&] {
     const int64_t m = timing_batch(n);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
          grad_y = ramp({m, o, h, w});
