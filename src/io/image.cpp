@@ -61,20 +61,6 @@ const char* stb_reason(const char* otherwise) { return stbi_failure_reason() ? s
 
 const unsigned char* bytes_of(const std::string& s) { return reinterpret_cast<const unsigned char*>(s.data()); }
 
-// Decoded pixels [h, w, channels] → [channels, size, size] (resized where they differ).
-torch::Tensor to_chw(const unsigned char* pixels, int w, int h, int channels, int64_t size, const std::string& what) {
-  auto hwc = torch::from_blob(const_cast<unsigned char*>(pixels), {h, w, channels}, torch::kUInt8).clone();
-  if (size > 0 && (h != size || w != size)) {
-    auto resized = torch::empty({size, size, channels}, torch::kUInt8);
-    if (!stbir_resize_uint8(hwc.data_ptr<uint8_t>(), w, h, 0, resized.data_ptr<uint8_t>(), static_cast<int>(size),
-                            static_cast<int>(size), 0, channels)) {
-      throw std::runtime_error("cannot resize image '" + what + "'");
-    }
-    hwc = resized;
-  }
-  return hwc.permute({2, 0, 1}).contiguous();
-}
-
 }  // namespace
 
 int image_file_channels(const std::string& path) {
@@ -83,14 +69,6 @@ int image_file_channels(const std::string& path) {
     throw std::runtime_error("cannot read image '" + path + "': " + stb_reason("unknown format"));
   }
   return c;
-}
-
-torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size) {
-  TORCH_CHECK(channels == 1 || channels == 3, "load_image_u8: channels must be 1 or 3");
-  int w = 0, h = 0, c = 0;
-  std::unique_ptr<unsigned char, void (*)(void*)> pixels(stbi_load(path.c_str(), &w, &h, &c, channels), stbi_image_free);
-  if (!pixels) throw std::runtime_error("cannot decode image '" + path + "': " + stb_reason("unknown error"));
-  return to_chw(pixels.get(), w, h, channels, size, path);
 }
 
 int image_bytes_channels(const std::string& bytes, const std::string& what) {
@@ -107,7 +85,20 @@ torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what,
   std::unique_ptr<unsigned char, void (*)(void*)> pixels(
       stbi_load_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c, channels), stbi_image_free);
   if (!pixels) throw std::runtime_error("cannot decode image '" + what + "': " + stb_reason("unknown error"));
-  return to_chw(pixels.get(), w, h, channels, size, what);
+  auto hwc = torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).clone();
+  if (size > 0 && (h != size || w != size)) {  // resized with a box/triangle filter
+    auto resized = torch::empty({size, size, channels}, torch::kUInt8);
+    if (!stbir_resize_uint8(hwc.data_ptr<uint8_t>(), w, h, 0, resized.data_ptr<uint8_t>(), static_cast<int>(size),
+                            static_cast<int>(size), 0, channels)) {
+      throw std::runtime_error("cannot resize image '" + what + "'");
+    }
+    hwc = resized;
+  }
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size) {
+  return decode_image_u8(read_file(path), path, channels, size);
 }
 
 }  // namespace diffuse
