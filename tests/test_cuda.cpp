@@ -4,6 +4,8 @@
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/model/unet.h"
+#include "diffuse/runtime/attention.h"
+#include "diffuse/runtime/conv_epilogue_cuda.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/sampling/ddim.h"
@@ -125,4 +127,85 @@ TEST(Cuda, GroupNormKernelMatchesAFloat64Reference) {
   auto odd = torch::randn({2, 12, 8, 8}, torch::kCUDA).contiguous(c10::MemoryFormat::ChannelsLast);
   EXPECT_FALSE(cuda_group_norm_applies(odd, torch::ones({12}, torch::kCUDA), torch::zeros({12}, torch::kCUDA), {}, 4));
   EXPECT_THROW(group_norm_cuda(x, {}, g, b, 8, 1e-5, true), std::invalid_argument);
+}
+
+// The convolution bias epilogue (runtime/conv_epilogue_cuda.h) against float64 on the CPU: 3×3
+// and 1×1, stride 1 and 2, with and without the residual, float32 and bf16, channel counts of the
+// U-Nets (the qkv projection's 384 too) and an odd image size.
+TEST(Cuda, ConvEpilogueMatchesAFloat64Reference) {
+  SKIP_WITHOUT_CUDA();
+  if (!cuda_group_norm_built()) GTEST_SKIP() << "built without the own CUDA kernels (no nvcc)";
+  torch::NoGradGuard no_grad;
+  struct Case {
+    int64_t c_in, c_out, k, stride, size;
+    bool residual;
+    torch::ScalarType dtype;
+  };
+  const auto channels_last = c10::MemoryFormat::ChannelsLast;
+  for (const auto& k : {Case{64, 128, 3, 1, 16, true, torch::kFloat32}, Case{128, 384, 1, 1, 8, false, torch::kBFloat16},
+                        Case{32, 64, 3, 2, 16, false, torch::kFloat32}, Case{256, 256, 3, 1, 4, true, torch::kBFloat16},
+                        Case{16, 16, 3, 1, 5, true, torch::kBFloat16}}) {
+    SCOPED_TRACE(std::to_string(k.c_in) + "→" + std::to_string(k.c_out) + ", " + std::to_string(k.k) + "×" +
+                 std::to_string(k.k) + " stride " + std::to_string(k.stride) + (k.residual ? ", residual" : "") +
+                 (k.dtype == torch::kBFloat16 ? ", bf16" : ""));
+    const int64_t padding = k.k / 2, out = (k.size + 2 * padding - k.k) / k.stride + 1;
+    const auto x = torch::randn({3, k.c_in, k.size, k.size}).to(k.dtype);
+    const auto w = (torch::randn({k.c_out, k.c_in, k.k, k.k}) / std::sqrt(double(k.c_in * k.k * k.k))).to(k.dtype);
+    const auto b = torch::randn({k.c_out});  // float32, as a module's bias under autocast
+    const auto r = k.residual ? torch::randn({3, k.c_out, out, out}).to(k.dtype) : torch::Tensor();
+    auto expected = torch::conv2d(x.to(torch::kFloat64), w.to(torch::kFloat64), b.to(torch::kFloat64), k.stride, padding);
+    if (k.residual) expected = expected + r.to(torch::kFloat64);
+    const auto xc = x.cuda().contiguous(channels_last), wc = w.cuda(), bc = b.cuda();
+    const auto rc = k.residual ? r.cuda().contiguous(channels_last) : torch::Tensor();
+    ASSERT_TRUE(cuda_conv_epilogue_applies(xc, wc, bc));
+    const auto y = conv2d_bias_residual_cuda(xc, wc, bc, k.stride, padding, rc);
+    EXPECT_EQ(y.scalar_type(), k.dtype);
+    EXPECT_TRUE(y.is_contiguous(channels_last));
+    // float32: cuDNN may convolve in TF32 (10-bit mantissa)
+    EXPECT_LT(relative_error(y.to(torch::kFloat64), expected), k.dtype == torch::kBFloat16 ? 1e-2 : 5e-3);
+  }
+  auto x = torch::randn({2, 32, 8, 8}, torch::kCUDA).contiguous(channels_last);
+  auto w = torch::randn({64, 32, 3, 3}, torch::kCUDA) * 0.05, b = torch::randn({64}, torch::kCUDA);
+  // a residual in another dtype is LibTorch's add, with its type promotion, as without the kernel
+  const auto r64 = torch::randn({2, 64, 8, 8}, torch::kCUDA).to(torch::kFloat64);
+  const auto promoted = conv2d_bias_residual_cuda(x, w, b, 1, 1, r64);
+  EXPECT_EQ(promoted.scalar_type(), torch::kFloat64);
+  EXPECT_LT(relative_error(promoted, torch::conv2d(x, w, b, 1, 1) + r64), 5e-3);
+  // where it does not apply: NCHW, no bias, channels not a multiple of 8, a gradient wanted
+  EXPECT_FALSE(cuda_conv_epilogue_applies(x.contiguous(), w, b));
+  EXPECT_FALSE(cuda_conv_epilogue_applies(x, w, {}));
+  EXPECT_FALSE(cuda_conv_epilogue_applies(x, w.narrow(0, 0, 12), b.narrow(0, 0, 12)));
+  {
+    torch::AutoGradMode grad(true);
+    EXPECT_FALSE(cuda_conv_epilogue_applies(x, w.clone().requires_grad_(true), b));
+  }
+  EXPECT_THROW(conv2d_bias_residual_cuda(x.contiguous(), w, b, 1, 1), std::invalid_argument);
+}
+
+// Attention over positions-major views of a channels-last qkv output (the GPU's route) against
+// float64: out_i = Σ_j softmax_j(q_i · k_j / √C) v_j, in every kernel this build has.
+TEST(Cuda, AttentionOverPositionsMajorViewsMatchesAFloat64Reference) {
+  SKIP_WITHOUT_CUDA();
+  torch::NoGradGuard no_grad;
+  const int64_t B = 2, N = 40, C = 32;
+  const auto qkv = torch::randn({B, N, 3 * C});
+  const auto q = qkv.narrow(2, 0, C), k = qkv.narrow(2, C, C), v = qkv.narrow(2, 2 * C, C);  // strided views
+  const auto d = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
+  const auto expected = torch::matmul(torch::softmax(torch::matmul(d(q), d(k).transpose(1, 2)) / std::sqrt(double(C)), -1), d(v));
+  std::vector<AttentionKernel> kernels{AttentionKernel::math};
+  if (fused_attention_built()) kernels.push_back(AttentionKernel::fused);
+  const auto before = attention_kernel();
+  for (auto kernel : kernels) {
+    set_attention_kernel(kernel);
+    for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      SCOPED_TRACE(to_string(kernel) + (dtype == torch::kBFloat16 ? ", bf16" : ", float32"));
+      const auto t = qkv.to(dtype).cuda();
+      const auto out = dot_product_attention_tokens(t.narrow(2, 0, C), t.narrow(2, C, C), t.narrow(2, 2 * C, C));
+      ASSERT_EQ(out.sizes(), (std::vector<int64_t>{B, N, C}));
+      EXPECT_TRUE(out.is_contiguous());
+      // float32 products may run in TF32 on the GPU
+      EXPECT_LT(relative_error(out.to(torch::kFloat64), expected), dtype == torch::kBFloat16 ? 2e-2 : 5e-3);
+    }
+  }
+  set_attention_kernel(before);
 }

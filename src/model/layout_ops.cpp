@@ -4,6 +4,7 @@
 #include "diffuse/runtime/blocked_conv_out.h"
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/blocked_upsample.h"
+#include "diffuse/runtime/conv_epilogue_cuda.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
@@ -62,7 +63,11 @@ torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor&
   return dropout(norm_silu(norm, x, shift));
 }
 
-torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x) {
+namespace {
+
+int64_t padding_of(const torch::nn::Conv2d& conv) { return conv->weight.size(2) / 2; }  // k×k, padding k/2
+
+torch::Tensor convolve_alone(torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const int64_t stride = conv->options.stride()->at(0);
   if (is_blocked(x)) {
     // A few output channels (the last convolution): oneDNN's blocked kernels want whole blocks.
@@ -72,6 +77,22 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x) {
   if (nhwc_bf16_conv_applies(x, conv->weight)) return onednn_conv_nhwc_bf16(x, conv->weight, conv->bias, stride);
   if (conv->weight.size(2) == 3 && stride == 1) return conv3x3(conv, x);
   return conv(x);
+}
+
+}  // namespace
+
+torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const torch::Tensor& residual) {
+  if (cuda_conv_epilogue_applies(x, conv->weight, conv->bias)) {
+    return conv2d_bias_residual_cuda(x, conv->weight, conv->bias, conv->options.stride()->at(0), padding_of(conv),
+                                     residual);
+  }
+  auto y = convolve_alone(conv, x);
+  return residual.defined() ? residual + y : y;
+}
+
+torch::Tensor convolve_without_bias(torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  TORCH_CHECK(x.is_cuda(), "convolve_without_bias: for GPU tensors (the CPU's kernels add the bias for free)");
+  return torch::conv2d(x, conv->weight, /*bias=*/{}, conv->options.stride()->at(0), padding_of(conv));
 }
 
 torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width) {

@@ -68,6 +68,26 @@ torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor&
   return bmm(v, weights.transpose(1, 2));  // out[b, :, i] = Σ_j weights[b, i, j] v[b, :, j]
 }
 
+torch::Tensor dot_product_attention_tokens(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  if (!q.is_cuda() || g_kernel == AttentionKernel::onednn) {  // the [B, C, N] kernels, through transposes
+    const auto t = [](const torch::Tensor& a) { return a.transpose(1, 2); };
+    return t(dot_product_attention(t(q), t(k), t(v))).contiguous();
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  if (g_kernel == AttentionKernel::fused) {  // [B, N, C] → [B, heads = 1, N, C], a view
+    return at::scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1).contiguous();
+  }
+#endif
+  const auto C = q.size(2);
+  // scores[b, i, j] = q_i · k_j / √C                                      [B, N, N]
+  auto scores = torch::matmul(q, k.transpose(1, 2)) / std::sqrt(static_cast<double>(C));
+  // weights = softmax_j(scores): CUDA's kernel computes in float32 and writes the scores' dtype,
+  // where the [B, C, N] route converts bf16 scores to float32 and the weights back, two passes
+  // more (at::_softmax, since autocast would cast softmax's input to float32 first)
+  auto weights = at::_softmax(scores, -1, /*half_to_float=*/false);
+  return torch::matmul(weights.to(v.scalar_type()), v);  // out[b, i, :] = Σ_j weights[b, i, j] v[b, j, :]
+}
+
 AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device device, bool may_run_fp32) {
   if (name == "math") return {AttentionKernel::math, "as asked"};
   if (name == "onednn") {

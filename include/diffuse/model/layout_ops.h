@@ -30,11 +30,16 @@ std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
                                 torch::nn::Dropout& dropout);
 
-// conv(x) for a k×k convolution module with padding k/2. Blocked: oneDNN on the blocked layout,
-// or, where the outputs are not whole blocks of 16 (conv_out), runtime/blocked_conv_out.h, which
-// writes NCHW;
-// NCHW: conv3x3 (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward.
-torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x);
+// conv(x) (+ residual, where defined) for a k×k convolution module with padding k/2. Blocked:
+// oneDNN on the blocked layout, or, where the outputs are not whole blocks of 16 (conv_out),
+// runtime/blocked_conv_out.h, which writes NCHW; channels-last on a GPU without gradients: the
+// bias and the residual added by one kernel (runtime/conv_epilogue_cuda.h); NCHW: conv3x3
+// (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward; then `residual + y`.
+torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const torch::Tensor& residual = {});
+
+// conv(x) without the module's bias, on the GPU: for a caller that adds a per-channel term of its
+// own anyway (a ResBlock's first convolution, whose bias joins the time shift).
+torch::Tensor convolve_without_bias(torch::nn::Conv2d& conv, const torch::Tensor& x);
 
 // Nearest-neighbour upsampling to height × width (index ⌊i · in/out⌋ on each axis).
 torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width);

@@ -28,6 +28,13 @@ AttentionKernel attention_kernel();
 // q, k, v: [B, C, N] (C channels, N positions) → [B, C, N], in the kernel chosen above.
 torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 
+// The same with positions major: q, k, v: [B, N, C], last dimension contiguous (strided views of a
+// channels-last qkv convolution's output do) → [B, N, C] contiguous, i.e. channels-last [B, C, H, W]
+// once viewed as [B, H, W, C] and permuted. On CUDA the products read the views in place, and the
+// softmax of bf16 scores stays bf16 in memory (float32 arithmetic); elsewhere it goes through
+// dot_product_attention.
+torch::Tensor dot_product_attention_tokens(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+
 struct AttentionChoice {
   AttentionKernel kernel = AttentionKernel::math;
   std::string reason;  // one line for the log

@@ -1,0 +1,67 @@
+#include "diffuse/runtime/conv_epilogue_cuda.h"
+
+#include <cstdint>
+#include <stdexcept>
+
+#include "diffuse/runtime/gradient_wanted.h"
+#include "diffuse/util/environment.h"
+#include "diffuse_build_config.h"
+
+#if DIFFUSE_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/channel_bias_nhwc_launch.h"
+#endif
+
+namespace diffuse {
+
+#if DIFFUSE_HAVE_CUDA_KERNELS
+namespace {
+
+// What the kernel can add into in place: channels-last, float32 or bf16, 16-byte aligned.
+bool kernel_takes(const torch::Tensor& y) {
+  const auto dtype = y.scalar_type();
+  return (dtype == torch::kFloat32 || dtype == torch::kBFloat16) && y.is_contiguous(c10::MemoryFormat::ChannelsLast) &&
+         reinterpret_cast<std::uintptr_t>(y.data_ptr()) % 16 == 0;
+}
+
+}  // namespace
+#endif
+
+bool cuda_conv_epilogue_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (!DIFFUSE_HAVE_CUDA_KERNELS || !x.is_cuda() || x.dim() != 4 || !bias.defined()) return false;
+  static const bool off = env_equals("DIFFUSE_CUDA_CONV_BIAS", "0");  // read once: this runs for every convolution
+  if (off) return false;
+  if (weight.dim() != 4 || weight.size(0) % 8 != 0) return false;
+  if (!x.is_contiguous(c10::MemoryFormat::ChannelsLast)) return false;
+  return !gradient_wanted({x, weight, bias});
+}
+
+torch::Tensor conv2d_bias_residual_cuda(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                        int64_t stride, int64_t padding, const torch::Tensor& residual) {
+  if (!cuda_conv_epilogue_applies(x, weight, bias)) {
+    throw std::invalid_argument("conv2d_bias_residual_cuda: expected a channels-last CUDA input, a bias, output "
+                                "channels a multiple of 8, and no gradient");
+  }
+  auto y = torch::conv2d(x, weight, /*bias=*/{}, stride, padding);
+#if DIFFUSE_HAVE_CUDA_KERNELS
+  if (kernel_takes(y)) {
+    const bool fuse_residual = residual.defined() && residual.sizes() == y.sizes() &&
+                               residual.scalar_type() == y.scalar_type() && residual.device() == y.device() &&
+                               kernel_takes(residual);
+    const auto b = bias.to(torch::kFloat32).contiguous();  // [C]; float32 already unless the weights are bf16
+    const auto stream = c10::cuda::getCurrentCUDAStream(y.device().index());
+    const int status = cuda_kernels::add_channel_bias_nhwc(
+        y.data_ptr(), fuse_residual ? residual.data_ptr() : nullptr, y.scalar_type() == torch::kBFloat16,
+        b.data_ptr<float>(), y.numel() / y.size(1), static_cast<int>(y.size(1)), static_cast<void*>(stream.stream()));
+    TORCH_CHECK(status == 0, "conv2d_bias_residual_cuda: the kernel launch failed (CUDA error ", status, ")");
+    return residual.defined() && !fuse_residual ? residual + y : y;
+  }
+#endif
+  // an output the kernel does not take: LibTorch's adds, the bias in the output's dtype as
+  // LibTorch's convolution would have added it
+  y = y + bias.to(y.scalar_type()).view({1, -1, 1, 1});
+  return residual.defined() ? residual + y : y;
+}
+
+}  // namespace diffuse
