@@ -36,6 +36,7 @@ KINDS = [
 
 
 def kind_of(name):
+    name = name.replace("_nocast", "")  # LibTorch's gpu_kernel_impl_nocast<…add…> is element-wise, not a cast
     for kind, pattern in KINDS:
         if re.search(pattern, name):
             return kind

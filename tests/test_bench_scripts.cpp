@@ -28,14 +28,17 @@ TEST(BenchScripts, NcuSummarySumsKernelTimesByKindAndSkipsTheProgramsOwnOutput) 
       "\"2\",\"void group_norm_nhwc_kernel<__nv_bfloat16>\",\"(512, 1, 1)\",\"300\"\n"
       "\"3\",\"sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc\",\"(384, 1, 1)\",\"1,500\"\n"
       "\"4\",\"void group_norm_nhwc_kernel<__nv_bfloat16>\",\"(512, 1, 1)\",\"300\"\n"
+      "\"5\",\"void at::elementwise_kernel<128, 4, void at::gpu_kernel_impl_nocast<at::CUDAFunctor_add<c10::BFloat16>>>\",\"(128, 1, 1)\",\"400\"\n"
       "==PROF== Disconnected from process 1\n");
   const auto r = run_command("/usr/bin/python3 " + std::string(DIFFUSE_SOURCE_DIR) + "/bench/ncu_summary.py " +
                              dir / "ncu.csv" + " --passes 2");
   ASSERT_EQ(r.status, 0) << r.output;
-  // two passes: 1.5 ms of convolution and 0.3 ms of GroupNorm each; the initialisation apart
-  EXPECT_NE(r.output.find("1.80 ms of GPU time per pass (and 0.90 ms of weight initialisation once)"),
+  // two passes: 1.5 ms of convolution, 0.3 ms of GroupNorm and 0.2 ms of additions each (an
+  // element-wise kernel whose name says "nocast", not a cast); the initialisation apart
+  EXPECT_NE(r.output.find("2.00 ms of GPU time per pass (and 0.90 ms of weight initialisation once)"),
             std::string::npos)
       << r.output;
-  EXPECT_NE(r.output.find("| convolution | 1.500 | 83.3 % |"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("| GroupNorm (own kernel) | 0.300 | 16.7 % |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| convolution | 1.500 | 75.0 % |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| GroupNorm (own kernel) | 0.300 | 15.0 % |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| element-wise | 0.200 | 10.0 % |"), std::string::npos) << r.output;
 }
