@@ -8,6 +8,7 @@
 #include "diffuse/runtime/conv_epilogue_cuda.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/group_norm_cuda.h"
+#include "diffuse/runtime/upsample_cuda.h"
 #include "diffuse/sampling/ddim.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/train_step.h"
@@ -208,4 +209,41 @@ TEST(Cuda, AttentionOverPositionsMajorViewsMatchesAFloat64Reference) {
     }
   }
   set_attention_kernel(before);
+}
+
+// The upsampling kernel (runtime/upsample_cuda.h) against LibTorch's nearest-neighbour
+// interpolation on the CPU: exact copies, so equal, in float32 and bf16, odd sizes included.
+TEST(Cuda, UpsamplingTwiceEqualsLibTorchsNearestNeighbour) {
+  SKIP_WITHOUT_CUDA();
+  if (!cuda_group_norm_built()) GTEST_SKIP() << "built without the own CUDA kernels (no nvcc)";
+  torch::NoGradGuard no_grad;
+  const auto channels_last = c10::MemoryFormat::ChannelsLast;
+  struct Case {
+    int64_t n, c, h, w;
+    torch::ScalarType dtype;
+  };
+  for (const auto& k : {Case{2, 4, 7, 7, torch::kFloat32}, Case{3, 256, 16, 16, torch::kBFloat16},
+                        Case{2, 8, 5, 3, torch::kBFloat16}, Case{1, 128, 8, 8, torch::kFloat32}}) {
+    SCOPED_TRACE(std::to_string(k.c) + " channels, " + std::to_string(k.h) + "x" + std::to_string(k.w));
+    const auto x = torch::randn({k.n, k.c, k.h, k.w}).to(k.dtype);
+    namespace F = torch::nn::functional;
+    const auto expected = F::interpolate(
+        x.to(torch::kFloat32),
+        F::InterpolateFuncOptions().size(std::vector<int64_t>{2 * k.h, 2 * k.w}).mode(torch::kNearest));
+    const auto xc = x.cuda().contiguous(channels_last);
+    ASSERT_TRUE(cuda_upsample_twice_applies(xc));
+    const auto y = upsample_twice_cuda(xc);
+    EXPECT_EQ(y.scalar_type(), k.dtype);
+    EXPECT_TRUE(y.is_contiguous(channels_last));
+    EXPECT_TRUE(torch::equal(y.cpu().to(torch::kFloat32), expected));
+  }
+  // where it does not apply: NCHW, pixels not a multiple of 16 bytes, a gradient wanted
+  const auto x = torch::randn({2, 8, 4, 4}, torch::kCUDA);
+  EXPECT_FALSE(cuda_upsample_twice_applies(x));
+  EXPECT_FALSE(cuda_upsample_twice_applies(torch::randn({2, 2, 4, 4}, torch::kCUDA).contiguous(channels_last)));
+  {
+    torch::AutoGradMode grad(true);
+    EXPECT_FALSE(cuda_upsample_twice_applies(x.contiguous(channels_last).requires_grad_(true)));
+  }
+  EXPECT_THROW(upsample_twice_cuda(x), std::invalid_argument);
 }

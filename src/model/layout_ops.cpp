@@ -8,6 +8,7 @@
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
+#include "diffuse/runtime/upsample_cuda.h"
 
 namespace diffuse {
 
@@ -100,6 +101,9 @@ torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t w
     // Exactly twice the size (index ⌊i/2⌋): LibTorch's 3-D nearest kernel below took 0.75 ms for
     // mnist's 7×7 → 14×14 at batch 16.
     return upsample_twice_blocked(x);
+  }
+  if (height == 2 * x.size(2) && width == 2 * x.size(3) && cuda_upsample_twice_applies(x)) {
+    return upsample_twice_cuda(x);  // channels-last on a GPU, in x's dtype (autocast's is float32)
   }
   if (is_blocked(x)) {
     // [B, C/16, H, W, 16] read as a volume [B, C/16 channels, depth H, height W, width 16]:
