@@ -1,6 +1,6 @@
 // Image trees inside .tar.gz, .tgz or .tar archives, read through libarchive without extracting:
-// the members are held in memory (the CIFAR-10 JPEG archive: 19 MB for 60,000 images) and decoded
-// as image_folder.cpp decodes files.
+// the selected members (a split, --limit) are held in memory (the CIFAR-10 JPEG archive's test
+// split: 3 MB) and decoded as image_folder.cpp decodes files.
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -13,7 +13,9 @@
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <algorithm>
 #include <memory>
+#include <unordered_map>
 #endif
 
 namespace diffuse {
@@ -27,8 +29,14 @@ bool is_image_archive_path(const std::string& path) {
   return ends_with(".tar.gz") || ends_with(".tgz") || ends_with(".tar");
 }
 
-Dataset load_image_archive(const std::string& path, Split split, const DataOptions& options) {
 #if DIFFUSE_HAVE_LIBARCHIVE
+namespace {
+
+// One pass over an archive's members, in archive order: visit(index, name, entry) for each
+// regular file whose name is an image's; visit returns false to stop early. Members are read by
+// whoever visits them (archive_read_data) or skipped.
+template <class Visit>
+void for_each_image_member(const std::string& path, Visit&& visit) {
   std::unique_ptr<archive, decltype(&archive_read_free)> a(archive_read_new(), archive_read_free);
   archive_read_support_filter_all(a.get());
   archive_read_support_format_all(a.get());
@@ -39,24 +47,52 @@ Dataset load_image_archive(const std::string& path, Split split, const DataOptio
   if (archive_read_open_filename(a.get(), path.c_str(), 1 << 16) != ARCHIVE_OK) {
     throw fail("cannot open the archive (truncated or corrupt?)");
   }
-  std::vector<ImageEntry> entries;
   archive_entry* entry = nullptr;
   int status = ARCHIVE_OK;
-  while ((status = archive_read_next_header(a.get(), &entry)) == ARCHIVE_OK) {
+  int64_t index = 0;
+  for (; (status = archive_read_next_header(a.get(), &entry)) == ARCHIVE_OK; ++index) {
     std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
     while (name.rfind("./", 0) == 0) name.erase(0, 2);
     if (archive_entry_filetype(entry) != AE_IFREG || !is_image_name(name)) continue;
-    const auto size = archive_entry_size(entry);
-    std::string bytes(static_cast<size_t>(size > 0 ? size : 0), '\0');
-    if (archive_read_data(a.get(), bytes.data(), bytes.size()) != static_cast<la_ssize_t>(bytes.size())) {
-      throw fail("cannot read member '" + name + "' (truncated or corrupt archive?)");
-    }
-    entries.push_back({name, {}, std::move(bytes)});
+    if (!visit(index, name, a.get(), entry, fail)) return;
   }
   if (status != ARCHIVE_EOF) {
-    throw fail("cannot read past member " + std::to_string(entries.size()) + " (truncated or corrupt?)");
+    throw fail("cannot read past member " + std::to_string(index) + " (truncated or corrupt?)");
   }
-  return image_tree_dataset(path, std::move(entries), split, options);
+}
+
+}  // namespace
+#endif
+
+// Two passes, so that only the images asked for are held in memory: the names first (which
+// also finds a truncated archive), then the bytes of the selected members, up to the last of them.
+Dataset load_image_archive(const std::string& path, Split split, const DataOptions& options) {
+#if DIFFUSE_HAVE_LIBARCHIVE
+  std::vector<ImageEntry> entries;
+  for_each_image_member(path, [&](int64_t index, const std::string& name, archive*, archive_entry*, auto&&) {
+    entries.push_back({name, {}, {}, name, index});
+    return true;
+  });
+  auto selected = select_image_tree(path, std::move(entries), split, options);
+  std::unordered_map<int64_t, ImageEntry*> by_index;
+  int64_t last = -1;
+  for (auto& e : selected) {
+    by_index[e.index] = &e;
+    last = std::max(last, e.index);
+  }
+  for_each_image_member(path, [&](int64_t index, const std::string& name, archive* a, archive_entry* entry,
+                                  auto&& fail) {
+    if (const auto it = by_index.find(index); it != by_index.end()) {
+      const auto size = archive_entry_size(entry);
+      std::string& bytes = it->second->bytes;
+      bytes.assign(static_cast<size_t>(size > 0 ? size : 0), '\0');
+      if (archive_read_data(a, bytes.data(), bytes.size()) != static_cast<la_ssize_t>(bytes.size())) {
+        throw fail("cannot read member '" + name + "' (truncated or corrupt archive?)");
+      }
+    }
+    return index < last;
+  });
+  return decode_image_tree(path, selected, options);
 #else
   (void)split;
   (void)options;

@@ -20,8 +20,8 @@ bool is_image_name(const std::string& name) {
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
 }
 
-Dataset image_tree_dataset(const std::string& name, std::vector<ImageEntry> entries, Split split,
-                           const DataOptions& options) {
+std::vector<ImageEntry> select_image_tree(const std::string& name, std::vector<ImageEntry> entries, Split split,
+                                          const DataOptions& options) {
   auto under = [](const ImageEntry& e, const std::string& folder) { return e.relative.rfind(folder + "/", 0) == 0; };
   // A tree wrapped in one folder, as archives often are (flowers/train/CLASS/...): that folder is
   // the root where it holds train/ or test/.
@@ -49,9 +49,12 @@ Dataset image_tree_dataset(const std::string& name, std::vector<ImageEntry> entr
     throw std::runtime_error("data '" + name + "': no PNG/JPEG/BMP images" +
                              (has_splits ? " under " + to_string(split) + "/" : std::string()));
   }
-  if (options.image_size < 1) throw std::runtime_error("data '" + name + "': image size must be positive");
+  return entries;
+}
 
-  auto what = [&](const ImageEntry& e) { return e.file.empty() ? name + ": " + e.relative : e.file; };
+Dataset decode_image_tree(const std::string& name, const std::vector<ImageEntry>& entries, const DataOptions& options) {
+  if (options.image_size < 1) throw std::runtime_error("data '" + name + "': image size must be positive");
+  auto what = [&](const ImageEntry& e) { return e.file.empty() ? name + ": " + e.member : e.file; };
   const int64_t n = static_cast<int64_t>(entries.size());
   // Grey only if every image is grey; otherwise RGB.
   std::atomic<int> channels{1};
@@ -94,10 +97,10 @@ Dataset load_image_folder(const std::string& dir, Split split, const DataOptions
   std::vector<ImageEntry> entries;
   for (const auto& e : fs::recursive_directory_iterator(root)) {
     if (e.is_regular_file() && is_image_name(e.path().string())) {
-      entries.push_back({fs::relative(e.path(), root).generic_string(), e.path().string(), {}});
+      entries.push_back({fs::relative(e.path(), root).generic_string(), e.path().string(), {}, {}});
     }
   }
-  return image_tree_dataset(dir, std::move(entries), split, options);
+  return decode_image_tree(dir, select_image_tree(dir, std::move(entries), split, options), options);
 }
 
 }  // namespace diffuse
