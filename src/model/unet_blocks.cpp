@@ -88,7 +88,7 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
 
 void ResBlockImpl::zero_last_layer() { init_zero(conv2); }
 
-AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups) : channels_(channels) {
+AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups) {
   norm = register_module("norm", torch::nn::GroupNorm(groups, channels));
   qkv = register_module("qkv", conv(channels, 3 * channels, 1));  // q, k and v in one 1×1 conv
   proj_out = register_module("proj_out", conv(channels, channels, 1));

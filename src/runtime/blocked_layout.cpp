@@ -39,18 +39,19 @@ template <int S>
 DIFFUSE_LANE_HELPER void exchange_index_bit(lanes::Lanes& low, lanes::Lanes& high) {
 #define DIFFUSE_LOW(c) (((c) & S) ? 16 + ((c) & ~S) : (c))
 #define DIFFUSE_HIGH(c) (((c) & S) ? 16 + (c) : ((c) | S))
-  constexpr lanes::LaneInts take_low = {DIFFUSE_LOW(0),  DIFFUSE_LOW(1),  DIFFUSE_LOW(2),  DIFFUSE_LOW(3),
-                                        DIFFUSE_LOW(4),  DIFFUSE_LOW(5),  DIFFUSE_LOW(6),  DIFFUSE_LOW(7),
-                                        DIFFUSE_LOW(8),  DIFFUSE_LOW(9),  DIFFUSE_LOW(10), DIFFUSE_LOW(11),
-                                        DIFFUSE_LOW(12), DIFFUSE_LOW(13), DIFFUSE_LOW(14), DIFFUSE_LOW(15)};
-  constexpr lanes::LaneInts take_high = {DIFFUSE_HIGH(0),  DIFFUSE_HIGH(1),  DIFFUSE_HIGH(2),  DIFFUSE_HIGH(3),
-                                         DIFFUSE_HIGH(4),  DIFFUSE_HIGH(5),  DIFFUSE_HIGH(6),  DIFFUSE_HIGH(7),
-                                         DIFFUSE_HIGH(8),  DIFFUSE_HIGH(9),  DIFFUSE_HIGH(10), DIFFUSE_HIGH(11),
-                                         DIFFUSE_HIGH(12), DIFFUSE_HIGH(13), DIFFUSE_HIGH(14), DIFFUSE_HIGH(15)};
-#undef DIFFUSE_LOW
-#undef DIFFUSE_HIGH
+#define DIFFUSE_SIXTEEN(F) F(0), F(1), F(2), F(3), F(4), F(5), F(6), F(7), F(8), F(9), F(10), F(11), F(12), F(13), F(14), F(15)
+#if defined(__clang__)  // clang's shuffle of two vectors takes the indices as constant arguments
+  const lanes::Lanes new_low = __builtin_shufflevector(low, high, DIFFUSE_SIXTEEN(DIFFUSE_LOW));
+  high = __builtin_shufflevector(low, high, DIFFUSE_SIXTEEN(DIFFUSE_HIGH));
+#else  // GCC's takes them as a vector (GCC 12 and later also know clang's form)
+  constexpr lanes::LaneInts take_low = {DIFFUSE_SIXTEEN(DIFFUSE_LOW)};
+  constexpr lanes::LaneInts take_high = {DIFFUSE_SIXTEEN(DIFFUSE_HIGH)};
   const lanes::Lanes new_low = __builtin_shuffle(low, high, take_low);
   high = __builtin_shuffle(low, high, take_high);
+#endif
+#undef DIFFUSE_SIXTEEN
+#undef DIFFUSE_LOW
+#undef DIFFUSE_HIGH
   low = new_low;
 }
 

@@ -43,7 +43,6 @@ class AttentionBlockImpl : public torch::nn::Module {
  private:
   torch::nn::GroupNorm norm{nullptr};
   torch::nn::Conv2d qkv{nullptr}, proj_out{nullptr};
-  int64_t channels_;
 };
 TORCH_MODULE(AttentionBlock);
 
