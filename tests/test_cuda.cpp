@@ -47,6 +47,26 @@ TEST(Cuda, ForwardMatchesTheCpuInEveryPrecisionAndFormat) {
   EXPECT_LT(relative_error(out.cpu(), reference), 0.05);
 }
 
+// Gradients on the GPU against the CPU's, NCHW and channels-last: the GPU path folds the first
+// convolution's bias into the ResBlock's time shift (its gradient arrives through the shift), and
+// channels-last attention runs positions-major with a bf16-capable softmax.
+TEST(Cuda, GradientsMatchTheCpuInBothMemoryFormats) {
+  SKIP_WITHOUT_CUDA();
+  auto net = diffuse::testing::random_unet("tiny", 1, 16, 11);
+  net->train();
+  const auto x = torch::randn({4, 1, 16, 16});
+  const auto t = torch::randint(0, 1000, {4}, torch::kLong);
+  const auto [loss, grads] = diffuse::testing::loss_and_flat_gradients(net, x, t);
+  net->to(torch::kCUDA);
+  for (auto format : {MemoryFormat::nchw, MemoryFormat::channels_last}) {
+    SCOPED_TRACE(format == MemoryFormat::nchw ? "nchw" : "channels-last");
+    net->set_memory_format(format);
+    const auto [cuda_loss, cuda_grads] = diffuse::testing::loss_and_flat_gradients(net, x.cuda(), t.cuda());
+    EXPECT_NEAR(cuda_loss, loss, 5e-3 * std::abs(loss));
+    EXPECT_LT(relative_error(cuda_grads, grads), 5e-3);  // cuDNN may convolve in TF32
+  }
+}
+
 TEST(Cuda, TrainingStepsLowerTheLoss) {
   SKIP_WITHOUT_CUDA();
   for (auto precision : {Precision::fp32, Precision::bf16}) {
