@@ -1,9 +1,9 @@
 // Nearest-neighbour upsampling to twice the size for channels-last activations on the GPU without
 // gradients (sampling, evaluation, editing), in one hand-written kernel
 // (src/runtime/cuda/upsample_nhwc.cu) that copies each source pixel's channels to its four output
-// pixels, in the input's dtype. LibTorch's CUDA autocast upsamples in float32, converting bf16
-// activations there and back (docs/PERFORMANCE.md); nearest-neighbour values are exact in any
-// dtype, so the result is the same.
+// pixels, in the input's dtype. Under CUDA autocast LibTorch's upsampling ran in float32,
+// converting bf16 activations there and back (docs/PERFORMANCE.md); nearest-neighbour values are
+// exact in any dtype, so the result is the same.
 #pragma once
 
 #include <torch/torch.h>

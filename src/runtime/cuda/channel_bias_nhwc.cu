@@ -6,7 +6,7 @@
 // ddpm-cifar10 forward pass at batch 256 (bf16, channels-last), nearly as long as the
 // convolutions they followed, and the residual sums after them another 0.5 ms
 // (docs/PERFORMANCE.md, Nsight Compute). Here each thread adds 8 neighbouring channels with
-// 16-byte loads, reading the bias as float32, and the residual joins in the same pass.
+// 16-byte loads, reading the bias as float32 (from cache), and the residual joins in the same pass.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -28,11 +28,10 @@ __global__ void add_channel_bias_nhwc_kernel(T* __restrict__ y, const T* __restr
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors; i += stride) {
     const int c0 = static_cast<int>(i % vectors_per_pixel) * kLanes;
-    float v[kLanes], b[kLanes];
+    float v[kLanes];
     load8(y + i * kLanes, v);
-    load8(bias + c0, b);
 #pragma unroll
-    for (int k = 0; k < kLanes; ++k) v[k] += b[k];
+    for (int k = 0; k < kLanes; ++k) v[k] += bias[c0 + k];  // scalar reads: the bias need not be 16-byte aligned
     if (residual != nullptr) {
       float r[kLanes];
       load8(residual + i * kLanes, r);
