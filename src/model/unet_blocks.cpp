@@ -4,6 +4,7 @@
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/group_norm_cuda.h"
+#include "diffuse/util/environment.h"
 
 #include <cmath>
 
@@ -67,15 +68,20 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
   if (in_channels != out_channels) shortcut = register_module("shortcut", conv(in_channels, out_channels, 1));
 }
 
+// conv1's bias is a per-channel constant like the time shift: on a GPU it joins the shift, which
+// the norm adds anyway, instead of costing LibTorch's unvectorised broadcasting pass after the
+// convolution, and a reduction in backward (profiled on an H200, docs/PERFORMANCE.md). On the
+// CPU the kernels add the bias for free. DIFFUSE_CUDA_BIAS_IN_SHIFT=0 turns it off (to measure it).
+static bool bias_joins_time_shift(const torch::Tensor& normed) {
+  static const bool off = env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0");
+  return normed.is_cuda() && !off;
+}
+
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
   const auto [normed, x_for_residual] = norm_silu_and_input(norm1, x);
   auto time_shift = time_proj(F::silu(emb));  // [B, C_out], added to h before the second norm
   torch::Tensor h;
-  if (normed.is_cuda()) {
-    // conv1's bias is a per-channel constant like the time shift: it joins the shift, which the
-    // norm adds anyway, instead of costing LibTorch's unvectorised broadcasting pass after the
-    // convolution (profiled on an H200, docs/PERFORMANCE.md). On the CPU the kernels add the bias
-    // for free.
+  if (bias_joins_time_shift(normed)) {
     h = convolve_without_bias(conv1, normed);
     time_shift = time_shift + conv1->bias;
   } else {
