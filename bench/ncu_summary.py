@@ -11,7 +11,9 @@ Run the C++ path under ncu with one metric (one replay pass per kernel), e.g.
 (scripts/gpu-check does this with NCU_PROFILE=1). Lines that are not ncu's quoted CSV (the
 program's own output) are skipped. --passes divides the totals, for a run of that many identical
 forward passes (warm-up and timed); the table lists kinds (convolution, GroupNorm, copies, ...) and
-the largest kernels. The network's random initialisation runs once and is listed as its own kind.
+the largest kernels. The network's random initialisation runs once and is listed as its own kind;
+with --random-per-pass (a training step, which draws noise every step) random-number kernels are a
+per-pass kind instead.
 """
 import argparse
 import collections
@@ -68,17 +70,23 @@ def main():
     ap.add_argument("csv")
     ap.add_argument("--passes", type=int, default=1, help="identical passes in the run (divides the totals)")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--random-per-pass", action="store_true",
+                    help="random-number kernels are part of every pass (a training step's noise), not a one-off "
+                         "weight initialisation")
     a = ap.parse_args()
     rows = read_rows(a.csv)
     by_kind, by_name = collections.defaultdict(float), collections.defaultdict(lambda: [0.0, 0])
     for name, us in rows:
-        by_kind[kind_of(name)] += us
+        kind = kind_of(name)
+        if a.random_per_pass and kind == KINDS[0][0]:
+            kind = "random numbers (noise)"
+        by_kind[kind] += us
         by_name[name][0] += us
         by_name[name][1] += 1
     init = by_kind.pop(KINDS[0][0], 0.0)
     total = sum(by_kind.values())
-    print(f"{len(rows)} kernels, {total / a.passes / 1e3:.2f} ms of GPU time per pass "
-          f"(and {init / 1e3:.2f} ms of weight initialisation once)\n")
+    once = "" if a.random_per_pass else f" (and {init / 1e3:.2f} ms of weight initialisation once)"
+    print(f"{len(rows)} kernels, {total / a.passes / 1e3:.2f} ms of GPU time per pass{once}\n")
     print("| kind | ms per pass | share |")
     print("| --- | --- | --- |")
     for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):

@@ -41,4 +41,10 @@ TEST(BenchScripts, NcuSummarySumsKernelTimesByKindAndSkipsTheProgramsOwnOutput) 
   EXPECT_NE(r.output.find("| convolution | 1.500 | 75.0 % |"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("| GroupNorm (own kernel) | 0.300 | 15.0 % |"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("| element-wise | 0.200 | 10.0 % |"), std::string::npos) << r.output;
+  // a training step draws noise every step: random-number kernels are then a per-pass kind
+  const auto t = run_command("/usr/bin/python3 " + std::string(DIFFUSE_SOURCE_DIR) + "/bench/ncu_summary.py " +
+                             dir / "ncu.csv" + " --passes 2 --random-per-pass");
+  ASSERT_EQ(t.status, 0) << t.output;
+  EXPECT_NE(t.output.find("2.45 ms of GPU time per pass\n"), std::string::npos) << t.output;
+  EXPECT_NE(t.output.find("| random numbers (noise) | 0.450 |"), std::string::npos) << t.output;
 }
