@@ -32,9 +32,10 @@ bool is_image_archive_path(const std::string& path) {
 #if DIFFUSE_HAVE_LIBARCHIVE
 namespace {
 
-// One pass over an archive's members, in archive order: visit(index, name, entry) for each
-// regular file whose name is an image's; visit returns false to stop early. Members are read by
-// whoever visits them (archive_read_data) or skipped.
+// One pass over an archive's members, in archive order: visit(index, name, archive, entry, fail)
+// for each regular file whose name is an image's, `fail(what)` making the error to throw; visit
+// returns false to stop early. A visitor reads its member (archive_read_data) or leaves it to be
+// skipped.
 template <class Visit>
 void for_each_image_member(const std::string& path, Visit&& visit) {
   std::unique_ptr<archive, decltype(&archive_read_free)> a(archive_read_new(), archive_read_free);
