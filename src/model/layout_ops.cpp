@@ -103,7 +103,7 @@ torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t w
     return upsample_twice_blocked(x);
   }
   if (height == 2 * x.size(2) && width == 2 * x.size(3) && cuda_upsample_twice_applies(x)) {
-    return upsample_twice_cuda(x);  // channels-last on a GPU, in x's dtype (under autocast LibTorch's ran in float32)
+    return upsample_twice_cuda(x);  // channels-last on a GPU, in x's dtype (autocast would run it in float32)
   }
   if (is_blocked(x)) {
     // [B, C/16, H, W, 16] read as a volume [B, C/16 channels, depth H, height W, width 16]:

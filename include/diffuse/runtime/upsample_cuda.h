@@ -1,8 +1,8 @@
 // Nearest-neighbour upsampling to twice the size for channels-last activations on the GPU without
 // gradients (sampling, evaluation, editing), in one hand-written kernel
 // (src/runtime/cuda/upsample_nhwc.cu) that copies each source pixel's channels to its four output
-// pixels, in the input's dtype. Under CUDA autocast LibTorch's upsampling ran in float32,
-// converting bf16 activations there and back (docs/PERFORMANCE.md); nearest-neighbour values are
+// pixels, in the input's dtype. LibTorch's autocast lists upsample_nearest2d among its float32
+// operators, converting bf16 activations there and back (docs/PERFORMANCE.md); nearest-neighbour values are
 // exact in any dtype, so the result is the same.
 #pragma once
 
