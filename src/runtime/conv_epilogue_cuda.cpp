@@ -1,10 +1,10 @@
 #include "diffuse/runtime/conv_epilogue_cuda.h"
 
-#include <cstdint>
 #include <stdexcept>
 
 #include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/util/environment.h"
+#include "cuda_tensor_checks.h"
 #include "diffuse_build_config.h"
 
 #if DIFFUSE_HAVE_CUDA_KERNELS
@@ -14,19 +14,6 @@
 #endif
 
 namespace diffuse {
-
-#if DIFFUSE_HAVE_CUDA_KERNELS
-namespace {
-
-// What the kernel can add into in place: channels-last, float32 or bf16, 16-byte aligned.
-bool kernel_takes(const torch::Tensor& y) {
-  const auto dtype = y.scalar_type();
-  return (dtype == torch::kFloat32 || dtype == torch::kBFloat16) && y.is_contiguous(c10::MemoryFormat::ChannelsLast) &&
-         reinterpret_cast<std::uintptr_t>(y.data_ptr()) % 16 == 0;
-}
-
-}  // namespace
-#endif
 
 bool cuda_conv_epilogue_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   if (!DIFFUSE_HAVE_CUDA_KERNELS || !x.is_cuda() || x.dim() != 4 || !bias.defined()) return false;
@@ -45,10 +32,10 @@ torch::Tensor conv2d_bias_residual_cuda(const torch::Tensor& x, const torch::Ten
   }
   auto y = torch::conv2d(x, weight, /*bias=*/{}, stride, padding);
 #if DIFFUSE_HAVE_CUDA_KERNELS
-  if (kernel_takes(y)) {
+  if (nhwc_lanes8_tensor(y)) {
     const bool fuse_residual = residual.defined() && residual.sizes() == y.sizes() &&
                                residual.scalar_type() == y.scalar_type() && residual.device() == y.device() &&
-                               kernel_takes(residual);
+                               nhwc_lanes8_tensor(residual);
     const auto b = bias.to(torch::kFloat32).contiguous();  // [C]; float32 already unless the weights are bf16
     const auto stream = c10::cuda::getCurrentCUDAStream(y.device().index());
     const int status = cuda_kernels::add_channel_bias_nhwc(

@@ -5,6 +5,7 @@
 
 #include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/util/environment.h"
+#include "cuda_tensor_checks.h"
 #include "diffuse_build_config.h"
 
 #if DIFFUSE_HAVE_CUDA_KERNELS
@@ -22,10 +23,7 @@ bool cuda_group_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma,
   if (!cuda_group_norm_built() || !x.is_cuda() || x.dim() != 4 || !gamma.defined() || !beta.defined()) return false;
   static const bool off = env_equals("DIFFUSE_CUDA_GROUP_NORM", "0");  // read once: this runs for every norm
   if (off) return false;
-  const auto dtype = x.scalar_type();
-  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16) return false;
-  if (!x.is_contiguous(c10::MemoryFormat::ChannelsLast)) return false;
-  if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) return false;  // 16-byte loads
+  if (!nhwc_lanes8_tensor(x)) return false;
   const int64_t c = x.size(1);
   if (c % 8 != 0 || c > 1024 || groups < 1 || c % groups != 0) return false;
   if (x.size(0) > INT32_MAX || x.size(2) * x.size(3) > INT32_MAX) return false;

@@ -5,6 +5,7 @@
 
 #include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/util/environment.h"
+#include "cuda_tensor_checks.h"
 #include "diffuse_build_config.h"
 
 #if DIFFUSE_HAVE_CUDA_KERNELS
@@ -21,7 +22,7 @@ bool cuda_upsample_twice_applies(const torch::Tensor& x) {
   if (off) return false;
   if (!x.is_contiguous(c10::MemoryFormat::ChannelsLast) || x.numel() == 0) return false;
   if ((x.size(1) * static_cast<int64_t>(x.element_size())) % 16 != 0) return false;
-  if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) return false;
+  if (!aligned_16_bytes(x)) return false;
   if (x.size(2) > INT32_MAX / 2 || x.size(3) > INT32_MAX / 2) return false;
   return !gradient_wanted({x});
 }
