@@ -46,7 +46,8 @@ TEST(Cli, ScheduleCsvHasTheDocumentedHeaderAndFullPrecision) {
 TEST(Cli, BadFlagsAreRejectedWithAMessage) {
   for (const std::string args : {"schedule --schedule quadratic", "schedule --steps 0 --sampler ddim",
                                  "train --data mnist", "sample --checkpoint /no/such/file.safetensors --out x.png",
-                                 "frobnicate", "sample --sampler euler-a --checkpoint x"}) {
+                                 "frobnicate", "sample --sampler euler-a --checkpoint x",
+                                 "bench --what sample --cuda-graph everything"}) {
     auto r = run(args);
     EXPECT_NE(r.status, 0) << args;
     EXPECT_FALSE(r.output.empty()) << args;
@@ -86,6 +87,7 @@ TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
     EXPECT_GT(j.at("images_per_second").get<double>(), 0.0);
     EXPECT_EQ(j.at("parameters").get<int64_t>(), 44969);  // tiny at 1×28×28, as bench/reference_unet.py counts
     EXPECT_GT(j.at("achieved_gflops_per_second").get<double>(), 0.0);
+    EXPECT_EQ(j.at("cuda_graph"), "off");  // the CPU
   }
   // --alternate: the B runs and their ratio in the same object
   auto r = diffuse::testing::run_command(std::string(DIFFUSE_BINARY) +
@@ -155,7 +157,8 @@ TEST(Cli, TrainThenSampleEndToEnd) {
   r = run("sample --checkpoint " + ckpt + " --sampler ddpm --n 3 --seed 5 --no-progress --out " + dir / "a.png" +
           " --out-dir " + dir / "imgs" + " --trajectory " + dir / "traj.png");
   ASSERT_EQ(r.status, 0) << r.output;
-  r = run("sample --checkpoint " + ckpt + " --sampler ddpm --n 3 --seed 5 --no-progress --out " + dir / "b.png");
+  r = run("sample --checkpoint " + ckpt + " --sampler ddpm --n 3 --seed 5 --no-progress --no-cuda-graph --out " +
+          dir / "b.png");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(diffuse::read_file(dir / "a.png"), diffuse::read_file(dir / "b.png"));  // same seed, same bytes
   EXPECT_TRUE(std::filesystem::exists(dir / "imgs/000002.png"));

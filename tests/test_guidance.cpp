@@ -7,6 +7,7 @@
 #include "diffuse/model/unet.h"
 #include "diffuse/sampling/ddim.h"
 #include "diffuse/sampling/guidance.h"
+#include "diffuse/sampling/network_graph.h"
 
 using namespace diffuse;
 
@@ -85,4 +86,22 @@ TEST(Guidance, UNetWithoutLabelsIsTheNoLabelClass) {
   auto none = net->forward(x, t);
   EXPECT_TRUE(torch::allclose(none, net->forward(x, t, torch::full({2}, 3, torch::kLong))));
   EXPECT_FALSE(torch::allclose(none, net->forward(x, t, torch::zeros({2}, torch::kLong))));
+}
+
+// On the CPU the CUDA-graph wrapper (sampling/network_graph.h) is the network itself: every call
+// goes through, with its labels, and comes back unchanged.
+TEST(Guidance, NetworkGraphWrapperCallsTheNetworkAsItIsOnTheCpu) {
+  int calls = 0;
+  ConditionalDenoiser net = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    ++calls;
+    return x * t.view({-1, 1, 1, 1}) + (y.defined() ? y.view({-1, 1, 1, 1}).to(torch::kFloat32) : torch::zeros({1}));
+  };
+  const auto wrapped = replay_as_cuda_graph(net);
+  const auto x = torch::randn({3, 1, 2, 2});
+  const auto t = torch::tensor({1, 2, 3}, torch::kLong), y = torch::tensor({4, 5, 6}, torch::kLong);
+  EXPECT_TRUE(torch::equal(wrapped(x, t, y), net(x, t, y)));
+  EXPECT_TRUE(torch::equal(wrapped(x, t, torch::Tensor()), x * t.view({-1, 1, 1, 1})));
+  EXPECT_EQ(calls, 3);
+  const auto plain = replay_as_cuda_graph(Denoiser([](const torch::Tensor& x, const torch::Tensor& t) { return x - t.view({-1, 1, 1, 1}); }));
+  EXPECT_TRUE(torch::equal(plain(x, t), x - t.view({-1, 1, 1, 1})));
 }

@@ -24,6 +24,7 @@ struct BenchOptions {
   std::string what = "train";
   ComputeFlags compute;
   bool json = false, no_cuda_graph = false;
+  std::string cuda_graph = "network";
   std::string profile;  // chrome-trace file of every operator, or empty
   std::vector<int64_t> conv_shape{16, 128, 32};
   BenchConfig config;
@@ -37,7 +38,7 @@ void run_bench(BenchOptions& o) {
   c.device = compute.device;
   c.precision = compute.precision;
   c.memory_format = compute.memory_format;
-  c.cuda_graph = !o.no_cuda_graph;
+  c.cuda_graph = o.no_cuda_graph ? CudaGraphScope::off : cuda_graph_scope_from_string(o.cuda_graph);
   c.conv_shape = {o.conv_shape.at(0), o.conv_shape.at(1), o.conv_shape.at(2)};
   // who computes the convolutions: oneDNN's bf16 kernels for bf16 channels-last on a CPU with
   // native bf16, else the float32 choice (bf16 NCHW: LibTorch's through autocast)
@@ -49,9 +50,12 @@ void run_bench(BenchOptions& o) {
     std::fprintf(stderr, "bench: conv, %s, %s, %s (%d threads)\n", to_string(c.precision).c_str(),
                  to_string(c.memory_format).c_str(), c.device.str().c_str(), torch::get_num_threads());
   } else if (!o.json) {
+    std::string sampling;
+    if (c.task == BenchTask::sample) sampling = ", DDIM-" + std::to_string(c.steps);
+    if (c.task == BenchTask::sample && c.device.is_cuda()) sampling += ", CUDA graph: " + to_string(c.cuda_graph);
     std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s convolutions, %s attention, %s (%d threads)\n", o.what.c_str(),
                  c.model.c_str(), static_cast<long long>(c.batch_size),
-                 c.task == BenchTask::sample ? (", DDIM-" + std::to_string(c.steps)).c_str() : "",
+                 sampling.c_str(),
                  to_string(c.precision).c_str(), to_string(c.memory_format).c_str(),
                  convolutions.c_str(), to_string(compute.attention).c_str(), c.device.str().c_str(),
                  torch::get_num_threads());
@@ -132,7 +136,12 @@ void add_bench_command(CLI::App& app) {
                   "VAR=VALUE: alternate the timed runs between the environment as it is (A) and with VAR=VALUE "
                   "(B) in one process, pair by pair, and print both medians and B/A; for switches the code reads on "
                   "every call (DIFFUSE_OWN_WINOGRAD=1, DIFFUSE_CONV_ALGORITHM=direct|winograd)");
-  cmd->add_flag("--no-cuda-graph", o->no_cuda_graph, "--what sample on CUDA: run the loop eagerly");
+  cmd->add_option("--cuda-graph", o->cuda_graph,
+                  "--what sample on CUDA: replay each network call from a CUDA graph (network, as diffuse sample "
+                  "does), capture the whole DDIM loop (loop), or run eagerly (off)")
+      ->check(CLI::IsMember({"network", "loop", "off"}))
+      ->capture_default_str();
+  cmd->add_flag("--no-cuda-graph", o->no_cuda_graph, "The same as --cuda-graph off");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
   cmd->add_option("--conv-shape", o->conv_shape, "--what conv: batch, channels and image size of the convolution")
       ->expected(3)

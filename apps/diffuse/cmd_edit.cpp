@@ -87,7 +87,7 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
     AutocastScope autocast(device, precision);  // bf16 inside the network; its output comes back in x's dtype
     return model->forward(x, t);
   };
-  return {std::move(ckpt), std::move(diffusion), std::move(net), torch::stack(inputs).to(device),
+  return {std::move(ckpt), std::move(diffusion), with_cuda_graph(compute, std::move(net)), torch::stack(inputs).to(device),
           at::detail::createCPUGenerator(o.seed)};
 }
 
@@ -284,6 +284,7 @@ CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::stri
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
   add_compute_options(*cmd, o->compute);
+  add_cuda_graph_option(*cmd, o->compute);
   return cmd;
 }
 

@@ -26,7 +26,7 @@ namespace {
 struct EvalOptions {
   std::string checkpoint, data, split = "test", metric = "nll", variance = "posterior";
   ComputeFlags compute;
-  Precision precision = Precision::fp32;
+  Compute resolved;  // what resolve_compute chose from `compute`
   bool json = false;
   NllOptions nll;
   SamplerFlags sampler;
@@ -66,10 +66,10 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
   torch::Tensor labels;
   if (classes > 0) labels = torch::arange(n, torch::kLong).remainder(classes);
   ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
-    AutocastScope autocast(x.device(), o.precision);
+    AutocastScope autocast(x.device(), o.resolved.precision);
     return ckpt.model->forward(x, t, y);
   };
-  const ConditionalDenoiser net = classifier_free_guidance(model, classes, o.guidance);
+  const ConditionalDenoiser net = with_cuda_graph(o.resolved, classifier_free_guidance(model, classes, o.guidance));
   ProgressBar bar("generate", n * steps, 0, o.nll.progress);
   BatchStepCallback cb = [&](int64_t first, const SampleStep& s) { bar.update(first * steps + (s.index + 1) * s.x_t.size(0)); };
   auto gen = at::detail::createCPUGenerator(o.nll.seed);
@@ -112,7 +112,7 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
 void run_eval(EvalOptions& o) {
   const auto compute = resolve_compute(o.compute, Workload::inference);
   const auto device = compute.device;
-  o.precision = compute.precision;
+  o.resolved = compute;
   auto ckpt = load_checkpoint(o.checkpoint, device);
   ckpt.model->set_memory_format(compute.memory_format);
   const auto& info = ckpt.info;
@@ -128,10 +128,10 @@ void run_eval(EvalOptions& o) {
   if (!nll) return run_cfid(o, ckpt, diffusion, data_name, data);
   if (o.nll.n <= 0) o.nll.n = 256;
   o.nll.variance = model_variance_from_string(o.variance);
-  Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) {
-    AutocastScope autocast(device, o.precision);
+  const Denoiser net = with_cuda_graph(compute, Denoiser([&](const torch::Tensor& x, const torch::Tensor& t) {
+    AutocastScope autocast(device, o.resolved.precision);
     return ckpt.model->forward(x, t);
-  };
+  }));
   const auto r = evaluate_nll(net, diffusion, data, o.nll);
 
   if (o.json) {
@@ -193,6 +193,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_flag("--no-progress", [o](int64_t) { o->nll.progress = false; }, "No progress bar");
   add_compute_options(*cmd, o->compute);
+  add_cuda_graph_option(*cmd, o->compute);
   cmd->callback([o] { run_eval(*o); });
 }
 

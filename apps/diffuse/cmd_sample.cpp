@@ -80,7 +80,7 @@ void run_sample(const SampleCliOptions& o) {
     AutocastScope autocast(device, compute.precision);
     return ckpt.model->forward(x, t, y);
   };
-  const ConditionalDenoiser net = classifier_free_guidance(model, classes, o.guidance);
+  const ConditionalDenoiser net = with_cuda_graph(compute, classifier_free_guidance(model, classes, o.guidance));
   const int64_t C = info.data.channels, H = info.data.image_size;
   std::vector<torch::Tensor> frames_xt, frames_x0;
   // Trajectory frames: step indices round(k (S − 1)/(F − 2)), k = 0..F−2; the final image is the last column.
@@ -154,6 +154,7 @@ void add_sample_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "No progress bar");
   add_compute_options(*cmd, o->compute);
+  add_cuda_graph_option(*cmd, o->compute);
   cmd->callback([o] { run_sample(*o); });
 }
 

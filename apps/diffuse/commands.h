@@ -7,10 +7,12 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
+#include "diffuse/sampling/network_graph.h"
 #include "diffuse/sampling/sampler.h"
 
 namespace diffuse::cli {
@@ -43,6 +45,7 @@ torch::Device resolve_device(const std::string& name);
 // --conv-kernels aten|onednn|auto and --attention math|onednn|fused|auto.
 struct ComputeFlags {
   std::string device = "cpu", precision = "fp32", memory_format = "auto", conv_kernels = "auto", attention = "auto";
+  bool no_cuda_graph = false;  // --no-cuda-graph (the inference commands)
 };
 struct Compute {
   torch::Device device = torch::kCPU;
@@ -50,11 +53,21 @@ struct Compute {
   MemoryFormat memory_format = MemoryFormat::nchw;
   ConvKernels conv_kernels = ConvKernels::aten;  // already set process-wide by resolve_compute
   AttentionKernel attention = AttentionKernel::math;  // likewise
+  bool cuda_graph = false;  // inference on a GPU: the network's calls replayed from a CUDA graph
 };
 void add_compute_options(CLI::App& cmd, ComputeFlags& flags);
+// --no-cuda-graph, for the commands that only run the network forward (sample, edit, eval).
+void add_cuda_graph_option(CLI::App& cmd, ComputeFlags& flags);
 // What the command computes: training (gradients) or inference only (sampling, evaluation, editing).
 enum class Workload { training, inference };
 // Resolves the flags (timing a convolution for --precision auto) and says on stderr what it chose.
 Compute resolve_compute(const ComputeFlags& flags, Workload workload);
+
+// The network as the command runs it: its calls replayed from a CUDA graph where compute says so
+// (sampling/network_graph.h), else as it is.
+template <class Network>
+Network with_cuda_graph(const Compute& compute, Network net) {
+  return compute.cuda_graph ? replay_as_cuda_graph(std::move(net)) : net;
+}
 
 }  // namespace diffuse::cli

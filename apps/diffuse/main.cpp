@@ -50,6 +50,11 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
       ->capture_default_str();
 }
 
+void add_cuda_graph_option(CLI::App& cmd, ComputeFlags& flags) {
+  cmd.add_flag("--no-cuda-graph", flags.no_cuda_graph,
+               "On a GPU, run the network's calls eagerly instead of replaying each from a CUDA graph");
+}
+
 Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   Compute c;
   c.device = resolve_device(flags.device);
@@ -77,6 +82,7 @@ Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   if (flags.attention != "auto") {
     std::fprintf(stderr, "attention: %s (%s)\n", to_string(c.attention).c_str(), attention.reason.c_str());
   }
+  c.cuda_graph = workload == Workload::inference && c.device.is_cuda() && !flags.no_cuda_graph && cuda_graphs_available();
   if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {
     std::fprintf(stderr, "warning: this CPU has no native bf16; bf16 will be much slower than fp32\n");
   }

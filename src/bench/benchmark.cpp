@@ -13,6 +13,7 @@
 #include "diffuse/model/unet_flops.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/sampling/ddim.h"
+#include "diffuse/sampling/network_graph.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/train_step.h"
 #include "diffuse/util/environment.h"
@@ -25,6 +26,22 @@ BenchTask bench_task_from_string(const std::string& name) {
   if (name == "sample") return BenchTask::sample;
   if (name == "conv") return BenchTask::conv;
   throw std::invalid_argument("unknown benchmark '" + name + "' (expected train, infer, sample or conv)");
+}
+
+CudaGraphScope cuda_graph_scope_from_string(const std::string& name) {
+  if (name == "network") return CudaGraphScope::network;
+  if (name == "loop") return CudaGraphScope::loop;
+  if (name == "off") return CudaGraphScope::off;
+  throw std::invalid_argument("unknown CUDA graph scope '" + name + "' (expected network, loop or off)");
+}
+
+std::string to_string(CudaGraphScope scope) {
+  switch (scope) {
+    case CudaGraphScope::network: return "network";
+    case CudaGraphScope::loop: return "loop";
+    case CudaGraphScope::off: return "off";
+  }
+  return "?";
 }
 
 std::string to_string(BenchTask task) {
@@ -191,11 +208,13 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
       AutocastScope autocast(c.device, autocast_precision);
       return model->forward(x, t);
     };
+    const auto graphs = c.device.is_cuda() ? c.cuda_graph : CudaGraphScope::off;
+    if (graphs == CudaGraphScope::network) net = replay_as_cuda_graph(net);
     auto loop = [&](const torch::Tensor& x_T) -> torch::Tensor {
       return sample_loop(diffusion, sampler, net, x_T, SampleOptions{c.steps, true}, c10::nullopt, StepCallback());
     };
     auto x_T = torch::randn_like(x0);
-    if (c.device.is_cuda() && c.cuda_graph) {
+    if (graphs == CudaGraphScope::loop) {
       CudaGraphRunner graph(loop);
       timings = time_runs(c, [&] { graph(x_T); }, on_run);
     } else {
@@ -225,7 +244,7 @@ nlohmann::json to_json(const BenchResult& r) {
           {"memory_format", to_string(c.memory_format)},
           {"batch_size", c.batch_size},
           {"steps", c.task == BenchTask::sample ? c.steps : 0},
-          {"cuda_graph", c.task == BenchTask::sample && c.device.is_cuda() && c.cuda_graph},
+          {"cuda_graph", to_string(c.task == BenchTask::sample && c.device.is_cuda() ? c.cuda_graph : CudaGraphScope::off)},
           {"threads", torch::get_num_threads()},
           {"parameters", r.parameters},
           {"forward_gflops_per_image", r.forward_flops_per_image / 1e9},

@@ -51,55 +51,87 @@ void reset_peak_memory(torch::Device device) {
 
 bool cuda_graphs_available() { return DIFFUSE_HAVE_CUDA && torch::cuda::is_available(); }
 
+CudaGraphRunner::CudaGraphRunner(std::function<torch::Tensor(const torch::Tensor&)> f)
+    : CudaGraphRunner(Function([f = std::move(f)](const std::vector<torch::Tensor>& inputs) { return f(inputs.at(0)); })) {}
+
 #if DIFFUSE_HAVE_CUDA
+namespace {
+
+// Whether `inputs` fit the tensors a graph was captured with: same count, the same ones defined,
+// the same sizes and dtypes.
+bool same_signature(const std::vector<torch::Tensor>& captured, const std::vector<torch::Tensor>& inputs) {
+  if (captured.size() != inputs.size()) return false;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (captured[i].defined() != inputs[i].defined()) return false;
+    if (!inputs[i].defined()) continue;
+    if (!captured[i].sizes().equals(inputs[i].sizes()) || captured[i].scalar_type() != inputs[i].scalar_type()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 struct CudaGraphRunner::Impl {
-  std::function<torch::Tensor(const torch::Tensor&)> f;
+  Function f;
   std::unique_ptr<at::cuda::CUDAGraph> graph;
-  torch::Tensor input, output;
+  std::vector<torch::Tensor> inputs;  // the captured ones; each call's inputs are copied into them
+  torch::Tensor output;
 };
 
-CudaGraphRunner::CudaGraphRunner(std::function<torch::Tensor(const torch::Tensor&)> f) : impl_(new Impl) {
+CudaGraphRunner::CudaGraphRunner(Function f) : impl_(new Impl) {
   if (!cuda_graphs_available()) throw std::runtime_error("CUDA graphs need a CUDA build of LibTorch and a GPU");
   impl_->f = std::move(f);
 }
 
-torch::Tensor CudaGraphRunner::operator()(const torch::Tensor& x) {
+torch::Tensor CudaGraphRunner::operator()(const std::vector<torch::Tensor>& inputs) {
   auto& s = *impl_;
-  TORCH_CHECK(x.is_cuda(), "CudaGraphRunner: the input must be on the GPU");
-  if (!s.graph || !s.input.sizes().equals(x.sizes()) || s.input.scalar_type() != x.scalar_type()) {
-    s.input = x.clone();
+  int device_index = -1;
+  for (const auto& x : inputs) {
+    if (!x.defined()) continue;
+    TORCH_CHECK(x.is_cuda(), "CudaGraphRunner: every input must be on the GPU");
+    device_index = x.device().index();
+  }
+  TORCH_CHECK(device_index >= 0, "CudaGraphRunner: no defined input");
+  if (!s.graph || !same_signature(s.inputs, inputs)) {
+    s.graph.reset();  // the old graph's memory pool goes back before the new capture
+    s.inputs.clear();
+    for (const auto& x : inputs) s.inputs.push_back(x.defined() ? x.clone() : x);
     // Autocast's cache of cast weights must not outlive the capture (it would point into the graph's pool).
     const bool cache = at::autocast::is_autocast_cache_enabled();
     at::autocast::set_autocast_cache_enabled(false);
-    auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, x.device().index());
+    auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_index);
     torch::cuda::synchronize();
     {
       c10::cuda::CUDAStreamGuard guard(side);
-      s.f(s.input);  // warm-up: lazy initialisation (cuDNN/cuBLAS handles, kernel choice) outside the capture
+      s.f(s.inputs);  // warm-up: lazy initialisation (cuDNN/cuBLAS handles, kernel choice) outside the capture
     }
     torch::cuda::synchronize();
     s.graph = std::make_unique<at::cuda::CUDAGraph>();
     {
       c10::cuda::CUDAStreamGuard guard(side);
       s.graph->capture_begin();
-      s.output = s.f(s.input);
+      s.output = s.f(s.inputs);
       s.graph->capture_end();
     }
     torch::cuda::synchronize();
     at::autocast::set_autocast_cache_enabled(cache);
   }
-  s.input.copy_(x);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].defined()) s.inputs[i].copy_(inputs[i]);
+  }
   s.graph->replay();
   return s.output.clone();
 }
 #else
 struct CudaGraphRunner::Impl {};
 
-CudaGraphRunner::CudaGraphRunner(std::function<torch::Tensor(const torch::Tensor&)>) {
+CudaGraphRunner::CudaGraphRunner(Function) {
   throw std::runtime_error("CUDA graphs need a CUDA build of LibTorch (this one is CPU only)");
 }
 
-torch::Tensor CudaGraphRunner::operator()(const torch::Tensor&) {
+torch::Tensor CudaGraphRunner::operator()(const std::vector<torch::Tensor>&) {
   throw std::runtime_error("CUDA graphs need a CUDA build of LibTorch");
 }
 #endif

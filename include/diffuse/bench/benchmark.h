@@ -1,7 +1,8 @@
 // Timing of the project's own work, median of R runs after warm-up:
 //   train   one TrainStep (forward, backward, gradient clipping, AdamW, EMA) on a batch
 //   infer   one forward pass of the network on a batch (inference mode)
-//   sample  a whole DDIM-S sampling (η = 0) of a batch, as a CUDA graph on a GPU when asked
+//   sample  a whole DDIM-S sampling (η = 0) of a batch; on a GPU with the network's calls replayed
+//           from a CUDA graph, as `diffuse sample` runs them (or the whole loop captured, or neither)
 //   conv    the device's rate on one large 3×3 convolution (the peak to compare the others with)
 // with images/s, achieved GFLOP/s (from unet_forward_flops) and peak memory.
 #pragma once
@@ -21,6 +22,13 @@ enum class BenchTask { train, infer, sample, conv };
 BenchTask bench_task_from_string(const std::string& name);  // "train" | "infer" | "sample" | "conv"
 std::string to_string(BenchTask task);
 
+// What `sample` on a GPU captures in a CUDA graph: each network call (what `diffuse sample` and
+// the editing commands do: sampling/network_graph.h), the whole loop of S steps (no per-step
+// work on the host at all; possible for DDIM's deterministic loop), or nothing.
+enum class CudaGraphScope { network, loop, off };
+CudaGraphScope cuda_graph_scope_from_string(const std::string& name);  // "network" | "loop" | "off"
+std::string to_string(CudaGraphScope scope);
+
 struct BenchConfig {
   std::string model = "mnist";
   BenchTask task = BenchTask::train;
@@ -31,7 +39,7 @@ struct BenchConfig {
   torch::Device device = torch::kCPU;
   int repeat = 5;
   int warmup = 1;
-  bool cuda_graph = true;      // `sample` on CUDA: capture the whole loop in a CUDA graph
+  CudaGraphScope cuda_graph = CudaGraphScope::network;  // `sample` on CUDA
   int64_t in_channels = 0;     // 0: the model's usual data (1×28² for mnist and tiny, 3×32² for ddpm-cifar10)
   int64_t image_size = 0;
   ConvShape conv_shape;        // `conv`: the convolution timed

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 namespace diffuse {
 
@@ -38,15 +39,19 @@ bool use_single_threaded_blas();
 // Returns whether it changed anything (false on other C libraries).
 bool keep_freed_memory_for_reuse();
 
-// Runs f(x) for a fixed input shape as a CUDA graph: captured on first use (after one warm-up
-// run on a side stream), then replayed with the new input copied into the captured one. f must
+// Runs f(inputs) for fixed input shapes as a CUDA graph: captured on first use (after one warm-up
+// run on a side stream), then replayed with the new inputs copied into the captured ones; inputs
+// of other sizes or dtypes, or an input defined where it was undefined, capture it again. f must
 // not synchronise with the host (no .item(), no host-side randomness). The result is a copy.
 // Without CUDA, constructing one throws.
 class CudaGraphRunner {
  public:
-  explicit CudaGraphRunner(std::function<torch::Tensor(const torch::Tensor&)> f);
+  using Function = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
+  explicit CudaGraphRunner(Function f);
+  explicit CudaGraphRunner(std::function<torch::Tensor(const torch::Tensor&)> f);  // one input
   ~CudaGraphRunner();
-  torch::Tensor operator()(const torch::Tensor& x);
+  torch::Tensor operator()(const std::vector<torch::Tensor>& inputs);
+  torch::Tensor operator()(const torch::Tensor& x) { return (*this)(std::vector<torch::Tensor>{x}); }
 
  private:
   struct Impl;
