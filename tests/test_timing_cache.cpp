@@ -4,11 +4,13 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/timing_cache.h"
+#include "diffuse/runtime/winograd_conv.h"
 #include "diffuse_build_config.h"
 #include "support/run_command.h"
 #include "support/temp_dir.h"
@@ -86,4 +88,26 @@ TEST(TimingCache, TheCliKeepsItsConvolutionChoicesForTheNextRun) {
   r = diffuse::testing::run_command(bench);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(nlohmann::json::parse(diffuse::read_file(dir / "timings.json")), changed);
+}
+
+// The choices are keyed by what was timed: with DIFFUSE_OWN_WINOGRAD=1 switched on inside one
+// process (bench --alternate), the own Winograd's shapes are timed for themselves, not answered
+// from the choice made for oneDNN's Winograd a step earlier.
+TEST(TimingCache, ASwitchFlippedInsideAProcessTimesItsOwnChoices) {
+  if (!diffuse::onednn_conv_built() || !diffuse::winograd_conv_built()) GTEST_SKIP() << "no oneDNN or own Winograd";
+  diffuse::testing::TempDir dir;
+  auto r = diffuse::testing::run_command("DIFFUSE_TIMING_CACHE=1 DIFFUSE_CACHE_DIR=" + dir.str() + " " + DIFFUSE_BINARY +
+                                         " --threads 1 bench --model mnist --what train --batch-size 2 --repeat 2 "
+                                         "--warmup 0 --conv-kernels onednn --json --alternate DIFFUSE_OWN_WINOGRAD=1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto choices = nlohmann::json::parse(diffuse::read_file(dir / "timings.json")).at("choices");
+  std::set<std::string> onednn_shapes, own_shapes;  // the keys without the name of what was timed
+  for (const auto& [key, value] : choices.items()) {
+    for (const std::string timed : {"winograd-or-direct ", "own-winograd-or-direct "}) {
+      if (key.rfind(timed, 0) == 0) (timed[0] == 'o' ? own_shapes : onednn_shapes).insert(key.substr(timed.size()));
+    }
+  }
+  EXPECT_FALSE(own_shapes.empty()) << r.output;
+  // where oneDNN has a Winograd kernel (AVX-512), both were timed, shape for shape
+  if (!onednn_shapes.empty()) EXPECT_EQ(onednn_shapes, own_shapes);
 }

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -371,22 +372,24 @@ std::string choice_key(const char* timed, const OneDnnConvShape& s) {
 }
 
 // A choice per shape, decided once by a timing and remembered for the process, and across
-// processes by the timing cache (runtime/timing_cache.h). The lock is not held while timing; two
-// threads meeting a new shape may both time it.
+// processes by the timing cache (runtime/timing_cache.h). Both are keyed by what was timed and the
+// thread count too, so that a switch flipped inside a process (bench --alternate
+// DIFFUSE_OWN_WINOGRAD=1) or another thread count times its own winner instead of reusing the
+// other's. The lock is not held while timing; two threads meeting a new shape may both time it.
 template <class Choice>
 class ShapeChoices {
  public:
-  // `timed()`: what the timing compares, for the cache's key (asked only for a shape new to the
-  // process, off the per-call path)
-  template <class Timed, class Decide>
-  Choice get(const OneDnnConvShape& shape, Timed&& timed, Decide&& decide) {
+  // `timed`: what the timing compares, a string literal (a name that outlives the map)
+  template <class Decide>
+  Choice get(const OneDnnConvShape& shape, const char* timed, Decide&& decide) {
+    const Key process_key{shape, std::string_view(timed), at::get_num_threads()};
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (auto it = choices_.find(shape); it != choices_.end()) return it->second;
+      if (auto it = choices_.find(process_key); it != choices_.end()) return it->second;
     }
     Choice choice;
     auto* cache = process_timing_cache();
-    const std::string key = cache ? choice_key(timed(), shape) : std::string();
+    const std::string key = cache ? choice_key(timed, shape) : std::string();
     if (const auto kept = cache ? cache->find(key) : std::nullopt) {
       decode(*kept, choice);
     } else {
@@ -394,12 +397,13 @@ class ShapeChoices {
       if (cache) cache->store(key, encode(choice));
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    return choices_[shape] = choice;
+    return choices_[process_key] = choice;
   }
 
  private:
+  using Key = std::tuple<OneDnnConvShape, std::string_view, int>;
   std::mutex mutex_;
-  std::map<OneDnnConvShape, Choice> choices_;
+  std::map<Key, Choice> choices_;
 };
 
 // Data without the random generator: timing must not move the caller's random stream.
@@ -422,7 +426,7 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "direct")) return {false, false, false};
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "winograd")) return {};
   static ShapeChoices<PassAlgorithms> choices;
-  const auto timed = [&] { return own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct"; };
+  const char* timed = own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct";
   return choices.get(shape, timed, [&] {
     const int64_t b = kChannelBlock, n = timing_batch(shape.n);
     const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
@@ -587,7 +591,7 @@ namespace {
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static ShapeChoices<bool> onednn_faster;
   const OneDnnConvShape shape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32};
-  return onednn_faster.get(shape, [] { return "onednn-or-aten"; }, [&] {
+  return onednn_faster.get(shape, "onednn-or-aten", [&] {
     const int64_t m = timing_batch(n);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
          grad_y = ramp({m, o, h, w});
