@@ -110,6 +110,14 @@ TEST(Precision, GradientClippingMatchesLibTorch) {
   EXPECT_TRUE(torch::equal(a[0].grad(), before));
   a[1].mutable_grad() = a[1].grad().to(torch::kFloat64);  // not all float32: no flat pass
   EXPECT_FALSE(flat_grad_norm(a).has_value());
+  // mixed dtypes: each gradient scaled in its own
+  for (size_t i = 0; i < a.size(); ++i) b[i].mutable_grad() = a[i].grad().clone();
+  const double mixed_norm = torch::nn::utils::clip_grad_norm_(b, 0.5);
+  EXPECT_NEAR(clip_grad_norm(a, 0.5).item<double>(), mixed_norm, 1e-4 * mixed_norm);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].grad().scalar_type(), b[i].grad().scalar_type());
+    EXPECT_TRUE(torch::allclose(a[i].grad(), b[i].grad(), 1e-5, 1e-6));
+  }
 }
 
 TEST(Precision, Bf16ChannelsLastGradientsAgreeWithFloat32) {

@@ -58,14 +58,27 @@ std::optional<double> flat_grad_norm(const std::vector<torch::Tensor>& params) {
 
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> norms;
+  std::vector<torch::Tensor> grads;
   for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(torch::kFloat32));
-  if (norms.empty()) return torch::zeros({});
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return torch::zeros({});
+  // every ‖g_p‖ by one multi-tensor kernel (on a GPU: a few launches instead of one per parameter)
+  auto norms = at::_foreach_norm(grads, 2);
+  for (auto& n : norms) n = n.to(torch::kFloat32);
   auto total = torch::stack(norms).norm(2);                        // ‖g‖ = √(Σ_p ‖g_p‖²)
   auto scale = (max_norm / (total + 1e-6)).clamp_max(1.0);         // min(1, max_norm / ‖g‖)
-  for (const auto& p : params)
-    if (p.grad().defined()) p.grad().mul_(scale.to(p.grad().dtype()));
+  const bool one_dtype = std::all_of(grads.begin(), grads.end(), [&](const torch::Tensor& g) {
+    return g.scalar_type() == scale.scalar_type() && g.device() == scale.device();
+  });
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  if (one_dtype) {
+    at::_foreach_mul_(grads, scale);  // g ← g · scale, a tensor: nothing read back to the host
+    return total;
+  }
+#else
+  (void)one_dtype;  // LibTorch 1.13 has no multi-tensor product with a tensor
+#endif
+  for (auto& g : grads) g.mul_(scale.to(g.dtype()));
   return total;
 }
 
