@@ -2,6 +2,7 @@
 // scripts/gpu-check on a machine with one.
 #include <gtest/gtest.h>
 
+#include "diffuse/data/dataset.h"
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/attention.h"
@@ -101,6 +102,34 @@ TEST(Cuda, GraphReplayOfTheSamplingLoopEqualsTheEagerLoop) {
     EXPECT_LT((eager - replayed).abs().max().item<double>(), 1e-4) << "round " << round;
   }
   EXPECT_GT(peak_memory_bytes(torch::kCUDA), 0);
+}
+
+// Training on a GPU gathers its batches there (the images copied once): the same batches, in the
+// same order, as the CPU's loader with the same seed, across an epoch's end and after a restore.
+TEST(Cuda, BatchesGatheredOnTheGpuEqualTheCpusBatches) {
+  SKIP_WITHOUT_CUDA();
+  Dataset d;
+  d.name = "counting";
+  d.images = torch::randint(0, 256, {11, 1, 4, 4}, torch::kLong).to(torch::kUInt8);
+  d.labels = torch::arange(11, torch::kLong);
+  auto batches = [&](torch::Device device) {
+    torch::manual_seed(3);
+    BatchLoader loader(d, 4, device);
+    std::vector<BatchLoader::Batch> out;
+    for (int i = 0; i < 4; ++i) out.push_back(loader.next());  // 2 batches an epoch: a new order at the 3rd
+    BatchLoader resumed(d, 4, device);
+    resumed.restore(loader.order(), loader.cursor() - 4);
+    out.push_back(resumed.next());  // the 4th batch again
+    return out;
+  };
+  const auto cpu = batches(torch::kCPU), gpu = batches(torch::kCUDA);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_TRUE(gpu[i].x0.is_cuda());
+    EXPECT_TRUE(torch::equal(gpu[i].x0.cpu(), cpu[i].x0));
+    EXPECT_TRUE(torch::equal(gpu[i].labels.cpu(), cpu[i].labels));
+  }
+  EXPECT_TRUE(torch::equal(cpu[4].labels, cpu[3].labels));
 }
 
 // What `diffuse sample`, `edit` and `eval` run on a GPU: each network call replayed from a CUDA

@@ -151,28 +151,34 @@ BatchLoader::BatchLoader(const Dataset& data, int64_t batch_size, torch::Device 
     : data_(data), batch_size_(batch_size), device_(device) {
   TORCH_CHECK(data.size() > 0, "BatchLoader: data set '", data.name, "' is empty");
   TORCH_CHECK(batch_size > 0, "BatchLoader: batch size must be positive");
+  const bool resident = device.is_cuda() && data.images.nbytes() <= kDeviceResidentBytes;
+  images_ = resident ? data.images.to(device) : data.images;
+  labels_ = resident && data.labels.defined() ? data.labels.to(device) : data.labels;
+}
+
+void BatchLoader::set_order(torch::Tensor order) {
+  order_ = std::move(order);
+  order_gathered_ = order_.to(images_.device());  // once an epoch
+  cursor_ = 0;
 }
 
 BatchLoader::Batch BatchLoader::next() {
   // Batches are drawn without replacement; a new permutation starts when too few remain.
-  if (!order_.defined() || cursor_ + batch_size_ > order_.size(0)) {
-    order_ = torch::randperm(data_.size(), torch::kLong);
-    cursor_ = 0;
-  }
+  if (!order_.defined() || cursor_ + batch_size_ > order_.size(0)) set_order(torch::randperm(data_.size(), torch::kLong));
   const int64_t n = std::min(batch_size_, order_.size(0));
-  auto idx = order_.narrow(0, cursor_, n);
+  auto idx = order_gathered_.narrow(0, cursor_, n);
   cursor_ += n;
   Batch b;
   // x = pixel / 127.5 − 1 ∈ [−1, 1]
-  b.x0 = (data_.images.index_select(0, idx).to(device_).to(torch::kFloat32) / 127.5 - 1.0);
-  b.labels = data_.labels.index_select(0, idx).to(device_);
+  b.x0 = (images_.index_select(0, idx).to(device_).to(torch::kFloat32) / 127.5 - 1.0);
+  b.labels = labels_.index_select(0, idx).to(device_);
   return b;
 }
 
 void BatchLoader::restore(const torch::Tensor& order, int64_t cursor) {
   TORCH_CHECK(order.numel() == data_.size(), "BatchLoader::restore: saved order has ", order.numel(),
               " entries but the data set has ", data_.size(), " images (different data?)");
-  order_ = order.to(torch::kLong);
+  set_order(order.to(torch::kLong));
   cursor_ = cursor;
 }
 

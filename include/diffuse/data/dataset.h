@@ -54,8 +54,13 @@ Dataset shard_of(const Dataset& data, int64_t index, int64_t count);
 
 // Shuffles with torch's default generator (so a seed fixes the order) and hands out batches
 // as [−1, 1] floats; reshuffles at every epoch.
+// On a GPU the images (as uint8) and each epoch's order are copied to it once, up to
+// kDeviceResidentBytes of images, so that a batch is gathered there: copying each batch from
+// pageable host memory would make the host wait for the previous step at every step, and keep it
+// from queueing the next step's kernels ahead of the GPU.
 class BatchLoader {
  public:
+  static constexpr int64_t kDeviceResidentBytes = int64_t{2} << 30;  // 2 GiB
   BatchLoader(const Dataset& data, int64_t batch_size, torch::Device device);
   struct Batch {
     torch::Tensor x0;      // [B, C, H, W] in [−1, 1]
@@ -68,10 +73,14 @@ class BatchLoader {
   void restore(const torch::Tensor& order, int64_t cursor);
 
  private:
+  void set_order(torch::Tensor order);
+
   const Dataset& data_;
   int64_t batch_size_;
   torch::Device device_;
-  torch::Tensor order_;
+  torch::Tensor images_, labels_;  // the data where batches are gathered: on the device, or data_'s own
+  torch::Tensor order_;            // this epoch's permutation (CPU: resuming saves it)
+  torch::Tensor order_gathered_;   // the same on images_' device
   int64_t cursor_ = 0;
 };
 
