@@ -132,6 +132,26 @@ TEST(Cuda, BatchesGatheredOnTheGpuEqualTheCpusBatches) {
   EXPECT_TRUE(torch::equal(cpu[4].labels, cpu[3].labels));
 }
 
+// Random numbers drawn on the CPU (so that a seed gives the same run on any device) reach the GPU
+// through pinned memory without a host wait: the same values, even when the pinned block is
+// reused right away by the next copy.
+TEST(Cuda, AsynchronousCopiesOfCpuRandomNumbersArriveIntact) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(9);
+  std::vector<torch::Tensor> cpu, gpu;
+  for (int i = 0; i < 8; ++i) {
+    cpu.push_back(torch::randn({1000 + i}));
+    gpu.push_back(to_device_async(cpu.back(), torch::kCUDA));
+  }
+  for (size_t i = 0; i < cpu.size(); ++i) EXPECT_TRUE(torch::equal(gpu[i].cpu(), cpu[i])) << i;
+  GaussianDiffusion on_cpu(NoiseSchedule(ScheduleConfig{}), Objective::eps, torch::kCPU),
+      on_gpu(NoiseSchedule(ScheduleConfig{}), Objective::eps, torch::kCUDA);
+  torch::manual_seed(4);
+  const auto t_cpu = on_cpu.sample_timesteps(64);
+  torch::manual_seed(4);
+  EXPECT_TRUE(torch::equal(on_gpu.sample_timesteps(64).cpu(), t_cpu));
+}
+
 // What `diffuse sample`, `edit` and `eval` run on a GPU: each network call replayed from a CUDA
 // graph, the sampler eager. A class-conditional network under guidance (the doubled batch inside
 // the graph), DDPM's noise drawn outside it, and a last smaller batch that needs a new capture:

@@ -1,5 +1,7 @@
 #include "diffuse/diffusion/gaussian_diffusion.h"
 
+#include "diffuse/runtime/device.h"
+
 #include <stdexcept>
 
 namespace diffuse {
@@ -96,7 +98,7 @@ torch::Tensor GaussianDiffusion::loss_simple(const torch::Tensor& model_out, con
 }
 
 torch::Tensor GaussianDiffusion::sample_timesteps(int64_t batch, const c10::optional<torch::Generator>& gen) const {
-  return torch::randint(0, timesteps(), {batch}, gen, torch::dtype(torch::kLong)).to(device_);
+  return to_device_async(torch::randint(0, timesteps(), {batch}, gen, torch::dtype(torch::kLong)), device_);
 }
 
 }  // namespace diffuse

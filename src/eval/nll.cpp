@@ -1,5 +1,7 @@
 #include "diffuse/eval/nll.h"
 
+#include "diffuse/runtime/device.h"
+
 #include <cmath>
 
 #include "diffuse/io/image.h"
@@ -40,7 +42,7 @@ NllResult evaluate_nll(const Denoiser& network, const GaussianDiffusion& diffusi
     // The terms at per-image 0-based indices t: draw x_t ~ q(x_t|x_0), ask the network, compare.
     auto terms_at = [&](const torch::Tensor& t_cpu) {
       auto t = t_cpu.to(device);
-      auto noise = torch::randn(x0.sizes(), gen).to(device);
+      auto noise = to_device_async(torch::randn(x0.sizes(), gen), device);
       auto x_t = diffusion.q_sample(x0, t, noise);
       auto pred = diffusion.split_model_output(network(x_t, t), x_t, t, /*clip_x0=*/false);
       done += b;

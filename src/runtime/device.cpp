@@ -27,6 +27,12 @@ void synchronize(torch::Device device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
 }
 
+torch::Tensor to_device_async(const torch::Tensor& cpu, torch::Device device) {
+  if (!device.is_cuda() || !cpu.is_cpu()) return cpu.to(device);
+  // LibTorch's pinned-memory cache keeps the block until the copy that reads it has finished
+  return cpu.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 int64_t peak_memory_bytes(torch::Device device) {
 #if DIFFUSE_HAVE_CUDA
   if (device.is_cuda()) {

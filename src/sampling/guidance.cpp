@@ -1,5 +1,7 @@
 #include "diffuse/sampling/guidance.h"
 
+#include "diffuse/runtime/device.h"
+
 #include <stdexcept>
 
 namespace diffuse {
@@ -7,7 +9,7 @@ namespace diffuse {
 torch::Tensor drop_labels(const torch::Tensor& labels, int64_t null_label, double p) {
   if (!(p >= 0.0 && p <= 1.0)) throw std::invalid_argument("label dropout must be in [0, 1], got " + std::to_string(p));
   if (p == 0.0) return labels;
-  auto drop = torch::rand(labels.sizes(), torch::dtype(torch::kFloat32)).to(labels.device()) < p;
+  auto drop = to_device_async(torch::rand(labels.sizes(), torch::dtype(torch::kFloat32)), labels.device()) < p;
   return torch::where(drop, torch::full_like(labels, null_label), labels);
 }
 

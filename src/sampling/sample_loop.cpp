@@ -1,5 +1,7 @@
 #include "diffuse/sampling/sample_loop.h"
 
+#include "diffuse/runtime/device.h"
+
 namespace diffuse {
 
 Predictor make_predictor(const GaussianDiffusion& diffusion, const Denoiser& denoiser, bool clip_x0) {
@@ -48,7 +50,7 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
   for (int64_t start = 0; start < n; start += batch_size) {
     std::vector<int64_t> shape{std::min(batch_size, n - start)};
     shape.insert(shape.end(), image_shape.begin(), image_shape.end());
-    auto x_T = torch::randn(shape, gen).to(diffusion.device());  // x_T ~ N(0, I)
+    auto x_T = to_device_async(torch::randn(shape, gen), diffusion.device());  // x_T ~ N(0, I)
     StepCallback cb;
     if (callback) cb = [&](const SampleStep& s) { callback(start, s); };
     torch::Tensor y;  // this batch's labels

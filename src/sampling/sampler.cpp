@@ -1,5 +1,7 @@
 #include "diffuse/sampling/sampler.h"
 
+#include "diffuse/runtime/device.h"
+
 #include <stdexcept>
 
 #include "diffuse/sampling/ddim.h"
@@ -33,7 +35,7 @@ std::vector<int64_t> Sampler::timesteps(int64_t steps, int64_t t_start) const {
 torch::Tensor randn_like_from(const torch::Tensor& like, const c10::optional<torch::Generator>& gen) {
   if (!gen.has_value()) return torch::randn_like(like);
   auto noise = torch::randn(like.sizes(), gen, torch::dtype(like.scalar_type()).device(gen->device()));
-  return noise.to(like.device());
+  return to_device_async(noise, like.device());
 }
 
 }  // namespace diffuse

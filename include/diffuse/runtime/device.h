@@ -13,6 +13,12 @@ namespace diffuse {
 // Waits until the device has finished all queued work (no-op on the CPU).
 void synchronize(torch::Device device);
 
+// A CPU tensor (random numbers from a CPU generator, say) copied to `device` without making the
+// host wait: to a GPU through pinned memory and an asynchronous copy, where a copy from pageable
+// memory waits for all the work queued before it (once a step, that keeps the host from running
+// ahead of the GPU). Elsewhere simply `.to(device)`.
+torch::Tensor to_device_async(const torch::Tensor& cpu, torch::Device device);
+
 // CUDA: peak bytes allocated by torch's caching allocator since the last reset. CPU: the peak
 // resident set of the whole process (which cannot be reset; reset is a no-op there).
 int64_t peak_memory_bytes(torch::Device device);
