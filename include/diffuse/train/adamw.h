@@ -34,9 +34,15 @@ class AdamW {
   std::vector<torch::Tensor>& second_moments() { return v_; }
 
  private:
+  // The update by LibTorch 2.x's fused kernel where it applies (GPU tensors of one dtype); false
+  // where it does not, and the multi-tensor route runs instead.
+  bool fused_step(const std::vector<torch::Tensor>& p, const std::vector<torch::Tensor>& g,
+                  const std::vector<torch::Tensor>& m, const std::vector<torch::Tensor>& v, double lr);
+
   std::vector<torch::Tensor> params_, m_, v_;
   AdamWOptions options_;
   int64_t step_count_ = 0;
+  torch::Tensor device_step_;  // k on the GPU, for the fused kernel
 };
 
 }  // namespace diffuse
