@@ -105,6 +105,23 @@ TEST(Cuda, GraphReplayOfTheSamplingLoopEqualsTheEagerLoop) {
   EXPECT_GT(peak_memory_bytes(torch::kCUDA), 0);
 }
 
+// A network that fails while its graph is captured (out of memory, say): the error reaches the
+// caller, the stream works again afterwards, and the next call captures afresh.
+TEST(Cuda, AFailedCaptureLeavesTheDeviceUsable) {
+  SKIP_WITHOUT_CUDA();
+  int calls = 0;
+  CudaGraphRunner graph([&](const torch::Tensor& x) {
+    auto y = x * 2;
+    if (++calls == 2) throw std::runtime_error("failed inside the capture");  // call 1: the warm-up
+    return y;
+  });
+  const auto x = torch::ones({4}, torch::kCUDA);
+  EXPECT_THROW(graph(x), std::runtime_error);
+  EXPECT_TRUE(torch::equal((x + 1).cpu(), torch::full({4}, 2.0)));
+  EXPECT_TRUE(torch::equal(graph(x).cpu(), torch::full({4}, 2.0)));
+  EXPECT_EQ(calls, 4);
+}
+
 // Training on a GPU gathers its batches there (the images copied once): the same batches, in the
 // same order, as the CPU's loader with the same seed, across an epoch's end and after a restore.
 TEST(Cuda, BatchesGatheredOnTheGpuEqualTheCpusBatches) {

@@ -108,20 +108,39 @@ torch::Tensor CudaGraphRunner::operator()(const std::vector<torch::Tensor>& inpu
     const bool cache = at::autocast::is_autocast_cache_enabled();
     at::autocast::set_autocast_cache_enabled(false);
     auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_index);
-    torch::cuda::synchronize();
-    {
-      c10::cuda::CUDAStreamGuard guard(side);
-      s.f(s.inputs);  // warm-up: lazy initialisation (cuDNN/cuBLAS handles, kernel choice) outside the capture
+    bool capturing = false;
+    try {
+      torch::cuda::synchronize();
+      {
+        c10::cuda::CUDAStreamGuard guard(side);
+        s.f(s.inputs);  // warm-up: lazy initialisation (cuDNN/cuBLAS handles, kernel choice) outside the capture
+      }
+      torch::cuda::synchronize();
+      s.graph = std::make_unique<at::cuda::CUDAGraph>();
+      {
+        c10::cuda::CUDAStreamGuard guard(side);
+        s.graph->capture_begin();
+        capturing = true;
+        s.output = s.f(s.inputs);
+        capturing = false;
+        s.graph->capture_end();
+      }
+      torch::cuda::synchronize();
+    } catch (...) {
+      // f failed (out of memory, say): end the capture, so that the stream works again, and leave
+      // no half-made graph behind; the caller sees f's error
+      if (capturing) {
+        c10::cuda::CUDAStreamGuard guard(side);
+        try {
+          s.graph->capture_end();
+        } catch (...) {
+        }
+      }
+      s.graph.reset();
+      s.inputs.clear();
+      at::autocast::set_autocast_cache_enabled(cache);
+      throw;
     }
-    torch::cuda::synchronize();
-    s.graph = std::make_unique<at::cuda::CUDAGraph>();
-    {
-      c10::cuda::CUDAStreamGuard guard(side);
-      s.graph->capture_begin();
-      s.output = s.f(s.inputs);
-      s.graph->capture_end();
-    }
-    torch::cuda::synchronize();
     at::autocast::set_autocast_cache_enabled(cache);
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
