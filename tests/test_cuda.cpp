@@ -163,7 +163,7 @@ TEST(Cuda, FusedAdamWMatchesTheMultiTensorAndTheCpuUpdates) {
   auto run = [&](torch::Device device, bool fused) {
     if (!fused) setenv("DIFFUSE_FUSED_ADAMW", "0", 1);
     std::vector<torch::Tensor> params;
-    for (const auto& p : start) params.push_back(p.to(device));
+    for (const auto& p : start) params.push_back(p.clone().to(device));  // the CPU run must not move `start`
     AdamW opt(params, AdamWOptions{0.9, 0.999, 1e-8, 0.05});
     for (const auto& step : grads) {
       for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad() = step[i].to(device);
