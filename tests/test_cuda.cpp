@@ -180,7 +180,7 @@ TEST(Cuda, FusedAdamWMatchesTheMultiTensorAndTheCpuUpdates) {
   EXPECT_GT((cpu - torch::cat({start[0].flatten(), start[1], start[2].flatten()})).abs().max().item<double>(), 1e-3);
 }
 
-// Random numbers drawn on the CPU (so that a seed gives the same run on any device) reach the GPU
+// Random numbers drawn on the CPU (so that a seed draws the same numbers on any device) reach the GPU
 // through pinned memory without a host wait: the same values, even when the pinned block is
 // reused right away by the next copy.
 TEST(Cuda, AsynchronousCopiesOfCpuRandomNumbersArriveIntact) {
