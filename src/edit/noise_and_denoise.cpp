@@ -1,5 +1,7 @@
 #include "diffuse/edit/noise_and_denoise.h"
 
+#include "diffuse/sampling/sampler.h"
+
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -18,7 +20,7 @@ NoisedAndDenoised noise_and_denoise(const GaussianDiffusion& diffusion, Sampler&
   const int64_t t_first = sampler.timesteps(steps, t).front();
   // a given ε must broadcast to x_0 (expand throws with LibTorch's message otherwise)
   const auto eps =
-      noise.defined() ? noise.to(x0.device()).expand(x0.sizes()) : torch::randn(x0.sizes(), gen).to(x0.device());
+      noise.defined() ? noise.to(x0.device()).expand(x0.sizes()) : randn_like_from(x0, gen);
   auto t_batch = torch::full({x0.size(0)}, t_first, torch::dtype(torch::kLong).device(x0.device()));
   auto x_t = diffusion.q_sample(x0, t_batch, eps);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
   SampleOptions options;

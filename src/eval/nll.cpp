@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "diffuse/io/image.h"
+#include "diffuse/sampling/sampler.h"
 #include "diffuse/util/progress.h"
 
 namespace diffuse {
@@ -41,8 +42,8 @@ NllResult evaluate_nll(const Denoiser& network, const GaussianDiffusion& diffusi
     auto x0 = from_uint8(data.images.narrow(0, start, b)).to(device);
     // The terms at per-image 0-based indices t: draw x_t ~ q(x_t|x_0), ask the network, compare.
     auto terms_at = [&](const torch::Tensor& t_cpu) {
-      auto t = t_cpu.to(device);
-      auto noise = to_device_async(torch::randn(x0.sizes(), gen), device);
+      auto t = to_device_async(t_cpu, device);
+      auto noise = randn_like_from(x0, gen);  // from the CPU generator, as the timesteps
       auto x_t = diffusion.q_sample(x0, t, noise);
       auto pred = diffusion.split_model_output(network(x_t, t), x_t, t, /*clip_x0=*/false);
       done += b;

@@ -67,17 +67,16 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
   for (auto& n : norms) n = n.to(torch::kFloat32);
   auto total = torch::stack(norms).norm(2);                        // ‖g‖ = √(Σ_p ‖g_p‖²)
   auto scale = (max_norm / (total + 1e-6)).clamp_max(1.0);         // min(1, max_norm / ‖g‖)
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
   const bool one_dtype = std::all_of(grads.begin(), grads.end(), [&](const torch::Tensor& g) {
     return g.scalar_type() == scale.scalar_type() && g.device() == scale.device();
   });
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
   if (one_dtype) {
     at::_foreach_mul_(grads, scale);  // g ← g · scale, a tensor: nothing read back to the host
     return total;
   }
-#else
-  (void)one_dtype;  // LibTorch 1.13 has no multi-tensor product with a tensor
 #endif
+  // (LibTorch 1.13 has no multi-tensor product with a tensor)
   for (auto& g : grads) g.mul_(scale.to(g.dtype()));
   return total;
 }
