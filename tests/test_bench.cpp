@@ -67,4 +67,15 @@ TEST(Bench, AlternateRejectsWhatIsNotAnAssignment) {
   auto conv = tiny_inference("DIFFUSE_OWN_WINOGRAD=1");
   conv.task = diffuse::BenchTask::conv;
   EXPECT_THROW(diffuse::run_benchmark(conv), std::invalid_argument);
+  // sampling on a GPU replays a CUDA graph captured under A's setting, so B would time A again:
+  // refused before anything touches the device (so this holds in a CPU build too), unless graphs are off
+  auto graphed = tiny_inference("DIFFUSE_CUDA_CONV_BIAS=0");
+  graphed.task = diffuse::BenchTask::sample;
+  graphed.device = torch::Device(torch::kCUDA);
+  try {
+    diffuse::run_benchmark(graphed);
+    FAIL() << "an A/B of a captured graph was taken";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("--cuda-graph off"), std::string::npos) << e.what();
+  }
 }

@@ -135,7 +135,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--alternate", c.alternate,
                   "VAR=VALUE: alternate the timed runs between the environment as it is (A) and with VAR=VALUE "
                   "(B) in one process, pair by pair, and print both medians and B/A; for switches the code reads on "
-                  "every call (DIFFUSE_OWN_WINOGRAD=1, DIFFUSE_CONV_ALGORITHM=direct|winograd)");
+                  "every call (DIFFUSE_OWN_WINOGRAD=1, DIFFUSE_CONV_ALGORITHM=direct|winograd, DIFFUSE_FUSED_ADAMW=0, "
+                  "the DIFFUSE_CUDA_* kernels' =0; sampling on a GPU only with --cuda-graph off)");
   cmd->add_option("--cuda-graph", o->cuda_graph,
                   "--what sample on CUDA: replay each network call from a CUDA graph (network, as diffuse sample "
                   "does), capture the whole DDIM loop (loop), or run eagerly (off)")

@@ -145,6 +145,11 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   if (!c.alternate.empty() && c.task == BenchTask::conv) {
     throw std::invalid_argument("bench --alternate: not with --what conv");
   }
+  if (!c.alternate.empty() && c.task == BenchTask::sample && c.device.is_cuda() && c.cuda_graph != CudaGraphScope::off) {
+    // B's runs would replay what was captured under A's setting: B/A 1 whatever the switch does
+    throw std::invalid_argument("bench --alternate: a CUDA graph keeps the setting it was captured under; "
+                                "add --cuda-graph off");
+  }
   if (c.task == BenchTask::conv) {
     BenchResult r;
     r.config = c;

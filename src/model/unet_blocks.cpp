@@ -71,10 +71,10 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
 // conv1's bias is a per-channel constant like the time shift: on a GPU it joins the shift, which
 // the norm adds anyway, instead of costing LibTorch's unvectorised broadcasting pass after the
 // convolution, and a reduction in backward (profiled on an H200, docs/PERFORMANCE.md). On the
-// CPU the kernels add the bias for free. DIFFUSE_CUDA_BIAS_IN_SHIFT=0 turns it off (to measure it).
+// CPU the kernels add the bias for free. DIFFUSE_CUDA_BIAS_IN_SHIFT=0 turns it off (to measure it;
+// read on every GPU call, a getenv against a kernel launch, so that `bench --alternate` can pair it).
 static bool bias_joins_time_shift(const torch::Tensor& normed) {
-  static const bool off = env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0");
-  return normed.is_cuda() && !off;
+  return normed.is_cuda() && !env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0");
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
