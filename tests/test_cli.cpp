@@ -108,6 +108,27 @@ TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
   }
 }
 
+// --profile: the trace appears whole (written beside the target, then renamed), and a path that
+// cannot be written fails at once with its name, before the timed runs (LibTorch's profiler only
+// logs that it could not open a file, and the command used to end with status 0).
+TEST(Cli, BenchProfileIsWrittenWholeOrRefusedAtOnce) {
+  TempDir dir;
+  const std::string bench = std::string(DIFFUSE_BINARY) +
+                            " --threads 1 bench --model tiny --what infer --batch-size 2 --repeat 2 --warmup 0 --profile ";
+  auto r = diffuse::testing::run_command(bench + dir / "no/such/dir/trace.json");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("no/such/dir/trace.json"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("run 1/2"), std::string::npos) << "refused only after the runs: " << r.output;
+  r = diffuse::testing::run_command(bench + dir / "trace.json");
+  if (r.output.find("no legacy profiler") != std::string::npos) GTEST_SKIP() << "this LibTorch has no RecordProfile";
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto trace = nlohmann::json::parse(diffuse::read_file(dir / "trace.json"));
+  EXPECT_FALSE(trace.empty());
+  int files = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir.str())) ++files;
+  EXPECT_EQ(files, 1) << "the temporary trace was left beside the trace";
+}
+
 // ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from creating bf16 convolutions even where the CPU flags
 // say bf16: `auto` must then take fp32, and an explicit bf16 must fail with a message, not with
 // oneDNN's "could not create a primitive descriptor iterator" from inside the first layer.

@@ -1,9 +1,16 @@
 // diffuse bench: times the training step, a forward pass or a DDIM sampling of a named model on
 // random data; see include/diffuse/bench/benchmark.h.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #if __has_include(<torch/csrc/autograd/profiler_legacy.h>)
 #include <torch/csrc/autograd/profiler_legacy.h>
@@ -28,6 +35,31 @@ struct BenchOptions {
   std::string profile;  // chrome-trace file of every operator, or empty
   std::vector<int64_t> conv_shape{16, 128, 32};
   BenchConfig config;
+};
+
+// The --profile trace goes to a temporary file beside the target, renamed once LibTorch has
+// written it whole (so an earlier trace is never left half-overwritten). The file is created
+// before the runs: a path that cannot be written fails at once, not after minutes of timing
+// (LibTorch's profiler only logs that it could not open the file).
+class TraceFile {
+ public:
+  explicit TraceFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
+    FILE* f = std::fopen(tmp_.c_str(), "wb");
+    if (f == nullptr) throw std::runtime_error("--profile: cannot write '" + path_ + "': " + std::strerror(errno));
+    std::fclose(f);
+  }
+  ~TraceFile() { std::remove(tmp_.c_str()); }  // a run that failed leaves nothing behind
+  TraceFile(const TraceFile&) = delete;
+  TraceFile& operator=(const TraceFile&) = delete;
+  const std::string& temporary() const { return tmp_; }
+  void publish() {
+    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      throw std::runtime_error("--profile: cannot rename '" + tmp_ + "' to '" + path_ + "': " + std::strerror(errno));
+    }
+  }
+
+ private:
+  std::string path_, tmp_;
 };
 
 void run_bench(BenchOptions& o) {
@@ -69,9 +101,11 @@ void run_bench(BenchOptions& o) {
   // code generation) stay out of it.
   std::unique_ptr<torch::autograd::profiler::RecordProfile> profiler;
   if (!o.profile.empty() && c.repeat < 2) throw std::invalid_argument("--profile needs --repeat 2 or more");
+  std::optional<TraceFile> trace;
+  if (!o.profile.empty()) trace.emplace(o.profile);
   auto on_timed_run = [&](int i, double s) {
     on_run(i, s);
-    if (i == 0 && !o.profile.empty()) profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(o.profile);
+    if (i == 0 && trace) profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(trace->temporary());
   };
 #else
   if (!o.profile.empty()) throw std::runtime_error("--profile: this LibTorch has no legacy profiler (RecordProfile)");
@@ -81,6 +115,7 @@ void run_bench(BenchOptions& o) {
 #if DIFFUSE_HAVE_RECORD_PROFILE
   if (profiler) {
     profiler.reset();  // writes the trace
+    trace->publish();
     std::fprintf(stderr, "profile: %s (summary: bench/profile_summary.py %s)\n", o.profile.c_str(), o.profile.c_str());
   }
 #endif
