@@ -67,6 +67,8 @@ def main():
                          "with more --rounds, a steadier median for one row on a noisy machine")
     ap.add_argument("--json", help="append every result as one JSON line to this file")
     a = ap.parse_args()
+    if not os.access(a.binary, os.X_OK):
+        sys.exit(f"compare.py: no diffuse binary at {a.binary} (scripts/build makes it; or give --binary)")
     native_bf16 = any(f in open("/proc/cpuinfo").read() for f in (" avx512_bf16", " amx_bf16"))
     out = open(a.json, "a") if a.json else None
 

@@ -51,6 +51,9 @@ def main():
         env_a.pop(name, None)
         env_b = dict(env_a, **{name: value})
     binary_b = a.against or a.binary
+    for b in {a.binary, binary_b}:
+        if not os.access(b, os.X_OK):
+            sys.exit(f"env_ab.py: no diffuse binary at {b} (scripts/build makes build/diffuse)")
     label_b = " ".join(x for x in (a.setting, a.against) if x)
     ratios = []
     print(f"| round | as is, s | {label_b}, s | ratio B/A |")

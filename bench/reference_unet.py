@@ -21,7 +21,11 @@ import struct
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError:
+    sys.exit(f"reference_unet.py needs PyTorch, which {sys.executable} does not have: run it with "
+             "/usr/bin/python3 (Debian's python3-torch, installed by scripts/setup) or a Python with torch")
 import torch.nn as nn
 import torch.nn.functional as F
 
