@@ -31,13 +31,31 @@ TEST(TimingCache, ChoicesSurviveIntoTheNextProcessOfTheSameMachine) {
   EXPECT_EQ(next.find("shape 1"), 5);
   EXPECT_EQ(next.find("shape 2"), 0);
   EXPECT_FALSE(next.find("shape 3").has_value());
-  // another machine's file is not used, and storing replaces it with this machine's
+  // another machine's choices are not used, and its own go beside them (a run under
+  // ONEDNN_MAX_CPU_ISA=AVX2 is another machine: it must not cost this one its choices)
   TimingCacheFile other(path, "machine B");
   EXPECT_FALSE(other.find("shape 1").has_value());
   other.store("shape 9", 1);
   const auto doc = nlohmann::json::parse(diffuse::read_file(path));
-  EXPECT_EQ(doc.at("machine"), "machine B");
-  EXPECT_EQ(doc.at("choices").size(), 1u);
+  EXPECT_EQ(doc.at("machines").at("machine B").size(), 1u);
+  EXPECT_EQ(doc.at("machines").at("machine A").size(), 2u);
+  TimingCacheFile again(path, "machine A");
+  EXPECT_EQ(again.find("shape 1"), 5);
+  EXPECT_FALSE(again.find("shape 9").has_value());
+  EXPECT_EQ(TimingCacheFile(path, "machine B").find("shape 9"), 1);
+}
+
+TEST(TimingCache, TheFirstFormatIsReadAsItsMachinesChoices) {
+  diffuse::testing::TempDir dir;
+  const std::string path = dir / "timings.json";
+  diffuse::write_file_atomic(path, R"({"machine": "m", "choices": {"a": 3}})");
+  TimingCacheFile old(path, "m");
+  EXPECT_EQ(old.find("a"), 3);
+  EXPECT_FALSE(TimingCacheFile(path, "n").find("a").has_value());
+  old.store("b", 1);  // rewritten in the present format, the old choices kept
+  const auto doc = nlohmann::json::parse(diffuse::read_file(path));
+  EXPECT_EQ(doc.at("machines").at("m").at("a"), 3);
+  EXPECT_EQ(doc.at("machines").at("m").at("b"), 1);
 }
 
 TEST(TimingCache, TwoProcessesStoringKeepEachOthersChoices) {
@@ -76,14 +94,14 @@ TEST(TimingCache, TheCliKeepsItsConvolutionChoicesForTheNextRun) {
   auto r = diffuse::testing::run_command(bench);
   ASSERT_EQ(r.status, 0) << r.output;
   const auto doc = nlohmann::json::parse(diffuse::read_file(dir / "timings.json"));
-  EXPECT_EQ(doc.at("machine"), diffuse::timing_machine_signature());
-  const auto choices = doc.at("choices");
+  ASSERT_EQ(doc.at("machines").size(), 1u);
+  const auto choices = doc.at("machines").at(diffuse::timing_machine_signature());
   ASSERT_FALSE(choices.empty());
   for (const auto& [key, value] : choices.items()) EXPECT_NE(key.find("threads1"), std::string::npos) << key;
   // The next run takes every choice from the file: changed there to 0 (direct convolutions,
   // ATen's kernels), they stay so, where a run that timed again would store its own winners.
   auto changed = doc;
-  for (auto& [key, value] : changed.at("choices").items()) value = 0;
+  for (auto& [key, value] : changed.at("machines").at(diffuse::timing_machine_signature()).items()) value = 0;
   diffuse::write_file_atomic(dir / "timings.json", changed.dump());
   r = diffuse::testing::run_command(bench);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -100,7 +118,8 @@ TEST(TimingCache, ASwitchFlippedInsideAProcessTimesItsOwnChoices) {
                                          " --threads 1 bench --model mnist --what train --batch-size 2 --repeat 2 "
                                          "--warmup 0 --conv-kernels onednn --json --alternate DIFFUSE_OWN_WINOGRAD=1");
   ASSERT_EQ(r.status, 0) << r.output;
-  const auto choices = nlohmann::json::parse(diffuse::read_file(dir / "timings.json")).at("choices");
+  const auto choices =
+      nlohmann::json::parse(diffuse::read_file(dir / "timings.json")).at("machines").at(diffuse::timing_machine_signature());
   std::set<std::string> onednn_shapes, own_shapes;  // the keys without the name of what was timed
   for (const auto& [key, value] : choices.items()) {
     for (const std::string timed : {"winograd-or-direct ", "own-winograd-or-direct "}) {

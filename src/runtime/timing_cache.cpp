@@ -17,13 +17,14 @@ namespace diffuse {
 TimingCacheFile::TimingCacheFile(std::string path, std::string machine)
     : path_(std::move(path)), machine_(std::move(machine)) {}
 
-std::map<std::string, int64_t> TimingCacheFile::read_choices(bool warn) const {
+TimingCacheFile::Machines TimingCacheFile::read_machines(bool warn) const {
   std::error_code missing;
   if (!std::filesystem::exists(path_, missing)) return {};
   try {
     const auto doc = nlohmann::json::parse(read_file(path_));
-    if (doc.value("machine", std::string()) != machine_) return {};  // another machine's: replaced on store
-    return doc.at("choices").get<std::map<std::string, int64_t>>();
+    if (doc.contains("machines")) return doc.at("machines").get<Machines>();
+    // the first format: one machine's choices
+    return {{doc.at("machine").get<std::string>(), doc.at("choices").get<std::map<std::string, int64_t>>()}};
   } catch (const std::exception& e) {
     if (warn) std::fprintf(stderr, "warning: timing cache '%s' ignored (%s)\n", path_.c_str(), e.what());
     return {};
@@ -33,7 +34,7 @@ std::map<std::string, int64_t> TimingCacheFile::read_choices(bool warn) const {
 std::optional<int64_t> TimingCacheFile::find(const std::string& key) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!loaded_) {
-    choices_ = read_choices(/*warn=*/true);
+    choices_ = read_machines(/*warn=*/true)[machine_];
     loaded_ = true;
   }
   if (const auto it = choices_.find(key); it != choices_.end()) return it->second;
@@ -42,13 +43,15 @@ std::optional<int64_t> TimingCacheFile::find(const std::string& key) {
 
 void TimingCacheFile::store(const std::string& key, int64_t value) {
   std::lock_guard<std::mutex> lock(mutex_);
-  // what other processes kept since this one read the file stays
-  for (const auto& [k, v] : read_choices(/*warn=*/false)) choices_.emplace(k, v);
+  // what other processes kept since this one read the file stays, other machines' choices too
+  auto machines = read_machines(/*warn=*/false);
+  for (const auto& [k, v] : machines[machine_]) choices_.emplace(k, v);
   choices_[key] = value;
   loaded_ = true;
+  machines[machine_] = choices_;
   try {
     std::filesystem::create_directories(std::filesystem::path(path_).parent_path());
-    const nlohmann::json doc = {{"machine", machine_}, {"choices", choices_}};
+    const nlohmann::json doc = {{"machines", machines}};
     write_file_atomic(path_, doc.dump(1) + "\n", /*durable=*/false);
   } catch (const std::exception& e) {
     if (!warned_) std::fprintf(stderr, "warning: timing cache not written (%s)\n", e.what());

@@ -6,8 +6,11 @@
 // winners are kept in a small JSON file and read back by the next process on the same machine:
 //   $DIFFUSE_CACHE_DIR/timings.json, else $XDG_CACHE_HOME/diffuse/timings.json, else
 //   ~/.cache/diffuse/timings.json.
-// The file holds one machine's choices: the CPU (model and the instruction sets that matter), the
-// LibTorch version and the oneDNN cap (ONEDNN_MAX_CPU_ISA). Another machine's file is replaced.
+// The file keeps each machine's choices apart, a machine being the CPU (model and the instruction
+// sets that matter), the LibTorch version and the oneDNN cap (ONEDNN_MAX_CPU_ISA): a run under
+// ONEDNN_MAX_CPU_ISA=AVX2 (to see another CPU's kernels) or from another machine sharing the home
+// directory adds its own and leaves the others' (it used to replace the whole file, so the next
+// normal run timed every shape again).
 // DIFFUSE_TIMING_CACHE=0 turns it off (the test suite runs so); deleting the file re-times.
 // A file that cannot be read or written costs a warning, never a failure.
 #pragma once
@@ -20,7 +23,7 @@
 
 namespace diffuse {
 
-// One file of choices (key → small integer) for one machine signature.
+// One machine's choices (key → small integer) in a file that may hold other machines' too.
 class TimingCacheFile {
  public:
   TimingCacheFile(std::string path, std::string machine);
@@ -31,8 +34,9 @@ class TimingCacheFile {
   void store(const std::string& key, int64_t value);
 
  private:
-  // The file's choices when it is this machine's, else none; a warning where it is unreadable.
-  std::map<std::string, int64_t> read_choices(bool warn) const;
+  using Machines = std::map<std::string, std::map<std::string, int64_t>>;  // signature → choices
+  // Every machine's choices in the file (none where it is missing; a warning where it is unreadable).
+  Machines read_machines(bool warn) const;
 
   std::string path_, machine_;
   std::mutex mutex_;
