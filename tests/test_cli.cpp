@@ -55,6 +55,13 @@ TEST(Cli, BadFlagsAreRejectedWithAMessage) {
   auto r = run("schedule --sampler ddim --steps 2000");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("sampler steps must be in [1, 1000]"), std::string::npos) << r.output;
+  // an output file in a directory that is not there: refused when the flags are read, before any work
+  for (const std::string args : {std::string("show schedule --out /no/such/dir/s.png"),
+                                 "sample --checkpoint " + std::string(DIFFUSE_BINARY) + " --out /no/such/dir/x.png"}) {
+    r = run(args);
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_NE(r.output.find("no directory '/no/such/dir'"), std::string::npos) << args << ": " << r.output;
+  }
 }
 
 TEST(Cli, CorruptDataAndCheckpointsAreClearErrors) {

@@ -280,7 +280,7 @@ CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::stri
   cmd->add_option("--image", o->images, "Input image file(s) (PNG/JPEG of the model's size and channels)");
   cmd->add_option("--test-index", o->test_indices, "Input image(s) from the checkpoint's test split, by index")
       ->delimiter(',');
-  cmd->add_option("--out", o->out, "Figure (PNG)");
+  cmd->add_option("--out", o->out, "Figure (PNG)")->check(writable_output_file());
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
   add_compute_options(*cmd, o->compute);

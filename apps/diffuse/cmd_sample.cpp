@@ -146,9 +146,10 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--n", o->n, "Number of images")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed (same seed, same images)")->capture_default_str();
-  cmd->add_option("--out", o->out, "Grid of all images (PNG)");
+  cmd->add_option("--out", o->out, "Grid of all images (PNG)")->check(writable_output_file());
   cmd->add_option("--out-dir", o->out_dir, "Also write one PNG per image here");
-  cmd->add_option("--trajectory", o->trajectory, "PNG of x_t and x0_pred along the way (first 4 images)");
+  cmd->add_option("--trajectory", o->trajectory, "PNG of x_t and x0_pred along the way (first 4 images)")
+      ->check(writable_output_file());
   cmd->add_option("--trajectory-frames", o->trajectory_frames, "Columns in the trajectory (the last is the result)")
       ->check(CLI::Range(2, 100))
       ->capture_default_str();

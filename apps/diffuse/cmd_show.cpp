@@ -91,12 +91,12 @@ void add_show_command(CLI::App& app) {
   auto o = std::make_shared<ShowOptions>();
 
   auto* schedule = show->add_subcommand("schedule", "Plot alpha-bar, SNR, beta and beta-tilde of the schedules");
-  schedule->add_option("--out", o->out, "PNG file")->required();
+  schedule->add_option("--out", o->out, "PNG file")->required()->check(writable_output_file());
   schedule->add_option("--timesteps", o->timesteps, "T")->check(CLI::Range(2, 100000))->capture_default_str();
   schedule->callback([o] { run_show_schedule(*o); });
 
   auto* forward = show->add_subcommand("forward", "x_t of real images at several t");
-  forward->add_option("--out", o->out, "PNG file")->required();
+  forward->add_option("--out", o->out, "PNG file")->required()->check(writable_output_file());
   forward->add_option("--data", o->data, "Data set for --test-index")->capture_default_str();
   forward->add_option("--test-index", o->test_indices, "Images of the test split")->delimiter(',')->capture_default_str();
   forward->add_option("--image", o->images, "Image files instead");

@@ -37,6 +37,11 @@ void add_sampler_options(CLI::App& cmd, SamplerFlags& flags);
 std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& flags, const GaussianDiffusion& diffusion,
                                                  int64_t& steps);
 
+// A file the command will write (--out, --trajectory): its directory must exist and be writable,
+// checked when the flags are read, so that a mistyped path fails at once and not after minutes of
+// sampling (the file itself is written through a temporary beside it, io/atomic_file.h).
+const CLI::Validator& writable_output_file();
+
 // --device cpu|cuda, checked against what this build and machine have.
 void add_device_option(CLI::App& cmd, std::string& device);
 torch::Device resolve_device(const std::string& name);

@@ -1,7 +1,10 @@
 // diffuse: denoising diffusion models (DDPM, DDIM) from the command line.
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <thread>
 
 #include "commands.h"
@@ -9,6 +12,20 @@
 #include "diffuse/runtime/large_block_cache.h"
 
 namespace diffuse::cli {
+
+const CLI::Validator& writable_output_file() {
+  static const CLI::Validator check(
+      [](std::string& path) -> std::string {
+        const auto parent = std::filesystem::path(path).parent_path();
+        const auto dir = parent.empty() ? std::filesystem::path(".") : parent;
+        std::error_code error;
+        if (!std::filesystem::is_directory(dir, error)) return "no directory '" + dir.string() + "' to write " + path + " in";
+        if (::access(dir.c_str(), W_OK) != 0) return "cannot write in '" + dir.string() + "' (" + path + ")";
+        return {};
+      },
+      "FILE", "writable output file");
+  return check;
+}
 
 void add_device_option(CLI::App& cmd, std::string& device) {
   cmd.add_option("--device", device, "Where to compute")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
