@@ -44,6 +44,10 @@ std::string to_string(CudaGraphScope scope) {
   return "?";
 }
 
+CudaGraphScope cuda_graph_in_use(const BenchConfig& c) {
+  return c.task == BenchTask::sample && c.device.is_cuda() ? c.cuda_graph : CudaGraphScope::off;
+}
+
 std::string to_string(BenchTask task) {
   switch (task) {
     case BenchTask::train: return "train";
@@ -145,7 +149,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   if (!c.alternate.empty() && c.task == BenchTask::conv) {
     throw std::invalid_argument("bench --alternate: not with --what conv");
   }
-  if (!c.alternate.empty() && c.task == BenchTask::sample && c.device.is_cuda() && c.cuda_graph != CudaGraphScope::off) {
+  if (!c.alternate.empty() && cuda_graph_in_use(c) != CudaGraphScope::off) {
     // B's runs would replay what was captured under A's setting: B/A 1 whatever the switch does
     throw std::invalid_argument("bench --alternate: a CUDA graph keeps the setting it was captured under; "
                                 "add --cuda-graph off");
@@ -213,7 +217,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
       AutocastScope autocast(c.device, autocast_precision);
       return model->forward(x, t);
     };
-    const auto graphs = c.device.is_cuda() ? c.cuda_graph : CudaGraphScope::off;
+    const auto graphs = cuda_graph_in_use(c);
     if (graphs == CudaGraphScope::network) net = replay_as_cuda_graph(net);
     auto loop = [&](const torch::Tensor& x_T) -> torch::Tensor {
       return sample_loop(diffusion, sampler, net, x_T, SampleOptions{c.steps, true}, c10::nullopt, StepCallback());
@@ -249,7 +253,7 @@ nlohmann::json to_json(const BenchResult& r) {
           {"memory_format", to_string(c.memory_format)},
           {"batch_size", c.batch_size},
           {"steps", c.task == BenchTask::sample ? c.steps : 0},
-          {"cuda_graph", to_string(c.task == BenchTask::sample && c.device.is_cuda() ? c.cuda_graph : CudaGraphScope::off)},
+          {"cuda_graph", to_string(cuda_graph_in_use(c))},
           {"threads", torch::get_num_threads()},
           {"parameters", r.parameters},
           {"forward_gflops_per_image", r.forward_flops_per_image / 1e9},

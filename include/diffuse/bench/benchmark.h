@@ -50,6 +50,9 @@ struct BenchConfig {
   std::string alternate;
 };
 
+// The CUDA graph a configuration runs under: its `cuda_graph` for `sample` on a GPU, else off.
+CudaGraphScope cuda_graph_in_use(const BenchConfig& c);
+
 struct BenchResult {
   BenchConfig config;
   int64_t parameters = 0;
