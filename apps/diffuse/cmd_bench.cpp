@@ -1,7 +1,5 @@
 // diffuse bench: times the training step, a forward pass or a DDIM sampling of a named model on
 // random data; see include/diffuse/bench/benchmark.h.
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -21,6 +19,7 @@
 
 #include "commands.h"
 #include "diffuse/bench/benchmark.h"
+#include "diffuse/io/atomic_file.h"
 #include "diffuse/model/unet_config.h"
 
 namespace diffuse::cli {
@@ -43,7 +42,7 @@ struct BenchOptions {
 // (LibTorch's profiler only logs that it could not open the file).
 class TraceFile {
  public:
-  explicit TraceFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
+  explicit TraceFile(std::string path) : path_(std::move(path)), tmp_(temporary_path_beside(path_)) {
     FILE* f = std::fopen(tmp_.c_str(), "wb");
     if (f == nullptr) throw std::runtime_error("--profile: cannot write '" + path_ + "': " + std::strerror(errno));
     std::fclose(f);

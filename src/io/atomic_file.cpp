@@ -11,8 +11,10 @@
 
 namespace diffuse {
 
+std::string temporary_path_beside(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
 void write_file_atomic(const std::string& path, const std::string& bytes, bool durable) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = temporary_path_beside(path);
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw std::runtime_error("cannot write '" + tmp + "': " + std::strerror(errno));
   const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&

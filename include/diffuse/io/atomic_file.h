@@ -5,6 +5,10 @@
 
 namespace diffuse {
 
+// The temporary file beside `path` that a whole-or-nothing write goes to before its rename
+// (`path`.tmp.<pid>: another process writing the same file uses another).
+std::string temporary_path_beside(const std::string& path);
+
 // Writes `bytes` to `path` atomically; throws std::runtime_error naming the path on failure.
 // `durable`: fsync before the rename (checkpoints, images); a cache that can be rebuilt skips it.
 void write_file_atomic(const std::string& path, const std::string& bytes, bool durable = true);
