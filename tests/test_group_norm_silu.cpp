@@ -162,6 +162,49 @@ TEST(GroupNormSilu, InputPassedThroughCarriesTheResidualsGradientIntoTheKernel) 
   EXPECT_TRUE(torch::allclose(y_inference, y5.detach()));
 }
 
+TEST(GroupNormSilu, ConcatenatingKernelMatchesAFloat64ReferenceOfCatThenNorm) {
+  // x = cat(a, b) read by the norm and by a residual term: out = SiLU(GroupNorm(x)) + w ⊙ x'. The
+  // kernel writes x itself and hands ∂L/∂a and ∂L/∂b back separately; against float64 LibTorch
+  // with torch::cat. Groups that straddle the a|b edge (48 = 32 + 16 channels in 4 groups of 12),
+  // a wider b than a, and one image (the kernels' other schedule).
+  const AtLeastTwoThreads threads;
+  for (const auto [n, ca, cb, groups] : {std::array<int64_t, 4>{2, 32, 16, 4}, std::array<int64_t, 4>{3, 16, 48, 8},
+                                         std::array<int64_t, 4>{1, 32, 32, 2}}) {
+    SCOPED_TRACE("N" + std::to_string(n) + " a " + std::to_string(ca) + " b " + std::to_string(cb));
+    torch::manual_seed(9);
+    auto a = (torch::randn({n, ca, 5, 7}) * 2 + 1).requires_grad_();
+    auto b = (torch::randn({n, cb, 5, 7}) - 0.5).requires_grad_();
+    const int64_t c = ca + cb;
+    auto gamma = (1 + 0.3 * torch::randn({c})).requires_grad_(), beta = (0.3 * torch::randn({c})).requires_grad_();
+    auto w = torch::randn({n, c, 5, 7}), upstream = torch::randn({n, c, 5, 7});
+    auto [y5, x5] = group_norm_silu_blocked_cat_and_input(to_blocked(a), to_blocked(b), gamma, beta, groups, 1e-5);
+    EXPECT_TRUE(torch::equal(from_blocked(x5), torch::cat({a, b}, 1)));
+    (from_blocked(y5) + w * from_blocked(x5)).backward(upstream);
+
+    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
+    auto a64 = f64(a), b64 = f64(b), gamma64 = f64(gamma), beta64 = f64(beta);
+    const auto x64 = torch::cat({a64, b64}, 1);
+    auto y64 = torch::silu(torch::group_norm(x64, groups, gamma64, beta64, 1e-5));
+    EXPECT_LT(relative_error(from_blocked(y5).detach().to(torch::kFloat64), y64), 1e-6);
+    (y64 + w.to(torch::kFloat64) * x64).backward(upstream.to(torch::kFloat64));
+    EXPECT_LT(relative_error(a.grad().to(torch::kFloat64), a64.grad()), 1e-5);
+    EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-5);
+    EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-5);
+
+    // without a gradient to record: the same two outputs
+    torch::NoGradGuard no_grad;
+    auto [y_inference, x_inference] =
+        group_norm_silu_blocked_cat_and_input(to_blocked(a), to_blocked(b), gamma, beta, groups, 1e-5);
+    EXPECT_TRUE(torch::equal(x_inference, x5));
+    EXPECT_TRUE(torch::equal(y_inference, y5));
+  }
+  // a and b must agree in images and size
+  EXPECT_THROW(group_norm_silu_blocked_cat_and_input(torch::zeros({1, 1, 4, 4, 16}), torch::zeros({1, 1, 4, 5, 16}),
+                                                     torch::ones({32}), torch::zeros({32}), 2, 1e-5),
+               c10::Error);
+}
+
 TEST(GroupNormSilu, Bf16NchwKernelMatchesAFloat64ReferenceOnTheSameBf16Inputs) {
   // bf16 x and upstream gradient, float32 shift, γ and β; the reference computes in float64 from
   // the same (bf16-rounded) values, so the differences are the kernel's own: its float32

@@ -172,14 +172,17 @@ TEST(OneDnnConv, BlockedConvolutionsOfEveryKindMatchAFloat64Reference) {
 TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
   SKIP_WITHOUT_ONEDNN();
   // A ResBlock of 32 → 48 channels (a 1×1 shortcut; 8 groups of 4 and of 6 channels), an
-  // attention block, a stride-2 downsampling and an upsampling, chained, on an odd image size
-  // (9×7 → 5×4 → 9×7) and on an even one (8×6 → 4×3 → 8×6: the upsampling's exact-double path).
+  // attention block, an up-path ResBlock whose input is cat(h, x) (48 + 32 → 48 channels: the
+  // concatenating norm kernel, 8 groups of 10 channels across the two parts' blocks), a stride-2
+  // downsampling and an upsampling, chained, on an odd image size (9×7 → 5×4 → 9×7) and on an
+  // even one (8×6 → 4×3 → 8×6: the upsampling's exact-double path).
   torch::manual_seed(6);
   ResBlock res(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
   AttentionBlock attention(48, 8);
+  ResBlock res_with_skip(48 + 32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
   Downsample down(48);
   Upsample up(48);
-  std::vector<torch::nn::Module*> modules{res.get(), attention.get(), down.get(), up.get()};
+  std::vector<torch::nn::Module*> modules{res.get(), attention.get(), res_with_skip.get(), down.get(), up.get()};
   {
     torch::NoGradGuard no_grad;
     for (auto* m : modules) {
@@ -195,7 +198,7 @@ TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
       EXPECT_FALSE(blocked_activations_apply(x, {32, 40}));  // 40 channels: not whole blocks
     }
     auto chain = [&](const torch::Tensor& in) {
-      auto h = attention(res(in, emb));
+      auto h = res_with_skip(attention(res(in, emb)), emb, /*skip=*/in);
       return up(down(h), h.size(2), h.size(3));
     };
     // NCHW with ATen's kernels against blocked activations with oneDNN's, with and without gradients.

@@ -9,6 +9,7 @@
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/upsample_cuda.h"
+#include "diffuse/util/environment.h"
 
 namespace diffuse {
 
@@ -53,6 +54,16 @@ std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm
   return {norm_silu(norm, x), x};
 }
 
+std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input_of_cat(torch::nn::GroupNorm& norm, const torch::Tensor& a,
+                                                                   const torch::Tensor& b) {
+  // DIFFUSE_FUSED_CAT=0: torch::cat first (read on every call, so that `bench --alternate` can pair it)
+  if (is_blocked(a) && is_blocked(b) && !env_equals("DIFFUSE_FUSED_CAT", "0")) {
+    return group_norm_silu_blocked_cat_and_input(a, b, norm->weight, norm->bias, norm->options.num_groups(),
+                                                 norm->options.eps());
+  }
+  return norm_silu_and_input(norm, torch::cat({a, b}, 1));
+}
+
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
                                 torch::nn::Dropout& dropout) {
   const double p = dropout->is_training() ? dropout->options.p() : 0.0;
@@ -88,7 +99,12 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const to
                                      residual);
   }
   auto y = convolve_alone(conv, x);
-  return residual.defined() ? residual + y : y;
+  if (!residual.defined()) return y;
+  // into y, which nothing else holds (the convolutions keep their input, not their output): no
+  // new tensor, and y is still warm in the cache (1 % of a mnist training step at batch 16,
+  // `bench --alternate`); where the dtypes or shapes differ, LibTorch's promotion and broadcasting
+  if (y.scalar_type() == residual.scalar_type() && y.sizes() == residual.sizes()) return y.add_(residual);
+  return residual + y;
 }
 
 torch::Tensor convolve_without_bias(torch::nn::Conv2d& conv, const torch::Tensor& x) {

@@ -134,7 +134,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       const auto& next_skip = skips.back();
       h = s.up(h, next_skip.size(2), next_skip.size(3));
     } else {
-      h = s.res(torch::cat({h, skips.back()}, 1), emb);
+      h = s.res(h, emb, skips.back());  // the block's input: cat(h, skip) along channels
       skips.pop_back();
       if (s.attn) h = s.attn(h);
     }

@@ -77,8 +77,9 @@ static bool bias_joins_time_shift(const torch::Tensor& normed) {
   return normed.is_cuda() && !env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0");
 }
 
-torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
-  const auto [normed, x_for_residual] = norm_silu_and_input(norm1, x);
+torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb, const torch::Tensor& skip) {
+  const auto [normed, x_for_residual] =
+      skip.defined() ? norm_silu_and_input_of_cat(norm1, x, skip) : norm_silu_and_input(norm1, x);
   auto time_shift = time_proj(F::silu(emb));  // [B, C_out], added to h before the second norm
   torch::Tensor h;
   if (bias_joins_time_shift(normed)) {

@@ -333,10 +333,26 @@ struct Units {
   }
 };
 
+// x = cat(a, b) along channels, all three blocked float32 [N, C/16, H, W, 16]: unit k of x (image
+// i = k / blocks, block cb = k % blocks) is a's block cb for cb < a_blocks, else b's block
+// cb − a_blocks. P: const float* (reading a and b) or float* (writing their gradients).
+template <class P>
+struct CatParts {
+  P a, b;
+  int64_t a_blocks, b_blocks, unit;  // unit: elements of one block of one image (pixels · 16)
+  P operator()(int64_t k) const {
+    const int64_t blocks = a_blocks + b_blocks, i = k / blocks, cb = k % blocks;
+    return cb < a_blocks ? a + (i * a_blocks + cb) * unit : b + (i * b_blocks + cb - a_blocks) * unit;
+  }
+};
+
 // Forward: y, and the statistics kept for backward (mean and 1/σ per sample and group).
+// With `parts` (float32 only), x_ is still to be written: each unit is first copied from a or b
+// into it, where the statistics' pass reads it anyway (cat(a, b) without a pass of its own).
 template <class T>
 std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x_, const torch::Tensor& shift, const torch::Tensor& gamma,
-                                          const torch::Tensor& beta, int64_t groups, double eps, const Dropout& dropout) {
+                                          const torch::Tensor& beta, int64_t groups, double eps, const Dropout& dropout,
+                                          const CatParts<const T*>* parts = nullptr) {
   RECORD_FUNCTION(x_.dim() == 4 ? "diffuse::group_norm_silu_nhwc_bf16" : "diffuse::group_norm_silu_blocked",
                   std::vector<c10::IValue>({x_}));
   const Units u(x_, groups);
@@ -349,9 +365,13 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x_, const torch::
   float *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
   auto y_ = torch::empty_like(x_);  // in x's layout
   T* y = y_.data_ptr<T>();
+  T* x_written = parts ? x_.data_ptr<T>() : nullptr;
   two_passes(
       s.n, s.blocks, 1,
-      [&](int64_t k) { block_sums(x + u.offset(k), s.pixels, u.stride(), sum + k * L, sum_sq + k * L); },
+      [&](int64_t k) {
+        if (parts) std::memcpy(x_written + u.offset(k), (*parts)(k), parts->unit * sizeof(T));
+        block_sums(x + u.offset(k), s.pixels, u.stride(), sum + k * L, sum_sq + k * L);
+      },
       [&](int64_t i) { sample_statistics(s, i, sh, sum, sum_sq, eps, mu, rs); },
       [&](int64_t k) {
         float smm[L], r[L], a[L], b[L];
@@ -362,19 +382,21 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x_, const torch::
   return {y_, mean, inv_std};
 }
 
-// Backward: ∂L/∂x, ∂L/∂s, ∂L/∂γ, ∂L/∂β.
+// Backward: ∂L/∂x, ∂L/∂s, ∂L/∂γ, ∂L/∂β. With `split` (float32 only), x = cat(a, b) and ∂L/∂x goes
+// straight into ∂L/∂a and ∂L/∂b (each unit's ∂L/∂z waits there between the passes); the first
+// tensor returned is then undefined.
 template <class T>
 std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch::Tensor& shift,
                                            const torch::Tensor& gamma, const torch::Tensor& beta,
                                            const torch::Tensor& mean, const torch::Tensor& inv_std,
                                            const torch::Tensor& dy_, const torch::Tensor& dx_also, int64_t groups,
-                                           const Dropout& dropout) {
+                                           const Dropout& dropout, const CatParts<T*>* split = nullptr) {
   RECORD_FUNCTION(x_.dim() == 4 ? "diffuse::group_norm_silu_nhwc_bf16_backward"
                                 : "diffuse::group_norm_silu_blocked_backward",
                   std::vector<c10::IValue>({dy_}));
   const Units u(x_, groups);
   const auto& s = u.s;
-  auto dx_ = torch::empty_like(x_);
+  const torch::Tensor dx_ = split ? torch::Tensor() : torch::empty_like(x_);
   // ∂L/∂z between the passes in float32: the float32 kernel keeps it in ∂L/∂x's memory
   const torch::Tensor dz_ = std::is_same_v<T, float> ? dx_ : torch::empty_like(x_, x_.options().dtype(torch::kFloat32));
   auto sums_dz = torch::empty({s.n, s.channels}, torch::kFloat64), sums_dz_xhat = torch::empty_like(sums_dz),
@@ -382,8 +404,16 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch:
   const T *x = x_.data_ptr<T>(), *dy = dy_.data_ptr<T>();
   const float *sh = shift.data_ptr<float>(), *ga = gamma.data_ptr<float>(), *be = beta.data_ptr<float>(),
               *mu = mean.data_ptr<float>(), *rs = inv_std.data_ptr<float>();
-  T* dx = dx_.data_ptr<T>();
-  float* dz = dz_.data_ptr<float>();
+  T* dx = split ? nullptr : dx_.data_ptr<T>();
+  float* dz = split ? nullptr : dz_.data_ptr<float>();
+  // unit k's ∂L/∂x, and its ∂L/∂z between the passes
+  const auto dx_of = [&](int64_t k) -> T* { return split ? (*split)(k) : dx + u.offset(k); };
+  const auto dz_of = [&](int64_t k) -> float* {
+    if constexpr (std::is_same_v<T, float>) {
+      if (split) return (*split)(k);
+    }
+    return dz + u.offset(k);
+  };
   const T* also = dx_also.defined() ? dx_also.data_ptr<T>() : nullptr;
   double *a_sum = sums_dz.data_ptr<double>(), *b_sum = sums_dz_xhat.data_ptr<double>(),
          *dx_sum = sums_dx.data_ptr<double>();
@@ -394,7 +424,7 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch:
         float smm[L], r[L], a[L], b[L];
         lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
         block_backward_sums(x + u.offset(k), dy + u.offset(k), s.pixels, u.stride(), a, b, smm, r, dropout,
-                            static_cast<uint32_t>(u.offset(k)), dz + u.offset(k), a_sum + k * L, b_sum + k * L);
+                            static_cast<uint32_t>(u.offset(k)), dz_of(k), a_sum + k * L, b_sum + k * L);
       },
       [&](int64_t i) { sample_backward_means(s, i, ga, a_sum, b_sum, m1.data(), m2.data()); },
       [&](int64_t k) {
@@ -408,7 +438,7 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch:
           m2l[l] = m2[i * groups + g];
         }
         block_backward_dx(x + u.offset(k), s.pixels, u.stride(), gl, smm, r, m1l, m2l,
-                          also ? also + u.offset(k) : nullptr, dz + u.offset(k), dx + u.offset(k), dx_sum + k * L);
+                          also ? also + u.offset(k) : nullptr, dz_of(k), dx_of(k), dx_sum + k * L);
       });
   auto [d_shift, d_gamma, d_beta] = parameter_gradients(s, a_sum, b_sum, dx_sum);
   return {dx_, d_shift, d_gamma, d_beta};
@@ -673,6 +703,52 @@ struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFun
   }
 };
 
+// y = SiLU(GroupNorm(cat(a, b))) and x = cat(a, b) itself, a and b float32 blocked: the kernel
+// writes x while its first pass reads a and b (so no separate concatenation), keeps x for
+// backward, and writes ∂L/∂a and ∂L/∂b directly; LibTorch's cat would hand its gradient on as two
+// strided slices, each copied again by the next kernel that wants it contiguous. x's own gradient
+// (grads[1], from the residual connection that reads x) is added inside the kernel as in
+// GroupNormSiluFunction.
+struct GroupNormSiluCatFunction : public torch::autograd::Function<GroupNormSiluCatFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a5,
+                                                const torch::Tensor& b5, const torch::Tensor& zero_shift,
+                                                const torch::Tensor& gamma, const torch::Tensor& beta, int64_t groups,
+                                                double eps) {
+    auto out = cat_forward(a5, b5, zero_shift, gamma, beta, groups, eps);
+    ctx->save_for_backward({out[3], zero_shift, gamma, beta, out[1], out[2]});
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["a_blocks"] = a5.size(1);
+    return {out[0], out[3]};
+  }
+
+  // {y, mean, 1/σ, x}
+  static std::vector<torch::Tensor> cat_forward(const torch::Tensor& a5, const torch::Tensor& b5,
+                                                const torch::Tensor& zero_shift, const torch::Tensor& gamma,
+                                                const torch::Tensor& beta, int64_t groups, double eps) {
+    auto x5 = torch::empty({a5.size(0), a5.size(1) + b5.size(1), a5.size(2), a5.size(3), L});
+    const CatParts<const float*> parts{a5.data_ptr<float>(), b5.data_ptr<float>(), a5.size(1), b5.size(1),
+                                       a5.size(2) * a5.size(3) * L};
+    auto out = forward_kernel<float>(x5, zero_shift, gamma, beta, groups, eps, Dropout{}, &parts);
+    out.push_back(x5);
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto v = ctx->get_saved_variables();
+    const auto& x5 = v[0];
+    const auto dx_also = grads[1].defined() ? gradient_like(x5, grads[1]) : torch::Tensor();
+    const int64_t a_blocks = ctx->saved_data["a_blocks"].toInt(), b_blocks = x5.size(1) - a_blocks;
+    auto da = torch::empty({x5.size(0), a_blocks, x5.size(2), x5.size(3), L});
+    auto db = torch::empty({x5.size(0), b_blocks, x5.size(2), x5.size(3), L});
+    const CatParts<float*> split{da.data_ptr<float>(), db.data_ptr<float>(), a_blocks, b_blocks,
+                                 x5.size(2) * x5.size(3) * L};
+    auto g = backward_kernel<float>(x5, v[1], v[2], v[3], v[4], v[5], gradient_like(x5, grads[0]), dx_also,
+                                    ctx->saved_data["groups"].toInt(), Dropout{}, &split);
+    return {da, db, torch::Tensor(), g[2], g[3], torch::Tensor(), torch::Tensor()};
+  }
+};
+
 // The shift, γ and β as the kernels take them, after checking their shapes against x's n images
 // and `channels` (and `groups`): float32 and contiguous, a missing shift as zeros (autograd
 // functions take no undefined tensors). `who` names the caller in the messages.
@@ -731,6 +807,28 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
   if (!gradient_wanted({x5, gamma, beta})) return {group_norm_silu_blocked(x5, {}, gamma, beta, groups, eps), x5};
   auto out = apply_group_norm_silu("group_norm_silu_blocked", x5, {}, gamma, beta, groups, eps, 0.0,
                                    /*pass_input=*/true);
+  return {out[0], out[1]};
+}
+
+std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_cat_and_input(const torch::Tensor& a5,
+                                                                              const torch::Tensor& b5,
+                                                                              const torch::Tensor& gamma,
+                                                                              const torch::Tensor& beta, int64_t groups,
+                                                                              double eps) {
+  const char* who = "group_norm_silu_blocked_cat_and_input";
+  for (const auto* t : {&a5, &b5}) {
+    TORCH_CHECK(t->dim() == 5 && t->size(4) == L && t->device().is_cpu() && t->scalar_type() == torch::kFloat32, who,
+                ": a and b must be float32 CPU tensors [N, C/16, H, W, 16], got ", t->sizes());
+  }
+  TORCH_CHECK(a5.size(0) == b5.size(0) && a5.size(2) == b5.size(2) && a5.size(3) == b5.size(3), who,
+              ": a and b differ in images or size: ", a5.sizes(), " and ", b5.sizes());
+  const auto p = checked_parameters(who, a5.size(0), (a5.size(1) + b5.size(1)) * L, groups, {}, gamma, beta);
+  const auto a = a5.contiguous(), b = b5.contiguous();
+  if (!gradient_wanted({a5, b5, gamma, beta})) {
+    auto out = GroupNormSiluCatFunction::cat_forward(a, b, p.shift, p.gamma, p.beta, groups, eps);
+    return {out[0], out[3]};
+  }
+  auto out = GroupNormSiluCatFunction::apply(a, b, p.shift, p.gamma, p.beta, groups, eps);
   return {out[0], out[1]};
 }
 

@@ -25,6 +25,13 @@ torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, cons
 // residual's gradient of x inside that kernel; NCHW: x itself.
 std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 
+// The same for x = cat(a, b) along channels (a block of the U-Net's up path: h and its skip
+// connection). Blocked: one kernel reads a and b and writes both outputs, and its backward writes
+// ∂L/∂a and ∂L/∂b (runtime/group_norm_silu.h); otherwise torch::cat first. DIFFUSE_FUSED_CAT=0
+// takes torch::cat in either layout (to measure the kernel).
+std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input_of_cat(torch::nn::GroupNorm& norm, const torch::Tensor& a,
+                                                                   const torch::Tensor& b);
+
 // dropout(SiLU(GroupNorm(x + shift))), the ResBlock's second normalisation. Blocked: the mask is
 // drawn inside the fused kernel (group_norm_silu_blocked) in training mode; NCHW: the module.
 torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift,
@@ -34,7 +41,7 @@ torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor&
 // oneDNN on the blocked layout, or, where the outputs are not whole blocks of 16 (conv_out),
 // runtime/blocked_conv_out.h, which writes NCHW; channels-last on a GPU without gradients: the
 // bias and the residual added by one kernel (runtime/conv_epilogue_cuda.h); NCHW: conv3x3
-// (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward; then `residual + y`.
+// (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward; then y += residual.
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const torch::Tensor& residual = {});
 
 // conv(x) without the module's bias, on the GPU: for a caller that adds a per-channel term of its

@@ -20,8 +20,10 @@ torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 class ResBlockImpl : public torch::nn::Module {
  public:
   ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t time_dim, double dropout, int64_t groups);
-  // x: [B, C_in, H, W], emb: [B, time_dim] → [B, C_out, H, W]
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& emb);
+  // x: [B, C_in, H, W], emb: [B, time_dim] → [B, C_out, H, W]. With a skip connection (the up
+  // path), the input is cat(x, skip) along channels, C_in their channels together, and the
+  // concatenation happens inside the first norm's kernel where the layout allows.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& emb, const torch::Tensor& skip = {});
   void zero_last_layer();  // conv2 ← 0: the block starts as its shortcut
 
  private:

@@ -38,6 +38,17 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
                                                                           const torch::Tensor& beta, int64_t groups,
                                                                           double eps);
 
+// The same for x = cat(a, b) along channels, a: [N, A/16, H, W, 16], b: [N, B/16, H, W, 16]
+// (a U-Net's up-path input and its skip connection): {y, x}, x written by the kernel as it reads
+// a and b, and backward writing ∂L/∂a and ∂L/∂b directly. Equal to
+// group_norm_silu_blocked_and_input(torch::cat({a, b}, 1), …) without the concatenation's passes
+// over memory and the copies of its gradient's two strided halves.
+std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_cat_and_input(const torch::Tensor& a5,
+                                                                              const torch::Tensor& b5,
+                                                                              const torch::Tensor& gamma,
+                                                                              const torch::Tensor& beta, int64_t groups,
+                                                                              double eps);
+
 // The same two for bf16 channels-last (NHWC) CPU tensors, the layout oneDNN's bf16 convolutions
 // read and write as it lies (runtime/onednn_conv.h's onednn_conv_nhwc_bf16): x [N, C, H, W] bf16
 // in channels-last memory, C a multiple of 16 (a pixel's channels are read 16 at a time). The
