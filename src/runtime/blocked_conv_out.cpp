@@ -32,6 +32,8 @@ torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
 // The loops below keep one running sum per pixel of a row (acc[w]) or four per tap, never one
 // sum across a whole loop: a single accumulator makes every multiply-add wait for the one before
 // (four cycles each), which had the three passes at 0.3–0.5 ms for mnist's 7 MFLOP each.
+// (d by value in these: through a reference the compiler reloads its fields after every store to
+// the float scratch, which might alias them.)
 // [lo, hi): the output (or input) columns w whose tap j reaches inside the row, 0 ≤ w + j − p < W.
 struct Columns {
   int64_t lo, hi;
@@ -41,7 +43,7 @@ struct Columns {
 // One output row (image n, row h) of every output channel: acc[w] = Σ_{cb,i,j} W ⊙ x over the
 // row's taps, then y = b + the sum of acc[w]'s 16 lanes. acc: d.w · 16 floats of scratch (plain
 // floats, read and written unaligned: a vector of Lanes is not 64-byte aligned by the allocator).
-DIFFUSE_LANE_LOOP void forward_row(const float* x, const float* wp, const float* b, float* out, const Dims& d,
+DIFFUSE_LANE_LOOP void forward_row(const float* x, const float* wp, const float* b, float* out, Dims d,
                                    int64_t row, float* acc) {
   const int64_t n = row / d.h, h = row % d.h;
   for (int64_t o = 0; o < d.o; ++o) {
@@ -84,7 +86,7 @@ torch::Tensor forward_kernel(const torch::Tensor& x5, const torch::Tensor& weigh
 
 // ∂L/∂x of one row (image n, block cb, row ih): each input pixel gathers the output gradients its
 // taps reached, acc[iw] = Σ_{o,i,j} ∂L/∂y[n, o, ih − i + p, iw − j + p] · W[o, cb, i, j].
-DIFFUSE_LANE_LOOP void backward_data_row(const float* wp, const float* gy, float* gx, const Dims& d, int64_t row,
+DIFFUSE_LANE_LOOP void backward_data_row(const float* wp, const float* gy, float* gx, Dims d, int64_t row,
                                          float* acc) {
   const int64_t n = row / (d.blocks * d.h), cb = (row / d.h) % d.blocks, ih = row % d.h;
   std::fill(acc, acc + d.w * L, 0.0f);
@@ -121,7 +123,7 @@ torch::Tensor backward_data(const torch::Tensor& x5, const torch::Tensor& weight
 
 // One image's share of ∂L/∂W, added to acc ([O, C/16, k, k, 16]): per tap, Σ_{h,w} ∂L/∂y[h, w] ·
 // x[h + i − p, w + j − p] in four running sums over interleaved columns.
-DIFFUSE_LANE_LOOP void backward_weights_image(const float* x, const float* gy, float* acc, const Dims& d, int64_t n) {
+DIFFUSE_LANE_LOOP void backward_weights_image(const float* x, const float* gy, float* acc, Dims d, int64_t n) {
   for (int64_t o = 0; o < d.o; ++o) {
     for (int64_t cb = 0; cb < d.blocks; ++cb) {
       for (int64_t i = 0; i < d.k; ++i) {
