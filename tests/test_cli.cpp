@@ -218,9 +218,11 @@ TEST(Cli, CtrlCWritesACheckpointAndResumeContinues) {
   const std::string train = std::string(DIFFUSE_BINARY) +
                             " --threads 1 train --data mnist --limit 64 --model tiny --batch-size 4 --timesteps 50"
                             " --preview-n 2 --no-progress --out " + run_dir;
-  // Start a long run, interrupt it once it has logged a few steps, and collect its exit status.
+  // Start a long run, interrupt it once it has logged a step (so its handler is in place), and
+  // collect its exit status. The wait for log.csv is long (up to 120 s): with 10 s, this test
+  // failed once in a loaded full run, most likely interrupting the run before its first step.
   const std::string script = train + " --steps 100000 --log-every 1 > " + dir / "out.txt" + " 2>&1 & pid=$!; " +
-                             "for i in $(seq 100); do [ -f " + run_dir + "/log.csv ] && break; sleep 0.1; done; " +
+                             "for i in $(seq 1200); do [ -f " + run_dir + "/log.csv ] && break; sleep 0.1; done; " +
                              "kill -INT $pid; wait $pid; echo $?";
   FILE* pipe = popen(script.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
