@@ -37,7 +37,8 @@ torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
 // [lo, hi): the output (or input) columns w whose tap j reaches inside the row, 0 ≤ w + j − p < W.
 struct Columns {
   int64_t lo, hi;
-  Columns(int64_t width, int64_t j, int64_t pad) : lo(std::max<int64_t>(0, pad - j)), hi(std::min(width, width + pad - j)) {}
+  Columns(int64_t width, int64_t j, int64_t pad)
+      : lo(std::max<int64_t>(0, pad - j)), hi(std::min(width, width + pad - j)) {}
 };
 
 // One output row (image n, row h) of every output channel: acc[w] = Σ_{cb,i,j} W ⊙ x over the
@@ -56,7 +57,9 @@ DIFFUSE_LANE_LOOP void forward_row(const float* x, const float* wp, const float*
         for (int64_t j = 0; j < d.k; ++j) {
           const Lanes tap = load(wp + (((o * d.blocks + cb) * d.k + i) * d.k + j) * L);
           const Columns c(d.w, j, d.pad);
-          for (int64_t w = c.lo; w < c.hi; ++w) store(acc + w * L, load(acc + w * L) + tap * load(x_row + (w + j - d.pad) * L));
+          for (int64_t w = c.lo; w < c.hi; ++w) {
+            store(acc + w * L, load(acc + w * L) + tap * load(x_row + (w + j - d.pad) * L));
+          }
         }
       }
     }
@@ -99,7 +102,9 @@ DIFFUSE_LANE_LOOP void backward_data_row(const float* wp, const float* gy, float
         const Lanes tap = load(wp + (((o * d.blocks + cb) * d.k + i) * d.k + j) * L);
         // input column iw reads output column iw − j + p: the columns of tap k − 1 − j's range
         const Columns c(d.w, d.k - 1 - j, d.pad);
-        for (int64_t iw = c.lo; iw < c.hi; ++iw) store(acc + iw * L, load(acc + iw * L) + gy_row[iw - j + d.pad] * tap);
+        for (int64_t iw = c.lo; iw < c.hi; ++iw) {
+          store(acc + iw * L, load(acc + iw * L) + gy_row[iw - j + d.pad] * tap);
+        }
       }
     }
   }
