@@ -135,6 +135,30 @@ TEST(GroupNormSilu, OutputAndGradientsMatchAFloat64Reference) {
   }
 }
 
+TEST(GroupNormSilu, WithoutSiluIsGroupNormAloneAgainstAFloat64Reference) {
+  // group_norm_blocked: z = GroupNorm(x), the same kernel with its activation off, forward and
+  // the gradients of x, γ and β, for the attention block's shape (64 channels, 8 groups, 7×7)
+  // and groups straddling blocks.
+  const AtLeastTwoThreads threads;
+  for (const Case& k : {Case{16, 64, 7, 7, 8, false}, Case{1, 48, 5, 6, 4, false}}) {
+    SCOPED_TRACE("N" + std::to_string(k.n) + " C" + std::to_string(k.c));
+    torch::manual_seed(8);
+    auto x = (torch::randn({k.n, k.c, k.h, k.w}) * 2 + torch::randn({1, k.c, 1, 1})).requires_grad_();
+    auto gamma = (1 + 0.3 * torch::randn({k.c})).requires_grad_(), beta = (0.3 * torch::randn({k.c})).requires_grad_();
+    auto upstream = torch::randn({k.n, k.c, k.h, k.w});
+    auto y = from_blocked(group_norm_blocked(to_blocked(x), gamma, beta, k.groups, 1e-5));
+    y.backward(upstream);
+    auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(); };
+    auto x64 = f64(x), gamma64 = f64(gamma), beta64 = f64(beta);
+    auto y64 = torch::group_norm(x64, k.groups, gamma64, beta64, 1e-5);
+    y64.backward(upstream.to(torch::kFloat64));
+    EXPECT_LT(relative_error(y.detach().to(torch::kFloat64), y64), 1e-6);
+    EXPECT_LT(relative_error(x.grad().to(torch::kFloat64), x64.grad()), 1e-5);
+    EXPECT_LT(relative_error(gamma.grad().to(torch::kFloat64), gamma64.grad()), 1e-5);
+    EXPECT_LT(relative_error(beta.grad().to(torch::kFloat64), beta64.grad()), 1e-5);
+  }
+}
+
 TEST(GroupNormSilu, InputPassedThroughCarriesTheResidualsGradientIntoTheKernel) {
   // out = SiLU(GroupNorm(x)) + w ⊙ x', x' the passed-through x: ∂L/∂x gets both terms (the
   // second added inside the backward kernel), against float64 LibTorch.

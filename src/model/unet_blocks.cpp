@@ -4,6 +4,7 @@
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/group_norm_cuda.h"
+#include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/util/environment.h"
 
 #include <cmath>
@@ -25,9 +26,10 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
 // GroupNorm in its weights' precision: under bf16 autocast the convolutions hand it bf16, which
 // CPU autocast (unlike CUDA's) does not cast back, and normalising in float32 is the safe choice.
 // Channels-last inference on a GPU takes the hand-written kernel (float32 statistics, output in
-// x's dtype).
+// x's dtype); blocked activations the CPU's fused kernel without its SiLU.
 torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
   const int64_t groups = norm->options.num_groups();
+  if (is_blocked(x)) return group_norm_blocked(x, norm->weight, norm->bias, groups, norm->options.eps());
   if (cuda_group_norm_applies(x, norm->weight, norm->bias, {}, groups)) {  // channels-last inference on a GPU
     return group_norm_cuda(x, {}, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/false);
   }
@@ -105,11 +107,10 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const bool blocked = is_blocked(x);
   const auto B = x.size(0), H = x.size(2), W = x.size(3);
   const auto C = blocked ? x.size(1) * x.size(4) : x.size(1);
-  // Blocked activations: the 1×1 convolutions run on the blocked layout (oneDNN's; LibTorch's
-  // took 0.2–0.5 ms each for these small shapes), the norm and the products on NCHW, which the
-  // products want as [B, C, N].
-  auto qkv_out = blocked ? from_blocked(convolve(qkv, to_blocked(group_norm(norm, from_blocked(x)))))
-                         : convolve(qkv, group_norm(norm, x));
+  // Blocked activations: the norm and the 1×1 convolutions run on the blocked layout (oneDNN's
+  // convolutions; LibTorch's took 0.2–0.5 ms each for these small shapes), the products on NCHW,
+  // which they want as [B, C, N].
+  auto qkv_out = blocked ? from_blocked(convolve(qkv, group_norm(norm, x))) : convolve(qkv, group_norm(norm, x));
   const auto channels_last = torch::MemoryFormat::ChannelsLast;
   if (qkv_out.is_cuda() && qkv_out.is_contiguous(channels_last) && !qkv_out.is_contiguous()) {
     // Channels-last on a GPU: qkv_out is [B, N, 3C] in memory, so q, k and v are strided views of

@@ -149,26 +149,27 @@ DIFFUSE_LANE_LOOP void block_sums(const T* x, int64_t pixels, int64_t stride, do
   for (int64_t l = 0; l < L; ++l) sum[l] = s[l], sum_sq[l] = q[l];
 }
 
-// y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane; then dropout (`first`: the index of
-// the unit's first element in the tensor).
+// y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane (without `with_silu`: y = x·a + b, the norm
+// alone); then dropout (`first`: the index of the unit's first element in the tensor).
 template <class T>
 DIFFUSE_LANE_LOOP void block_norm_silu(const T* x, int64_t pixels, int64_t stride, const float* a_, const float* b_,
-                                       const Dropout& dropout, uint32_t first, T* y) {
+                                       bool with_silu, const Dropout& dropout, uint32_t first, T* y) {
   const Lanes a = load(a_), b = load(b_);
   for (int64_t p = 0; p < pixels; ++p) {
-    Lanes out = silu(load_lanes(x + p * stride) * a + b);
+    const Lanes z = load_lanes(x + p * stride) * a + b;
+    Lanes out = with_silu ? silu(z) : z;
     if (dropout.active) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
     store_lanes(y + p * stride, out);
   }
 }
 
 // Backward, first pass: ∂L/∂z into dz (float32, in the same layout), and per lane Σ ∂L/∂z and
-// Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ.
+// Σ ∂L/∂z·x̂, x̂ = (x + s − μ)/σ. Without `with_silu`, ∂L/∂z = ∂L/∂y.
 template <class T>
 DIFFUSE_LANE_LOOP void block_backward_sums(const T* x, const T* dy, int64_t pixels, int64_t stride, const float* a_,
                                            const float* b_, const float* shift_minus_mean_, const float* inv_std_,
-                                           const Dropout& dropout, uint32_t first, float* dz, double* sum_dz,
-                                           double* sum_dz_xhat) {
+                                           bool with_silu, const Dropout& dropout, uint32_t first, float* dz,
+                                           double* sum_dz, double* sum_dz_xhat) {
   const Lanes a = load(a_), b = load(b_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_);
   double s[L] = {}, q[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
@@ -177,7 +178,7 @@ DIFFUSE_LANE_LOOP void block_backward_sums(const T* x, const T* dy, int64_t pixe
       const Lanes v = load_lanes(x + p * stride);
       Lanes upstream = load_lanes(dy + p * stride);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
       if (dropout.active) upstream *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
-      const Lanes g = silu_backward(v * a + b, upstream);
+      const Lanes g = with_silu ? silu_backward(v * a + b, upstream) : upstream;
       store(dz + p * stride, g);
       run_s += g;
       run_q += g * ((v + shift_minus_mean) * inv_std);
@@ -351,8 +352,8 @@ struct CatParts {
 // into it, where the statistics' pass reads it anyway (cat(a, b) without a pass of its own).
 template <class T>
 std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x_, const torch::Tensor& shift, const torch::Tensor& gamma,
-                                          const torch::Tensor& beta, int64_t groups, double eps, const Dropout& dropout,
-                                          const CatParts<const T*>* parts = nullptr) {
+                                          const torch::Tensor& beta, int64_t groups, double eps, bool with_silu,
+                                          const Dropout& dropout, const CatParts<const T*>* parts = nullptr) {
   RECORD_FUNCTION(x_.dim() == 4 ? "diffuse::group_norm_silu_nhwc_bf16" : "diffuse::group_norm_silu_blocked",
                   std::vector<c10::IValue>({x_}));
   const Units u(x_, groups);
@@ -376,7 +377,7 @@ std::vector<torch::Tensor> forward_kernel(const torch::Tensor& x_, const torch::
       [&](int64_t k) {
         float smm[L], r[L], a[L], b[L];
         lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-        block_norm_silu(x + u.offset(k), s.pixels, u.stride(), a, b, dropout, static_cast<uint32_t>(u.offset(k)),
+        block_norm_silu(x + u.offset(k), s.pixels, u.stride(), a, b, with_silu, dropout, static_cast<uint32_t>(u.offset(k)),
                         y + u.offset(k));
       });
   return {y_, mean, inv_std};
@@ -390,7 +391,7 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch:
                                            const torch::Tensor& gamma, const torch::Tensor& beta,
                                            const torch::Tensor& mean, const torch::Tensor& inv_std,
                                            const torch::Tensor& dy_, const torch::Tensor& dx_also, int64_t groups,
-                                           const Dropout& dropout, const CatParts<T*>* split = nullptr) {
+                                           bool with_silu, const Dropout& dropout, const CatParts<T*>* split = nullptr) {
   RECORD_FUNCTION(x_.dim() == 4 ? "diffuse::group_norm_silu_nhwc_bf16_backward"
                                 : "diffuse::group_norm_silu_blocked_backward",
                   std::vector<c10::IValue>({dy_}));
@@ -423,7 +424,7 @@ std::vector<torch::Tensor> backward_kernel(const torch::Tensor& x_, const torch:
       [&](int64_t k) {
         float smm[L], r[L], a[L], b[L];
         lane_coefficients(s, k / s.blocks, k % s.blocks, sh, ga, be, mu, rs, smm, r, a, b);
-        block_backward_sums(x + u.offset(k), dy + u.offset(k), s.pixels, u.stride(), a, b, smm, r, dropout,
+        block_backward_sums(x + u.offset(k), dy + u.offset(k), s.pixels, u.stride(), a, b, smm, r, with_silu, dropout,
                             static_cast<uint32_t>(u.offset(k)), dz_of(k), a_sum + k * L, b_sum + k * L);
       },
       [&](int64_t i) { sample_backward_means(s, i, ga, a_sum, b_sum, m1.data(), m2.data()); },
@@ -670,6 +671,7 @@ Dropout make_dropout(double p, int64_t seed) {
 }
 
 // x: float32 blocked or bf16 NHWC (Units). Outputs: y, and with pass_input also x itself.
+// with_silu false: the norm alone, y = z (the attention block's norm).
 // LibTorch hands an input returned as an output back as a new view of it whose gradient arrives
 // here as grads[1]: a residual connection that reads x through it has its gradient of x added
 // inside the backward kernel's last pass, instead of LibTorch adding the two gradients of x in a
@@ -677,13 +679,14 @@ Dropout make_dropout(double p, int64_t seed) {
 struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x5,
                                                 const torch::Tensor& shift, const torch::Tensor& gamma,
-                                                const torch::Tensor& beta, int64_t groups, double eps, double dropout,
-                                                int64_t seed, bool pass_input) {
+                                                const torch::Tensor& beta, int64_t groups, double eps, bool with_silu,
+                                                double dropout, int64_t seed, bool pass_input) {
     const auto d = make_dropout(dropout, seed);
-    auto out = x5.dim() == 4 ? forward_kernel<BF16>(x5, shift, gamma, beta, groups, eps, d)
-                             : forward_kernel<float>(x5, shift, gamma, beta, groups, eps, d);
+    auto out = x5.dim() == 4 ? forward_kernel<BF16>(x5, shift, gamma, beta, groups, eps, with_silu, d)
+                             : forward_kernel<float>(x5, shift, gamma, beta, groups, eps, with_silu, d);
     ctx->save_for_backward({x5, shift, gamma, beta, out[1], out[2]});
     ctx->saved_data["groups"] = groups;
+    ctx->saved_data["with_silu"] = with_silu;
     ctx->saved_data["dropout"] = dropout;
     ctx->saved_data["seed"] = seed;
     if (pass_input) return {out[0], x5};
@@ -696,10 +699,13 @@ struct GroupNormSiluFunction : public torch::autograd::Function<GroupNormSiluFun
     const auto dx_also = grads.size() > 1 && grads[1].defined() ? gradient_like(v[0], grads[1]) : torch::Tensor();
     const auto dy = gradient_like(v[0], grads[0]);
     const int64_t groups = ctx->saved_data["groups"].toInt();
+    const bool with_silu = ctx->saved_data["with_silu"].toBool();
     const auto d = make_dropout(ctx->saved_data["dropout"].toDouble(), ctx->saved_data["seed"].toInt());
-    auto g = v[0].dim() == 4 ? backward_kernel<BF16>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, d)
-                             : backward_kernel<float>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, d);
-    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto g = v[0].dim() == 4
+                 ? backward_kernel<BF16>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, with_silu, d)
+                 : backward_kernel<float>(v[0], v[1], v[2], v[3], v[4], v[5], dy, dx_also, groups, with_silu, d);
+    return {g[0],           g[1],           g[2],           g[3],           torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -728,7 +734,7 @@ struct GroupNormSiluCatFunction : public torch::autograd::Function<GroupNormSilu
     auto x5 = torch::empty({a5.size(0), a5.size(1) + b5.size(1), a5.size(2), a5.size(3), L});
     const CatParts<const float*> parts{a5.data_ptr<float>(), b5.data_ptr<float>(), a5.size(1), b5.size(1),
                                        a5.size(2) * a5.size(3) * L};
-    auto out = forward_kernel<float>(x5, zero_shift, gamma, beta, groups, eps, Dropout{}, &parts);
+    auto out = forward_kernel<float>(x5, zero_shift, gamma, beta, groups, eps, /*with_silu=*/true, Dropout{}, &parts);
     out.push_back(x5);
     return out;
   }
@@ -744,7 +750,7 @@ struct GroupNormSiluCatFunction : public torch::autograd::Function<GroupNormSilu
     const CatParts<float*> split{da.data_ptr<float>(), db.data_ptr<float>(), a_blocks, b_blocks,
                                  x5.size(2) * x5.size(3) * L};
     auto g = backward_kernel<float>(x5, v[1], v[2], v[3], v[4], v[5], gradient_like(x5, grads[0]), dx_also,
-                                    ctx->saved_data["groups"].toInt(), Dropout{}, &split);
+                                    ctx->saved_data["groups"].toInt(), /*with_silu=*/true, Dropout{}, &split);
     return {da, db, torch::Tensor(), g[2], g[3], torch::Tensor(), torch::Tensor()};
   }
 };
@@ -768,11 +774,11 @@ NormParameters checked_parameters(const char* who, int64_t n, int64_t channels, 
 }
 
 // The checked and prepared call, x float32 blocked or bf16 NHWC (`who` says which was asked
-// for); pass_input as in GroupNormSiluFunction.
+// for); with_silu and pass_input as in GroupNormSiluFunction.
 torch::autograd::variable_list apply_group_norm_silu(const char* who, const torch::Tensor& x5,
                                                      const torch::Tensor& shift, const torch::Tensor& gamma,
                                                      const torch::Tensor& beta, int64_t groups, double eps,
-                                                     double dropout, bool pass_input) {
+                                                     double dropout, bool pass_input, bool with_silu = true) {
   const bool nhwc = x5.dim() == 4;
   if (nhwc) {
     TORCH_CHECK(x5.device().is_cpu() && x5.scalar_type() == torch::kBFloat16 && x5.size(1) % L == 0, who,
@@ -789,7 +795,7 @@ torch::autograd::variable_list apply_group_norm_silu(const char* who, const torc
   const int64_t seed = dropout > 0 ? torch::randint(std::numeric_limits<int64_t>::max(), {1}, torch::kLong).item<int64_t>()
                                    : 0;
   const auto x = nhwc ? x5.contiguous(torch::MemoryFormat::ChannelsLast) : x5.contiguous();
-  return GroupNormSiluFunction::apply(x, p.shift, p.gamma, p.beta, groups, eps, dropout, seed, pass_input);
+  return GroupNormSiluFunction::apply(x, p.shift, p.gamma, p.beta, groups, eps, with_silu, dropout, seed, pass_input);
 }
 
 }  // namespace
@@ -798,6 +804,12 @@ torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tens
                                       const torch::Tensor& beta, int64_t groups, double eps, double dropout) {
   return apply_group_norm_silu("group_norm_silu_blocked", x5, shift, gamma, beta, groups, eps, dropout,
                                /*pass_input=*/false)[0];
+}
+
+torch::Tensor group_norm_blocked(const torch::Tensor& x5, const torch::Tensor& gamma, const torch::Tensor& beta,
+                                 int64_t groups, double eps) {
+  return apply_group_norm_silu("group_norm_blocked", x5, {}, gamma, beta, groups, eps, 0.0, /*pass_input=*/false,
+                               /*with_silu=*/false)[0];
 }
 
 std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const torch::Tensor& x5,

@@ -12,7 +12,8 @@ namespace diffuse {
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
 
 // norm(x) computed in the norm's own (float32) precision, whatever x's dtype; on a GPU, for
-// channels-last inference, one kernel with float32 statistics and x's dtype out (runtime/group_norm_cuda.h).
+// channels-last inference, one kernel with float32 statistics and x's dtype out (runtime/group_norm_cuda.h);
+// on blocked activations, the CPU's fused kernel without its SiLU (runtime/group_norm_silu.h).
 torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 
 // GroupNorm → SiLU → conv3×3 → (+ time projection) → GroupNorm → SiLU → dropout → conv3×3,

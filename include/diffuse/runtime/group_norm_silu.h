@@ -30,6 +30,12 @@ namespace diffuse {
 torch::Tensor group_norm_silu_blocked(const torch::Tensor& x5, const torch::Tensor& shift, const torch::Tensor& gamma,
                                       const torch::Tensor& beta, int64_t groups, double eps, double dropout = 0.0);
 
+// GroupNorm alone, z above (no shift, no SiLU, no dropout), on float32 blocked activations: the
+// attention block's norm, which then needs no re-order to NCHW and back around LibTorch's.
+// Differentiable in x5, gamma and beta.
+torch::Tensor group_norm_blocked(const torch::Tensor& x5, const torch::Tensor& gamma, const torch::Tensor& beta,
+                                 int64_t groups, double eps);
+
 // y as above (no shift, no dropout), and x5 again, for a residual connection to read x through:
 // the gradient that reaches the second output is added to ∂L/∂x inside the backward kernel
 // instead of in a separate pass over memory. Without a gradient to record: {y, x5}.
