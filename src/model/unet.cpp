@@ -1,6 +1,7 @@
 #include "diffuse/model/unet.h"
 
 #include "diffuse/model/layout_ops.h"
+#include "diffuse/runtime/blocked_conv_in.h"
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/onednn_conv.h"
 
@@ -108,14 +109,21 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
   }
 
   const auto x = x_t.to(dtype);
-  auto h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(memory_format_)));
-  // LibTorch's convolution may write a one-channel input's output NCHW even where that input is
-  // channels-last (for one channel the two layouts coincide): the format asked for from here on.
-  if (memory_format_ != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(memory_format_));
-  // From here to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
-  // width is a multiple of config_.channels.
-  const bool blocked = blocked_activations_apply(h, {config_.channels});
-  if (blocked) h = to_blocked(h);
+  // From conv_in to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
+  // width is a multiple of config_.channels. Decided on the input, whose dtype, device and NCHW
+  // layout conv_in's output shares; conv_in then writes the blocked layout itself
+  // (runtime/blocked_conv_in.h), with no re-order after it.
+  const bool blocked =
+      memory_format_ == MemoryFormat::nchw && blocked_activations_apply(x.contiguous(), {config_.channels});
+  torch::Tensor h;
+  if (blocked) {
+    h = conv_nchw_to_blocked(x, conv_in->weight, conv_in->bias);
+  } else {
+    h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(memory_format_)));
+    // LibTorch's convolution may write a one-channel input's output NCHW even where that input is
+    // channels-last (for one channel the two layouts coincide): the format asked for from here on.
+    if (memory_format_ != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(memory_format_));
+  }
   std::vector<torch::Tensor> skips{h};
   for (auto& s : down_) {
     if (s.down) {

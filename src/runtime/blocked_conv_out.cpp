@@ -2,6 +2,7 @@
 
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/gradient_wanted.h"
+#include "conv_columns.h"
 #include "lanes.h"
 
 #include <ATen/Parallel.h>
@@ -34,12 +35,6 @@ torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
 // (four cycles each), which had the three passes at 0.3–0.5 ms for mnist's 7 MFLOP each.
 // (d by value in these: through a reference the compiler reloads its fields after every store to
 // the float scratch, which might alias them.)
-// [lo, hi): the output (or input) columns w whose tap j reaches inside the row, 0 ≤ w + j − p < W.
-struct Columns {
-  int64_t lo, hi;
-  Columns(int64_t width, int64_t j, int64_t pad)
-      : lo(std::max<int64_t>(0, pad - j)), hi(std::min(width, width + pad - j)) {}
-};
 
 // One output row (image n, row h) of every output channel: acc[w] = Σ_{cb,i,j} W ⊙ x over the
 // row's taps, then y = b + the sum of acc[w]'s 16 lanes. acc: d.w · 16 floats of scratch (plain

@@ -1,0 +1,239 @@
+#include "diffuse/runtime/blocked_conv_in.h"
+
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/gradient_wanted.h"
+#include "conv_columns.h"
+#include "lanes.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace diffuse {
+
+namespace {
+
+using namespace lanes;
+
+// blocks: O/16, the output's channel blocks. Passed by value into the loops (through a reference
+// the compiler reloads the fields after every store to the float scratch, which might alias them).
+struct Dims {
+  int64_t n, c, blocks, h, w, k, pad;
+};
+
+Dims dims_of(const torch::Tensor& x, const torch::Tensor& weight) {
+  return {x.size(0), x.size(1), weight.size(0) / L, x.size(2), x.size(3), weight.size(2), weight.size(2) / 2};
+}
+
+// W [O, C, k, k] → [O/16, C, k, k, 16]: one tap's weights of 16 output channels side by side.
+torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
+  return weight.reshape({d.blocks, L, d.c, d.k, d.k}).permute({0, 2, 3, 4, 1}).contiguous();
+}
+
+// The k input rows an output row h reads, for every input channel, each zero-padded by p on both
+// sides and by 8 more at the end (a block of 8 output pixels may reach past the row): pad[(c·k + i)
+// · stride + p + w] = x[n, c, h + i − p, w], rows outside the image all zero.
+void padded_rows(const float* x, Dims d, int64_t n, int64_t h, int64_t stride, float* pad) {
+  std::fill(pad, pad + d.c * d.k * stride, 0.0f);
+  for (int64_t c = 0; c < d.c; ++c) {
+    for (int64_t i = 0; i < d.k; ++i) {
+      const int64_t ih = h + i - d.pad;
+      if (ih < 0 || ih >= d.h) continue;
+      const float* from = x + ((n * d.c + c) * d.h + ih) * d.w;
+      std::copy(from, from + d.w, pad + (c * d.k + i) * stride + d.pad);
+    }
+  }
+}
+
+// One output row (image n, row h) of every block: y5 = b + Σ_{c,i,j} x · W over blocks of 8
+// output pixels, their 8 sums in registers (independent chains of multiply-adds).
+DIFFUSE_LANE_LOOP void forward_row(const float* pad, int64_t stride, const float* wl, const float* b, float* y5, Dims d,
+                                   int64_t n, int64_t h) {
+  constexpr int64_t kPixels = 8;
+  for (int64_t ob = 0; ob < d.blocks; ++ob) {
+    float* out = y5 + ((n * d.blocks + ob) * d.h + h) * d.w * L;
+    const Lanes bias = load(b + ob * L);
+    for (int64_t w0 = 0; w0 < d.w; w0 += kPixels) {
+      Lanes acc[kPixels];
+      for (auto& a : acc) a = bias;
+      for (int64_t c = 0; c < d.c; ++c) {
+        for (int64_t i = 0; i < d.k; ++i) {
+          const float* row = pad + (c * d.k + i) * stride + w0;
+          for (int64_t j = 0; j < d.k; ++j) {
+            const Lanes tap = load(wl + (((ob * d.c + c) * d.k + i) * d.k + j) * L);
+            for (int64_t q = 0; q < kPixels; ++q) acc[q] += row[q + j] * tap;
+          }
+        }
+      }
+      for (int64_t q = 0; q < std::min(kPixels, d.w - w0); ++q) store(out + (w0 + q) * L, acc[q]);
+    }
+  }
+}
+
+torch::Tensor forward_kernel(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  RECORD_FUNCTION("diffuse::conv_nchw_to_blocked", std::vector<c10::IValue>({x}));
+  const Dims d = dims_of(x, weight);
+  const auto wl = weights_by_lane(weight, d);
+  auto y5 = torch::empty({d.n, d.blocks, d.h, d.w, L}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = wl.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  float* out = y5.data_ptr<float>();
+  const int64_t stride = d.w + 2 * d.pad + 8;
+  at::parallel_for(0, d.n * d.h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(d.c * d.k * stride);
+    for (int64_t row = begin; row < end; ++row) {
+      padded_rows(xp, d, row / d.h, row % d.h, stride, pad.data());
+      forward_row(pad.data(), stride, wp, b, out, d, row / d.h, row % d.h);
+    }
+  });
+  return y5;
+}
+
+// One image's share of ∂L/∂W ([O/16, C, k, k, 16], added to acc) and of ∂L/∂b ([O/16, 16], added
+// to acc_bias): per tap, Σ_{h,w} ∂L/∂y5[h, w] · x[h + i − p, w + j − p] in four running sums over
+// interleaved columns.
+DIFFUSE_LANE_LOOP void backward_weights_image(const float* x, const float* gy5, float* acc, float* acc_bias, Dims d,
+                                              int64_t n) {
+  for (int64_t ob = 0; ob < d.blocks; ++ob) {
+    const float* gy_image = gy5 + (n * d.blocks + ob) * d.h * d.w * L;
+    Lanes bias{};
+    for (int64_t p = 0; p < d.h * d.w; ++p) bias += load(gy_image + p * L);
+    store(acc_bias + ob * L, load(acc_bias + ob * L) + bias);
+    for (int64_t c = 0; c < d.c; ++c) {
+      for (int64_t i = 0; i < d.k; ++i) {
+        for (int64_t j = 0; j < d.k; ++j) {
+          Lanes s0{}, s1{}, s2{}, s3{};
+          const Columns cols(d.w, j, d.pad);
+          for (int64_t h = std::max<int64_t>(0, d.pad - i); h < std::min(d.h, d.h + d.pad - i); ++h) {
+            const float* gy_row = gy_image + h * d.w * L;
+            const float* x_row = x + ((n * d.c + c) * d.h + h + i - d.pad) * d.w + j - d.pad;
+            int64_t w = cols.lo;
+            for (; w + 4 <= cols.hi; w += 4) {
+              s0 += x_row[w] * load(gy_row + w * L);
+              s1 += x_row[w + 1] * load(gy_row + (w + 1) * L);
+              s2 += x_row[w + 2] * load(gy_row + (w + 2) * L);
+              s3 += x_row[w + 3] * load(gy_row + (w + 3) * L);
+            }
+            for (; w < cols.hi; ++w) s0 += x_row[w] * load(gy_row + w * L);
+          }
+          float* av = acc + (((ob * d.c + c) * d.k + i) * d.k + j) * L;
+          store(av, load(av) + ((s0 + s1) + (s2 + s3)));
+        }
+      }
+    }
+  }
+}
+
+// ∂L/∂W and ∂L/∂b: partial sums over fixed chunks of images, added in chunk order (the same
+// result on any number of threads; ∂L/∂b in float64 across chunks), then back to [O, C, k, k].
+std::pair<torch::Tensor, torch::Tensor> backward_weights(const torch::Tensor& x, const torch::Tensor& weight,
+                                                         const torch::Tensor& grad_y5) {
+  const Dims d = dims_of(x, weight);
+  const int64_t per_chunk = d.blocks * d.c * d.k * d.k * L, bias_per_chunk = d.blocks * L;
+  const int64_t chunks = std::min<int64_t>(d.n, 16);
+  auto partial = torch::zeros({chunks, per_chunk}, x.options());
+  auto partial_bias = torch::zeros({chunks, bias_per_chunk}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* gy = grad_y5.data_ptr<float>();
+  float *part = partial.data_ptr<float>(), *part_bias = partial_bias.data_ptr<float>();
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      for (int64_t n = chunk * d.n / chunks; n < (chunk + 1) * d.n / chunks; ++n) {
+        backward_weights_image(xp, gy, part + chunk * per_chunk, part_bias + chunk * bias_per_chunk, d, n);
+      }
+    }
+  });
+  // [O/16, C, k, k, 16] → [O, C, k, k]
+  auto grad_w = partial.sum(0).reshape({d.blocks, d.c, d.k, d.k, L}).permute({0, 4, 1, 2, 3}).reshape(weight.sizes());
+  auto grad_b = partial_bias.sum(0, false, torch::kFloat64).to(torch::kFloat32);  // [O/16 · 16] = [O]
+  return {grad_w, grad_b};
+}
+
+// ∂L/∂x of one input row (image n, channel c, row ih): acc[iw] gathers W ⊙ ∂L/∂y5 over the taps
+// that read pixel iw, then its 16 lanes are summed. acc: d.w · 16 floats of scratch.
+DIFFUSE_LANE_LOOP void backward_data_row(const float* wl, const float* gy5, float* gx, Dims d, int64_t row,
+                                         float* acc) {
+  const int64_t n = row / (d.c * d.h), c = (row / d.h) % d.c, ih = row % d.h;
+  std::fill(acc, acc + d.w * L, 0.0f);
+  for (int64_t ob = 0; ob < d.blocks; ++ob) {
+    for (int64_t i = 0; i < d.k; ++i) {
+      const int64_t h = ih - i + d.pad;
+      if (h < 0 || h >= d.h) continue;
+      const float* gy_row = gy5 + ((n * d.blocks + ob) * d.h + h) * d.w * L;
+      for (int64_t j = 0; j < d.k; ++j) {
+        const Lanes tap = load(wl + (((ob * d.c + c) * d.k + i) * d.k + j) * L);
+        // input column iw is read by output column iw − j + p: the columns of tap k − 1 − j's range
+        const Columns cols(d.w, d.k - 1 - j, d.pad);
+        for (int64_t iw = cols.lo; iw < cols.hi; ++iw) {
+          store(acc + iw * L, load(acc + iw * L) + tap * load(gy_row + (iw - j + d.pad) * L));
+        }
+      }
+    }
+  }
+  float* gx_row = gx + ((n * d.c + c) * d.h + ih) * d.w;
+  for (int64_t iw = 0; iw < d.w; ++iw) {
+    float sum = 0.0f;
+    for (int64_t l = 0; l < L; ++l) sum += acc[iw * L + l];
+    gx_row[iw] = sum;
+  }
+}
+
+torch::Tensor backward_data(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y5) {
+  const Dims d = dims_of(x, weight);
+  const auto wl = weights_by_lane(weight, d);
+  auto grad_x = torch::empty_like(x);
+  const float* wp = wl.data_ptr<float>();
+  const float* gy = grad_y5.data_ptr<float>();
+  float* gx = grad_x.data_ptr<float>();
+  at::parallel_for(0, d.n * d.c * d.h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(d.w * L);
+    for (int64_t row = begin; row < end; ++row) backward_data_row(wp, gy, gx, d, row, acc.data());
+  });
+  return grad_x;
+}
+
+struct ConvNchwToBlockedFunction : public torch::autograd::Function<ConvNchwToBlockedFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias) {
+    ctx->save_for_backward({x, weight});
+    return forward_kernel(x, weight, bias);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    RECORD_FUNCTION("diffuse::conv_nchw_to_blocked_backward", std::vector<c10::IValue>({grads[0]}));
+    const auto saved = ctx->get_saved_variables();
+    const auto grad_y5 = grads[0].contiguous();
+    torch::Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) gx = backward_data(saved[0], saved[1], grad_y5);
+    if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
+      std::tie(gw, gb) = backward_weights(saved[0], saved[1], grad_y5);
+    }
+    return {gx, ctx->needs_input_grad(1) ? gw : torch::Tensor(), ctx->needs_input_grad(2) ? gb : torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor conv_nchw_to_blocked(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32,
+              "conv_nchw_to_blocked: x must be a float32 [N, C, H, W] CPU tensor, got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) % L == 0 && weight.size(1) == x.size(1) &&
+                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1 && weight.scalar_type() == torch::kFloat32,
+              "conv_nchw_to_blocked: weight must be float32 [O, ", x.size(1), ", k, k] with O a multiple of ", L,
+              " and k odd, got ", weight.sizes());
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+              "conv_nchw_to_blocked: bias must be [", weight.size(0), "]");
+  const auto xc = x.contiguous(), w = weight.contiguous();
+  // a missing bias travels as zeros without a gradient (autograd functions take no undefined tensors)
+  const auto b = bias.defined() ? bias.contiguous() : torch::zeros({weight.size(0)}, x.options());
+  if (!gradient_wanted({x, weight, bias})) return forward_kernel(xc, w, b);
+  return ConvNchwToBlockedFunction::apply(xc, w, b);
+}
+
+}  // namespace diffuse
