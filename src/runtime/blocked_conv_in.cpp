@@ -2,7 +2,7 @@
 
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/gradient_wanted.h"
-#include "conv_columns.h"
+#include "conv_loops.h"
 #include "lanes.h"
 
 #include <ATen/Parallel.h>
@@ -135,18 +135,14 @@ std::pair<torch::Tensor, torch::Tensor> backward_weights(const torch::Tensor& x,
                                                          const torch::Tensor& grad_y5) {
   const Dims d = dims_of(x, weight);
   const int64_t per_chunk = d.blocks * d.c * d.k * d.k * L, bias_per_chunk = d.blocks * L;
-  const int64_t chunks = std::min<int64_t>(d.n, 16);
+  const int64_t chunks = image_chunks(d.n);
   auto partial = torch::zeros({chunks, per_chunk}, x.options());
   auto partial_bias = torch::zeros({chunks, bias_per_chunk}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* gy = grad_y5.data_ptr<float>();
   float *part = partial.data_ptr<float>(), *part_bias = partial_bias.data_ptr<float>();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      for (int64_t n = chunk * d.n / chunks; n < (chunk + 1) * d.n / chunks; ++n) {
-        backward_weights_image(xp, gy, part + chunk * per_chunk, part_bias + chunk * bias_per_chunk, d, n);
-      }
-    }
+  for_images_in_chunks(d.n, [&](int64_t chunk, int64_t n) {
+    backward_weights_image(xp, gy, part + chunk * per_chunk, part_bias + chunk * bias_per_chunk, d, n);
   });
   // [O/16, C, k, k, 16] → [O, C, k, k]
   auto grad_w = partial.sum(0).reshape({d.blocks, d.c, d.k, d.k, L}).permute({0, 4, 1, 2, 3}).reshape(weight.sizes());
@@ -224,7 +220,8 @@ torch::Tensor conv_nchw_to_blocked(const torch::Tensor& x, const torch::Tensor& 
   TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32,
               "conv_nchw_to_blocked: x must be a float32 [N, C, H, W] CPU tensor, got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) % L == 0 && weight.size(1) == x.size(1) &&
-                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1 && weight.scalar_type() == torch::kFloat32,
+                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1 &&
+                  weight.scalar_type() == torch::kFloat32,
               "conv_nchw_to_blocked: weight must be float32 [O, ", x.size(1), ", k, k] with O a multiple of ", L,
               " and k odd, got ", weight.sizes());
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),

@@ -2,7 +2,7 @@
 
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/gradient_wanted.h"
-#include "conv_columns.h"
+#include "conv_loops.h"
 #include "lanes.h"
 
 #include <ATen/Parallel.h>
@@ -155,17 +155,12 @@ DIFFUSE_LANE_LOOP void backward_weights_image(const float* x, const float* gy, f
 torch::Tensor backward_weights(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& grad_y) {
   const Dims d = dims_of(x5, weight);
   const int64_t per_tap = d.o * d.blocks * d.k * d.k * L;
-  const int64_t chunks = std::min<int64_t>(d.n, 16);
-  auto partial = torch::zeros({chunks, per_tap}, x5.options());
+  auto partial = torch::zeros({image_chunks(d.n), per_tap}, x5.options());
   const float* x = x5.data_ptr<float>();
   const float* gy = grad_y.data_ptr<float>();
   float* part = partial.data_ptr<float>();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      for (int64_t n = chunk * d.n / chunks; n < (chunk + 1) * d.n / chunks; ++n) {
-        backward_weights_image(x, gy, part + chunk * per_tap, d, n);
-      }
-    }
+  for_images_in_chunks(d.n, [&](int64_t chunk, int64_t n) {
+    backward_weights_image(x, gy, part + chunk * per_tap, d, n);
   });
   // [O, C/16, k, k, 16] → [O, C, k, k]
   return partial.sum(0).reshape({d.o, d.blocks, d.k, d.k, L}).permute({0, 1, 4, 2, 3}).reshape(weight.sizes());
