@@ -2,7 +2,6 @@
 
 #include "diffuse/model/layout_ops.h"
 #include "diffuse/runtime/blocked_conv_in.h"
-#include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/onednn_conv.h"
 
 #include <algorithm>

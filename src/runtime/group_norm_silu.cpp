@@ -773,6 +773,12 @@ NormParameters checked_parameters(const char* who, int64_t n, int64_t channels, 
           gamma.to(torch::kFloat32).contiguous(), beta.to(torch::kFloat32).contiguous()};
 }
 
+// That t (called `name` in the message) is a float32 CPU tensor in the blocked layout.
+void check_blocked_float32(const char* who, const char* name, const torch::Tensor& t) {
+  TORCH_CHECK(t.dim() == 5 && t.size(4) == L && t.device().is_cpu() && t.scalar_type() == torch::kFloat32, who, ": ",
+              name, " must be a float32 CPU tensor [N, C/16, H, W, 16], got ", t.sizes());
+}
+
 // The checked and prepared call, x float32 blocked or bf16 NHWC (`who` says which was asked
 // for); with_silu and pass_input as in GroupNormSiluFunction.
 torch::autograd::variable_list apply_group_norm_silu(const char* who, const torch::Tensor& x5,
@@ -785,8 +791,7 @@ torch::autograd::variable_list apply_group_norm_silu(const char* who, const torc
                 ": x must be a bf16 CPU tensor [N, C, H, W] with C a multiple of 16, got ", x5.sizes(), " ",
                 x5.scalar_type());
   } else {
-    TORCH_CHECK(x5.dim() == 5 && x5.size(4) == L && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32, who,
-                ": x must be a float32 CPU tensor [N, C/16, H, W, 16], got ", x5.sizes());
+    check_blocked_float32(who, "x", x5);
   }
   const auto p = checked_parameters(who, x5.size(0), nhwc ? x5.size(1) : x5.size(1) * L, groups, shift, gamma, beta);
   TORCH_CHECK(dropout >= 0 && dropout < 1, who, ": dropout must be in [0, 1), got ", dropout);
@@ -828,10 +833,8 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_cat_and_input(co
                                                                               const torch::Tensor& beta, int64_t groups,
                                                                               double eps) {
   const char* who = "group_norm_silu_blocked_cat_and_input";
-  for (const auto* t : {&a5, &b5}) {
-    TORCH_CHECK(t->dim() == 5 && t->size(4) == L && t->device().is_cpu() && t->scalar_type() == torch::kFloat32, who,
-                ": a and b must be float32 CPU tensors [N, C/16, H, W, 16], got ", t->sizes());
-  }
+  check_blocked_float32(who, "a", a5);
+  check_blocked_float32(who, "b", b5);
   TORCH_CHECK(a5.size(0) == b5.size(0) && a5.size(2) == b5.size(2) && a5.size(3) == b5.size(3), who,
               ": a and b differ in images or size: ", a5.sizes(), " and ", b5.sizes());
   const auto p = checked_parameters(who, a5.size(0), (a5.size(1) + b5.size(1)) * L, groups, {}, gamma, beta);
