@@ -34,9 +34,12 @@ torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
   return weight.reshape({d.blocks, L, d.c, d.k, d.k}).permute({0, 2, 3, 4, 1}).contiguous();
 }
 
+// Output pixels the forward pass sums at once, each in its own register.
+constexpr int64_t kPixels = 8;
+
 // The k input rows an output row h reads, for every input channel, each zero-padded by p on both
-// sides and by 8 more at the end (a block of 8 output pixels may reach past the row): pad[(c·k + i)
-// · stride + p + w] = x[n, c, h + i − p, w], rows outside the image all zero.
+// sides and by kPixels more at the end (a block of output pixels may reach past the row):
+// pad[(c·k + i) · stride + p + w] = x[n, c, h + i − p, w], rows outside the image all zero.
 void padded_rows(const float* x, Dims d, int64_t n, int64_t h, int64_t stride, float* pad) {
   std::fill(pad, pad + d.c * d.k * stride, 0.0f);
   for (int64_t c = 0; c < d.c; ++c) {
@@ -49,11 +52,10 @@ void padded_rows(const float* x, Dims d, int64_t n, int64_t h, int64_t stride, f
   }
 }
 
-// One output row (image n, row h) of every block: y5 = b + Σ_{c,i,j} x · W over blocks of 8
-// output pixels, their 8 sums in registers (independent chains of multiply-adds).
+// One output row (image n, row h) of every block: y5 = b + Σ_{c,i,j} x · W over blocks of kPixels
+// output pixels, their sums in registers (independent chains of multiply-adds).
 DIFFUSE_LANE_LOOP void forward_row(const float* pad, int64_t stride, const float* wl, const float* b, float* y5, Dims d,
                                    int64_t n, int64_t h) {
-  constexpr int64_t kPixels = 8;
   for (int64_t ob = 0; ob < d.blocks; ++ob) {
     float* out = y5 + ((n * d.blocks + ob) * d.h + h) * d.w * L;
     const Lanes bias = load(b + ob * L);
@@ -83,7 +85,7 @@ torch::Tensor forward_kernel(const torch::Tensor& x, const torch::Tensor& weight
   const float* wp = wl.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
   float* out = y5.data_ptr<float>();
-  const int64_t stride = d.w + 2 * d.pad + 8;
+  const int64_t stride = d.w + 2 * d.pad + kPixels;
   at::parallel_for(0, d.n * d.h, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> pad(d.c * d.k * stride);
     for (int64_t row = begin; row < end; ++row) {
