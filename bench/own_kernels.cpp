@@ -1,0 +1,163 @@
+// The project's own CPU kernels timed alone, each beside the route it replaced, on the
+// shapes of the `mnist` and `ddpm-cifar10` U-Nets at batch 16 (Google Benchmark):
+//
+//   build/diffuse_kernel_bench [--benchmark_filter=conv_in]
+//                              [--benchmark_repetitions=5 --benchmark_report_aggregates_only=true]
+//
+// Each row is "<kernel>/<model>/<own|replaced>/<pass>": `own` the project's kernel, `replaced` the
+// route it replaced (LibTorch's operators and the re-orders around them; for the concatenating
+// norm, torch::cat followed by the same norm kernel). Debian's Google Benchmark prints a warning
+// that it was built as DEBUG: that is the library's own loop, not the kernels timed.
+//
+// Forward alone, and forward with backward (the gradients a training step asks for, from a fixed
+// ∂L/∂y). Inside a training step the inputs come from memory rather than from cache, so these
+// times are lower bounds of what `diffuse bench --profile` shows; whether a kernel pays off in the
+// step is what `diffuse bench --alternate` measures (docs/PERFORMANCE.md).
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "diffuse/runtime/blocked_conv_in.h"
+#include "diffuse/runtime/blocked_conv_out.h"
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/device.h"
+#include "diffuse/runtime/group_norm_silu.h"
+#include "diffuse/runtime/large_block_cache.h"
+
+namespace {
+
+using Pass = std::function<std::vector<torch::Tensor>()>;
+
+// Runs `pass` (which returns what it computed, so that nothing is optimised away) in the timed loop.
+void time_pass(benchmark::State& state, const Pass& pass) {
+  for (auto _ : state) {
+    auto out = pass();
+    benchmark::DoNotOptimize(out.front().data_ptr());
+  }
+}
+
+// One kernel and the route it replaces, registered as "<what>/<model>/<own|replaced>/<pass>".
+void register_pair(const std::string& what, const std::string& model, const Pass& own_forward, const Pass& own_both,
+                   const Pass& replaced_forward, const Pass& replaced_both) {
+  const std::pair<const char*, const Pass*> passes[] = {{"own/forward", &own_forward},
+                                                        {"replaced/forward", &replaced_forward},
+                                                        {"own/forward+backward", &own_both},
+                                                        {"replaced/forward+backward", &replaced_both}};
+  for (const auto& [name, pass] : passes) {
+    benchmark::RegisterBenchmark((what + "/" + model + "/" + name).c_str(),
+                                 [pass = *pass](benchmark::State& state) { time_pass(state, pass); })
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(0.3);
+  }
+}
+
+// The gradients of `inputs` for y from a fixed ∂L/∂y (no sum and no ones-fill in the timing).
+std::vector<torch::Tensor> gradients(const torch::Tensor& y, const torch::Tensor& grad_y,
+                                     const std::vector<torch::Tensor>& inputs) {
+  return torch::autograd::grad({y}, inputs, {grad_y});
+}
+
+// conv_in: an NCHW image of `c` channels into `o` blocked channels (runtime/blocked_conv_in.h),
+// against LibTorch's convolution followed by the re-order into the blocked layout. The noisy
+// image needs no gradient in training: ∂L/∂W and ∂L/∂b only.
+void register_conv_in(const std::string& model, int64_t c, int64_t o, int64_t size) {
+  const auto x = torch::randn({16, c, size, size});
+  const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
+  const auto b = torch::zeros({o}).requires_grad_();
+  const auto grad_y = torch::randn({16, o / 16, size, size, 16});
+  const auto own = [=] { return diffuse::conv_nchw_to_blocked(x, w, b); };
+  const auto lib = [=] { return diffuse::to_blocked(torch::conv2d(x, w, b, 1, 1)); };
+  register_pair(
+      "conv_in", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
+      [=] { return gradients(own(), grad_y, {w, b}); },
+      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
+      [=] { return gradients(lib(), grad_y, {w, b}); });
+}
+
+// conv_out: `c` blocked channels into an NCHW image of `o` channels (runtime/blocked_conv_out.h),
+// against the re-order to NCHW followed by LibTorch's convolution.
+void register_conv_out(const std::string& model, int64_t c, int64_t o, int64_t size) {
+  const auto x5 = torch::randn({16, c / 16, size, size, 16}).requires_grad_();
+  const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
+  const auto b = torch::zeros({o}).requires_grad_();
+  const auto grad_y = torch::randn({16, o, size, size});
+  const auto own = [=] { return diffuse::conv_blocked_to_nchw(x5, w, b); };
+  const auto lib = [=] { return torch::conv2d(diffuse::from_blocked(x5), w, b, 1, 1); };
+  register_pair(
+      "conv_out", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
+      [=] { return gradients(own(), grad_y, {x5, w, b}); },
+      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
+      [=] { return gradients(lib(), grad_y, {x5, w, b}); });
+}
+
+// GroupNorm + time shift + SiLU on blocked activations (runtime/group_norm_silu.h), against
+// LibTorch's add, GroupNorm and SiLU on the same values in NCHW (no re-orders counted: the
+// LibTorch route's input is already NCHW).
+void register_group_norm_silu(const std::string& model, int64_t c, int64_t size, int64_t groups) {
+  const auto x5 = torch::randn({16, c / 16, size, size, 16}).requires_grad_();
+  const auto x = diffuse::from_blocked(x5.detach()).requires_grad_();
+  const auto shift = (torch::randn({16, c}) * 0.1).requires_grad_();
+  const auto gamma = torch::ones({c}).requires_grad_(), beta = torch::zeros({c}).requires_grad_();
+  const auto grad_y5 = torch::randn({16, c / 16, size, size, 16});
+  const auto grad_y = diffuse::from_blocked(grad_y5);
+  const auto own = [=] { return diffuse::group_norm_silu_blocked(x5, shift, gamma, beta, groups, 1e-5); };
+  const auto lib = [=] {
+    return torch::silu(torch::group_norm(x + shift.view({16, c, 1, 1}), groups, gamma, beta, 1e-5));
+  };
+  register_pair(
+      "group_norm_silu", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
+      [=] { return gradients(own(), grad_y5, {x5, shift, gamma, beta}); },
+      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
+      [=] { return gradients(lib(), grad_y, {x, shift, gamma, beta}); });
+}
+
+// The up path's first norm of a block: cat(h, skip) inside the kernel
+// (group_norm_silu_blocked_cat_and_input), against torch::cat followed by the same kernel on the
+// concatenation. Both return {y, cat}; the backward pass gets ∂L/∂y only.
+void register_cat_norm(const std::string& model, int64_t a_channels, int64_t b_channels, int64_t size,
+                       int64_t groups) {
+  const int64_t c = a_channels + b_channels;
+  const auto a = torch::randn({16, a_channels / 16, size, size, 16}).requires_grad_();
+  const auto b = torch::randn({16, b_channels / 16, size, size, 16}).requires_grad_();
+  const auto gamma = torch::ones({c}).requires_grad_(), beta = torch::zeros({c}).requires_grad_();
+  const auto grad_y = torch::randn({16, c / 16, size, size, 16});
+  const auto own = [=] { return diffuse::group_norm_silu_blocked_cat_and_input(a, b, gamma, beta, groups, 1e-5).first; };
+  const auto lib = [=] {
+    return diffuse::group_norm_silu_blocked_and_input(torch::cat({a, b}, 1), gamma, beta, groups, 1e-5).first;
+  };
+  register_pair(
+      "cat_group_norm_silu", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
+      [=] { return gradients(own(), grad_y, {a, b, gamma, beta}); },
+      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
+      [=] { return gradients(lib(), grad_y, {a, b, gamma, beta}); });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // the process settings `diffuse` makes at start-up (apps/diffuse/main.cpp)
+  torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  diffuse::use_single_threaded_blas();
+  diffuse::keep_freed_memory_for_reuse();
+  diffuse::cache_large_cpu_blocks();
+
+  register_conv_in("mnist", 1, 32, 28);
+  register_conv_in("ddpm-cifar10", 3, 128, 32);
+  register_conv_out("mnist", 32, 1, 28);
+  register_conv_out("ddpm-cifar10", 128, 3, 32);
+  register_group_norm_silu("mnist", 32, 28, 8);
+  register_group_norm_silu("ddpm-cifar10", 128, 32, 32);
+  register_cat_norm("mnist", 64, 32, 28, 8);            // the up path's first block at 28×28
+  register_cat_norm("ddpm-cifar10", 128, 128, 32, 32);  // the up path's last two blocks at 32×32
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  std::printf("threads: %d (torch)\n", torch::get_num_threads());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
