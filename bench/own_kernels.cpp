@@ -30,34 +30,46 @@
 
 namespace {
 
-using Pass = std::function<std::vector<torch::Tensor>()>;
+// One way of computing a layer's output: the call, the fixed ∂L/∂y the backward pass starts from
+// (no sum and no ones-fill in the timing), and the tensors whose gradients a training step asks for.
+struct Route {
+  std::function<torch::Tensor()> run;
+  torch::Tensor grad_y;
+  std::vector<torch::Tensor> wrt;
+};
 
-// Runs `pass` (which returns what it computed, so that nothing is optimised away) in the timed loop.
-void time_pass(benchmark::State& state, const Pass& pass) {
+// Times `pass` (which returns what it computed, so that nothing is optimised away).
+void time_pass(benchmark::State& state, const std::function<std::vector<torch::Tensor>()>& pass) {
   for (auto _ : state) {
     auto out = pass();
     benchmark::DoNotOptimize(out.front().data_ptr());
   }
 }
 
-// One kernel and the route it replaces, registered as "<what>/<model>/<own|replaced>/<pass>".
-void register_pair(const std::string& what, const std::string& model, const Pass& own_forward, const Pass& own_both,
-                   const Pass& replaced_forward, const Pass& replaced_both) {
-  const std::pair<const char*, const Pass*> passes[] = {{"own/forward", &own_forward},
-                                                        {"replaced/forward", &replaced_forward},
-                                                        {"own/forward+backward", &own_both},
-                                                        {"replaced/forward+backward", &replaced_both}};
-  for (const auto& [name, pass] : passes) {
-    benchmark::RegisterBenchmark((what + "/" + model + "/" + name).c_str(),
-                                 [pass = *pass](benchmark::State& state) { time_pass(state, pass); })
+// A kernel and the route it replaced, forward alone (no autograd graph) and forward with
+// backward, registered as "<what>/<model>/<own|replaced>/<forward|forward+backward>", the two
+// routes of one pass one after the other (this host's speed drifts within minutes).
+void register_pair(const std::string& what, const std::string& model, const Route& own, const Route& replaced) {
+  const std::pair<const char*, Route> routes[] = {{"own", own}, {"replaced", replaced}};
+  for (const auto& [who, route] : routes) {
+    benchmark::RegisterBenchmark((what + "/" + model + "/" + who + "/forward").c_str(),
+                                 [route = route](benchmark::State& state) {
+                                   time_pass(state, [&] {
+                                     torch::NoGradGuard no_grad;
+                                     return std::vector<torch::Tensor>{route.run()};
+                                   });
+                                 })
         ->Unit(benchmark::kMillisecond);
   }
-}
-
-// The gradients of `inputs` for y from a fixed ∂L/∂y (no sum and no ones-fill in the timing).
-std::vector<torch::Tensor> gradients(const torch::Tensor& y, const torch::Tensor& grad_y,
-                                     const std::vector<torch::Tensor>& inputs) {
-  return torch::autograd::grad({y}, inputs, {grad_y});
+  for (const auto& [who, route] : routes) {
+    benchmark::RegisterBenchmark((what + "/" + model + "/" + who + "/forward+backward").c_str(),
+                                 [route = route](benchmark::State& state) {
+                                   time_pass(state, [&] {
+                                     return torch::autograd::grad({route.run()}, route.wrt, {route.grad_y});
+                                   });
+                                 })
+        ->Unit(benchmark::kMillisecond);
+  }
 }
 
 // conv_in: an NCHW image of `c` channels into `o` blocked channels (runtime/blocked_conv_in.h),
@@ -68,13 +80,8 @@ void register_conv_in(const std::string& model, int64_t c, int64_t o, int64_t si
   const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
   const auto b = torch::zeros({o}).requires_grad_();
   const auto grad_y = torch::randn({16, o / 16, size, size, 16});
-  const auto own = [=] { return diffuse::conv_nchw_to_blocked(x, w, b); };
-  const auto lib = [=] { return diffuse::to_blocked(torch::conv2d(x, w, b, 1, 1)); };
-  register_pair(
-      "conv_in", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
-      [=] { return gradients(own(), grad_y, {w, b}); },
-      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
-      [=] { return gradients(lib(), grad_y, {w, b}); });
+  register_pair("conv_in", model, {[=] { return diffuse::conv_nchw_to_blocked(x, w, b); }, grad_y, {w, b}},
+                {[=] { return diffuse::to_blocked(torch::conv2d(x, w, b, 1, 1)); }, grad_y, {w, b}});
 }
 
 // conv_out: `c` blocked channels into an NCHW image of `o` channels (runtime/blocked_conv_out.h),
@@ -84,13 +91,8 @@ void register_conv_out(const std::string& model, int64_t c, int64_t o, int64_t s
   const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
   const auto b = torch::zeros({o}).requires_grad_();
   const auto grad_y = torch::randn({16, o, size, size});
-  const auto own = [=] { return diffuse::conv_blocked_to_nchw(x5, w, b); };
-  const auto lib = [=] { return torch::conv2d(diffuse::from_blocked(x5), w, b, 1, 1); };
-  register_pair(
-      "conv_out", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
-      [=] { return gradients(own(), grad_y, {x5, w, b}); },
-      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
-      [=] { return gradients(lib(), grad_y, {x5, w, b}); });
+  register_pair("conv_out", model, {[=] { return diffuse::conv_blocked_to_nchw(x5, w, b); }, grad_y, {x5, w, b}},
+                {[=] { return torch::conv2d(diffuse::from_blocked(x5), w, b, 1, 1); }, grad_y, {x5, w, b}});
 }
 
 // GroupNorm + time shift + SiLU on blocked activations (runtime/group_norm_silu.h), against
@@ -102,16 +104,12 @@ void register_group_norm_silu(const std::string& model, int64_t c, int64_t size,
   const auto shift = (torch::randn({16, c}) * 0.1).requires_grad_();
   const auto gamma = torch::ones({c}).requires_grad_(), beta = torch::zeros({c}).requires_grad_();
   const auto grad_y5 = torch::randn({16, c / 16, size, size, 16});
-  const auto grad_y = diffuse::from_blocked(grad_y5);
-  const auto own = [=] { return diffuse::group_norm_silu_blocked(x5, shift, gamma, beta, groups, 1e-5); };
-  const auto lib = [=] {
-    return torch::silu(torch::group_norm(x + shift.view({16, c, 1, 1}), groups, gamma, beta, 1e-5));
-  };
   register_pair(
-      "group_norm_silu", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
-      [=] { return gradients(own(), grad_y5, {x5, shift, gamma, beta}); },
-      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
-      [=] { return gradients(lib(), grad_y, {x, shift, gamma, beta}); });
+      "group_norm_silu", model,
+      {[=] { return diffuse::group_norm_silu_blocked(x5, shift, gamma, beta, groups, 1e-5); }, grad_y5,
+       {x5, shift, gamma, beta}},
+      {[=] { return torch::silu(torch::group_norm(x + shift.view({16, c, 1, 1}), groups, gamma, beta, 1e-5)); },
+       diffuse::from_blocked(grad_y5), {x, shift, gamma, beta}});
 }
 
 // The up path's first norm of a block: cat(h, skip) inside the kernel
@@ -124,15 +122,14 @@ void register_cat_norm(const std::string& model, int64_t a_channels, int64_t b_c
   const auto b = torch::randn({16, b_channels / 16, size, size, 16}).requires_grad_();
   const auto gamma = torch::ones({c}).requires_grad_(), beta = torch::zeros({c}).requires_grad_();
   const auto grad_y = torch::randn({16, c / 16, size, size, 16});
-  const auto own = [=] { return diffuse::group_norm_silu_blocked_cat_and_input(a, b, gamma, beta, groups, 1e-5).first; };
-  const auto lib = [=] {
-    return diffuse::group_norm_silu_blocked_and_input(torch::cat({a, b}, 1), gamma, beta, groups, 1e-5).first;
-  };
   register_pair(
-      "cat_group_norm_silu", model, [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{own()}; },
-      [=] { return gradients(own(), grad_y, {a, b, gamma, beta}); },
-      [=] { torch::NoGradGuard g; return std::vector<torch::Tensor>{lib()}; },
-      [=] { return gradients(lib(), grad_y, {a, b, gamma, beta}); });
+      "cat_group_norm_silu", model,
+      {[=] { return diffuse::group_norm_silu_blocked_cat_and_input(a, b, gamma, beta, groups, 1e-5).first; }, grad_y,
+       {a, b, gamma, beta}},
+      {[=] {
+         return diffuse::group_norm_silu_blocked_and_input(torch::cat({a, b}, 1), gamma, beta, groups, 1e-5).first;
+       },
+       grad_y, {a, b, gamma, beta}});
 }
 
 }  // namespace
