@@ -5,41 +5,32 @@
 
 #include "diffuse/runtime/blocked_conv_in.h"
 #include "diffuse/runtime/blocked_layout.h"
-#include "support/networks.h"
+#include "support/conv_reference.h"
 
 using namespace diffuse;
 
+using diffuse::testing::conv2d_float64;
+using diffuse::testing::ConvCase;
+using diffuse::testing::expect_matches_reference;
+using diffuse::testing::random_conv_inputs;
 using diffuse::testing::relative_error;
 
 TEST(ConvNchwToBlocked, OutputAndGradientsMatchAFloat64Reference) {
   torch::manual_seed(13);
-  struct Case {
-    int64_t n, c, o, h, w, k;
-    bool bias;
-  };
   // mnist's and cifar's conv_in, odd sizes, k 1 and 5, an image narrower than the kernel
-  for (const auto& s : {Case{16, 1, 32, 28, 28, 3, true}, Case{2, 3, 48, 7, 5, 3, true}, Case{3, 2, 16, 6, 6, 1, false},
-                        Case{1, 1, 32, 9, 4, 5, true}, Case{1, 3, 16, 2, 1, 3, true}}) {
-    SCOPED_TRACE("n " + std::to_string(s.n) + " c " + std::to_string(s.c) + " o " + std::to_string(s.o) + " " +
-                 std::to_string(s.h) + "x" + std::to_string(s.w) + " k " + std::to_string(s.k));
-    auto x = torch::randn({s.n, s.c, s.h, s.w});
-    auto weight = torch::randn({s.o, s.c, s.k, s.k}) * 0.2;
-    auto bias = s.bias ? torch::randn({s.o}) : torch::Tensor();
-    auto grad_y = torch::randn({s.n, s.o, s.h, s.w});
-    auto x64 = x.to(torch::kFloat64).requires_grad_(true), w64 = weight.to(torch::kFloat64).requires_grad_(true);
-    auto b64 = s.bias ? bias.to(torch::kFloat64).requires_grad_(true) : torch::Tensor();
-    auto y64 = torch::conv2d(x64, w64, b64, 1, s.k / 2);
-    y64.backward(grad_y.to(torch::kFloat64));
+  for (const auto& s : {ConvCase{16, 1, 32, 28, 28, 3, true}, ConvCase{2, 3, 48, 7, 5, 3, true},
+                        ConvCase{3, 2, 16, 6, 6, 1, false}, ConvCase{1, 1, 32, 9, 4, 5, true},
+                        ConvCase{1, 3, 16, 2, 1, 3, true}}) {
+    SCOPED_TRACE(s.name());
+    const auto in = random_conv_inputs(s);
+    const auto reference = conv2d_float64(in);
 
-    auto xg = x.clone().requires_grad_(true), w = weight.clone().requires_grad_(true);
-    auto b = s.bias ? bias.clone().requires_grad_(true) : torch::Tensor();
-    auto y5 = conv_nchw_to_blocked(xg, w, b);
+    auto x = in.x.clone().requires_grad_(true), w = in.weight.clone().requires_grad_(true);
+    auto b = s.bias ? in.bias.clone().requires_grad_(true) : torch::Tensor();
+    auto y5 = conv_nchw_to_blocked(x, w, b);
     ASSERT_EQ(y5.sizes(), (std::vector<int64_t>{s.n, s.o / 16, s.h, s.w, 16}));
-    y5.backward(to_blocked(grad_y));
-    EXPECT_LT(relative_error(from_blocked(y5).to(torch::kFloat64), y64), 1e-5);
-    EXPECT_LT(relative_error(xg.grad().to(torch::kFloat64), x64.grad()), 1e-5);
-    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
-    if (s.bias) EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    y5.backward(to_blocked(in.grad_y));
+    expect_matches_reference({from_blocked(y5), x.grad(), w.grad(), s.bias ? b.grad() : torch::Tensor()}, reference);
   }
   // without gradients, and without x's gradient (the U-Net's noisy input): the same output and W's
   auto x = torch::randn({2, 1, 5, 5});

@@ -4,42 +4,33 @@
 
 #include "diffuse/runtime/blocked_conv_out.h"
 #include "diffuse/runtime/blocked_layout.h"
-#include "support/networks.h"
+#include "support/conv_reference.h"
 
 using namespace diffuse;
 
+using diffuse::testing::conv2d_float64;
+using diffuse::testing::ConvCase;
+using diffuse::testing::expect_matches_reference;
+using diffuse::testing::random_conv_inputs;
 using diffuse::testing::relative_error;
 
 TEST(ConvBlockedToNchw, OutputAndGradientsMatchAFloat64Reference) {
   torch::manual_seed(12);
-  struct Case {
-    int64_t n, c, o, h, w, k;
-    bool bias;
-  };
-  for (const auto& s : {Case{3, 32, 1, 28, 28, 3, true}, Case{2, 48, 3, 7, 5, 3, true}, Case{2, 16, 2, 6, 6, 1, false},
-                        Case{1, 32, 5, 9, 4, 5, true}, Case{1, 16, 1, 2, 1, 3, true}}) {
-    SCOPED_TRACE("n " + std::to_string(s.n) + " c " + std::to_string(s.c) + " o " + std::to_string(s.o) + " " +
-                 std::to_string(s.h) + "x" + std::to_string(s.w) + " k " + std::to_string(s.k));
-    auto x = torch::randn({s.n, s.c, s.h, s.w});
-    auto weight = torch::randn({s.o, s.c, s.k, s.k}) * 0.2;
-    auto bias = s.bias ? torch::randn({s.o}) : torch::Tensor();
-    auto grad_y = torch::randn({s.n, s.o, s.h, s.w});
-    // float64 reference
-    auto x64 = x.to(torch::kFloat64).requires_grad_(true), w64 = weight.to(torch::kFloat64).requires_grad_(true);
-    auto b64 = s.bias ? bias.to(torch::kFloat64).requires_grad_(true) : torch::Tensor();
-    auto y64 = torch::conv2d(x64, w64, b64, 1, s.k / 2);
-    y64.backward(grad_y.to(torch::kFloat64));
+  for (const auto& s : {ConvCase{3, 32, 1, 28, 28, 3, true}, ConvCase{2, 48, 3, 7, 5, 3, true},
+                        ConvCase{2, 16, 2, 6, 6, 1, false}, ConvCase{1, 32, 5, 9, 4, 5, true},
+                        ConvCase{1, 16, 1, 2, 1, 3, true}}) {
+    SCOPED_TRACE(s.name());
+    const auto in = random_conv_inputs(s);
+    const auto reference = conv2d_float64(in);
+
     // the kernel, from the blocked input
-    auto x5 = to_blocked(x).requires_grad_(true);
-    auto w = weight.clone().requires_grad_(true);
-    auto b = s.bias ? bias.clone().requires_grad_(true) : torch::Tensor();
+    auto x5 = to_blocked(in.x).requires_grad_(true);
+    auto w = in.weight.clone().requires_grad_(true);
+    auto b = s.bias ? in.bias.clone().requires_grad_(true) : torch::Tensor();
     auto y = conv_blocked_to_nchw(x5, w, b);
-    ASSERT_EQ(y.sizes(), y64.sizes());
-    y.backward(grad_y);
-    EXPECT_LT(relative_error(y.to(torch::kFloat64), y64), 1e-5);
-    EXPECT_LT(relative_error(from_blocked(x5.grad()).to(torch::kFloat64), x64.grad()), 1e-5);
-    EXPECT_LT(relative_error(w.grad().to(torch::kFloat64), w64.grad()), 1e-5);
-    if (s.bias) EXPECT_LT(relative_error(b.grad().to(torch::kFloat64), b64.grad()), 1e-5);
+    ASSERT_EQ(y.sizes(), reference.y.sizes());
+    y.backward(in.grad_y);
+    expect_matches_reference({y, from_blocked(x5.grad()), w.grad(), s.bias ? b.grad() : torch::Tensor()}, reference);
   }
   // without gradients: the same output
   auto x = torch::randn({2, 32, 5, 5});
