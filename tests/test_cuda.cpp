@@ -13,7 +13,7 @@
 #include "diffuse/sampling/ddim.h"
 #include "diffuse/sampling/ddpm.h"
 #include "diffuse/sampling/guidance.h"
-#include "diffuse/sampling/network_graph.h"
+#include "diffuse/runtime/cuda_graph_network.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/adamw.h"
 #include "diffuse/train/train_step.h"

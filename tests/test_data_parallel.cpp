@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <random>
 
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/train/adamw.h"

@@ -61,10 +61,10 @@ TEST(Elbo, ConsistencyTermsVanishForAnExactPredictionWithThePosteriorVariance) {
     auto t = torch::full({2}, index, torch::kLong);
     auto x_t = d.q_sample(x0.to(torch::kFloat32), t, torch::randn({2, 1, 4, 4})).to(torch::kFloat64);
     Prediction exact{x0, torch::Tensor()};
-    EXPECT_NEAR(vb_term_bpd(s, ModelVariance::posterior, x0, x_t, t, exact).abs().max().item<double>(), 0.0, 1e-12);
+    EXPECT_NEAR(vb_term_bpd(d, ModelVariance::posterior, x0, x_t, t, exact).abs().max().item<double>(), 0.0, 1e-12);
     const double lv_post = s.posterior_log_variance_clipped[index], lv_beta = std::log(s.betas[index]);
     const double mismatch = 0.5 * (-1.0 + lv_beta - lv_post + std::exp(lv_post - lv_beta)) / std::log(2.0);
-    auto beta_terms = vb_term_bpd(s, ModelVariance::beta, x0, x_t, t, exact);
+    auto beta_terms = vb_term_bpd(d, ModelVariance::beta, x0, x_t, t, exact);
     EXPECT_NEAR(beta_terms[0].item<double>(), mismatch, 1e-12) << "t=" << index + 1;
     EXPECT_GT(mismatch, 0.0);
   }
@@ -74,9 +74,10 @@ TEST(Elbo, DecoderTermOfAnExactPredictionIsTheMassOfTheTrueBin) {
   // At t = 1 an exact x̂_0 gives μ = c1 x_0 + c2 x_1 = x_0 (c2 = 0 at t = 1) with σ² = β̃_2:
   // L_0 = −log₂ of the N(x_0, β̃_2) mass of x_0's bin (or its open half-line at ±1).
   NoiseSchedule s{ScheduleConfig{}};
+  GaussianDiffusion d(s, Objective::eps, torch::kCPU);
   auto x0 = torch::tensor({-1.0, 100.0 / 127.5 - 1.0, 1.0}, torch::kFloat64).view({3, 1, 1, 1});
   auto x1 = x0 * s.sqrt_alpha_bar[0];
-  auto l0 = vb_term_bpd(s, ModelVariance::posterior, x0, x1, torch::zeros({3}, torch::kLong), Prediction{x0, torch::Tensor()});
+  auto l0 = vb_term_bpd(d, ModelVariance::posterior, x0, x1, torch::zeros({3}, torch::kLong), Prediction{x0, torch::Tensor()});
   const double sigma = std::sqrt(s.posterior_variance[1]);
   auto Phi = [](double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); };
   const double inner = Phi(1.0 / 255.0 / sigma) - Phi(-1.0 / 255.0 / sigma);
@@ -96,16 +97,16 @@ TEST(Elbo, ConsistencyTermIsTheWeightedEpsilonError) {
   auto eps = torch::randn({3, 1, 5, 5}, torch::kFloat64);
   auto eps_model = eps + 0.1 * torch::randn_like(eps);
   auto t = torch::tensor({1, 200, 900}, torch::kLong);
-  // Float64 x_t and x̂_0, by the formulas, so the check is not limited by float32 tables.
+  // Float64 x_t and x̂_0 through the public functions (float64 tables for float64 x).
+  const auto x_t = d.q_sample(x0, t, eps), x0_pred = d.predict_x0_from_eps(x_t, t, eps_model);
   std::vector<double> expected(3);
-  auto x_t = torch::empty_like(x0), x0_pred = torch::empty_like(x0);
   for (int b = 0; b < 3; ++b) {
     const int64_t i = t[b].item<int64_t>();
-    x_t[b] = s.sqrt_alpha_bar[i] * x0[b] + s.sqrt_one_minus_alpha_bar[i] * eps[b];
-    x0_pred[b] = (x_t[b] - s.sqrt_one_minus_alpha_bar[i] * eps_model[b]) / s.sqrt_alpha_bar[i];
     const double w = s.betas[i] * s.betas[i] / (2 * s.posterior_variance[i] * s.alphas[i] * (1 - s.alpha_bar[i]));
-    expected[b] = w * (eps[b] - eps_model[b]).pow(2).mean().item<double>() / std::log(2.0);
+    EXPECT_NEAR(eps_form_vlb_weight(s, ModelVariance::posterior, i), w, 1e-12 * w) << "index " << i;
+    expected[b] = eps_form_vlb_weight(s, ModelVariance::posterior, i) * (eps[b] - eps_model[b]).pow(2).mean().item<double>() /
+                  std::log(2.0);
   }
-  auto terms = vb_term_bpd(s, ModelVariance::posterior, x0, x_t, t, Prediction{x0_pred, eps_model});
+  auto terms = vb_term_bpd(d, ModelVariance::posterior, x0, x_t, t, Prediction{x0_pred, eps_model});
   for (int b = 0; b < 3; ++b) EXPECT_NEAR(terms[b].item<double>(), expected[b], 1e-9 * expected[b]) << "index " << t[b].item<int64_t>();
 }

@@ -6,8 +6,9 @@
 
 #include "diffuse/model/unet.h"
 #include "diffuse/sampling/ddim.h"
+#include "diffuse/diffusion/label_dropout.h"
 #include "diffuse/sampling/guidance.h"
-#include "diffuse/sampling/network_graph.h"
+#include "diffuse/runtime/cuda_graph_network.h"
 
 using namespace diffuse;
 
@@ -88,7 +89,7 @@ TEST(Guidance, UNetWithoutLabelsIsTheNoLabelClass) {
   EXPECT_FALSE(torch::allclose(none, net->forward(x, t, torch::zeros({2}, torch::kLong))));
 }
 
-// On the CPU the CUDA-graph wrapper (sampling/network_graph.h) is the network itself: every call
+// On the CPU the CUDA-graph wrapper (runtime/cuda_graph_network.h) is the network itself: every call
 // goes through, with its labels, and comes back unchanged.
 TEST(Guidance, NetworkGraphWrapperCallsTheNetworkAsItIsOnTheCpu) {
   int calls = 0;

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "diffuse/io/atomic_file.h"
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
 #include "support/error_of.h"

@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/model/unet_flops.h"

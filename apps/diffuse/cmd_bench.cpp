@@ -180,7 +180,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the table");
   cmd->add_option("--conv-shape", o->conv_shape, "--what conv: batch, channels and image size of the convolution")
       ->expected(3)
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--profile", o->profile,
                   "Write every operator's time in timed runs 2 to R as a chrome trace to this file; "

@@ -17,7 +17,7 @@
 #include "diffuse/edit/inpaint.h"
 #include "diffuse/edit/interpolate.h"
 #include "diffuse/edit/noise_and_denoise.h"
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/plot/figure.h"
 
@@ -296,7 +296,7 @@ void add_edit_command(CLI::App& app) {
   auto o = std::make_shared<EditOptions>();
 
   auto* sdedit = add_edit_mode(*edit, "sdedit", "Noise images to x_t with q(x_t|x_0), then denoise them", o);
-  sdedit->add_option("--t", o->t, "Noise level as a 1-based timestep (1..T)")->check(CLI::PositiveNumber);
+  sdedit->add_option("--t", o->t, "Noise level as a 1-based timestep (1..T)")->check(positive_number());
   sdedit->add_option("--strength", o->strength, "Noise level as a fraction of T, in (0, 1]");
   sdedit->callback([o] { run_sdedit(*o); });
 

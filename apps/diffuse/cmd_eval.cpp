@@ -13,7 +13,7 @@
 #include "diffuse/eval/classifier.h"
 #include "diffuse/eval/frechet.h"
 #include "diffuse/eval/nll.h"
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/sampling/guidance.h"
 #include "diffuse/util/environment.h"
@@ -175,20 +175,20 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::IsMember({"nll", "fid"}))
       ->capture_default_str();
   cmd->add_option("--n", o->nll.n, "nll: the first N images of the split (default 256); fid: generated images (default 1000)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--batch-size", o->nll.batch_size, "Images per network call")->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(non_negative_number());
+  cmd->add_option("--batch-size", o->nll.batch_size, "Images per network call")->check(positive_number())->capture_default_str();
   cmd->add_flag("--exact", o->nll.exact, "Sum all T terms (T network calls per image) instead of Monte Carlo");
   cmd->add_option("--t-samples", o->nll.t_samples, "Monte Carlo: timesteps drawn per image")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--variance", o->variance, "Reverse-process variance: posterior (beta-tilde) or beta")
       ->check(CLI::IsMember({"posterior", "beta"}))
       ->capture_default_str();
   cmd->add_option("--seed", o->nll.seed, "Random seed")->capture_default_str();
-  cmd->add_option("--sample-batch-size", o->batch_size, "fid: images per sampling batch")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--sample-batch-size", o->batch_size, "fid: images per sampling batch")->check(positive_number())->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
   cmd->add_option("--guidance", o->guidance, "fid, class-conditional checkpoints: guidance w (labels balanced over classes)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_flag("--no-progress", [o](int64_t) { o->nll.progress = false; }, "No progress bar");

@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "commands.h"
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/sampling/guidance.h"
 #include "diffuse/sampling/sample_loop.h"
@@ -141,10 +141,10 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--class", o->label, "Class-conditional checkpoints: all (a row per class), none, or a class index")
       ->capture_default_str();
   cmd->add_option("--guidance", o->guidance, "Classifier-free guidance w: (1+w) eps(x,y) - w eps(x)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("--n", o->n, "Number of images")->check(CLI::Range(1, 100000))->capture_default_str();
-  cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(positive_number())->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed (same seed, same images)")->capture_default_str();
   cmd->add_option("--out", o->out, "Grid of all images (PNG)")->check(writable_output_file());
   cmd->add_option("--out-dir", o->out_dir, "Also write one PNG per image here");

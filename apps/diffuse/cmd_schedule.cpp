@@ -53,8 +53,8 @@ void add_schedule_command(CLI::App& app) {
   cmd->add_option("--beta-start", o->beta_start, "beta_1 (linear, scaled-linear)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--beta-end", o->beta_end, "beta_T (linear, scaled-linear)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--sampler", o->sampler, "Print this sampler's timesteps instead of the table")
-      ->check(CLI::IsMember({"ddpm", "ddim"}));
-  cmd->add_option("--steps", o->steps, "Sampler steps S")->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::IsMember(sampler_names()));
+  cmd->add_option("--steps", o->steps, "Sampler steps S")->check(positive_number())->capture_default_str();
   cmd->add_option("--spacing", o->spacing, "Timestep spacing")
       ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
       ->capture_default_str();

@@ -97,26 +97,26 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--model", o->model, "Network configuration")
       ->check(CLI::IsMember({"tiny", "mnist", "ddpm-cifar10"}))
       ->capture_default_str();
-  cmd->add_option("--steps", c.steps, "Total optimisation steps")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--lr", c.lr, "Peak learning rate (AdamW)")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--warmup", c.warmup, "Linear learning-rate warm-up steps")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--steps", c.steps, "Total optimisation steps")->check(positive_number())->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(positive_number())->capture_default_str();
+  cmd->add_option("--lr", c.lr, "Peak learning rate (AdamW)")->check(positive_number())->capture_default_str();
+  cmd->add_option("--warmup", c.warmup, "Linear learning-rate warm-up steps")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--lr-schedule", o->lr_schedule, "After warm-up: cosine decay to 0 at --steps, or constant")
       ->check(CLI::IsMember({"cosine", "constant"}))
       ->capture_default_str();
-  cmd->add_option("--grad-clip", c.grad_clip, "Max gradient norm (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--grad-clip", c.grad_clip, "Max gradient norm (0: off)")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--ema-decay", c.ema_decay, "EMA decay of the weights used for sampling")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  cmd->add_option("--weight-decay", c.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--weight-decay", c.weight_decay, "AdamW decoupled weight decay")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--checkpoint-every", c.checkpoint_every, "Write a checkpoint every N steps (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("--preview-every", c.preview_every, "Write a DDIM-50 preview grid every N steps (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("--preview-n", c.preview_n, "Images in a preview grid")->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_option("--log-every", c.log_every, "Append to log.csv every N steps")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--log-every", c.log_every, "Append to log.csv every N steps")->check(positive_number())->capture_default_str();
   cmd->add_flag("--resume", c.resume, "Continue the run in --out (same step, optimizer, EMA and RNG)");
   cmd->add_option("--objective", o->objective, "What the network predicts")
       ->check(CLI::IsMember({"eps", "x0"}))
@@ -133,7 +133,7 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--timesteps", o->timesteps, "Diffusion steps T")->check(CLI::Range(2, 100000))->capture_default_str();
   cmd->add_option("--image-size", o->image_size, "Resize image folders to this size")->check(CLI::Range(4, 1024))->capture_default_str();
-  cmd->add_option("--limit", o->limit, "Use only the first N training images (0: all)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--limit", o->limit, "Use only the first N training images (0: all)")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--seed", c.seed, "Random seed")->capture_default_str();
   cmd->add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "No progress bar");
   add_compute_options(*cmd, o->compute);

@@ -12,7 +12,7 @@
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
-#include "diffuse/sampling/network_graph.h"
+#include "diffuse/runtime/cuda_graph_network.h"
 #include "diffuse/sampling/sampler.h"
 
 namespace diffuse::cli {
@@ -42,6 +42,11 @@ std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& flags, cons
 // sampling (the file itself is written through a temporary beside it, io/atomic_file.h).
 const CLI::Validator& writable_output_file();
 
+// Numeric flags: finite and > 0, or finite and ≥ 0. CLI11's PositiveNumber and NonNegativeNumber
+// let NaN through and name their bounds as 309-digit numbers.
+const CLI::Validator& positive_number();
+const CLI::Validator& non_negative_number();
+
 // --device cpu|cuda, checked against what this build and machine have.
 void add_device_option(CLI::App& cmd, std::string& device);
 torch::Device resolve_device(const std::string& name);
@@ -69,7 +74,7 @@ enum class Workload { training, inference };
 Compute resolve_compute(const ComputeFlags& flags, Workload workload);
 
 // The network as the command runs it: its calls replayed from a CUDA graph where compute says so
-// (sampling/network_graph.h), else as it is.
+// (runtime/cuda_graph_network.h), else as it is.
 template <class Network>
 Network with_cuda_graph(const Compute& compute, Network net) {
   return compute.cuda_graph ? replay_as_cuda_graph(std::move(net)) : net;

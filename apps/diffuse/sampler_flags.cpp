@@ -5,8 +5,8 @@ namespace diffuse::cli {
 
 void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
   cmd.add_option("--sampler", f.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
-  cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for the others)")->check(CLI::NonNegativeNumber);
-  cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for the others)")->check(non_negative_number());
+  cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(non_negative_number())->capture_default_str();
   cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T")
       ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
       ->capture_default_str();

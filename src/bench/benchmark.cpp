@@ -13,7 +13,7 @@
 #include "diffuse/model/unet_flops.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/sampling/ddim.h"
-#include "diffuse/sampling/network_graph.h"
+#include "diffuse/runtime/cuda_graph_network.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/train_step.h"
 #include "diffuse/util/environment.h"

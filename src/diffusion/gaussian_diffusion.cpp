@@ -14,10 +14,12 @@ Objective objective_from_string(const std::string& name) {
   throw std::invalid_argument("unknown objective '" + name + "' (expected eps or x0)");
 }
 
-torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, int64_t ndim) {
-  std::vector<int64_t> shape(ndim, 1);
+torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, const torch::Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
   shape[0] = t.size(0);
-  return table.index_select(0, t.to(table.device(), torch::kLong)).view(shape);
+  // float64 for float64 x, float32 otherwise (bf16 and half x promote to it, as before)
+  const auto dtype = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  return table.index_select(0, t.to(table.device(), torch::kLong)).to(dtype).view(shape);
 }
 
 GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device)
@@ -34,34 +36,30 @@ GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective
 
 torch::Tensor GaussianDiffusion::q_sample(const torch::Tensor& x0, const torch::Tensor& t,
                                           const torch::Tensor& noise) const {
-  const auto n = x0.dim();
-  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
-  return extract(sqrt_alpha_bar_, t, n) * x0 + extract(sqrt_one_minus_alpha_bar_, t, n) * noise;
+    // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+  return extract(sqrt_alpha_bar_, t, x0) * x0 + extract(sqrt_one_minus_alpha_bar_, t, x0) * noise;
 }
 
 PosteriorMeanVariance GaussianDiffusion::q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t,
                                                      const torch::Tensor& t) const {
-  const auto n = x_t.dim();
-  PosteriorMeanVariance out;
+    PosteriorMeanVariance out;
   // μ̃_t = β_t √ᾱ_{t−1}/(1 − ᾱ_t) · x_0 + (1 − ᾱ_{t−1}) √α_t/(1 − ᾱ_t) · x_t
-  out.mean = extract(posterior_mean_coef1_, t, n) * x0 + extract(posterior_mean_coef2_, t, n) * x_t;
-  out.variance = extract(posterior_variance_, t, n);                      // β̃_t
-  out.log_variance = extract(posterior_log_variance_clipped_, t, n);
+  out.mean = extract(posterior_mean_coef1_, t, x_t) * x0 + extract(posterior_mean_coef2_, t, x_t) * x_t;
+  out.variance = extract(posterior_variance_, t, x_t);                      // β̃_t
+  out.log_variance = extract(posterior_log_variance_clipped_, t, x_t);
   return out;
 }
 
 torch::Tensor GaussianDiffusion::predict_x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& t,
                                                      const torch::Tensor& eps) const {
-  const auto n = x_t.dim();
-  // x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t
-  return (x_t - extract(sqrt_one_minus_alpha_bar_, t, n) * eps) / extract(sqrt_alpha_bar_, t, n);
+    // x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t
+  return (x_t - extract(sqrt_one_minus_alpha_bar_, t, x_t) * eps) / extract(sqrt_alpha_bar_, t, x_t);
 }
 
 torch::Tensor GaussianDiffusion::predict_eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& t,
                                                      const torch::Tensor& x0) const {
-  const auto n = x_t.dim();
-  // ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
-  return (x_t - extract(sqrt_alpha_bar_, t, n) * x0) / extract(sqrt_one_minus_alpha_bar_, t, n);
+    // ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
+  return (x_t - extract(sqrt_alpha_bar_, t, x_t) * x0) / extract(sqrt_one_minus_alpha_bar_, t, x_t);
 }
 
 Prediction GaussianDiffusion::split_model_output(const torch::Tensor& model_out, const torch::Tensor& x_t,
@@ -83,10 +81,9 @@ Prediction GaussianDiffusion::split_model_output(const torch::Tensor& model_out,
 
 torch::Tensor GaussianDiffusion::p_mean_from_eps(const torch::Tensor& x_t, const torch::Tensor& t,
                                                  const torch::Tensor& eps) const {
-  const auto n = x_t.dim();
-  // μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε_θ) / √α_t
-  const auto eps_coef = extract(betas_, t, n) / extract(sqrt_one_minus_alpha_bar_, t, n);
-  return (x_t - eps_coef * eps) / extract(alphas_, t, n).sqrt();
+    // μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε_θ) / √α_t
+  const auto eps_coef = extract(betas_, t, x_t) / extract(sqrt_one_minus_alpha_bar_, t, x_t);
+  return (x_t - eps_coef * eps) / extract(alphas_, t, x_t).sqrt();
 }
 
 torch::Tensor GaussianDiffusion::training_target(const torch::Tensor& x0, const torch::Tensor& noise) const {

@@ -2,7 +2,7 @@
 
 #include <filesystem>
 
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/util/progress.h"

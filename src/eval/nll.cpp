@@ -48,7 +48,7 @@ NllResult evaluate_nll(const Denoiser& network, const GaussianDiffusion& diffusi
       auto pred = diffusion.split_model_output(network(x_t, t), x_t, t, /*clip_x0=*/false);
       done += b;
       bar.update(done);
-      return vb_term_bpd(s, o.variance, x0, x_t, t, pred).cpu();
+      return vb_term_bpd(diffusion, o.variance, x0, x_t, t, pred).cpu();
     };
     auto terms = torch::zeros({b}, torch::kFloat64);
     if (o.exact) {

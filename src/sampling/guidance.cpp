@@ -6,13 +6,6 @@
 
 namespace diffuse {
 
-torch::Tensor drop_labels(const torch::Tensor& labels, int64_t null_label, double p) {
-  if (!(p >= 0.0 && p <= 1.0)) throw std::invalid_argument("label dropout must be in [0, 1], got " + std::to_string(p));
-  if (p == 0.0) return labels;
-  auto drop = to_device_async(torch::rand(labels.sizes(), torch::dtype(torch::kFloat32)), labels.device()) < p;
-  return torch::where(drop, torch::full_like(labels, null_label), labels);
-}
-
 ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, int64_t null_label, double w) {
   if (!(w >= 0.0)) throw std::invalid_argument("guidance weight must be >= 0, got " + std::to_string(w));
   if (w == 0.0) return net;

@@ -52,8 +52,11 @@ StepOutput DpmSolverPP2MSampler::step(const Prediction& pred, int64_t t, int64_t
   const double s = std::sqrt(1.0 - alpha_bar), s_prev = std::sqrt(1.0 - alpha_bar_prev);
   const double alpha_prev = std::sqrt(alpha_bar_prev);
   const double h = lambda(t_prev) - lambda(t);
-  torch::Tensor d = pred.x0;  // first order (DDIM) until there is a previous x̂_0
-  if (x0_last_.defined()) {
+  // First order (DDIM) until there is a previous x̂_0, and into index 0: λ_0 = ½ log(ᾱ_1/β_1) lies
+  // far beyond the rest of a leading or linspace grid, so r ≪ 1 there and the second-order
+  // extrapolation (1 + 1/(2r)) overshoots (as diffusers' lower_order_final).
+  torch::Tensor d = pred.x0;
+  if (x0_last_.defined() && t_prev > 0) {
     const double r = h_last_ / h;
     d = (1.0 + 0.5 / r) * pred.x0 - (0.5 / r) * x0_last_;
   }

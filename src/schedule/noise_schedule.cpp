@@ -73,6 +73,15 @@ std::vector<double> make_betas(const ScheduleConfig& config) {
   return betas;
 }
 
+PosteriorCoefficients posterior_coefficients(double alpha_bar, double alpha_bar_prev) {
+  PosteriorCoefficients c;
+  c.beta = 1.0 - alpha_bar / alpha_bar_prev;                                        // β'
+  c.x0_coef = c.beta * std::sqrt(alpha_bar_prev) / (1.0 - alpha_bar);               // β' √ᾱ_prev / (1 − ᾱ_t)
+  c.xt_coef = (1.0 - alpha_bar_prev) * std::sqrt(alpha_bar / alpha_bar_prev) / (1.0 - alpha_bar);  // √α' = √(ᾱ_t/ᾱ_prev)
+  c.variance = c.beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar);                 // β̃ = β' (1 − ᾱ_prev) / (1 − ᾱ_t)
+  return c;
+}
+
 NoiseSchedule::NoiseSchedule(std::vector<double> betas_in) : betas(std::move(betas_in)) {
   const size_t T = betas.size();
   TORCH_CHECK(T >= 1, "NoiseSchedule needs at least one beta");
@@ -96,11 +105,11 @@ NoiseSchedule::NoiseSchedule(std::vector<double> betas_in) : betas(std::move(bet
     alpha_bar[i] = running;                     // ᾱ_t = ∏ α_s
     sqrt_alpha_bar[i] = std::sqrt(alpha_bar[i]);
     sqrt_one_minus_alpha_bar[i] = std::sqrt(1.0 - alpha_bar[i]);
-    // β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)                                 (DDPM eq. 7)
-    posterior_variance[i] = betas[i] * (1.0 - alpha_bar_prev[i]) / (1.0 - alpha_bar[i]);
-    // μ̃_t = coef1 · x_0 + coef2 · x_t                                      (DDPM eq. 7)
-    posterior_mean_coef1[i] = betas[i] * std::sqrt(alpha_bar_prev[i]) / (1.0 - alpha_bar[i]);
-    posterior_mean_coef2[i] = (1.0 - alpha_bar_prev[i]) * std::sqrt(alphas[i]) / (1.0 - alpha_bar[i]);
+    // μ̃_t = coef1 · x_0 + coef2 · x_t,  β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)     (DDPM eq. 7)
+    const PosteriorCoefficients posterior = posterior_coefficients(alpha_bar[i], alpha_bar_prev[i]);
+    posterior_variance[i] = posterior.variance;
+    posterior_mean_coef1[i] = posterior.x0_coef;
+    posterior_mean_coef2[i] = posterior.xt_coef;
     snr[i] = alpha_bar[i] / (1.0 - alpha_bar[i]);  // SNR(t) = ᾱ_t / (1 − ᾱ_t)
   }
   for (size_t i = 0; i < T; ++i) {
@@ -110,8 +119,7 @@ NoiseSchedule::NoiseSchedule(std::vector<double> betas_in) : betas(std::move(bet
 }
 
 torch::Tensor NoiseSchedule::tensor(const std::vector<double>& table, torch::Device device) {
-  auto host = torch::tensor(table, torch::dtype(torch::kFloat64));
-  return host.to(device, torch::kFloat32);
+  return torch::tensor(table, torch::dtype(torch::kFloat64)).to(device);
 }
 
 }  // namespace diffuse

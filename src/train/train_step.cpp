@@ -1,7 +1,7 @@
 #include "diffuse/train/train_step.h"
 
 #include "diffuse/diffusion/elbo.h"
-#include "diffuse/sampling/guidance.h"
+#include "diffuse/diffusion/label_dropout.h"
 #include "diffuse/train/flat_float.h"
 #include "diffuse/util/target_clones.h"
 
@@ -105,7 +105,7 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
     auto model_out = model_->forward(x_t, t, y);  // same dtype as x_t (float32), also under autocast
     loss = options_.loss == TrainLoss::simple
                ? GaussianDiffusion::loss_simple(model_out, diffusion_.training_target(x0, noise))
-               : vb_term_bpd(diffusion_.schedule(), ModelVariance::posterior, x0, x_t, t,
+               : vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
                              diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
                      .mean()
                      .to(torch::kFloat32);

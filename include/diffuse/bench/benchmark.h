@@ -23,7 +23,7 @@ BenchTask bench_task_from_string(const std::string& name);  // "train" | "infer"
 std::string to_string(BenchTask task);
 
 // What `sample` on a GPU captures in a CUDA graph: each network call (what `diffuse sample` and
-// the editing commands do: sampling/network_graph.h), the whole loop of S steps (no per-step
+// the editing commands do: runtime/cuda_graph_network.h), the whole loop of S steps (no per-step
 // work on the host at all; possible for DDIM's deterministic loop), or nothing.
 enum class CudaGraphScope { network, loop, off };
 CudaGraphScope cuda_graph_scope_from_string(const std::string& name);  // "network" | "loop" | "off"

@@ -28,9 +28,15 @@ std::vector<double> model_log_variances(const NoiseSchedule& schedule, ModelVari
 torch::Tensor prior_bpd(const NoiseSchedule& schedule, const torch::Tensor& x0);
 
 // Per image, [B]: L_{t−1} where the 0-based index t[b] ≥ 1, L_0 where t[b] = 0; given
-// x_t ~ q(x_t|x_0) at those indices and the network's (unclipped) prediction. Float64.
-torch::Tensor vb_term_bpd(const NoiseSchedule& schedule, ModelVariance variance, const torch::Tensor& x0,
+// x_t ~ q(x_t|x_0) at those indices and the network's (unclipped) prediction. Float64; the means
+// are the diffusion's q_posterior at x_0 and at x̂_0.
+torch::Tensor vb_term_bpd(const GaussianDiffusion& diffusion, ModelVariance variance, const torch::Tensor& x0,
                           const torch::Tensor& x_t, const torch::Tensor& t, const Prediction& pred);
+
+// The weight of L_{t−1} in ε form (DDPM eq. 12), 0-based index t ≥ 1, in nats per dimension:
+//   L_{t−1} = w_t · ‖ε − ε_θ‖²/D + const,  w_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t))
+// (the constant is 0 for σ_t² = β̃_t). L_simple drops w_t (DDPM eq. 14).
+double eps_form_vlb_weight(const NoiseSchedule& schedule, ModelVariance variance, int64_t t);
 
 // Mean over all but the batch dimension: [B, ...] → [B].
 torch::Tensor mean_flat(const torch::Tensor& x);

@@ -71,13 +71,15 @@ class GaussianDiffusion {
   NoiseSchedule schedule_;
   Objective objective_;
   torch::Device device_;
-  // Device copies (float32) of the tables used with batched timesteps.
+  // Device copies (float64) of the tables used with batched timesteps; `extract` hands them out
+  // in x's precision, so that float64 x is computed to float64 accuracy.
   torch::Tensor betas_, alphas_, sqrt_alpha_bar_, sqrt_one_minus_alpha_bar_;
   torch::Tensor posterior_variance_, posterior_log_variance_clipped_;
   torch::Tensor posterior_mean_coef1_, posterior_mean_coef2_;
 };
 
-// table[t] reshaped to [B, 1, 1, ...] so it broadcasts against x of rank `ndim`.
-torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, int64_t ndim);
+// table[t] reshaped to [B, 1, 1, ...] so that it broadcasts against x, in float64 where x is
+// float64 and in float32 otherwise.
+torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, const torch::Tensor& x);
 
 }  // namespace diffuse

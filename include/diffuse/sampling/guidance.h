@@ -1,7 +1,8 @@
 // Class conditioning and classifier-free guidance (Ho & Salimans 2022).
 //
 // One network learns ε_θ(x_t, t, y) and ε_θ(x_t, t, ∅): during training each label is replaced
-// by the "no label" class ∅ (index num_classes) with probability p. At sampling time
+// by the "no label" class ∅ (index num_classes) with probability p (diffusion/label_dropout.h).
+// At sampling time
 //   ε̃ = (1 + w) ε_θ(x_t, t, y) − w ε_θ(x_t, t, ∅)
 // with guidance weight w ≥ 0 (w = 0: plain conditional sampling).
 #pragma once
@@ -13,9 +14,6 @@
 #include "diffuse/sampling/sample_loop.h"
 
 namespace diffuse {
-
-// Each label replaced by `null_label` with probability p (drawn from the global generator).
-torch::Tensor drop_labels(const torch::Tensor& labels, int64_t null_label, double p);
 
 // The guided network: one batched call on [x; x] with labels [y; ∅], then
 // (1 + w)·cond − w·uncond. With w = 0 it is the conditional network, called once.

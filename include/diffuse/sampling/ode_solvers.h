@@ -41,7 +41,9 @@ class HeunSampler : public Sampler {
 // DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), with h = λ_prev − λ_t and r = h_last/h:
 //   D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(t_last)        (first step: D = x̂_0(t))
 //   x_prev = (s_prev/s_t) x_t − α_prev (e^{−h} − 1) D
-// The last step (s_prev = 0) is first order, x_prev = x̂_0(t), as in the reference solvers.
+// The step into index 0 is first order (D = x̂_0(t)): λ jumps there, r ≪ 1 on leading and
+// linspace grids, and the second-order step is worse than DDIM's. The last step (s_prev = 0) is
+// first order, x_prev = x̂_0(t), as in the reference solvers.
 class DpmSolverPP2MSampler : public Sampler {
  public:
   DpmSolverPP2MSampler(const NoiseSchedule& schedule, TimestepSpacing spacing)

@@ -1,5 +1,5 @@
 // β schedules and every table derived from them (DDPM, Ho et al. 2020, §2 and eq. 6-7).
-// Computed once in float64 on the host; `tensor()` gives float32 device copies.
+// Computed once in float64 on the host; `tensor()` gives float64 device copies.
 // Indexing: paper notation is 1-based (t = 1..T); arrays are 0-based, index i = t − 1.
 #pragma once
 
@@ -31,6 +31,21 @@ struct ScheduleConfig {
 //                  β_t = min(1 − ᾱ(t)/ᾱ(t−1), 0.999)     (Nichol & Dhariwal 2021, eq. 17)
 std::vector<double> make_betas(const ScheduleConfig& config);
 
+// The posterior q(x_prev | x_t, x_0) = N(μ̃, β̃ I) between any two points of the chain with
+// ᾱ_t < ᾱ_prev (DDPM eq. 6-7; on the full grid ᾱ_prev = ᾱ_{t−1}, on a sub-grid the respaced
+// β' = 1 − ᾱ_t/ᾱ_prev takes β_t's place):
+//   μ̃ = x0_coef · x_0 + xt_coef · x_t
+//   x0_coef = β' √ᾱ_prev / (1 − ᾱ_t),  xt_coef = (1 − ᾱ_prev) √α' / (1 − ᾱ_t),  α' = ᾱ_t/ᾱ_prev
+//   β̃ = β' (1 − ᾱ_prev) / (1 − ᾱ_t)
+// The one home of these formulas: the schedule's tables, the DDPM step and the ELBO all use it.
+struct PosteriorCoefficients {
+  double beta;      // β' = 1 − ᾱ_t/ᾱ_prev
+  double x0_coef;   // weight of x_0 in μ̃
+  double xt_coef;   // weight of x_t in μ̃
+  double variance;  // β̃
+};
+PosteriorCoefficients posterior_coefficients(double alpha_bar, double alpha_bar_prev);
+
 // All per-step quantities of the forward process and its posterior, float64, index i = t − 1.
 struct NoiseSchedule {
   explicit NoiseSchedule(std::vector<double> betas);
@@ -40,8 +55,12 @@ struct NoiseSchedule {
 
   // ᾱ at a 0-based index; index −1 means "before the first step", where ᾱ = 1.
   double alpha_bar_at(int64_t index) const { return index < 0 ? 1.0 : alpha_bar.at(index); }
+  // q(x_{t_prev} | x_t, x_0) for a step between two 0-based indices t > t_prev ≥ −1.
+  PosteriorCoefficients posterior(int64_t t, int64_t t_prev) const {
+    return posterior_coefficients(alpha_bar_at(t), alpha_bar_at(t_prev));
+  }
 
-  // Float32 copy of one table on a device, for indexing with a batch of timesteps.
+  // Float64 copy of one table on a device, for indexing with a batch of timesteps.
   static torch::Tensor tensor(const std::vector<double>& table, torch::Device device);
 
   std::vector<double> betas;                      // β_t

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "diffuse/data/dataset.h"
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/data_parallel.h"
 #include "diffuse/train/train_step.h"

@@ -1,4 +1,4 @@
-#include "diffuse/sampling/network_graph.h"
+#include "diffuse/runtime/cuda_graph_network.h"
 
 #include <memory>
 
@@ -6,7 +6,7 @@
 
 namespace diffuse {
 
-ConditionalDenoiser replay_as_cuda_graph(ConditionalDenoiser net) {
+NetworkCall3 replay_as_cuda_graph(NetworkCall3 net) {
   // made on the first GPU call (constructing a runner throws without CUDA), shared by the copies
   // of the returned function
   auto graph = std::make_shared<std::unique_ptr<CudaGraphRunner>>();
@@ -20,9 +20,9 @@ ConditionalDenoiser replay_as_cuda_graph(ConditionalDenoiser net) {
   };
 }
 
-Denoiser replay_as_cuda_graph(Denoiser net) {
+NetworkCall2 replay_as_cuda_graph(NetworkCall2 net) {
   auto conditional = replay_as_cuda_graph(
-      ConditionalDenoiser([net = std::move(net)](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
+      NetworkCall3([net = std::move(net)](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
         return net(x, t);
       }));
   return [conditional](const torch::Tensor& x, const torch::Tensor& t) { return conditional(x, t, torch::Tensor()); };

@@ -4,7 +4,9 @@
 // graph, so that every sampler, guidance and editing method can use it.
 #pragma once
 
-#include "diffuse/sampling/sample_loop.h"
+#include <torch/torch.h>
+
+#include <functional>
 
 namespace diffuse {
 
@@ -13,7 +15,11 @@ namespace diffuse {
 // smaller batch; guidance doubling the batch happens inside and is captured with it). The
 // network must be deterministic and free of host syncs (eval mode: no dropout). Calls on CPU
 // inputs, or in a build without CUDA, go to the network as they are.
-ConditionalDenoiser replay_as_cuda_graph(ConditionalDenoiser net);
-Denoiser replay_as_cuda_graph(Denoiser net);
+// The network as a function of (x, t, y) or of (x, t): the same types as sampling's
+// ConditionalDenoiser and Denoiser (sampling/sample_loop.h), named here without that layer.
+using NetworkCall3 = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
+using NetworkCall2 = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>;
+NetworkCall3 replay_as_cuda_graph(NetworkCall3 net);
+NetworkCall2 replay_as_cuda_graph(NetworkCall2 net);
 
 }  // namespace diffuse

@@ -1,4 +1,4 @@
-#include "diffuse/io/checkpoint.h"
+#include "diffuse/checkpoint/checkpoint.h"
 
 #include <filesystem>
 #include <stdexcept>

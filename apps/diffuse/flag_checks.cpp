@@ -1,0 +1,36 @@
+// Validators of numeric flags, with messages that name the rule and the value given.
+#include <cmath>
+#include <string>
+
+#include "commands.h"
+
+namespace diffuse::cli {
+
+namespace {
+
+// A validator that accepts a finite number satisfying `ok`, else says "must be RULE, got TEXT".
+CLI::Validator finite_number_that(const std::string& rule, bool (*ok)(double)) {
+  return CLI::Validator(
+      [rule, ok](std::string& text) -> std::string {
+        double value = 0.0;
+        if (!CLI::detail::lexical_cast(text, value) || !std::isfinite(value) || !ok(value)) {
+          return "must be " + rule + ", got '" + text + "'";
+        }
+        return {};
+      },
+      rule);
+}
+
+}  // namespace
+
+const CLI::Validator& positive_number() {
+  static const CLI::Validator check = finite_number_that("a positive number", [](double v) { return v > 0.0; });
+  return check;
+}
+
+const CLI::Validator& non_negative_number() {
+  static const CLI::Validator check = finite_number_that("a number >= 0", [](double v) { return v >= 0.0; });
+  return check;
+}
+
+}  // namespace diffuse::cli
