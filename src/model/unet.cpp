@@ -4,33 +4,29 @@
 #include "diffuse/runtime/blocked_conv_in.h"
 #include "diffuse/runtime/onednn_conv.h"
 
-#include <algorithm>
 
 namespace diffuse {
 
 namespace F = torch::nn::functional;
 
-namespace {
-bool has_attention(const UNetConfig& c, int64_t resolution) {
-  return std::find(c.attention_resolutions.begin(), c.attention_resolutions.end(), resolution) !=
-         c.attention_resolutions.end();
-}
-}  // namespace
-
 UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
+  validate(config_);
   const auto& c = config_;
   const int64_t time_dim = c.time_embed_dim();
-  for (int64_t m : c.channel_mult) {
-    TORCH_CHECK((c.channels * m) % c.norm_groups == 0, "UNet: width ", c.channels * m,
-                " is not divisible by norm_groups ", c.norm_groups);
-  }
+  auto res_block = [&](int64_t in, int64_t out) {
+    return ResBlock(in, out, time_dim, c.dropout, c.norm_groups, c.norm_eps);
+  };
+  auto attention_block = [&](int64_t width) {
+    return AttentionBlock(width, c.norm_groups, c.norm_eps, c.attention_heads(width));
+  };
 
   time_fc1 = register_module("time_fc1", torch::nn::Linear(c.channels, time_dim));
   time_fc2 = register_module("time_fc2", torch::nn::Linear(time_dim, time_dim));
   if (c.num_classes > 0) {  // one extra row: the "no label" class used for guidance
     label_embedding = register_module("label_embedding", torch::nn::Embedding(c.num_classes + 1, time_dim));
   }
-  conv_in = register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c.channels, 3).padding(1)));
+  conv_in = register_module(
+      "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels + c.extra_in_channels, c.channels, 3).padding(1)));
 
   // Down path; remember the width of every tensor pushed onto the skip stack.
   std::vector<int64_t> skip_channels{c.channels};
@@ -41,28 +37,28 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
     for (int64_t b = 0; b < c.num_res_blocks; ++b) {
       Stage s;
       const std::string name = "down_" + std::to_string(level) + "_" + std::to_string(b);
-      s.res = register_module(name + "_res", ResBlock(width, out, time_dim, c.dropout, c.norm_groups));
+      s.res = register_module(name + "_res", res_block(width, out));
       width = out;
-      if (has_attention(c, resolution)) s.attn = register_module(name + "_attn", AttentionBlock(width, c.norm_groups));
+      if (c.has_attention_at(resolution)) s.attn = register_module(name + "_attn", attention_block(width));
       down_.push_back(s);
       skip_channels.push_back(width);
     }
     if (level != levels - 1) {
       Stage s;
-      s.down = register_module("down_" + std::to_string(level) + "_downsample", Downsample(width));
+      s.down = register_module("down_" + std::to_string(level) + "_downsample", Downsample(width, c.downsample_padding));
       down_.push_back(s);
       skip_channels.push_back(width);
-      resolution = downsampled_size(resolution);
+      resolution = c.downsampled(resolution);
     }
   }
 
-  mid_res1 = register_module("mid_res1", ResBlock(width, width, time_dim, c.dropout, c.norm_groups));
-  mid_attn = register_module("mid_attn", AttentionBlock(width, c.norm_groups));
-  mid_res2 = register_module("mid_res2", ResBlock(width, width, time_dim, c.dropout, c.norm_groups));
+  mid_res1 = register_module("mid_res1", res_block(width, width));
+  if (c.mid_attention) mid_attn = register_module("mid_attn", attention_block(width));
+  mid_res2 = register_module("mid_res2", res_block(width, width));
 
   // Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
   std::vector<int64_t> resolutions{c.image_size};
-  for (int64_t level = 1; level < levels; ++level) resolutions.push_back(downsampled_size(resolutions.back()));
+  for (int64_t level = 1; level < levels; ++level) resolutions.push_back(c.downsampled(resolutions.back()));
   for (int64_t level = levels - 1; level >= 0; --level) {
     const int64_t out = c.channels * c.channel_mult[level];
     for (int64_t b = 0; b <= c.num_res_blocks; ++b) {
@@ -70,9 +66,9 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
       const std::string name = "up_" + std::to_string(level) + "_" + std::to_string(b);
       const int64_t skip = skip_channels.back();
       skip_channels.pop_back();
-      s.res = register_module(name + "_res", ResBlock(width + skip, out, time_dim, c.dropout, c.norm_groups));
+      s.res = register_module(name + "_res", res_block(width + skip, out));
       width = out;
-      if (has_attention(c, resolutions[level])) s.attn = register_module(name + "_attn", AttentionBlock(width, c.norm_groups));
+      if (c.has_attention_at(resolutions[level])) s.attn = register_module(name + "_attn", attention_block(width));
       up_.push_back(s);
     }
     if (level != 0) {
@@ -82,7 +78,7 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
     }
   }
 
-  norm_out = register_module("norm_out", torch::nn::GroupNorm(c.norm_groups, width));
+  norm_out = register_module("norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_groups, width).eps(c.norm_eps)));
   conv_out = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, c.in_channels, 3).padding(1)));
 
   // DDPM initialisation; layers that end a residual branch start at zero.
@@ -94,20 +90,25 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
   init_zero(conv_out);
 }
 
-torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y) {
+torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y,
+                                const torch::Tensor& condition) {
   TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == config_.in_channels, "UNet: expected [B, ", config_.in_channels,
               ", H, W] input, got ", x_t.sizes());
+  TORCH_CHECK(condition.defined() == (config_.extra_in_channels > 0), "UNet: the network takes ",
+              config_.extra_in_channels, " condition channels, ", condition.defined() ? "and got some" : "and got none");
   // The weights' dtype: float32, or bf16 where a sampler cast the whole network (the sinusoids
   // are computed in float32 either way).
   const auto dtype = conv_in->weight.scalar_type();
   // Time (and label) embedding: [B] → [B, 4·ch]
-  auto emb = time_fc2(F::silu(time_fc1(timestep_embedding(t, config_.channels).to(dtype))));
+  auto emb = time_fc2(F::silu(
+      time_fc1(timestep_embedding(t, config_.channels, config_.flip_sin_to_cos, config_.freq_shift).to(dtype))));
   if (label_embedding) {  // no labels given: the "no label" class ∅ = num_classes
     emb = emb + label_embedding(y.defined() ? y : torch::full({x_t.size(0)}, config_.num_classes,
                                                                torch::dtype(torch::kLong).device(x_t.device())));
   }
 
-  const auto x = x_t.to(dtype);
+  // the condition's channels (a masked image, a low-resolution one) join x_t's at the input
+  const auto x = condition.defined() ? torch::cat({x_t, condition.to(x_t.scalar_type())}, 1).to(dtype) : x_t.to(dtype);
   // From conv_in to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
   // width is a multiple of config_.channels. Decided on the input, whose dtype, device and NCHW
   // layout conv_in's output shares; conv_in then writes the blocked layout itself
@@ -134,7 +135,9 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
     skips.push_back(h);
   }
 
-  h = mid_res2(mid_attn(mid_res1(h, emb)), emb);
+  h = mid_res1(h, emb);
+  if (mid_attn) h = mid_attn(h);
+  h = mid_res2(h, emb);
 
   for (auto& s : up_) {
     if (s.up) {

@@ -13,14 +13,16 @@ namespace diffuse {
 
 namespace F = torch::nn::functional;
 
-torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, bool flip_sin_to_cos, int64_t freq_shift) {
   TORCH_CHECK(dim % 2 == 0, "timestep_embedding: dim must be even, got ", dim);
   const int64_t half = dim / 2;
-  const double scale = std::log(10000.0) / static_cast<double>(half - 1);
-  // freqs[k] = exp(−k · log(10000)/(h − 1))
+  TORCH_CHECK(half - freq_shift >= 1, "timestep_embedding: dim ", dim, " too small for freq_shift ", freq_shift);
+  const double scale = std::log(10000.0) / static_cast<double>(half - freq_shift);
+  // f_k = exp(−k · log(10000)/(h − shift))
   auto freqs = torch::exp(torch::arange(half, torch::dtype(torch::kFloat32).device(t.device())) * -scale);
   auto args = t.to(torch::kFloat32).unsqueeze(1) * freqs.unsqueeze(0);  // [B, h]
-  return torch::cat({torch::sin(args), torch::cos(args)}, 1);
+  return flip_sin_to_cos ? torch::cat({torch::cos(args), torch::sin(args)}, 1)
+                         : torch::cat({torch::sin(args), torch::cos(args)}, 1);
 }
 
 // GroupNorm in its weights' precision: under bf16 autocast the convolutions hand it bf16, which
@@ -59,12 +61,16 @@ void init_zero(torch::nn::Conv2d& c) {
   c->bias.zero_();
 }
 
+static torch::nn::GroupNorm group_norm_module(int64_t groups, int64_t channels, double eps) {
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps));
+}
+
 ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t time_dim, double dropout,
-                           int64_t groups) {
-  norm1 = register_module("norm1", torch::nn::GroupNorm(groups, in_channels));
+                           int64_t groups, double eps) {
+  norm1 = register_module("norm1", group_norm_module(groups, in_channels, eps));
   conv1 = register_module("conv1", conv(in_channels, out_channels, 3));
   time_proj = register_module("time_proj", torch::nn::Linear(time_dim, out_channels));
-  norm2 = register_module("norm2", torch::nn::GroupNorm(groups, out_channels));
+  norm2 = register_module("norm2", group_norm_module(groups, out_channels, eps));
   dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
   conv2 = register_module("conv2", conv(out_channels, out_channels, 3));
   if (in_channels != out_channels) shortcut = register_module("shortcut", conv(in_channels, out_channels, 1));
@@ -97,8 +103,10 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
 
 void ResBlockImpl::zero_last_layer() { init_zero(conv2); }
 
-AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups) {
-  norm = register_module("norm", torch::nn::GroupNorm(groups, channels));
+AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups, double eps, int64_t heads) : heads_(heads) {
+  TORCH_CHECK(heads >= 1 && channels % heads == 0, "AttentionBlock: ", heads, " heads do not divide ", channels,
+              " channels");
+  norm = register_module("norm", group_norm_module(groups, channels, eps));
   qkv = register_module("qkv", conv(channels, 3 * channels, 1));  // q, k and v in one 1×1 conv
   proj_out = register_module("proj_out", conv(channels, channels, 1));
 }
@@ -112,7 +120,7 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   // which they want as [B, C, N].
   auto qkv_out = blocked ? from_blocked(convolve(qkv, group_norm(norm, x))) : convolve(qkv, group_norm(norm, x));
   const auto channels_last = torch::MemoryFormat::ChannelsLast;
-  if (qkv_out.is_cuda() && qkv_out.is_contiguous(channels_last) && !qkv_out.is_contiguous()) {
+  if (heads_ == 1 && qkv_out.is_cuda() && qkv_out.is_contiguous(channels_last) && !qkv_out.is_contiguous()) {
     // Channels-last on a GPU: qkv_out is [B, N, 3C] in memory, so q, k and v are strided views of
     // it, and the product's [B, N, C] is h in channels-last: no re-ordering copies (on an H200 the
     // NCHW route below copied 0.15 ms per block at batch 256).
@@ -121,11 +129,16 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
                                                   tokens.narrow(2, 2 * C, C));  // [B, N, C]
     return convolve(proj_out, out.reshape({B, H, W, C}).permute({0, 3, 1, 2}), x);
   }
+  // Heads as a batch dimension: [B, 3, C, N] → q, k, v of [B·n, C/n, N], head h of image b at b·n + h.
   // unbind, not three selects: its backward stacks the three gradients in one copy, where each
   // select's backward zero-filled a tensor of all three and the three were then added
-  const auto qkv_parts = qkv_out.reshape({B, 3, C, H * W}).unbind(1);
-  const auto &q = qkv_parts[0], &k = qkv_parts[1], &v = qkv_parts[2];  // [B, C, N]
-  // h[b, :, i] = Σ_j softmax_j(q_i · k_j / √C) v_j                      [B, C, N]
+  const auto qkv_heads = heads_ == 1 ? qkv_out.reshape({B, 3, C, H * W})
+                                     : qkv_out.reshape({B, 3, heads_, C / heads_, H * W})
+                                           .transpose(1, 2)
+                                           .reshape({B * heads_, 3, C / heads_, H * W});
+  const auto qkv_parts = qkv_heads.unbind(1);
+  const auto &q = qkv_parts[0], &k = qkv_parts[1], &v = qkv_parts[2];  // [B·n, C/n, N]
+  // h[b, :, i] = Σ_j softmax_j(q_i · k_j / √(C/n)) v_j                  [B·n, C/n, N]
   auto h = dot_product_attention(q, k, v).reshape({B, C, H, W});
   // channels-last activations: h too, so that the projection takes the same convolution path as
   // the rest of the network (on the CPU in bf16, oneDNN's NHWC kernels instead of LibTorch's)
@@ -135,11 +148,20 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
 
 void AttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }
 
-DownsampleImpl::DownsampleImpl(int64_t channels) {
-  conv = register_module("conv", diffuse::conv(channels, channels, 3, /*stride=*/2));
+DownsampleImpl::DownsampleImpl(int64_t channels, DownsamplePadding padding) : padding_(padding) {
+  // asymmetric: padding 0 here, the pad added in forward
+  const int64_t pad = padding_ == DownsamplePadding::symmetric ? 1 : 0;
+  conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(pad)));
 }
 
-torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) { return convolve(conv, x); }
+torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
+  if (padding_ == DownsamplePadding::symmetric) return convolve(conv, x);
+  // conv(pad(x, right 1, bottom 1)), stride 2, no further padding; on the NCHW layout, where the
+  // kernels' fixed k/2 padding does not apply
+  const auto nchw = is_blocked(x) ? from_blocked(x) : x;
+  const auto y = conv(F::pad(nchw, F::PadFuncOptions({0, 1, 0, 1})));
+  return is_blocked(x) ? to_blocked(y) : y;
+}
 
 UpsampleImpl::UpsampleImpl(int64_t channels) { conv = register_module("conv", diffuse::conv(channels, channels, 3)); }
 

@@ -1,8 +1,26 @@
 #include "diffuse/model/unet_config.h"
 
+#include <algorithm>
+#include <cmath>
+#include <sstream>
 #include <stdexcept>
 
 namespace diffuse {
+
+std::string to_string(DownsamplePadding padding) {
+  return padding == DownsamplePadding::symmetric ? "symmetric" : "asymmetric";
+}
+
+DownsamplePadding downsample_padding_from_string(const std::string& name) {
+  if (name == "symmetric") return DownsamplePadding::symmetric;
+  if (name == "asymmetric") return DownsamplePadding::asymmetric;
+  throw std::invalid_argument("unknown downsample padding '" + name + "' (expected symmetric or asymmetric)");
+}
+
+bool UNetConfig::has_attention_at(int64_t resolution) const {
+  return std::find(attention_resolutions.begin(), attention_resolutions.end(), resolution) !=
+         attention_resolutions.end();
+}
 
 std::vector<std::string> unet_config_names() { return {"tiny", "mnist", "ddpm-cifar10"}; }
 
@@ -15,14 +33,14 @@ UNetConfig unet_config_by_name(const std::string& name, int64_t in_channels, int
     c.channels = 8;
     c.channel_mult = {1, 2};
     c.num_res_blocks = 1;
-    c.attention_resolutions = {downsampled_size(image_size)};
+    c.attention_resolutions = {c.downsampled(image_size)};
     c.dropout = 0.0;
     c.norm_groups = 4;
   } else if (name == "mnist") {  // 28 → 14 → 7, attention only at 7×7 (49 tokens: cheap)
     c.channels = 32;
     c.channel_mult = {1, 2, 2};
     c.num_res_blocks = 1;
-    c.attention_resolutions = {downsampled_size(downsampled_size(image_size))};
+    c.attention_resolutions = {c.downsampled(c.downsampled(image_size))};
     c.dropout = 0.0;
     c.norm_groups = 8;
   } else if (name == "ddpm-cifar10") {  // Ho et al. 2020, appendix B
@@ -40,6 +58,60 @@ UNetConfig unet_config_by_name(const std::string& name, int64_t in_channels, int
   return c;
 }
 
+namespace {
+
+// "model.FIELD = VALUE: RULE"
+template <class T>
+[[noreturn]] void refuse(const char* field, const T& value, const std::string& rule) {
+  std::ostringstream out;
+  out << "model config: " << field << " = " << value << ": " << rule;
+  throw std::invalid_argument(out.str());
+}
+
+template <class T>
+void check_range(const char* field, T value, T lo, T hi) {
+  if (!(value >= lo && value <= hi)) {
+    std::ostringstream rule;
+    rule << "must be in [" << lo << ", " << hi << "]";
+    refuse(field, value, rule.str());
+  }
+}
+
+}  // namespace
+
+void validate(const UNetConfig& c) {
+  // Limits well above any network that trains on one machine, and low enough that no field
+  // alone asks for gigabytes before a weight is read.
+  check_range<int64_t>("in_channels", c.in_channels, 1, 64);
+  check_range<int64_t>("image_size", c.image_size, 1, 1024);
+  check_range<int64_t>("channels", c.channels, 1, 1024);
+  if (c.channel_mult.empty() || c.channel_mult.size() > 8) refuse("channel_mult", c.channel_mult.size(), "must have 1 to 8 levels");
+  for (int64_t m : c.channel_mult) check_range<int64_t>("channel_mult[i]", m, 1, 16);
+  check_range<int64_t>("num_res_blocks", c.num_res_blocks, 1, 16);
+  if (c.attention_resolutions.size() > 16) refuse("attention_resolutions", c.attention_resolutions.size(), "at most 16 entries");
+  check_range("dropout", c.dropout, 0.0, 0.999);
+  check_range<int64_t>("norm_groups", c.norm_groups, 1, 1024);
+  check_range("norm_eps", c.norm_eps, 1e-12, 1.0);
+  check_range<int64_t>("num_classes", c.num_classes, 0, 100000);
+  check_range<int64_t>("extra_in_channels", c.extra_in_channels, 0, 64);
+  check_range<int64_t>("freq_shift", c.freq_shift, 0, 1);
+  if (c.channels % 2 != 0) refuse("channels", c.channels, "must be even (the sinusoidal embedding has sin and cos halves)");
+  if (c.channels / 2 - c.freq_shift < 1) refuse("channels", c.channels, "too small for the time embedding");
+  if (c.cross_attention_dim != 0) refuse("cross_attention_dim", c.cross_attention_dim, "cross-attention is not built yet (0 only)");
+  for (int64_t level = 0; level < c.levels(); ++level) {
+    const int64_t width = c.level_channels(level);
+    if (width % c.norm_groups != 0) {
+      refuse("norm_groups", c.norm_groups, "must divide every width; level " + std::to_string(level) + " has " +
+                                               std::to_string(width) + " channels");
+    }
+    if (c.attention_head_dim < 0 || (c.attention_head_dim > 0 && width % c.attention_head_dim != 0)) {
+      refuse("attention_head_dim", c.attention_head_dim, "must be 0 (one head) or divide every width; level " +
+                                                             std::to_string(level) + " has " + std::to_string(width));
+    }
+  }
+  if (c.channels % c.norm_groups != 0) refuse("norm_groups", c.norm_groups, "must divide channels");
+}
+
 nlohmann::json to_json(const UNetConfig& c) {
   return {{"name", c.name},
           {"in_channels", c.in_channels},
@@ -48,20 +120,35 @@ nlohmann::json to_json(const UNetConfig& c) {
           {"channel_mult", c.channel_mult},
           {"num_res_blocks", c.num_res_blocks},
           {"attention_resolutions", c.attention_resolutions},
+          {"mid_attention", c.mid_attention},
+          {"attention_head_dim", c.attention_head_dim},
           {"dropout", c.dropout},
           {"norm_groups", c.norm_groups},
-          {"num_classes", c.num_classes}};
+          {"norm_eps", c.norm_eps},
+          {"flip_sin_to_cos", c.flip_sin_to_cos},
+          {"freq_shift", c.freq_shift},
+          {"downsample_padding", to_string(c.downsample_padding)},
+          {"num_classes", c.num_classes},
+          {"extra_in_channels", c.extra_in_channels},
+          {"cross_attention_dim", c.cross_attention_dim}};
 }
 
 UNetConfig unet_config_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) throw std::runtime_error("model config: not a JSON object");
   UNetConfig c;
-  auto get = [&](const char* key, auto& field) {
-    if (!j.contains(key)) throw std::runtime_error(std::string("model config: missing field '") + key + "'");
+  auto read = [&](const char* key, auto& field) {
     try {
       j.at(key).get_to(field);
     } catch (const nlohmann::json::exception& e) {
       throw std::runtime_error(std::string("model config: bad field '") + key + "': " + e.what());
     }
+  };
+  auto get = [&](const char* key, auto& field) {
+    if (!j.contains(key)) throw std::runtime_error(std::string("model config: missing field '") + key + "'");
+    read(key, field);
+  };
+  auto get_optional = [&](const char* key, auto& field) {  // fields added with the general config
+    if (j.contains(key)) read(key, field);
   };
   get("name", c.name);
   get("in_channels", c.in_channels);
@@ -73,9 +160,21 @@ UNetConfig unet_config_from_json(const nlohmann::json& j) {
   get("dropout", c.dropout);
   get("norm_groups", c.norm_groups);
   get("num_classes", c.num_classes);
-  if (c.in_channels < 1 || c.image_size < 1 || c.channels < 1 || c.channel_mult.empty() || c.num_res_blocks < 1) {
-    throw std::runtime_error("model config: sizes must be positive");
+  get_optional("mid_attention", c.mid_attention);
+  get_optional("attention_head_dim", c.attention_head_dim);
+  get_optional("norm_eps", c.norm_eps);
+  get_optional("flip_sin_to_cos", c.flip_sin_to_cos);
+  get_optional("freq_shift", c.freq_shift);
+  std::string padding = to_string(c.downsample_padding);
+  get_optional("downsample_padding", padding);
+  try {
+    c.downsample_padding = downsample_padding_from_string(padding);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(std::string("model config: ") + e.what());
   }
+  get_optional("extra_in_channels", c.extra_in_channels);
+  get_optional("cross_attention_dim", c.cross_attention_dim);
+  validate(c);
   return c;
 }
 

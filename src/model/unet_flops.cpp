@@ -26,16 +26,15 @@ double attention(double c, double h) {
 }  // namespace
 
 double unet_forward_flops(const UNetConfig& c) {
-  auto has_attention = [&](int64_t r) {
-    return std::find(c.attention_resolutions.begin(), c.attention_resolutions.end(), r) != c.attention_resolutions.end();
-  };
+  auto has_attention = [&](int64_t r) { return c.has_attention_at(r); };
   const double time_dim = static_cast<double>(c.time_embed_dim());
   double flops = linear(static_cast<double>(c.channels), time_dim) + linear(time_dim, time_dim);
-  flops += conv(static_cast<double>(c.in_channels), static_cast<double>(c.channels), 3, static_cast<double>(c.image_size));
+  flops += conv(static_cast<double>(c.in_channels + c.extra_in_channels), static_cast<double>(c.channels), 3,
+                static_cast<double>(c.image_size));
 
   const int64_t levels = static_cast<int64_t>(c.channel_mult.size());
   std::vector<int64_t> resolution{c.image_size};
-  for (int64_t l = 1; l < levels; ++l) resolution.push_back(downsampled_size(resolution.back()));
+  for (int64_t l = 1; l < levels; ++l) resolution.push_back(c.downsampled(resolution.back()));
   std::vector<int64_t> skips{c.channels};
   int64_t width = c.channels;
   for (int64_t l = 0; l < levels; ++l) {
@@ -53,8 +52,8 @@ double unet_forward_flops(const UNetConfig& c) {
     }
   }
   const double h_mid = static_cast<double>(resolution.back());
-  flops += 2 * res_block(static_cast<double>(width), static_cast<double>(width), time_dim, h_mid) +
-           attention(static_cast<double>(width), h_mid);
+  flops += 2 * res_block(static_cast<double>(width), static_cast<double>(width), time_dim, h_mid);
+  if (c.mid_attention) flops += attention(static_cast<double>(width), h_mid);
   for (int64_t l = levels - 1; l >= 0; --l) {
     const int64_t out = c.channels * c.channel_mult[l];
     const double h = static_cast<double>(resolution[l]);

@@ -18,8 +18,11 @@ class UNetImpl : public torch::nn::Module {
 
   // x_t: [B, C, H, W]; t: [B] int64 (0-based); y: [B] int64 labels in [0, num_classes], where
   // num_classes is "no label" (also used when y is undefined on a class-conditional model).
-  // The output has x_t's shape, dtype (also under bf16 autocast) and a contiguous NCHW layout.
-  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {});
+  // condition: [B, extra_in_channels, H, W] where the config has extra input channels (else
+  // undefined), concatenated to x_t. The output has x_t's shape, dtype (also under bf16
+  // autocast) and a contiguous NCHW layout.
+  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {},
+                        const torch::Tensor& condition = {});
 
   const UNetConfig& config() const { return config_; }
   // Converts the convolution weights (and, in forward, the input) to this memory format.

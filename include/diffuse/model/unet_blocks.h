@@ -4,12 +4,16 @@
 
 #include <torch/torch.h>
 
+#include "diffuse/model/unet_config.h"
+
 namespace diffuse {
 
 // Sinusoidal embedding of the (0-based) timestep, as in the Transformer:
-//   emb[k] = sin(t · 10000^(−k/(h−1))), emb[h + k] = cos(t · 10000^(−k/(h−1))),  h = dim/2.
+//   f_k = 10000^(−k/(h − shift)),  emb = [sin(t f_k), cos(t f_k)]  (k = 0..h−1, h = dim/2),
+// the cosines first with flip_sin_to_cos. The DDPM paper: shift 1, sines first.
 // t: [B] → [B, dim]
-torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, bool flip_sin_to_cos = false,
+                                 int64_t freq_shift = 1);
 
 // norm(x) computed in the norm's own (float32) precision, whatever x's dtype; on a GPU, for
 // channels-last inference, one kernel with float32 statistics and x's dtype out (runtime/group_norm_cuda.h);
@@ -20,7 +24,8 @@ torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 // plus a 1×1 shortcut when the width changes.
 class ResBlockImpl : public torch::nn::Module {
  public:
-  ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t time_dim, double dropout, int64_t groups);
+  ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t time_dim, double dropout, int64_t groups,
+               double eps = 1e-5);
   // x: [B, C_in, H, W], emb: [B, time_dim] → [B, C_out, H, W]. With a skip connection (the up
   // path), the input is cat(x, skip) along channels, C_in their channels together, and the
   // concatenation happens inside the first norm's kernel where the layout allows.
@@ -35,28 +40,32 @@ class ResBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ResBlock);
 
-// Single-head self-attention over the H·W positions, with a residual connection:
+// Self-attention over the H·W positions, with a residual connection; one head:
 //   h = x + W_o · V softmax(Kᵀ Q / √C)
+// and with n heads each attends over its own C/n channels of Q, K and V (scale 1/√(C/n)).
 class AttentionBlockImpl : public torch::nn::Module {
  public:
-  AttentionBlockImpl(int64_t channels, int64_t groups);
+  AttentionBlockImpl(int64_t channels, int64_t groups, double eps = 1e-5, int64_t heads = 1);
   torch::Tensor forward(const torch::Tensor& x);  // [B, C, H, W] → same
   void zero_last_layer();  // proj_out ← 0: the block starts as the identity
 
  private:
   torch::nn::GroupNorm norm{nullptr};
   torch::nn::Conv2d qkv{nullptr}, proj_out{nullptr};
+  int64_t heads_ = 1;
 };
 TORCH_MODULE(AttentionBlock);
 
-// Stride-2 3×3 convolution: H → ⌈H/2⌉.
+// Stride-2 3×3 convolution: H → ⌈H/2⌉ with symmetric padding, ⌊H/2⌋ with the DDPM paper's
+// asymmetric one (a zero row and column after the last).
 class DownsampleImpl : public torch::nn::Module {
  public:
-  explicit DownsampleImpl(int64_t channels);
+  explicit DownsampleImpl(int64_t channels, DownsamplePadding padding = DownsamplePadding::symmetric);
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
   torch::nn::Conv2d conv{nullptr};
+  DownsamplePadding padding_;
 };
 TORCH_MODULE(Downsample);
 
