@@ -16,8 +16,8 @@
 #include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/inpaint.h"
 #include "diffuse/edit/interpolate.h"
+#include "diffuse/edit/mix.h"
 #include "diffuse/edit/noise_and_denoise.h"
-#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/plot/figure.h"
 
@@ -38,9 +38,8 @@ struct EditOptions {
 
 // What every edit needs: the model, its diffusion, and the input images in [−1, 1].
 struct EditContext {
-  LoadedCheckpoint ckpt;
-  GaussianDiffusion diffusion;
-  Denoiser net;
+  Pipeline pipeline;
+  Denoiser net;  // the network without labels (make_unconditional_denoiser)
   torch::Tensor inputs;  // [B, C, H, W]
   torch::Generator gen;
 };
@@ -63,14 +62,12 @@ torch::Tensor load_input_file(const std::string& path, const DataInfo& data) {
 
 EditContext open_edit(const EditOptions& o, size_t min_inputs) {
   const auto compute = resolve_compute(o.compute, Workload::inference);
-  const auto device = compute.device;
-  auto ckpt = load_checkpoint(o.checkpoint, device);
-  ckpt.model->set_memory_format(compute.memory_format);
-  GaussianDiffusion diffusion(NoiseSchedule(ckpt.info.schedule), ckpt.info.objective, device);
+  auto pipeline = load_pipeline(o.checkpoint, compute);
+  const auto& data = pipeline.info().data;
   std::vector<torch::Tensor> inputs;
-  for (const auto& path : o.images) inputs.push_back(load_input_file(path, ckpt.info.data));
+  for (const auto& path : o.images) inputs.push_back(load_input_file(path, data));
   if (!o.test_indices.empty()) {
-    auto test = load_dataset(ckpt.info.data.name, Split::test, DataOptions{ckpt.info.data.image_size, 0});
+    auto test = load_dataset(data.name, Split::test, DataOptions{data.image_size, 0});
     for (int64_t i : o.test_indices) {
       if (i < 0 || i >= test.size()) {
         throw std::runtime_error("--test-index " + std::to_string(i) + ": the test split has " + std::to_string(test.size()) + " images");
@@ -81,14 +78,9 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
   if (inputs.size() < min_inputs) {
     throw std::runtime_error("edit: needs " + std::to_string(min_inputs) + " input image(s): give --image FILE or --test-index N");
   }
-  auto model = ckpt.model;
-  model->eval();
-  Denoiser net = [model, device, precision = compute.precision](const torch::Tensor& x, const torch::Tensor& t) mutable {
-    AutocastScope autocast(device, precision);  // bf16 inside the network; its output comes back in x's dtype
-    return model->forward(x, t);
-  };
-  return {std::move(ckpt), std::move(diffusion), with_cuda_graph(compute, std::move(net)), torch::stack(inputs).to(device),
-          at::detail::createCPUGenerator(o.seed)};
+  auto net = make_unconditional_denoiser(pipeline);
+  return EditContext{std::move(pipeline), std::move(net), torch::stack(inputs).to(compute.device),
+                     at::detail::createCPUGenerator(o.seed)};
 }
 
 void write_figure(const std::string& path, const std::vector<torch::Tensor>& tiles, int64_t columns, const std::string& what,
@@ -112,13 +104,13 @@ int64_t edit_steps(const EditOptions& o, int64_t t) {
 
 void run_sdedit(const EditOptions& o) {
   auto c = open_edit(o, 1);
-  const int64_t T = c.diffusion.timesteps();
+  const int64_t T = c.pipeline.diffusion.timesteps();
   if ((o.t > 0) == (o.strength > 0)) throw std::runtime_error("sdedit: give exactly one of --t (1..T) or --strength (0..1]");
   if (o.t > T) throw std::runtime_error("--t " + std::to_string(o.t) + " is beyond the checkpoint's T = " + std::to_string(T));
   const int64_t t = o.t > 0 ? o.t - 1 : timestep_for_strength(o.strength, T);
   int64_t unused = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
-  auto r = noise_and_denoise(c.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t), !o.sampler.no_clip, c.gen);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, unused);
+  auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t), !o.sampler.no_clip, c.gen);
   auto p = psnr(r.result.clamp(-1, 1), c.inputs);
   std::vector<torch::Tensor> tiles;
   for (int64_t i = 0; i < c.inputs.size(0); ++i) {
@@ -131,9 +123,9 @@ void run_sdedit(const EditOptions& o) {
 
 void run_sweep(const EditOptions& o) {
   auto c = open_edit(o, 1);
-  const int64_t T = c.diffusion.timesteps(), shown = std::min<int64_t>(c.inputs.size(0), 3);
+  const int64_t T = c.pipeline.diffusion.timesteps(), shown = std::min<int64_t>(c.inputs.size(0), 3);
   int64_t unused = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, unused);
   std::printf("%6s  %10s  %9s   (%lld images, %s)\n", "t", "MSE", "PSNR dB", static_cast<long long>(c.inputs.size(0)),
               o.sampler.sampler.c_str());
   std::vector<torch::Tensor> tiles;
@@ -142,7 +134,7 @@ void run_sweep(const EditOptions& o) {
     for (const char* name : {"original", "x_t", "result"}) columns.push_back(name);
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
-    auto r = noise_and_denoise(c.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
+    auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
     rows.push_back("t=" + std::to_string(r.t + 1));
     auto result = r.result.clamp(-1, 1);
     const double mse = (result - c.inputs).pow(2).mean().item<double>();
@@ -160,9 +152,9 @@ void run_invert(const EditOptions& o) {
               static_cast<long long>(c.inputs.size(0)));
   std::vector<torch::Tensor> latents, recons;
   for (int64_t S : o.step_list) {
-    if (S < 2 || S > c.diffusion.timesteps()) throw std::runtime_error("--steps-list: " + std::to_string(S) + " outside [2, T]");
-    auto x_T = ddim_invert(c.diffusion, c.net, c.inputs, S, spacing);
-    auto back = ddim_decode(c.diffusion, c.net, x_T, S, spacing).clamp(-1, 1);
+    if (S < 2 || S > c.pipeline.diffusion.timesteps()) throw std::runtime_error("--steps-list: " + std::to_string(S) + " outside [2, T]");
+    auto x_T = ddim_invert(c.pipeline.diffusion, c.net, c.inputs, S, spacing);
+    auto back = ddim_decode(c.pipeline.diffusion, c.net, x_T, S, spacing).clamp(-1, 1);
     std::printf("%6lld  %9.2f\n", static_cast<long long>(S), psnr(back, c.inputs).mean().item<double>());
     latents.push_back(x_T);
     recons.push_back(back);
@@ -203,14 +195,14 @@ torch::Tensor load_known_mask(const std::string& spec, int64_t size) {
 void run_inpaint(const EditOptions& o) {
   if (o.mask.empty()) throw std::runtime_error("inpaint: give --mask FILE.png (white = fill in) or left|right|top|bottom|center");
   auto c = open_edit(o, 1);
-  auto known = load_known_mask(o.mask, c.ckpt.info.data.image_size).to(c.inputs.device());
+  auto known = load_known_mask(o.mask, c.pipeline.info().data.image_size).to(c.inputs.device());
   int64_t steps = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, steps);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, steps);
   InpaintOptions io;
   io.steps = steps;
   io.resample = o.resample;
   io.clip_x0 = !o.sampler.no_clip;
-  auto result = inpaint(c.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
+  auto result = inpaint(c.pipeline.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
   std::vector<torch::Tensor> tiles;
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
   for (int64_t i = 0; i < c.inputs.size(0); ++i)
@@ -223,15 +215,15 @@ void run_interpolate(const EditOptions& o) {
   if (c.inputs.size(0) != 2) throw std::runtime_error("interpolate: give exactly two images");
   const auto spacing = timestep_spacing_from_string(o.sampler.spacing);
   const int64_t S = o.sampler.steps > 0 ? o.sampler.steps : 50;
-  auto x_T = ddim_invert(c.diffusion, c.net, c.inputs, S, spacing);
+  auto x_T = ddim_invert(c.pipeline.diffusion, c.net, c.inputs, S, spacing);
   std::vector<torch::Tensor> lerp_latents, slerp_latents;
   for (int64_t k = 0; k < o.frames; ++k) {
     const double lambda = o.frames == 1 ? 0.0 : static_cast<double>(k) / static_cast<double>(o.frames - 1);
     slerp_latents.push_back(slerp(x_T[0], x_T[1], lambda));
     lerp_latents.push_back((1 - lambda) * x_T[0] + lambda * x_T[1]);
   }
-  auto decoded_slerp = ddim_decode(c.diffusion, c.net, torch::stack(slerp_latents), S, spacing).clamp(-1, 1);
-  auto decoded_lerp = ddim_decode(c.diffusion, c.net, torch::stack(lerp_latents), S, spacing).clamp(-1, 1);
+  auto decoded_slerp = ddim_decode(c.pipeline.diffusion, c.net, torch::stack(slerp_latents), S, spacing).clamp(-1, 1);
+  auto decoded_lerp = ddim_decode(c.pipeline.diffusion, c.net, torch::stack(lerp_latents), S, spacing).clamp(-1, 1);
   std::vector<torch::Tensor> tiles;
   std::vector<std::string> columns;
   for (int64_t k = 0; k < o.frames; ++k) {
@@ -246,29 +238,18 @@ void run_interpolate(const EditOptions& o) {
 void run_mix(const EditOptions& o) {
   auto c = open_edit(o, 2);
   if (c.inputs.size(0) != 2) throw std::runtime_error("mix: give exactly two images");
-  const int64_t T = c.diffusion.timesteps();
+  const int64_t T = c.pipeline.diffusion.timesteps();
   int64_t unused = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.diffusion, unused);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, unused);
   std::vector<torch::Tensor> tiles;
   std::vector<std::string> rows, columns;
-  for (int64_t k = 0; k < o.frames; ++k) {
-    columns.push_back(fixed(o.frames == 1 ? 0.5 : static_cast<double>(k) / static_cast<double>(o.frames - 1), 2));
-  }
+  for (double lambda : mixture_weights(o.frames)) columns.push_back(fixed(lambda, 2));
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
     rows.push_back("t=" + std::to_string(t1));
-    // x_0 mixtures λ a + (1 − λ) b, noised to t with one ε for the whole row (so that the columns
-    // differ by λ alone) and denoised
-    std::vector<torch::Tensor> mixtures;
-    for (int64_t k = 0; k < o.frames; ++k) {
-      const double lambda = o.frames == 1 ? 0.5 : static_cast<double>(k) / static_cast<double>(o.frames - 1);
-      mixtures.push_back((1 - lambda) * c.inputs[0] + lambda * c.inputs[1]);
-    }
-    const auto x0 = torch::stack(mixtures);
-    const auto eps = torch::randn({1, x0.size(1), x0.size(2), x0.size(3)}, c.gen);
-    auto r = noise_and_denoise(c.diffusion, *sampler, c.net, x0, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip,
-                               c.gen, eps);
-    for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(r.result[k]);
+    const auto mixed = denoise_mixtures(c.pipeline.diffusion, *sampler, c.net, c.inputs[0], c.inputs[1], o.frames, t1 - 1,
+                                        edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
+    for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(mixed[k]);
   }
   write_figure(o.out, tiles, o.frames, "rows: t; columns: weight of the second image in the mixture", columns, rows);
 }

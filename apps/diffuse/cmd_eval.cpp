@@ -10,13 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "diffuse/eval/classifier.h"
-#include "diffuse/eval/frechet.h"
-#include "diffuse/eval/nll.h"
-#include "diffuse/checkpoint/checkpoint.h"
-#include "diffuse/io/image.h"
-#include "diffuse/sampling/guidance.h"
-#include "diffuse/util/environment.h"
 #include "diffuse/util/progress.h"
 
 namespace diffuse::cli {
@@ -26,7 +19,6 @@ namespace {
 struct EvalOptions {
   std::string checkpoint, data, split = "test", metric = "nll", variance = "posterior";
   ComputeFlags compute;
-  Compute resolved;  // what resolve_compute chose from `compute`
   bool json = false;
   NllOptions nll;
   SamplerFlags sampler;
@@ -34,54 +26,27 @@ struct EvalOptions {
   double guidance = 0.0;
 };
 
-// Where the cFID classifier of a data set is cached: cache_directory(), else ./.cache/diffuse.
-std::string classifier_cache_path(const Dataset& data) {
-  std::string dir = cache_directory();
-  if (dir.empty()) dir = "./.cache/diffuse";
-  std::string name = data.name;
-  for (char& c : name)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') c = '_';
-  return dir + "/classifier-" + name + "-" + std::to_string(data.channels()) + "x" + std::to_string(data.image_size()) +
-         ".safetensors";
-}
-
-void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffusion& diffusion,
-              const std::string& data_name, const Dataset& reference) {
-  const auto& info = ckpt.info;
-  ClassifierOptions co;
-  co.progress = o.nll.progress;
-  // Keyed by the data set's name and image shape, which the reference split shares with training.
-  const std::string cache = classifier_cache_path(reference);
-  auto clf = load_or_train_classifier(
-      cache, reference.channels(), reference.image_size(), reference.num_classes,
-      [&] { return load_dataset(data_name, Split::train, DataOptions{info.data.image_size, 0}); }, co);
-  const double accuracy = classifier_accuracy(clf, reference);
-
-  int64_t steps = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, diffusion, steps);
-  const int64_t n = o.nll.n > 0 ? o.nll.n : 1000;
-  // Class-conditional checkpoints: balanced labels (image i gets class i mod K), guided with w.
+void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string& data_name, const Dataset& reference) {
+  const auto& info = pipeline.info();
+  GenerateOptions g;
+  g.sampler = sampler_config_of(o.sampler);
+  g.steps = o.sampler.steps;
+  g.n = o.nll.n > 0 ? o.nll.n : 1000;
+  g.batch_size = o.batch_size;
+  g.seed = o.nll.seed;
+  g.guidance = o.guidance;
+  g.clip_x0 = !o.sampler.no_clip;
+  const int64_t steps = sampling_steps(pipeline, g), n = g.n;
   const int64_t classes = info.model.num_classes;
   if (classes == 0 && o.guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint");
-  torch::Tensor labels;
-  if (classes > 0) labels = torch::arange(n, torch::kLong).remainder(classes);
-  ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
-    AutocastScope autocast(x.device(), o.resolved.precision);
-    return ckpt.model->forward(x, t, y);
-  };
-  const ConditionalDenoiser net = with_cuda_graph(o.resolved, classifier_free_guidance(model, classes, o.guidance));
   ProgressBar bar("generate", n * steps, 0, o.nll.progress);
   BatchStepCallback cb = [&](int64_t first, const SampleStep& s) { bar.update(first * steps + (s.index + 1) * s.x_t.size(0)); };
-  auto gen = at::detail::createCPUGenerator(o.nll.seed);
-  auto generated = generate_images(diffusion, *sampler, net, labels, n, o.batch_size,
-                                   {info.data.channels, info.data.image_size, info.data.image_size},
-                                   SampleOptions{steps, !o.sampler.no_clip}, gen, cb);
+  const auto r = evaluate_cfid(
+      pipeline, g, reference,
+      [&] { return load_dataset(data_name, Split::train, DataOptions{info.data.image_size, 0}); }, o.nll.progress, cb);
   bar.finish();
-  // Generated images are quantised to 8 bits like the data, so both sides see the same kind of input.
-  auto [gen_features, gen_logits] = classifier_outputs(clf, from_uint8(to_uint8(generated)));
-  auto [ref_features, ref_logits] = classifier_outputs(clf, from_uint8(reference.images));
-  const double cfid = frechet_distance(feature_statistics(gen_features), feature_statistics(ref_features));
-  const double h_gen = predicted_class_entropy(gen_logits), h_ref = predicted_class_entropy(ref_logits);
+  const double cfid = r.cfid, accuracy = r.classifier_accuracy, h_gen = r.entropy_generated, h_ref = r.entropy_reference;
+  const std::string& cache = r.classifier_path;
   const std::string sampler_text = o.sampler.sampler + "-" + std::to_string(steps) +
                                    (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "") +
                                    (classes > 0 ? " class-balanced, guidance " + std::to_string(o.guidance) : "");
@@ -111,11 +76,8 @@ void run_cfid(const EvalOptions& o, LoadedCheckpoint& ckpt, const GaussianDiffus
 
 void run_eval(EvalOptions& o) {
   const auto compute = resolve_compute(o.compute, Workload::inference);
-  const auto device = compute.device;
-  o.resolved = compute;
-  auto ckpt = load_checkpoint(o.checkpoint, device);
-  ckpt.model->set_memory_format(compute.memory_format);
-  const auto& info = ckpt.info;
+  const auto pipeline = load_pipeline(o.checkpoint, compute);
+  const auto& info = pipeline.info();
   const std::string data_name = o.data.empty() ? info.data.name : o.data;
   const bool nll = o.metric == "nll";
   auto data = load_dataset(data_name, split_from_string(o.split), DataOptions{info.data.image_size, nll ? o.nll.n : 0});
@@ -124,15 +86,10 @@ void run_eval(EvalOptions& o) {
                              std::to_string(data.image_size()) + " images; the checkpoint models " +
                              std::to_string(info.data.channels) + "x" + std::to_string(info.data.image_size));
   }
-  GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
-  if (!nll) return run_cfid(o, ckpt, diffusion, data_name, data);
+  if (!nll) return run_cfid(o, pipeline, data_name, data);
   if (o.nll.n <= 0) o.nll.n = 256;
   o.nll.variance = model_variance_from_string(o.variance);
-  const Denoiser net = with_cuda_graph(compute, Denoiser([&](const torch::Tensor& x, const torch::Tensor& t) {
-    AutocastScope autocast(device, o.resolved.precision);
-    return ckpt.model->forward(x, t);
-  }));
-  const auto r = evaluate_nll(net, diffusion, data, o.nll);
+  const auto r = evaluate_nll(pipeline, data, o.nll);
 
   if (o.json) {
     nlohmann::json j = {

@@ -5,7 +5,6 @@
 #include <memory>
 
 #include "commands.h"
-#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/image.h"
 #include "diffuse/sampling/guidance.h"
 #include "diffuse/sampling/sample_loop.h"
@@ -64,24 +63,19 @@ struct SampleCliOptions {
 void run_sample(const SampleCliOptions& o) {
   if (o.out.empty() && o.out_dir.empty()) throw std::runtime_error("sample: give --out FILE.png and/or --out-dir DIR");
   const auto compute = resolve_compute(o.compute, Workload::inference);
-  const auto device = compute.device;
   c10::InferenceMode inference;
-  auto ckpt = load_checkpoint(o.checkpoint, device);
-  ckpt.model->set_memory_format(compute.memory_format);
-  const auto& info = ckpt.info;
-  GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
-  int64_t steps = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, diffusion, steps);
-
-  auto gen = at::detail::createCPUGenerator(o.seed);
-  const int64_t classes = info.model.num_classes;
-  const ClassSelection selection = select_classes(o.label, o.guidance, classes, o.n);
-  ConditionalDenoiser model = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
-    AutocastScope autocast(device, compute.precision);
-    return ckpt.model->forward(x, t, y);
-  };
-  const ConditionalDenoiser net = with_cuda_graph(compute, classifier_free_guidance(model, classes, o.guidance));
-  const int64_t C = info.data.channels, H = info.data.image_size;
+  const auto pipeline = load_pipeline(o.checkpoint, compute);
+  GenerateOptions g;
+  g.sampler = sampler_config_of(o.sampler);
+  g.steps = o.sampler.steps;
+  g.n = o.n;
+  g.batch_size = o.batch_size;
+  g.seed = o.seed;
+  g.guidance = o.guidance;
+  g.clip_x0 = !o.sampler.no_clip;
+  const ClassSelection selection = select_classes(o.label, o.guidance, pipeline.info().model.num_classes, o.n);
+  g.labels = selection.labels;
+  const int64_t steps = sampling_steps(pipeline, g);
   std::vector<torch::Tensor> frames_xt, frames_x0;
   // Trajectory frames: step indices round(k (S − 1)/(F − 2)), k = 0..F−2; the final image is the last column.
   std::vector<bool> keep_frame(steps, false);
@@ -96,9 +90,7 @@ void run_sample(const SampleCliOptions& o) {
       frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
     }
   };
-  auto all = generate_images(diffusion, *sampler, net, selection.labels, o.n, o.batch_size, {C, H, H},
-                             SampleOptions{steps, !o.sampler.no_clip}, gen, cb)
-                 .clamp(-1.0, 1.0);
+  const auto all = generate(pipeline, g, cb);
   bar.finish();
   if (!o.out.empty()) {
     save_grid_png(o.out, all, selection.per_row);

@@ -31,16 +31,6 @@ void add_device_option(CLI::App& cmd, std::string& device) {
   cmd.add_option("--device", device, "Where to compute")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
 }
 
-torch::Device resolve_device(const std::string& name) {
-  if (name == "cuda") {
-    if (!torch::cuda::is_available()) {
-      throw std::runtime_error("--device cuda: this build of LibTorch or this machine has no CUDA device");
-    }
-    return torch::Device(torch::kCUDA);
-  }
-  return torch::Device(torch::kCPU);
-}
-
 void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
   add_device_option(cmd, flags.device);
   cmd.add_option("--precision", flags.precision,
@@ -73,37 +63,14 @@ void add_cuda_graph_option(CLI::App& cmd, ComputeFlags& flags) {
 }
 
 Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
-  Compute c;
-  c.device = resolve_device(flags.device);
-  const auto choice = resolve_precision(flags.precision, c.device);
-  c.precision = choice.precision;
-  const auto format =
-      resolve_memory_format(flags.memory_format, c.device, workload == Workload::inference, c.precision);
-  c.memory_format = format.format;
-  if (c.device.is_cuda() || flags.memory_format != "auto" || c.memory_format != MemoryFormat::nchw) {
-    std::fprintf(stderr, "memory format: %s (%s)\n", to_string(c.memory_format).c_str(), format.reason.c_str());
-  }
-  if (flags.precision == "auto" || c.precision != Precision::fp32) {
-    std::fprintf(stderr, "precision: %s (%s)\n", to_string(c.precision).c_str(), choice.reason.c_str());
-  }
-  // The kernels matter for float32 only (bf16 convolutions run through autocast).
-  const auto kernels = resolve_conv_kernels(flags.conv_kernels, c.device, c.precision == Precision::fp32);
-  c.conv_kernels = kernels.kernels;
-  set_conv_kernels(c.conv_kernels);
-  if ((c.conv_kernels == ConvKernels::onednn && c.precision == Precision::fp32) || flags.conv_kernels != "auto") {
-    std::fprintf(stderr, "convolutions: %s (%s)\n", to_string(c.conv_kernels).c_str(), kernels.reason.c_str());
-  }
-  const auto attention = resolve_attention_kernel(flags.attention, c.device, c.precision == Precision::fp32);
-  c.attention = attention.kernel;
-  set_attention_kernel(c.attention);
-  if (flags.attention != "auto") {
-    std::fprintf(stderr, "attention: %s (%s)\n", to_string(c.attention).c_str(), attention.reason.c_str());
-  }
-  c.cuda_graph = workload == Workload::inference && c.device.is_cuda() && !flags.no_cuda_graph && cuda_graphs_available();
-  if (c.precision == Precision::bf16 && c.device.is_cpu() && !cpu_has_native_bf16()) {
-    std::fprintf(stderr, "warning: this CPU has no native bf16; bf16 will be much slower than fp32\n");
-  }
-  return c;
+  ComputeRequest request;
+  request.device = flags.device;
+  request.precision = flags.precision;
+  request.memory_format = flags.memory_format;
+  request.conv_kernels = flags.conv_kernels;
+  request.attention = flags.attention;
+  request.cuda_graph = !flags.no_cuda_graph;
+  return diffuse::resolve_compute(request, workload, [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
 }
 
 }  // namespace diffuse::cli

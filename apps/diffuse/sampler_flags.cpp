@@ -16,14 +16,19 @@ void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
   cmd.add_flag("--no-clip", f.no_clip, "Do not clamp x0_pred to [-1, 1]");
 }
 
-std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const GaussianDiffusion& diffusion,
-                                                 int64_t& steps) {
+SamplerConfig sampler_config_of(const SamplerFlags& f) {
   SamplerConfig config;
   config.name = f.sampler;
   config.spacing = timestep_spacing_from_string(f.spacing);
   if (f.eta != 0.0 && f.sampler != "ddim") throw std::runtime_error("--eta applies to --sampler ddim only");
   config.eta = f.eta;
   config.ddpm_large_variance = f.ddpm_variance == "beta";
+  return config;
+}
+
+std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const GaussianDiffusion& diffusion,
+                                                 int64_t& steps) {
+  const SamplerConfig config = sampler_config_of(f);
   steps = f.steps > 0 ? f.steps : (f.sampler == "ddpm" ? diffusion.timesteps() : 50);
   if (steps > diffusion.timesteps()) {
     throw std::runtime_error("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " +

@@ -1,0 +1,83 @@
+// The library's entry points, for a program that wants diffusion without the CLI:
+//
+//   auto pipe = diffuse::load_pipeline("runs/mnist/checkpoint.safetensors");
+//   diffuse::GenerateOptions g;
+//   g.n = 16;
+//   auto images = diffuse::generate(pipe, g);          // [16, 1, 28, 28] in [−1, 1], on the CPU
+//
+// A checkpoint is loaded once; its network is handed to the samplers, the editing methods and
+// the evaluations as one denoiser that runs under the run's precision, applies classifier-free
+// guidance on class-conditional models, and replays its calls from a CUDA graph on a GPU.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+
+#include "diffuse/checkpoint/checkpoint.h"
+#include "diffuse/data/dataset.h"
+#include "diffuse/eval/nll.h"
+#include "diffuse/pipeline/compute.h"
+#include "diffuse/sampling/sample_loop.h"
+#include "diffuse/sampling/sampler.h"
+
+namespace diffuse {
+
+// A model with its diffusion process and how it computes.
+struct Pipeline {
+  LoadedCheckpoint checkpoint;
+  GaussianDiffusion diffusion;
+  Compute compute;
+
+  const CheckpointInfo& info() const { return checkpoint.info; }
+  // [C, H, W] of the images the model makes
+  std::vector<int64_t> image_shape() const;
+};
+
+// Loads a checkpoint onto compute.device, in compute.memory_format, in eval mode.
+Pipeline load_pipeline(const std::string& checkpoint_path, const Compute& compute = {});
+
+// The network as samplers see it: (x_t, t, y) → its raw output (ε or x_0 per the objective),
+// under compute.precision, guided with weight w ≥ 0 where the model is class-conditional
+// (ε̃ = (1 + w) ε(x, y) − w ε(x, ∅); w = 0: the conditional network; y undefined: ∅).
+ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance = 0.0);
+// The same without labels (∅ on class-conditional models): NLL, editing.
+Denoiser make_unconditional_denoiser(const Pipeline& pipeline);
+
+struct GenerateOptions {
+  SamplerConfig sampler;   // ddim, η = 0, leading spacing
+  int64_t steps = 0;       // 0: T for ddpm, 50 for the others
+  int64_t n = 64;
+  int64_t batch_size = 256;
+  uint64_t seed = 0;       // same seed, same images
+  torch::Tensor labels;    // [n] int64 for class-conditional models; undefined: ∅
+  double guidance = 0.0;
+  bool clip_x0 = true;
+};
+
+// S for these options: `steps`, else T for ddpm and 50 for the others; throws where S > T.
+int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options);
+
+// n images [n, C, H, W] in [−1, 1] on the CPU; the callback sees every step of every batch.
+torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback = {});
+
+// The NLL bound in bits/dim on `data` (eval/nll.h) with the pipeline's network.
+NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options);
+
+struct CfidResult {
+  double cfid = 0.0;                 // classifier-Fréchet distance (not comparable with Inception FID)
+  double classifier_accuracy = 0.0;  // on the reference
+  double entropy_generated = 0.0, entropy_reference = 0.0;  // of the predicted classes, nats
+  int64_t images = 0;
+  std::string classifier_path;       // where the classifier is cached
+};
+// Generates options.n images and compares them with `reference` in the features of the data
+// set's cFID classifier (cached in cache_directory(); trained on `load_training_split()` the
+// first time). Class-conditional models get balanced labels (image i: class i mod K) unless
+// options.labels says otherwise.
+CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
+                         const std::function<Dataset()>& load_training_split, bool progress = true,
+                         const BatchStepCallback& callback = {});
+
+}  // namespace diffuse
