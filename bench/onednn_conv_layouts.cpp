@@ -1,6 +1,6 @@
 // oneDNN's convolution kernels for the U-Nets' shapes, by layout and precision: forward,
 // backward-data and backward-weights, each pass the best of 15 runs (ms), and the kernel oneDNN
-// picked. What made the CPU's bf16 path channels-last (docs/PERFORMANCE.md, session 9).
+// picked. What made the CPU's bf16 path channels-last (docs/PERFORMANCE.md).
 // Needs only libdnnl-dev, no LibTorch:
 //   g++ -O2 -std=c++17 bench/onednn_conv_layouts.cpp -o /tmp/onednn_conv_layouts -ldnnl
 //   OMP_NUM_THREADS=2 /tmp/onednn_conv_layouts [batch]

@@ -26,7 +26,8 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
     label_embedding = register_module("label_embedding", torch::nn::Embedding(c.num_classes + 1, time_dim));
   }
   conv_in = register_module(
-      "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels + c.extra_in_channels, c.channels, 3).padding(1)));
+      "conv_in",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels + c.extra_in_channels, c.channels, 3).padding(1)));
 
   // Down path; remember the width of every tensor pushed onto the skip stack.
   std::vector<int64_t> skip_channels{c.channels};
@@ -45,7 +46,8 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
     }
     if (level != levels - 1) {
       Stage s;
-      s.down = register_module("down_" + std::to_string(level) + "_downsample", Downsample(width, c.downsample_padding));
+      s.down =
+          register_module("down_" + std::to_string(level) + "_downsample", Downsample(width, c.downsample_padding));
       down_.push_back(s);
       skip_channels.push_back(width);
       resolution = c.downsampled(resolution);
@@ -78,8 +80,10 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
     }
   }
 
-  norm_out = register_module("norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_groups, width).eps(c.norm_eps)));
-  conv_out = register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, c.in_channels, 3).padding(1)));
+  norm_out = register_module("norm_out",
+                             torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_groups, width).eps(c.norm_eps)));
+  conv_out =
+      register_module("conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, c.in_channels, 3).padding(1)));
 
   // DDPM initialisation; layers that end a residual branch start at zero.
   init_xavier(*this);
@@ -95,7 +99,8 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
   TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == config_.in_channels, "UNet: expected [B, ", config_.in_channels,
               ", H, W] input, got ", x_t.sizes());
   TORCH_CHECK(condition.defined() == (config_.extra_in_channels > 0), "UNet: the network takes ",
-              config_.extra_in_channels, " condition channels, ", condition.defined() ? "and got some" : "and got none");
+              config_.extra_in_channels, " condition channels, ",
+              condition.defined() ? "and got some" : "and got none");
   // The weights' dtype: float32, or bf16 where a sampler cast the whole network (the sinusoids
   // are computed in float32 either way).
   const auto dtype = conv_in->weight.scalar_type();

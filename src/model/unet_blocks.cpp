@@ -151,7 +151,8 @@ void AttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }
 DownsampleImpl::DownsampleImpl(int64_t channels, DownsamplePadding padding) : padding_(padding) {
   // asymmetric: padding 0 here, the pad added in forward
   const int64_t pad = padding_ == DownsamplePadding::symmetric ? 1 : 0;
-  conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(pad)));
+  conv = register_module("conv",
+                         torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(pad)));
 }
 
 torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {

@@ -85,19 +85,23 @@ void validate(const UNetConfig& c) {
   check_range<int64_t>("in_channels", c.in_channels, 1, 64);
   check_range<int64_t>("image_size", c.image_size, 1, 1024);
   check_range<int64_t>("channels", c.channels, 1, 1024);
-  if (c.channel_mult.empty() || c.channel_mult.size() > 8) refuse("channel_mult", c.channel_mult.size(), "must have 1 to 8 levels");
+  if (c.channel_mult.empty() || c.channel_mult.size() > 8)
+    refuse("channel_mult", c.channel_mult.size(), "must have 1 to 8 levels");
   for (int64_t m : c.channel_mult) check_range<int64_t>("channel_mult[i]", m, 1, 16);
   check_range<int64_t>("num_res_blocks", c.num_res_blocks, 1, 16);
-  if (c.attention_resolutions.size() > 16) refuse("attention_resolutions", c.attention_resolutions.size(), "at most 16 entries");
+  if (c.attention_resolutions.size() > 16)
+    refuse("attention_resolutions", c.attention_resolutions.size(), "at most 16 entries");
   check_range("dropout", c.dropout, 0.0, 0.999);
   check_range<int64_t>("norm_groups", c.norm_groups, 1, 1024);
   check_range("norm_eps", c.norm_eps, 1e-12, 1.0);
   check_range<int64_t>("num_classes", c.num_classes, 0, 100000);
   check_range<int64_t>("extra_in_channels", c.extra_in_channels, 0, 64);
   check_range<int64_t>("freq_shift", c.freq_shift, 0, 1);
-  if (c.channels % 2 != 0) refuse("channels", c.channels, "must be even (the sinusoidal embedding has sin and cos halves)");
+  if (c.channels % 2 != 0)
+    refuse("channels", c.channels, "must be even (the sinusoidal embedding has sin and cos halves)");
   if (c.channels / 2 - c.freq_shift < 1) refuse("channels", c.channels, "too small for the time embedding");
-  if (c.cross_attention_dim != 0) refuse("cross_attention_dim", c.cross_attention_dim, "cross-attention is not built yet (0 only)");
+  if (c.cross_attention_dim != 0)
+    refuse("cross_attention_dim", c.cross_attention_dim, "cross-attention is not built yet (0 only)");
   for (int64_t level = 0; level < c.levels(); ++level) {
     const int64_t width = c.level_channels(level);
     if (width % c.norm_groups != 0) {

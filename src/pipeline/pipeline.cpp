@@ -55,7 +55,8 @@ int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options)
   const int64_t T = pipeline.diffusion.timesteps();
   const int64_t steps = options.steps > 0 ? options.steps : (options.sampler.name == "ddpm" ? T : 50);
   if (steps > T) {
-    throw std::invalid_argument("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " + std::to_string(T));
+    throw std::invalid_argument("--steps " + std::to_string(steps) +
+                                " exceeds the checkpoint's T = " + std::to_string(T));
   }
   return steps;
 }

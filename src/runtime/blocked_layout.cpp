@@ -11,9 +11,8 @@ namespace diffuse {
 namespace {
 
 // The reference definition, for dtypes the loops below do not take: a permuted copy through
-// LibTorch. On these shapes its copy ran 5–8× slower than a plain clone of the same tensor
-// (16 × 64 × 7 × 7: 0.047–0.055 ms against 0.0064; Debian's torch 1.13, 2 threads, 2026-11-27),
-// which the attention blocks paid four times forward and again backward.
+// LibTorch, several times slower than a plain clone of the same tensor on the U-Net's shapes
+// (the loops below exist for that).
 torch::Tensor to_blocked_by_permute(const torch::Tensor& x) {
   const auto n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   return x.reshape({n, c / kChannelBlock, kChannelBlock, h, w}).permute({0, 1, 3, 4, 2}).contiguous();

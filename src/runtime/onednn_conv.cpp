@@ -110,16 +110,16 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
   p.bias_x = memory::desc({s.o}, dt::f32, tag::x);
   p.dst_user = memory::desc(dst_dims, compute, activations);
   // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights).
-  // bf16 activations stay NHWC: there oneDNN runs its AMX kernels (brgconv), 2–5× faster than its
-  // bf16 kernels on nChw16c (2026-11-27, Xeon with AMX, the mnist shapes).
+  // bf16 activations stay NHWC: there oneDNN runs its AMX kernels (brgconv), faster than its bf16
+  // kernels on nChw16c (docs/PERFORMANCE.md).
   const memory::desc src_any = bf16 ? p.src_user : memory::desc(src_dims, dt::f32, tag::any),
                      dst_any = bf16 ? p.dst_user : memory::desc(dst_dims, dt::f32, tag::any),
                      weights_any(weights_dims, compute, tag::any),
                      // ∂L/∂W in float32 also from bf16 activations: it is added into float32 weights
                      diff_weights_any(weights_dims, dt::f32, tag::any);
   const memory::dims stride{s.stride, s.stride}, pad{s.k / 2, s.k / 2};
-  // forward_training also without gradients: oneDNN's Winograd forward_inference kernel ran 2–17×
-  // slower on the U-Nets' shapes (slowest on small images; 2026-11-27, Xeon with AVX-512).
+  // forward_training also without gradients: oneDNN's Winograd forward_inference kernel is much
+  // slower on the U-Nets' shapes, slowest on small images.
   const auto prop = dnnl::prop_kind::forward_training;
   p.forward_pd = dnnl::convolution_forward::primitive_desc(
       dnnl::convolution_forward::desc(prop, algorithm, src_any, weights_any, p.bias_x, dst_any, stride, pad, pad),
@@ -415,7 +415,7 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
 
 // Winograd or direct for each pass of this shape. On blocked activations both read and write the
 // same layout, and which is faster depends on the image size and the pass (Winograd's 4×4 tiles
-// pay off on wide images; direct won at 7×7 and some 14×14 shapes, 2026-11-27), so each blocked
+// pay off on wide images; direct wins at 7×7 and some 14×14 shapes), so each blocked
 // 3×3 stride-1 shape is timed once, per pass (forward alone for inference shapes). NCHW calls take
 // Winograd: conv3x3 times them against ATen instead.
 PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {

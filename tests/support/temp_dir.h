@@ -2,8 +2,8 @@
 //
 // Made and removed with POSIX calls, not std::filesystem: PyTorch 2.11's wheel exports its own
 // copies of libstdc++'s std::filesystem functions, and in a build against it
-// std::filesystem::remove_all bound to libtorch.so's copy and jumped to address 0 (H200 GPU check,
-// 2026-11-27: every test with a TempDir crashed).
+// std::filesystem::remove_all bound to libtorch.so's copy and jumped to address 0 (every test with
+// a TempDir crashed on a GPU machine).
 #pragma once
 
 #include <gtest/gtest.h>

@@ -60,7 +60,8 @@ struct GenerateOptions {
 int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options);
 
 // n images [n, C, H, W] in [−1, 1] on the CPU; the callback sees every step of every batch.
-torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback = {});
+torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options,
+                       const BatchStepCallback& callback = {});
 
 // The NLL bound in bits/dim on `data` (eval/nll.h) with the pipeline's network.
 NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options);

@@ -1,9 +1,8 @@
 // The U-Net's first convolution (conv_in: 1 or 3 channels in, 32 or 128 out, 3×3) from an NCHW
 // image straight into channel-blocked activations (runtime/blocked_layout.h):
 //   y5[n, o/16, h, w, o%16] = b[o] + Σ_c Σ_{i,j} W[o, c, i, j] · x[n, c, h + i − p, w + j − p]
-// LibTorch's convolution for one input channel ran 0.3 ms forward and 0.3 ms backward for mnist at
-// batch 16 (7 MFLOP each), plus the re-orders of its output into the blocked layout and of the
-// gradient back (bench --profile, 2026-11-28). Here 16 output channels are one vector, each input
+// LibTorch's convolution for one input channel is slow for its few FLOPs, and its output and
+// gradient need re-orders to and from the blocked layout. Here 16 output channels are one vector, each input
 // pixel a broadcast scalar:
 //   ∂L/∂W[o, c, i, j] = Σ_{n,h,w} ∂L/∂y[n, o, h, w] · x[n, c, h + i − p, w + j − p]
 //   ∂L/∂b[o] = Σ_{n,h,w} ∂L/∂y[n, o, h, w]

@@ -2,8 +2,7 @@
 // from channel-blocked activations (runtime/blocked_layout.h), output NCHW:
 //   y[n, o, h, w] = b[o] + Σ_c Σ_{i,j} W[o, c, i, j] · x[n, c, h + i − p, w + j − p],  p = k/2
 // oneDNN's blocked kernels want output channels in blocks of 16, and LibTorch's convolution for
-// one or three outputs ran slowly: on mnist, batch 16, conv_out took 1.1 ms forward and 2.2 ms
-// backward of a 95 ms training step (bench --profile, 2026-11-27) for 7 MFLOP. Here every
+// one or three outputs is slow for its few FLOPs, with re-orders around it. Here every
 // pixel's 16 channels are one vector, and all three passes are plain loops over the taps:
 //   ∂L/∂x[n, c, h, w] = Σ_o Σ_{i,j} W[o, c, i, j] · ∂L/∂y[n, o, h − i + p, w − j + p]
 //   ∂L/∂W[o, c, i, j] = Σ_{n,h,w} ∂L/∂y[n, o, h, w] · x[n, c, h + i − p, w + j − p]

@@ -3,9 +3,8 @@
 //   y[n, cb, i, j, l] = x[n, cb, ⌊i/2⌋, ⌊j/2⌋, l]
 //   ∂L/∂x[n, cb, h, w, l] = Σ_{a,b ∈ {0,1}} ∂L/∂y[n, cb, 2h + a, 2w + b, l]
 // A pixel's 16 channels are one vector, written four times forward and summed from four places
-// backward. LibTorch's 3-D nearest kernel took 0.75 ms for mnist's 7×7 → 14×14 at batch 16; a
-// broadcast copy with a strided-view backward (three additions of strided views) took 0.2–0.6 ms
-// forward and 0.1 ms per addition backward (bench --profile, 2026-11-27).
+// backward, instead of LibTorch's 3-D nearest kernel or a broadcast copy with strided-view
+// additions backward, both slow on these small shapes.
 #pragma once
 
 #include <torch/torch.h>

@@ -29,19 +29,15 @@ bool cuda_graphs_available();
 
 // Keeps OpenBLAS to the calling thread (openblas_set_num_threads(1), where that library is loaded
 // and OPENBLAS_NUM_THREADS is not set). LibTorch already spreads work over its OpenMP threads;
-// OpenBLAS's own thread pool competed with them for the same cores: with both on two cores the
-// small matrix products of a `mnist` step took 15× longer, and whole training steps ran about
-// 1.2× faster single-threaded (mnist and ddpm-cifar10, 2026-11-27, docs/PERFORMANCE.md).
+// OpenBLAS's own thread pool competes with them for the same cores (docs/PERFORMANCE.md).
 // Returns whether it changed anything.
 bool use_single_threaded_blas();
 
 // Keeps freed memory in the process for the next tensor of that size (glibc: M_MMAP_THRESHOLD
 // 32 MiB, M_TRIM_THRESHOLD 2 GiB), unless GLIBC_TUNABLES or a MALLOC_*_ variable sets malloc's
 // behaviour already. By default glibc hands large blocks back to the kernel on free, and the next
-// step's tensors page-fault their memory in again, 4 KiB at a time: a DDIM-50 run of the mnist
-// U-Net at batch 64 took 1.6–2.8 million page faults and 3.5–6.5 s of system time, against 0.1
-// million and 0.4 s with this (2026-11-27, docs/PERFORMANCE.md). The cost: the process keeps its
-// peak heap.
+// step's tensors page-fault their memory in again, 4 KiB at a time (docs/PERFORMANCE.md). The
+// cost: the process keeps its peak heap.
 // Returns whether it changed anything (false on other C libraries).
 bool keep_freed_memory_for_reuse();
 
