@@ -1,8 +1,6 @@
 #include "diffuse/model/unet.h"
 
-#include "diffuse/model/layout_ops.h"
-#include "diffuse/runtime/blocked_conv_in.h"
-#include "diffuse/runtime/onednn_conv.h"
+#include "diffuse/runtime/ops.h"
 
 
 namespace diffuse {
@@ -114,21 +112,8 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
 
   // the condition's channels (a masked image, a low-resolution one) join x_t's at the input
   const auto x = condition.defined() ? torch::cat({x_t, condition.to(x_t.scalar_type())}, 1).to(dtype) : x_t.to(dtype);
-  // From conv_in to norm_out, activations may travel channel-blocked (model/layout_ops.h); every
-  // width is a multiple of config_.channels. Decided on the input, whose dtype, device and NCHW
-  // layout conv_in's output shares; conv_in then writes the blocked layout itself
-  // (runtime/blocked_conv_in.h), with no re-order after it.
-  const bool blocked =
-      memory_format_ == MemoryFormat::nchw && blocked_activations_apply(x.contiguous(), {config_.channels});
-  torch::Tensor h;
-  if (blocked) {
-    h = conv_nchw_to_blocked(x, conv_in->weight, conv_in->bias);
-  } else {
-    h = conv3x3(conv_in, memory_format_ == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(memory_format_)));
-    // LibTorch's convolution may write a one-channel input's output NCHW even where that input is
-    // channels-last (for one channel the two layouts coincide): the format asked for from here on.
-    if (memory_format_ != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(memory_format_));
-  }
+  // The pass's layout is fixed here (runtime/ops.h): every width is a multiple of config_.channels.
+  auto h = convolve_input(conv_in, x, memory_format_, config_.channels);
   std::vector<torch::Tensor> skips{h};
   for (auto& s : down_) {
     if (s.down) {
@@ -154,7 +139,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       if (s.attn) h = s.attn(h);
     }
   }
-  // conv_out reads blocked activations directly and writes NCHW (runtime/blocked_conv_out.h)
+  // the output in NCHW whatever the pass's layout
   return convolve(conv_out, norm_silu(norm_out, h)).to(x_t.scalar_type()).contiguous();
 }
 

@@ -1,11 +1,6 @@
 #include "diffuse/model/unet_blocks.h"
 
-#include "diffuse/model/layout_ops.h"
-#include "diffuse/runtime/attention.h"
-#include "diffuse/runtime/blocked_layout.h"
-#include "diffuse/runtime/group_norm_cuda.h"
-#include "diffuse/runtime/group_norm_silu.h"
-#include "diffuse/util/environment.h"
+#include "diffuse/runtime/ops.h"
 
 #include <cmath>
 
@@ -23,19 +18,6 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, bool flip_
   auto args = t.to(torch::kFloat32).unsqueeze(1) * freqs.unsqueeze(0);  // [B, h]
   return flip_sin_to_cos ? torch::cat({torch::cos(args), torch::sin(args)}, 1)
                          : torch::cat({torch::sin(args), torch::cos(args)}, 1);
-}
-
-// GroupNorm in its weights' precision: under bf16 autocast the convolutions hand it bf16, which
-// CPU autocast (unlike CUDA's) does not cast back, and normalising in float32 is the safe choice.
-// Channels-last inference on a GPU takes the hand-written kernel (float32 statistics, output in
-// x's dtype); blocked activations the CPU's fused kernel without its SiLU.
-torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
-  const int64_t groups = norm->options.num_groups();
-  if (is_blocked(x)) return group_norm_blocked(x, norm->weight, norm->bias, groups, norm->options.eps());
-  if (cuda_group_norm_applies(x, norm->weight, norm->bias, {}, groups)) {  // channels-last inference on a GPU
-    return group_norm_cuda(x, {}, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/false);
-  }
-  return norm(x.to(norm->weight.scalar_type()));
 }
 
 static torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1) {
@@ -76,29 +58,15 @@ ResBlockImpl::ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t ti
   if (in_channels != out_channels) shortcut = register_module("shortcut", conv(in_channels, out_channels, 1));
 }
 
-// conv1's bias is a per-channel constant like the time shift: on a GPU it joins the shift, which
-// the norm adds anyway, instead of costing LibTorch's unvectorised broadcasting pass after the
-// convolution, and a reduction in backward (profiled on an H200, docs/PERFORMANCE.md). On the
-// CPU the kernels add the bias for free. DIFFUSE_CUDA_BIAS_IN_SHIFT=0 turns it off (to measure it;
-// read on every GPU call, a getenv against a kernel launch, so that `bench --alternate` can pair it).
-static bool bias_joins_time_shift(const torch::Tensor& normed) {
-  return normed.is_cuda() && !env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0");
-}
-
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb, const torch::Tensor& skip) {
-  const auto [normed, x_for_residual] =
+  // h = conv1(SiLU(GroupNorm(x)))          (on the up path x is cat(x, skip) along channels)
+  const auto [normed, input] =
       skip.defined() ? norm_silu_and_input_of_cat(norm1, x, skip) : norm_silu_and_input(norm1, x);
-  auto time_shift = time_proj(F::silu(emb));  // [B, C_out], added to h before the second norm
-  torch::Tensor h;
-  if (bias_joins_time_shift(normed)) {
-    h = convolve_without_bias(conv1, normed);
-    time_shift = time_shift + conv1->bias;
-  } else {
-    h = convolve(conv1, normed);
-  }
-  // out = residual + conv2(…): added inside the convolution's bias pass where that applies
-  auto residual = shortcut ? convolve(shortcut, x_for_residual) : x_for_residual;
-  return convolve(conv2, norm_silu_dropout(norm2, h, time_shift, dropout_), residual);
+  // + W_t SiLU(emb), the time shift, added by the second norm
+  const auto [h, shift] = convolve_with_shift(conv1, normed, time_proj(F::silu(emb)));
+  // out = conv2(dropout(SiLU(GroupNorm(h + shift)))) + shortcut(x)
+  const auto residual = shortcut ? convolve(shortcut, input) : input;
+  return convolve(conv2, norm_silu_dropout(norm2, h, shift, dropout_), residual);
 }
 
 void ResBlockImpl::zero_last_layer() { init_zero(conv2); }
@@ -112,38 +80,9 @@ AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t groups, double 
 }
 
 torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
-  const bool blocked = is_blocked(x);
-  const auto B = x.size(0), H = x.size(2), W = x.size(3);
-  const auto C = blocked ? x.size(1) * x.size(4) : x.size(1);
-  // Blocked activations: the norm and the 1×1 convolutions run on the blocked layout (oneDNN's
-  // convolutions; LibTorch's took 0.2–0.5 ms each for these small shapes), the products on NCHW,
-  // which they want as [B, C, N].
-  auto qkv_out = blocked ? from_blocked(convolve(qkv, group_norm(norm, x))) : convolve(qkv, group_norm(norm, x));
-  const auto channels_last = torch::MemoryFormat::ChannelsLast;
-  if (heads_ == 1 && qkv_out.is_cuda() && qkv_out.is_contiguous(channels_last) && !qkv_out.is_contiguous()) {
-    // Channels-last on a GPU: qkv_out is [B, N, 3C] in memory, so q, k and v are strided views of
-    // it, and the product's [B, N, C] is h in channels-last: no re-ordering copies (on an H200 the
-    // NCHW route below copied 0.15 ms per block at batch 256).
-    const auto tokens = qkv_out.permute({0, 2, 3, 1}).reshape({B, H * W, 3 * C});  // a view
-    const auto out = dot_product_attention_tokens(tokens.narrow(2, 0, C), tokens.narrow(2, C, C),
-                                                  tokens.narrow(2, 2 * C, C));  // [B, N, C]
-    return convolve(proj_out, out.reshape({B, H, W, C}).permute({0, 3, 1, 2}), x);
-  }
-  // Heads as a batch dimension: [B, 3, C, N] → q, k, v of [B·n, C/n, N], head h of image b at b·n + h.
-  // unbind, not three selects: its backward stacks the three gradients in one copy, where each
-  // select's backward zero-filled a tensor of all three and the three were then added
-  const auto qkv_heads = heads_ == 1 ? qkv_out.reshape({B, 3, C, H * W})
-                                     : qkv_out.reshape({B, 3, heads_, C / heads_, H * W})
-                                           .transpose(1, 2)
-                                           .reshape({B * heads_, 3, C / heads_, H * W});
-  const auto qkv_parts = qkv_heads.unbind(1);
-  const auto &q = qkv_parts[0], &k = qkv_parts[1], &v = qkv_parts[2];  // [B·n, C/n, N]
-  // h[b, :, i] = Σ_j softmax_j(q_i · k_j / √(C/n)) v_j                  [B·n, C/n, N]
-  auto h = dot_product_attention(q, k, v).reshape({B, C, H, W});
-  // channels-last activations: h too, so that the projection takes the same convolution path as
-  // the rest of the network (on the CPU in bf16, oneDNN's NHWC kernels instead of LibTorch's)
-  if (!blocked && x.is_contiguous(channels_last) && !x.is_contiguous()) h = h.contiguous(channels_last);
-  return convolve(proj_out, blocked ? to_blocked(h) : h, x);
+  // [q; k; v] = W_qkv GroupNorm(x);  h = x + W_o · attention(q, k, v)
+  const auto qkv_out = convolve(qkv, group_norm(norm, x));
+  return convolve(proj_out, self_attention(qkv_out, heads_, x), x);
 }
 
 void AttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }
@@ -157,11 +96,7 @@ DownsampleImpl::DownsampleImpl(int64_t channels, DownsamplePadding padding) : pa
 
 torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
   if (padding_ == DownsamplePadding::symmetric) return convolve(conv, x);
-  // conv(pad(x, right 1, bottom 1)), stride 2, no further padding; on the NCHW layout, where the
-  // kernels' fixed k/2 padding does not apply
-  const auto nchw = is_blocked(x) ? from_blocked(x) : x;
-  const auto y = conv(F::pad(nchw, F::PadFuncOptions({0, 1, 0, 1})));
-  return is_blocked(x) ? to_blocked(y) : y;
+  return convolve_padded(conv, x, {0, 1, 0, 1});  // a zero column on the right, a zero row below
 }
 
 UpsampleImpl::UpsampleImpl(int64_t channels) { conv = register_module("conv", diffuse::conv(channels, channels, 3)); }

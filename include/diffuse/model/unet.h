@@ -8,7 +8,7 @@
 
 #include "diffuse/model/unet_blocks.h"
 #include "diffuse/model/unet_config.h"
-#include "diffuse/runtime/precision.h"
+#include "diffuse/runtime/ops.h"
 
 namespace diffuse {
 

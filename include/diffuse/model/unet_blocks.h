@@ -15,11 +15,6 @@ namespace diffuse {
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, bool flip_sin_to_cos = false,
                                  int64_t freq_shift = 1);
 
-// norm(x) computed in the norm's own (float32) precision, whatever x's dtype; on a GPU, for
-// channels-last inference, one kernel with float32 statistics and x's dtype out (runtime/group_norm_cuda.h);
-// on blocked activations, the CPU's fused kernel without its SiLU (runtime/group_norm_silu.h).
-torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
-
 // GroupNorm → SiLU → conv3×3 → (+ time projection) → GroupNorm → SiLU → dropout → conv3×3,
 // plus a 1×1 shortcut when the width changes.
 class ResBlockImpl : public torch::nn::Module {

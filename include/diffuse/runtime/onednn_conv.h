@@ -66,7 +66,7 @@ bool onednn_bf16_available();
 bool nhwc_bf16_conv_applies(const torch::Tensor& x, const torch::Tensor& weight);
 
 // Whether a network may carry x (NCHW) channel-blocked from its first convolution to its last
-// (runtime/blocked_layout.h, model/layout_ops.h): conv_kernels() is onednn, x is a float32
+// (runtime/blocked_layout.h, runtime/ops.h): conv_kernels() is onednn, x is a float32
 // contiguous CPU tensor outside autocast, every width in `channels` is a multiple of 16, and the
 // environment variable DIFFUSE_BLOCKED_ACTIVATIONS is not "0" (a switch for measuring the gain).
 bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels);

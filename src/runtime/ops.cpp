@@ -1,6 +1,7 @@
-#include "diffuse/model/layout_ops.h"
+#include "diffuse/runtime/ops.h"
 
-#include "diffuse/model/unet_blocks.h"
+#include "diffuse/runtime/attention.h"
+#include "diffuse/runtime/blocked_conv_in.h"
 #include "diffuse/runtime/blocked_conv_out.h"
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/blocked_upsample.h"
@@ -25,6 +26,29 @@ torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x
 }
 
 }  // namespace
+
+torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x, MemoryFormat format, int64_t width_unit) {
+  // Decided on the input, whose dtype, device and NCHW layout conv_in's output shares.
+  if (format == MemoryFormat::nchw && blocked_activations_apply(x.contiguous(), {width_unit})) {
+    return conv_nchw_to_blocked(x, conv->weight, conv->bias);
+  }
+  auto h = conv3x3(conv, format == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(format)));
+  // LibTorch's convolution may write a one-channel input's output NCHW even where that input is
+  // channels-last (for one channel the two layouts coincide): the format asked for from here on.
+  if (format != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(format));
+  return h;
+}
+
+// GroupNorm in its weights' precision: under bf16 autocast the convolutions hand it bf16, which
+// CPU autocast (unlike CUDA's) does not cast back, and normalising in float32 is the safe choice.
+torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
+  const int64_t groups = norm->options.num_groups();
+  if (is_blocked(x)) return group_norm_blocked(x, norm->weight, norm->bias, groups, norm->options.eps());
+  if (cuda_group_norm_applies(x, norm->weight, norm->bias, {}, groups)) {  // channels-last inference on a GPU
+    return group_norm_cuda(x, {}, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/false);
+  }
+  return norm(x.to(norm->weight.scalar_type()));
+}
 
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, 0.0);
@@ -83,7 +107,8 @@ torch::Tensor convolve_alone(torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const int64_t stride = conv->options.stride()->at(0);
   if (is_blocked(x)) {
     // A few output channels (the last convolution): oneDNN's blocked kernels want whole blocks.
-    if (conv->weight.size(0) % kChannelBlock != 0 && stride == 1) return conv_blocked_to_nchw(x, conv->weight, conv->bias);
+    if (conv->weight.size(0) % kChannelBlock != 0 && stride == 1)
+      return conv_blocked_to_nchw(x, conv->weight, conv->bias);
     return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
   }
   if (nhwc_bf16_conv_applies(x, conv->weight)) return onednn_conv_nhwc_bf16(x, conv->weight, conv->bias, stride);
@@ -107,9 +132,51 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const to
   return residual + y;
 }
 
-torch::Tensor convolve_without_bias(torch::nn::Conv2d& conv, const torch::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), "convolve_without_bias: for GPU tensors (the CPU's kernels add the bias for free)");
-  return torch::conv2d(x, conv->weight, /*bias=*/{}, conv->options.stride()->at(0), padding_of(conv));
+std::pair<torch::Tensor, torch::Tensor> convolve_with_shift(torch::nn::Conv2d& conv, const torch::Tensor& x,
+                                                            const torch::Tensor& shift) {
+  // On the CPU the kernels add the bias for free.
+  if (!x.is_cuda() || env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0")) return {convolve(conv, x), shift};
+  // y = W * x, shift' = shift + b
+  return {torch::conv2d(x, conv->weight, /*bias=*/{}, conv->options.stride()->at(0), padding_of(conv)),
+          shift + conv->bias};
+}
+
+torch::Tensor convolve_padded(torch::nn::Conv2d& conv, const torch::Tensor& x, const std::vector<int64_t>& pad) {
+  // On the NCHW layout, where the kernels' fixed k/2 padding does not apply.
+  const auto nchw = is_blocked(x) ? from_blocked(x) : x;
+  const auto y = conv(F::pad(nchw, F::PadFuncOptions(pad)));
+  return is_blocked(x) ? to_blocked(y) : y;
+}
+
+torch::Tensor self_attention(const torch::Tensor& qkv_in, int64_t heads, const torch::Tensor& like) {
+  const bool blocked = is_blocked(qkv_in);
+  // Blocked activations: the norm and the 1×1 convolutions ran on the blocked layout (oneDNN's
+  // convolutions), the products run on NCHW, which they want as [B, C, N].
+  const auto qkv = blocked ? from_blocked(qkv_in) : qkv_in;
+  const auto B = qkv.size(0), C = qkv.size(1) / 3, H = qkv.size(2), W = qkv.size(3);
+  const auto channels_last = torch::MemoryFormat::ChannelsLast;
+  if (heads == 1 && qkv.is_cuda() && qkv.is_contiguous(channels_last) && !qkv.is_contiguous()) {
+    // Channels-last on a GPU: qkv is [B, N, 3C] in memory, so q, k and v are strided views of it,
+    // and the product's [B, N, C] is h in channels-last: no re-ordering copies.
+    const auto tokens = qkv.permute({0, 2, 3, 1}).reshape({B, H * W, 3 * C});  // a view
+    const auto out = dot_product_attention_tokens(tokens.narrow(2, 0, C), tokens.narrow(2, C, C),
+                                                  tokens.narrow(2, 2 * C, C));  // [B, N, C]
+    return out.reshape({B, H, W, C}).permute({0, 3, 1, 2});
+  }
+  // Heads as a batch dimension: [B, 3, C, N] → q, k, v of [B·n, C/n, N], head h of image b at b·n + h.
+  // unbind, not three selects: its backward stacks the three gradients in one copy, where each
+  // select's backward zero-filled a tensor of all three and the three were then added
+  const auto qkv_heads = heads == 1 ? qkv.reshape({B, 3, C, H * W})
+                                    : qkv.reshape({B, 3, heads, C / heads, H * W})
+                                          .transpose(1, 2)
+                                          .reshape({B * heads, 3, C / heads, H * W});
+  const auto parts = qkv_heads.unbind(1);
+  auto h = dot_product_attention(parts[0], parts[1], parts[2]).reshape({B, C, H, W});
+  if (blocked) return to_blocked(h);
+  // channels-last activations: h too, so that the projection takes the same convolution path as
+  // the rest of the network (on the CPU in bf16, oneDNN's NHWC kernels instead of LibTorch's)
+  if (like.is_contiguous(channels_last) && !like.is_contiguous()) h = h.contiguous(channels_last);
+  return h;
 }
 
 torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width) {

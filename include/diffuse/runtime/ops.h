@@ -1,6 +1,12 @@
-// The U-Net's operations on activations in either of two layouts, so that each block is written
-// once for both:
-//   NCHW             [B, C, H, W]            every device, precision and memory format;
+// The op layer: the few operations the U-Net is written in (GroupNorm with the time shift, SiLU
+// and dropout; convolution with an optional residual; self-attention; 2× upsampling), each
+// choosing its kernel here, so that the model's blocks read as the paper's equations and know
+// nothing of kernels. model/ includes runtime/ only through this header.
+//
+// The activations' layout is chosen once per forward pass, at the input (convolve_input), and
+// travels with the tensors from there:
+//   NCHW             [B, C, H, W]            every device, precision and memory format (and
+//                                            channels-last memory, where the pass asked for it);
 //   channel-blocked  [B, C/16, H, W, 16]     float32 on a CPU with oneDNN (runtime/blocked_layout.h),
 // told apart by their rank. H and W are dimensions 2 and 3 in both, and channels concatenate
 // along dimension 1 in both (torch::cat({a, b}, 1)), blocks being whole.
@@ -9,10 +15,24 @@
 #include <torch/torch.h>
 
 #include <utility>
+#include <vector>
+
+#include "diffuse/runtime/precision.h"
 
 namespace diffuse {
 
 inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
+
+// The first convolution of a forward pass (3×3, padding 1), which also fixes the pass's layout:
+// blocked where the float32 CPU path applies and every width of the network is a multiple of
+// `width_unit` (conv_in then writes the blocked layout itself, runtime/blocked_conv_in.h); else
+// `format` (NCHW or channels-last) from here on.
+torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x, MemoryFormat format, int64_t width_unit);
+
+// norm(x) computed in the norm's own (float32) precision, whatever x's dtype; on a GPU, for
+// channels-last inference, one kernel with float32 statistics and x's dtype out; on blocked
+// activations, the CPU's fused kernel without its SiLU.
+torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x);
 
 // SiLU(GroupNorm(x + shift)), shift: [B, C] (a ResBlock's time projection) or undefined.
 // Blocked, or bf16 NCHW on the CPU: one fused kernel (runtime/group_norm_silu.h); channels-last on
@@ -44,9 +64,23 @@ torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor&
 // (runtime/onednn_conv.h) for 3×3 stride 1, else the module's own forward; then y += residual.
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const torch::Tensor& residual = {});
 
-// conv(x) without the module's bias, on the GPU: for a caller that adds a per-channel term of its
-// own anyway (a ResBlock's first convolution, whose bias joins the time shift).
-torch::Tensor convolve_without_bias(torch::nn::Conv2d& conv, const torch::Tensor& x);
+// conv(x) + shift[B, C_out] as a pair {y, shift'} with y + shift' = conv(x) + shift, for a norm
+// that adds the shift anyway (norm_silu): on a GPU the convolution's bias joins the shift instead
+// of costing a broadcasting pass after the convolution and a reduction in backward;
+// DIFFUSE_CUDA_BIAS_IN_SHIFT=0 keeps it in the convolution (read on every call, so that
+// `bench --alternate` can pair it).
+std::pair<torch::Tensor, torch::Tensor> convolve_with_shift(torch::nn::Conv2d& conv, const torch::Tensor& x,
+                                                            const torch::Tensor& shift);
+
+// conv(pad(x)), pad = {left, right, top, bottom} zeros, with the module's own padding on top
+// (the DDPM paper's downsampling: {0, 1, 0, 1} and padding 0).
+torch::Tensor convolve_padded(torch::nn::Conv2d& conv, const torch::Tensor& x, const std::vector<int64_t>& pad);
+
+// Self-attention over the H·W positions of qkv = [q; k; v] (3C channels, in the pass's layout),
+// with `heads` heads of C/heads channels:
+//   h[:, i] = Σ_j softmax_j(q_i · k_j / √(C/heads)) v_j
+// returned in the layout of `like` (the block's input) for the output projection.
+torch::Tensor self_attention(const torch::Tensor& qkv, int64_t heads, const torch::Tensor& like);
 
 // Nearest-neighbour upsampling to height × width (index ⌊i · in/out⌋ on each axis).
 torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width);
