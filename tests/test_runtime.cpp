@@ -1,5 +1,6 @@
 // Process-wide runtime settings (runtime/device.h, runtime/large_block_cache.h): freed tensor
-// memory must be reused without the page faults that freshly mapped memory costs on every step.
+// memory must be reused without the page faults that freshly mapped memory costs on every step;
+// the switches (runtime/settings.h) are read once, and again after an EnvironmentSwitch.
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
@@ -9,6 +10,8 @@
 
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/large_block_cache.h"
+#include "diffuse/runtime/settings.h"
+#include "diffuse/util/environment.h"
 
 #include <c10/core/CPUAllocator.h>
 
@@ -80,4 +83,25 @@ TEST(Runtime, RawAllocationsOfAnySizeAreFreedByTheCache) {
   static_cast<char*>(large)[diffuse::kLargeBlockBytes] = 1;
   allocator->raw_deallocate(large);
   EXPECT_EQ(diffuse::large_block_cache_stats().idle_bytes, idle_before + diffuse::kLargeBlockBytes + 64);
+}
+
+TEST(RuntimeSettings, AreReadOnceAndAgainAfterAnEnvironmentSwitch) {
+  const bool before = diffuse::runtime_settings().fused_cat;
+  {
+    diffuse::EnvironmentSwitch off("DIFFUSE_FUSED_CAT", "0", /*on=*/true);
+    EXPECT_FALSE(diffuse::runtime_settings().fused_cat);
+    off.set(false);
+    EXPECT_EQ(diffuse::runtime_settings().fused_cat, before);
+    off.set(true);
+    EXPECT_FALSE(diffuse::runtime_settings().fused_cat);
+  }
+  EXPECT_EQ(diffuse::runtime_settings().fused_cat, before);
+  // A variable changed behind the settings' back is not read on the next call: no kernel call
+  // reads the environment.
+  if (std::getenv("DIFFUSE_CUDA_UPSAMPLE") == nullptr) {
+    const bool upsample = diffuse::runtime_settings().cuda_upsample;
+    setenv("DIFFUSE_CUDA_UPSAMPLE", "0", 1);
+    EXPECT_EQ(diffuse::runtime_settings().cuda_upsample, upsample);
+    unsetenv("DIFFUSE_CUDA_UPSAMPLE");
+  }
 }

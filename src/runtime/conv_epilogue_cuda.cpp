@@ -1,9 +1,9 @@
 #include "diffuse/runtime/conv_epilogue_cuda.h"
+#include "diffuse/runtime/settings.h"
 
 #include <stdexcept>
 
 #include "diffuse/runtime/gradient_wanted.h"
-#include "diffuse/util/environment.h"
 #include "cuda_tensor_checks.h"
 #include "diffuse_build_config.h"
 
@@ -17,8 +17,7 @@ namespace diffuse {
 
 bool cuda_conv_epilogue_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   if (!DIFFUSE_HAVE_CUDA_KERNELS || !x.is_cuda() || x.dim() != 4 || !bias.defined()) return false;
-  // read on every call (a getenv against a kernel launch), so that `bench --alternate` can pair it
-  if (env_equals("DIFFUSE_CUDA_CONV_BIAS", "0")) return false;
+  if (!runtime_settings().cuda_conv_bias) return false;
   if (weight.dim() != 4 || weight.size(0) % 8 != 0) return false;
   if (!x.is_contiguous(c10::MemoryFormat::ChannelsLast)) return false;
   return !gradient_wanted({x, weight, bias});

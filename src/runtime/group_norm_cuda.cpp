@@ -1,10 +1,10 @@
 #include "diffuse/runtime/group_norm_cuda.h"
+#include "diffuse/runtime/settings.h"
 
 #include <cstdint>
 #include <stdexcept>
 
 #include "diffuse/runtime/gradient_wanted.h"
-#include "diffuse/util/environment.h"
 #include "cuda_tensor_checks.h"
 #include "diffuse_build_config.h"
 
@@ -21,7 +21,7 @@ bool cuda_group_norm_built() { return DIFFUSE_HAVE_CUDA_KERNELS; }
 bool cuda_group_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta,
                              const torch::Tensor& shift, int64_t groups) {
   if (!cuda_group_norm_built() || !x.is_cuda() || x.dim() != 4 || !gamma.defined() || !beta.defined()) return false;
-  if (env_equals("DIFFUSE_CUDA_GROUP_NORM", "0")) return false;  // read on every call (bench --alternate)
+  if (!runtime_settings().cuda_group_norm) return false;
   if (!nhwc_lanes8_tensor(x)) return false;
   const int64_t c = x.size(1);
   if (c % 8 != 0 || c > 1024 || groups < 1 || c % groups != 0) return false;

@@ -1,6 +1,6 @@
 #include "diffuse/runtime/large_block_cache.h"
+#include "diffuse/runtime/settings.h"
 
-#include "diffuse/util/environment.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -140,7 +140,7 @@ size_t idle_limit() {
 bool cache_large_cpu_blocks() {
   // made once and never destroyed: tensors may outlive everything else
   static const bool in_place = [] {
-    if (env_equals("DIFFUSE_LARGE_BLOCK_CACHE", "0")) return false;
+    if (!runtime_settings().large_block_cache) return false;
     auto* cache = new LargeBlockCache(c10::GetCPUAllocator(), idle_limit());
     LargeBlockCache::installed = cache;
     c10::SetCPUAllocator(cache, /*priority=*/1);  // above LibTorch's own default (0)

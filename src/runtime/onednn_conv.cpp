@@ -1,11 +1,11 @@
 #include "diffuse/runtime/onednn_conv.h"
+#include "diffuse/runtime/settings.h"
 
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/runtime/timing_cache.h"
 #include "diffuse/runtime/winograd_conv.h"
-#include "diffuse/util/environment.h"
 #include "diffuse_build_config.h"
 
 #include <algorithm>
@@ -243,10 +243,10 @@ bool onednn_has_winograd() {
 // Whether a Winograd pass of this shape runs the own F(4×4, 3×3) (runtime/winograd_conv.h)
 // instead of oneDNN's: blocked float32 3×3 stride-1 convolutions on a CPU where oneDNN has no
 // Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
-// oneDNN has one; read on every call, so that a test can switch it).
+// oneDNN has one).
 bool own_winograd_for(const OneDnnConvShape& s) {
   return s.blocked() && s.k == 3 && s.stride == 1 && s.o % kChannelBlock == 0 && winograd_conv_built() &&
-         (!onednn_has_winograd() || env_equals("DIFFUSE_OWN_WINOGRAD", "1"));
+         (!onednn_has_winograd() || runtime_settings().own_winograd);
 }
 
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -422,9 +422,10 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (shape.layout == Activations::nhwc_bf16) return {false, false, false};  // oneDNN has no bf16 Winograd
   if (!shape.blocked() || shape.k != 3 || shape.stride != 1) return {};
   // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
-  // what the per-pass timing gains (read on every call, so that a test can switch it)
-  if (env_equals("DIFFUSE_CONV_ALGORITHM", "direct")) return {false, false, false};
-  if (env_equals("DIFFUSE_CONV_ALGORITHM", "winograd")) return {};
+  // what the per-pass timing gains
+  const auto forced = runtime_settings().conv_algorithm;
+  if (forced == ConvAlgorithmChoice::direct) return {false, false, false};
+  if (forced == ConvAlgorithmChoice::winograd) return {};
   static ShapeChoices<PassAlgorithms> choices;
   const char* timed = own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct";
   return choices.get(shape, timed, [&] {
@@ -556,7 +557,7 @@ bool onednn_creates_bf16_convolutions() {
 bool onednn_bf16_available() {
 #if DIFFUSE_HAVE_ONEDNN
   static const bool available =
-      cpu_has_native_bf16() && !env_equals("DIFFUSE_ONEDNN_BF16", "0") && onednn_creates_bf16_convolutions();
+      cpu_has_native_bf16() && runtime_settings().onednn_bf16 && onednn_creates_bf16_convolutions();
   return available;
 #else
   return false;
@@ -629,8 +630,7 @@ bool onednn_may_take(const torch::Tensor& x) {
 bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int64_t> channels) {
   if (!onednn_may_take(x)) return false;
   // DIFFUSE_BLOCKED_ACTIVATIONS=0 turns the blocked path off, to measure what it gains
-  static const bool off = env_equals("DIFFUSE_BLOCKED_ACTIVATIONS", "0");
-  if (off) return false;
+  if (!runtime_settings().blocked_activations) return false;
   for (auto c : channels) {
     if (c % kChannelBlock != 0) return false;
   }

@@ -1,4 +1,5 @@
 #include "diffuse/runtime/ops.h"
+#include "diffuse/runtime/settings.h"
 
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/blocked_conv_in.h"
@@ -10,7 +11,6 @@
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/upsample_cuda.h"
-#include "diffuse/util/environment.h"
 
 namespace diffuse {
 
@@ -80,8 +80,8 @@ std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm
 
 std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input_of_cat(torch::nn::GroupNorm& norm, const torch::Tensor& a,
                                                                    const torch::Tensor& b) {
-  // DIFFUSE_FUSED_CAT=0: torch::cat first (read on every call, so that `bench --alternate` can pair it)
-  if (is_blocked(a) && is_blocked(b) && !env_equals("DIFFUSE_FUSED_CAT", "0")) {
+  // DIFFUSE_FUSED_CAT=0: torch::cat first
+  if (is_blocked(a) && is_blocked(b) && runtime_settings().fused_cat) {
     return group_norm_silu_blocked_cat_and_input(a, b, norm->weight, norm->bias, norm->options.num_groups(),
                                                  norm->options.eps());
   }
@@ -135,7 +135,7 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const to
 std::pair<torch::Tensor, torch::Tensor> convolve_with_shift(torch::nn::Conv2d& conv, const torch::Tensor& x,
                                                             const torch::Tensor& shift) {
   // On the CPU the kernels add the bias for free.
-  if (!x.is_cuda() || env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0")) return {convolve(conv, x), shift};
+  if (!x.is_cuda() || !runtime_settings().cuda_bias_in_shift) return {convolve(conv, x), shift};
   // y = W * x, shift' = shift + b
   return {torch::conv2d(x, conv->weight, /*bias=*/{}, conv->options.stride()->at(0), padding_of(conv)),
           shift + conv->bias};

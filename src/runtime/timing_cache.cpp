@@ -1,4 +1,5 @@
 #include "diffuse/runtime/timing_cache.h"
+#include "diffuse/runtime/settings.h"
 
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/runtime/precision.h"
@@ -69,7 +70,7 @@ std::string timing_machine_signature() {
 TimingCacheFile* process_timing_cache() {
   // made once and never destroyed: convolutions may run during static destruction
   static TimingCacheFile* cache = []() -> TimingCacheFile* {
-    if (env_equals("DIFFUSE_TIMING_CACHE", "0")) return nullptr;
+    if (!runtime_settings().timing_cache) return nullptr;
     const auto dir = cache_directory();
     if (dir.empty()) return nullptr;
     return new TimingCacheFile(dir + "/timings.json", timing_machine_signature());

@@ -1,10 +1,10 @@
 #include "diffuse/runtime/upsample_cuda.h"
+#include "diffuse/runtime/settings.h"
 
 #include <cstdint>
 #include <stdexcept>
 
 #include "diffuse/runtime/gradient_wanted.h"
-#include "diffuse/util/environment.h"
 #include "cuda_tensor_checks.h"
 #include "diffuse_build_config.h"
 
@@ -18,7 +18,7 @@ namespace diffuse {
 
 bool cuda_upsample_twice_applies(const torch::Tensor& x) {
   if (!DIFFUSE_HAVE_CUDA_KERNELS || !x.is_cuda() || x.dim() != 4) return false;
-  if (env_equals("DIFFUSE_CUDA_UPSAMPLE", "0")) return false;  // read on every call, like the others
+  if (!runtime_settings().cuda_upsample) return false;
   if (!x.is_contiguous(c10::MemoryFormat::ChannelsLast) || x.numel() == 0) return false;
   if ((x.size(1) * static_cast<int64_t>(x.element_size())) % 16 != 0) return false;
   if (!aligned_16_bytes(x)) return false;

@@ -1,9 +1,16 @@
 #include "diffuse/util/environment.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <utility>
 
 namespace diffuse {
+
+namespace {
+std::atomic<uint64_t> generation{0};
+}  // namespace
+
+uint64_t environment_generation() { return generation.load(std::memory_order_acquire); }
 
 bool env_equals(const char* name, const std::string& value) {
   const char* v = std::getenv(name);
@@ -33,6 +40,7 @@ void EnvironmentSwitch::set(bool on) {
   } else {
     unsetenv(name_.c_str());
   }
+  generation.fetch_add(1, std::memory_order_release);
 }
 
 }  // namespace diffuse

@@ -67,8 +67,7 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const to
 // conv(x) + shift[B, C_out] as a pair {y, shift'} with y + shift' = conv(x) + shift, for a norm
 // that adds the shift anyway (norm_silu): on a GPU the convolution's bias joins the shift instead
 // of costing a broadcasting pass after the convolution and a reduction in backward;
-// DIFFUSE_CUDA_BIAS_IN_SHIFT=0 keeps it in the convolution (read on every call, so that
-// `bench --alternate` can pair it).
+// DIFFUSE_CUDA_BIAS_IN_SHIFT=0 keeps it in the convolution (runtime/settings.h).
 std::pair<torch::Tensor, torch::Tensor> convolve_with_shift(torch::nn::Conv2d& conv, const torch::Tensor& x,
                                                             const torch::Tensor& shift);
 

@@ -2,6 +2,7 @@
 // the bench's DIFFUSE_BF16_WEIGHTS=1, ...): set to a value, or not.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -14,6 +15,10 @@ bool env_equals(const char* name, const std::string& value);
 // $DIFFUSE_CACHE_DIR, else $XDG_CACHE_HOME/diffuse, else $HOME/.cache/diffuse; empty where none
 // of them is set.
 std::string cache_directory();
+
+// A number that changes whenever an EnvironmentSwitch switches a variable, so that settings read
+// once from the environment (runtime/settings.h) know when to read them again.
+uint64_t environment_generation();
 
 // One variable switched between `value` (set(true)) and what it had before (set(false): that
 // value, or unset); `on` switches it at once. The destructor restores it. For the bench's A/B
