@@ -22,7 +22,7 @@ uint64_t environment_generation();
 
 // One variable switched between `value` (set(true)) and what it had before (set(false): that
 // value, or unset); `on` switches it at once. The destructor restores it. For the bench's A/B
-// runs and for tests of switches the code reads on every call.
+// runs and for tests of switches (runtime/settings.h reads them again after each switch).
 class EnvironmentSwitch {
  public:
   EnvironmentSwitch(std::string name, std::string value, bool on = false);
