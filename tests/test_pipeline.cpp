@@ -100,3 +100,25 @@ TEST(EditMix, MixturesRunFromOneImageToTheOtherUnderOneNoise) {
   const auto alone = noise_and_denoise(d, *sampler, net, a.unsqueeze(0), 400, 10, true, gen2, eps).result;
   EXPECT_TRUE(torch::allclose(mixed[0], alone[0], 1e-6, 1e-6));
 }
+
+TEST(Pipeline, ACheckpointWhoseConfigIsOutOfBoundsIsRefusedBeforeAnythingIsBuilt) {
+  // A metadata field of 0 GroupNorm groups divided by zero in the U-Net's constructor (SIGFPE);
+  // now the config is validated first and the error names the file, the field and the limit.
+  TempDir dir;
+  auto config = unet_config_by_name("tiny", 1, 8);
+  UNet model(config);
+  CheckpointInfo info;
+  info.model = config;
+  info.model.norm_groups = 0;
+  info.data = DataInfo{"tiny", 1, 8, 0};
+  const std::string path = dir / "bad.safetensors";
+  save_checkpoint(path, model, info);
+  try {
+    load_pipeline(path);
+    FAIL() << "loaded a checkpoint with norm_groups = 0";
+  } catch (const std::exception& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("bad.safetensors"), std::string::npos) << message;
+    EXPECT_NE(message.find("norm_groups = 0"), std::string::npos) << message;
+  }
+}
