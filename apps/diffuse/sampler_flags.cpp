@@ -29,11 +29,7 @@ SamplerConfig sampler_config_of(const SamplerFlags& f) {
 std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const GaussianDiffusion& diffusion,
                                                  int64_t& steps) {
   const SamplerConfig config = sampler_config_of(f);
-  steps = f.steps > 0 ? f.steps : (f.sampler == "ddpm" ? diffusion.timesteps() : 50);
-  if (steps > diffusion.timesteps()) {
-    throw std::runtime_error("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " +
-                             std::to_string(diffusion.timesteps()));
-  }
+  steps = sampling_steps(f.sampler, f.steps, diffusion.timesteps());
   return make_sampler(config, diffusion.schedule());
 }
 

@@ -36,13 +36,13 @@ GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective
 
 torch::Tensor GaussianDiffusion::q_sample(const torch::Tensor& x0, const torch::Tensor& t,
                                           const torch::Tensor& noise) const {
-    // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
   return extract(sqrt_alpha_bar_, t, x0) * x0 + extract(sqrt_one_minus_alpha_bar_, t, x0) * noise;
 }
 
 PosteriorMeanVariance GaussianDiffusion::q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t,
                                                      const torch::Tensor& t) const {
-    PosteriorMeanVariance out;
+  PosteriorMeanVariance out;
   // μ̃_t = β_t √ᾱ_{t−1}/(1 − ᾱ_t) · x_0 + (1 − ᾱ_{t−1}) √α_t/(1 − ᾱ_t) · x_t
   out.mean = extract(posterior_mean_coef1_, t, x_t) * x0 + extract(posterior_mean_coef2_, t, x_t) * x_t;
   out.variance = extract(posterior_variance_, t, x_t);                      // β̃_t
@@ -52,13 +52,13 @@ PosteriorMeanVariance GaussianDiffusion::q_posterior(const torch::Tensor& x0, co
 
 torch::Tensor GaussianDiffusion::predict_x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& t,
                                                      const torch::Tensor& eps) const {
-    // x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t
+  // x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t
   return (x_t - extract(sqrt_one_minus_alpha_bar_, t, x_t) * eps) / extract(sqrt_alpha_bar_, t, x_t);
 }
 
 torch::Tensor GaussianDiffusion::predict_eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& t,
                                                      const torch::Tensor& x0) const {
-    // ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
+  // ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
   return (x_t - extract(sqrt_alpha_bar_, t, x_t) * x0) / extract(sqrt_one_minus_alpha_bar_, t, x_t);
 }
 
@@ -81,7 +81,7 @@ Prediction GaussianDiffusion::split_model_output(const torch::Tensor& model_out,
 
 torch::Tensor GaussianDiffusion::p_mean_from_eps(const torch::Tensor& x_t, const torch::Tensor& t,
                                                  const torch::Tensor& eps) const {
-    // μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε_θ) / √α_t
+  // μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε_θ) / √α_t
   const auto eps_coef = extract(betas_, t, x_t) / extract(sqrt_one_minus_alpha_bar_, t, x_t);
   return (x_t - eps_coef * eps) / extract(alphas_, t, x_t).sqrt();
 }

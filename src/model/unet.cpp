@@ -2,7 +2,6 @@
 
 #include "diffuse/runtime/ops.h"
 
-
 namespace diffuse {
 
 namespace F = torch::nn::functional;

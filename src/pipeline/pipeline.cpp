@@ -25,11 +25,19 @@ Pipeline load_pipeline(const std::string& checkpoint_path, const Compute& comput
   return Pipeline{std::move(checkpoint), std::move(diffusion), compute};
 }
 
-ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance) {
-  const int64_t classes = pipeline.info().model.num_classes;
-  if (classes == 0 && guidance > 0) {
+namespace {
+
+void check_guidance(const Pipeline& pipeline, double guidance) {
+  if (pipeline.info().model.num_classes == 0 && guidance > 0) {
     throw std::invalid_argument("guidance needs a class-conditional checkpoint (train with --class-cond)");
   }
+}
+
+}  // namespace
+
+ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance) {
+  check_guidance(pipeline, guidance);
+  const int64_t classes = pipeline.info().model.num_classes;
   UNet model = pipeline.checkpoint.model;  // shares the module
   const Compute compute = pipeline.compute;
   ConditionalDenoiser network = [model, compute](const torch::Tensor& x, const torch::Tensor& t,
@@ -42,23 +50,14 @@ ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance) {
 }
 
 Denoiser make_unconditional_denoiser(const Pipeline& pipeline) {
-  UNet model = pipeline.checkpoint.model;
-  const Compute compute = pipeline.compute;
-  Denoiser network = [model, compute](const torch::Tensor& x, const torch::Tensor& t) mutable {
-    AutocastScope autocast(compute.device, compute.precision);
-    return model->forward(x, t);
+  // no labels: the model's ∅ (no guidance is applied at w = 0)
+  return [network = make_denoiser(pipeline)](const torch::Tensor& x, const torch::Tensor& t) {
+    return network(x, t, torch::Tensor());
   };
-  return compute.cuda_graph ? replay_as_cuda_graph(std::move(network)) : network;
 }
 
 int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options) {
-  const int64_t T = pipeline.diffusion.timesteps();
-  const int64_t steps = options.steps > 0 ? options.steps : (options.sampler.name == "ddpm" ? T : 50);
-  if (steps > T) {
-    throw std::invalid_argument("--steps " + std::to_string(steps) +
-                                " exceeds the checkpoint's T = " + std::to_string(T));
-  }
-  return steps;
+  return sampling_steps(options.sampler.name, options.steps, pipeline.diffusion.timesteps());
 }
 
 torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback) {
@@ -95,6 +94,9 @@ std::string classifier_cache_path(const Dataset& data) {
 CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
                          const std::function<Dataset()>& load_training_split, bool progress,
                          const BatchStepCallback& callback) {
+  // what would fail in generation fails before the classifier is loaded or trained
+  check_guidance(pipeline, options.guidance);
+  sampling_steps(pipeline, options);
   CfidResult r;
   r.classifier_path = classifier_cache_path(reference);
   ClassifierOptions co;

@@ -24,6 +24,15 @@ std::unique_ptr<Sampler> make_sampler(const SamplerConfig& config, const NoiseSc
   throw std::invalid_argument("unknown sampler '" + config.name + "' (expected ddpm, ddim, euler, heun or dpm++2m)");
 }
 
+int64_t sampling_steps(const std::string& sampler, int64_t requested, int64_t timesteps) {
+  const int64_t steps = requested > 0 ? requested : (sampler == "ddpm" ? timesteps : 50);
+  if (steps > timesteps) {
+    throw std::invalid_argument("--steps " + std::to_string(steps) + " exceeds the checkpoint's T = " +
+                                std::to_string(timesteps));
+  }
+  return steps;
+}
+
 std::vector<int64_t> Sampler::timesteps(int64_t steps, int64_t t_start) const {
   const int64_t T = schedule_.timesteps();
   if (t_start < -1 || t_start >= T) {

@@ -55,6 +55,10 @@ struct SamplerConfig {
 };
 
 std::unique_ptr<Sampler> make_sampler(const SamplerConfig& config, const NoiseSchedule& schedule);
+
+// S for a run of `sampler` on a chain of T steps: `requested` where > 0, else T for ddpm and 50
+// for the others; throws std::invalid_argument where S > T.
+int64_t sampling_steps(const std::string& sampler, int64_t requested, int64_t timesteps);
 std::vector<std::string> sampler_names();
 
 // ε ~ N(0, I) shaped like `like`, drawn from `gen` (on the generator's device, then moved).
