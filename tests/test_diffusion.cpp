@@ -105,6 +105,17 @@ TEST(ModelOutput, ClippingKeepsThePairConsistent) {
   EXPECT_NEAR(d.q_sample(p.x0, t, p.eps).item<double>(), 3.0, 1e-4);
 }
 
+TEST(ModelOutput, DiffusersClippingKeepsTheNetworksEps) {
+  auto base = make_diffusion();
+  GaussianDiffusion d(base.schedule(), Objective::eps, torch::kCPU, ClippedEps::keep);
+  auto xt = torch::full({1, 1, 1, 1}, 3.0);
+  auto t = full_t(1, 10);
+  const auto eps = torch::full({1, 1, 1, 1}, -1.0);
+  auto p = d.split_model_output(eps, xt, t, /*clip_x0=*/true);
+  EXPECT_DOUBLE_EQ(p.x0.item<double>(), 1.0);  // x̂_0 = (3 + √(1−ᾱ))/√ᾱ > 1, clipped
+  EXPECT_TRUE(torch::equal(p.eps, eps));  // ε̂ as the network gave it (DDIMScheduler, use_clipped_model_output false)
+}
+
 TEST(Loss, SimpleLossIsTheMeanSquaredError) {
   auto a = torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64), b = torch::tensor({1.0, 0.0, 0.0}, torch::kFloat64);
   EXPECT_NEAR(GaussianDiffusion::loss_simple(a, b).item<double>(), (0.0 + 4.0 + 9.0) / 3.0, 1e-12);

@@ -67,6 +67,8 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
   std::vector<torch::Tensor> inputs;
   for (const auto& path : o.images) inputs.push_back(load_input_file(path, data));
   if (!o.test_indices.empty()) {
+    if (data.name.empty())
+      throw std::runtime_error("--test-index: the checkpoint does not name its data set; use --image");
     auto test = load_dataset(data.name, Split::test, DataOptions{data.image_size, 0});
     for (int64_t i : o.test_indices) {
       if (i < 0 || i >= test.size()) {
@@ -109,8 +111,9 @@ void run_sdedit(const EditOptions& o) {
   if (o.t > T) throw std::runtime_error("--t " + std::to_string(o.t) + " is beyond the checkpoint's T = " + std::to_string(T));
   const int64_t t = o.t > 0 ? o.t - 1 : timestep_for_strength(o.strength, T);
   int64_t unused = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, unused);
-  auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t), !o.sampler.no_clip, c.gen);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, unused);
+  auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t),
+                             clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
   auto p = psnr(r.result.clamp(-1, 1), c.inputs);
   std::vector<torch::Tensor> tiles;
   for (int64_t i = 0; i < c.inputs.size(0); ++i) {
@@ -125,7 +128,7 @@ void run_sweep(const EditOptions& o) {
   auto c = open_edit(o, 1);
   const int64_t T = c.pipeline.diffusion.timesteps(), shown = std::min<int64_t>(c.inputs.size(0), 3);
   int64_t unused = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, unused);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, unused);
   std::printf("%6s  %10s  %9s   (%lld images, %s)\n", "t", "MSE", "PSNR dB", static_cast<long long>(c.inputs.size(0)),
               o.sampler.sampler.c_str());
   std::vector<torch::Tensor> tiles;
@@ -134,7 +137,8 @@ void run_sweep(const EditOptions& o) {
     for (const char* name : {"original", "x_t", "result"}) columns.push_back(name);
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
-    auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
+    auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1),
+                               clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
     rows.push_back("t=" + std::to_string(r.t + 1));
     auto result = r.result.clamp(-1, 1);
     const double mse = (result - c.inputs).pow(2).mean().item<double>();
@@ -147,7 +151,7 @@ void run_sweep(const EditOptions& o) {
 
 void run_invert(const EditOptions& o) {
   auto c = open_edit(o, 1);
-  const auto spacing = timestep_spacing_from_string(o.sampler.spacing);
+  const auto spacing = sampler_config_of(o.sampler, c.pipeline.info().sampling).spacing;
   std::printf("%6s  %9s   (DDIM inversion and decoding, eta 0, x0 unclipped, %lld images)\n", "steps", "PSNR dB",
               static_cast<long long>(c.inputs.size(0)));
   std::vector<torch::Tensor> latents, recons;
@@ -197,11 +201,11 @@ void run_inpaint(const EditOptions& o) {
   auto c = open_edit(o, 1);
   auto known = load_known_mask(o.mask, c.pipeline.info().data.image_size).to(c.inputs.device());
   int64_t steps = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, steps);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, steps);
   InpaintOptions io;
   io.steps = steps;
   io.resample = o.resample;
-  io.clip_x0 = !o.sampler.no_clip;
+  io.clip_x0 = clip_x0_of(o.sampler, c.pipeline.info().sampling);
   auto result = inpaint(c.pipeline.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
   std::vector<torch::Tensor> tiles;
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
@@ -213,7 +217,7 @@ void run_inpaint(const EditOptions& o) {
 void run_interpolate(const EditOptions& o) {
   auto c = open_edit(o, 2);
   if (c.inputs.size(0) != 2) throw std::runtime_error("interpolate: give exactly two images");
-  const auto spacing = timestep_spacing_from_string(o.sampler.spacing);
+  const auto spacing = sampler_config_of(o.sampler, c.pipeline.info().sampling).spacing;
   const int64_t S = o.sampler.steps > 0 ? o.sampler.steps : 50;
   auto x_T = ddim_invert(c.pipeline.diffusion, c.net, c.inputs, S, spacing);
   std::vector<torch::Tensor> lerp_latents, slerp_latents;
@@ -240,15 +244,16 @@ void run_mix(const EditOptions& o) {
   if (c.inputs.size(0) != 2) throw std::runtime_error("mix: give exactly two images");
   const int64_t T = c.pipeline.diffusion.timesteps();
   int64_t unused = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline.diffusion, unused);
+  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, unused);
   std::vector<torch::Tensor> tiles;
   std::vector<std::string> rows, columns;
   for (double lambda : mixture_weights(o.frames)) columns.push_back(fixed(lambda, 2));
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
     rows.push_back("t=" + std::to_string(t1));
-    const auto mixed = denoise_mixtures(c.pipeline.diffusion, *sampler, c.net, c.inputs[0], c.inputs[1], o.frames, t1 - 1,
-                                        edit_steps(o, t1 - 1), !o.sampler.no_clip, c.gen);
+    const auto mixed =
+        denoise_mixtures(c.pipeline.diffusion, *sampler, c.net, c.inputs[0], c.inputs[1], o.frames, t1 - 1,
+                         edit_steps(o, t1 - 1), clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
     for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(mixed[k]);
   }
   write_figure(o.out, tiles, o.frames, "rows: t; columns: weight of the second image in the mixture", columns, rows);
@@ -257,7 +262,9 @@ void run_mix(const EditOptions& o) {
 CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::string& help,
                         const std::shared_ptr<EditOptions>& o) {
   auto* cmd = edit.add_subcommand(name, help);
-  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors, or a diffusers folder")
+      ->required()
+      ->check(CLI::ExistingPath);
   cmd->add_option("--image", o->images, "Input image file(s) (PNG/JPEG of the model's size and channels)");
   cmd->add_option("--test-index", o->test_indices, "Input image(s) from the checkpoint's test split, by index")
       ->delimiter(',');

@@ -29,13 +29,13 @@ struct EvalOptions {
 void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string& data_name, const Dataset& reference) {
   const auto& info = pipeline.info();
   GenerateOptions g;
-  g.sampler = sampler_config_of(o.sampler);
+  g.sampler = sampler_config_of(o.sampler, pipeline.info().sampling);
   g.steps = o.sampler.steps;
   g.n = o.nll.n > 0 ? o.nll.n : 1000;
   g.batch_size = o.batch_size;
   g.seed = o.nll.seed;
   g.guidance = o.guidance;
-  g.clip_x0 = !o.sampler.no_clip;
+  g.clip_x0 = clip_x0_of(o.sampler, pipeline.info().sampling);
   const int64_t steps = sampling_steps(pipeline, g), n = g.n;
   const int64_t classes = info.model.num_classes;
   if (classes == 0 && o.guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint");
@@ -79,6 +79,7 @@ void run_eval(EvalOptions& o) {
   const auto pipeline = load_pipeline(o.checkpoint, compute);
   const auto& info = pipeline.info();
   const std::string data_name = o.data.empty() ? info.data.name : o.data;
+  if (data_name.empty()) throw std::runtime_error("the checkpoint does not name its data set: give --data");
   const bool nll = o.metric == "nll";
   auto data = load_dataset(data_name, split_from_string(o.split), DataOptions{info.data.image_size, nll ? o.nll.n : 0});
   if (data.channels() != info.data.channels || data.image_size() != info.data.image_size) {
@@ -125,7 +126,9 @@ void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   o->nll.n = 0;  // 0: the metric's default (256 test images for nll, 1000 generated for fid)
   auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint: the NLL bound in bits/dim");
-  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors, or a diffusers folder")
+      ->required()
+      ->check(CLI::ExistingPath);
   cmd->add_option("--data", o->data, "Data set (default: the one the checkpoint was trained on)");
   cmd->add_option("--split", o->split, "Split")->check(CLI::IsMember({"train", "test"}))->capture_default_str();
   cmd->add_option("--metric", o->metric, "nll: bound in bits/dim; fid: classifier-Frechet distance (cFID)")

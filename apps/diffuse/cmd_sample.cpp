@@ -20,7 +20,8 @@ struct ClassSelection {
   int64_t per_row = 0;   // grid width (0: square)
 };
 
-ClassSelection select_classes(const std::string& label, double guidance, int64_t classes, int64_t n) {
+ClassSelection select_classes(const std::string& label, double guidance, const UNetConfig& model, int64_t n) {
+  const int64_t classes = model.num_classes;
   if (classes == 0) {
     if (label != "all" && label != "none") {
       throw std::runtime_error("--class " + label + ": this checkpoint is not class-conditional (train with --class-cond)");
@@ -34,6 +35,8 @@ ClassSelection select_classes(const std::string& label, double guidance, int64_t
   }
   if (label == "none") {
     if (guidance > 0) throw std::runtime_error("--guidance needs a class: with --class none there is nothing to guide to");
+    if (!model.null_class)
+      throw std::runtime_error("--class none: this model was trained without an unconditional class");
     return {torch::full({n}, classes, torch::kLong), 0};
   }
   int64_t k = -1;
@@ -66,14 +69,14 @@ void run_sample(const SampleCliOptions& o) {
   c10::InferenceMode inference;
   const auto pipeline = load_pipeline(o.checkpoint, compute);
   GenerateOptions g;
-  g.sampler = sampler_config_of(o.sampler);
+  g.sampler = sampler_config_of(o.sampler, pipeline.info().sampling);
   g.steps = o.sampler.steps;
   g.n = o.n;
   g.batch_size = o.batch_size;
   g.seed = o.seed;
   g.guidance = o.guidance;
-  g.clip_x0 = !o.sampler.no_clip;
-  const ClassSelection selection = select_classes(o.label, o.guidance, pipeline.info().model.num_classes, o.n);
+  g.clip_x0 = clip_x0_of(o.sampler, pipeline.info().sampling);
+  const ClassSelection selection = select_classes(o.label, o.guidance, pipeline.info().model, o.n);
   g.labels = selection.labels;
   const int64_t steps = sampling_steps(pipeline, g);
   std::vector<torch::Tensor> frames_xt, frames_x0;
@@ -126,9 +129,10 @@ void run_sample(const SampleCliOptions& o) {
 void add_sample_command(CLI::App& app) {
   auto o = std::make_shared<SampleCliOptions>();
   auto* cmd = app.add_subcommand("sample", "Generate images from a checkpoint");
-  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by diffuse train")
+  cmd->add_option("--checkpoint", o->checkpoint,
+                  "checkpoint.safetensors written by diffuse train, or a diffusers folder")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingPath);
   add_sampler_options(*cmd, o->sampler);
   cmd->add_option("--class", o->label, "Class-conditional checkpoints: all (a row per class), none, or a class index")
       ->capture_default_str();

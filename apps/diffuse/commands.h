@@ -19,22 +19,26 @@ void add_sample_command(CLI::App& app);
 void add_schedule_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_edit_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
 void add_show_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 
 // Sampler flags shared by `sample` and `eval --metric fid`.
 struct SamplerFlags {
-  std::string sampler = "ddim", spacing = "leading", ddpm_variance = "posterior";
+  std::string sampler = "ddim";
+  std::string spacing, ddpm_variance;  // empty: the checkpoint's sampling defaults
   int64_t steps = 0;  // 0: T for ddpm, 50 for ddim
   double eta = 0.0;
   bool no_clip = false;
 };
 void add_sampler_options(CLI::App& cmd, SamplerFlags& flags);
-// The sampler configuration of the flags (throws on --eta with a sampler other than ddim).
-SamplerConfig sampler_config_of(const SamplerFlags& flags);
-// The sampler and its step count for a diffusion of T steps; throws if --steps exceeds T.
-std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& flags, const GaussianDiffusion& diffusion,
-                                                 int64_t& steps);
+// The sampler configuration of the flags, the checkpoint's defaults where a flag is not given
+// (throws on --eta with a sampler other than ddim).
+SamplerConfig sampler_config_of(const SamplerFlags& flags, const SamplingDefaults& defaults);
+// Whether x̂_0 is clipped: the checkpoint's default unless --no-clip.
+bool clip_x0_of(const SamplerFlags& flags, const SamplingDefaults& defaults);
+// The sampler and its step count for the pipeline's diffusion of T steps; throws if --steps exceeds T.
+std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& flags, const Pipeline& pipeline, int64_t& steps);
 
 // A file the command will write (--out, --trajectory): its directory must exist and be writable,
 // checked when the flags are read, so that a mistyped path fails at once and not after minutes of

@@ -7,30 +7,30 @@ void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
   cmd.add_option("--sampler", f.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
   cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for the others)")->check(non_negative_number());
   cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(non_negative_number())->capture_default_str();
-  cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T")
-      ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
-      ->capture_default_str();
-  cmd.add_option("--ddpm-variance", f.ddpm_variance, "DDPM sigma^2: posterior (beta-tilde) or beta")
-      ->check(CLI::IsMember({"posterior", "beta"}))
-      ->capture_default_str();
+  cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T (default: the checkpoint's, else leading)")
+      ->check(CLI::IsMember({"leading", "trailing", "linspace"}));
+  cmd.add_option("--ddpm-variance", f.ddpm_variance,
+                 "DDPM sigma^2: posterior (beta-tilde) or beta (default: the checkpoint's, else posterior)")
+      ->check(CLI::IsMember({"posterior", "beta"}));
   cmd.add_flag("--no-clip", f.no_clip, "Do not clamp x0_pred to [-1, 1]");
 }
 
-SamplerConfig sampler_config_of(const SamplerFlags& f) {
+SamplerConfig sampler_config_of(const SamplerFlags& f, const SamplingDefaults& defaults) {
   SamplerConfig config;
   config.name = f.sampler;
-  config.spacing = timestep_spacing_from_string(f.spacing);
+  config.spacing = f.spacing.empty() ? defaults.spacing : timestep_spacing_from_string(f.spacing);
   if (f.eta != 0.0 && f.sampler != "ddim") throw std::runtime_error("--eta applies to --sampler ddim only");
   config.eta = f.eta;
-  config.ddpm_large_variance = f.ddpm_variance == "beta";
+  config.ddpm_large_variance = f.ddpm_variance.empty() ? defaults.ddpm_large_variance : f.ddpm_variance == "beta";
   return config;
 }
 
-std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const GaussianDiffusion& diffusion,
-                                                 int64_t& steps) {
-  const SamplerConfig config = sampler_config_of(f);
-  steps = sampling_steps(f.sampler, f.steps, diffusion.timesteps());
-  return make_sampler(config, diffusion.schedule());
+bool clip_x0_of(const SamplerFlags& f, const SamplingDefaults& defaults) { return defaults.clip_x0 && !f.no_clip; }
+
+std::unique_ptr<Sampler> make_sampler_from_flags(const SamplerFlags& f, const Pipeline& pipeline, int64_t& steps) {
+  const SamplerConfig config = sampler_config_of(f, pipeline.info().sampling);
+  steps = sampling_steps(f.sampler, f.steps, pipeline.diffusion.timesteps());
+  return make_sampler(config, pipeline.diffusion.schedule());
 }
 
 }  // namespace diffuse::cli

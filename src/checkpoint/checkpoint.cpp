@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "diffuse/checkpoint/diffusers.h"
+
 namespace diffuse {
 
 namespace {
@@ -22,6 +24,30 @@ ScheduleConfig schedule_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
+nlohmann::json to_json(const SamplingDefaults& d) {
+  return {{"spacing", to_string(d.spacing)},
+          {"clip_x0", d.clip_x0},
+          {"clipped_eps", d.clipped_eps == ClippedEps::recompute ? "recompute" : "keep"},
+          {"ddpm_variance", d.ddpm_large_variance ? "beta" : "posterior"}};
+}
+
+SamplingDefaults sampling_defaults_from_json(const nlohmann::json& j) {
+  SamplingDefaults d;
+  d.spacing = timestep_spacing_from_string(j.at("spacing").get<std::string>());
+  d.clip_x0 = j.at("clip_x0").get<bool>();
+  const auto clipped_eps = j.at("clipped_eps").get<std::string>();
+  if (clipped_eps != "recompute" && clipped_eps != "keep") {
+    throw std::invalid_argument("sampling.clipped_eps '" + clipped_eps + "' (expected recompute or keep)");
+  }
+  d.clipped_eps = clipped_eps == "keep" ? ClippedEps::keep : ClippedEps::recompute;
+  const auto variance = j.at("ddpm_variance").get<std::string>();
+  if (variance != "beta" && variance != "posterior") {
+    throw std::invalid_argument("sampling.ddpm_variance '" + variance + "' (expected posterior or beta)");
+  }
+  d.ddpm_large_variance = variance == "beta";
+  return d;
+}
+
 std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info) {
   nlohmann::json data = {{"name", info.data.name},
                          {"channels", info.data.channels},
@@ -32,7 +58,8 @@ std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& inf
           {"schedule", to_json(info.schedule).dump()},
           {"objective", to_string(info.objective)},
           {"data", data.dump()},
-          {"step", std::to_string(info.step)}};
+          {"step", std::to_string(info.step)},
+          {"sampling", to_json(info.sampling).dump()}};
 }
 
 CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::string>& md, const std::string& source) {
@@ -58,6 +85,7 @@ CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::st
     info.data.image_size = data.at("image_size").get<int64_t>();
     info.data.num_classes = data.at("num_classes").get<int64_t>();
     info.step = std::stoll(field("step"));
+    if (md.count("sampling")) info.sampling = sampling_defaults_from_json(nlohmann::json::parse(md.at("sampling")));
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + source + "': bad metadata: " + e.what());
   }
@@ -93,6 +121,7 @@ void save_checkpoint(const std::string& path, const UNet& model, const Checkpoin
 
 LoadedCheckpoint load_checkpoint(const std::string& path, torch::Device device) {
   if (!std::filesystem::exists(path)) throw std::runtime_error("checkpoint '" + path + "' does not exist");
+  if (std::filesystem::is_directory(path)) return load_diffusers(path, device);
   const auto content = load_safetensors(path);
   LoadedCheckpoint out;
   out.info = checkpoint_info_from_metadata(content.metadata, path);

@@ -22,8 +22,9 @@ torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, const 
   return table.index_select(0, t.to(table.device(), torch::kLong)).to(dtype).view(shape);
 }
 
-GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device)
-    : schedule_(std::move(schedule)), objective_(objective), device_(device) {
+GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device,
+                                     ClippedEps clipped_eps)
+    : schedule_(std::move(schedule)), objective_(objective), device_(device), clipped_eps_(clipped_eps) {
   betas_ = NoiseSchedule::tensor(schedule_.betas, device);
   alphas_ = NoiseSchedule::tensor(schedule_.alphas, device);
   sqrt_alpha_bar_ = NoiseSchedule::tensor(schedule_.sqrt_alpha_bar, device);
@@ -74,7 +75,7 @@ Prediction GaussianDiffusion::split_model_output(const torch::Tensor& model_out,
   }
   if (clip_x0) {
     p.x0 = p.x0.clamp(-1.0, 1.0);
-    p.eps = predict_eps_from_x0(x_t, t, p.x0);
+    if (clipped_eps_ == ClippedEps::recompute) p.eps = predict_eps_from_x0(x_t, t, p.x0);
   }
   return p;
 }

@@ -19,8 +19,8 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
 
   time_fc1 = register_module("time_fc1", torch::nn::Linear(c.channels, time_dim));
   time_fc2 = register_module("time_fc2", torch::nn::Linear(time_dim, time_dim));
-  if (c.num_classes > 0) {  // one extra row: the "no label" class used for guidance
-    label_embedding = register_module("label_embedding", torch::nn::Embedding(c.num_classes + 1, time_dim));
+  if (c.num_classes > 0) {  // with null_class, one extra row: the "no label" class used for guidance
+    label_embedding = register_module("label_embedding", torch::nn::Embedding(c.label_rows(), time_dim));
   }
   conv_in = register_module(
       "conv_in",
@@ -105,6 +105,8 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
   auto emb = time_fc2(F::silu(
       time_fc1(timestep_embedding(t, config_.channels, config_.flip_sin_to_cos, config_.freq_shift).to(dtype))));
   if (label_embedding) {  // no labels given: the "no label" class ∅ = num_classes
+    TORCH_CHECK(y.defined() || config_.null_class,
+                "UNet: this model was trained without an unconditional class; give every image a label");
     emb = emb + label_embedding(y.defined() ? y : torch::full({x_t.size(0)}, config_.num_classes,
                                                                torch::dtype(torch::kLong).device(x_t.device())));
   }

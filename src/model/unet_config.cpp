@@ -133,6 +133,7 @@ nlohmann::json to_json(const UNetConfig& c) {
           {"freq_shift", c.freq_shift},
           {"downsample_padding", to_string(c.downsample_padding)},
           {"num_classes", c.num_classes},
+          {"null_class", c.null_class},
           {"extra_in_channels", c.extra_in_channels},
           {"cross_attention_dim", c.cross_attention_dim}};
 }
@@ -176,6 +177,7 @@ UNetConfig unet_config_from_json(const nlohmann::json& j) {
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(std::string("model config: ") + e.what());
   }
+  get_optional("null_class", c.null_class);
   get_optional("extra_in_channels", c.extra_in_channels);
   get_optional("cross_attention_dim", c.cross_attention_dim);
   validate(c);

@@ -21,7 +21,8 @@ Pipeline load_pipeline(const std::string& checkpoint_path, const Compute& comput
   auto checkpoint = load_checkpoint(checkpoint_path, compute.device);
   checkpoint.model->set_memory_format(compute.memory_format);
   checkpoint.model->eval();
-  GaussianDiffusion diffusion(NoiseSchedule(checkpoint.info.schedule), checkpoint.info.objective, compute.device);
+  GaussianDiffusion diffusion(NoiseSchedule(checkpoint.info.schedule), checkpoint.info.objective, compute.device,
+                              checkpoint.info.sampling.clipped_eps);
   return Pipeline{std::move(checkpoint), std::move(diffusion), compute};
 }
 
@@ -30,6 +31,9 @@ namespace {
 void check_guidance(const Pipeline& pipeline, double guidance) {
   if (pipeline.info().model.num_classes == 0 && guidance > 0) {
     throw std::invalid_argument("guidance needs a class-conditional checkpoint (train with --class-cond)");
+  }
+  if (!pipeline.info().model.null_class && guidance > 0) {
+    throw std::invalid_argument("guidance needs the unconditional model ε(x, ∅), and this one was trained without it");
   }
 }
 
@@ -50,10 +54,25 @@ ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance) {
 }
 
 Denoiser make_unconditional_denoiser(const Pipeline& pipeline) {
+  const auto& model = pipeline.info().model;
+  if (model.num_classes > 0 && !model.null_class) {
+    throw std::invalid_argument(
+        "this class-conditional model was trained without an unconditional class (diffusers' num_class_embeds), "
+        "and the NLL and editing run the network without labels");
+  }
   // no labels: the model's ∅ (no guidance is applied at w = 0)
   return [network = make_denoiser(pipeline)](const torch::Tensor& x, const torch::Tensor& t) {
     return network(x, t, torch::Tensor());
   };
+}
+
+GenerateOptions default_generate_options(const Pipeline& pipeline) {
+  const auto& defaults = pipeline.info().sampling;
+  GenerateOptions options;
+  options.sampler.spacing = defaults.spacing;
+  options.sampler.ddpm_large_variance = defaults.ddpm_large_variance;
+  options.clip_x0 = defaults.clip_x0;
+  return options;
 }
 
 int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options) {

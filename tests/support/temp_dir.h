@@ -24,8 +24,9 @@ class TempDir {
   TempDir() {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/diffuse_test_" + info->test_suite_name() + "_" +
-                          info->name() + "_XXXXXX";
+    std::string test = std::string(info->test_suite_name()) + "_" + info->name();
+    for (char& ch : test) ch = ch == '/' ? '_' : ch;  // parameterised tests are named "Suite/Test/Param"
+    std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/diffuse_test_" + test + "_XXXXXX";
     std::vector<char> buffer(pattern.begin(), pattern.end());
     buffer.push_back('\0');
     if (!::mkdtemp(buffer.data())) throw std::runtime_error("TempDir: mkdtemp failed for " + pattern);

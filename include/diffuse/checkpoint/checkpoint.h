@@ -6,6 +6,7 @@
 //   "objective" "eps" | "x0"
 //   "data"      {"name", "channels", "image_size", "num_classes"}
 //   "step"      training step the weights come from
+//   "sampling"  {"spacing", "clip_x0", "clipped_eps", "ddpm_variance"} (optional: the defaults)
 // Tensors are the network's parameters under their module paths (e.g. "down_0_0_res.conv1.weight").
 #pragma once
 
@@ -17,6 +18,7 @@
 #include "diffuse/io/safetensors.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/schedule/noise_schedule.h"
+#include "diffuse/schedule/timestep_spacing.h"
 
 namespace diffuse {
 
@@ -27,16 +29,28 @@ struct DataInfo {
   int64_t num_classes = 0;
 };
 
+// How the model's own pipeline samples: a diffusers scheduler config says it, a model trained
+// here has these defaults. Sampler flags given on the command line override it.
+struct SamplingDefaults {
+  TimestepSpacing spacing = TimestepSpacing::leading;
+  bool clip_x0 = true;
+  ClippedEps clipped_eps = ClippedEps::recompute;
+  bool ddpm_large_variance = false;  // DDPM σ² = β_t (diffusers' fixed_large) instead of β̃_t
+};
+
 struct CheckpointInfo {
   UNetConfig model;
   ScheduleConfig schedule;
   Objective objective = Objective::eps;
   DataInfo data;
   int64_t step = 0;
+  SamplingDefaults sampling;
 };
 
 nlohmann::json to_json(const ScheduleConfig& config);
 ScheduleConfig schedule_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const SamplingDefaults& defaults);
+SamplingDefaults sampling_defaults_from_json(const nlohmann::json& j);
 
 std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info);
 CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::string>& metadata,
@@ -54,7 +68,8 @@ struct LoadedCheckpoint {
   CheckpointInfo info;
   UNet model{nullptr};
 };
-// Rebuilds the network from the metadata and loads its weights; errors name the file.
+// Rebuilds the network from the metadata and loads its weights; errors name the file. A folder
+// is read as diffusers' format (checkpoint/diffusers.h): a pipeline or a bare unet/ folder.
 LoadedCheckpoint load_checkpoint(const std::string& path, torch::Device device);
 
 }  // namespace diffuse

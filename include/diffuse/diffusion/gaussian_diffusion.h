@@ -30,14 +30,20 @@ struct PosteriorMeanVariance {
   torch::Tensor log_variance;  // log β̃_t (clipped at t = 1)
 };
 
+// What clipping x̂_0 to [−1, 1] does to ε̂: recomputed from the clipped x̂_0 so that the pair stays
+// consistent (improved-diffusion), or kept as the network gave it (diffusers' schedulers).
+enum class ClippedEps { recompute, keep };
+
 class GaussianDiffusion {
  public:
-  GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device);
+  GaussianDiffusion(NoiseSchedule schedule, Objective objective, torch::Device device,
+                    ClippedEps clipped_eps = ClippedEps::recompute);
 
   const NoiseSchedule& schedule() const { return schedule_; }
   Objective objective() const { return objective_; }
   int64_t timesteps() const { return schedule_.timesteps(); }
   torch::Device device() const { return device_; }
+  ClippedEps clipped_eps() const { return clipped_eps_; }
 
   // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,  ε ~ N(0, I)                      (DDPM eq. 4)
   torch::Tensor q_sample(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise) const;
@@ -51,7 +57,7 @@ class GaussianDiffusion {
   torch::Tensor predict_eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& x0) const;
 
   // The network output (ε or x_0, per the objective) as both x̂_0 and ε̂; with `clip_x0`,
-  // x̂_0 is clamped to [−1, 1] and ε̂ recomputed from it so the pair stays consistent.
+  // x̂_0 is clamped to [−1, 1] and ε̂ recomputed from it or kept (clipped_eps()).
   Prediction split_model_output(const torch::Tensor& model_out, const torch::Tensor& x_t,
                                 const torch::Tensor& t, bool clip_x0) const;
 
@@ -71,6 +77,7 @@ class GaussianDiffusion {
   NoiseSchedule schedule_;
   Objective objective_;
   torch::Device device_;
+  ClippedEps clipped_eps_;
   // Device copies (float64) of the tables used with batched timesteps; `extract` hands them out
   // in x's precision, so that float64 x is computed to float64 accuracy.
   torch::Tensor betas_, alphas_, sqrt_alpha_bar_, sqrt_one_minus_alpha_bar_;

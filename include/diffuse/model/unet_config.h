@@ -40,11 +40,16 @@ struct UNetConfig {
   int64_t freq_shift = 1;
   DownsamplePadding downsample_padding = DownsamplePadding::symmetric;
   int64_t num_classes = 0;     // > 0: class-conditional, label `num_classes` means "no label"
+  // The label embedding has a row for "no label" (trained by label dropout, used by guidance);
+  // false for class-conditional models trained without one (diffusers' num_class_embeds).
+  bool null_class = true;
   int64_t extra_in_channels = 0;  // condition channels concatenated to x_t at the input
   // Reserved for cross-attention to a token sequence (text); only 0 is built today.
   int64_t cross_attention_dim = 0;
 
   int64_t time_embed_dim() const { return channels * 4; }
+  // Rows of the label embedding: the classes, and ∅ where the model has one.
+  int64_t label_rows() const { return num_classes + (null_class ? 1 : 0); }
   int64_t level_channels(int64_t level) const { return channels * channel_mult.at(level); }
   int64_t levels() const { return static_cast<int64_t>(channel_mult.size()); }
   bool has_attention_at(int64_t resolution) const;
@@ -66,7 +71,7 @@ std::vector<std::string> unet_config_names();
 void validate(const UNetConfig& config);
 
 nlohmann::json to_json(const UNetConfig& config);
-// Fields written before the general config (mid_attention … cross_attention_dim) take their
+// Fields written before the general config (mid_attention … null_class) take their
 // defaults when absent, so that older checkpoints load; the result is validated.
 UNetConfig unet_config_from_json(const nlohmann::json& j);  // throws naming the bad field
 

@@ -56,6 +56,9 @@ struct GenerateOptions {
   bool clip_x0 = true;
 };
 
+// The options the checkpoint's own sampling defaults give (spacing, clipping, DDPM's variance).
+GenerateOptions default_generate_options(const Pipeline& pipeline);
+
 // S for these options: `steps`, else T for ddpm and 50 for the others; throws where S > T.
 int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options);
 
