@@ -224,6 +224,16 @@ TEST(Diffusers, SchedulerConfigsBecomeTheScheduleObjectiveAndSamplingDefaults) {
     const double want = std::min(1 - alpha_bar((i + 1) / 500.0) / alpha_bar(i / 500.0), 0.999);
     EXPECT_NEAR(betas[i], want, 1e-12) << i;
   }
+  // trained_betas replace beta_schedule, and go back out as they came
+  const auto trained = scheduler_from_diffusers({{"num_train_timesteps", 3}, {"trained_betas", {0.1, 0.25, 0.5}}});
+  EXPECT_EQ(make_betas(trained.schedule), (std::vector<double>{0.1, 0.25, 0.5}));
+  CheckpointInfo info;
+  info.schedule = trained.schedule;
+  EXPECT_EQ(diffusers_scheduler_config(info).at("trained_betas"), nlohmann::json({0.1, 0.25, 0.5}));
+  EXPECT_NE(error_of([&] {
+              scheduler_from_diffusers({{"num_train_timesteps", 3}, {"trained_betas", {0.1}}});
+            }).find("trained_betas"),
+            std::string::npos);
   // DDPMScheduler's defaults for a bare unet folder
   const auto d = scheduler_from_diffusers(nlohmann::json::object());
   EXPECT_EQ(d.schedule.kind, BetaSchedule::linear);

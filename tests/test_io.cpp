@@ -115,6 +115,36 @@ TEST(Checkpoint, MissingOrForeignFilesAreClearErrors) {
   EXPECT_NE(shape.find(state.back().first + "' has shape [3]"), std::string::npos) << shape;
 }
 
+TEST(Checkpoint, ScheduleMetadataIsBoundedBeforeAnyTableIsBuilt) {
+  TempDir dir;
+  CheckpointInfo info;
+  info.model = unet_config_by_name("tiny", 1, 8);
+  info.data = DataInfo{"unit", 1, 8, 0};
+  UNet net(info.model);
+  auto write_with_schedule = [&](const nlohmann::json& schedule) {
+    auto metadata = checkpoint_metadata(info);
+    metadata["schedule"] = schedule.dump();
+    save_safetensors(dir / "s.safetensors", named_state(*net), metadata);
+    return error_of([&] { load_checkpoint(dir / "s.safetensors", torch::kCPU); });
+  };
+  const auto huge =
+      write_with_schedule({{"kind", "linear"}, {"timesteps", 1000000000}, {"beta_start", 1e-4}, {"beta_end", 0.02}});
+  EXPECT_NE(huge.find("schedule.timesteps = 1000000000: must be in [1, 100000]"), std::string::npos) << huge;
+  const auto beta =
+      write_with_schedule({{"kind", "linear"}, {"timesteps", 10}, {"beta_start", 1e-4}, {"beta_end", 2.0}});
+  EXPECT_NE(beta.find("outside (0, 1)"), std::string::npos) << beta;
+  // a trained table: T entries, kept exactly
+  info.schedule.kind = BetaSchedule::trained;
+  info.schedule.timesteps = 3;
+  info.schedule.trained_betas = {0.1, 0.2, 0.3};
+  save_checkpoint(dir / "t.safetensors", net, info);
+  EXPECT_EQ(load_checkpoint(dir / "t.safetensors", torch::kCPU).info.schedule.trained_betas,
+            info.schedule.trained_betas);
+  const auto short_table = write_with_schedule(
+      {{"kind", "trained"}, {"timesteps", 4}, {"beta_start", 0.1}, {"beta_end", 0.3}, {"betas", {0.1, 0.2}}});
+  EXPECT_NE(short_table.find("2 trained betas for T = 4"), std::string::npos) << short_table;
+}
+
 TEST(Png, GridEncodesAndDecodesToTheSamePixels) {
   TempDir dir;
   auto images = torch::rand({5, 3, 6, 7}) * 2 - 1;

@@ -17,7 +17,8 @@ namespace diffuse::cli {
 namespace {
 
 struct EvalOptions {
-  std::string checkpoint, data, split = "test", metric = "nll", variance = "posterior";
+  std::string checkpoint, data, split = "test", metric = "nll";
+  std::string variance;  // empty: the checkpoint's (diffusers' variance_type), else posterior
   ComputeFlags compute;
   bool json = false;
   NllOptions nll;
@@ -89,6 +90,7 @@ void run_eval(EvalOptions& o) {
   }
   if (!nll) return run_cfid(o, pipeline, data_name, data);
   if (o.nll.n <= 0) o.nll.n = 256;
+  if (o.variance.empty()) o.variance = info.sampling.ddpm_large_variance ? "beta" : "posterior";
   o.nll.variance = model_variance_from_string(o.variance);
   const auto r = evaluate_nll(pipeline, data, o.nll);
 
@@ -141,9 +143,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--t-samples", o->nll.t_samples, "Monte Carlo: timesteps drawn per image")
       ->check(positive_number())
       ->capture_default_str();
-  cmd->add_option("--variance", o->variance, "Reverse-process variance: posterior (beta-tilde) or beta")
-      ->check(CLI::IsMember({"posterior", "beta"}))
-      ->capture_default_str();
+  cmd->add_option(
+         "--variance", o->variance,
+         "Reverse-process variance: posterior (beta-tilde) or beta (default: the checkpoint's, else posterior)")
+      ->check(CLI::IsMember({"posterior", "beta"}));
   cmd->add_option("--seed", o->nll.seed, "Random seed")->capture_default_str();
   cmd->add_option("--sample-batch-size", o->batch_size, "fid: images per sampling batch")->check(positive_number())->capture_default_str();
   add_sampler_options(*cmd, o->sampler);

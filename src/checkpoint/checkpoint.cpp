@@ -12,15 +12,25 @@ constexpr const char* kFormat = "diffuse-checkpoint-1";
 }
 
 nlohmann::json to_json(const ScheduleConfig& c) {
-  return {{"kind", to_string(c.kind)}, {"timesteps", c.timesteps}, {"beta_start", c.beta_start}, {"beta_end", c.beta_end}};
+  nlohmann::json j = {
+      {"kind", to_string(c.kind)}, {"timesteps", c.timesteps}, {"beta_start", c.beta_start}, {"beta_end", c.beta_end}};
+  if (c.kind == BetaSchedule::trained) j["betas"] = c.trained_betas;
+  return j;
 }
 
 ScheduleConfig schedule_config_from_json(const nlohmann::json& j) {
   ScheduleConfig c;
   c.kind = beta_schedule_from_string(j.at("kind").get<std::string>());
   c.timesteps = j.at("timesteps").get<int64_t>();
+  // bounded before any table of T entries is allocated
+  if (c.timesteps < 1 || c.timesteps > kMaxTimesteps) {
+    throw std::invalid_argument("schedule.timesteps = " + std::to_string(c.timesteps) + ": must be in [1, " +
+                                std::to_string(kMaxTimesteps) + "]");
+  }
   c.beta_start = j.at("beta_start").get<double>();
   c.beta_end = j.at("beta_end").get<double>();
+  if (c.kind == BetaSchedule::trained) c.trained_betas = j.at("betas").get<std::vector<double>>();
+  make_betas(c);  // every β in (0, 1), T of them
   return c;
 }
 

@@ -262,7 +262,9 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
   DiffusersScheduler out;
   auto& s = out.schedule;
   s.timesteps = r.integer("num_train_timesteps", 1000);
-  if (s.timesteps < 1 || s.timesteps > 100000) r.refuse("num_train_timesteps", "must be in [1, 100000]");
+  if (s.timesteps < 1 || s.timesteps > kMaxTimesteps) {
+    r.refuse("num_train_timesteps", "must be in [1, " + std::to_string(kMaxTimesteps) + "]");
+  }
   s.beta_start = r.number("beta_start", 1e-4);
   s.beta_end = r.number("beta_end", 0.02);
   if (!(s.beta_start > 0 && s.beta_start <= s.beta_end && s.beta_end < 1)) {
@@ -279,7 +281,17 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
   } else {
     r.refuse("beta_schedule", "linear, scaled_linear or squaredcos_cap_v2");
   }
-  if (r.has("trained_betas")) r.refuse("trained_betas", "a table of betas is not read yet (null only)");
+  if (r.has("trained_betas")) {  // replaces beta_schedule
+    const auto& list = r.raw("trained_betas");
+    if (!list.is_array() || static_cast<int64_t>(list.size()) != s.timesteps) {
+      r.refuse("trained_betas", "expected num_train_timesteps numbers");
+    }
+    s.kind = BetaSchedule::trained;
+    for (const auto& b : list) {
+      if (!b.is_number() || !(b.get<double>() > 0 && b.get<double>() < 1)) r.refuse("trained_betas", "each in (0, 1)");
+      s.trained_betas.push_back(b.get<double>());
+    }
+  }
   const auto prediction = r.string("prediction_type", "epsilon");
   if (prediction == "epsilon") {
     out.objective = Objective::eps;
@@ -311,7 +323,7 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
 
 nlohmann::json diffusers_scheduler_config(const CheckpointInfo& info) {
   const auto& s = info.schedule;
-  std::string kind = "linear";
+  std::string kind = "linear";  // ignored by diffusers where trained_betas is given
   if (s.kind == BetaSchedule::scaled_linear) kind = "scaled_linear";
   if (s.kind == BetaSchedule::cosine) {
     if (s.cosine_s != 0.008) throw std::runtime_error("export: diffusers' cosine schedule has s = 0.008 only");
@@ -332,7 +344,7 @@ nlohmann::json diffusers_scheduler_config(const CheckpointInfo& info) {
           {"steps_offset", 0},
           {"thresholding", false},
           {"timestep_spacing", to_string(info.sampling.spacing)},
-          {"trained_betas", nullptr},
+          {"trained_betas", s.kind == BetaSchedule::trained ? nlohmann::json(s.trained_betas) : nlohmann::json()},
           {"variance_type", info.sampling.ddpm_large_variance ? "fixed_large" : "fixed_small"}};
 }
 

@@ -10,6 +10,8 @@ std::string to_string(BetaSchedule kind) {
     case BetaSchedule::linear: return "linear";
     case BetaSchedule::cosine: return "cosine";
     case BetaSchedule::scaled_linear: return "scaled-linear";
+    case BetaSchedule::trained:
+      return "trained";
   }
   return "?";
 }
@@ -18,8 +20,9 @@ BetaSchedule beta_schedule_from_string(const std::string& name) {
   if (name == "linear") return BetaSchedule::linear;
   if (name == "cosine") return BetaSchedule::cosine;
   if (name == "scaled-linear" || name == "scaled_linear") return BetaSchedule::scaled_linear;
+  if (name == "trained") return BetaSchedule::trained;
   throw std::invalid_argument("unknown beta schedule '" + name +
-                              "' (expected linear, cosine or scaled-linear)");
+                              "' (expected linear, cosine, scaled-linear or trained)");
 }
 
 namespace {
@@ -63,6 +66,13 @@ std::vector<double> make_betas(const ScheduleConfig& config) {
       }
       break;
     }
+    case BetaSchedule::trained:
+      if (static_cast<int64_t>(config.trained_betas.size()) != T) {
+        throw std::invalid_argument("schedule: " + std::to_string(config.trained_betas.size()) +
+                                    " trained betas for T = " + std::to_string(T));
+      }
+      betas = config.trained_betas;
+      break;
   }
   for (int64_t i = 0; i < T; ++i) {
     if (!(betas[i] > 0.0 && betas[i] < 1.0)) {

@@ -11,10 +11,13 @@
 
 namespace diffuse {
 
-enum class BetaSchedule { linear, cosine, scaled_linear };
+enum class BetaSchedule { linear, cosine, scaled_linear, trained };
 
 std::string to_string(BetaSchedule kind);
 BetaSchedule beta_schedule_from_string(const std::string& name);  // throws on unknown names
+
+// The longest chain a file may ask for (T tables of float64 are allocated from it).
+constexpr int64_t kMaxTimesteps = 100000;
 
 struct ScheduleConfig {
   BetaSchedule kind = BetaSchedule::linear;
@@ -22,6 +25,7 @@ struct ScheduleConfig {
   double beta_start = 1e-4;   // β_1   (linear, scaled-linear)
   double beta_end = 0.02;     // β_T   (linear, scaled-linear)
   double cosine_s = 0.008;    // offset s of the cosine schedule
+  std::vector<double> trained_betas;  // trained: β_1..β_T as given (diffusers' trained_betas)
 };
 
 // β_1..β_T for a schedule.
@@ -29,6 +33,7 @@ struct ScheduleConfig {
 //   scaled-linear: β_t = linspace(√β_start, √β_end, T)²
 //   cosine:        ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T) + s)/(1 + s) · π/2),
 //                  β_t = min(1 − ᾱ(t)/ᾱ(t−1), 0.999)     (Nichol & Dhariwal 2021, eq. 17)
+//   trained:       β_t as listed (T of them, each in (0, 1))
 std::vector<double> make_betas(const ScheduleConfig& config);
 
 // The posterior q(x_prev | x_t, x_0) = N(μ̃, β̃ I) between any two points of the chain with
