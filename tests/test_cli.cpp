@@ -44,10 +44,13 @@ TEST(Cli, ScheduleCsvHasTheDocumentedHeaderAndFullPrecision) {
 }
 
 TEST(Cli, BadFlagsAreRejectedWithAMessage) {
-  for (const std::string args : {"schedule --schedule quadratic", "schedule --steps 0 --sampler ddim",
-                                 "train --data mnist", "sample --checkpoint /no/such/file.safetensors --out x.png",
-                                 "frobnicate", "sample --sampler euler-a --checkpoint x",
-                                 "bench --what sample --cuda-graph everything"}) {
+  for (const std::string args :
+       {"schedule --schedule quadratic", "schedule --steps 0 --sampler ddim", "train --data mnist",
+        "sample --checkpoint /no/such/file.safetensors --out x.png", "frobnicate",
+        "sample --sampler euler-a --checkpoint x", "bench --what sample --cuda-graph everything",
+        "sample --checkpoint x --eta 1e308 --out x.png", "sample --checkpoint x --eta nan",
+        "sample --checkpoint x --guidance 1e308", "train --data mnist --out x --ema-decay nan",
+        "train --data mnist --out x --label-dropout nan"}) {
     auto r = run(args);
     EXPECT_NE(r.status, 0) << args;
     EXPECT_FALSE(r.output.empty()) << args;
@@ -212,7 +215,8 @@ TEST(Cli, TrainThenSampleEndToEnd) {
   EXPECT_EQ(j.at("images").get<int>(), 6);
 }
 
-TEST(Cli, CtrlCWritesACheckpointAndResumeContinues) {
+// SIGTERM (timeout, Slurm, systemd, docker) takes the same path as Ctrl-C (SIGINT) and SIGHUP.
+TEST(Cli, SigtermWritesACheckpointAndResumeContinues) {
   TempDir dir;
   const std::string run_dir = dir / "run";
   const std::string train = std::string(DIFFUSE_BINARY) +
@@ -223,23 +227,44 @@ TEST(Cli, CtrlCWritesACheckpointAndResumeContinues) {
   // failed once in a loaded full run, most likely interrupting the run before its first step.
   const std::string script = train + " --steps 100000 --log-every 1 > " + dir / "out.txt" + " 2>&1 & pid=$!; " +
                              "for i in $(seq 1200); do [ -f " + run_dir + "/log.csv ] && break; sleep 0.1; done; " +
-                             "kill -INT $pid; wait $pid; echo $?";
+                             "kill -TERM $pid; wait $pid; echo $?";
   FILE* pipe = popen(script.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   char buf[64] = {0};
   ASSERT_NE(fgets(buf, sizeof buf, pipe), nullptr);
   pclose(pipe);
-  EXPECT_EQ(std::string(buf), "130\n") << diffuse::read_file(dir / "out.txt");
+  EXPECT_EQ(std::string(buf), "143\n") << diffuse::read_file(dir / "out.txt");  // 128 + SIGTERM
   const std::string out = diffuse::read_file(dir / "out.txt");
   EXPECT_NE(out.find("interrupted at step"), std::string::npos) << out;
   EXPECT_NE(out.find("--resume"), std::string::npos) << out;
   ASSERT_TRUE(std::filesystem::exists(run_dir + "/checkpoint.safetensors"));
 
+  // A flag that would change the model is refused; one that changes training is said.
+  auto r = run("--threads 1 train --data mnist --limit 64 --model tiny --timesteps 100 --resume --steps 400 --out " +
+               run_dir);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--timesteps 100: the run in"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("has T = 50"), std::string::npos) << r.output;
+
   // Resuming continues from the saved step to the new target.
-  auto r = run("--threads 1 train --data mnist --limit 64 --model tiny --batch-size 4 --timesteps 50 --preview-n 2 "
-               "--no-progress --resume --steps 400 --out " + run_dir);
+  r =
+      run("--threads 1 train --data mnist --limit 64 --model tiny --batch-size 4 --timesteps 50 --preview-n 2 "
+          "--no-progress --resume --steps 400 --lr 0.0005 --log-every 1 --out " +
+          run_dir);
   EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("resume: --lr 0.0005 (was 0.001)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("finished at step 400"), std::string::npos) << r.output;
+  // every step is logged once, the rows written after the saved step dropped on resume
+  std::istringstream log(diffuse::read_file(run_dir + "/log.csv"));
+  std::string line;
+  std::getline(log, line);
+  int64_t previous = 0;
+  while (std::getline(log, line)) {
+    const int64_t step = std::stoll(line);
+    EXPECT_GT(step, previous) << line;
+    previous = step;
+  }
+  EXPECT_EQ(previous, 400);
 }
 
 TEST(Cli, ClassConditionalGuidanceAndEditing) {

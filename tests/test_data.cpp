@@ -75,11 +75,11 @@ TEST(FashionMnist, DebiansPackageLoadsThroughItsName) {
 
 TEST(Idx, ReadsPlainAndGzipAndRejectsDamage) {
   TempDir dir;
-  const auto good = idx_images(3, 4, 5);
+  const auto good = idx_images(3, 4, 4);
   write_file_atomic(dir / "plain", good);
   auto t = read_idx_u8(dir / "plain", 3);
-  EXPECT_EQ(t.sizes(), (std::vector<int64_t>{3, 4, 5}));
-  EXPECT_EQ(t[2][3][4].item<uint8_t>(), (2 * 20 + 3 * 5 + 4) % 251);
+  EXPECT_EQ(t.sizes(), (std::vector<int64_t>{3, 4, 4}));
+  EXPECT_EQ(t[2][3][3].item<uint8_t>(), (2 * 16 + 3 * 4 + 3) % 251);
   {
     gzFile f = gzopen((dir / "z.gz").c_str(), "wb");
     gzwrite(f, good.data(), static_cast<unsigned>(good.size()));
@@ -99,6 +99,16 @@ TEST(Idx, ReadsPlainAndGzipAndRejectsDamage) {
   write_file_atomic(dir / "head", good.substr(0, 6));
   EXPECT_NE(error_of([&] { read_idx_u8(dir / "head", 3); }).find("header"), std::string::npos);
   EXPECT_NE(error_of([&] { read_idx_u8(dir / "absent", 3); }).find("absent"), std::string::npos);
+  // non-square images; a header that promises more than the limit, or far more than the file holds
+  write_file_atomic(dir / "wide", idx_images(2, 28, 3));
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "wide", 3); }).find("images are 28×3"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_idx_u8(dir / "plain", 3, 47); }).find("48 bytes of data, more than the limit of 47"),
+            std::string::npos);
+  // 1024 images of 1024×1024: the header promises 1 GiB, the file holds nothing
+  const std::string header_only("\0\0\x08\x03\0\0\x04\0\0\0\x04\0\0\0\x04\0", 16);
+  write_file_atomic(dir / "claim", header_only);
+  const auto claim = error_of([&] { read_idx_u8(dir / "claim", 3); });
+  EXPECT_NE(claim.find("found 0"), std::string::npos) << claim;  // refused without allocating what it claims
 }
 
 TEST(Idx, DirectoryWithMismatchedCountsIsAnError) {

@@ -45,11 +45,81 @@ TEST(Safetensors, DamagedFilesGiveErrorsNamingTheFile) {
   EXPECT_NE(error_of([&] { safetensors_parse(good.substr(0, 5), "tiny.st"); }).find("shorter than 8 bytes"), std::string::npos);
   std::string bad_json = good;
   bad_json[8] = '#';  // the header's opening brace
-  EXPECT_NE(error_of([&] { safetensors_parse(bad_json, "bad.st"); }).find("corrupt safetensors header"), std::string::npos);
+  EXPECT_NE(error_of([&] { safetensors_parse(bad_json, "bad.st"); }).find("does not start with '{'"),
+            std::string::npos);
   std::string huge = good;
   huge[7] = 0x7f;  // header length far beyond the file
   EXPECT_NE(error_of([&] { safetensors_parse(huge, "huge.st"); }).find("exceeds the file size"), std::string::npos);
   EXPECT_NE(error_of([&] { load_safetensors(dir / "absent.st"); }).find("absent.st"), std::string::npos);
+}
+
+namespace {
+
+// A safetensors file with a hand-written header over `data` bytes (the header padded to 8 bytes).
+std::string with_header(std::string header, const std::string& data, int64_t length_change = 0) {
+  header.append((8 - header.size() % 8) % 8, ' ');
+  const uint64_t n = header.size() + length_change;
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  return out + header + data;
+}
+
+std::string parse_error(const std::string& bytes) {
+  return error_of([&] { safetensors_parse(bytes, "x.st"); });
+}
+
+}  // namespace
+
+TEST(Safetensors, TheFormatsRulesAreFollowedStrictly) {
+  const std::string data(16, '\0');  // two float32 pairs
+  const std::string a = R"("a":{"dtype":"F32","shape":[2],"data_offsets":)";
+  const std::string b = R"("b":{"dtype":"F32","shape":[2],"data_offsets":)";
+  EXPECT_EQ(parse_error(with_header("{" + a + "[0,8]}," + b + "[8,16]}}", data)), "");
+  // a header length one byte short: the data would be read one byte early, every weight misaligned
+  const auto good = safetensors_serialize({{"w", torch::ones({4})}}, {});
+  std::string short_header = good;
+  short_header[0] = static_cast<char>(short_header[0] - 1);
+  EXPECT_NE(parse_error(short_header).find("bytes after the last tensor"), std::string::npos)
+      << parse_error(short_header);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8]}," + b + "[4,12]}}", data)).find("an overlap"), std::string::npos);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8]}," + b + "[0,8]}}", data)).find("an overlap"), std::string::npos);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8]}," + b + "[12,20]}}", data + "1234")).find("a gap"),
+            std::string::npos);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8]}," + b + "[8,16]}}", data + "x")).find("1 bytes after"),
+            std::string::npos);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8]}," + a + "[8,16]}}", data)).find("names 'a' twice"),
+            std::string::npos);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8.0]}," + b + "[8,16]}}", data)).find("not two integers"),
+            std::string::npos);
+  EXPECT_NE(parse_error(with_header("{" + a + "[0,8]}," + b + "[-8,16]}}", data)).find("not two integers"),
+            std::string::npos);
+  EXPECT_NE(
+      parse_error(with_header(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,16]}})", data)).find("sizes >= 0"),
+      std::string::npos);
+  EXPECT_NE(
+      parse_error(with_header(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,16]}})", data))
+          .find("overflows"),
+      std::string::npos);
+  EXPECT_NE(parse_error(with_header(R"({"a":{"dtype":"F32","shape":[2]}})", data)).find("malformed entry"),
+            std::string::npos);
+}
+
+TEST(Png, NonFiniteImagesAreNotWritten) {
+  TempDir dir;
+  auto image = torch::zeros({1, 4, 4});
+  image[0][1][2] = NAN;
+  EXPECT_NE(error_of([&] { save_image_png(dir / "x.png", image); }).find("holds NaN or Inf"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));
+}
+
+TEST(ReadFile, OnlyRegularFilesUpToTheirLimitAreRead) {
+  TempDir dir;
+  EXPECT_NE(error_of([&] { read_file("/dev/zero"); }).find("'/dev/zero' is not a regular file"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_file(dir.str()); }).find("is not a regular file"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_safetensors("/dev/zero"); }).find("not a regular file"), std::string::npos);
+  write_file_atomic(dir / "f", std::string(100, 'x'));
+  EXPECT_EQ(read_file(dir / "f", 100).size(), 100u);
+  EXPECT_NE(error_of([&] { read_file(dir / "f", 99); }).find("100 bytes, more than the 99"), std::string::npos);
 }
 
 TEST(AtomicFile, LeavesNoTemporaryFilesAndReplacesWhole) {
@@ -113,6 +183,22 @@ TEST(Checkpoint, MissingOrForeignFilesAreClearErrors) {
   save_safetensors(dir / "shape.safetensors", state, checkpoint_metadata(info));
   const auto shape = error_of([&] { load_checkpoint(dir / "shape.safetensors", torch::kCPU); });
   EXPECT_NE(shape.find(state.back().first + "' has shape [3]"), std::string::npos) << shape;
+  // integers where weights belong, NaN weights, a step that is not a number
+  state = named_state(*net);
+  state.front().second = state.front().second.to(torch::kInt32);
+  save_safetensors(dir / "int.safetensors", state, checkpoint_metadata(info));
+  EXPECT_NE(error_of([&] { load_checkpoint(dir / "int.safetensors", torch::kCPU); }).find("not floating-point"),
+            std::string::npos);
+  state = named_state(*net);
+  state.front().second = torch::full_like(state.front().second, NAN);
+  save_safetensors(dir / "nan.safetensors", state, checkpoint_metadata(info));
+  EXPECT_NE(error_of([&] { load_checkpoint(dir / "nan.safetensors", torch::kCPU); }).find("holds NaN or Inf"),
+            std::string::npos);
+  auto metadata = checkpoint_metadata(info);
+  metadata["step"] = "1e3";
+  save_safetensors(dir / "step.safetensors", named_state(*net), metadata);
+  EXPECT_NE(error_of([&] { load_checkpoint(dir / "step.safetensors", torch::kCPU); }).find("not a whole number"),
+            std::string::npos);
 }
 
 TEST(Checkpoint, ScheduleMetadataIsBoundedBeforeAnyTableIsBuilt) {

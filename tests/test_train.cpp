@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
+#include <map>
 
 #include "diffuse/io/safetensors.h"
 #include "diffuse/sampling/sample_loop.h"
@@ -89,6 +91,76 @@ TEST(Train, ResumingGivesTheSameWeightsAsNotStopping) {
   }
   std::printf("max |straight - resumed| over weights, EMA and moments: %.3g\n", worst);
   EXPECT_LE(worst, 1e-6);
+}
+
+TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
+  TempDir dir;
+  auto data = load_dataset("mnist", Split::train, DataOptions{32, 16});
+  train(quick_config(dir.str(), 2), tiny_info(data), data, torch::kCPU);
+  const std::string path = dir / "train_state.safetensors";
+  const auto good = load_safetensors(path);
+  // Writes the state with one change and returns the error of resuming from it.
+  auto resume_after = [&](const std::function<void(std::vector<std::pair<std::string, torch::Tensor>>&,
+                                                   std::map<std::string, std::string>&)>& damage) {
+    auto tensors = good.tensors;
+    for (auto& named : tensors) named.second = named.second.clone();  // damage a copy, not `good`
+    auto metadata = good.metadata;
+    damage(tensors, metadata);
+    save_safetensors(path, tensors, metadata);
+    auto cfg = quick_config(dir.str(), 4);
+    cfg.resume = true;
+    std::string error;
+    try {
+      train(cfg, tiny_info(data), data, torch::kCPU);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    return error;
+  };
+  auto tensor = [](std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                   const std::string& name) -> torch::Tensor& {
+    for (auto& [n, t] : tensors)
+      if (n == name) return t;
+    throw std::logic_error("no " + name);
+  };
+  using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
+  using Metadata = std::map<std::string, std::string>;
+  EXPECT_NE(resume_after([](Tensors&, Metadata& m) { m["adam_step"] = "-1"; }).find("'adam_step' = '-1'"),
+            std::string::npos);
+  EXPECT_NE(resume_after([](Tensors&, Metadata& m) { m["step"] = "5abc"; }).find("'step' = '5abc'"), std::string::npos);
+  EXPECT_NE(resume_after([&](Tensors& t, Metadata&) {
+              tensor(t, "adam_v/0") = -tensor(t, "adam_v/0") - 1;
+            }).find("negative entries"),
+            std::string::npos);
+  EXPECT_NE(resume_after([&](Tensors& t, Metadata&) {
+              tensor(t, "adam_m/0") = torch::zeros({1});
+            }).find("adam_m/0' is Float [1]"),
+            std::string::npos);
+  EXPECT_NE(resume_after([&](Tensors& t, Metadata&) {
+              tensor(t, "model/conv_in.weight").fill_(NAN);
+            }).find("'model/conv_in.weight' holds NaN or Inf"),
+            std::string::npos);
+  EXPECT_NE(resume_after([&](Tensors& t, Metadata&) {
+              tensor(t, "ema/conv_in.weight") = tensor(t, "ema/conv_in.weight").to(torch::kInt32);
+            }).find("not floating-point"),
+            std::string::npos);
+  EXPECT_NE(resume_after([&](Tensors& t, Metadata&) { tensor(t, "loader/order").zero_(); }).find("not a permutation"),
+            std::string::npos);
+  EXPECT_NE(resume_after([](Tensors&, Metadata& m) { m["loader_cursor"] = "17"; }).find("beyond the 16 images"),
+            std::string::npos);
+  // another data set of the same shape
+  save_safetensors(path, good.tensors, good.metadata);
+  auto other = data;
+  other.name = "fashion-mnist";
+  auto cfg = quick_config(dir.str(), 4);
+  cfg.resume = true;
+  std::string error;
+  try {
+    train(cfg, tiny_info(other), other, torch::kCPU);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  EXPECT_NE(error.find("trains on 'mnist', not 'fashion-mnist'"), std::string::npos) << error;
 }
 
 TEST(Train, ResumeWithoutStateAndWrongImageSizeAreErrors) {

@@ -150,8 +150,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--seed", o->nll.seed, "Random seed")->capture_default_str();
   cmd->add_option("--sample-batch-size", o->batch_size, "fid: images per sampling batch")->check(positive_number())->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
-  cmd->add_option("--guidance", o->guidance, "fid, class-conditional checkpoints: guidance w (labels balanced over classes)")
-      ->check(non_negative_number())
+  cmd->add_option("--guidance", o->guidance,
+                  "fid, class-conditional checkpoints: guidance w (labels balanced over classes)")
+      ->check(guidance_range())
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->add_flag("--no-progress", [o](int64_t) { o->nll.progress = false; }, "No progress bar");

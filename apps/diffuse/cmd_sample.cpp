@@ -137,7 +137,7 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--class", o->label, "Class-conditional checkpoints: all (a row per class), none, or a class index")
       ->capture_default_str();
   cmd->add_option("--guidance", o->guidance, "Classifier-free guidance w: (1+w) eps(x,y) - w eps(x)")
-      ->check(non_negative_number())
+      ->check(guidance_range())
       ->capture_default_str();
   cmd->add_option("--n", o->n, "Number of images")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(positive_number())->capture_default_str();

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "commands.h"
@@ -12,10 +13,16 @@ namespace diffuse::cli {
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<int> g_signal{0};
 
-extern "C" void on_sigint(int) {
+// Ctrl-C, and what timeout, Slurm, systemd and docker send (SIGTERM) or a closed terminal (SIGHUP):
+// finish the step, save, exit 128 + the signal. A second one stops at once.
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+extern "C" void on_stop_signal(int signal) {
+  g_signal.store(signal);
   g_stop.store(true);
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once
+  std::signal(signal, SIG_DFL);
 }
 
 struct TrainOptions {
@@ -27,7 +34,35 @@ struct TrainOptions {
   TrainConfig config;
 };
 
-void run_train(TrainOptions& o) {
+// On --resume the model, schedule and objective come from the run's train state: a flag that
+// defines them, given explicitly, must agree with it (else the run would silently ignore it).
+void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const CheckpointInfo& asked) {
+  const std::string state_path = o.out + "/train_state.safetensors";
+  if (!std::filesystem::exists(state_path)) return;  // the trainer says there is nothing to resume
+  const auto run = checkpoint_info_from_metadata(load_safetensors(state_path).metadata, state_path);
+  auto refuse = [&](const std::string& flag, const std::string& run_value) {
+    throw std::runtime_error(flag + ": the run in '" + o.out + "' has " + run_value +
+                             "; a run's model, schedule and objective stay as they began (drop the flag, or "
+                             "start a new --out)");
+  };
+  auto network = asked.model;  // labels are --class-cond's question, below
+  network.num_classes = run.model.num_classes;
+  if (cmd.count("--model") && to_json(network) != to_json(run.model)) {
+    refuse("--model " + o.model, "the network '" + run.model.name + "'");
+  }
+  if (cmd.count("--class-cond") && (run.model.num_classes > 0) != o.class_cond) refuse("--class-cond", "no labels");
+  if (cmd.count("--timesteps") && asked.schedule.timesteps != run.schedule.timesteps) {
+    refuse("--timesteps " + std::to_string(o.timesteps), "T = " + std::to_string(run.schedule.timesteps));
+  }
+  if (cmd.count("--schedule") && asked.schedule.kind != run.schedule.kind) {
+    refuse("--schedule " + o.schedule, "the " + to_string(run.schedule.kind) + " schedule");
+  }
+  if (cmd.count("--objective") && asked.objective != run.objective) {
+    refuse("--objective " + o.objective, "objective " + to_string(run.objective));
+  }
+}
+
+void run_train(const CLI::App& cmd, TrainOptions& o) {
   const auto compute = resolve_compute(o.compute, Workload::training);
   // Launched by torchrun or a cluster launcher (WORLD_SIZE > 1): data parallelism, one GPU per local rank.
   const auto dist = distributed_env_from_environment();
@@ -61,6 +96,7 @@ void run_train(TrainOptions& o) {
     }
     info.model.num_classes = data.num_classes;
   }
+  if (o.config.resume) check_resume_flags(cmd, o, info);
   if (!o.config.resume) {
     std::fprintf(stderr, "model: %s%s, %lld parameters; %s schedule, T = %lld, objective %s; %d threads\n",
                  o.model.c_str(), o.class_cond ? " (class-conditional)" : "",
@@ -72,9 +108,9 @@ void run_train(TrainOptions& o) {
   o.config.loss = train_loss_from_string(o.loss);
   o.config.cosine_decay = o.lr_schedule == "cosine";
   o.config.stop = &g_stop;
-  std::signal(SIGINT, on_sigint);
+  for (int s : kStopSignals) std::signal(s, on_stop_signal);
   const auto result = train(o.config, info, data, device);
-  std::signal(SIGINT, SIG_DFL);
+  for (int s : kStopSignals) std::signal(s, SIG_DFL);
   if (dist.rank > 0) return;  // rank 0 reports and holds the checkpoint
   std::fprintf(stderr, "%s at step %lld after %.1f s, loss %.5f; checkpoint: %s/checkpoint.safetensors\n",
                result.interrupted ? "interrupted" : "finished", static_cast<long long>(result.step), result.seconds,
@@ -82,7 +118,7 @@ void run_train(TrainOptions& o) {
   if (result.interrupted) {
     std::fprintf(stderr, "continue with: diffuse train --data %s --out %s --steps %lld --resume\n", o.data.c_str(),
                  o.out.c_str(), static_cast<long long>(o.config.steps));
-    std::exit(130);
+    std::exit(128 + (g_signal.load() ? g_signal.load() : SIGINT));
   }
 }
 
@@ -106,7 +142,7 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--grad-clip", c.grad_clip, "Max gradient norm (0: off)")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--ema-decay", c.ema_decay, "EMA decay of the weights used for sampling")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(unit_interval())
       ->capture_default_str();
   cmd->add_option("--weight-decay", c.weight_decay, "AdamW decoupled weight decay")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--checkpoint-every", c.checkpoint_every, "Write a checkpoint every N steps (0: only at the end)")
@@ -126,7 +162,7 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
   cmd->add_option("--label-dropout", c.label_dropout, "--class-cond: probability of training with no label")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(unit_interval())
       ->capture_default_str();
   cmd->add_option("--schedule", o->schedule, "Beta schedule")
       ->check(CLI::IsMember({"linear", "cosine", "scaled-linear"}))
@@ -137,7 +173,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--seed", c.seed, "Random seed")->capture_default_str();
   cmd->add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "No progress bar");
   add_compute_options(*cmd, o->compute);
-  cmd->callback([o] { run_train(*o); });
+  cmd->callback([o, cmd] { run_train(*cmd, *o); });
 }
 
 }  // namespace diffuse::cli

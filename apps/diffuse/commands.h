@@ -49,6 +49,11 @@ const CLI::Validator& writable_output_file();
 // let NaN through and name their bounds as 309-digit numbers.
 const CLI::Validator& positive_number();
 const CLI::Validator& non_negative_number();
+// A probability or a decay in [0, 1] (CLI::Range lets NaN through).
+const CLI::Validator& unit_interval();
+// DDIM's η in [0, 1] and the guidance weight w in [0, 100]: far outside, the samples become NaN.
+const CLI::Validator& eta_range();
+const CLI::Validator& guidance_range();
 
 // --device cpu|cuda.
 void add_device_option(CLI::App& cmd, std::string& device);

@@ -33,4 +33,21 @@ const CLI::Validator& non_negative_number() {
   return check;
 }
 
+const CLI::Validator& unit_interval() {
+  static const CLI::Validator check =
+      finite_number_that("a number in [0, 1]", [](double v) { return v >= 0.0 && v <= 1.0; });
+  return check;
+}
+
+const CLI::Validator& eta_range() {
+  // σ_t grows with η past DDPM's at η = 1 until the direction term √(1 − ᾱ_prev − σ²) vanishes
+  return unit_interval();
+}
+
+const CLI::Validator& guidance_range() {
+  static const CLI::Validator check =
+      finite_number_that("a number in [0, 100]", [](double v) { return v >= 0.0 && v <= 100.0; });
+  return check;
+}
+
 }  // namespace diffuse::cli

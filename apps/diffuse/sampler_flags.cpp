@@ -6,7 +6,9 @@ namespace diffuse::cli {
 void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
   cmd.add_option("--sampler", f.sampler, "Sampler")->check(CLI::IsMember(sampler_names()))->capture_default_str();
   cmd.add_option("--steps", f.steps, "Sampling steps S (default: T for ddpm, 50 for the others)")->check(non_negative_number());
-  cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")->check(non_negative_number())->capture_default_str();
+  cmd.add_option("--eta", f.eta, "DDIM eta (0: deterministic, 1: DDPM-like)")
+      ->check(eta_range())
+      ->capture_default_str();
   cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T (default: the checkpoint's, else leading)")
       ->check(CLI::IsMember({"leading", "trailing", "linspace"}));
   cmd.add_option("--ddpm-variance", f.ddpm_variance,

@@ -94,7 +94,7 @@ CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::st
     info.data.channels = data.at("channels").get<int64_t>();
     info.data.image_size = data.at("image_size").get<int64_t>();
     info.data.num_classes = data.at("num_classes").get<int64_t>();
-    info.step = std::stoll(field("step"));
+    info.step = metadata_count(md, "step", source);
     if (md.count("sampling")) info.sampling = sampling_defaults_from_json(nlohmann::json::parse(md.at("sampling")));
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + source + "': bad metadata: " + e.what());
@@ -109,6 +109,24 @@ std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::
   return out;
 }
 
+int64_t metadata_count(const std::map<std::string, std::string>& metadata, const std::string& key,
+                       const std::string& source) {
+  const auto it = metadata.find(key);
+  if (it == metadata.end()) throw std::runtime_error("'" + source + "': metadata has no '" + key + "'");
+  const std::string& text = it->second;
+  const bool digits = !text.empty() && text.size() <= 18 && text.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits) {
+    throw std::runtime_error("'" + source + "': metadata '" + key + "' = '" + text + "' is not a whole number >= 0");
+  }
+  return std::stoll(text);
+}
+
+void check_tensor_values(const torch::Tensor& t, const std::string& name, const std::string& source) {
+  if (t.is_floating_point() && !torch::isfinite(t).all().item<bool>()) {
+    throw std::runtime_error("'" + source + "': tensor '" + name + "' holds NaN or Inf");
+  }
+}
+
 void load_named_state(torch::nn::Module& module, const SafetensorsContent& content, const std::string& prefix) {
   torch::NoGradGuard no_grad;
   auto copy_into = [&](const std::string& name, torch::Tensor& dst) {
@@ -119,6 +137,11 @@ void load_named_state(torch::nn::Module& module, const SafetensorsContent& conte
           << " but the model expects " << dst.sizes();
       throw std::runtime_error(msg.str());
     }
+    if (dst.is_floating_point() && !src.is_floating_point()) {
+      throw std::runtime_error("'" + content.source + "': tensor '" + prefix + name + "' is " +
+                               c10::toString(src.scalar_type()) + ", not floating-point as the weights are");
+    }
+    check_tensor_values(src, prefix + name, content.source);
     dst.copy_(src);
   };
   for (auto& p : module.named_parameters()) copy_into(p.key(), p.value());

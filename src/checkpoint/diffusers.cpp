@@ -133,12 +133,14 @@ void load_diffusers_state(UNet& model, const SafetensorsContent& content) {
       const auto& src = content.at(n);  // names the tensor and the file when it is missing
       if (src.sizes().vec() != shape) {
         std::ostringstream msg;
-        msg << "'" << content.source << "': tensor '" << n << "' has shape " << src.sizes() << " but the config ("
-            << "config.json) implies " << torch::IntArrayRef(shape);
+        msg << "'" << content.source << "': tensor '" << n << "' has shape " << src.sizes()
+            << " but config.json implies " << torch::IntArrayRef(shape);
         throw std::runtime_error(msg.str());
       }
-      if (!src.is_floating_point())
+      if (!src.is_floating_point()) {
         throw std::runtime_error("'" + content.source + "': tensor '" + n + "' is not floating-point");
+      }
+      check_tensor_values(src, n, content.source);
       parts.push_back(src);
       used.insert(n);
     }

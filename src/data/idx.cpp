@@ -2,6 +2,8 @@
 
 #include <zlib.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 
@@ -28,7 +30,7 @@ size_t read_bytes(gzFile f, void* dst, size_t n) {
 
 }  // namespace
 
-torch::Tensor read_idx_u8(const std::string& path, int expected_ndim) {
+torch::Tensor read_idx_u8(const std::string& path, int expected_ndim, uint64_t max_bytes) {
   auto fail = [&](const std::string& what) { return std::runtime_error("IDX file '" + path + "': " + what); };
   std::unique_ptr<gzFile_s, GzCloser> f(gzopen(path.c_str(), "rb"));  // also reads uncompressed files
   if (!f) throw fail("cannot open");
@@ -47,15 +49,36 @@ torch::Tensor read_idx_u8(const std::string& path, int expected_ndim) {
     unsigned char b[4];
     if (read_bytes(f.get(), b, 4) != 4) throw fail("truncated inside the header");
     dims[d] = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | int64_t{b[3]};
-    if (dims[d] <= 0 || dims[d] > (1 << 28)) throw fail("implausible size " + std::to_string(dims[d]) + " in dimension " + std::to_string(d));
+    if (dims[d] <= 0 || dims[d] > (1 << 28)) {
+      throw fail("implausible size " + std::to_string(dims[d]) + " in dimension " + std::to_string(d));
+    }
     total *= dims[d];
-    if (total > (int64_t{1} << 34)) throw fail("implausibly large (" + std::to_string(total) + " bytes)");
+    if (static_cast<uint64_t>(total) > max_bytes) {
+      throw fail("the header promises " + std::to_string(total) + " bytes of data, more than the limit of " +
+                 std::to_string(max_bytes) + " (kMaxIdxBytes)");
+    }
+  }
+  if (ndim == 3 && dims[1] != dims[2]) {
+    throw fail("images are " + std::to_string(dims[1]) + "×" + std::to_string(dims[2]) + "; only square ones are read");
+  }
+  // Read in chunks, so that memory follows the bytes actually there and not the header's promise
+  // (a 16-byte file may claim gigabytes).
+  constexpr size_t kChunk = size_t{64} << 20;
+  std::string data;
+  while (data.size() < static_cast<size_t>(total)) {
+    const size_t want = std::min(kChunk, static_cast<size_t>(total) - data.size());
+    const size_t before = data.size();
+    data.resize(before + want);
+    const size_t got = read_bytes(f.get(), data.data() + before, want);
+    data.resize(before + got);
+    if (got < want) break;
+  }
+  if (data.size() != static_cast<size_t>(total)) {
+    throw fail("truncated: header promises " + std::to_string(total) + " data bytes, found " +
+               std::to_string(data.size()));
   }
   auto out = torch::empty(dims, torch::kUInt8);
-  const size_t got = read_bytes(f.get(), out.data_ptr<uint8_t>(), static_cast<size_t>(total));
-  if (got != static_cast<size_t>(total)) {
-    throw fail("truncated: header promises " + std::to_string(total) + " data bytes, found " + std::to_string(got));
-  }
+  std::memcpy(out.data_ptr<uint8_t>(), data.data(), data.size());
   unsigned char extra;
   if (read_bytes(f.get(), &extra, 1) != 0) throw fail("has trailing bytes after the " + std::to_string(total) + " promised");
   int errnum = Z_OK;

@@ -1,5 +1,6 @@
 #include "diffuse/io/atomic_file.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -31,12 +32,22 @@ void write_file_atomic(const std::string& path, const std::string& bytes, bool d
   }
 }
 
-std::string read_file(const std::string& path) {
+std::string read_file(const std::string& path, uint64_t max_bytes) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw std::runtime_error("'" + path + "' is not a regular file");
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size > max_bytes) {
+    throw std::runtime_error("'" + path + "' is " + std::to_string(size) + " bytes, more than the " +
+                             std::to_string(max_bytes) + " this kind of file may have");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::string bytes(size, '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(size));
+  if (static_cast<uint64_t>(in.gcount()) != size)
+    throw std::runtime_error("cannot read '" + path + "' (changed while read?)");
+  return bytes;
 }
 
 }  // namespace diffuse

@@ -5,6 +5,7 @@
 #include <stb/stb_image_write.h>
 
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 
@@ -48,6 +49,12 @@ std::string encode_png(const torch::Tensor& image_u8) {
 }
 
 void save_image_png(const std::string& path, const torch::Tensor& image) {
+  // NaN would become black pixels and Inf white ones: a broken result must not pass for an image.
+  if (!torch::isfinite(image).all().item<bool>()) {
+    throw std::runtime_error("'" + path +
+                             "' not written: the image holds NaN or Inf (a diverged network, or "
+                             "flags such as --eta or --guidance far outside their range)");
+  }
   write_file_atomic(path, encode_png(to_uint8(image)));
 }
 
@@ -82,6 +89,15 @@ int image_bytes_channels(const std::string& bytes, const std::string& what) {
 torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what, int channels, int64_t size) {
   TORCH_CHECK(channels == 1 || channels == 3, "decode_image_u8: channels must be 1 or 3");
   int w = 0, h = 0, c = 0;
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    throw std::runtime_error("image '" + what + "' is larger than 2 GiB");
+  }
+  // width × height from the header, before a pixel is decoded (a 1 MB PNG can claim 30000×30000)
+  if (stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c) &&
+      static_cast<int64_t>(w) * h > kMaxImagePixels) {
+    throw std::runtime_error("image '" + what + "' is " + std::to_string(w) + "×" + std::to_string(h) +
+                             ", more than the " + std::to_string(kMaxImagePixels) + " pixels an input may have");
+  }
   std::unique_ptr<unsigned char, void (*)(void*)> pixels(
       stbi_load_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c, channels), stbi_image_free);
   if (!pixels) throw std::runtime_error("cannot decode image '" + what + "': " + stb_reason("unknown error"));
@@ -98,7 +114,7 @@ torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what,
 }
 
 torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size) {
-  return decode_image_u8(read_file(path), path, channels, size);
+  return decode_image_u8(read_file(path, kMaxImageFileBytes), path, channels, size);
 }
 
 }  // namespace diffuse

@@ -1,9 +1,11 @@
 #include "diffuse/io/safetensors.h"
 
-#include <nlohmann/json.hpp>
-
+#include <algorithm>
 #include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
 #include <stdexcept>
+#include <tuple>
 
 #include "diffuse/io/atomic_file.h"
 
@@ -67,8 +69,14 @@ std::string safetensors_serialize(const std::vector<std::pair<std::string, torch
 }
 
 SafetensorsContent safetensors_parse(const std::string& bytes, const std::string& source) {
+  // The format's rules (github.com/huggingface/safetensors): an 8-byte little-endian header length
+  // N ≤ 100 MB; N bytes of UTF-8 JSON starting with '{', one entry per tensor, no name twice;
+  // entries' [begin, end) byte ranges are integers, each the size its dtype and shape imply, and
+  // together they tile the data buffer exactly: no gap, no overlap, nothing after the last one.
+  constexpr uint64_t kMaxHeader = 100'000'000;
   SafetensorsContent content;
   content.source = source;
+  auto fail = [&](const std::string& why) { throw std::runtime_error("'" + source + "': " + why); };
   if (bytes.size() < 8) throw std::runtime_error("'" + source + "' is not a safetensors file: shorter than 8 bytes");
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
@@ -76,47 +84,91 @@ SafetensorsContent safetensors_parse(const std::string& bytes, const std::string
     throw std::runtime_error("'" + source + "' is truncated or not a safetensors file: header length " +
                              std::to_string(header_len) + " exceeds the file size " + std::to_string(bytes.size()));
   }
+  if (header_len > kMaxHeader) fail("header length " + std::to_string(header_len) + " exceeds the format's 100 MB");
+  if (header_len == 0 || bytes[8] != '{') fail("the header does not start with '{' (not a safetensors file?)");
   nlohmann::json header;
+  std::set<std::string> keys;
+  std::string duplicate;
+  // Top-level keys, seen as they are parsed: nlohmann keeps only the last of a repeated key.
+  const nlohmann::json::parser_callback_t note_keys = [&](int depth, nlohmann::json::parse_event_t event,
+                                                          nlohmann::json& parsed) {
+    if (depth == 1 && event == nlohmann::json::parse_event_t::key && !keys.insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    header = nlohmann::json::parse(bytes.substr(8, header_len));
+    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(header_len),
+                                   note_keys);
   } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + source + "': corrupt safetensors header: " + e.what());
+    fail(std::string("corrupt safetensors header: ") + e.what());
   }
-  if (!header.is_object()) throw std::runtime_error("'" + source + "': safetensors header is not a JSON object");
+  if (!header.is_object()) fail("safetensors header is not a JSON object");
+  if (!duplicate.empty()) fail("the header names '" + duplicate + "' twice");
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = bytes.size() - data_start;
+  struct Range {
+    uint64_t begin, end;
+    std::string name;
+  };
+  std::vector<Range> ranges;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
+      if (!entry.is_object()) fail("__metadata__ is not an object");
       for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) throw std::runtime_error("'" + source + "': metadata '" + k + "' is not a string");
+        if (!v.is_string()) fail("metadata '" + k + "' is not a string");
         content.metadata[k] = v.get<std::string>();
       }
       continue;
     }
     const std::string where = "'" + source + "', tensor '" + name + "'";
-    try {
-      const auto dtype = dtype_from_name(entry.at("dtype").get<std::string>(), where);
-      const auto shape = entry.at("shape").get<std::vector<int64_t>>();
-      const auto offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size) {
-        throw std::runtime_error(where + ": data offsets outside the file (truncated?)");
-      }
-      int64_t numel = 1;
-      for (int64_t s : shape) {
-        if (s < 0) throw std::runtime_error(where + ": negative dimension");
-        numel *= s;
-      }
-      const uint64_t expected = static_cast<uint64_t>(numel) * c10::elementSize(dtype);
-      if (expected != offsets[1] - offsets[0]) {
-        throw std::runtime_error(where + ": shape needs " + std::to_string(expected) + " bytes but the entry has " +
-                                 std::to_string(offsets[1] - offsets[0]));
-      }
-      auto t = torch::empty(shape, torch::dtype(dtype));
-      if (expected > 0) std::memcpy(t.data_ptr(), bytes.data() + data_start + offsets[0], expected);
-      content.tensors.emplace_back(name, t);
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(where + ": malformed entry: " + e.what());
+    auto bad = [&](const std::string& why) { throw std::runtime_error(where + ": " + why); };
+    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets")) {
+      bad("malformed entry (needs dtype, shape and data_offsets)");
     }
+    if (!entry.at("dtype").is_string()) bad("dtype is not a string");
+    const auto dtype = dtype_from_name(entry.at("dtype").get<std::string>(), where);
+    const auto& shape_json = entry.at("shape");
+    const auto& offsets_json = entry.at("data_offsets");
+    if (!shape_json.is_array()) bad("shape is not a list");
+    std::vector<int64_t> shape;
+    uint64_t numel = 1;
+    for (const auto& d : shape_json) {
+      if (!d.is_number_unsigned()) bad("shape " + shape_json.dump() + " holds something other than sizes >= 0");
+      const uint64_t size = d.get<uint64_t>();
+      if (size != 0 && numel > (uint64_t{1} << 62) / size) bad("shape " + shape_json.dump() + " overflows");
+      numel *= size;
+      shape.push_back(static_cast<int64_t>(size));
+    }
+    if (!offsets_json.is_array() || offsets_json.size() != 2 || !offsets_json[0].is_number_unsigned() ||
+        !offsets_json[1].is_number_unsigned()) {
+      bad("data_offsets " + offsets_json.dump() + " is not two integers >= 0");
+    }
+    const uint64_t begin = offsets_json[0].get<uint64_t>(), end = offsets_json[1].get<uint64_t>();
+    if (begin > end || end > data_size) bad("data offsets outside the file (truncated?)");
+    const uint64_t expected = numel * c10::elementSize(dtype);
+    if (expected != end - begin) {
+      bad("shape needs " + std::to_string(expected) + " bytes but the entry has " + std::to_string(end - begin));
+    }
+    ranges.push_back({begin, end, name});
+    auto t = torch::empty(shape, torch::dtype(dtype));
+    if (expected > 0) std::memcpy(t.data_ptr(), bytes.data() + data_start + begin, expected);
+    content.tensors.emplace_back(name, t);
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
+  uint64_t covered = 0;
+  for (const auto& r : ranges) {
+    if (r.begin != covered) {
+      fail(std::string(r.begin > covered ? "a gap" : "an overlap") + " in the data before tensor '" + r.name +
+           "' (bytes " + std::to_string(r.begin) + ".." + std::to_string(r.end) + ", the previous ends at " +
+           std::to_string(covered) + ")");
+    }
+    covered = r.end;
+  }
+  if (covered != data_size) {
+    fail(std::to_string(data_size - covered) +
+         " bytes after the last tensor (a wrong header length, or trailing data)");
   }
   // nlohmann::json orders keys by name; keep that order explicit.
   std::sort(content.tensors.begin(), content.tensors.end(),

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -12,6 +13,7 @@
 #include <stdexcept>
 
 #include "diffuse/diffusion/elbo.h"
+#include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/sampling/ddim.h"
@@ -52,8 +54,22 @@ void set_cpu_rng_state(const torch::Tensor& state) {
 struct TrainState {
   static std::string path(const std::string& dir) { return dir + "/train_state.safetensors"; }
 
+  // The settings a resumed run may change, kept so that a resume can say what it changes.
+  static nlohmann::json settings_json(const TrainConfig& c) {
+    return {{"batch-size", c.batch_size},
+            {"lr", c.lr},
+            {"warmup", c.warmup},
+            {"lr-schedule", c.cosine_decay ? "cosine" : "constant"},
+            {"grad-clip", c.grad_clip},
+            {"ema-decay", c.ema_decay},
+            {"weight-decay", c.weight_decay},
+            {"label-dropout", c.label_dropout},
+            {"loss", to_string(c.loss)},
+            {"steps", c.steps}};
+  }
+
   static void save(const std::string& dir, const CheckpointInfo& info, const UNet& model, const UNet& ema_model,
-                   AdamW& opt, const Ema& ema, const BatchLoader& loader) {
+                   AdamW& opt, const Ema& ema, const BatchLoader& loader, const TrainConfig& config) {
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     for (auto& [name, t] : named_state(*model)) tensors.emplace_back("model/" + name, t);
     for (auto& [name, t] : named_state(*ema_model)) tensors.emplace_back("ema/" + name, t);
@@ -67,9 +83,53 @@ struct TrainState {
     metadata["adam_step"] = std::to_string(opt.step_count());
     metadata["ema_updates"] = std::to_string(ema.updates());
     metadata["loader_cursor"] = std::to_string(loader.cursor());
+    metadata["train"] = settings_json(config).dump();
     save_safetensors(path(dir), tensors, metadata);
   }
 };
+
+// An AdamW moment from the train state: the parameter's shape (no broadcasting), finite, and for
+// the second moment v ≥ 0 (a negative v makes √v NaN at the next step).
+void restore_moment(torch::Tensor& dst, const SafetensorsContent& state, const std::string& name, bool second) {
+  const auto& src = state.at(name);
+  if (src.sizes() != dst.sizes() || !src.is_floating_point()) {
+    std::ostringstream msg;
+    msg << "'" << state.source << "': tensor '" << name << "' is " << src.scalar_type() << " " << src.sizes()
+        << ", the parameter's moment is float " << dst.sizes();
+    throw std::runtime_error(msg.str());
+  }
+  check_tensor_values(src, name, state.source);
+  if (second && (src < 0).any().item<bool>()) {
+    throw std::runtime_error("'" + state.source + "': tensor '" + name + "' (a second moment) has negative entries");
+  }
+  dst.copy_(src);
+}
+
+// The loader's saved order must be a permutation of the data set's indices, its cursor inside it.
+void check_loader_order(const torch::Tensor& order, int64_t cursor, int64_t images, const std::string& source) {
+  const bool permutation = order.dim() == 1 && order.numel() == images && !order.is_floating_point() &&
+                           torch::equal(std::get<0>(order.to(torch::kLong).sort()), torch::arange(images));
+  if (!permutation) {
+    throw std::runtime_error("'" + source + "': loader/order is not a permutation of the data set's " +
+                             std::to_string(images) + " images (another data set, or a damaged file)");
+  }
+  if (cursor > images) {
+    throw std::runtime_error("'" + source + "': loader_cursor " + std::to_string(cursor) + " is beyond the " +
+                             std::to_string(images) + " images");
+  }
+}
+
+// On resume from `step`: the log's rows after it (written before the run stopped, and about to
+// be written again) are dropped, so that every step appears once.
+void truncate_log_after(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  for (bool header = true; std::getline(in, line); header = false) {
+    if (header || line.empty() || std::strtoll(line.c_str(), nullptr, 10) <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
 
 void append_log(const std::string& path, int64_t step, double loss, double lr, double ips, double elapsed) {
   const bool fresh = !fs::exists(path);
@@ -153,15 +213,33 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     load_named_state(*ema_model, *state, "ema/");
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < optimizer.first_moments().size(); ++i) {
-      optimizer.first_moments()[i].copy_(state->at("adam_m/" + std::to_string(i)));
-      optimizer.second_moments()[i].copy_(state->at("adam_v/" + std::to_string(i)));
+      restore_moment(optimizer.first_moments()[i], *state, "adam_m/" + std::to_string(i), false);
+      restore_moment(optimizer.second_moments()[i], *state, "adam_v/" + std::to_string(i), true);
     }
-    optimizer.set_step_count(std::stoll(state->metadata.at("adam_step")));
-    ema.set_updates(std::stoll(state->metadata.at("ema_updates")));
+    optimizer.set_step_count(metadata_count(state->metadata, "adam_step", state_path));
+    ema.set_updates(metadata_count(state->metadata, "ema_updates", state_path));
     const auto& order = state->at("loader/order");
-    if (order.numel() > 0) loader.restore(order, std::stoll(state->metadata.at("loader_cursor")));
+    const int64_t cursor = metadata_count(state->metadata, "loader_cursor", state_path);
+    if (order.numel() > 0) {
+      check_loader_order(order, cursor, (dp ? shard : data).size(), state_path);
+      loader.restore(order, cursor);
+    }
     set_cpu_rng_state(state->at("rng/cpu"));
     step = info.step;
+    if (data.name != info.data.name) {
+      throw std::runtime_error("--resume: the run in '" + config.out_dir + "' trains on '" + info.data.name +
+                               "', not '" + data.name + "'");
+    }
+    if (state->metadata.count("train")) {  // say what this invocation changes from here on
+      const auto before = nlohmann::json::parse(state->metadata.at("train"));
+      const auto now = TrainState::settings_json(config);
+      for (const auto& [key, value] : now.items()) {
+        if (key != "steps" && before.contains(key) && before.at(key) != value) {
+          std::fprintf(stderr, "resume: --%s %s (was %s) from step %lld on\n", key.c_str(), value.dump().c_str(),
+                       before.at(key).dump().c_str(), static_cast<long long>(step));
+        }
+      }
+    }
     if (step >= config.steps) {
       throw std::runtime_error("--resume: the run is already at step " + std::to_string(step) +
                                "; pass a larger --steps to continue");
@@ -170,12 +248,23 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
 
   auto save_all = [&](int64_t at_step) {
     if (!rank0) return;
+    // The files on disk stay the last good ones: weights that went NaN or Inf are not saved over them.
+    for (const auto* net : {&model, &ema_model}) {
+      for (const auto& p : (*net)->named_parameters()) {
+        if (!torch::isfinite(p.value()).all().item<bool>()) {
+          throw std::runtime_error("training diverged: parameter '" + p.key() + "' holds NaN or Inf at step " +
+                                   std::to_string(at_step) + "; nothing was saved over the files in '" +
+                                   config.out_dir + "' (resume from the last checkpoint with a lower --lr)");
+        }
+      }
+    }
     info.step = at_step;
-    TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, loader);
+    TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, loader, config);
     save_checkpoint(config.out_dir + "/checkpoint.safetensors", ema_model, info);
   };
 
   const std::string log_path = config.out_dir + "/log.csv";
+  if (state && rank0) truncate_log_after(log_path, step);
   ProgressBar bar("train", config.steps, step, config.progress && rank0);
   TrainResult result;
   double window_loss = 0.0;  // sum of the window's losses, as last read back

@@ -56,10 +56,16 @@ std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& inf
 CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::string>& metadata,
                                              const std::string& source);
 
+// A metadata field holding a whole number ≥ 0 ("5abc", "-1", "1e3" are refused, naming the key).
+int64_t metadata_count(const std::map<std::string, std::string>& metadata, const std::string& key,
+                       const std::string& source);
+// Throws naming the tensor and file if a floating-point tensor holds NaN or Inf.
+void check_tensor_values(const torch::Tensor& t, const std::string& name, const std::string& source);
+
 // The module's parameters and buffers by name, for writing.
 std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& module);
 // Copies tensors into the module's parameters and buffers; every name must be present with the
-// right shape (errors name the file and the tensor).
+// right shape, floating-point where the module's is, and finite (errors name the file and the tensor).
 void load_named_state(torch::nn::Module& module, const SafetensorsContent& content, const std::string& prefix = "");
 
 void save_checkpoint(const std::string& path, const UNet& model, const CheckpointInfo& info);  // atomic

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <string>
 
 namespace diffuse {
@@ -11,6 +12,9 @@ namespace diffuse {
 // Reads an unsigned-byte IDX file (gzip or not) into a uint8 tensor of its dimensions.
 // Validates the magic number, the number of dimensions (`expected_ndim`), the sizes and the
 // length: a truncated, padded or corrupt file throws an error naming the file and the problem.
-torch::Tensor read_idx_u8(const std::string& path, int expected_ndim);
+// Data beyond `max_bytes` is refused before it is read, and memory grows only with the bytes
+// actually in the file; 3-dimensional files must hold square images.
+constexpr uint64_t kMaxIdxBytes = uint64_t{1} << 30;  // 1 GiB of pixels: 20× MNIST's training set
+torch::Tensor read_idx_u8(const std::string& path, int expected_ndim, uint64_t max_bytes = kMaxIdxBytes);
 
 }  // namespace diffuse

@@ -1,6 +1,8 @@
 // Files are written whole or not at all: to a temporary file beside the target, then renamed.
 #pragma once
 
+#include <cstdint>
+#include <limits>
 #include <string>
 
 namespace diffuse {
@@ -13,7 +15,9 @@ std::string temporary_path_beside(const std::string& path);
 // `durable`: fsync before the rename (checkpoints, images); a cache that can be rebuilt skips it.
 void write_file_atomic(const std::string& path, const std::string& bytes, bool durable = true);
 
-// Reads a whole file; throws std::runtime_error naming the path if it cannot.
-std::string read_file(const std::string& path);
+// Reads a whole regular file of at most `max_bytes`; throws std::runtime_error naming the path if
+// it cannot, if it is not a regular file (a device such as /dev/zero, a pipe, a folder) or if it is
+// larger, before reading any of it.
+std::string read_file(const std::string& path, uint64_t max_bytes = std::numeric_limits<uint64_t>::max());
 
 }  // namespace diffuse

@@ -22,7 +22,13 @@ std::string encode_png(const torch::Tensor& image_u8);
 // Writes images ([N, C, H, W] in [−1, 1]) as a grid PNG, atomically.
 void save_grid_png(const std::string& path, const torch::Tensor& images, int64_t nrow = 0);
 // Writes one [C, H, W] image in [−1, 1] as PNG, atomically.
+// Refuses (throws, writes nothing) an image holding NaN or Inf.
 void save_image_png(const std::string& path, const torch::Tensor& image);
+
+// Inputs larger than these are refused before they are decoded: 2^26 pixels (8192×8192) and
+// 256 MiB of file, far above any data set's images.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+constexpr uint64_t kMaxImageFileBytes = uint64_t{256} << 20;
 
 // Number of channels stored in an image file (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA); throws
 // naming the file if it is not a readable PNG/JPEG/BMP/...
