@@ -11,9 +11,11 @@
 #include "diffuse/train/adamw.h"
 #include "diffuse/train/train_step.h"
 #include "diffuse/train/trainer.h"
+#include "support/error_of.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
+using diffuse::testing::error_of;
 using diffuse::testing::TempDir;
 
 namespace {
@@ -99,6 +101,12 @@ TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
   train(quick_config(dir.str(), 2), tiny_info(data), data, torch::kCPU);
   const std::string path = dir / "train_state.safetensors";
   const auto good = load_safetensors(path);
+  // The error of resuming on `d` (empty if none).
+  auto resume_error = [&](const Dataset& d) {
+    auto cfg = quick_config(dir.str(), 4);
+    cfg.resume = true;
+    return error_of([&] { train(cfg, tiny_info(d), d, torch::kCPU); });
+  };
   // Writes the state with one change and returns the error of resuming from it.
   auto resume_after = [&](const std::function<void(std::vector<std::pair<std::string, torch::Tensor>>&,
                                                    std::map<std::string, std::string>&)>& damage) {
@@ -107,15 +115,7 @@ TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
     auto metadata = good.metadata;
     damage(tensors, metadata);
     save_safetensors(path, tensors, metadata);
-    auto cfg = quick_config(dir.str(), 4);
-    cfg.resume = true;
-    std::string error;
-    try {
-      train(cfg, tiny_info(data), data, torch::kCPU);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-    return error;
+    return resume_error(data);
   };
   auto tensor = [](std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                    const std::string& name) -> torch::Tensor& {
@@ -152,14 +152,7 @@ TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
   save_safetensors(path, good.tensors, good.metadata);
   auto other = data;
   other.name = "fashion-mnist";
-  auto cfg = quick_config(dir.str(), 4);
-  cfg.resume = true;
-  std::string error;
-  try {
-    train(cfg, tiny_info(other), other, torch::kCPU);
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
+  const auto error = resume_error(other);
   EXPECT_NE(error.find("trains on 'mnist', not 'fashion-mnist'"), std::string::npos) << error;
 }
 
