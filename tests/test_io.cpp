@@ -1,12 +1,12 @@
 // safetensors, checkpoints and PNG: round trips, and clear errors for damaged files.
 #include <gtest/gtest.h>
-
 #include <stb/stb_image.h>
+#include <unistd.h>
 
 #include <filesystem>
 
-#include "diffuse/io/atomic_file.h"
 #include "diffuse/checkpoint/checkpoint.h"
+#include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
 #include "support/error_of.h"
@@ -131,6 +131,17 @@ TEST(AtomicFile, LeavesNoTemporaryFilesAndReplacesWhole) {
   for (auto& e : std::filesystem::directory_iterator(dir.str())) (void)e, ++files;
   EXPECT_EQ(files, 1);
   EXPECT_THROW(write_file_atomic(dir / "no/such/dir/f", "x"), std::runtime_error);
+}
+
+TEST(AtomicFile, StaleTemporariesOfDeadProcessesAreRemoved) {
+  TempDir dir;
+  write_file_atomic(dir / "checkpoint.safetensors.tmp.999999999", "left by a killed writer");  // no such pid
+  write_file_atomic(dir / ("state.tmp." + std::to_string(::getpid())), "ours, still writing");
+  write_file_atomic(dir / "notes.tmp.txt", "not a temporary of ours");
+  EXPECT_EQ(remove_stale_temporaries(dir.str()), 1);
+  EXPECT_FALSE(std::filesystem::exists(dir / "checkpoint.safetensors.tmp.999999999"));
+  EXPECT_TRUE(std::filesystem::exists(dir / ("state.tmp." + std::to_string(::getpid()))));
+  EXPECT_TRUE(std::filesystem::exists(dir / "notes.tmp.txt"));
 }
 
 TEST(Checkpoint, RoundTripsWeightsAndDescription) {

@@ -47,6 +47,17 @@ TEST(Pipeline, GenerateIsTheSamplerLoopWithTheBareNetwork) {
   const auto images = generate(pipe, g);
   EXPECT_EQ(images.sizes(), (std::vector<int64_t>{5, 1, 8, 8}));
   EXPECT_TRUE(torch::equal(images, generate(pipe, g)));  // same seed, same images
+  // handed over batch by batch (nothing kept): the same images, in order
+  std::vector<torch::Tensor> batches;
+  int64_t next_first = 0;
+  const auto kept = generate(pipe, g, {}, [&](int64_t first, const torch::Tensor& batch) {
+    EXPECT_EQ(first, next_first);
+    next_first += batch.size(0);
+    batches.push_back(batch);
+  });
+  EXPECT_FALSE(kept.defined());
+  EXPECT_EQ(batches.size(), 3u);
+  EXPECT_TRUE(torch::equal(torch::cat(batches), images));
 
   auto sampler = make_sampler(SamplerConfig{"ddim"}, pipe.diffusion.schedule());
   UNet model = pipe.checkpoint.model;

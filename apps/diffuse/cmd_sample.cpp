@@ -93,20 +93,33 @@ void run_sample(const SampleCliOptions& o) {
       frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));
     }
   };
-  const auto all = generate(pipeline, g, cb);
+  // Images go to --out-dir batch by batch as they are made; the grid keeps the first kGridImages.
+  constexpr int64_t kGridImages = 1024;
+  if (!o.out_dir.empty()) std::filesystem::create_directories(o.out_dir);
+  std::vector<torch::Tensor> shown;
+  int64_t kept = 0;
+  const BatchDoneCallback on_batch = [&](int64_t first, const torch::Tensor& images) {
+    if (!o.out_dir.empty()) {
+      for (int64_t i = 0; i < images.size(0); ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(first + i));
+        save_image_png(o.out_dir + name, images[i]);
+      }
+    }
+    const int64_t take = std::min(images.size(0), kGridImages - kept);
+    if (take > 0) shown.push_back(images.narrow(0, 0, take));
+    kept += std::max<int64_t>(take, 0);
+  };
+  generate(pipeline, g, cb, on_batch);
   bar.finish();
+  const auto all = torch::cat(shown);
   if (!o.out.empty()) {
     save_grid_png(o.out, all, selection.per_row);
-    std::fprintf(stderr, "wrote %s (%lld images)\n", o.out.c_str(), static_cast<long long>(o.n));
+    std::fprintf(stderr, "wrote %s (%lld images%s)\n", o.out.c_str(), static_cast<long long>(all.size(0)),
+                 o.n > kGridImages ? (", the first of " + std::to_string(o.n)).c_str() : "");
   }
   if (!o.out_dir.empty()) {
-    std::filesystem::create_directories(o.out_dir);
-    for (int64_t i = 0; i < all.size(0); ++i) {
-      char name[32];
-      std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(i));
-      save_image_png(o.out_dir + name, all[i]);
-    }
-    std::fprintf(stderr, "wrote %lld images to %s\n", static_cast<long long>(all.size(0)), o.out_dir.c_str());
+    std::fprintf(stderr, "wrote %lld images to %s\n", static_cast<long long>(o.n), o.out_dir.c_str());
   }
   if (!o.trajectory.empty()) {
     // Rows: for each image, x_t then x̂_0; columns: steps from t = T to the end, then the result.

@@ -1,11 +1,13 @@
 #include "diffuse/io/atomic_file.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -13,6 +15,26 @@
 namespace diffuse {
 
 std::string temporary_path_beside(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
+int remove_stale_temporaries(const std::string& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const auto at = name.rfind(".tmp.");
+    if (at == std::string::npos || !entry.is_regular_file(ec)) continue;
+    const std::string pid_text = name.substr(at + 5);
+    if (pid_text.empty() || pid_text.size() > 9 || pid_text.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    const auto pid = static_cast<pid_t>(std::stol(pid_text));
+    // kill(pid, 0): ESRCH means no such process; a live writer (or one we may not signal) keeps its file
+    if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH && std::filesystem::remove(entry.path(), ec)) {
+      ++removed;
+    }
+  }
+  return removed;
+}
 
 void write_file_atomic(const std::string& path, const std::string& bytes, bool durable) {
   const std::string tmp = temporary_path_beside(path);

@@ -79,15 +79,18 @@ int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options)
   return sampling_steps(options.sampler.name, options.steps, pipeline.diffusion.timesteps());
 }
 
-torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback) {
+torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback,
+                       const BatchDoneCallback& on_batch) {
   const int64_t steps = sampling_steps(pipeline, options);
   auto sampler = make_sampler(options.sampler, pipeline.diffusion.schedule());
   auto gen = at::detail::createCPUGenerator(options.seed);
   c10::InferenceMode inference;
-  return generate_images(pipeline.diffusion, *sampler, make_denoiser(pipeline, options.guidance), options.labels,
-                         options.n, options.batch_size, pipeline.image_shape(), SampleOptions{steps, options.clip_x0},
-                         gen, callback)
-      .clamp(-1.0, 1.0);
+  BatchDoneCallback clamped;
+  if (on_batch) clamped = [&](int64_t first, const torch::Tensor& images) { on_batch(first, images.clamp(-1.0, 1.0)); };
+  auto images = generate_images(pipeline.diffusion, *sampler, make_denoiser(pipeline, options.guidance), options.labels,
+                                options.n, options.batch_size, pipeline.image_shape(),
+                                SampleOptions{steps, options.clip_x0}, gen, callback, clamped);
+  return images.defined() ? images.clamp(-1.0, 1.0) : images;
 }
 
 NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options) {

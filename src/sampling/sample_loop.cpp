@@ -43,7 +43,8 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
 torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampler, const ConditionalDenoiser& denoiser,
                               const torch::Tensor& labels, int64_t n, int64_t batch_size,
                               const std::vector<int64_t>& image_shape, const SampleOptions& options,
-                              const torch::Generator& gen, const BatchStepCallback& callback) {
+                              const torch::Generator& gen, const BatchStepCallback& callback,
+                              const BatchDoneCallback& on_batch) {
   TORCH_CHECK(n > 0 && batch_size > 0, "generate_images: n and batch size must be positive");
   TORCH_CHECK(!labels.defined() || labels.numel() == n, "generate_images: ", labels.numel(), " labels for ", n, " images");
   std::vector<torch::Tensor> images;
@@ -56,9 +57,14 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
     torch::Tensor y;  // this batch's labels
     if (labels.defined()) y = labels.narrow(0, start, shape[0]).to(diffusion.device());
     Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return denoiser(x, t, y); };
-    images.push_back(sample_loop(diffusion, sampler, net, x_T, options, gen, cb).to(torch::kCPU));
+    auto batch = sample_loop(diffusion, sampler, net, x_T, options, gen, cb).to(torch::kCPU);
+    if (on_batch) {
+      on_batch(start, batch);
+    } else {
+      images.push_back(std::move(batch));
+    }
   }
-  return torch::cat(images);
+  return on_batch ? torch::Tensor() : torch::cat(images);
 }
 
 }  // namespace diffuse

@@ -165,6 +165,10 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   if (config.out_dir.empty()) throw std::invalid_argument("train: an output directory is required");
   if (config.steps < 1 || config.batch_size < 1) throw std::invalid_argument("train: steps and batch size must be positive");
   fs::create_directories(config.out_dir);
+  if (const int stale = remove_stale_temporaries(config.out_dir); stale > 0) {
+    std::fprintf(stderr, "removed %d temporary file(s) left in '%s' by a run killed while writing\n", stale,
+                 config.out_dir.c_str());
+  }
 
   const std::string state_path = TrainState::path(config.out_dir);
   std::optional<SafetensorsContent> state;

@@ -11,6 +11,10 @@ namespace diffuse {
 // (`path`.tmp.<pid>: another process writing the same file uses another).
 std::string temporary_path_beside(const std::string& path);
 
+// Removes the temporaries (`NAME.tmp.<pid>`) in `dir` that processes no longer running left
+// behind when they were killed inside a write; returns how many it removed.
+int remove_stale_temporaries(const std::string& dir);
+
 // Writes `bytes` to `path` atomically; throws std::runtime_error naming the path on failure.
 // `durable`: fsync before the rename (checkpoints, images); a cache that can be rebuilt skips it.
 void write_file_atomic(const std::string& path, const std::string& bytes, bool durable = true);

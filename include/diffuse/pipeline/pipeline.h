@@ -62,9 +62,10 @@ GenerateOptions default_generate_options(const Pipeline& pipeline);
 // S for these options: `steps`, else T for ddpm and 50 for the others; throws where S > T.
 int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options);
 
-// n images [n, C, H, W] in [−1, 1] on the CPU; the callback sees every step of every batch.
-torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options,
-                       const BatchStepCallback& callback = {});
+// n images [n, C, H, W] in [−1, 1] on the CPU; the callback sees every step of every batch. With
+// `on_batch`, each finished batch (in [−1, 1]) goes to it instead and the result is undefined.
+torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback = {},
+                       const BatchDoneCallback& on_batch = {});
 
 // The NLL bound in bits/dim on `data` (eval/nll.h) with the pipeline's network.
 NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options);
