@@ -185,6 +185,18 @@ TEST(ImageArchive, ReadsTheTreeAsTheExtractedFolderGivesIt) {
   EXPECT_TRUE(wrapped.labels.equal(train.labels));
 }
 
+TEST(ImageArchive, AMemberClaimingGigabytesIsRefusedBeforeItIsAllocated) {
+  if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
+  TempDir dir;
+  // an 8 GiB sparse image: a 169-byte .tar.gz
+  const auto r = diffuse::testing::run_command("mkdir -p " + dir / "tree/train/a" + " && truncate -s 8G " +
+                                               dir / "tree/train/a/0.png" + " && tar -Sczf " + dir / "bomb.tar.gz" +
+                                               " -C " + dir / "tree" + " train && rm " + dir / "tree/train/a/0.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto msg = error_of([&] { load_dataset(dir / "bomb.tar.gz", Split::train); });
+  EXPECT_NE(msg.find("member 'train/a/0.png' claims 8589934592 bytes"), std::string::npos) << msg;
+}
+
 TEST(ImageArchive, TruncatedArchivesAndBrokenMembersAreClearErrors) {
   if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
   TempDir dir;

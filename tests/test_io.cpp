@@ -112,6 +112,17 @@ TEST(Png, NonFiniteImagesAreNotWritten) {
   EXPECT_FALSE(std::filesystem::exists(dir / "x.png"));
 }
 
+TEST(Png, AnImageClaimingTooManyPixelsIsRefusedBeforeDecoding) {
+  TempDir dir;
+  save_image_png(dir / "one.png", torch::zeros({1, 1, 1}));
+  std::string png = read_file(dir / "one.png");
+  for (int field : {16, 20}) {  // IHDR width and height, big-endian: 30000
+    png[field] = 0, png[field + 1] = 0, png[field + 2] = 0x75, png[field + 3] = 0x30;
+  }
+  const auto msg = error_of([&] { decode_image_u8(png, "huge.png", 1, 0); });
+  EXPECT_NE(msg.find("image 'huge.png' is 30000×30000, more than the 67108864 pixels"), std::string::npos) << msg;
+}
+
 TEST(ReadFile, OnlyRegularFilesUpToTheirLimitAreRead) {
   TempDir dir;
   EXPECT_NE(error_of([&] { read_file("/dev/zero"); }).find("'/dev/zero' is not a regular file"), std::string::npos);

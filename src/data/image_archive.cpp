@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "diffuse/data/dataset.h"
+#include "diffuse/io/image.h"
 #include "diffuse_build_config.h"
 #include "image_tree.h"
 
@@ -85,6 +86,11 @@ Dataset load_image_archive(const std::string& path, Split split, const DataOptio
                                   auto&& fail) {
     if (const auto it = by_index.find(index); it != by_index.end()) {
       const auto size = archive_entry_size(entry);
+      // the header's size, checked before it is allocated (a sparse member can claim gigabytes)
+      if (size > 0 && static_cast<uint64_t>(size) > kMaxImageFileBytes) {
+        throw fail("member '" + name + "' claims " + std::to_string(size) + " bytes, more than the " +
+                   std::to_string(kMaxImageFileBytes) + " an image file may have");
+      }
       std::string& bytes = it->second->bytes;
       bytes.assign(static_cast<size_t>(size > 0 ? size : 0), '\0');
       if (archive_read_data(a, bytes.data(), bytes.size()) != static_cast<la_ssize_t>(bytes.size())) {
