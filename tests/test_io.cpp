@@ -121,6 +121,11 @@ TEST(Png, AnImageClaimingTooManyPixelsIsRefusedBeforeDecoding) {
   }
   const auto msg = error_of([&] { decode_image_u8(png, "huge.png", 1, 0); });
   EXPECT_NE(msg.find("image 'huge.png' is 30000×30000, more than the 67108864 pixels"), std::string::npos) << msg;
+  // a chunk longer than the file (stb would size a buffer from it before reading)
+  std::string chunk = read_file(dir / "one.png");
+  chunk[33] = 0x7f;  // the first chunk after IHDR: its length's top byte
+  const auto chunk_msg = error_of([&] { decode_image_u8(chunk, "chunk.png", 1, 0); });
+  EXPECT_NE(chunk_msg.find("bytes, past the end of the file"), std::string::npos) << chunk_msg;
 }
 
 TEST(ReadFile, OnlyRegularFilesUpToTheirLimitAreRead) {
@@ -238,6 +243,10 @@ TEST(Checkpoint, ScheduleMetadataIsBoundedBeforeAnyTableIsBuilt) {
   const auto huge =
       write_with_schedule({{"kind", "linear"}, {"timesteps", 1000000000}, {"beta_start", 1e-4}, {"beta_end", 0.02}});
   EXPECT_NE(huge.find("schedule.timesteps = 1000000000: must be in [1, 100000]"), std::string::npos) << huge;
+  // a float where an integer belongs: refused, not converted (3e29 → int64 is undefined behaviour)
+  const auto fractional =
+      write_with_schedule({{"kind", "linear"}, {"timesteps", 3.3e29}, {"beta_start", 1e-4}, {"beta_end", 0.02}});
+  EXPECT_NE(fractional.find("field 'timesteps': expected an integer, got 3.3e+29"), std::string::npos) << fractional;
   const auto beta =
       write_with_schedule({{"kind", "linear"}, {"timesteps", 10}, {"beta_start", 1e-4}, {"beta_end", 2.0}});
   EXPECT_NE(beta.find("outside (0, 1)"), std::string::npos) << beta;

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "diffuse/checkpoint/diffusers.h"
+#include "diffuse/io/json_value.h"
 
 namespace diffuse {
 
@@ -20,16 +21,17 @@ nlohmann::json to_json(const ScheduleConfig& c) {
 
 ScheduleConfig schedule_config_from_json(const nlohmann::json& j) {
   ScheduleConfig c;
-  c.kind = beta_schedule_from_string(j.at("kind").get<std::string>());
-  c.timesteps = j.at("timesteps").get<int64_t>();
+  const std::string what = "schedule";
+  c.kind = beta_schedule_from_string(json_field<std::string>(j, "kind", what));
+  c.timesteps = json_field<int64_t>(j, "timesteps", what);
   // bounded before any table of T entries is allocated
   if (c.timesteps < 1 || c.timesteps > kMaxTimesteps) {
     throw std::invalid_argument("schedule.timesteps = " + std::to_string(c.timesteps) + ": must be in [1, " +
                                 std::to_string(kMaxTimesteps) + "]");
   }
-  c.beta_start = j.at("beta_start").get<double>();
-  c.beta_end = j.at("beta_end").get<double>();
-  if (c.kind == BetaSchedule::trained) c.trained_betas = j.at("betas").get<std::vector<double>>();
+  c.beta_start = json_field<double>(j, "beta_start", what);
+  c.beta_end = json_field<double>(j, "beta_end", what);
+  if (c.kind == BetaSchedule::trained) c.trained_betas = json_field<std::vector<double>>(j, "betas", what);
   make_betas(c);  // every β in (0, 1), T of them
   return c;
 }
@@ -43,14 +45,15 @@ nlohmann::json to_json(const SamplingDefaults& d) {
 
 SamplingDefaults sampling_defaults_from_json(const nlohmann::json& j) {
   SamplingDefaults d;
-  d.spacing = timestep_spacing_from_string(j.at("spacing").get<std::string>());
-  d.clip_x0 = j.at("clip_x0").get<bool>();
-  const auto clipped_eps = j.at("clipped_eps").get<std::string>();
+  const std::string what = "sampling";
+  d.spacing = timestep_spacing_from_string(json_field<std::string>(j, "spacing", what));
+  d.clip_x0 = json_field<bool>(j, "clip_x0", what);
+  const auto clipped_eps = json_field<std::string>(j, "clipped_eps", what);
   if (clipped_eps != "recompute" && clipped_eps != "keep") {
     throw std::invalid_argument("sampling.clipped_eps '" + clipped_eps + "' (expected recompute or keep)");
   }
   d.clipped_eps = clipped_eps == "keep" ? ClippedEps::keep : ClippedEps::recompute;
-  const auto variance = j.at("ddpm_variance").get<std::string>();
+  const auto variance = json_field<std::string>(j, "ddpm_variance", what);
   if (variance != "beta" && variance != "posterior") {
     throw std::invalid_argument("sampling.ddpm_variance '" + variance + "' (expected posterior or beta)");
   }
@@ -90,10 +93,10 @@ CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::st
     info.schedule = schedule_config_from_json(nlohmann::json::parse(field("schedule")));
     info.objective = objective_from_string(field("objective"));
     const auto data = nlohmann::json::parse(field("data"));
-    info.data.name = data.at("name").get<std::string>();
-    info.data.channels = data.at("channels").get<int64_t>();
-    info.data.image_size = data.at("image_size").get<int64_t>();
-    info.data.num_classes = data.at("num_classes").get<int64_t>();
+    info.data.name = json_field<std::string>(data, "name", "data");
+    info.data.channels = json_field<int64_t>(data, "channels", "data");
+    info.data.image_size = json_field<int64_t>(data, "image_size", "data");
+    info.data.num_classes = json_field<int64_t>(data, "num_classes", "data");
     info.step = metadata_count(md, "step", source);
     if (md.count("sampling")) info.sampling = sampling_defaults_from_json(nlohmann::json::parse(md.at("sampling")));
   } catch (const std::exception& e) {

@@ -85,7 +85,9 @@ std::string pretty(const nlohmann::json& j) { return j.dump(2) + "\n"; }
 std::vector<std::string> diffusers_names(const std::string& name, int64_t levels) {
   const auto dot = name.find('.');
   if (dot == std::string::npos) throw std::logic_error("diffusers: parameter '" + name + "' has no module");
-  const auto [module, kind] = diffusers_module(name.substr(0, dot), levels);
+  const auto mapped = diffusers_module(name.substr(0, dot), levels);
+  const std::string& module = mapped.first;  // (a structured binding cannot be captured in C++17)
+  const BlockKind kind = mapped.second;
   const std::string rest = name.substr(dot + 1);  // "conv1.weight", "weight"
   const auto last = rest.rfind('.');
   const std::string leaf = last == std::string::npos ? "" : rest.substr(0, last);

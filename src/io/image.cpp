@@ -68,6 +68,26 @@ const char* stb_reason(const char* otherwise) { return stbi_failure_reason() ? s
 
 const unsigned char* bytes_of(const std::string& s) { return reinterpret_cast<const unsigned char*>(s.data()); }
 
+// A PNG's chunks must each fit in the file: stb sizes its buffer from a chunk's declared length
+// before reading it, so a 609-byte file could make it allocate 1.2 GB (found by fuzz/, target image).
+void check_png_chunks(const std::string& bytes, const std::string& what) {
+  static const std::string kSignature("\x89PNG\r\n\x1a\n", 8);
+  if (bytes.compare(0, kSignature.size(), kSignature) != 0) return;  // not a PNG
+  size_t at = kSignature.size();
+  while (true) {
+    if (bytes.size() - at < 12) throw std::runtime_error("image '" + what + "': truncated PNG (no IEND chunk)");
+    const auto u8 = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(bytes[at + i])); };
+    const uint32_t length = (u8(0) << 24) | (u8(1) << 16) | (u8(2) << 8) | u8(3);
+    const std::string type = bytes.substr(at + 4, 4);
+    if (length > bytes.size() - at - 12) {
+      throw std::runtime_error("image '" + what + "': PNG chunk '" + type + "' claims " + std::to_string(length) +
+                               " bytes, past the end of the file");
+    }
+    at += 12 + length;
+    if (type == "IEND") return;
+  }
+}
+
 }  // namespace
 
 int image_file_channels(const std::string& path) {
@@ -92,6 +112,7 @@ torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what,
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw std::runtime_error("image '" + what + "' is larger than 2 GiB");
   }
+  check_png_chunks(bytes, what);
   // width × height from the header, before a pixel is decoded (a 1 MB PNG can claim 30000×30000)
   if (stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c) &&
       static_cast<int64_t>(w) * h > kMaxImagePixels) {

@@ -4,6 +4,9 @@
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
+
+#include "diffuse/io/json_value.h"
 
 namespace diffuse {
 
@@ -142,11 +145,7 @@ UNetConfig unet_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("model config: not a JSON object");
   UNetConfig c;
   auto read = [&](const char* key, auto& field) {
-    try {
-      j.at(key).get_to(field);
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(std::string("model config: bad field '") + key + "': " + e.what());
-    }
+    field = json_value<std::decay_t<decltype(field)>>(j.at(key), std::string("model config: bad field '") + key + "'");
   };
   auto get = [&](const char* key, auto& field) {
     if (!j.contains(key)) throw std::runtime_error(std::string("model config: missing field '") + key + "'");

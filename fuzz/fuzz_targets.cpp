@@ -1,0 +1,101 @@
+#include "fuzz_targets.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
+
+#include <stdexcept>
+
+#include "diffuse/checkpoint/checkpoint.h"
+#include "diffuse/checkpoint/diffusers.h"
+#include "diffuse/data/dataset.h"
+#include "diffuse/data/idx.h"
+#include "diffuse/io/atomic_file.h"
+#include "diffuse/io/image.h"
+#include "diffuse/io/safetensors.h"
+
+namespace diffuse::fuzz {
+
+namespace {
+
+// Runs `f`; refusals (exceptions) are the expected outcome of most inputs.
+template <class F>
+int refusing(F&& f) {
+  try {
+    f();
+  } catch (const std::exception&) {
+  }
+  return 0;
+}
+
+std::string bytes_of(const uint8_t* data, size_t size) {
+  return std::string(reinterpret_cast<const char*>(data), size);
+}
+
+// The input as a file of its own (the readers under test take paths): an in-memory file, named
+// by /proc/self/fd, rewritten for each input.
+class InputFile {
+ public:
+  explicit InputFile(const char* name) : fd_(::memfd_create(name, 0)) {
+    if (fd_ < 0) throw std::runtime_error("memfd_create failed");
+  }
+  std::string write(const uint8_t* data, size_t size) {
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, data, size, 0) != static_cast<ssize_t>(size)) {
+      throw std::runtime_error("cannot write the fuzz input");
+    }
+    return "/proc/self/fd/" + std::to_string(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+int safetensors(const uint8_t* data, size_t size) {
+  return refusing([&] {
+    const auto content = safetensors_parse(bytes_of(data, size), "fuzz.safetensors");
+    refusing([&] { checkpoint_info_from_metadata(content.metadata, "fuzz.safetensors"); });
+  });
+}
+
+int configs(const uint8_t* data, size_t size) {
+  return refusing([&] {
+    const auto j = nlohmann::json::parse(bytes_of(data, size));
+    refusing([&] { unet_config_from_json(j); });
+    refusing([&] { schedule_config_from_json(j); });
+    refusing([&] { sampling_defaults_from_json(j); });
+    refusing([&] { unet_config_from_diffusers(j); });
+    refusing([&] { scheduler_from_diffusers(j); });
+  });
+}
+
+int image(const uint8_t* data, size_t size) {
+  const auto bytes = bytes_of(data, size);
+  refusing([&] { decode_image_u8(bytes, "fuzz.png", 1, 0); });
+  return refusing([&] { decode_image_u8(bytes, "fuzz.png", 3, 8); });
+}
+
+int idx(const uint8_t* data, size_t size) {
+  static InputFile file("fuzz-idx");
+  const auto path = file.write(data, size);
+  refusing([&] { read_idx_u8(path, 3, uint64_t{1} << 24); });
+  return refusing([&] { read_idx_u8(path, 1, uint64_t{1} << 24); });
+}
+
+int archive(const uint8_t* data, size_t size) {
+  if (!image_archives_built()) return 0;
+  static InputFile file("fuzz-archive");
+  const auto path = file.write(data, size);
+  return refusing([&] { load_image_archive(path, Split::train, DataOptions{8, 4}); });
+}
+
+const std::vector<NamedTarget>& targets() {
+  static const std::vector<NamedTarget> all = {
+      {"safetensors", safetensors}, {"configs", configs}, {"image", image}, {"idx", idx}, {"archive", archive}};
+  return all;
+}
+
+}  // namespace diffuse::fuzz
