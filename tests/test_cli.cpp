@@ -55,6 +55,13 @@ TEST(Cli, BadFlagsAreRejectedWithAMessage) {
     EXPECT_NE(r.status, 0) << args;
     EXPECT_FALSE(r.output.empty()) << args;
   }
+  // a mistyped flag gets the closest one; an image named .jpg is refused (PNG is what is written)
+  auto typo = run("train --data mnist --out x --stpes 5");
+  EXPECT_NE(typo.status, 0);
+  EXPECT_NE(typo.output.find("--stpes: did you mean --steps?"), std::string::npos) << typo.output;
+  auto jpg = run("sample --checkpoint " + std::string(DIFFUSE_BINARY) + " --out /tmp/x.jpg");
+  EXPECT_NE(jpg.status, 0);
+  EXPECT_NE(jpg.output.find("images are written as PNG"), std::string::npos) << jpg.output;
   auto r = run("schedule --sampler ddim --steps 2000");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("sampler steps must be in [1, 1000]"), std::string::npos) << r.output;

@@ -162,6 +162,10 @@ TEST(Train, ResumeWithoutStateAndWrongImageSizeAreErrors) {
   auto cfg = quick_config(dir.str(), 2);
   cfg.resume = true;
   EXPECT_THROW(train(cfg, tiny_info(data), data, torch::kCPU), std::runtime_error);
+  auto big_batch = quick_config(dir.str(), 2);
+  big_batch.batch_size = 17;  // more than the 16 images
+  EXPECT_NE(error_of([&] { train(big_batch, tiny_info(data), data, torch::kCPU); }).find("--batch-size 17 is larger"),
+            std::string::npos);
   auto info = tiny_info(data);
   info.data.image_size = 32;
   EXPECT_THROW(train(quick_config(dir.str(), 2), info, data, torch::kCPU), std::runtime_error);

@@ -1,13 +1,13 @@
 // The `diffuse` subcommands: each file adds one to the CLI11 app and runs it from its callback.
 #pragma once
 
-#include <CLI/CLI.hpp>
-
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "diffuse/pipeline/pipeline.h"
 #include "diffuse/sampling/sampler.h"
@@ -54,6 +54,10 @@ const CLI::Validator& unit_interval();
 // DDIM's η in [0, 1] and the guidance weight w in [0, 100]: far outside, the samples become NaN.
 const CLI::Validator& eta_range();
 const CLI::Validator& guidance_range();
+
+// "FLAG: did you mean --NAME?" lines for the mistyped flags among `unexpected`, from the flags of
+// the subcommand being parsed (empty where none is close).
+std::string did_you_mean(const CLI::App& app, const std::vector<std::string>& unexpected);
 
 // --device cpu|cuda.
 void add_device_option(CLI::App& cmd, std::string& device);

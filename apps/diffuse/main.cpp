@@ -21,6 +21,8 @@ const CLI::Validator& writable_output_file() {
         std::error_code error;
         if (!std::filesystem::is_directory(dir, error)) return "no directory '" + dir.string() + "' to write " + path + " in";
         if (::access(dir.c_str(), W_OK) != 0) return "cannot write in '" + dir.string() + "' (" + path + ")";
+        if (std::filesystem::path(path).extension() != ".png")
+          return path + ": images are written as PNG (name it .png)";
         return {};
       },
       "FILE", "writable output file");
@@ -107,6 +109,10 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ExtrasError& e) {
+    const int status = app.exit(e);
+    std::fputs(diffuse::cli::did_you_mean(app, app.remaining(true)).c_str(), stderr);
+    return status;
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const c10::Error& e) {

@@ -208,6 +208,11 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   Ema ema(config.ema_decay);
   // Each rank reads every W-th image from its rank on, and draws its own t and noise.
   const Dataset shard = dp ? shard_of(data, dp->env().rank, dp->env().world_size) : Dataset{};
+  if (config.batch_size > (dp ? shard : data).size()) {
+    throw std::runtime_error("--batch-size " + std::to_string(config.batch_size) + " is larger than the " +
+                             std::to_string((dp ? shard : data).size()) + " images " +
+                             (dp ? "of this process's share of '" : "of '") + data.name + "'");
+  }
   BatchLoader loader(dp ? shard : data, config.batch_size, device);
   if (dp && dp->env().rank > 0) torch::manual_seed(config.seed + 1000003ull * static_cast<uint64_t>(dp->env().rank));
 
