@@ -334,10 +334,10 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
 
   // Editing: each mode runs on held-out images and writes its figure.
   const std::string ck = " --checkpoint " + plain + " --steps 5";
-  for (const std::string mode : {"sdedit --test-index 0,1 --t 20", "sdedit --test-index 0 --strength 0.5",
-                                 "sweep --test-index 0,1 --ts 5,25,50", "invert --test-index 0 --steps-list 5,10",
-                                 "inpaint --test-index 0 --mask left --resample 1", "interpolate --test-index 0,1 --frames 3",
-                                 "mix --test-index 0,1 --ts 25 --frames 3"}) {
+  for (const std::string mode :
+       {"sdedit --test-index 0,1 --t 20", "sdedit --test-index 0 --strength 0.5", "sweep --test-index 0-1 --ts 5,25,50",
+        "invert --test-index 0 --steps-list 5,10", "inpaint --test-index 0 --mask left --resample 1",
+        "interpolate --test-index 0,1 --frames 3", "mix --test-index 0,1 --ts 25 --frames 3"}) {
     std::filesystem::remove(dir / "edit.png");
     r = run("edit " + mode + ck + " --out " + dir / "edit.png");
     EXPECT_EQ(r.status, 0) << mode << "\n" << r.output;

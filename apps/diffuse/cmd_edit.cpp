@@ -29,7 +29,8 @@ struct EditOptions {
   std::string checkpoint, out, mask;
   ComputeFlags compute;
   std::vector<std::string> images;
-  std::vector<int64_t> test_indices, ts{50, 100, 250, 500, 750, 1000}, step_list{10, 20, 50, 100, 200};
+  std::vector<std::string> test_indices;  // "3", "0-31" (a range, both ends included)
+  std::vector<int64_t> ts{50, 100, 250, 500, 750, 1000}, step_list{10, 20, 50, 100, 200};
   SamplerFlags sampler;
   int64_t t = 0, resample = 0, frames = 8;
   double strength = 0.0;
@@ -60,6 +61,32 @@ torch::Tensor load_input_file(const std::string& path, const DataInfo& data) {
   return from_uint8(img);
 }
 
+// "--test-index 0-3,7" → 0, 1, 2, 3, 7.
+std::vector<int64_t> expand_indices(const std::vector<std::string>& items) {
+  std::vector<int64_t> out;
+  for (const auto& item : items) {
+    const auto dash = item.find('-', 1);
+    auto number = [&](const std::string& text) {
+      size_t used = 0;
+      int64_t value = -1;
+      try {
+        value = std::stoll(text, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != text.size() || value < 0) {
+        throw std::runtime_error("--test-index " + item + ": expected an index or a range such as 0-31");
+      }
+      return value;
+    };
+    const int64_t first = number(item.substr(0, dash));
+    const int64_t last = dash == std::string::npos ? first : number(item.substr(dash + 1));
+    if (last < first || last - first >= 100000) throw std::runtime_error("--test-index " + item + ": a bad range");
+    for (int64_t i = first; i <= last; ++i) out.push_back(i);
+  }
+  return out;
+}
+
 EditContext open_edit(const EditOptions& o, size_t min_inputs) {
   const auto compute = resolve_compute(o.compute, Workload::inference);
   auto pipeline = load_pipeline(o.checkpoint, compute);
@@ -70,7 +97,7 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
     if (data.name.empty())
       throw std::runtime_error("--test-index: the checkpoint does not name its data set; use --image");
     auto test = load_dataset(data.name, Split::test, DataOptions{data.image_size, 0});
-    for (int64_t i : o.test_indices) {
+    for (int64_t i : expand_indices(o.test_indices)) {
       if (i < 0 || i >= test.size()) {
         throw std::runtime_error("--test-index " + std::to_string(i) + ": the test split has " + std::to_string(test.size()) + " images");
       }
@@ -114,6 +141,11 @@ void run_sdedit(const EditOptions& o) {
   auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, unused);
   auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t),
                              clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
+  if (r.t != t) {  // the sampler's grid of S steps on [0, t] starts at its own first timestep
+    std::fprintf(stderr, "--t %lld: the grid of %lld %s steps starts at t = %lld, where the images are noised\n",
+                 static_cast<long long>(t + 1), static_cast<long long>(edit_steps(o, t)), o.sampler.sampler.c_str(),
+                 static_cast<long long>(r.t + 1));
+  }
   auto p = psnr(r.result.clamp(-1, 1), c.inputs);
   std::vector<torch::Tensor> tiles;
   for (int64_t i = 0; i < c.inputs.size(0); ++i) {
@@ -147,6 +179,10 @@ void run_sweep(const EditOptions& o) {
       for (const auto& x : {c.inputs[i], r.x_t[i], result[i]}) tiles.push_back(x);
   }
   write_figure(o.out, tiles, 3 * shown, "rows: t; columns: original, x_t, result per image", columns, rows);
+  if (c.inputs.size(0) > shown) {
+    std::fprintf(stderr, "the figure shows the first %lld of the %lld images; the table is over all of them\n",
+                 static_cast<long long>(shown), static_cast<long long>(c.inputs.size(0)));
+  }
 }
 
 void run_invert(const EditOptions& o) {
@@ -266,7 +302,8 @@ CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::stri
       ->required()
       ->check(CLI::ExistingPath);
   cmd->add_option("--image", o->images, "Input image file(s) (PNG/JPEG of the model's size and channels)");
-  cmd->add_option("--test-index", o->test_indices, "Input image(s) from the checkpoint's test split, by index")
+  cmd->add_option("--test-index", o->test_indices,
+                  "Input image(s) from the checkpoint's test split, by index: 3, 0-31, or a list 0,5,9-12")
       ->delimiter(',');
   cmd->add_option("--out", o->out, "Figure (PNG)")->check(writable_output_file());
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
