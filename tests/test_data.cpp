@@ -197,6 +197,18 @@ TEST(ImageArchive, AMemberClaimingGigabytesIsRefusedBeforeItIsAllocated) {
   EXPECT_NE(msg.find("member 'train/a/0.png' claims 8589934592 bytes"), std::string::npos) << msg;
 }
 
+TEST(ImageArchive, AHardLinkedMemberIsRefusedNotDropped) {
+  if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
+  TempDir dir;
+  write_small_tree(dir / "tree");
+  const auto r =
+      diffuse::testing::run_command("cd " + dir / "tree" + " && f=$(find train -name '*.png' | head -1) && ln " +
+                                    "$f train/linked.png && tar -czf " + dir / "links.tar.gz" + " train test");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto msg = error_of([&] { load_dataset(dir / "links.tar.gz", Split::train); });
+  EXPECT_NE(msg.find("is a hard link to"), std::string::npos) << msg;
+}
+
 TEST(ImageArchive, TruncatedArchivesAndBrokenMembersAreClearErrors) {
   if (!image_archives_built()) GTEST_SKIP() << "built without libarchive";
   TempDir dir;

@@ -55,6 +55,11 @@ void for_each_image_member(const std::string& path, Visit&& visit) {
   for (; (status = archive_read_next_header(a.get(), &entry)) == ARCHIVE_OK; ++index) {
     std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
     while (name.rfind("./", 0) == 0) name.erase(0, 2);
+    // a hard link carries no bytes of its own (tar stores the second name of a file that way)
+    if (archive_entry_hardlink(entry) && is_image_name(name)) {
+      throw fail("member '" + name + "' is a hard link to '" + archive_entry_hardlink(entry) +
+                 "'; make the archive with tar --hard-dereference, or extract it and pass the folder");
+    }
     if (archive_entry_filetype(entry) != AE_IFREG || !is_image_name(name)) continue;
     if (!visit(index, name, a.get(), entry, fail)) return;
   }
