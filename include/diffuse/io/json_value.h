@@ -1,6 +1,6 @@
 // Typed reads of JSON values from files. nlohmann's get<T>() converts what it is given: 1.5 → 1
-// silently, and 3e29 → int64 with undefined behaviour (found by fuzz/, target configs). These
-// accept only a value of the right kind and throw naming `where` otherwise.
+// silently, and 3e29 → int64 with undefined behaviour. These accept only a value of the right kind
+// and throw naming `where` otherwise.
 #pragma once
 
 #include <nlohmann/json.hpp>
