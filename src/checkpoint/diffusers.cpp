@@ -2,7 +2,6 @@
 #include "diffuse/checkpoint/diffusers.h"
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
@@ -53,28 +52,20 @@ std::pair<std::string, BlockKind> diffusers_module(const std::string& module, in
 }
 
 // Attention's 1×1 convolutions are linear layers in diffusers: [C_out, C_in, 1, 1] ↔ [C_out, C_in].
+// (Attention modules are "mid_attn" and "<down|up>_L_B_attn"; their only 4-D tensors are those weights.)
 bool is_attention_conv_weight(const std::string& name, const torch::Tensor& t) {
-  return t.dim() == 4 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
-         diffusers_module(name.substr(0, name.find('.')), 1).second == BlockKind::attention;
-}
-
-std::string read_text_file(const std::string& path, const std::string& what) {
-  constexpr std::uintmax_t kMaxBytes = 16u << 20;  // configs are a few kB
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw std::runtime_error(what + " '" + path + "' is missing (or not a file)");
-  if (fs::file_size(path, ec) > kMaxBytes) throw std::runtime_error(what + " '" + path + "' is larger than 16 MiB");
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in) throw std::runtime_error("cannot read " + what + " '" + path + "'");
-  return text.str();
+  const std::string module = name.substr(0, name.find('.'));
+  return t.dim() == 4 && module.size() >= 4 && module.compare(module.size() - 4, 4, "attn") == 0;
 }
 
 nlohmann::json read_json_file(const std::string& path, const std::string& what) {
+  constexpr uint64_t kMaxBytes = 16u << 20;  // configs are a few kB
   try {
-    return nlohmann::json::parse(read_text_file(path, what));
+    return nlohmann::json::parse(read_file(path, kMaxBytes));
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(what + " '" + path + "': not valid JSON: " + e.what());
+  } catch (const std::runtime_error& e) {  // missing, not a regular file, too large
+    throw std::runtime_error(what + ": " + e.what());
   }
 }
 
@@ -169,8 +160,10 @@ std::string diffusers_unet_folder(const std::string& folder) {
   throw std::runtime_error("'" + folder + "': not a diffusers folder (no model_index.json or config.json)");
 }
 
-CheckpointInfo diffusers_checkpoint_info(const std::string& folder) {
-  const fs::path unet(diffusers_unet_folder(folder));
+namespace {
+
+// The checkpoint info of a diffusers folder whose unet/ is `unet`.
+CheckpointInfo checkpoint_info_in(const std::string& folder, const fs::path& unet) {
   const auto unet_config = read_json_file((unet / "config.json").string(), "unet config");
   DiffusersUNet net;
   try {
@@ -199,10 +192,16 @@ CheckpointInfo diffusers_checkpoint_info(const std::string& folder) {
   return info;
 }
 
+}  // namespace
+
+CheckpointInfo diffusers_checkpoint_info(const std::string& folder) {
+  return checkpoint_info_in(folder, diffusers_unet_folder(folder));
+}
+
 LoadedCheckpoint load_diffusers(const std::string& folder, torch::Device device) {
-  LoadedCheckpoint out;
-  out.info = diffusers_checkpoint_info(folder);
   const fs::path unet(diffusers_unet_folder(folder));
+  LoadedCheckpoint out;
+  out.info = checkpoint_info_in(folder, unet);
   const fs::path weights = unet / "diffusion_pytorch_model.safetensors";
   if (!fs::exists(weights)) {
     throw std::runtime_error("'" + weights.string() + "' is missing" +

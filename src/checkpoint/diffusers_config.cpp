@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "diffuse/checkpoint/diffusers.h"
+#include "diffuse/io/json_value.h"
 
 namespace diffuse {
 
@@ -28,44 +29,21 @@ class ConfigReader {
                              why);
   }
 
-  int64_t integer(const std::string& key, int64_t fallback) const {
-    if (!has(key)) return fallback;
-    const auto& v = j_.at(key);
-    if (!v.is_number_integer()) refuse(key, "expected an integer");
-    return v.get<int64_t>();
+  // The value of `key` as a T (io/json_value.h: of the right kind, else refused naming the key), or
+  // `fallback` where the key is absent or null.
+  template <class T>
+  T get(const std::string& key, T fallback) const {
+    return has(key) ? json_value<T>(j_.at(key), what_ + ": \"" + key + "\"") : fallback;
   }
-  double number(const std::string& key, double fallback) const {
-    if (!has(key)) return fallback;
-    const auto& v = j_.at(key);
-    if (!v.is_number() || !std::isfinite(v.get<double>())) refuse(key, "expected a finite number");
-    return v.get<double>();
-  }
-  bool boolean(const std::string& key, bool fallback) const {
-    if (!has(key)) return fallback;
-    if (!j_.at(key).is_boolean()) refuse(key, "expected true or false");
-    return j_.at(key).get<bool>();
-  }
-  std::string string(const std::string& key, const std::string& fallback) const {
-    if (!has(key)) return fallback;
-    if (!j_.at(key).is_string()) refuse(key, "expected a string");
-    return j_.at(key).get<std::string>();
-  }
-  std::vector<std::string> strings(const std::string& key) const {
-    if (!has(key) || !j_.at(key).is_array()) refuse(key, "expected a list of strings");
-    std::vector<std::string> out;
-    for (const auto& v : j_.at(key)) {
-      if (!v.is_string()) refuse(key, "expected a list of strings");
-      out.push_back(v.get<std::string>());
-    }
-    return out;
-  }
-  std::vector<int64_t> integers(const std::string& key) const {
-    if (!has(key) || !j_.at(key).is_array() || j_.at(key).empty()) refuse(key, "expected a list of integers");
-    std::vector<int64_t> out;
-    for (const auto& v : j_.at(key)) {
-      if (!v.is_number_integer()) refuse(key, "expected a list of integers");
-      out.push_back(v.get<int64_t>());
-    }
+  int64_t integer(const std::string& key, int64_t fallback) const { return get<int64_t>(key, fallback); }
+  double number(const std::string& key, double fallback) const { return get<double>(key, fallback); }
+  bool boolean(const std::string& key, bool fallback) const { return get<bool>(key, fallback); }
+  std::string string(const std::string& key, const std::string& fallback) const { return get(key, fallback); }
+  // A list that must be there and hold at least one entry.
+  template <class T>
+  std::vector<T> list(const std::string& key) const {
+    auto out = get<std::vector<T>>(key, {});
+    if (out.empty()) refuse(key, "expected a list of one entry or more");
     return out;
   }
   // A key that must hold one value (or be absent / null where `absent_ok`).
@@ -115,7 +93,7 @@ DiffusersUNet unet_config_from_diffusers(const nlohmann::json& j) {
 
   UNetConfig c;
   c.name = "diffusers";
-  const auto widths = r.integers("block_out_channels");
+  const auto widths = r.list<int64_t>("block_out_channels");
   c.channels = widths[0];
   c.channel_mult.clear();
   for (int64_t w : widths) {
@@ -134,7 +112,7 @@ DiffusersUNet unet_config_from_diffusers(const nlohmann::json& j) {
   c.in_channels = out_channels;
   c.extra_in_channels = in_channels - out_channels;  // condition channels concatenated to x_t
   if (r.has("sample_size") && r.raw("sample_size").is_array()) {
-    const auto size = r.integers("sample_size");
+    const auto size = r.list<int64_t>("sample_size");
     if (size.size() != 2 || size[0] != size[1]) r.refuse("sample_size", "only square images are built");
     c.image_size = size[0];
   } else {
@@ -157,8 +135,8 @@ DiffusersUNet unet_config_from_diffusers(const nlohmann::json& j) {
   c.mid_attention = r.boolean("add_attention", true);
 
   // Attention per level, said twice (down blocks, and up blocks in reverse order): both must agree.
-  const auto down = r.strings("down_block_types");
-  const auto up = r.strings("up_block_types");
+  const auto down = r.list<std::string>("down_block_types");
+  const auto up = r.list<std::string>("up_block_types");
   if (static_cast<int64_t>(down.size()) != levels) r.refuse("down_block_types", "one per block_out_channels entry");
   if (static_cast<int64_t>(up.size()) != levels) r.refuse("up_block_types", "one per block_out_channels entry");
   c.attention_resolutions.clear();
@@ -282,14 +260,13 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
     r.refuse("beta_schedule", "linear, scaled_linear or squaredcos_cap_v2");
   }
   if (r.has("trained_betas")) {  // replaces beta_schedule
-    const auto& list = r.raw("trained_betas");
-    if (!list.is_array() || static_cast<int64_t>(list.size()) != s.timesteps) {
+    s.kind = BetaSchedule::trained;
+    s.trained_betas = r.list<double>("trained_betas");
+    if (static_cast<int64_t>(s.trained_betas.size()) != s.timesteps) {
       r.refuse("trained_betas", "expected num_train_timesteps numbers");
     }
-    s.kind = BetaSchedule::trained;
-    for (const auto& b : list) {
-      if (!b.is_number() || !(b.get<double>() > 0 && b.get<double>() < 1)) r.refuse("trained_betas", "each in (0, 1)");
-      s.trained_betas.push_back(b.get<double>());
+    for (double b : s.trained_betas) {
+      if (!(b > 0 && b < 1)) r.refuse("trained_betas", "each in (0, 1)");
     }
   }
   const auto prediction = r.string("prediction_type", "epsilon");
