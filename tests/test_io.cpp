@@ -128,6 +128,22 @@ TEST(Png, AnImageClaimingTooManyPixelsIsRefusedBeforeDecoding) {
   EXPECT_NE(chunk_msg.find("bytes, past the end of the file"), std::string::npos) << chunk_msg;
 }
 
+TEST(Safetensors, TheMetadataAloneIsReadFromTheHeader) {
+  TempDir dir;
+  save_safetensors(dir / "m.st", {{"w", torch::ones({1000})}}, {{"format", "pt"}, {"step", "7"}});
+  EXPECT_EQ(load_safetensors_metadata(dir / "m.st"), load_safetensors(dir / "m.st").metadata);
+  // the header's rules hold here too
+  std::string cut = read_file(dir / "m.st");
+  cut[8] = '#';
+  write_file_atomic(dir / "cut.st", cut);
+  EXPECT_NE(error_of([&] { load_safetensors_metadata(dir / "cut.st"); }).find("does not start with '{'"),
+            std::string::npos);
+  write_file_atomic(dir / "short.st", "1234");
+  EXPECT_NE(error_of([&] { load_safetensors_metadata(dir / "short.st"); }).find("shorter than 8 bytes"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { load_safetensors_metadata("/dev/zero"); }).find("not a regular file"), std::string::npos);
+}
+
 TEST(ReadFile, OnlyRegularFilesUpToTheirLimitAreRead) {
   TempDir dir;
   EXPECT_NE(error_of([&] { read_file("/dev/zero"); }).find("'/dev/zero' is not a regular file"), std::string::npos);

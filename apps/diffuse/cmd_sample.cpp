@@ -106,9 +106,11 @@ void run_sample(const SampleCliOptions& o) {
         save_image_png(o.out_dir + name, images[i]);
       }
     }
-    const int64_t take = std::min(images.size(0), kGridImages - kept);
-    if (take > 0) shown.push_back(images.narrow(0, 0, take));
-    kept += std::max<int64_t>(take, 0);
+    if (kept < kGridImages) {
+      const int64_t take = std::min(images.size(0), kGridImages - kept);
+      shown.push_back(images.narrow(0, 0, take));
+      kept += take;
+    }
   };
   generate(pipeline, g, cb, on_batch);
   bar.finish();

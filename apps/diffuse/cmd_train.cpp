@@ -39,7 +39,7 @@ struct TrainOptions {
 void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const CheckpointInfo& asked) {
   const std::string state_path = o.out + "/train_state.safetensors";
   if (!std::filesystem::exists(state_path)) return;  // the trainer says there is nothing to resume
-  const auto run = checkpoint_info_from_metadata(load_safetensors(state_path).metadata, state_path);
+  const auto run = checkpoint_info_from_metadata(load_safetensors_metadata(state_path), state_path);
   auto refuse = [&](const std::string& flag, const std::string& run_value) {
     throw std::runtime_error(flag + ": the run in '" + o.out + "' has " + run_value +
                              "; a run's model, schedule and objective stay as they began (drop the flag, or "
@@ -96,8 +96,9 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
     }
     info.model.num_classes = data.num_classes;
   }
-  if (o.config.resume) check_resume_flags(cmd, o, info);
-  if (!o.config.resume) {
+  if (o.config.resume) {
+    check_resume_flags(cmd, o, info);
+  } else {
     std::fprintf(stderr, "model: %s%s, %lld parameters; %s schedule, T = %lld, objective %s; %d threads\n",
                  o.model.c_str(), o.class_cond ? " (class-conditional)" : "",
                  static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),

@@ -1,7 +1,11 @@
 #include "diffuse/io/safetensors.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
@@ -68,24 +72,33 @@ std::string safetensors_serialize(const std::vector<std::pair<std::string, torch
   return out;
 }
 
-SafetensorsContent safetensors_parse(const std::string& bytes, const std::string& source) {
-  // The format's rules (github.com/huggingface/safetensors): an 8-byte little-endian header length
-  // N ≤ 100 MB; N bytes of UTF-8 JSON starting with '{', one entry per tensor, no name twice;
-  // entries' [begin, end) byte ranges are integers, each the size its dtype and shape imply, and
-  // together they tile the data buffer exactly: no gap, no overlap, nothing after the last one.
+namespace {
+
+// The format's rules (github.com/huggingface/safetensors): an 8-byte little-endian header length
+// N ≤ 100 MB; N bytes of UTF-8 JSON starting with '{', one entry per tensor, no name twice;
+// entries' [begin, end) byte ranges are integers, each the size its dtype and shape imply, and
+// together they tile the data buffer exactly: no gap, no overlap, nothing after the last one.
+
+// N from the file's first 8 bytes, checked against the file's size and the format's limit.
+uint64_t header_length(const std::string& first8, uint64_t file_size, const std::string& source) {
+  if (first8.size() < 8) throw std::runtime_error("'" + source + "' is not a safetensors file: shorter than 8 bytes");
   constexpr uint64_t kMaxHeader = 100'000'000;
-  SafetensorsContent content;
-  content.source = source;
-  auto fail = [&](const std::string& why) { throw std::runtime_error("'" + source + "': " + why); };
-  if (bytes.size() < 8) throw std::runtime_error("'" + source + "' is not a safetensors file: shorter than 8 bytes");
-  uint64_t header_len = 0;
-  for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
-  if (header_len > bytes.size() - 8) {
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(first8[i])) << (8 * i);
+  if (n > file_size - 8) {
     throw std::runtime_error("'" + source + "' is truncated or not a safetensors file: header length " +
-                             std::to_string(header_len) + " exceeds the file size " + std::to_string(bytes.size()));
+                             std::to_string(n) + " exceeds the file size " + std::to_string(file_size));
   }
-  if (header_len > kMaxHeader) fail("header length " + std::to_string(header_len) + " exceeds the format's 100 MB");
-  if (header_len == 0 || bytes[8] != '{') fail("the header does not start with '{' (not a safetensors file?)");
+  if (n > kMaxHeader) {
+    throw std::runtime_error("'" + source + "': header length " + std::to_string(n) + " exceeds the format's 100 MB");
+  }
+  return n;
+}
+
+// The header's JSON: an object starting with '{' that names no key twice.
+nlohmann::json parse_header(const std::string& text, const std::string& source) {
+  auto fail = [&](const std::string& why) { throw std::runtime_error("'" + source + "': " + why); };
+  if (text.empty() || text[0] != '{') fail("the header does not start with '{' (not a safetensors file?)");
   nlohmann::json header;
   std::set<std::string> keys;
   std::string duplicate;
@@ -98,13 +111,37 @@ SafetensorsContent safetensors_parse(const std::string& bytes, const std::string
     return true;
   };
   try {
-    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(header_len),
-                                   note_keys);
+    header = nlohmann::json::parse(text, note_keys);
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("corrupt safetensors header: ") + e.what());
   }
   if (!header.is_object()) fail("safetensors header is not a JSON object");
   if (!duplicate.empty()) fail("the header names '" + duplicate + "' twice");
+  return header;
+}
+
+// The header's "__metadata__": strings by name.
+std::map<std::string, std::string> metadata_of(const nlohmann::json& header, const std::string& source) {
+  std::map<std::string, std::string> metadata;
+  if (!header.contains("__metadata__")) return metadata;
+  const auto& entry = header.at("__metadata__");
+  if (!entry.is_object()) throw std::runtime_error("'" + source + "': __metadata__ is not an object");
+  for (const auto& [k, v] : entry.items()) {
+    if (!v.is_string()) throw std::runtime_error("'" + source + "': metadata '" + k + "' is not a string");
+    metadata[k] = v.get<std::string>();
+  }
+  return metadata;
+}
+
+}  // namespace
+
+SafetensorsContent safetensors_parse(const std::string& bytes, const std::string& source) {
+  SafetensorsContent content;
+  content.source = source;
+  auto fail = [&](const std::string& why) { throw std::runtime_error("'" + source + "': " + why); };
+  const uint64_t header_len = header_length(bytes.substr(0, 8), bytes.size(), source);
+  const nlohmann::json header = parse_header(bytes.substr(8, header_len), source);
+  content.metadata = metadata_of(header, source);
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = bytes.size() - data_start;
   struct Range {
@@ -113,14 +150,7 @@ SafetensorsContent safetensors_parse(const std::string& bytes, const std::string
   };
   std::vector<Range> ranges;
   for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object()) fail("__metadata__ is not an object");
-      for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) fail("metadata '" + k + "' is not a string");
-        content.metadata[k] = v.get<std::string>();
-      }
-      continue;
-    }
+    if (name == "__metadata__") continue;
     const std::string where = "'" + source + "', tensor '" + name + "'";
     auto bad = [&](const std::string& why) { throw std::runtime_error(where + ": " + why); };
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets")) {
@@ -182,5 +212,20 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
 }
 
 SafetensorsContent load_safetensors(const std::string& path) { return safetensors_parse(read_file(path), path); }
+
+std::map<std::string, std::string> load_safetensors_metadata(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw std::runtime_error("'" + path + "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  std::string first8(8, '\0');
+  in.read(first8.data(), 8);
+  first8.resize(static_cast<size_t>(in.gcount()));
+  const uint64_t n = header_length(first8, static_cast<uint64_t>(st.st_size), path);
+  std::string text(n, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(n));
+  if (static_cast<uint64_t>(in.gcount()) != n) throw std::runtime_error("cannot read the header of '" + path + "'");
+  return metadata_of(parse_header(text, path), path);
+}
 
 }  // namespace diffuse

@@ -32,5 +32,8 @@ SafetensorsContent safetensors_parse(const std::string& bytes, const std::string
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata);  // atomic
 SafetensorsContent load_safetensors(const std::string& path);
+// Only the "__metadata__", reading only the header (a training state is hundreds of megabytes, its
+// description a few kilobytes); the header is checked as load_safetensors checks it.
+std::map<std::string, std::string> load_safetensors_metadata(const std::string& path);
 
 }  // namespace diffuse
