@@ -214,6 +214,7 @@ TEST(Diffusers, SchedulerConfigsBecomeTheScheduleObjectiveAndSamplingDefaults) {
   EXPECT_EQ(s.schedule.kind, BetaSchedule::cosine);
   EXPECT_EQ(s.schedule.timesteps, 500);
   EXPECT_EQ(s.objective, Objective::x0);
+  EXPECT_EQ(scheduler_from_diffusers({{"prediction_type", "v_prediction"}}).objective, Objective::v);
   EXPECT_TRUE(s.sampling.ddpm_large_variance);
   EXPECT_FALSE(s.sampling.clip_x0);
   EXPECT_EQ(s.sampling.spacing, TimestepSpacing::trailing);
@@ -230,6 +231,8 @@ TEST(Diffusers, SchedulerConfigsBecomeTheScheduleObjectiveAndSamplingDefaults) {
   CheckpointInfo info;
   info.schedule = trained.schedule;
   EXPECT_EQ(diffusers_scheduler_config(info).at("trained_betas"), nlohmann::json({0.1, 0.25, 0.5}));
+  info.objective = Objective::v;
+  EXPECT_EQ(diffusers_scheduler_config(info).at("prediction_type"), "v_prediction");
   EXPECT_NE(error_of([&] {
               scheduler_from_diffusers({{"num_train_timesteps", 3}, {"trained_betas", {0.1}}});
             }).find("trained_betas"),
@@ -294,7 +297,7 @@ TEST(Diffusers, BrokenFoldersAreRefusedNamingWhatIsWrong) {
   EXPECT_NE(type_error.find("\"beta_start\""), std::string::npos) << type_error;
   EXPECT_NE(type_error.find("expected a finite number"), std::string::npos) << type_error;
   EXPECT_NE(error_of([&] {
-              scheduler_from_diffusers({{"prediction_type", "v_prediction"}});
+              scheduler_from_diffusers({{"prediction_type", "flow"}});
             }).find("prediction_type"),
             std::string::npos);
   EXPECT_NE(error_of([&] { load_checkpoint(dir.str(), torch::kCPU); }).find("not a diffusers folder"),

@@ -84,15 +84,72 @@ TEST(ModelOutput, EpsAndX0ParameterisationsInvertEachOther) {
   auto x0 = torch::rand({4, 1, 3, 3}) * 2 - 1;
   auto eps = torch::randn_like(x0);
   auto t = torch::tensor({0, 10, 500, 999}, torch::kLong);
-  for (auto objective : {Objective::eps, Objective::x0}) {
+  for (auto objective : {Objective::eps, Objective::x0, Objective::v}) {
     auto d = make_diffusion(objective);
     auto xt = d.q_sample(x0, t, eps);
-    auto out = objective == Objective::eps ? eps : x0;
+    auto out = d.training_target(x0, eps, t);
+    if (objective != Objective::v) EXPECT_EQ(out.data_ptr(), (objective == Objective::eps ? eps : x0).data_ptr());
     auto p = d.split_model_output(out, xt, t, /*clip_x0=*/false);
     EXPECT_LT((p.x0 - x0).abs().max().item<double>(), 2e-3) << to_string(objective);  // ÷√ᾱ_T amplifies rounding
     EXPECT_LT((p.eps - eps).abs().max().item<double>(), 1e-3) << to_string(objective);
-    EXPECT_EQ(d.training_target(x0, eps).data_ptr(), out.data_ptr());
+    EXPECT_EQ(objective_from_string(to_string(objective)), objective);
   }
+  EXPECT_THROW(objective_from_string("velocity"), std::invalid_argument);
+}
+
+TEST(ModelOutput, VIsTheVelocityOfTheCircleThroughDataAndNoise) {
+  // Salimans & Ho §4: x_φ = cos φ x_0 + sin φ ε with φ_t = atan(√(1−ᾱ_t)/√ᾱ_t) is x_t, and v = dx_φ/dφ.
+  // Central differences of x_φ in float64 against training_target.
+  torch::manual_seed(5);
+  NoiseSchedule s{ScheduleConfig{}};
+  GaussianDiffusion d(s, Objective::v, torch::kCPU);
+  auto x0 = torch::rand({3, 1, 2, 2}, torch::kFloat64) * 2 - 1;
+  auto eps = torch::randn_like(x0);
+  const std::vector<int64_t> steps{0, 400, 999};
+  const auto t = torch::tensor(steps, torch::kLong);
+  const auto v = d.training_target(x0, eps, t);
+  const auto xt = d.q_sample(x0, t, eps);
+  const double h = 1e-6;
+  for (int64_t b = 0; b < 3; ++b) {
+    const double phi = std::atan2(std::sqrt(1 - s.alpha_bar[steps[b]]), std::sqrt(s.alpha_bar[steps[b]]));
+    auto x_at = [&](double p) { return std::cos(p) * x0[b] + std::sin(p) * eps[b]; };
+    EXPECT_LT((x_at(phi) - xt[b]).abs().max().item<double>(), 1e-12);
+    EXPECT_LT(((x_at(phi + h) - x_at(phi - h)) / (2 * h) - v[b]).abs().max().item<double>(), 1e-8) << steps[b];
+  }
+}
+
+TEST(Loss, MinSnrWeightsTheErrorInXZeroByMinOfSnrAndGamma) {
+  // For any network output, w · ‖target − out‖² = min(SNR_t, γ) · ‖x_0 − x̂_0‖² per image, with x̂_0
+  // from split_model_output: the three objectives then train on one loss (Hang et al. 2023, eq. 9).
+  torch::manual_seed(6);
+  NoiseSchedule s{ScheduleConfig{}};
+  auto x0 = torch::rand({4, 1, 3, 3}, torch::kFloat64) * 2 - 1;
+  auto eps = torch::randn_like(x0);
+  const std::vector<int64_t> steps{0, 50, 300, 999};  // SNR from 1e4 to 4e-5 around γ = 5
+  const auto t = torch::tensor(steps, torch::kLong);
+  const double gamma = 5.0;
+  for (auto objective : {Objective::eps, Objective::x0, Objective::v}) {
+    GaussianDiffusion d(s, objective, torch::kCPU);
+    const auto xt = d.q_sample(x0, t, eps);
+    const auto out = d.training_target(x0, eps, t) + 0.1 * torch::randn_like(x0);  // an imperfect network
+    const auto x0_hat = d.split_model_output(out, xt, t, /*clip_x0=*/false).x0;
+    const auto w = d.min_snr_weights(t, gamma);
+    const auto error = (d.training_target(x0, eps, t) - out).pow(2).flatten(1).sum(1);
+    const auto x0_error = (x0 - x0_hat).pow(2).flatten(1).sum(1);
+    for (int64_t b = 0; b < 4; ++b) {
+      const double want = std::min(s.snr[steps[b]], gamma) * x0_error[b].item<double>();
+      EXPECT_NEAR(w[b].item<double>() * error[b].item<double>(), want, 1e-6 * want) << to_string(objective) << steps[b];
+    }
+    EXPECT_TRUE(torch::equal(d.min_snr_weights(t, 0.0), torch::ones({4})));
+  }
+}
+
+TEST(Loss, WeightedSimpleLossWeighsEachImagesMeanSquaredError) {
+  auto out = torch::tensor({1.0, 2.0, 0.0, 0.0}, torch::kFloat64).view({2, 1, 1, 2});
+  auto target = torch::zeros_like(out);
+  auto w = torch::tensor({0.5, 3.0});
+  // image 0: mean(1, 4) = 2.5, image 1: 0 → (0.5·2.5 + 3·0)/2
+  EXPECT_NEAR(GaussianDiffusion::loss_simple(out, target, w).item<double>(), 0.625, 1e-12);
 }
 
 TEST(ModelOutput, ClippingKeepsThePairConsistent) {

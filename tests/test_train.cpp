@@ -288,3 +288,18 @@ TEST(Train, VlbLossTrainsToAFiniteLoss) {
   EXPECT_GT(result.loss, 0.0);
   EXPECT_THROW(train_loss_from_string("hybrid"), std::invalid_argument);
 }
+
+TEST(Train, VPredictionWithMinSnrTrainsAndIsKeptInTheCheckpoint) {
+  TempDir dir;
+  auto data = load_dataset("mnist", Split::train, DataOptions{32, 32});
+  auto cfg = quick_config(dir.str(), 4);
+  cfg.min_snr_gamma = 5.0;
+  auto info = tiny_info(data);
+  info.objective = Objective::v;
+  auto result = train(cfg, info, data, torch::kCPU);
+  EXPECT_TRUE(std::isfinite(result.loss));
+  EXPECT_GT(result.loss, 0.0);
+  EXPECT_EQ(load_checkpoint(dir / "checkpoint.safetensors", torch::kCPU).info.objective, Objective::v);
+  const auto settings = nlohmann::json::parse(load_safetensors_metadata(dir / "train_state.safetensors").at("train"));
+  EXPECT_EQ(settings.at("min-snr-gamma"), 5.0);
+}

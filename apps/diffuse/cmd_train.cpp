@@ -155,11 +155,17 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--preview-n", c.preview_n, "Images in a preview grid")->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->add_option("--log-every", c.log_every, "Append to log.csv every N steps")->check(positive_number())->capture_default_str();
   cmd->add_flag("--resume", c.resume, "Continue the run in --out (same step, optimizer, EMA and RNG)");
-  cmd->add_option("--objective", o->objective, "What the network predicts")
-      ->check(CLI::IsMember({"eps", "x0"}))
+  cmd->add_option("--objective", o->objective,
+                  "What the network predicts: the noise eps, the image x0, or v = sqrt(abar) eps - sqrt(1 - abar) x0")
+      ->check(CLI::IsMember({"eps", "x0", "v"}))
       ->capture_default_str();
   cmd->add_option("--loss", o->loss, "simple: ||target - f(x_t, t)||^2; vlb: the bound's terms L_t-1, L_0 (bits/dim)")
       ->check(CLI::IsMember({"simple", "vlb"}))
+      ->capture_default_str();
+  cmd->add_option("--min-snr-gamma", c.min_snr_gamma,
+                  "--loss simple: weight each image's error so that x0's error counts min(SNR_t, gamma) "
+                  "(Hang et al. 2023; 5 is theirs; 0: off)")
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
   cmd->add_option("--label-dropout", c.label_dropout, "--class-cond: probability of training with no label")

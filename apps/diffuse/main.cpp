@@ -5,11 +5,11 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <thread>
 
 #include "commands.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/large_block_cache.h"
+#include "diffuse/util/cpu_sharing.h"
 
 namespace diffuse::cli {
 
@@ -75,9 +75,23 @@ Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   return diffuse::resolve_compute(request, workload, [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
 }
 
+// Whether argv runs a command that computes long enough to pay for executing again (about half a
+// second of loading LibTorch): not for help, show, schedule or convert.
+bool runs_compute_command(int argc, char** argv) {
+  bool compute = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help" || arg == "--help-all") return false;
+    compute = compute || arg == "train" || arg == "sample" || arg == "eval" || arg == "edit" || arg == "bench";
+  }
+  return compute;
+}
+
 }  // namespace diffuse::cli
 
 int main(int argc, char** argv) {
+  // libgomp's threads then sleep soon where another process holds a core
+  if (diffuse::cli::runs_compute_command(argc, argv)) diffuse::reexec_with_short_omp_spin(argv);
   CLI::App app{"diffuse: denoising diffusion models (DDPM, DDIM) in C++"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
@@ -85,10 +99,12 @@ int main(int argc, char** argv) {
       "Environment: DIFFUSE_DATA_DIR (data sets; README), DIFFUSE_CACHE_DIR (the cFID classifiers and the\n"
       "convolution timings kept across runs; default $XDG_CACHE_HOME/diffuse or ~/.cache/diffuse),\n"
       "DIFFUSE_TIMING_CACHE=0 (time every convolution shape afresh in each run).");
-  // Default: OMP_NUM_THREADS where a launcher set it (several processes on one machine), else every core.
-  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Default: OMP_NUM_THREADS where a launcher set it (several processes on one machine), else the
+  // cores that other processes leave free (one thread per busy core less: bench/busy_machine.sh).
+  int threads = diffuse::free_cores();
   if (const char* omp = std::getenv("OMP_NUM_THREADS"); omp && std::atoi(omp) > 0) threads = std::atoi(omp);
-  app.add_option("--threads", threads, "Torch CPU threads (default: OMP_NUM_THREADS, else hardware concurrency)")
+  app.add_option("--threads", threads,
+                 "Torch CPU threads (default: OMP_NUM_THREADS, else the cores that other running processes leave free)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   app.parse_complete_callback([&] {

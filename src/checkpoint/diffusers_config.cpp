@@ -14,6 +14,18 @@ namespace {
 // The diffusers release whose format is written (and whose fixtures the tests compare with).
 constexpr const char* kDiffusersVersion = "0.25.1";
 
+const char* diffusers_prediction_type(Objective objective) {
+  switch (objective) {
+    case Objective::eps:
+      return "epsilon";
+    case Objective::x0:
+      return "sample";
+    case Objective::v:
+      return "v_prediction";
+  }
+  return "epsilon";
+}
+
 // Reads typed keys of one JSON config; every error names the file's role, the key and the value.
 class ConfigReader {
  public:
@@ -274,8 +286,10 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
     out.objective = Objective::eps;
   } else if (prediction == "sample") {
     out.objective = Objective::x0;
+  } else if (prediction == "v_prediction") {
+    out.objective = Objective::v;
   } else {
-    r.refuse("prediction_type", "epsilon or sample (v_prediction is not in the diffusion layer yet)");
+    r.refuse("prediction_type", "epsilon, sample or v_prediction");
   }
   const auto variance = r.string("variance_type", "fixed_small");
   if (variance != "fixed_small" && variance != "fixed_large") {
@@ -315,7 +329,7 @@ nlohmann::json diffusers_scheduler_config(const CheckpointInfo& info) {
           {"clip_sample_range", 1.0},
           {"dynamic_thresholding_ratio", 0.995},
           {"num_train_timesteps", s.timesteps},
-          {"prediction_type", info.objective == Objective::eps ? "epsilon" : "sample"},
+          {"prediction_type", diffusers_prediction_type(info.objective)},
           {"rescale_betas_zero_snr", false},
           {"sample_max_value", 1.0},
           {"steps_offset", 0},

@@ -6,12 +6,23 @@
 
 namespace diffuse {
 
-std::string to_string(Objective objective) { return objective == Objective::eps ? "eps" : "x0"; }
+std::string to_string(Objective objective) {
+  switch (objective) {
+    case Objective::eps:
+      return "eps";
+    case Objective::x0:
+      return "x0";
+    case Objective::v:
+      return "v";
+  }
+  return "?";
+}
 
 Objective objective_from_string(const std::string& name) {
   if (name == "eps") return Objective::eps;
   if (name == "x0") return Objective::x0;
-  throw std::invalid_argument("unknown objective '" + name + "' (expected eps or x0)");
+  if (name == "v") return Objective::v;
+  throw std::invalid_argument("unknown objective '" + name + "' (expected eps, x0 or v)");
 }
 
 torch::Tensor extract(const torch::Tensor& table, const torch::Tensor& t, const torch::Tensor& x) {
@@ -33,6 +44,7 @@ GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Objective objective
   posterior_log_variance_clipped_ = NoiseSchedule::tensor(schedule_.posterior_log_variance_clipped, device);
   posterior_mean_coef1_ = NoiseSchedule::tensor(schedule_.posterior_mean_coef1, device);
   posterior_mean_coef2_ = NoiseSchedule::tensor(schedule_.posterior_mean_coef2, device);
+  snr_ = NoiseSchedule::tensor(schedule_.snr, device);
 }
 
 torch::Tensor GaussianDiffusion::q_sample(const torch::Tensor& x0, const torch::Tensor& t,
@@ -63,15 +75,28 @@ torch::Tensor GaussianDiffusion::predict_eps_from_x0(const torch::Tensor& x_t, c
   return (x_t - extract(sqrt_alpha_bar_, t, x_t) * x0) / extract(sqrt_one_minus_alpha_bar_, t, x_t);
 }
 
+Prediction GaussianDiffusion::predict_from_v(const torch::Tensor& x_t, const torch::Tensor& t,
+                                             const torch::Tensor& v) const {
+  const auto a = extract(sqrt_alpha_bar_, t, x_t), s = extract(sqrt_one_minus_alpha_bar_, t, x_t);
+  // x̂_0 = √ᾱ x_t − √(1 − ᾱ) v̂,  ε̂ = √(1 − ᾱ) x_t + √ᾱ v̂   (a² + s² = 1 inverts v = a ε − s x_0)
+  return {a * x_t - s * v, s * x_t + a * v};
+}
+
 Prediction GaussianDiffusion::split_model_output(const torch::Tensor& model_out, const torch::Tensor& x_t,
                                                  const torch::Tensor& t, bool clip_x0) const {
   Prediction p;
-  if (objective_ == Objective::eps) {
-    p.eps = model_out;
-    p.x0 = predict_x0_from_eps(x_t, t, model_out);
-  } else {
-    p.x0 = model_out;
-    p.eps = predict_eps_from_x0(x_t, t, model_out);
+  switch (objective_) {
+    case Objective::eps:
+      p.eps = model_out;
+      p.x0 = predict_x0_from_eps(x_t, t, model_out);
+      break;
+    case Objective::x0:
+      p.x0 = model_out;
+      p.eps = predict_eps_from_x0(x_t, t, model_out);
+      break;
+    case Objective::v:
+      p = predict_from_v(x_t, t, model_out);
+      break;
   }
   if (clip_x0) {
     p.x0 = p.x0.clamp(-1.0, 1.0);
@@ -87,12 +112,48 @@ torch::Tensor GaussianDiffusion::p_mean_from_eps(const torch::Tensor& x_t, const
   return (x_t - eps_coef * eps) / extract(alphas_, t, x_t).sqrt();
 }
 
-torch::Tensor GaussianDiffusion::training_target(const torch::Tensor& x0, const torch::Tensor& noise) const {
-  return objective_ == Objective::eps ? noise : x0;
+torch::Tensor GaussianDiffusion::training_target(const torch::Tensor& x0, const torch::Tensor& noise,
+                                                 const torch::Tensor& t) const {
+  switch (objective_) {
+    case Objective::eps:
+      return noise;
+    case Objective::x0:
+      return x0;
+    case Objective::v:
+      break;
+  }
+  // v = √ᾱ_t ε − √(1 − ᾱ_t) x_0
+  return extract(sqrt_alpha_bar_, t, x0) * noise - extract(sqrt_one_minus_alpha_bar_, t, x0) * x0;
+}
+
+torch::Tensor GaussianDiffusion::min_snr_weights(const torch::Tensor& t, double gamma) const {
+  const auto index = t.to(snr_.device(), torch::kLong);
+  if (gamma <= 0) return torch::ones({t.size(0)}, snr_.options().dtype(torch::kFloat32));
+  const auto snr = snr_.index_select(0, index);
+  const auto clipped = snr.clamp_max(gamma);  // min(SNR_t, γ)
+  torch::Tensor w;
+  switch (objective_) {
+    case Objective::eps:
+      w = clipped / snr;
+      break;
+    case Objective::x0:
+      w = clipped;
+      break;
+    case Objective::v:
+      w = clipped / (snr + 1);
+      break;
+  }
+  return w.to(torch::kFloat32);
 }
 
 torch::Tensor GaussianDiffusion::loss_simple(const torch::Tensor& model_out, const torch::Tensor& target) {
   return (model_out - target).pow(2).mean();
+}
+
+torch::Tensor GaussianDiffusion::loss_simple(const torch::Tensor& model_out, const torch::Tensor& target,
+                                             const torch::Tensor& weights) {
+  const auto per_image = (model_out - target).pow(2).flatten(1).mean(1);
+  return (per_image * weights.to(per_image.scalar_type())).mean();
 }
 
 torch::Tensor GaussianDiffusion::sample_timesteps(int64_t batch, const c10::optional<torch::Generator>& gen) const {

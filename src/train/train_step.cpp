@@ -103,12 +103,17 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
     torch::Tensor y;  // class-conditional: labels, each dropped to ∅ with probability p
     if (classes > 0) y = drop_labels(labels, classes, options_.label_dropout);
     auto model_out = model_->forward(x_t, t, y);  // same dtype as x_t (float32), also under autocast
-    loss = options_.loss == TrainLoss::simple
-               ? GaussianDiffusion::loss_simple(model_out, diffusion_.training_target(x0, noise))
-               : vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
-                             diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
-                     .mean()
-                     .to(torch::kFloat32);
+    if (options_.loss == TrainLoss::vlb) {
+      loss = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
+                         diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
+                 .mean()
+                 .to(torch::kFloat32);
+    } else if (options_.min_snr_gamma > 0) {
+      loss = GaussianDiffusion::loss_simple(model_out, diffusion_.training_target(x0, noise, t),
+                                            diffusion_.min_snr_weights(t, options_.min_snr_gamma));
+    } else {
+      loss = GaussianDiffusion::loss_simple(model_out, diffusion_.training_target(x0, noise, t));
+    }
   }
   optimizer_.zero_grad();
   loss.backward();

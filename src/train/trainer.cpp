@@ -65,6 +65,7 @@ struct TrainState {
             {"weight-decay", c.weight_decay},
             {"label-dropout", c.label_dropout},
             {"loss", to_string(c.loss)},
+            {"min-snr-gamma", c.min_snr_gamma},
             {"steps", c.steps}};
   }
 
@@ -279,8 +280,9 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   double window_loss = 0.0;  // sum of the window's losses, as last read back
   auto window_loss_sum = torch::zeros({}, torch::dtype(torch::kFloat32).device(device));
   int64_t window_steps = 0;
-  TrainStep train_step(model, ema_model, diffusion, optimizer, ema,
-                       TrainStepOptions{config.loss, config.grad_clip, config.label_dropout, config.precision});
+  TrainStep train_step(
+      model, ema_model, diffusion, optimizer, ema,
+      TrainStepOptions{config.loss, config.min_snr_gamma, config.grad_clip, config.label_dropout, config.precision});
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
   model->train();

@@ -1,6 +1,6 @@
 // One optimisation step of the diffusion model, shared by the trainer and `diffuse bench`:
 //   t ~ U{0..T−1}, ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε      (forward process, closed form)
-//   loss = L_simple or L_vlb at t (optionally under bf16 autocast)
+//   loss = L_simple (optionally min-SNR-γ weighted) or L_vlb at t (optionally under bf16 autocast)
 //   backward → [gradient hook, e.g. all-reduce] → clip ‖g‖ → AdamW → EMA
 // Nothing in a step waits for the device: the loss comes back as a tensor.
 #pragma once
@@ -24,6 +24,7 @@ TrainLoss train_loss_from_string(const std::string& name);
 
 struct TrainStepOptions {
   TrainLoss loss = TrainLoss::simple;
+  double min_snr_gamma = 0.0;  // L_simple's images weighted by min-SNR-γ (GaussianDiffusion::min_snr_weights; ≤ 0: off)
   double grad_clip = 1.0;       // max global gradient norm (≤ 0: off)
   double label_dropout = 0.1;   // class-conditional models: P(label → ∅)
   Precision precision = Precision::fp32;

@@ -27,6 +27,7 @@ namespace diffuse {
 struct TrainConfig {
   std::string out_dir;
   TrainLoss loss = TrainLoss::simple;
+  double min_snr_gamma = 0.0;  // simple loss: min-SNR-γ weights per image (≤ 0: off)
   int64_t steps = 2400;
   int64_t batch_size = 64;
   double lr = 1e-3;
