@@ -1,56 +1,75 @@
 #!/usr/bin/env bash
-# Quality per minute for the main job: trains the `mnist` model with several step counts and
-# batch sizes (each a whole run: warm-up, cosine decay to 0 at its last step), measures each
-# checkpoint's cFID (500 images, DDIM-50, eta 0 and 1) and times a training step of each batch
-# size on a quiet machine, then prints one table row per run.
-#   bench/main_job_sweep.sh [RUNS...]     RUN = STEPSxBATCH, default: 600x64 1200x64 2400x32 2400x64
-# Environment: OUT (default runs/sweep), PRECISION (default auto, as the main job trains), BIN
-# (default build/diffuse; a copy lets you rebuild while it runs).
+# Quality per minute for the main job: trains the `mnist` model once per recipe (each a whole run:
+# warm-up, cosine decay to 0 at its last step, seed 0), measures each checkpoint's cFID (N images,
+# seed 0, DDIM-50 at η = 0 and η = 1) and times a training step of each batch size on a quiet
+# machine, then prints one table row per recipe.
+#   bench/main_job_sweep.sh [RECIPE...]     RECIPE: a name from `recipes` below (default: all)
+# Environment: OUT (default runs/sweep), N (images per cFID, default 500), BIN (default
+# build/diffuse; a copy lets you rebuild while it runs), TIMING=0 (no step timing, minutes left out).
 # Training and evaluation do not need a quiet machine (their wall time is not used); the step
 # timing at the end does. Finished runs are reused, so the script can be re-run to add rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${BIN:-build/diffuse}
 out=${OUT:-runs/sweep}
-precision=${PRECISION:-auto}
-runs=("$@")
-[ ${#runs[@]} -eq 0 ] && runs=(600x64 1200x64 2400x32 2400x64)
+n=${N:-500}
+
+# NAME → train flags beyond `--data mnist --model mnist --precision auto`; the levers of issue 26
+# one at a time against eps-1200 (the main job's recipe before the sweep).
+declare -A recipes=(
+  [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
+  [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
+  [eps-min-snr-5-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --min-snr-gamma 5"
+  [v-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v"
+  [v-min-snr-5-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5"
+  [eps-lr-2e-3-1200]="--steps 1200 --batch-size 64 --lr 2e-3"
+  [eps-batch-32-2400]="--steps 2400 --batch-size 32 --lr 1e-3"
+)
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
 mkdir -p "$out"
 
-for run in "${runs[@]}"; do
-  steps=${run%x*} batch=${run#*x} dir="$out/$run"
+flag_value() {  # flag_value FLAG FLAGS... → the value after FLAG
+  local flag=$1; shift
+  while [ $# -gt 1 ]; do [ "$1" = "$flag" ] && { echo "$2"; return; }; shift; done
+}
+
+for name in "${names[@]}"; do
+  [ -n "${recipes[$name]:-}" ] || { echo "unknown recipe $name (known: ${!recipes[*]})" >&2; exit 2; }
+  flags=(${recipes[$name]}) dir="$out/$name"
+  steps=$(flag_value --steps "${flags[@]}")
   if ! grep -q "^$steps," "$dir/log.csv" 2>/dev/null; then
-    "$bin" train --data mnist --model mnist --out "$dir" --steps "$steps" --batch-size "$batch" --lr 1e-3 \
-      --preview-every 0 --checkpoint-every 400 --precision "$precision" --no-progress > "$dir.train.log" 2>&1
+    resume=(); [ -f "$dir/train_state.safetensors" ] && resume=(--resume)
+    "$bin" train --data mnist --model mnist --out "$dir" "${flags[@]}" --preview-every 0 --checkpoint-every 400 \
+      --precision auto --no-progress "${resume[@]}" > "$dir.train.log" 2>&1
   fi
   for eta in 0 1; do
-    [ -s "$dir/fid_eta$eta.json" ] && continue
-    "$bin" eval --checkpoint "$dir/checkpoint.safetensors" --metric fid --n 500 --eta "$eta" --json --no-progress \
-      > "$dir/fid_eta$eta.json.tmp" 2> "$dir/fid_eta$eta.err"
-    mv "$dir/fid_eta$eta.json.tmp" "$dir/fid_eta$eta.json"
+    result="$dir/fid_n${n}_eta$eta.json"
+    [ -s "$result" ] && continue
+    "$bin" eval --checkpoint "$dir/checkpoint.safetensors" --metric fid --n "$n" --eta "$eta" --json --no-progress \
+      > "$result.tmp" 2> "$result.err"
+    mv "$result.tmp" "$result"
   done
 done
 
-# Seconds per training step of each batch size, median of 5, in float32 and in the main job's precision.
+# Seconds per training step of each batch size, median of 5, in the precision the runs trained in.
 declare -A step_seconds
-for batch in $(printf '%s\n' "${runs[@]}" | sed 's/.*x//' | sort -un); do
-  for p in $(printf "%s\n" fp32 "$precision" | sort -u); do
-    step_seconds[$batch,$p]=$("$bin" bench --model mnist --what train --batch-size "$batch" --repeat 5 --precision "$p" \
+if [ "${TIMING:-1}" != 0 ]; then
+  for name in "${names[@]}"; do
+    batch=$(flag_value --batch-size ${recipes[$name]})
+    [ -n "${step_seconds[$batch]:-}" ] && continue
+    step_seconds[$batch]=$("$bin" bench --model mnist --what train --batch-size "$batch" --repeat 5 --precision auto \
       --json 2>/dev/null | tail -1 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["median_seconds"])')
   done
-done
+fi
 
-echo "| steps × batch | images | minutes, fp32 ($( "$bin" bench --what conv --repeat 1 --json 2>/dev/null | tail -1 |
-  /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["conv_kernels"])') convolutions) | minutes, --precision $precision | cFID η = 0 | cFID η = 1 |"
+cfid() { /usr/bin/python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cfid"], 1))' "$1"; }
+echo "| recipe | flags | images | minutes of training | cFID η = 0 | cFID η = 1 |"
 echo "| --- | --- | --- | --- | --- | --- |"
-for run in "${runs[@]}"; do
-  steps=${run%x*} batch=${run#*x} dir="$out/$run"
-  fid0=$(/usr/bin/python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cfid"], 1))' "$dir/fid_eta0.json")
-  fid1=$(/usr/bin/python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cfid"], 1))' "$dir/fid_eta1.json")
-  /usr/bin/python3 - "$steps" "$batch" "${step_seconds[$batch,fp32]}" "${step_seconds[$batch,$precision]}" "$fid0" "$fid1" <<'EOF'
-import sys
-steps, batch, s32, sp, f0, f1 = sys.argv[1:]
-steps, batch = int(steps), int(batch)
-print(f"| {steps} × {batch} | {steps * batch:,} | {steps * float(s32) / 60:.1f} | {steps * float(sp) / 60:.1f} | {f0} | {f1} |")
-EOF
+for name in "${names[@]}"; do
+  flags=${recipes[$name]} dir="$out/$name"
+  steps=$(flag_value --steps $flags) batch=$(flag_value --batch-size $flags)
+  minutes="–"
+  [ -n "${step_seconds[$batch]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$batch]} / 60" | bc -l)
+  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") |"
 done

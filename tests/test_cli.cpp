@@ -2,15 +2,15 @@
 // a non-zero exit.
 #include <gtest/gtest.h>
 
-
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
+#include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
+#include "diffuse/io/safetensors.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/data_parallel.h"
@@ -220,6 +220,31 @@ TEST(Cli, TrainThenSampleEndToEnd) {
               bpd.at("prior").get<double>() + bpd.at("terms").get<double>() + bpd.at("decoder").get<double>(), 1e-9);
   EXPECT_GT(j.at("stderr").at("total").get<double>(), 0.0);
   EXPECT_EQ(j.at("images").get<int>(), 6);
+}
+
+TEST(Cli, TrainReshapesTheNetworkAndTrainsVWithMinSnr) {
+  TempDir dir;
+  auto r =
+      run("--threads 1 train --data mnist --limit 16 --model tiny --channels 12 --channel-mult 1,1 --res-blocks 2 "
+          "--attention-res 0 --objective v --min-snr-gamma 5 --steps 2 --batch-size 4 --timesteps 50 "
+          "--preview-every 0 --preview-n 2 --no-progress --out " +
+          dir / "run");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto info = diffuse::checkpoint_info_from_metadata(
+      diffuse::load_safetensors_metadata(dir / "run/checkpoint.safetensors"), "checkpoint");
+  EXPECT_EQ(info.model.channels, 12);
+  EXPECT_EQ(info.model.channel_mult, (std::vector<int64_t>{1, 1}));
+  EXPECT_EQ(info.model.num_res_blocks, 2);
+  EXPECT_TRUE(info.model.attention_resolutions.empty());
+  EXPECT_EQ(info.objective, diffuse::Objective::v);
+  // a shape the network cannot take names the field and the rule
+  r = run("train --data mnist --limit 16 --model tiny --channels 10 --steps 1 --out " + dir / "bad");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("norm_groups"), std::string::npos) << r.output;
+  // resuming with another shape is refused
+  r = run("train --data mnist --limit 16 --model tiny --channels 16 --steps 4 --resume --out " + dir / "run");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("stay as they began"), std::string::npos) << r.output;
 }
 
 // SIGTERM (timeout, Slurm, systemd, docker) takes the same path as Ctrl-C (SIGINT) and SIGHUP.

@@ -1,16 +1,16 @@
 // diffuse eval --metric nll: the variational bound in bits/dim over a data split.
 // diffuse eval --metric fid: the classifier-Fréchet distance (cFID) of generated images to a split.
 // Either as a table or as one JSON object.
-#include <cstdio>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
-
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "diffuse/util/progress.h"
+#include "sampling_progress.h"
 
 namespace diffuse::cli {
 
@@ -40,8 +40,14 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
   const int64_t steps = sampling_steps(pipeline, g), n = g.n;
   const int64_t classes = info.model.num_classes;
   if (classes == 0 && o.guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint");
-  ProgressBar bar("generate", n * steps, 0, o.nll.progress);
-  BatchStepCallback cb = [&](int64_t first, const SampleStep& s) { bar.update(first * steps + (s.index + 1) * s.x_t.size(0)); };
+  if (n < 1000) {
+    std::fprintf(stderr,
+                 "note: %lld images are few for 128 classifier features: the cFID is biased upwards (compare only "
+                 "runs with the same --n)\n",
+                 static_cast<long long>(n));
+  }
+  SamplingProgress bar("generate", n, g.batch_size, steps, o.nll.progress);
+  BatchStepCallback cb = [&](int64_t first, const SampleStep& s) { bar.update(first, s); };
   const auto r = evaluate_cfid(
       pipeline, g, reference,
       [&] { return load_dataset(data_name, Split::train, DataOptions{info.data.image_size, 0}); }, o.nll.progress, cb);

@@ -9,6 +9,7 @@
 #include "diffuse/sampling/guidance.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/util/progress.h"
+#include "sampling_progress.h"
 
 namespace diffuse::cli {
 
@@ -85,9 +86,9 @@ void run_sample(const SampleCliOptions& o) {
   const int64_t frames = std::min(o.trajectory_frames - 1, steps);
   for (int64_t k = 0; k < frames; ++k) keep_frame[frames == 1 ? 0 : (k * (steps - 1) + (frames - 1) / 2) / (frames - 1)] = true;
   const int64_t traj_images = std::min<int64_t>(o.n, 4);
-  ProgressBar bar(o.sampler.sampler + "-" + std::to_string(steps), o.n * steps, 0, o.progress);
+  SamplingProgress bar(o.sampler.sampler + "-" + std::to_string(steps), o.n, o.batch_size, steps, o.progress);
   BatchStepCallback cb = [&](int64_t first, const SampleStep& s) {
-    bar.update(first * steps + (s.index + 1) * s.x_t.size(0));
+    bar.update(first, s);
     if (first == 0 && !o.trajectory.empty() && keep_frame[s.index]) {
       frames_xt.push_back(s.x_t.narrow(0, 0, traj_images).to(torch::kCPU));
       frames_x0.push_back(s.x0_pred.narrow(0, 0, traj_images).to(torch::kCPU));

@@ -20,6 +20,20 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+void RecentRate::observe(double seconds, int64_t done) {
+  if (!seen_.empty() && seconds - seen_.back().first < 1.0) return;
+  seen_.emplace_back(seconds, done);
+  // keep the newest observation that is at least `window` old, as the start of the span
+  while (seen_.size() > 2 && seconds - seen_[1].first >= window_) seen_.pop_front();
+}
+
+double RecentRate::per_second() const {
+  if (seen_.size() < 2) return NAN;
+  const auto& [t0, d0] = seen_.front();
+  const auto& [t1, d1] = seen_.back();
+  return static_cast<double>(d1 - d0) / (t1 - t0);
+}
+
 ProgressBar::ProgressBar(std::string label, int64_t total, int64_t start, bool enabled)
     : label_(std::move(label)), total_(std::max<int64_t>(total, 1)), start_(start), enabled_(enabled),
       tty_(::isatty(STDERR_FILENO) != 0), begin_(std::chrono::steady_clock::now()), last_draw_() {}
@@ -31,6 +45,7 @@ double ProgressBar::elapsed_seconds() const {
 void ProgressBar::update(int64_t done, const std::string& info) {
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
+  rate_.observe(std::chrono::duration<double>(now - begin_).count(), done);
   if (tty_) {
     if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
   } else {
@@ -57,7 +72,11 @@ void ProgressBar::draw(int64_t done, const std::string& info, bool final) {
   bar += std::string(width - filled, '.');
   const double elapsed = elapsed_seconds();
   const int64_t done_here = done - start_;
-  const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) * static_cast<double>(total_ - done) : NAN;
+  const double recent = rate_.per_second();
+  const double rate = std::isfinite(recent) && recent > 0 ? recent
+                      : done_here > 0                     ? static_cast<double>(done_here) / elapsed
+                                                          : NAN;
+  const double eta = static_cast<double>(total_ - done) / rate;
   std::string timing = final ? "took " + format_duration(elapsed) : "ETA " + format_duration(eta);
   std::fprintf(stderr, "%s%s [%s] %lld/%lld %5.1f%%  %s  %s%s", tty_ ? "\r\033[K" : "", label_.c_str(), bar.c_str(),
                static_cast<long long>(done), static_cast<long long>(total_), 100.0 * fraction, info.c_str(),

@@ -1,13 +1,31 @@
-// A progress bar on stderr: "label  [#####.....]  120/3000  4.0%  loss 0.0312  ETA 11:32".
+// A progress bar on stderr: "label  [#####.....]  120/3000  4.0%  loss 0.0312  ETA 11:32", the ETA
+// from the rate of the last 30 seconds.
 // Redrawn in place on a terminal (at most 10 times a second); on a pipe or file, one line
 // every 5% so logs stay short.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <string>
+#include <utility>
 
 namespace diffuse {
+
+// Items per second over the last `window` seconds of (time, done) observations: an ETA from it
+// follows a machine's changing load and forgets the first steps' warm-up, where the average since
+// the start would carry both to the end.
+class RecentRate {
+ public:
+  explicit RecentRate(double window_seconds = 30.0) : window_(window_seconds) {}
+  void observe(double seconds, int64_t done);
+  // NaN until the observations span a second
+  double per_second() const;
+
+ private:
+  double window_;
+  std::deque<std::pair<double, int64_t>> seen_;  // at most one per second, oldest first
+};
 
 class ProgressBar {
  public:
@@ -27,6 +45,7 @@ class ProgressBar {
   bool enabled_, tty_;
   int64_t last_reported_percent_ = -1;
   std::chrono::steady_clock::time_point begin_, last_draw_;
+  RecentRate rate_;
 };
 
 // "1:02:03" or "2:03".
