@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Training-step time on an idle machine and beside one busy process (`yes`, one core), for
-# OpenMP settings side by side: the binary's default (GOMP_SPINCOUNT=1000, one thread per free
-# core), and with a thread per core: libgomp's own spin count (300,000), other spin counts, a
-# passive wait policy; and one thread. Rounds are interleaved so that drift hits every setting alike.
+# OpenMP settings side by side: the binary's default (one thread per core that other processes
+# leave free), and with a thread per core: libgomp's own spin count (300,000), other spin counts,
+# a passive wait policy; and one thread. Rounds are interleaved so that drift hits every setting alike.
 #   bench/busy_machine.sh [ROUNDS]      (default 3; prints a table of median step seconds)
 # Environment: BIN (default build/diffuse), BATCH (default 64), MODEL (default mnist),
 # SETTINGS (space-separated, default below; each NAME is one of the cases in run_setting).

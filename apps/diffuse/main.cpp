@@ -75,23 +75,9 @@ Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
   return diffuse::resolve_compute(request, workload, [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
 }
 
-// Whether argv runs a command that computes long enough to pay for executing again (about half a
-// second of loading LibTorch): not for help, show, schedule or convert.
-bool runs_compute_command(int argc, char** argv) {
-  bool compute = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help" || arg == "--help-all") return false;
-    compute = compute || arg == "train" || arg == "sample" || arg == "eval" || arg == "edit" || arg == "bench";
-  }
-  return compute;
-}
-
 }  // namespace diffuse::cli
 
 int main(int argc, char** argv) {
-  // libgomp's threads then sleep soon where another process holds a core
-  if (diffuse::cli::runs_compute_command(argc, argv)) diffuse::reexec_with_short_omp_spin(argv);
   CLI::App app{"diffuse: denoising diffusion models (DDPM, DDIM) in C++"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");

@@ -1,12 +1,10 @@
 #include "diffuse/util/cpu_sharing.h"
 
 #include <sched.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <climits>
-#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -44,13 +42,6 @@ int free_cores() {
     others = std::min(others, running - 1);
   }
   return std::clamp(cores - others, 1, cores);
-}
-
-void reexec_with_short_omp_spin(char** argv) {
-  if (std::getenv("GOMP_SPINCOUNT") || std::getenv("OMP_WAIT_POLICY")) return;
-  if (::setenv("GOMP_SPINCOUNT", "1000", 0) != 0) return;
-  ::execv("/proc/self/exe", argv);
-  ::unsetenv("GOMP_SPINCOUNT");  // exec failed: run on with libgomp's defaults
 }
 
 }  // namespace diffuse

@@ -1,0 +1,29 @@
+// The default thread count leaves a core to each other runnable task.
+#include <gtest/gtest.h>
+#include <sched.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "diffuse/util/cpu_sharing.h"
+
+TEST(CpuSharing, ABusyTaskTakesACoreFromTheDefault) {
+  cpu_set_t set;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int cores = CPU_COUNT(&set);
+  const int idle = diffuse::free_cores();
+  EXPECT_GE(idle, 1);
+  EXPECT_LE(idle, cores);
+  std::atomic<bool> stop{false};
+  std::thread busy([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int with_busy = diffuse::free_cores();
+  stop = true;
+  busy.join();
+  EXPECT_LE(with_busy, std::max(1, cores - 1));  // the spinning thread is runnable in every read
+  EXPECT_GE(with_busy, 1);
+}
