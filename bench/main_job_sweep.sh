@@ -24,6 +24,8 @@ declare -A recipes=(
   [v-min-snr-5-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5"
   [eps-lr-2e-3-1200]="--steps 1200 --batch-size 64 --lr 2e-3"
   [eps-batch-32-2400]="--steps 2400 --batch-size 32 --lr 1e-3"
+  [v-min-snr-5-cosine-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --schedule cosine"
+  [v-min-snr-5-lr-2e-3-1200]="--steps 1200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))

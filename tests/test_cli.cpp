@@ -367,9 +367,15 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
     r = run("edit " + mode + ck + " --out " + dir / "edit.png");
     EXPECT_EQ(r.status, 0) << mode << "\n" << r.output;
     EXPECT_TRUE(std::filesystem::exists(dir / "edit.png")) << mode;
+    // the progress bar counts the network's evaluations and ends at its total
+    const auto mode_name = mode.substr(0, mode.find(' '));
+    const auto last_line = r.output.rfind(mode_name + " [########################]");
+    EXPECT_NE(last_line, std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("100.0%", last_line), std::string::npos) << r.output;
   }
-  r = run("edit sweep --test-index 0 --ts 5,25 --checkpoint " + plain);
+  r = run("edit sweep --test-index 0 --ts 5,25 --no-progress --checkpoint " + plain);
   EXPECT_NE(r.output.find("PSNR"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("sweep ["), std::string::npos) << r.output;
 
   // Bad input: t out of range, wrong mask size, wrong channels, no image.
   diffuse::save_image_png(dir / "rgb.png", torch::zeros({3, 28, 28}));

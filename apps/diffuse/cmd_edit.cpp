@@ -20,6 +20,7 @@
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/plot/figure.h"
+#include "diffuse/util/progress.h"
 
 namespace diffuse::cli {
 
@@ -35,6 +36,7 @@ struct EditOptions {
   int64_t t = 0, resample = 0, frames = 8;
   double strength = 0.0;
   uint64_t seed = 0;
+  bool progress = true;
 };
 
 // What every edit needs: the model, its diffusion, and the input images in [−1, 1].
@@ -43,6 +45,22 @@ struct EditContext {
   Denoiser net;  // the network without labels (make_unconditional_denoiser)
   torch::Tensor inputs;  // [B, C, H, W]
   torch::Generator gen;
+  std::shared_ptr<ProgressBar> bar;  // over the network's evaluations, once track_progress has set it up
+
+  // From here on `net` counts its evaluations on a bar of `total` (as the mode reckons them).
+  void track_progress(const EditOptions& o, const std::string& label, int64_t total) {
+    if (!o.progress) return;
+    bar = std::make_shared<ProgressBar>(label, total);
+    auto calls = std::make_shared<int64_t>(0);
+    net = [inner = net, b = bar, calls](const torch::Tensor& x, const torch::Tensor& t) {
+      auto out = inner(x, t);
+      b->update(++*calls);
+      return out;
+    };
+  }
+  void finish_progress() {
+    if (bar) bar->finish();
+  }
 };
 
 torch::Tensor load_input_file(const std::string& path, const DataInfo& data) {
@@ -139,8 +157,10 @@ void run_sdedit(const EditOptions& o) {
   const int64_t t = o.t > 0 ? o.t - 1 : timestep_for_strength(o.strength, T);
   int64_t unused = 0;
   auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, unused);
+  c.track_progress(o, "sdedit", sampler->evaluations(edit_steps(o, t)));
   auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t, edit_steps(o, t),
                              clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
+  c.finish_progress();
   if (r.t != t) {  // the sampler's grid of S steps on [0, t] starts at its own first timestep
     std::fprintf(stderr, "--t %lld: the grid of %lld %s steps starts at t = %lld, where the images are noised\n",
                  static_cast<long long>(t + 1), static_cast<long long>(edit_steps(o, t)), o.sampler.sampler.c_str(),
@@ -167,8 +187,13 @@ void run_sweep(const EditOptions& o) {
   std::vector<std::string> rows, columns;
   for (int64_t i = 0; i < shown; ++i)
     for (const char* name : {"original", "x_t", "result"}) columns.push_back(name);
+  int64_t evaluations = 0;
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
+    evaluations += sampler->evaluations(edit_steps(o, t1 - 1));
+  }
+  c.track_progress(o, "sweep", evaluations);
+  for (int64_t t1 : o.ts) {
     auto r = noise_and_denoise(c.pipeline.diffusion, *sampler, c.net, c.inputs, t1 - 1, edit_steps(o, t1 - 1),
                                clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
     rows.push_back("t=" + std::to_string(r.t + 1));
@@ -178,6 +203,7 @@ void run_sweep(const EditOptions& o) {
     for (int64_t i = 0; i < shown; ++i)
       for (const auto& x : {c.inputs[i], r.x_t[i], result[i]}) tiles.push_back(x);
   }
+  c.finish_progress();
   write_figure(o.out, tiles, 3 * shown, "rows: t; columns: original, x_t, result per image", columns, rows);
   if (c.inputs.size(0) > shown) {
     std::fprintf(stderr, "the figure shows the first %lld of the %lld images; the table is over all of them\n",
@@ -191,14 +217,20 @@ void run_invert(const EditOptions& o) {
   std::printf("%6s  %9s   (DDIM inversion and decoding, eta 0, x0 unclipped, %lld images)\n", "steps", "PSNR dB",
               static_cast<long long>(c.inputs.size(0)));
   std::vector<torch::Tensor> latents, recons;
+  int64_t evaluations = 0;
   for (int64_t S : o.step_list) {
     if (S < 2 || S > c.pipeline.diffusion.timesteps()) throw std::runtime_error("--steps-list: " + std::to_string(S) + " outside [2, T]");
+    evaluations += 2 * S;  // S to invert, S to decode
+  }
+  c.track_progress(o, "invert", evaluations);
+  for (int64_t S : o.step_list) {
     auto x_T = ddim_invert(c.pipeline.diffusion, c.net, c.inputs, S, spacing);
     auto back = ddim_decode(c.pipeline.diffusion, c.net, x_T, S, spacing).clamp(-1, 1);
     std::printf("%6lld  %9.2f\n", static_cast<long long>(S), psnr(back, c.inputs).mean().item<double>());
     latents.push_back(x_T);
     recons.push_back(back);
   }
+  c.finish_progress();
   std::vector<torch::Tensor> tiles;
   const int64_t shown = std::min<int64_t>(c.inputs.size(0), 4);
   for (int64_t i = 0; i < shown; ++i) {
@@ -242,7 +274,9 @@ void run_inpaint(const EditOptions& o) {
   io.steps = steps;
   io.resample = o.resample;
   io.clip_x0 = clip_x0_of(o.sampler, c.pipeline.info().sampling);
+  c.track_progress(o, "inpaint", sampler->evaluations(steps) * (1 + o.resample));
   auto result = inpaint(c.pipeline.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
+  c.finish_progress();
   std::vector<torch::Tensor> tiles;
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
   for (int64_t i = 0; i < c.inputs.size(0); ++i)
@@ -255,6 +289,7 @@ void run_interpolate(const EditOptions& o) {
   if (c.inputs.size(0) != 2) throw std::runtime_error("interpolate: give exactly two images");
   const auto spacing = sampler_config_of(o.sampler, c.pipeline.info().sampling).spacing;
   const int64_t S = o.sampler.steps > 0 ? o.sampler.steps : 50;
+  c.track_progress(o, "interpolate", 3 * S);  // invert both, decode the slerp and the straight line
   auto x_T = ddim_invert(c.pipeline.diffusion, c.net, c.inputs, S, spacing);
   std::vector<torch::Tensor> lerp_latents, slerp_latents;
   for (int64_t k = 0; k < o.frames; ++k) {
@@ -264,6 +299,7 @@ void run_interpolate(const EditOptions& o) {
   }
   auto decoded_slerp = ddim_decode(c.pipeline.diffusion, c.net, torch::stack(slerp_latents), S, spacing).clamp(-1, 1);
   auto decoded_lerp = ddim_decode(c.pipeline.diffusion, c.net, torch::stack(lerp_latents), S, spacing).clamp(-1, 1);
+  c.finish_progress();
   std::vector<torch::Tensor> tiles;
   std::vector<std::string> columns;
   for (int64_t k = 0; k < o.frames; ++k) {
@@ -284,14 +320,20 @@ void run_mix(const EditOptions& o) {
   std::vector<torch::Tensor> tiles;
   std::vector<std::string> rows, columns;
   for (double lambda : mixture_weights(o.frames)) columns.push_back(fixed(lambda, 2));
+  int64_t evaluations = 0;
   for (int64_t t1 : o.ts) {
     if (t1 < 1 || t1 > T) throw std::runtime_error("--ts: " + std::to_string(t1) + " outside [1, " + std::to_string(T) + "]");
+    evaluations += sampler->evaluations(edit_steps(o, t1 - 1));
+  }
+  c.track_progress(o, "mix", evaluations);
+  for (int64_t t1 : o.ts) {
     rows.push_back("t=" + std::to_string(t1));
     const auto mixed =
         denoise_mixtures(c.pipeline.diffusion, *sampler, c.net, c.inputs[0], c.inputs[1], o.frames, t1 - 1,
                          edit_steps(o, t1 - 1), clip_x0_of(o.sampler, c.pipeline.info().sampling), c.gen);
     for (int64_t k = 0; k < o.frames; ++k) tiles.push_back(mixed[k]);
   }
+  c.finish_progress();
   write_figure(o.out, tiles, o.frames, "rows: t; columns: weight of the second image in the mixture", columns, rows);
 }
 
@@ -307,6 +349,8 @@ CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::stri
       ->delimiter(',');
   cmd->add_option("--out", o->out, "Figure (PNG)")->check(writable_output_file());
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  cmd->add_flag(
+      "--no-progress", [o](int64_t) { o->progress = false; }, "No progress bar");
   add_sampler_options(*cmd, o->sampler);
   add_compute_options(*cmd, o->compute);
   add_cuda_graph_option(*cmd, o->compute);

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -65,6 +66,7 @@ void ProgressBar::finish(const std::string& info) {
 }
 
 void ProgressBar::draw(int64_t done, const std::string& info, bool final) {
+  done = std::min(done, total_);  // a total reckoned a little low still ends at 100 %
   const double fraction = static_cast<double>(done) / static_cast<double>(total_);
   const int width = 24;
   const int filled = static_cast<int>(fraction * width);
