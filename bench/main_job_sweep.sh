@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quality per minute for the main job: trains the `mnist` model once per recipe (each a whole run:
 # warm-up, cosine decay to 0 at its last step, seed 0), measures each checkpoint's cFID (N images,
-# seed 0, DDIM-50 at η = 0 and η = 1) and times a training step of each batch size on a quiet
-# machine, then prints one table row per recipe.
+# seed 0: DDIM-50 at η = 0 and η = 1, DPM-Solver++(2M) with 20 steps) and times a training step of
+# each batch size on a quiet machine, then prints one table row per recipe.
 #   bench/main_job_sweep.sh [RECIPE...]     RECIPE: a name from `recipes` below (default: all)
 # Environment: OUT (default runs/sweep), N (images per cFID, default 500), BIN (default
 # build/diffuse; a copy lets you rebuild while it runs), TIMING=0 (no step timing, minutes left out).
@@ -14,8 +14,9 @@ bin=${BIN:-build/diffuse}
 out=${OUT:-runs/sweep}
 n=${N:-500}
 
-# NAME → train flags beyond `--data mnist --model mnist --precision auto`; the levers of issue 26
-# one at a time against eps-1200 (the main job's recipe before the sweep).
+# NAME → train flags beyond `--data mnist --model mnist --precision auto`; the quality levers
+# one at a time against eps-1200 (the main job's recipe before the sweep); v-min-snr-5-2000 is the
+# main job's.
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -26,6 +27,7 @@ declare -A recipes=(
   [eps-batch-32-2400]="--steps 2400 --batch-size 32 --lr 1e-3"
   [v-min-snr-5-cosine-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --schedule cosine"
   [v-min-snr-5-lr-2e-3-1200]="--steps 1200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5"
+  [v-min-snr-5-2000]="--steps 2000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
@@ -45,11 +47,15 @@ for name in "${names[@]}"; do
     "$bin" train --data mnist --model mnist --out "$dir" "${flags[@]}" --preview-every 0 --checkpoint-every 400 \
       --precision auto --no-progress "${resume[@]}" > "$dir.train.log" 2>&1
   fi
-  for eta in 0 1; do
-    result="$dir/fid_n${n}_eta$eta.json"
+  for sampler in eta0 eta1 dpm20; do
+    result="$dir/fid_n${n}_$sampler.json"
     [ -s "$result" ] && continue
-    "$bin" eval --checkpoint "$dir/checkpoint.safetensors" --metric fid --n "$n" --eta "$eta" --json --no-progress \
-      > "$result.tmp" 2> "$result.err"
+    case $sampler in
+      eta*) sampler_flags=(--sampler ddim --steps 50 --eta "${sampler#eta}") ;;
+      dpm20) sampler_flags=(--sampler dpm++2m --steps 20) ;;
+    esac
+    "$bin" eval --checkpoint "$dir/checkpoint.safetensors" --metric fid --n "$n" "${sampler_flags[@]}" --json \
+      --no-progress > "$result.tmp" 2> "$result.err"
     mv "$result.tmp" "$result"
   done
 done
@@ -66,12 +72,12 @@ if [ "${TIMING:-1}" != 0 ]; then
 fi
 
 cfid() { /usr/bin/python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cfid"], 1))' "$1"; }
-echo "| recipe | flags | images | minutes of training | cFID η = 0 | cFID η = 1 |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| recipe | flags | images | minutes of training | cFID DDIM-50 η = 0 | η = 1 | DPM-Solver++(2M)-20 |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 for name in "${names[@]}"; do
   flags=${recipes[$name]} dir="$out/$name"
   steps=$(flag_value --steps $flags) batch=$(flag_value --batch-size $flags)
   minutes="–"
   [ -n "${step_seconds[$batch]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$batch]} / 60" | bc -l)
-  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") |"
+  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") |"
 done
