@@ -2,6 +2,7 @@
 // ("ddim-50 [#####...] 75/100 ... batch 2 of 2"), not images × steps.
 #pragma once
 
+#include <algorithm>
 #include <string>
 
 #include "diffuse/sampling/sample_loop.h"
