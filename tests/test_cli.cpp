@@ -201,6 +201,10 @@ TEST(Cli, TrainThenSampleEndToEnd) {
   EXPECT_EQ(diffuse::read_file(dir / "a.png"), diffuse::read_file(dir / "b.png"));  // same seed, same bytes
   EXPECT_TRUE(std::filesystem::exists(dir / "imgs/000002.png"));
   EXPECT_TRUE(std::filesystem::exists(dir / "traj.png"));
+  r = run("sample --checkpoint " + ckpt + " --n 3 --steps 5 --scale 3 --no-progress --out " + dir / "big.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto small = diffuse::load_image_u8(dir / "a.png", 1, 0), big = diffuse::load_image_u8(dir / "big.png", 1, 0);
+  EXPECT_EQ(big.size(2) - 2 - 2 * 2, 3 * (small.size(2) - 2 - 2 * 2));  // 2 per row, padding 2: only the images grow
   r = run("sample --checkpoint " + ckpt + " --sampler ddim --steps 100 --out " + dir / "c.png");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("exceeds the checkpoint's T = 50"), std::string::npos) << r.output;

@@ -54,12 +54,17 @@ ClassSelection select_classes(const std::string& label, double guidance, const U
   return {torch::full({n}, k, torch::kLong), 0};
 }
 
+// Each pixel as a k×k block (nearest neighbour): grids of 28×28 images large enough to look at.
+torch::Tensor enlarged(const torch::Tensor& images, int64_t k) {
+  return k == 1 ? images : images.repeat_interleave(k, 2).repeat_interleave(k, 3);
+}
+
 struct SampleCliOptions {
   std::string checkpoint, out, out_dir, trajectory, label = "all";
   ComputeFlags compute;
   double guidance = 0.0;
   SamplerFlags sampler;
-  int64_t n = 64, batch_size = 256, trajectory_frames = 10;
+  int64_t n = 64, batch_size = 256, trajectory_frames = 10, scale = 1;
   uint64_t seed = 0;
   bool progress = true;
 };
@@ -117,7 +122,7 @@ void run_sample(const SampleCliOptions& o) {
   bar.finish();
   const auto all = torch::cat(shown);
   if (!o.out.empty()) {
-    save_grid_png(o.out, all, selection.per_row);
+    save_grid_png(o.out, enlarged(all, o.scale), selection.per_row);
     std::fprintf(stderr, "wrote %s (%lld images%s)\n", o.out.c_str(), static_cast<long long>(all.size(0)),
                  o.n > kGridImages ? (", the first of " + std::to_string(o.n)).c_str() : "");
   }
@@ -134,7 +139,7 @@ void run_sample(const SampleCliOptions& o) {
       for (const auto& f : frames_x0) tiles.push_back(f[i].clamp(-1, 1));
       tiles.push_back(all[i]);
     }
-    save_grid_png(o.trajectory, torch::stack(tiles), cols);
+    save_grid_png(o.trajectory, enlarged(torch::stack(tiles), o.scale), cols);
     std::fprintf(stderr, "wrote %s (rows: x_t, x0_pred for %lld images; %lld columns)\n", o.trajectory.c_str(),
                  static_cast<long long>(traj_images), static_cast<long long>(cols));
   }
@@ -159,6 +164,9 @@ void add_sample_command(CLI::App& app) {
   cmd->add_option("--batch-size", o->batch_size, "Images per network call")->check(positive_number())->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed (same seed, same images)")->capture_default_str();
   cmd->add_option("--out", o->out, "Grid of all images (PNG)")->check(writable_output_file());
+  cmd->add_option("--scale", o->scale, "Draw each pixel of --out's and --trajectory's grids as a KxK block")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
   cmd->add_option("--out-dir", o->out_dir, "Also write one PNG per image here");
   cmd->add_option("--trajectory", o->trajectory, "PNG of x_t and x0_pred along the way (first 4 images)")
       ->check(writable_output_file());
