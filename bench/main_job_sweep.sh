@@ -2,7 +2,7 @@
 # Quality per minute for the main job: trains the `mnist` model once per recipe (each a whole run:
 # warm-up, cosine decay to 0 at its last step, seed 0), measures each checkpoint's cFID (N images,
 # seed 0: DDIM-50 at η = 0 and η = 1, DPM-Solver++(2M) with 20 steps) and times a training step of
-# each batch size on a quiet machine, then prints one table row per recipe.
+# each batch size and network shape on a quiet machine, then prints one table row per recipe.
 #   bench/main_job_sweep.sh [RECIPE...]     RECIPE: a name from `recipes` below (default: all)
 # Environment: OUT (default runs/sweep), N (images per cFID, default 500), BIN (default
 # build/diffuse; a copy lets you rebuild while it runs), TIMING=0 (no step timing, minutes left out).
@@ -28,6 +28,8 @@ declare -A recipes=(
   [v-min-snr-5-cosine-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --schedule cosine"
   [v-min-snr-5-lr-2e-3-1200]="--steps 1200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5"
   [v-min-snr-5-2000]="--steps 2000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5"
+  [v-min-snr-5-c24-3000]="--steps 3000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 24"
+  [v-min-snr-5-c48-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 48"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
@@ -36,6 +38,15 @@ mkdir -p "$out"
 flag_value() {  # flag_value FLAG FLAGS... → the value after FLAG
   local flag=$1; shift
   while [ $# -gt 1 ]; do [ "$1" = "$flag" ] && { echo "$2"; return; }; shift; done
+}
+
+timing_flags() {  # timing_flags FLAGS... → what `bench` needs of them: the batch size and the network's shape
+  local out=()
+  while [ $# -gt 1 ]; do
+    case $1 in --batch-size|--channels|--channel-mult|--res-blocks|--attention-res) out+=("$1" "$2"); shift ;; esac
+    shift
+  done
+  echo "${out[*]}"
 }
 
 for name in "${names[@]}"; do
@@ -60,14 +71,15 @@ for name in "${names[@]}"; do
   done
 done
 
-# Seconds per training step of each batch size, median of 5, in the precision the runs trained in.
+# Seconds per training step of each batch size and network shape, median of 5, in the precision the
+# runs trained in.
 declare -A step_seconds
 if [ "${TIMING:-1}" != 0 ]; then
   for name in "${names[@]}"; do
-    batch=$(flag_value --batch-size ${recipes[$name]})
-    [ -n "${step_seconds[$batch]:-}" ] && continue
-    step_seconds[$batch]=$("$bin" bench --model mnist --what train --batch-size "$batch" --repeat 5 --precision auto \
-      --json 2>/dev/null | tail -1 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["median_seconds"])')
+    key=$(timing_flags ${recipes[$name]})
+    [ -n "${step_seconds[$key]:-}" ] && continue
+    step_seconds[$key]=$("$bin" bench --model mnist --what train $key --repeat 5 --precision auto --json 2>/dev/null |
+      tail -1 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["median_seconds"])')
   done
 fi
 
@@ -77,7 +89,7 @@ echo "| --- | --- | --- | --- | --- | --- | --- |"
 for name in "${names[@]}"; do
   flags=${recipes[$name]} dir="$out/$name"
   steps=$(flag_value --steps $flags) batch=$(flag_value --batch-size $flags)
-  minutes="–"
-  [ -n "${step_seconds[$batch]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$batch]} / 60" | bc -l)
+  minutes="–" key=$(timing_flags $flags)
+  [ -n "${step_seconds[$key]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$key]} / 60" | bc -l)
   echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") |"
 done

@@ -115,6 +115,11 @@ TEST(Cli, BenchPrintsOneJsonObjectPerRun) {
   EXPECT_EQ(j.at("alternate").at("setting"), "DIFFUSE_CONV_ALGORITHM=direct");
   EXPECT_EQ(j.at("alternate").at("seconds").size(), 2u);
   EXPECT_GT(j.at("alternate").at("median_ratio").get<double>(), 0.0);
+  // the named model reshaped, as `train --channels` would train it
+  r = run("--threads 1 bench --model tiny --channels 16 --what infer --batch-size 2 --repeat 1 --warmup 0 --json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto wider = nlohmann::json::parse(r.output.substr(r.output.rfind('\n', r.output.size() - 2) + 1));
+  EXPECT_GT(wider.at("parameters").get<int64_t>(), 44969);
   r = run("bench --what everything");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--what"), std::string::npos) << r.output;

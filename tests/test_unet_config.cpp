@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "diffuse/model/unet.h"
+#include "diffuse/model/unet_shape.h"
 
 using namespace diffuse;
 
@@ -15,6 +16,28 @@ namespace F = torch::nn::functional;
 TEST(UNetConfig, PresetsKeepTheirParameterCounts) {
   EXPECT_EQ(UNet(unet_config_by_name("mnist", 1, 28))->parameter_count(), 1112801);
   EXPECT_EQ(UNet(unet_config_by_name("ddpm-cifar10", 3, 32))->parameter_count(), 35746307);
+}
+
+TEST(UNetConfig, AReshapedPresetChangesOnlyTheGivenFields) {
+  const auto mnist = unet_config_by_name("mnist", 1, 28);
+  EXPECT_EQ(to_json(reshaped(mnist, UNetShape{})), to_json(mnist));
+  UNetShape shape;
+  shape.channels = 16;
+  shape.channel_mult = {1, 2};
+  shape.attention_resolutions = {0};  // none
+  const auto small = reshaped(mnist, shape);
+  EXPECT_EQ(small.channels, 16);
+  EXPECT_EQ(small.channel_mult, (std::vector<int64_t>{1, 2}));
+  EXPECT_TRUE(small.attention_resolutions.empty());
+  EXPECT_EQ(small.num_res_blocks, mnist.num_res_blocks);
+  EXPECT_EQ(small.norm_groups, mnist.norm_groups);
+  // 16 · 1 + 16 · 2 levels, one res block each: fewer parameters than the preset, and it runs
+  UNet net(small);
+  EXPECT_LT(net->parameter_count(), UNet(mnist)->parameter_count());
+  EXPECT_EQ(net->forward(torch::zeros({2, 1, 28, 28}), torch::tensor({0, 999})).sizes(),
+            (std::vector<int64_t>{2, 1, 28, 28}));
+  shape.channels = 12;  // norm_groups 8 does not divide 12
+  EXPECT_THROW(reshaped(mnist, shape), std::invalid_argument);
 }
 
 TEST(UNetConfig, AConfigWrittenBeforeTheGeneralFieldsLoadsWithTheirDefaults) {

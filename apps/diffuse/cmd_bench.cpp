@@ -159,6 +159,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--model", c.model, "Network: tiny, mnist (1x28x28) or ddpm-cifar10 (3x32x32)")
       ->check(CLI::IsMember(unet_config_names()))
       ->capture_default_str();
+  add_model_shape_options(*cmd, c.shape);
   cmd->add_option("--what", o->what, "train (step: forward, backward, AdamW, EMA), infer (forward), sample (DDIM) or conv (the device's peak on a 3x3 convolution)")
       ->check(CLI::IsMember({"train", "infer", "sample", "conv"}))
       ->capture_default_str();

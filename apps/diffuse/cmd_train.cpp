@@ -31,31 +31,9 @@ struct TrainOptions {
   std::string schedule = "linear", lr_schedule = "cosine";
   int64_t timesteps = 1000, image_size = 32, limit = 0;
   bool class_cond = false;
-  // The network's shape where it differs from --model's (0 or empty: --model's)
-  int64_t channels = 0, res_blocks = 0;
-  std::vector<int64_t> channel_mult, attention_res;
+  UNetShape shape;  // --channels, --channel-mult, --res-blocks, --attention-res
   TrainConfig config;
-
-  bool reshapes_model() const {
-    return channels > 0 || res_blocks > 0 || !channel_mult.empty() || !attention_res.empty();
-  }
 };
-
-// --model's network with --channels, --channel-mult, --res-blocks, --attention-res applied.
-UNetConfig network_of(const TrainOptions& o, int64_t image_channels, int64_t image_size) {
-  auto m = unet_config_by_name(o.model, image_channels, image_size);
-  if (o.channels > 0) m.channels = o.channels;
-  if (!o.channel_mult.empty()) m.channel_mult = o.channel_mult;
-  if (o.res_blocks > 0) m.num_res_blocks = o.res_blocks;
-  if (!o.attention_res.empty()) {
-    m.attention_resolutions.clear();
-    for (int64_t r : o.attention_res) {
-      if (r > 0) m.attention_resolutions.push_back(r);
-    }
-  }
-  validate(m);
-  return m;
-}
 
 // On --resume the model, schedule and objective come from the run's train state: a flag that
 // defines them, given explicitly, must agree with it (else the run would silently ignore it).
@@ -70,7 +48,7 @@ void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const Checkp
   };
   auto network = asked.model;  // labels are --class-cond's question, below
   network.num_classes = run.model.num_classes;
-  if ((cmd.count("--model") || o.reshapes_model()) && to_json(network) != to_json(run.model)) {
+  if ((cmd.count("--model") || o.shape.changes_anything()) && to_json(network) != to_json(run.model)) {
     refuse("--model " + o.model, "the network '" + run.model.name + "'");
   }
   if (cmd.count("--class-cond") && (run.model.num_classes > 0) != o.class_cond) refuse("--class-cond", "no labels");
@@ -108,7 +86,7 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
                static_cast<long long>(data.num_classes));
 
   CheckpointInfo info;
-  info.model = network_of(o, data.channels(), data.image_size());
+  info.model = reshaped(unet_config_by_name(o.model, data.channels(), data.image_size()), o.shape);
   info.schedule.kind = beta_schedule_from_string(o.schedule);
   info.schedule.timesteps = o.timesteps;
   info.objective = objective_from_string(o.objective);
@@ -123,7 +101,8 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
     check_resume_flags(cmd, o, info);
   } else {
     std::fprintf(stderr, "model: %s%s%s, %lld parameters; %s schedule, T = %lld, objective %s; %d thread%s\n",
-                 o.model.c_str(), o.reshapes_model() ? " (reshaped)" : "", o.class_cond ? " (class-conditional)" : "",
+                 o.model.c_str(), o.shape.changes_anything() ? " (reshaped)" : "",
+                 o.class_cond ? " (class-conditional)" : "",
                  static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),
                  static_cast<long long>(o.timesteps), o.objective.c_str(), torch::get_num_threads(),
                  torch::get_num_threads() == 1 ? "" : "s");
@@ -158,17 +137,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--model", o->model, "Network configuration")
       ->check(CLI::IsMember({"tiny", "mnist", "ddpm-cifar10"}))
       ->capture_default_str();
-  cmd->add_option("--channels", o->channels, "Base width of the network (default: --model's)")
-      ->check(CLI::Range(int64_t{2}, int64_t{1024}));
-  cmd->add_option("--channel-mult", o->channel_mult, "Width of each level as a multiple of --channels, e.g. 1,2,2")
-      ->delimiter(',')
-      ->check(CLI::Range(int64_t{1}, int64_t{16}));
-  cmd->add_option("--res-blocks", o->res_blocks, "Residual blocks per level on the way down")
-      ->check(CLI::Range(int64_t{1}, int64_t{16}));
-  cmd->add_option("--attention-res", o->attention_res,
-                  "Spatial sizes whose blocks get self-attention, e.g. 14,7 (0: none beside the middle block's)")
-      ->delimiter(',')
-      ->check(CLI::Range(int64_t{0}, int64_t{1024}));
+  add_model_shape_options(*cmd, o->shape);
   cmd->add_option("--steps", c.steps, "Total optimisation steps")->check(positive_number())->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(positive_number())->capture_default_str();
   cmd->add_option("--lr", c.lr, "Peak learning rate (AdamW)")->check(positive_number())->capture_default_str();

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "diffuse/model/unet_shape.h"
 #include "diffuse/pipeline/pipeline.h"
 #include "diffuse/sampling/sampler.h"
 
@@ -71,6 +72,8 @@ struct ComputeFlags {
 };
 void add_compute_options(CLI::App& cmd, ComputeFlags& flags);
 void add_cuda_graph_option(CLI::App& cmd, ComputeFlags& flags);
+// --channels, --channel-mult, --res-blocks, --attention-res: the network's shape beside --model.
+void add_model_shape_options(CLI::App& cmd, UNetShape& shape);
 // resolve_compute of the flags, each choice said on stderr.
 Compute resolve_compute(const ComputeFlags& flags, Workload workload);
 

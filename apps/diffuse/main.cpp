@@ -59,6 +59,20 @@ void add_compute_options(CLI::App& cmd, ComputeFlags& flags) {
       ->capture_default_str();
 }
 
+void add_model_shape_options(CLI::App& cmd, UNetShape& shape) {
+  cmd.add_option("--channels", shape.channels, "Base width of the network (default: --model's)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1024}));
+  cmd.add_option("--channel-mult", shape.channel_mult, "Width of each level as a multiple of --channels, e.g. 1,2,2")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{1}, int64_t{16}));
+  cmd.add_option("--res-blocks", shape.num_res_blocks, "Residual blocks per level on the way down")
+      ->check(CLI::Range(int64_t{1}, int64_t{16}));
+  cmd.add_option("--attention-res", shape.attention_resolutions,
+                 "Spatial sizes whose blocks get self-attention, e.g. 14,7 (0: none beside the middle block's)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{0}, int64_t{1024}));
+}
+
 void add_cuda_graph_option(CLI::App& cmd, ComputeFlags& flags) {
   cmd.add_flag("--no-cuda-graph", flags.no_cuda_graph,
                "On a GPU, run the network's calls eagerly instead of replaying each from a CUDA graph");

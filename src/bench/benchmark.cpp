@@ -166,7 +166,7 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   const int64_t channels = c.in_channels > 0 ? c.in_channels : (rgb ? 3 : 1);
   const int64_t size = c.image_size > 0 ? c.image_size : (rgb ? 32 : 28);
   torch::manual_seed(0);
-  auto config = unet_config_by_name(c.model, channels, size);
+  auto config = reshaped(unet_config_by_name(c.model, channels, size), c.shape);
   UNet model(config);
   model->to(c.device);
   model->set_memory_format(c.memory_format);

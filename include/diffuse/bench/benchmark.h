@@ -7,13 +7,14 @@
 // with images/s, achieved GFLOP/s (from unet_forward_flops) and peak memory.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "diffuse/model/unet_shape.h"
 #include "diffuse/runtime/precision.h"
 
 namespace diffuse {
@@ -31,6 +32,7 @@ std::string to_string(CudaGraphScope scope);
 
 struct BenchConfig {
   std::string model = "mnist";
+  UNetShape shape;  // the named model's shape changed (train/bench --channels …)
   BenchTask task = BenchTask::train;
   int64_t batch_size = 64;
   int64_t steps = 50;          // DDIM steps for `sample`
