@@ -28,8 +28,8 @@ declare -A recipes=(
   [v-min-snr-5-cosine-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --schedule cosine"
   [v-min-snr-5-lr-2e-3-1200]="--steps 1200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5"
   [v-min-snr-5-2000]="--steps 2000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5"
-  [v-min-snr-5-c24-3000]="--steps 3000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 24"
-  [v-min-snr-5-c48-1200]="--steps 1200 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 48"
+  [v-min-snr-5-c16-4000]="--steps 4000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16"
+  [v-min-snr-5-c48-1000]="--steps 1000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 48"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
