@@ -54,11 +54,15 @@ void write_file_atomic(const std::string& path, const std::string& bytes, bool d
   }
 }
 
-std::string read_file(const std::string& path, uint64_t max_bytes) {
+uint64_t regular_file_size(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) throw std::runtime_error("'" + path + "' is not a regular file");
-  const auto size = static_cast<uint64_t>(st.st_size);
+  return static_cast<uint64_t>(st.st_size);
+}
+
+std::string read_file(const std::string& path, uint64_t max_bytes) {
+  const uint64_t size = regular_file_size(path);
   if (size > max_bytes) {
     throw std::runtime_error("'" + path + "' is " + std::to_string(size) + " bytes, more than the " +
                              std::to_string(max_bytes) + " this kind of file may have");

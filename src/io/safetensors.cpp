@@ -1,9 +1,6 @@
 #include "diffuse/io/safetensors.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -214,14 +211,12 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
 SafetensorsContent load_safetensors(const std::string& path) { return safetensors_parse(read_file(path), path); }
 
 std::map<std::string, std::string> load_safetensors_metadata(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) throw std::runtime_error("'" + path + "' is not a regular file");
+  const uint64_t size = regular_file_size(path);
   std::ifstream in(path, std::ios::binary);
   std::string first8(8, '\0');
   in.read(first8.data(), 8);
   first8.resize(static_cast<size_t>(in.gcount()));
-  const uint64_t n = header_length(first8, static_cast<uint64_t>(st.st_size), path);
+  const uint64_t n = header_length(first8, size, path);
   std::string text(n, '\0');
   in.read(text.data(), static_cast<std::streamsize>(n));
   if (static_cast<uint64_t>(in.gcount()) != n) throw std::runtime_error("cannot read the header of '" + path + "'");

@@ -19,6 +19,10 @@ int remove_stale_temporaries(const std::string& dir);
 // `durable`: fsync before the rename (checkpoints, images); a cache that can be rebuilt skips it.
 void write_file_atomic(const std::string& path, const std::string& bytes, bool durable = true);
 
+// The size of the regular file at `path`; throws std::runtime_error naming the path where it cannot
+// be read or is not a regular file (a device such as /dev/zero, a pipe, a folder).
+uint64_t regular_file_size(const std::string& path);
+
 // Reads a whole regular file of at most `max_bytes`; throws std::runtime_error naming the path if
 // it cannot, if it is not a regular file (a device such as /dev/zero, a pipe, a folder) or if it is
 // larger, before reading any of it.
