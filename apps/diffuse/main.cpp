@@ -101,8 +101,8 @@ int main(int argc, char** argv) {
       "DIFFUSE_TIMING_CACHE=0 (time every convolution shape afresh in each run).");
   // Default: OMP_NUM_THREADS where a launcher set it (several processes on one machine), else the
   // cores that other processes leave free (one thread per busy core less: bench/busy_machine.sh).
-  int threads = diffuse::free_cores();
-  if (const char* omp = std::getenv("OMP_NUM_THREADS"); omp && std::atoi(omp) > 0) threads = std::atoi(omp);
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  int threads = omp && std::atoi(omp) > 0 ? std::atoi(omp) : diffuse::free_cores();
   app.add_option("--threads", threads,
                  "Torch CPU threads (default: OMP_NUM_THREADS, else the cores that other running processes leave free)")
       ->check(CLI::Range(1, 1024))
