@@ -127,9 +127,8 @@ torch::Tensor GaussianDiffusion::training_target(const torch::Tensor& x0, const 
 }
 
 torch::Tensor GaussianDiffusion::min_snr_weights(const torch::Tensor& t, double gamma) const {
-  const auto index = t.to(snr_.device(), torch::kLong);
   if (gamma <= 0) return torch::ones({t.size(0)}, snr_.options().dtype(torch::kFloat32));
-  const auto snr = snr_.index_select(0, index);
+  const auto snr = snr_.index_select(0, t.to(snr_.device(), torch::kLong));
   const auto clipped = snr.clamp_max(gamma);  // min(SNR_t, γ)
   torch::Tensor w;
   switch (objective_) {

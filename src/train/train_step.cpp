@@ -108,11 +108,11 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
                          diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
                  .mean()
                  .to(torch::kFloat32);
-    } else if (options_.min_snr_gamma > 0) {
-      loss = GaussianDiffusion::loss_simple(model_out, diffusion_.training_target(x0, noise, t),
-                                            diffusion_.min_snr_weights(t, options_.min_snr_gamma));
     } else {
-      loss = GaussianDiffusion::loss_simple(model_out, diffusion_.training_target(x0, noise, t));
+      const auto target = diffusion_.training_target(x0, noise, t);
+      loss = options_.min_snr_gamma > 0 ? GaussianDiffusion::loss_simple(
+                                              model_out, target, diffusion_.min_snr_weights(t, options_.min_snr_gamma))
+                                        : GaussianDiffusion::loss_simple(model_out, target);
     }
   }
   optimizer_.zero_grad();
