@@ -60,6 +60,7 @@ DistributedEnv distributed_env_from_environment() {
 }
 
 bool gloo_built() { return DIFFUSE_HAVE_GLOO; }
+bool nccl_built() { return DIFFUSE_HAVE_NCCL; }
 
 struct DataParallel::Impl {
   torch::Device device = torch::kCPU;

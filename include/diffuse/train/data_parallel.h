@@ -30,6 +30,8 @@ DistributedEnv distributed_env_from_environment();
 // Whether this build has ProcessGroupGloo (CPU collectives): it needs Gloo's headers, which
 // Debian ships and PyTorch's wheels do not.
 bool gloo_built();
+// Whether this build has ProcessGroupNCCL (GPU collectives): a CUDA LibTorch built with NCCL.
+bool nccl_built();
 
 class DataParallel {
  public:
