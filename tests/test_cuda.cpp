@@ -7,16 +7,17 @@
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/conv_epilogue_cuda.h"
+#include "diffuse/runtime/cuda_graph_network.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/upsample_cuda.h"
 #include "diffuse/sampling/ddim.h"
 #include "diffuse/sampling/ddpm.h"
 #include "diffuse/sampling/guidance.h"
-#include "diffuse/runtime/cuda_graph_network.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/adamw.h"
 #include "diffuse/train/train_step.h"
+#include "diffuse/util/environment.h"
 #include "support/networks.h"
 
 using namespace diffuse;
@@ -161,7 +162,7 @@ TEST(Cuda, FusedAdamWMatchesTheMultiTensorAndTheCpuUpdates) {
   for (auto& step : grads)
     for (const auto& p : start) step.push_back(torch::randn_like(p));
   auto run = [&](torch::Device device, bool fused) {
-    if (!fused) setenv("DIFFUSE_FUSED_ADAMW", "0", 1);
+    EnvironmentSwitch multi_tensor("DIFFUSE_FUSED_ADAMW", "0", /*on=*/!fused);
     std::vector<torch::Tensor> params;
     for (const auto& p : start) params.push_back(p.clone().to(device));  // the CPU run must not move `start`
     AdamW opt(params, AdamWOptions{0.9, 0.999, 1e-8, 0.05});
@@ -169,7 +170,6 @@ TEST(Cuda, FusedAdamWMatchesTheMultiTensorAndTheCpuUpdates) {
       for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad() = step[i].to(device);
       opt.step(1e-2);
     }
-    unsetenv("DIFFUSE_FUSED_ADAMW");
     std::vector<torch::Tensor> out;
     for (const auto& p : params) out.push_back(p.flatten().cpu());
     return torch::cat(out);

@@ -23,6 +23,7 @@ RuntimeSettings read_settings() {
   s.cuda_conv_bias = !env_equals("DIFFUSE_CUDA_CONV_BIAS", "0");
   s.cuda_upsample = !env_equals("DIFFUSE_CUDA_UPSAMPLE", "0");
   s.cuda_bias_in_shift = !env_equals("DIFFUSE_CUDA_BIAS_IN_SHIFT", "0");
+  s.fused_adamw = !env_equals("DIFFUSE_FUSED_ADAMW", "0");
   return s;
 }
 

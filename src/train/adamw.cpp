@@ -1,10 +1,10 @@
 #include "diffuse/train/adamw.h"
 
-#include "diffuse/train/flat_float.h"
-#include "diffuse/util/environment.h"
-#include "diffuse/util/target_clones.h"
-
 #include <cmath>
+
+#include "diffuse/runtime/settings.h"
+#include "diffuse/train/flat_float.h"
+#include "diffuse/util/target_clones.h"
 
 namespace diffuse {
 
@@ -60,11 +60,12 @@ DIFFUSE_TARGET_CLONES void adamw_elements(const OnePassAdamW& o, float* theta, c
 // and v, where the multi-tensor route below takes nine (on an H200, ~4 GB moved per
 // `ddpm-cifar10` step instead of ~0.6). The same arithmetic: θ ← θ(1 − lr λ), then
 // θ ← θ − lr/(1 − β₁ᵏ) · m / (√v/√(1 − β₂ᵏ) + ε); the step k is read from a device scalar.
-// DIFFUSE_FUSED_ADAMW=0 takes the multi-tensor route (read on every step, for `bench --alternate`).
+// DIFFUSE_FUSED_ADAMW=0 takes the multi-tensor route (runtime/settings.h, which `bench --alternate`
+// switches between steps).
 bool AdamW::fused_step(const std::vector<torch::Tensor>& p, const std::vector<torch::Tensor>& g,
                        const std::vector<torch::Tensor>& m, const std::vector<torch::Tensor>& v, double lr) {
 #if TORCH_VERSION_MAJOR >= 2
-  if (env_equals("DIFFUSE_FUSED_ADAMW", "0")) return false;
+  if (!runtime_settings().fused_adamw) return false;
   const auto device = p.front().device();
   const auto dtype = p.front().scalar_type();
   for (size_t i = 0; i < p.size(); ++i) {

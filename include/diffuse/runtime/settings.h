@@ -19,6 +19,7 @@ struct RuntimeSettings {
   bool cuda_conv_bias = true;       // DIFFUSE_CUDA_CONV_BIAS=0: no bias + residual epilogue kernel
   bool cuda_upsample = true;        // DIFFUSE_CUDA_UPSAMPLE=0: LibTorch's nearest upsampling
   bool cuda_bias_in_shift = true;   // DIFFUSE_CUDA_BIAS_IN_SHIFT=0: conv1's bias stays in conv1
+  bool fused_adamw = true;          // DIFFUSE_FUSED_ADAMW=0: the multi-tensor AdamW on GPU parameters
 };
 
 const RuntimeSettings& runtime_settings();
