@@ -23,6 +23,7 @@ void add_edit_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_show_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_serve_command(CLI::App& app);  // where built with cpp-httplib (DIFFUSE_HAVE_SERVE)
 
 // Sampler flags shared by `sample` and `eval --metric fid`.
 struct SamplerFlags {

@@ -122,6 +122,9 @@ int main(int argc, char** argv) {
   diffuse::cli::add_show_command(app);
   diffuse::cli::add_schedule_command(app);
   diffuse::cli::add_bench_command(app);
+#ifdef DIFFUSE_HAVE_SERVE
+  diffuse::cli::add_serve_command(app);
+#endif
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,75 @@
+// What a client may ask of the server, read from the three APIs' JSON bodies (the native one,
+// OpenAI's images API, AUTOMATIC1111's /sdapi/v1) into one request, every field checked: a wrong
+// type, an unknown value or one out of range is a RequestError naming the field.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "diffuse/sampling/sampler.h"
+
+namespace diffuse::serve {
+
+struct RequestError : std::invalid_argument {
+  RequestError(std::string field, const std::string& message)
+      : std::invalid_argument(field + ": " + message), field(std::move(field)) {}
+  std::string field;
+};
+
+// What the server allows per request.
+struct RequestLimits {
+  int64_t max_images = 64;                // n
+  int64_t max_network_calls = 64 * 1000;  // n × steps
+};
+
+// The model a request may name, as the server describes it.
+struct ModelFacts {
+  std::string name;
+  int64_t timesteps = 1000;
+  int64_t channels = 1, image_size = 28;
+  int64_t num_classes = 0;
+  std::vector<std::string> class_names;  // num_classes entries
+  SamplerConfig default_sampler;         // the checkpoint's spacing and variance
+};
+
+struct GenerateRequest {
+  std::string model;
+  SamplerConfig sampler;
+  int64_t steps = 0;  // resolved: S ≥ 1
+  int64_t n = 1;
+  uint64_t seed = 0;
+  double guidance = 0.0;      // w of ε̃ = (1 + w) ε(x, y) − w ε(x, ∅)
+  int64_t class_label = -1;   // −1: none (∅)
+  int64_t preview_every = 0;  // steps between preview events (0: none)
+};
+
+// The model a body names (field `field`), or the only one served when it names none.
+const ModelFacts& model_named(const std::vector<ModelFacts>& models, const nlohmann::json& body,
+                              const std::string& field);
+
+// POST /api/generate: {"model", "sampler", "steps", "eta", "spacing", "guidance", "class", "seed",
+// "n", "preview_every"}, all optional.
+GenerateRequest native_generate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
+                                        const RequestLimits& limits);
+// POST /v1/images/generations: {"model", "prompt", "n", "size", "response_format", "seed"}; the
+// prompt names a class of a class-conditional model (a class name, or its index), and is otherwise
+// ignored. Extra fields: "steps", "sampler", "guidance".
+GenerateRequest openai_generate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
+                                        const RequestLimits& limits);
+// POST /sdapi/v1/txt2img: {"prompt", "seed" (−1: random), "sampler_name", "steps", "cfg_scale"
+// (A1111's s = 1 + w), "width", "height", "batch_size", "n_iter", "eta", "override_settings":
+// {"sd_model_checkpoint"}}.
+GenerateRequest a1111_generate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
+                                       const RequestLimits& limits);
+
+// The sampler names of AUTOMATIC1111's API and ours: "DDIM" ↔ ddim, "Euler" ↔ euler, "Heun" ↔
+// heun, "DPM++ 2M" ↔ dpm++2m, "DDPM" ↔ ddpm.
+std::vector<std::pair<std::string, std::string>> a1111_sampler_names();
+
+// The class a prompt names: a class name or index as a whole word ("a 3", "cat"); −1 for none.
+int64_t class_in_prompt(const std::string& prompt, const std::vector<std::string>& class_names);
+
+}  // namespace diffuse::serve

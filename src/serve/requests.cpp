@@ -1,0 +1,257 @@
+#include "diffuse/serve/requests.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "diffuse/schedule/timestep_spacing.h"
+
+namespace diffuse::serve {
+
+using nlohmann::json;
+
+namespace {
+
+void require_object(const json& body) {
+  if (!body.is_object()) throw RequestError("body", "must be a JSON object");
+}
+
+// Refuses fields the native API does not know (a typo would otherwise be ignored silently).
+void refuse_unknown_fields(const json& body, const std::set<std::string>& known) {
+  for (const auto& [key, value] : body.items()) {
+    if (!known.count(key)) throw RequestError(key, "unknown field");
+  }
+}
+
+bool given(const json& body, const char* name) { return body.contains(name) && !body.at(name).is_null(); }
+
+int64_t integer_field(const json& body, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  if (!given(body, name)) return fallback;
+  const auto& v = body.at(name);
+  if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())) {
+    throw RequestError(name, "must be an integer");
+  }
+  const double x = v.get<double>();
+  if (x < static_cast<double>(lo) || x > static_cast<double>(hi)) {
+    throw RequestError(name, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v.dump());
+  }
+  return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(x);
+}
+
+double number_field(const json& body, const char* name, double fallback, double lo, double hi) {
+  if (!given(body, name)) return fallback;
+  const auto& v = body.at(name);
+  if (!v.is_number()) throw RequestError(name, "must be a number");
+  const double x = v.get<double>();
+  if (!std::isfinite(x) || x < lo || x > hi) {
+    throw RequestError(name, "must be in [" + json(lo).dump() + ", " + json(hi).dump() + "], got " + v.dump());
+  }
+  return x;
+}
+
+std::string string_field(const json& body, const char* name, const std::string& fallback) {
+  if (!given(body, name)) return fallback;
+  if (!body.at(name).is_string()) throw RequestError(name, "must be a string");
+  return body.at(name).get<std::string>();
+}
+
+uint64_t random_seed() {
+  static std::mutex mutex;
+  static std::mt19937_64 gen{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mutex);
+  return gen() >> 1;  // kept below 2^63: every JSON reader holds it exactly as an integer
+}
+
+uint64_t seed_field(const json& body, const char* name) {
+  if (!given(body, name)) return random_seed();
+  const int64_t seed = integer_field(body, name, 0, -1, INT64_MAX);
+  return seed < 0 ? random_seed() : static_cast<uint64_t>(seed);
+}
+
+std::string sampler_field(const json& body, const char* name, const std::string& fallback) {
+  const auto sampler = string_field(body, name, fallback);
+  const auto names = sampler_names();
+  if (std::find(names.begin(), names.end(), sampler) == names.end()) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw RequestError(name, "unknown sampler '" + sampler + "' (one of " + list + ")");
+  }
+  return sampler;
+}
+
+// S from the request, the sampler's default where absent; and n × S (× 2 with guidance) within
+// the limit.
+void resolve_steps(GenerateRequest& r, const json& body, const char* steps_field, const ModelFacts& model,
+                   const RequestLimits& limits) {
+  const int64_t requested = integer_field(body, steps_field, 0, 1, model.timesteps);
+  r.steps = sampling_steps(r.sampler.name, requested, model.timesteps);
+  const int64_t calls_per_step = r.guidance > 0 && r.class_label >= 0 ? 2 : 1;
+  if (r.n * r.steps * calls_per_step > limits.max_network_calls) {
+    throw RequestError(steps_field, "n × steps = " + std::to_string(r.n * r.steps * calls_per_step) +
+                                        " network calls exceeds this server's limit of " +
+                                        std::to_string(limits.max_network_calls));
+  }
+}
+
+void check_eta(const GenerateRequest& r, const json& body, const char* name) {
+  if (r.sampler.eta != 0.0 && r.sampler.name != "ddim") throw RequestError(name, "η applies to the ddim sampler only");
+  (void)body;
+}
+
+int64_t class_field(const json& body, const char* name, const ModelFacts& model) {
+  if (!given(body, name)) return -1;
+  if (model.num_classes == 0) throw RequestError(name, "model '" + model.name + "' is not class-conditional");
+  const auto& v = body.at(name);
+  if (v.is_string()) {
+    const auto& names = model.class_names;
+    const auto it = std::find(names.begin(), names.end(), v.get<std::string>());
+    if (it == names.end()) throw RequestError(name, "no class named " + v.dump() + " in model '" + model.name + "'");
+    return it - names.begin();
+  }
+  return integer_field(body, name, -1, 0, model.num_classes - 1);
+}
+
+}  // namespace
+
+const ModelFacts& model_named(const std::vector<ModelFacts>& models, const json& body, const std::string& field) {
+  if (models.empty()) throw RequestError(field, "this server serves no model");
+  if (!given(body, field.c_str())) return models.front();
+  if (!body.at(field).is_string()) throw RequestError(field, "must be a string");
+  const auto name = body.at(field).get<std::string>();
+  for (const auto& m : models)
+    if (m.name == name) return m;
+  std::string list;
+  for (const auto& m : models) list += (list.empty() ? "" : ", ") + m.name;
+  throw RequestError(field, "no model named '" + name + "' (served: " + list + ")");
+}
+
+GenerateRequest native_generate_request(const json& body, const std::vector<ModelFacts>& models,
+                                        const RequestLimits& limits) {
+  require_object(body);
+  refuse_unknown_fields(
+      body, {"model", "sampler", "steps", "eta", "spacing", "guidance", "class", "seed", "n", "preview_every"});
+  const auto& model = model_named(models, body, "model");
+  GenerateRequest r;
+  r.model = model.name;
+  r.sampler = model.default_sampler;
+  r.sampler.name = sampler_field(body, "sampler", "ddim");
+  if (given(body, "spacing")) {
+    try {
+      r.sampler.spacing = timestep_spacing_from_string(string_field(body, "spacing", ""));
+    } catch (const RequestError&) {
+      throw;
+    } catch (const std::exception&) {
+      throw RequestError("spacing", "must be leading, trailing or linspace");
+    }
+  }
+  r.sampler.eta = number_field(body, "eta", 0.0, 0.0, 1.0);
+  check_eta(r, body, "eta");
+  r.n = integer_field(body, "n", 1, 1, limits.max_images);
+  r.seed = seed_field(body, "seed");
+  r.class_label = class_field(body, "class", model);
+  r.guidance = number_field(body, "guidance", 0.0, 0.0, 100.0);
+  if (r.guidance > 0 && model.num_classes == 0) {
+    throw RequestError("guidance", "model '" + model.name + "' is not class-conditional");
+  }
+  resolve_steps(r, body, "steps", model, limits);
+  r.preview_every = integer_field(body, "preview_every", 0, 0, r.steps);
+  return r;
+}
+
+int64_t class_in_prompt(const std::string& prompt, const std::vector<std::string>& class_names) {
+  // Whole words, lower-cased: "digit 3" names class 3, "13" names none of 0–9.
+  std::vector<std::string> words;
+  std::string word;
+  for (const char c : prompt + " ") {
+    if (std::isalnum(static_cast<unsigned char>(c))) {
+      word += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    } else if (!word.empty()) {
+      words.push_back(word);
+      word.clear();
+    }
+  }
+  for (const auto& w : words) {
+    for (size_t k = 0; k < class_names.size(); ++k) {
+      std::string name = class_names[k];
+      std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+      if (w == name || w == std::to_string(k)) return static_cast<int64_t>(k);
+    }
+  }
+  return -1;
+}
+
+GenerateRequest openai_generate_request(const json& body, const std::vector<ModelFacts>& models,
+                                        const RequestLimits& limits) {
+  require_object(body);
+  const auto& model = model_named(models, body, "model");
+  GenerateRequest r;
+  r.model = model.name;
+  r.sampler = model.default_sampler;
+  r.sampler.name = sampler_field(body, "sampler", "dpm++2m");
+  const auto prompt = string_field(body, "prompt", "");
+  if (model.num_classes > 0 && !prompt.empty()) {
+    r.class_label = class_in_prompt(prompt, model.class_names);
+    if (r.class_label < 0) {
+      std::string list;
+      for (const auto& n : model.class_names) list += (list.empty() ? "" : ", ") + n;
+      throw RequestError("prompt", "names no class of model '" + model.name + "' (" + list + ")");
+    }
+  }
+  r.n = integer_field(body, "n", 1, 1, limits.max_images);
+  const auto size = string_field(body, "size", "");
+  const auto own = std::to_string(model.image_size) + "x" + std::to_string(model.image_size);
+  if (!size.empty() && size != own) throw RequestError("size", "model '" + model.name + "' makes " + own + " images");
+  const auto format = string_field(body, "response_format", "b64_json");
+  if (format != "b64_json" && format != "url") throw RequestError("response_format", "must be b64_json or url");
+  r.seed = seed_field(body, "seed");
+  r.guidance = r.class_label >= 0 ? number_field(body, "guidance", 3.0, 0.0, 100.0) : 0.0;
+  resolve_steps(r, body, "steps", model, limits);
+  return r;
+}
+
+std::vector<std::pair<std::string, std::string>> a1111_sampler_names() {
+  return {{"DDIM", "ddim"}, {"Euler", "euler"}, {"Heun", "heun"}, {"DPM++ 2M", "dpm++2m"}, {"DDPM", "ddpm"}};
+}
+
+GenerateRequest a1111_generate_request(const json& body, const std::vector<ModelFacts>& models,
+                                       const RequestLimits& limits) {
+  require_object(body);
+  const json no_settings = json::object();
+  const auto& settings = given(body, "override_settings") ? body.at("override_settings") : no_settings;
+  if (!settings.is_object()) throw RequestError("override_settings", "must be a JSON object");
+  const auto& model = model_named(models, settings, "sd_model_checkpoint");
+  GenerateRequest r;
+  r.model = model.name;
+  r.sampler = model.default_sampler;
+  const auto sampler = string_field(body, "sampler_name", given(body, "sampler_index") ? "" : "DPM++ 2M");
+  const auto name = sampler.empty() ? string_field(body, "sampler_index", "DPM++ 2M") : sampler;
+  const auto names = a1111_sampler_names();
+  const auto it = std::find_if(names.begin(), names.end(), [&](const auto& p) { return p.first == name; });
+  if (it == names.end()) throw RequestError("sampler_name", "unknown sampler '" + name + "' (GET /sdapi/v1/samplers)");
+  r.sampler.name = it->second;
+  r.sampler.eta = r.sampler.name == "ddim" ? number_field(body, "eta", 0.0, 0.0, 1.0) : 0.0;
+  for (const char* side : {"width", "height"}) {
+    const int64_t v = integer_field(body, side, model.image_size, 1, 1 << 16);
+    if (v != model.image_size) {
+      throw RequestError(side, "model '" + model.name + "' makes " + std::to_string(model.image_size) + "×" +
+                                   std::to_string(model.image_size) + " images");
+    }
+  }
+  r.n = integer_field(body, "batch_size", 1, 1, limits.max_images) *
+        integer_field(body, "n_iter", 1, 1, limits.max_images);
+  if (r.n > limits.max_images) {
+    throw RequestError("batch_size", "batch_size × n_iter must be at most " + std::to_string(limits.max_images));
+  }
+  r.seed = seed_field(body, "seed");
+  const auto prompt = string_field(body, "prompt", "");
+  if (model.num_classes > 0 && !prompt.empty()) r.class_label = class_in_prompt(prompt, model.class_names);
+  // A1111's ε = ε_u + s (ε_c − ε_u), ours (1 + w) ε_c − w ε_u: w = s − 1.
+  const double cfg_scale = number_field(body, "cfg_scale", 7.0, 0.0, 101.0);
+  r.guidance = r.class_label >= 0 ? std::max(0.0, cfg_scale - 1.0) : 0.0;
+  resolve_steps(r, body, "steps", model, limits);
+  return r;
+}
+
+}  // namespace diffuse::serve

@@ -1,0 +1,440 @@
+#include "diffuse/serve/server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <stdexcept>
+
+#include "diffuse/io/image.h"
+#include "diffuse/serve/base64.h"
+#include "diffuse/serve/job_queue.h"
+#include "diffuse/serve/page.h"
+
+namespace diffuse::serve {
+
+using nlohmann::json;
+
+std::string model_name_for(const std::string& checkpoint_path) {
+  // String operations, not std::filesystem (PyTorch's CUDA wheel exports copies of its functions).
+  std::string p = checkpoint_path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();  // "folder/"
+  const auto slash = p.find_last_of('/');
+  const std::string file = slash == std::string::npos ? p : p.substr(slash + 1);
+  const auto dot = file.find_last_of('.');
+  const std::string stem = dot == std::string::npos || dot == 0 ? file : file.substr(0, dot);
+  if (stem == "checkpoint" && slash != std::string::npos && slash > 0) {  // the folder's name
+    const std::string folder = p.substr(0, slash);
+    const auto up = folder.find_last_of('/');
+    return up == std::string::npos ? folder : folder.substr(up + 1);
+  }
+  return stem;
+}
+
+namespace {
+
+const std::vector<std::string> kCifar10Classes{"airplane", "automobile", "bird",  "cat",  "deer",
+                                               "dog",      "frog",       "horse", "ship", "truck"};
+
+ModelFacts facts_of(const ServedModel& m) {
+  const auto& info = m.pipeline.info();
+  ModelFacts f;
+  f.name = m.name;
+  f.timesteps = info.schedule.timesteps;
+  const auto shape = m.pipeline.image_shape();
+  f.channels = shape.at(0);
+  f.image_size = shape.at(1);
+  f.num_classes = info.model.num_classes;
+  const bool cifar = info.data.name.find("cifar") != std::string::npos && f.num_classes == 10;
+  for (int64_t k = 0; k < f.num_classes; ++k) f.class_names.push_back(cifar ? kCifar10Classes[k] : std::to_string(k));
+  f.default_sampler.spacing = info.sampling.spacing;
+  f.default_sampler.ddpm_large_variance = info.sampling.ddpm_large_variance;
+  return f;
+}
+
+std::string png_base64(const torch::Tensor& image) {  // [C, H, W] in [−1, 1]
+  return base64_encode(encode_png(to_uint8(image)));
+}
+
+json error_body(const std::string& message, const std::string& type, const std::string& param = "") {
+  json e{{"message", message}, {"type", type}};
+  e["param"] = param.empty() ? json(nullptr) : json(param);
+  return json{{"error", e}};
+}
+
+void send_json(httplib::Response& res, const json& body, int status = 200) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message, const std::string& param = "") {
+  const char* type = status == 400 || status == 413 ? "invalid_request_error"
+                     : status == 401                ? "authentication_error"
+                     : status == 404                ? "not_found"
+                     : status == 429                ? "rate_limit_error"
+                                                    : "server_error";
+  send_json(res, error_body(message, type, param), status);
+}
+
+json parse_body(const httplib::Request& req) {
+  if (req.body.empty()) return json::object();
+  try {
+    return json::parse(req.body);
+  } catch (const json::parse_error& e) {
+    throw RequestError("body", std::string("not valid JSON (") + e.what() + ")");
+  }
+}
+
+}  // namespace
+
+struct Server::Impl {
+  std::vector<ServedModel> models;
+  std::vector<ModelFacts> facts;
+  ServeOptions options;
+  httplib::Server http;
+  JobQueue queue;
+  bool bound = false;
+
+  Impl(std::vector<ServedModel> m, ServeOptions o)
+      : models(std::move(m)), options(std::move(o)), queue(options.max_queue, [threads = options.compute_threads] {
+          if (threads > 0) torch::set_num_threads(threads);  // per thread under OpenMP: set on the worker
+        }) {
+    for (const auto& model : models) facts.push_back(facts_of(model));
+    routes();
+  }
+
+  const ServedModel& model(const std::string& name) const {
+    for (const auto& m : models)
+      if (m.name == name) return m;
+    throw std::logic_error("no model " + name);
+  }
+
+  // The work of a generation job: the sampler loop with an event per step (and previews of x_t
+  // and x̂_0 every `preview_every` steps), cancellable between steps.
+  JobWork generation(const GenerateRequest& r) const {
+    return [this, r](Job& job) {
+      const auto& pipe = model(r.model).pipeline;
+      GenerateOptions g = default_generate_options(pipe);
+      g.sampler = r.sampler;
+      g.steps = r.steps;
+      g.n = r.n;
+      g.seed = r.seed;
+      g.guidance = r.guidance;
+      if (r.class_label >= 0) g.labels = torch::full({r.n}, r.class_label, torch::kLong);
+      const auto start = std::chrono::steady_clock::now();
+      const int64_t batches = (r.n + g.batch_size - 1) / g.batch_size;
+      const int64_t total = batches * r.steps;
+      int64_t done = 0;
+      auto on_step = [&](int64_t /*first_image*/, const SampleStep& s) {
+        job.check_cancelled();
+        ++done;
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        json event{
+            {"type", "step"},       {"step", done},
+            {"steps", total},       {"t", s.t},
+            {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(done) * static_cast<double>(total - done)}};
+        const bool preview = r.preview_every > 0 && (s.index % r.preview_every == 0 || s.index + 1 == s.steps);
+        if (preview) {
+          event["x_t"] = png_base64(make_grid(s.x_t.detach().cpu().clamp(-1, 1)));
+          event["x0"] = png_base64(make_grid(s.x0_pred.detach().cpu().clamp(-1, 1)));
+        }
+        job.emit(std::move(event));
+      };
+      const auto images = generate(pipe, g, on_step);
+      if (!torch::isfinite(images).all().item<bool>()) throw std::runtime_error("the samples hold NaN or Inf");
+      json out{{"model", r.model},
+               {"sampler", r.sampler.name},
+               {"steps", r.steps},
+               {"seed", r.seed},
+               {"n", r.n},
+               {"guidance", r.guidance},
+               {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
+      out["class"] = r.class_label >= 0 ? json(r.class_label) : json(nullptr);
+      out["images"] = json::array();
+      for (int64_t i = 0; i < images.size(0); ++i) out["images"].push_back(png_base64(images[i]));
+      out["grid"] = png_base64(make_grid(images));
+      return out;
+    };
+  }
+
+  // Queues the job; a 429 with Retry-After where the queue is full.
+  std::shared_ptr<Job> submit(JobWork work, httplib::Response& res) {
+    auto job = queue.submit(std::move(work));
+    if (!job) {
+      res.set_header("Retry-After", "5");
+      send_error(res, 429, "the queue is full (" + std::to_string(options.max_queue) + " jobs wait); try again later");
+    }
+    return job;
+  }
+
+  // Answers once the job has ended, with `answer(result)`; a client that goes away cancels it.
+  void respond_when_done(const std::shared_ptr<Job>& job, httplib::Response& res,
+                         std::function<json(const json&)> answer) {
+    res.set_chunked_content_provider("application/json", [this, job, answer](size_t, httplib::DataSink& sink) {
+      while (!job->wait_until_ended(std::chrono::milliseconds(100))) {
+        if (!sink.is_writable()) {
+          queue.cancel(job->id());
+          return false;
+        }
+      }
+      json body;
+      switch (job->state()) {
+        case JobState::done:
+          body = answer(job->result());
+          break;
+        case JobState::cancelled:
+          body = error_body("the job was cancelled", "cancelled");
+          break;
+        default:
+          body = error_body("the job failed: " + job->error(), "server_error");
+          break;
+      }
+      const auto text = body.dump();
+      sink.write(text.data(), text.size());
+      sink.done();
+      return true;
+    });
+  }
+
+  void routes();
+};
+
+void Server::Impl::routes() {
+  http.set_payload_max_length(options.max_body_bytes);
+  const int http_threads = options.http_threads;
+  http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };
+
+  // Errors of every route as JSON naming the field; anything unexpected as a 500.
+  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    try {
+      std::rethrow_exception(ep);
+    } catch (const RequestError& e) {
+      send_error(res, 400, e.what(), e.field);
+    } catch (const std::exception& e) {
+      send_error(res, 500, e.what());
+    } catch (...) {
+      send_error(res, 500, "unknown error");
+    }
+  });
+  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;  // a route's own error
+    if (res.status == 404)
+      send_error(res, 404, "no route " + req.method + " " + req.path);
+    else if (res.status == 413)
+      send_error(res, 413, "the body is larger than this server accepts");
+    else
+      send_error(res, res.status, "HTTP error " + std::to_string(res.status));
+  });
+  // The API key: every route but the page and the health check.
+  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options.api_key.empty() || req.path == "/" || req.path == "/api/health") {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    if (req.get_header_value("Authorization") == "Bearer " + options.api_key) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, 401,
+               req.has_header("Authorization") ? "wrong API key"
+                                               : "this server wants an API key "
+                                                 "(Authorization: Bearer KEY)");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+
+  http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(page_html(), "text/html; charset=utf-8");
+  });
+
+  // ---- native API
+  http.Get("/api/health", [this](const httplib::Request&, httplib::Response& res) {
+    const auto running = queue.running();
+    send_json(res, {{"status", "ok"},
+                    {"models", models.size()},
+                    {"waiting", queue.waiting()},
+                    {"max_queue", options.max_queue},
+                    {"running", running ? json(running->id()) : json(nullptr)},
+                    {"api_key", !options.api_key.empty()}});
+  });
+  http.Get("/api/models", [this](const httplib::Request&, httplib::Response& res) {
+    json list = json::array();
+    for (size_t i = 0; i < models.size(); ++i) {
+      const auto& f = facts[i];
+      const auto& info = models[i].pipeline.info();
+      list.push_back({{"name", f.name},
+                      {"image_size", f.image_size},
+                      {"channels", f.channels},
+                      {"classes", f.class_names},
+                      {"timesteps", f.timesteps},
+                      {"objective", to_string(info.objective)},
+                      {"parameters", models[i].pipeline.checkpoint.model->parameter_count()},
+                      {"step", info.step},
+                      {"spacing", to_string(f.default_sampler.spacing)},
+                      {"samplers", sampler_names()}});
+    }
+    send_json(res,
+              {{"models", list},
+               {"limits",
+                {{"max_images", options.limits.max_images}, {"max_network_calls", options.limits.max_network_calls}}}});
+  });
+  http.Get(R"(/api/models/([^/]+)/schedule)", [this](const httplib::Request& req, httplib::Response& res) {
+    for (const auto& m : models) {
+      if (m.name != req.matches[1].str()) continue;
+      const auto& s = m.pipeline.diffusion.schedule();
+      send_json(res, {{"beta", s.betas}, {"alpha_bar", s.alpha_bar}, {"snr", s.snr}});
+      return;
+    }
+    send_error(res, 404, "no model named '" + req.matches[1].str() + "'");
+  });
+  http.Post("/api/generate", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto r = native_generate_request(parse_body(req), facts, options.limits);
+    if (auto job = submit(generation(r), res)) {
+      send_json(res,
+                {{"id", job->id()},
+                 {"status", "/api/jobs/" + job->id()},
+                 {"events", "/api/jobs/" + job->id() + "/events"},
+                 {"seed", r.seed},
+                 {"steps", r.steps}},
+                202);
+    }
+  });
+  http.Get(R"(/api/jobs/([0-9a-f]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto job = queue.find(req.matches[1].str());
+    if (!job) return send_error(res, 404, "no job " + req.matches[1].str());
+    json body{{"id", job->id()}, {"state", to_string(job->state())}, {"step", job->latest_step()}};
+    if (job->state() == JobState::done) body["result"] = job->result();
+    if (job->state() == JobState::failed) body["error"] = job->error();
+    send_json(res, body);
+  });
+  http.Delete(R"(/api/jobs/([0-9a-f]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto job = queue.find(req.matches[1].str());
+    if (!job) return send_error(res, 404, "no job " + req.matches[1].str());
+    queue.cancel(job->id());
+    send_json(res, {{"id", job->id()}, {"state", to_string(job->state())}, {"cancel_requested", true}});
+  });
+  // Server-sent events: each of the job's events as `event: TYPE` + `data: JSON`, from the first;
+  // the stream ends with the job.
+  http.Get(R"(/api/jobs/([0-9a-f]+)/events)", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto job = queue.find(req.matches[1].str());
+    if (!job) return send_error(res, 404, "no job " + req.matches[1].str());
+    res.set_header("Cache-Control", "no-cache");
+    auto next = std::make_shared<size_t>(0);
+    res.set_chunked_content_provider("text/event-stream", [job, next](size_t, httplib::DataSink& sink) {
+      const auto events = job->events_since(*next, std::chrono::milliseconds(250));
+      for (const auto& e : events) {
+        const auto text = "event: " + e.value("type", "message") + "\ndata: " + e.dump() + "\n\n";
+        if (!sink.write(text.data(), text.size())) return false;
+      }
+      *next += events.size();
+      if (events.empty() && job->ended() && job->events_since(*next, std::chrono::milliseconds(0)).empty()) {
+        sink.done();
+        return true;
+      }
+      if (events.empty() && !sink.is_writable()) return false;  // the client went away
+      return true;
+    });
+  });
+
+  // ---- OpenAI images API
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    json data = json::array();
+    for (const auto& f : facts)
+      data.push_back({{"id", f.name}, {"object", "model"}, {"created", 0}, {"owned_by", "diffuse"}});
+    send_json(res, {{"object", "list"}, {"data", data}});
+  });
+  http.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto body = parse_body(req);
+    const auto r = openai_generate_request(body, facts, options.limits);
+    const bool url = body.value("response_format", "b64_json") == "url";
+    if (auto job = submit(generation(r), res)) {
+      respond_when_done(job, res, [url](const json& result) {
+        json data = json::array();
+        for (const auto& png : result.at("images")) {
+          data.push_back(url ? json{{"url", "data:image/png;base64," + png.get<std::string>()}}
+                             : json{{"b64_json", png}});
+        }
+        return json{{"created", std::time(nullptr)}, {"data", data}, {"seed", result.at("seed")}};
+      });
+    }
+  });
+
+  // ---- AUTOMATIC1111 API
+  http.Get("/sdapi/v1/samplers", [](const httplib::Request&, httplib::Response& res) {
+    json list = json::array();
+    for (const auto& [a1111, ours] : a1111_sampler_names()) {
+      list.push_back({{"name", a1111}, {"aliases", {ours}}, {"options", json::object()}});
+    }
+    send_json(res, list);
+  });
+  http.Get("/sdapi/v1/sd-models", [this](const httplib::Request&, httplib::Response& res) {
+    json list = json::array();
+    for (const auto& f : facts) {
+      list.push_back({{"title", f.name},
+                      {"model_name", f.name},
+                      {"hash", nullptr},
+                      {"sha256", nullptr},
+                      {"filename", f.name},
+                      {"config", nullptr}});
+    }
+    send_json(res, list);
+  });
+  http.Get("/sdapi/v1/options", [this](const httplib::Request&, httplib::Response& res) {
+    send_json(res, {{"sd_model_checkpoint", facts.empty() ? json(nullptr) : json(facts.front().name)}});
+  });
+  http.Get("/sdapi/v1/progress", [this](const httplib::Request&, httplib::Response& res) {
+    const auto job = queue.running();
+    const auto step = job ? job->latest_step() : json();
+    const double progress = step.is_object() ? step.value("step", 0.0) / std::max(1.0, step.value("steps", 1.0)) : 0.0;
+    send_json(res, {{"progress", progress},
+                    {"eta_relative", step.is_object() ? step.value("eta_s", 0.0) : 0.0},
+                    {"state",
+                     {{"job", job ? job->id() : ""},
+                      {"job_count", queue.waiting() + (job ? 1 : 0)},
+                      {"sampling_step", step.is_object() ? step.value("step", 0) : 0},
+                      {"sampling_steps", step.is_object() ? step.value("steps", 0) : 0},
+                      {"interrupted", job ? job->cancel_requested() : false}}},
+                    {"current_image", step.is_object() && step.contains("x0") ? step["x0"] : json(nullptr)}});
+  });
+  http.Post("/sdapi/v1/interrupt", [this](const httplib::Request&, httplib::Response& res) {
+    if (const auto job = queue.running()) queue.cancel(job->id());
+    send_json(res, json::object());
+  });
+  http.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto body = parse_body(req);
+    const auto r = a1111_generate_request(body, facts, options.limits);
+    if (auto job = submit(generation(r), res)) {
+      respond_when_done(job, res, [body](const json& result) {
+        json info{{"seed", result.at("seed")},
+                  {"sampler", result.at("sampler")},
+                  {"steps", result.at("steps")},
+                  {"sd_model_name", result.at("model")}};
+        return json{{"images", result.at("images")}, {"parameters", body}, {"info", info.dump()}};
+      });
+    }
+  });
+}
+
+Server::Server(std::vector<ServedModel> models, ServeOptions options)
+    : impl_(new Impl(std::move(models), std::move(options))) {}
+
+Server::~Server() { stop(); }
+
+int Server::bind() {
+  auto& o = impl_->options;
+  const int port = o.port == 0                                ? impl_->http.bind_to_any_port(o.host)
+                   : impl_->http.bind_to_port(o.host, o.port) ? o.port
+                                                              : -1;
+  if (port < 0) throw std::runtime_error("cannot listen on " + o.host + ":" + std::to_string(o.port));
+  impl_->bound = true;
+  return port;
+}
+
+void Server::run() {
+  if (!impl_->bound) throw std::logic_error("Server::run before bind");
+  impl_->http.listen_after_bind();
+}
+
+void Server::stop() {
+  impl_->http.stop();
+  impl_->queue.stop();
+}
+
+}  // namespace diffuse::serve
