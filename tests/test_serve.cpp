@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/serve/base64.h"
 #include "diffuse/serve/server.h"
@@ -394,6 +395,136 @@ TEST(Serve, AFullQueueAnswers429AndAClientThatLeavesCancelsItsJob) {
     idle = get(c, "/api/health")["running"].is_null();
   }
   EXPECT_TRUE(idle) << "the job of a client that left still runs";
+}
+
+namespace {
+
+// A [C, S, S] uint8 test image as PNG bytes: a bright square on dark.
+std::string square_png(int64_t channels, int64_t size) {
+  auto image = torch::full({channels, size, size}, 30, torch::kUInt8);
+  image.narrow(1, size / 4, size / 2).narrow(2, size / 4, size / 2).fill_(220);
+  return encode_png(image);
+}
+
+}  // namespace
+
+TEST(Serve, EditsNoiseThenDenoiseAsTheLibraryDoes) {
+  Fixture f;
+  RunningServer server({f.plain}, {});
+  auto c = server.client();
+  const auto png = square_png(1, 8);
+  const std::string id = post(c, "/api/edit",
+                              {{"kind", "denoise"},
+                               {"image", base64_encode(png)},
+                               {"strength", 0.3},
+                               {"steps", 5},
+                               {"n", 2},
+                               {"seed", 9},
+                               {"preview_every", 2}},
+                              202)["id"];
+  const auto events = follow_events(c, id);
+  ASSERT_EQ(events.back()["type"], "done");
+  const auto result = events.back()["result"];
+  ASSERT_EQ(result["psnr"].size(), 2u);
+  ASSERT_EQ(result["images"].size(), 2u);
+  int64_t steps = 0;
+  for (const auto& e : events) steps += e["type"] == "step";
+  EXPECT_EQ(steps, 5);
+
+  const auto pipe = load_pipeline(f.plain);
+  const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0).expand({2, -1, -1, -1}).contiguous();
+  auto gen = at::detail::createCPUGenerator(9);
+  SamplerConfig ddim;
+  ddim.spacing = pipe.info().sampling.spacing;
+  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
+  const auto expected = noise_and_denoise(pipe.diffusion, *sampler, make_unconditional_denoiser(pipe), x0, 29, 5,
+                                          pipe.info().sampling.clip_x0, gen);
+  EXPECT_EQ(result["t"], expected.t);  // the first of 5 leading steps on [0, round(0.3 · 100) − 1]
+  const auto expected_u8 = to_uint8(expected.result.clamp(-1, 1));
+  for (int64_t i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(decode_png(result["images"][i]), expected_u8[i]));
+  const auto p = psnr(expected.result.clamp(-1, 1), x0);
+  EXPECT_NEAR(result["psnr"][1].get<double>(), p[1].item<double>(), 1e-4);
+}
+
+TEST(Serve, InpaintingKeepsTheKnownPixelsInEveryApi) {
+  Fixture f;
+  RunningServer server({f.plain}, {});
+  auto c = server.client();
+  const auto png = square_png(1, 8);
+  const auto input = decode_image_u8(png, "square", 1, 8);
+  // the right half is the hole: white in the native and A1111 masks, transparent in OpenAI's
+  auto white_right = torch::zeros({1, 8, 8}, torch::kUInt8);
+  white_right.narrow(2, 4, 4).fill_(255);
+  auto transparent_right = torch::full({4, 8, 8}, 255, torch::kUInt8);
+  transparent_right[3].narrow(1, 4, 4).fill_(0);
+  auto keeps_the_left_half = [&](const std::string& b64) {
+    const auto out = decode_png(b64);
+    EXPECT_TRUE(torch::equal(out.narrow(2, 0, 4), input.narrow(2, 0, 4))) << "the known pixels changed";
+    EXPECT_FALSE(torch::equal(out.narrow(2, 4, 4), input.narrow(2, 4, 4))) << "the hole was not filled";
+  };
+  const std::string id = post(c, "/api/edit",
+                              {{"kind", "inpaint"},
+                               {"image", base64_encode(png)},
+                               {"mask", base64_encode(encode_png(white_right))},
+                               {"steps", 5},
+                               {"seed", 1}},
+                              202)["id"];
+  const auto native = follow_events(c, id).back();
+  ASSERT_EQ(native["type"], "done") << native.dump();
+  keeps_the_left_half(native["result"]["images"][0]);
+
+  httplib::MultipartFormDataItems parts{{"image", png, "image.png", "image/png"},
+                                        {"mask", encode_png(transparent_right), "mask.png", "image/png"},
+                                        {"steps", "5", "", ""},
+                                        {"n", "2", "", ""}};
+  const auto openai = c.Post("/v1/images/edits", parts);
+  ASSERT_TRUE(openai);
+  ASSERT_EQ(openai->status, 200) << openai->body;
+  const auto data = json::parse(openai->body)["data"];
+  ASSERT_EQ(data.size(), 2u);
+  keeps_the_left_half(data[1]["b64_json"]);
+
+  const auto a1111 = post(c, "/sdapi/v1/img2img",
+                          {{"init_images", {"data:image/png;base64," + base64_encode(png)}},
+                           {"mask", base64_encode(encode_png(white_right))},
+                           {"steps", 5},
+                           {"sampler_name", "DDIM"}},
+                          200);
+  ASSERT_EQ(a1111["images"].size(), 1u);
+  keeps_the_left_half(a1111["images"][0]);
+  EXPECT_FALSE(a1111["parameters"].contains("init_images"));
+
+  // Without a mask, OpenAI's edit and A1111's img2img noise and denoise.
+  httplib::MultipartFormDataItems no_mask{{"image", png, "image.png", "image/png"}, {"strength", "0.2", "", ""}};
+  const auto denoised = c.Post("/v1/images/edits", no_mask);
+  ASSERT_TRUE(denoised);
+  EXPECT_EQ(denoised->status, 200) << denoised->body;
+}
+
+TEST(Serve, EditInputsAreCheckedBeforeAJobIsQueued) {
+  Fixture f;
+  RunningServer server({f.plain}, {});
+  auto c = server.client();
+  const auto image = base64_encode(square_png(1, 8));
+  const std::vector<std::pair<json, std::string>> cases{
+      {{{"image", "***"}}, "image"},                                                                 // not base64
+      {{{"image", base64_encode("not an image")}}, "image"},                                         // not an image
+      {{{"image", base64_encode(encode_png(torch::zeros({1, 1, 5000}, torch::kUInt8)))}}, "image"},  // too wide
+      {{{"kind", "inpaint"}, {"image", image}}, "mask"},                   // inpainting wants a mask
+      {{{"kind", "denoise"}, {"image", image}, {"mask", image}}, "mask"},  // a mask without inpainting
+      {{{"kind", "blur"}, {"image", image}}, "kind"},
+      {{{"image", image}, {"strength", 0}}, "strength"},
+      {{{"strength", 0.5}}, "image"},  // no image
+  };
+  for (const auto& [body, field] : cases) {
+    const auto error = post(c, "/api/edit", body, 400);
+    EXPECT_EQ(error["error"]["param"], field) << body.dump().substr(0, 200) << " → " << error.dump();
+  }
+  EXPECT_EQ(post(c, "/sdapi/v1/img2img", {{"init_images", json::array()}}, 400)["error"]["param"], "init_images");
+  const auto not_multipart = c.Post("/v1/images/edits", "{}", "application/json");
+  ASSERT_TRUE(not_multipart);
+  EXPECT_EQ(not_multipart->status, 400);
+  EXPECT_TRUE(get(c, "/api/health")["running"].is_null());
 }
 
 TEST(Serve, Base64RoundTripsAndRefusesWhatIsNotBase64) {

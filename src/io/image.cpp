@@ -36,8 +36,8 @@ torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow, int64_t paddi
 }
 
 std::string encode_png(const torch::Tensor& image_u8) {
-  TORCH_CHECK(image_u8.dim() == 3 && (image_u8.size(0) == 1 || image_u8.size(0) == 3),
-              "encode_png: expected [1 or 3, H, W], got ", image_u8.sizes());
+  TORCH_CHECK(image_u8.dim() == 3 && image_u8.size(0) >= 1 && image_u8.size(0) <= 4,
+              "encode_png: expected [1 to 4, H, W], got ", image_u8.sizes());
   auto hwc = image_u8.to(torch::kCPU, torch::kUInt8).permute({1, 2, 0}).contiguous();
   const int h = static_cast<int>(hwc.size(0)), w = static_cast<int>(hwc.size(1)), c = static_cast<int>(hwc.size(2));
   std::string out;
@@ -106,8 +106,17 @@ int image_bytes_channels(const std::string& bytes, const std::string& what) {
   return c;
 }
 
+ImageHeader image_bytes_header(const std::string& bytes, const std::string& what) {
+  int w = 0, h = 0, c = 0;
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
+    throw std::runtime_error("cannot read image '" + what + "': " + stb_reason("unknown format"));
+  }
+  return {w, h, c};
+}
+
 torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what, int channels, int64_t size) {
-  TORCH_CHECK(channels == 1 || channels == 3, "decode_image_u8: channels must be 1 or 3");
+  TORCH_CHECK(channels >= 1 && channels <= 4, "decode_image_u8: channels must be 1 to 4");
   int w = 0, h = 0, c = 0;
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw std::runtime_error("image '" + what + "' is larger than 2 GiB");

@@ -1,5 +1,7 @@
 #include "diffuse/serve/job_queue.h"
 
+#include <c10/util/Exception.h>
+
 #include <random>
 
 namespace diffuse::serve {
@@ -201,6 +203,9 @@ void JobQueue::work_loop(std::function<void()> setup) {
         job->set_state(JobState::done, std::move(result));
       } catch (const JobCancelled&) {
         job->set_state(JobState::cancelled);
+      } catch (const c10::Error& e) {  // LibTorch's message without its backtrace
+        job->set_state(job->cancel_requested() ? JobState::cancelled : JobState::failed, {},
+                       e.what_without_backtrace());
       } catch (const std::exception& e) {
         job->set_state(job->cancel_requested() ? JobState::cancelled : JobState::failed, {}, e.what());
       }

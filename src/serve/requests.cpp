@@ -6,7 +6,9 @@
 #include <random>
 #include <set>
 
+#include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/schedule/timestep_spacing.h"
+#include "diffuse/serve/base64.h"
 
 namespace diffuse::serve {
 
@@ -251,6 +253,145 @@ GenerateRequest a1111_generate_request(const json& body, const std::vector<Model
   const double cfg_scale = number_field(body, "cfg_scale", 7.0, 0.0, 101.0);
   r.guidance = r.class_label >= 0 ? std::max(0.0, cfg_scale - 1.0) : 0.0;
   resolve_steps(r, body, "steps", model, limits);
+  return r;
+}
+
+namespace {
+
+std::string base64_field(const json& body, const char* name, bool required) {
+  if (!given(body, name)) {
+    if (required) throw RequestError(name, "is required");
+    return {};
+  }
+  try {
+    return base64_decode(string_field(body, name, ""));
+  } catch (const RequestError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw RequestError(name, e.what());
+  }
+}
+
+// t from the strength, S on [0, t] (denoise) or [0, T) (inpaint), and the work within the limit.
+void resolve_edit(EditRequest& r, const json& body, const char* strength_field, const char* steps_field,
+                  const ModelFacts& model, const RequestLimits& limits) {
+  const int64_t requested = integer_field(body, steps_field, 0, 1, model.timesteps);
+  if (r.kind == "denoise") {
+    r.strength = number_field(body, strength_field, r.strength, 0.0, 1.0);
+    if (r.strength <= 0.0) throw RequestError(strength_field, "must be above 0");
+    r.t = timestep_for_strength(r.strength, model.timesteps);
+    const int64_t full = requested > 0 ? requested : r.sampler.name == "ddpm" ? model.timesteps : 50;
+    r.steps = std::max<int64_t>(1, std::min<int64_t>(full, r.t + 1));
+  } else {
+    r.steps = sampling_steps(r.sampler.name, requested, model.timesteps);
+  }
+  const int64_t calls = r.n * r.steps * (1 + r.resample);
+  if (calls > limits.max_network_calls) {
+    throw RequestError(steps_field, "n × steps × (1 + resample) = " + std::to_string(calls) +
+                                        " network calls exceeds this server's limit of " +
+                                        std::to_string(limits.max_network_calls));
+  }
+}
+
+}  // namespace
+
+EditRequest native_edit_request(const json& body, const std::vector<ModelFacts>& models, const RequestLimits& limits) {
+  require_object(body);
+  refuse_unknown_fields(body, {"model", "kind", "image", "mask", "strength", "steps", "sampler", "eta", "resample", "n",
+                               "seed", "preview_every"});
+  const auto& model = model_named(models, body, "model");
+  EditRequest r;
+  r.model = model.name;
+  r.kind = string_field(body, "kind", "denoise");
+  if (r.kind != "denoise" && r.kind != "inpaint") throw RequestError("kind", "must be denoise or inpaint");
+  r.sampler = model.default_sampler;
+  r.sampler.name = sampler_field(body, "sampler", "ddim");
+  r.sampler.eta = number_field(body, "eta", 0.0, 0.0, 1.0);
+  if (r.sampler.eta != 0.0 && r.sampler.name != "ddim") throw RequestError("eta", "η applies to the ddim sampler only");
+  r.image = base64_field(body, "image", true);
+  r.mask = base64_field(body, "mask", r.kind == "inpaint");
+  if (r.kind == "denoise" && !r.mask.empty()) throw RequestError("mask", "a mask goes with kind inpaint");
+  r.resample = r.kind == "inpaint" ? integer_field(body, "resample", 0, 0, 20) : 0;
+  r.n = integer_field(body, "n", 1, 1, limits.max_images);
+  r.seed = seed_field(body, "seed");
+  resolve_edit(r, body, "strength", "steps", model, limits);
+  r.preview_every = integer_field(body, "preview_every", 0, 0, r.steps * (1 + r.resample));
+  return r;
+}
+
+EditRequest openai_edit_request(const std::map<std::string, std::string>& fields, const std::string& image,
+                                const std::string& mask, const std::vector<ModelFacts>& models,
+                                const RequestLimits& limits) {
+  // The text fields as JSON, numbers parsed, so that the checks are those of the other routes.
+  json body = json::object();
+  for (const auto& [key, text] : fields) {
+    const bool numeric = key == "n" || key == "seed" || key == "strength" || key == "steps";
+    if (!numeric) {
+      body[key] = text;
+      continue;
+    }
+    try {
+      body[key] = json::parse(text);
+    } catch (const std::exception&) {
+      throw RequestError(key, "must be a number, got '" + text + "'");
+    }
+  }
+  const auto& model = model_named(models, body, "model");
+  EditRequest r;
+  r.model = model.name;
+  r.sampler = model.default_sampler;
+  r.sampler.name = "ddim";
+  if (image.empty()) throw RequestError("image", "is required (a multipart file part)");
+  r.image = image;
+  r.mask = mask;
+  r.mask_alpha_marks_hole = true;
+  r.kind = mask.empty() ? "denoise" : "inpaint";
+  r.n = integer_field(body, "n", 1, 1, limits.max_images);
+  const auto size = string_field(body, "size", "");
+  const auto own = std::to_string(model.image_size) + "x" + std::to_string(model.image_size);
+  if (!size.empty() && size != own) throw RequestError("size", "model '" + model.name + "' makes " + own + " images");
+  const auto format = string_field(body, "response_format", "b64_json");
+  if (format != "b64_json" && format != "url") throw RequestError("response_format", "must be b64_json or url");
+  r.seed = seed_field(body, "seed");
+  resolve_edit(r, body, "strength", "steps", model, limits);
+  return r;
+}
+
+EditRequest a1111_edit_request(const json& body, const std::vector<ModelFacts>& models, const RequestLimits& limits) {
+  require_object(body);
+  const json no_settings = json::object();
+  const auto& settings = given(body, "override_settings") ? body.at("override_settings") : no_settings;
+  if (!settings.is_object()) throw RequestError("override_settings", "must be a JSON object");
+  const auto& model = model_named(models, settings, "sd_model_checkpoint");
+  EditRequest r;
+  r.model = model.name;
+  r.sampler = model.default_sampler;
+  const auto name = string_field(body, "sampler_name", "DDIM");
+  const auto names = a1111_sampler_names();
+  const auto it = std::find_if(names.begin(), names.end(), [&](const auto& p) { return p.first == name; });
+  if (it == names.end()) throw RequestError("sampler_name", "unknown sampler '" + name + "' (GET /sdapi/v1/samplers)");
+  r.sampler.name = it->second;
+  if (!given(body, "init_images") || !body.at("init_images").is_array() || body.at("init_images").empty()) {
+    throw RequestError("init_images", "must be a list holding one base64 image");
+  }
+  r.image = base64_field(json{{"init_images", body.at("init_images").at(0)}}, "init_images", true);
+  r.mask = base64_field(body, "mask", false);
+  r.kind = r.mask.empty() ? "denoise" : "inpaint";
+  for (const char* side : {"width", "height"}) {
+    const int64_t v = integer_field(body, side, model.image_size, 1, 1 << 16);
+    if (v != model.image_size) {
+      throw RequestError(side, "model '" + model.name + "' makes " + std::to_string(model.image_size) + "×" +
+                                   std::to_string(model.image_size) + " images");
+    }
+  }
+  r.n = integer_field(body, "batch_size", 1, 1, limits.max_images) *
+        integer_field(body, "n_iter", 1, 1, limits.max_images);
+  if (r.n > limits.max_images) {
+    throw RequestError("batch_size", "batch_size × n_iter must be at most " + std::to_string(limits.max_images));
+  }
+  r.seed = seed_field(body, "seed");
+  r.strength = 0.75;  // A1111's default denoising_strength
+  resolve_edit(r, body, "denoising_strength", "steps", model, limits);
   return r;
 }
 

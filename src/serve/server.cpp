@@ -5,6 +5,8 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "diffuse/edit/inpaint.h"
+#include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/serve/base64.h"
 #include "diffuse/serve/job_queue.h"
@@ -84,6 +86,35 @@ json parse_body(const httplib::Request& req) {
   }
 }
 
+// Images a request brings are at most this many pixels a side, checked in their header before
+// they are decoded (the body limit bounds the file, not what it decodes to).
+constexpr int64_t kMaxInputSide = 4096;
+
+torch::Tensor decode_input(const std::string& bytes, const std::string& field, int channels, int64_t size) {
+  try {
+    const auto header = image_bytes_header(bytes, field);
+    if (header.width > kMaxInputSide || header.height > kMaxInputSide) {
+      throw RequestError(field, std::to_string(header.width) + "×" + std::to_string(header.height) +
+                                    " is larger than the " + std::to_string(kMaxInputSide) + " pixels a side allowed");
+    }
+    return decode_image_u8(bytes, field, channels, size);
+  } catch (const RequestError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw RequestError(field, e.what());
+  }
+}
+
+// The pixels an edit keeps, [1, 1, S, S] (1 = known): a mask's white (or, for OpenAI's masks with
+// an alpha channel, its transparent pixels) marks the hole.
+torch::Tensor known_pixels(const EditRequest& r, int64_t size) {
+  const auto header = image_bytes_header(r.mask, "mask");
+  const bool alpha = r.mask_alpha_marks_hole && (header.channels == 2 || header.channels == 4);
+  const auto rgba = decode_input(r.mask, "mask", 4, size).to(torch::kFloat);  // [4, S, S]
+  const auto hole = alpha ? rgba[3] < 128 : rgba.narrow(0, 0, 3).mean(0) >= 128;
+  return (1 - hole.to(torch::kFloat)).view({1, 1, size, size});
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -154,6 +185,74 @@ struct Server::Impl {
       out["grid"] = png_base64(make_grid(images));
       return out;
     };
+  }
+
+  // The work of an edit job: noise-then-denoise or inpainting of the request's image, n times with
+  // their own noise; the network is watched for the progress events (x_t as it enters it) and
+  // for cancelling.
+  JobWork editing(const EditRequest& r) const {
+    const auto& facts_of_model = facts.at(index_of(r.model));
+    const auto image = from_uint8(
+        decode_input(r.image, "image", static_cast<int>(facts_of_model.channels), facts_of_model.image_size));
+    const auto known = r.kind == "inpaint" ? known_pixels(r, facts_of_model.image_size) : torch::Tensor();
+    return [this, r, image, known](Job& job) {
+      const auto& pipe = model(r.model).pipeline;
+      const auto net = make_unconditional_denoiser(pipe);
+      const auto sampler = make_sampler(r.sampler, pipe.diffusion.schedule());
+      const int64_t total = sampler->evaluations(r.steps) * (1 + r.resample);
+      const auto start = std::chrono::steady_clock::now();
+      int64_t calls = 0;
+      const Denoiser watched = [&](const torch::Tensor& x_t, const torch::Tensor& t) {
+        job.check_cancelled();
+        ++calls;
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const int64_t step = std::min(calls, total);
+        json event{
+            {"type", "step"},       {"step", step},
+            {"steps", total},       {"t", t[0].item<int64_t>()},
+            {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(step) * static_cast<double>(total - step)}};
+        if (r.preview_every > 0 && (calls - 1) % r.preview_every == 0) {
+          event["x_t"] = png_base64(make_grid(x_t.detach().cpu().clamp(-1, 1)));
+        }
+        job.emit(std::move(event));
+        return net(x_t, t);
+      };
+      auto gen = at::detail::createCPUGenerator(r.seed);
+      const auto x0 = image.unsqueeze(0).expand({r.n, -1, -1, -1}).contiguous().to(pipe.compute.device);
+      const bool clip = pipe.info().sampling.clip_x0;
+      json out{{"model", r.model}, {"kind", r.kind}, {"sampler", r.sampler.name}, {"steps", r.steps},
+               {"seed", r.seed},   {"n", r.n},       {"input", png_base64(image)}};
+      torch::Tensor result;
+      torch::NoGradGuard no_grad;
+      if (r.kind == "denoise") {
+        const auto d = noise_and_denoise(pipe.diffusion, *sampler, watched, x0, r.t, r.steps, clip, gen);
+        result = d.result.cpu().clamp(-1, 1);
+        out["t"] = d.t;
+        out["strength"] = r.strength;
+        out["noised"] = png_base64(make_grid(d.x_t.cpu().clamp(-1, 1)));
+        const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
+        out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+      } else {
+        InpaintOptions io;
+        io.steps = r.steps;
+        io.resample = r.resample;
+        io.clip_x0 = clip;
+        result = inpaint(pipe.diffusion, *sampler, watched, x0, known.to(x0.device()), io, gen).cpu().clamp(-1, 1);
+        out["known"] = png_base64((image * known[0] + (1 - known[0]) * 0.0).clamp(-1, 1));  // the hole in grey
+      }
+      if (!torch::isfinite(result).all().item<bool>()) throw std::runtime_error("the result holds NaN or Inf");
+      out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      out["images"] = json::array();
+      for (int64_t i = 0; i < result.size(0); ++i) out["images"].push_back(png_base64(result[i]));
+      out["grid"] = png_base64(make_grid(result));
+      return out;
+    };
+  }
+
+  size_t index_of(const std::string& name) const {
+    for (size_t i = 0; i < models.size(); ++i)
+      if (models[i].name == name) return i;
+    throw std::logic_error("no model " + name);
   }
 
   // Queues the job; a 429 with Retry-After where the queue is full.
@@ -296,6 +395,18 @@ void Server::Impl::routes() {
                 202);
     }
   });
+  http.Post("/api/edit", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto r = native_edit_request(parse_body(req), facts, options.limits);
+    if (auto job = submit(editing(r), res)) {
+      send_json(res,
+                {{"id", job->id()},
+                 {"status", "/api/jobs/" + job->id()},
+                 {"events", "/api/jobs/" + job->id() + "/events"},
+                 {"seed", r.seed},
+                 {"steps", r.steps}},
+                202);
+    }
+  });
   http.Get(R"(/api/jobs/([0-9a-f]+))", [this](const httplib::Request& req, httplib::Response& res) {
     const auto job = queue.find(req.matches[1].str());
     if (!job) return send_error(res, 404, "no job " + req.matches[1].str());
@@ -345,6 +456,28 @@ void Server::Impl::routes() {
     const auto r = openai_generate_request(body, facts, options.limits);
     const bool url = body.value("response_format", "b64_json") == "url";
     if (auto job = submit(generation(r), res)) {
+      respond_when_done(job, res, [url](const json& result) {
+        json data = json::array();
+        for (const auto& png : result.at("images")) {
+          data.push_back(url ? json{{"url", "data:image/png;base64," + png.get<std::string>()}}
+                             : json{{"b64_json", png}});
+        }
+        return json{{"created", std::time(nullptr)}, {"data", data}, {"seed", result.at("seed")}};
+      });
+    }
+  });
+
+  http.Post("/v1/images/edits", [this](const httplib::Request& req, httplib::Response& res) {
+    if (!req.is_multipart_form_data()) throw RequestError("body", "must be multipart/form-data");
+    std::map<std::string, std::string> fields;
+    for (const auto& [name, part] : req.files) {
+      if (part.filename.empty() && name != "image" && name != "mask") fields[name] = part.content;
+    }
+    const auto r =
+        openai_edit_request(fields, req.has_file("image") ? req.get_file_value("image").content : "",
+                            req.has_file("mask") ? req.get_file_value("mask").content : "", facts, options.limits);
+    const bool url = fields.count("response_format") && fields.at("response_format") == "url";
+    if (auto job = submit(editing(r), res)) {
       respond_when_done(job, res, [url](const json& result) {
         json data = json::array();
         for (const auto& png : result.at("images")) {
@@ -407,6 +540,23 @@ void Server::Impl::routes() {
                   {"steps", result.at("steps")},
                   {"sd_model_name", result.at("model")}};
         return json{{"images", result.at("images")}, {"parameters", body}, {"info", info.dump()}};
+      });
+    }
+  });
+  http.Post("/sdapi/v1/img2img", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto body = parse_body(req);
+    const auto r = a1111_edit_request(body, facts, options.limits);
+    if (auto job = submit(editing(r), res)) {
+      json parameters = body;
+      parameters.erase("init_images");  // A1111 answers without the images it was sent
+      parameters.erase("mask");
+      respond_when_done(job, res, [parameters](const json& result) {
+        json info{{"seed", result.at("seed")},
+                  {"sampler", result.at("sampler")},
+                  {"steps", result.at("steps")},
+                  {"sd_model_name", result.at("model")},
+                  {"kind", result.at("kind")}};
+        return json{{"images", result.at("images")}, {"parameters", parameters}, {"info", info.dump()}};
       });
     }
   });

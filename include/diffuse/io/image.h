@@ -17,7 +17,7 @@ torch::Tensor from_uint8(const torch::Tensor& x);
 // per row (0: ⌈√N⌉) and `padding` pixels between them.
 torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow = 0, int64_t padding = 2);
 
-// PNG of a [C, H, W] uint8 image, C = 1 or 3.
+// PNG of a [C, H, W] uint8 image, C = 1 or 3 (2 and 4: with an alpha channel last).
 std::string encode_png(const torch::Tensor& image_u8);
 // Writes images ([N, C, H, W] in [−1, 1]) as a grid PNG, atomically.
 void save_grid_png(const std::string& path, const torch::Tensor& images, int64_t nrow = 0);
@@ -38,8 +38,14 @@ int image_file_channels(const std::string& path);
 torch::Tensor load_image_u8(const std::string& path, int channels, int64_t size);
 
 // The same two for an image file's bytes held in memory (an archive's member); `what` names it in
-// the messages.
+// the messages. decode_image_u8 also takes channels 2 and 4 (grey or RGB with the alpha last).
 int image_bytes_channels(const std::string& bytes, const std::string& what);
 torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what, int channels, int64_t size);
+// Width, height and channels from an image's header, nothing decoded; throws naming `what`.
+struct ImageHeader {
+  int64_t width = 0, height = 0;
+  int channels = 0;
+};
+ImageHeader image_bytes_header(const std::string& bytes, const std::string& what);
 
 }  // namespace diffuse

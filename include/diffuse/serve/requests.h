@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -45,6 +46,40 @@ struct GenerateRequest {
   int64_t class_label = -1;   // −1: none (∅)
   int64_t preview_every = 0;  // steps between preview events (0: none)
 };
+
+// An edit of a given image (edit/): noised to the timestep of `strength` and denoised (SDEdit),
+// or its masked pixels filled in (RePaint).
+struct EditRequest {
+  std::string model;
+  std::string kind = "denoise";  // denoise | inpaint
+  SamplerConfig sampler;
+  int64_t steps = 0;      // resolved: S over [0, t] (denoise) or the whole chain (inpaint)
+  int64_t t = 0;          // denoise: the 0-based timestep the image is noised to
+  double strength = 0.5;  // denoise: t = round(strength · T) − 1
+  int64_t resample = 0;   // inpaint: RePaint's extra go-back-and-step rounds
+  int64_t n = 1;          // results, each with its own noise
+  uint64_t seed = 0;
+  int64_t preview_every = 0;
+  std::string image;                   // the image file's bytes (PNG, JPEG, …)
+  std::string mask;                    // inpaint: the mask file's bytes
+  bool mask_alpha_marks_hole = false;  // OpenAI's masks: transparent = fill in (else white = fill in)
+};
+
+// POST /api/edit: {"model", "kind", "image" (base64), "mask" (base64; white = fill in), "strength",
+// "steps", "sampler", "eta", "resample", "n", "seed", "preview_every"}.
+EditRequest native_edit_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
+                                const RequestLimits& limits);
+// POST /v1/images/edits (multipart): the parts "image", "mask" (transparent = fill in; without a
+// mask the image is noised and denoised), and the text fields "model", "n", "size",
+// "response_format", "seed", "strength", "steps".
+EditRequest openai_edit_request(const std::map<std::string, std::string>& fields, const std::string& image,
+                                const std::string& mask, const std::vector<ModelFacts>& models,
+                                const RequestLimits& limits);
+// POST /sdapi/v1/img2img: {"init_images": [base64], "mask" (base64; white = fill in),
+// "denoising_strength", "steps", "sampler_name", "seed", "batch_size", "n_iter", "width", "height",
+// "override_settings"}.
+EditRequest a1111_edit_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
+                               const RequestLimits& limits);
 
 // The model a body names (field `field`), or the only one served when it names none.
 const ModelFacts& model_named(const std::vector<ModelFacts>& models, const nlohmann::json& body,
