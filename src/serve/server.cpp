@@ -57,6 +57,11 @@ std::string png_base64(const torch::Tensor& image) {  // [C, H, W] in [−1, 1]
   return base64_encode(encode_png(to_uint8(image)));
 }
 
+// A grid of [N, C, H, W] images as PNG in base64; one image without the grid's border.
+std::string grid_png_base64(const torch::Tensor& images) {
+  return png_base64(make_grid(images.detach().cpu().clamp(-1, 1), 0, images.size(0) == 1 ? 0 : 2));
+}
+
 json error_body(const std::string& message, const std::string& type, const std::string& param = "") {
   json e{{"message", message}, {"type", type}};
   e["param"] = param.empty() ? json(nullptr) : json(param);
@@ -165,8 +170,8 @@ struct Server::Impl {
             {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(done) * static_cast<double>(total - done)}};
         const bool preview = r.preview_every > 0 && (s.index % r.preview_every == 0 || s.index + 1 == s.steps);
         if (preview) {
-          event["x_t"] = png_base64(make_grid(s.x_t.detach().cpu().clamp(-1, 1)));
-          event["x0"] = png_base64(make_grid(s.x0_pred.detach().cpu().clamp(-1, 1)));
+          event["x_t"] = grid_png_base64(s.x_t);
+          event["x0"] = grid_png_base64(s.x0_pred);
         }
         job.emit(std::move(event));
       };
@@ -182,7 +187,7 @@ struct Server::Impl {
       out["class"] = r.class_label >= 0 ? json(r.class_label) : json(nullptr);
       out["images"] = json::array();
       for (int64_t i = 0; i < images.size(0); ++i) out["images"].push_back(png_base64(images[i]));
-      out["grid"] = png_base64(make_grid(images));
+      out["grid"] = grid_png_base64(images);
       return out;
     };
   }
@@ -212,7 +217,7 @@ struct Server::Impl {
             {"steps", total},       {"t", t[0].item<int64_t>()},
             {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(step) * static_cast<double>(total - step)}};
         if (r.preview_every > 0 && (calls - 1) % r.preview_every == 0) {
-          event["x_t"] = png_base64(make_grid(x_t.detach().cpu().clamp(-1, 1)));
+          event["x_t"] = grid_png_base64(x_t);
         }
         job.emit(std::move(event));
         return net(x_t, t);
@@ -229,7 +234,7 @@ struct Server::Impl {
         result = d.result.cpu().clamp(-1, 1);
         out["t"] = d.t;
         out["strength"] = r.strength;
-        out["noised"] = png_base64(make_grid(d.x_t.cpu().clamp(-1, 1)));
+        out["noised"] = grid_png_base64(d.x_t);
         const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
         out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
       } else {
@@ -244,7 +249,7 @@ struct Server::Impl {
       out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       out["images"] = json::array();
       for (int64_t i = 0; i < result.size(0); ++i) out["images"].push_back(png_base64(result[i]));
-      out["grid"] = png_base64(make_grid(result));
+      out["grid"] = grid_png_base64(result);
       return out;
     };
   }

@@ -80,6 +80,9 @@ try {
   await page.$eval("[name=steps]", (e) => { e.value = "100"; });
   await page.$eval("[name=seed]", (e) => { e.value = "7"; });
   await page.click("#generate");
+  // mid-run: x_t still noisy, x̂_0 the network's guess
+  await page.waitForFunction(() => Number(document.getElementById("progress").value) >= 30, {timeout: 60000, polling: 10});
+  await page.screenshot({path: join(out, "generate_running.png")});
   await page.waitForFunction(() => document.getElementById("result").src.startsWith("data:image/png"), {timeout: 60000});
   const previews = await page.evaluate(() => new Set(window.previews).size);
   check(previews >= 10, `the preview of x_t changed while it ran (${previews} different previews)`);
