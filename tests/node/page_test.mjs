@@ -3,15 +3,15 @@
 // noise and denoise, look at the schedule. Screenshots of each tab go to --out; every check that
 // fails is printed and the exit status is 1.
 //
-//   node tests/page/page_test.mjs --binary build/diffuse [--checkpoint PATH] [--out DIR]
+//   node tests/node/page_test.mjs --binary build/diffuse [--checkpoint PATH] [--out DIR]
 //
 // Without --checkpoint a small model is trained for a few steps first (the page, not the
 // model's quality, is under test).
-import {spawn, execFileSync} from "node:child_process";
 import {mkdirSync, mkdtempSync, rmSync} from "node:fs";
 import {tmpdir} from "node:os";
 import {join} from "node:path";
 import puppeteer from "puppeteer-core";
+import {startServer, trainTinyModel} from "./server.mjs";
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) =>
   a.startsWith("--") ? [...pairs, [a.slice(2), all[i + 1]]] : pairs, []));
@@ -23,29 +23,10 @@ mkdirSync(out, {recursive: true});
 const failures = [];
 const check = (ok, what) => { console.log(`${ok ? "ok  " : "FAIL"} ${what}`); if (!ok) failures.push(what); };
 
-let checkpoint = args.checkpoint;
 const scratch = mkdtempSync(join(tmpdir(), "diffuse-page-"));
-if (!checkpoint) {
-  execFileSync(binary, ["--threads", "2", "train", "--data", "mnist", "--model", "tiny", "--steps", "30", "--batch-size", "16",
-                        "--out", scratch, "--preview-every", "0", "--checkpoint-every", "0", "--no-progress"], {stdio: "ignore"});
-  checkpoint = join(scratch, "checkpoint.safetensors");
-}
-
-// The server on a free port; its log says which.
-const server = spawn(binary, ["--threads", "2", "serve", "--checkpoint", checkpoint, "--port", "0"], {stdio: ["ignore", "pipe", "pipe"]});
-let log = "";
-const port = await new Promise((resolve, reject) => {
-  const timer = setTimeout(() => reject(new Error("the server did not start:\n" + log)), 60000);
-  const read = (chunk) => {
-    log += chunk;
-    const m = log.match(/serving on http:\/\/127\.0\.0\.1:(\d+)\//);
-    if (m) { clearTimeout(timer); resolve(Number(m[1])); }
-  };
-  server.stderr.on("data", read);
-  server.stdout.on("data", read);
-  server.on("exit", (code) => reject(new Error(`the server exited (${code}):\n${log}`)));
-});
-const exited = new Promise((resolve) => server.on("exit", (code, signal) => resolve({code, signal})));
+const checkpoint = args.checkpoint || trainTinyModel(binary, scratch);
+const server = await startServer(binary, checkpoint);
+const port = server.port;
 
 const browser = await puppeteer.launch({executablePath: chromium, headless: true,
                                         args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]});
@@ -145,8 +126,7 @@ try {
   check(false, String(e));
 } finally {
   await browser.close();
-  server.kill("SIGTERM");
-  const {code, signal} = await exited;
+  const {code, signal} = await server.stop();
   check(code === 0, `the server stopped on SIGTERM with status 0 (${code ?? signal})`);
   rmSync(scratch, {recursive: true, force: true});
 }
