@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/serve/base64.h"
@@ -499,6 +500,47 @@ TEST(Serve, InpaintingKeepsTheKnownPixelsInEveryApi) {
   const auto denoised = c.Post("/v1/images/edits", no_mask);
   ASSERT_TRUE(denoised);
   EXPECT_EQ(denoised->status, 200) << denoised->body;
+}
+
+TEST(Serve, InversionAndInterpolationAreTheLibrarysOwn) {
+  Fixture f;
+  RunningServer server({f.plain}, {});
+  auto c = server.client();
+  const auto pipe = load_pipeline(f.plain);
+  const auto spacing = pipe.info().sampling.spacing;
+
+  // DDIM inversion, then decoding: the library's ddim_invert and ddim_decode
+  const auto png = square_png(1, 8);
+  const std::string inverted =
+      post(c, "/api/edit", {{"kind", "invert"}, {"image", base64_encode(png)}, {"steps", 10}}, 202)["id"];
+  const auto round_trip = follow_events(c, inverted).back();
+  ASSERT_EQ(round_trip["type"], "done") << round_trip.dump().substr(0, 300);
+  const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
+  const auto net = make_unconditional_denoiser(pipe);
+  const auto decoded = ddim_decode(pipe.diffusion, net, ddim_invert(pipe.diffusion, net, x0, 10, spacing), 10, spacing);
+  EXPECT_TRUE(torch::equal(decode_png(round_trip["result"]["images"][0]), to_uint8(decoded.clamp(-1, 1))[0]));
+  EXPECT_EQ(post(c, "/api/edit", {{"kind", "invert"}, {"image", base64_encode(png)}, {"sampler", "euler"}},
+                 400)["error"]["param"],
+            "sampler");
+
+  // Interpolation: its ends are the two seeds' images as generate() makes them with DDIM, η = 0.
+  const std::string id =
+      post(c, "/api/interpolate", {{"seed_a", 3}, {"seed_b", 4}, {"frames", 5}, {"steps", 10}}, 202)["id"];
+  const auto done = follow_events(c, id).back();
+  ASSERT_EQ(done["type"], "done");
+  const auto frames = done["result"]["images"];
+  ASSERT_EQ(frames.size(), 5u);
+  EXPECT_EQ(done["result"]["lambda"], json({0.0, 0.25, 0.5, 0.75, 1.0}));
+  auto g = default_generate_options(pipe);
+  g.sampler.name = "ddim";
+  g.steps = 10;
+  g.n = 1;
+  for (const auto& [seed, frame] : {std::pair<uint64_t, int>{3, 0}, {4, 4}}) {
+    g.seed = seed;
+    EXPECT_TRUE(torch::equal(decode_png(frames[frame]), to_uint8(generate(pipe, g))[0])) << "seed " << seed;
+  }
+  EXPECT_FALSE(torch::equal(decode_png(frames[2]), decode_png(frames[0])));
+  EXPECT_EQ(post(c, "/api/interpolate", {{"frames", 1}}, 400)["error"]["param"], "frames");
 }
 
 TEST(Serve, EditInputsAreCheckedBeforeAJobIsQueued) {

@@ -276,7 +276,9 @@ std::string base64_field(const json& body, const char* name, bool required) {
 void resolve_edit(EditRequest& r, const json& body, const char* strength_field, const char* steps_field,
                   const ModelFacts& model, const RequestLimits& limits) {
   const int64_t requested = integer_field(body, steps_field, 0, 1, model.timesteps);
-  if (r.kind == "denoise") {
+  if (r.kind == "invert") {
+    r.steps = integer_field(body, steps_field, std::min<int64_t>(50, model.timesteps), 1, model.timesteps);
+  } else if (r.kind == "denoise") {
     r.strength = number_field(body, strength_field, r.strength, 0.0, 1.0);
     if (r.strength <= 0.0) throw RequestError(strength_field, "must be above 0");
     r.t = timestep_for_strength(r.strength, model.timesteps);
@@ -285,9 +287,9 @@ void resolve_edit(EditRequest& r, const json& body, const char* strength_field, 
   } else {
     r.steps = sampling_steps(r.sampler.name, requested, model.timesteps);
   }
-  const int64_t calls = r.n * r.steps * (1 + r.resample);
+  const int64_t calls = r.n * r.steps * (1 + r.resample) * (r.kind == "invert" ? 2 : 1);
   if (calls > limits.max_network_calls) {
-    throw RequestError(steps_field, "n × steps × (1 + resample) = " + std::to_string(calls) +
+    throw RequestError(steps_field, "the edit's " + std::to_string(calls) +
                                         " network calls exceeds this server's limit of " +
                                         std::to_string(limits.max_network_calls));
   }
@@ -303,19 +305,42 @@ EditRequest native_edit_request(const json& body, const std::vector<ModelFacts>&
   EditRequest r;
   r.model = model.name;
   r.kind = string_field(body, "kind", "denoise");
-  if (r.kind != "denoise" && r.kind != "inpaint") throw RequestError("kind", "must be denoise or inpaint");
+  if (r.kind != "denoise" && r.kind != "inpaint" && r.kind != "invert") {
+    throw RequestError("kind", "must be denoise, inpaint or invert");
+  }
   r.sampler = model.default_sampler;
   r.sampler.name = sampler_field(body, "sampler", "ddim");
+  if (r.kind == "invert" && r.sampler.name != "ddim") throw RequestError("sampler", "inversion is DDIM's (η = 0)");
   r.sampler.eta = number_field(body, "eta", 0.0, 0.0, 1.0);
   if (r.sampler.eta != 0.0 && r.sampler.name != "ddim") throw RequestError("eta", "η applies to the ddim sampler only");
   r.image = base64_field(body, "image", true);
   r.mask = base64_field(body, "mask", r.kind == "inpaint");
   if (r.kind == "denoise" && !r.mask.empty()) throw RequestError("mask", "a mask goes with kind inpaint");
   r.resample = r.kind == "inpaint" ? integer_field(body, "resample", 0, 0, 20) : 0;
-  r.n = integer_field(body, "n", 1, 1, limits.max_images);
+  r.n = integer_field(body, "n", 1, 1, r.kind == "invert" ? 1 : limits.max_images);  // inversion is deterministic
   r.seed = seed_field(body, "seed");
   resolve_edit(r, body, "strength", "steps", model, limits);
-  r.preview_every = integer_field(body, "preview_every", 0, 0, r.steps * (1 + r.resample));
+  r.preview_every = integer_field(body, "preview_every", 0, 0, 2 * r.steps * (1 + r.resample));
+  return r;
+}
+
+InterpolateRequest native_interpolate_request(const json& body, const std::vector<ModelFacts>& models,
+                                              const RequestLimits& limits) {
+  require_object(body);
+  refuse_unknown_fields(body, {"model", "seed_a", "seed_b", "frames", "steps", "preview_every"});
+  const auto& model = model_named(models, body, "model");
+  InterpolateRequest r;
+  r.model = model.name;
+  r.seed_a = static_cast<uint64_t>(integer_field(body, "seed_a", 0, 0, INT64_MAX));
+  r.seed_b = static_cast<uint64_t>(integer_field(body, "seed_b", 1, 0, INT64_MAX));
+  r.frames = integer_field(body, "frames", 8, 2, std::max<int64_t>(2, limits.max_images));
+  r.steps = integer_field(body, "steps", std::min<int64_t>(50, model.timesteps), 1, model.timesteps);
+  if (r.frames * r.steps > limits.max_network_calls) {
+    throw RequestError("steps", "frames × steps = " + std::to_string(r.frames * r.steps) +
+                                    " network calls exceeds this server's limit of " +
+                                    std::to_string(limits.max_network_calls));
+  }
+  r.preview_every = integer_field(body, "preview_every", 0, 0, r.steps);
   return r;
 }
 

@@ -5,7 +5,9 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/inpaint.h"
+#include "diffuse/edit/interpolate.h"
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/serve/base64.h"
@@ -204,7 +206,7 @@ struct Server::Impl {
       const auto& pipe = model(r.model).pipeline;
       const auto net = make_unconditional_denoiser(pipe);
       const auto sampler = make_sampler(r.sampler, pipe.diffusion.schedule());
-      const int64_t total = sampler->evaluations(r.steps) * (1 + r.resample);
+      const int64_t total = sampler->evaluations(r.steps) * (1 + r.resample) * (r.kind == "invert" ? 2 : 1);
       const auto start = std::chrono::steady_clock::now();
       int64_t calls = 0;
       const Denoiser watched = [&](const torch::Tensor& x_t, const torch::Tensor& t) {
@@ -237,6 +239,14 @@ struct Server::Impl {
         out["noised"] = grid_png_base64(d.x_t);
         const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
         out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+      } else if (r.kind == "invert") {
+        // x_0 → x_T along DDIM's ODE, and back: how well the round trip returns the image
+        const auto latent = ddim_invert(pipe.diffusion, watched, x0, r.steps, r.sampler.spacing);
+        result = ddim_decode(pipe.diffusion, watched, latent, r.steps, r.sampler.spacing).cpu().clamp(-1, 1);
+        out["latent"] = grid_png_base64(latent.cpu() / 3.0);  // N(0, I) drawn at ±3σ
+        out["latent_std"] = latent.std().item<double>();
+        const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
+        out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
       } else {
         InpaintOptions io;
         io.steps = r.steps;
@@ -250,6 +260,63 @@ struct Server::Impl {
       out["images"] = json::array();
       for (int64_t i = 0; i < result.size(0); ++i) out["images"].push_back(png_base64(result[i]));
       out["grid"] = grid_png_base64(result);
+      return out;
+    };
+  }
+
+  // The work of an interpolation job: x_T of the two seeds (as generate() draws them for one
+  // image), slerp between them, all frames decoded by DDIM with η = 0 in one batch.
+  JobWork interpolation(const InterpolateRequest& r) const {
+    return [this, r](Job& job) {
+      const auto& pipe = model(r.model).pipeline;
+      const auto shape = pipe.image_shape();
+      auto latent = [&](uint64_t seed) {
+        auto gen = at::detail::createCPUGenerator(seed);
+        return torch::randn({1, shape[0], shape[1], shape[2]}, gen)[0];
+      };
+      const auto a = latent(r.seed_a), b = latent(r.seed_b);
+      std::vector<torch::Tensor> frames;
+      std::vector<double> lambdas;
+      for (int64_t k = 0; k < r.frames; ++k) {
+        lambdas.push_back(static_cast<double>(k) / static_cast<double>(r.frames - 1));
+        frames.push_back(slerp(a, b, lambdas.back()));
+      }
+      SamplerConfig ddim = default_generate_options(pipe).sampler;
+      ddim.name = "ddim";
+      ddim.eta = 0.0;
+      const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
+      SampleOptions options;
+      options.steps = r.steps;
+      options.clip_x0 = pipe.info().sampling.clip_x0;
+      const auto net = make_unconditional_denoiser(pipe);
+      const auto start = std::chrono::steady_clock::now();
+      auto on_step = [&](const SampleStep& s) {
+        job.check_cancelled();
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        json event{{"type", "step"},
+                   {"step", s.index + 1},
+                   {"steps", s.steps},
+                   {"t", s.t},
+                   {"elapsed_s", elapsed},
+                   {"eta_s", elapsed / static_cast<double>(s.index + 1) * static_cast<double>(s.steps - s.index - 1)}};
+        if (r.preview_every > 0 && (s.index % r.preview_every == 0 || s.index + 1 == s.steps)) {
+          event["x_t"] = grid_png_base64(s.x_t);
+          event["x0"] = grid_png_base64(s.x0_pred);
+        }
+        job.emit(std::move(event));
+      };
+      auto gen = at::detail::createCPUGenerator(r.seed_a);
+      const auto x_T = torch::stack(frames).to(pipe.compute.device);
+      const auto images = sample_loop(pipe.diffusion, *sampler, net, x_T, options, gen, on_step).cpu().clamp(-1, 1);
+      json out{{"model", r.model},
+               {"seed_a", r.seed_a},
+               {"seed_b", r.seed_b},
+               {"steps", r.steps},
+               {"lambda", lambdas},
+               {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
+      out["images"] = json::array();
+      for (int64_t i = 0; i < images.size(0); ++i) out["images"].push_back(png_base64(images[i]));
+      out["grid"] = png_base64(make_grid(images, r.frames));
       return out;
     };
   }
@@ -410,6 +477,15 @@ void Server::Impl::routes() {
                  {"seed", r.seed},
                  {"steps", r.steps}},
                 202);
+    }
+  });
+  http.Post("/api/interpolate", [this](const httplib::Request& req, httplib::Response& res) {
+    const auto r = native_interpolate_request(parse_body(req), facts, options.limits);
+    if (auto job = submit(interpolation(r), res)) {
+      send_json(
+          res,
+          {{"id", job->id()}, {"status", "/api/jobs/" + job->id()}, {"events", "/api/jobs/" + job->id() + "/events"}},
+          202);
     }
   });
   http.Get(R"(/api/jobs/([0-9a-f]+))", [this](const httplib::Request& req, httplib::Response& res) {

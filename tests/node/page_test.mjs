@@ -110,6 +110,21 @@ try {
   check(psnrs[0] > psnrs[9], "less survives at t = T than at t = T/10 (PSNR falls)");
   await page.screenshot({path: join(out, "sweep.png"), fullPage: true});
 
+  // DDIM inversion's round trip.
+  await page.click("#edit-invert");
+  await page.waitForFunction(() => /inverted to x_T/.test(document.getElementById("edit-status").textContent), {timeout: 60000});
+  check(await page.$eval("#edit-latent-figure", (e) => !e.hidden), "the inversion shows its latent");
+  check(await spread("#edit-result") > 10, "the decoded image is not blank");
+
+  // Interpolation between two seeds.
+  await page.click("[data-tab=interpolate]");
+  await page.$eval("#interpolate-frames", (e) => { e.value = "6"; });
+  await page.$eval("#interpolate-steps", (e) => { e.value = "20"; });
+  await page.click("#interpolate-run");
+  await page.waitForFunction(() => /6 frames from seed/.test(document.getElementById("interpolate-status").textContent), {timeout: 60000});
+  check(await spread("#interpolate-result") > 10, "the interpolation is not blank");
+  await page.screenshot({path: join(out, "interpolate.png")});
+
   // The schedule.
   await page.click("[data-tab=schedule]");
   await new Promise((r) => setTimeout(r, 300));
@@ -120,6 +135,9 @@ try {
     return n;
   });
   check(inked > 2000, `the schedule is drawn (${inked} inked pixels)`);
+  await page.click("#forward-run");
+  await page.waitForFunction(() => document.querySelectorAll("#forward-strip canvas").length === 8, {timeout: 10000});
+  check(true, "the forward process of the image is drawn at 8 timesteps");
   await page.screenshot({path: join(out, "schedule.png")});
   check(pageErrors.length === 0, `no script errors on the page${pageErrors.length ? ": " + pageErrors.join("; ") : ""}`);
 } catch (e) {

@@ -51,7 +51,7 @@ struct GenerateRequest {
 // or its masked pixels filled in (RePaint).
 struct EditRequest {
   std::string model;
-  std::string kind = "denoise";  // denoise | inpaint
+  std::string kind = "denoise";  // denoise | inpaint | invert (DDIM inversion, then decoding)
   SamplerConfig sampler;
   int64_t steps = 0;      // resolved: S over [0, t] (denoise) or the whole chain (inpaint)
   int64_t t = 0;          // denoise: the 0-based timestep the image is noised to
@@ -80,6 +80,20 @@ EditRequest openai_edit_request(const std::map<std::string, std::string>& fields
 // "override_settings"}.
 EditRequest a1111_edit_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
                                const RequestLimits& limits);
+
+// Generations along the great circle between two seeds' x_T (edit/interpolate.h's slerp), each
+// decoded by DDIM with η = 0: the first and last frames are the two seeds' images.
+struct InterpolateRequest {
+  std::string model;
+  uint64_t seed_a = 0, seed_b = 1;
+  int64_t frames = 8;
+  int64_t steps = 50;
+  int64_t preview_every = 0;
+};
+
+// POST /api/interpolate: {"model", "seed_a", "seed_b", "frames" (2 … max_images), "steps", "preview_every"}.
+InterpolateRequest native_interpolate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
+                                              const RequestLimits& limits);
 
 // The model a body names (field `field`), or the only one served when it names none.
 const ModelFacts& model_named(const std::vector<ModelFacts>& models, const nlohmann::json& body,
