@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "diffuse/edit/ddim_inversion.h"
+#include "diffuse/edit/mix.h"
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/serve/base64.h"
@@ -541,6 +542,38 @@ TEST(Serve, InversionAndInterpolationAreTheLibrarysOwn) {
   }
   EXPECT_FALSE(torch::equal(decode_png(frames[2]), decode_png(frames[0])));
   EXPECT_EQ(post(c, "/api/interpolate", {{"frames", 1}}, 400)["error"]["param"], "frames");
+}
+
+TEST(Serve, MixturesOfTwoImagesAreTheLibrarysOwn) {
+  Fixture f;
+  RunningServer server({f.plain}, {});
+  auto c = server.client();
+  const auto a_png = square_png(1, 8);
+  const auto b_png = encode_png(torch::full({1, 8, 8}, 128, torch::kUInt8));
+  const std::string id = post(c, "/api/edit",
+                              {{"kind", "mix"},
+                               {"image", base64_encode(a_png)},
+                               {"image_b", base64_encode(b_png)},
+                               {"n", 3},
+                               {"strength", 0.4},
+                               {"steps", 8},
+                               {"seed", 2}},
+                              202)["id"];
+  const auto done = follow_events(c, id).back();
+  ASSERT_EQ(done["type"], "done") << done.dump().substr(0, 300);
+  EXPECT_EQ(done["result"]["lambda"], json({0.0, 0.5, 1.0}));
+  const auto pipe = load_pipeline(f.plain);
+  SamplerConfig ddim;
+  ddim.spacing = pipe.info().sampling.spacing;
+  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
+  auto gen = at::detail::createCPUGenerator(2);
+  const auto a = from_uint8(decode_image_u8(a_png, "a", 1, 8)), b = from_uint8(decode_image_u8(b_png, "b", 1, 8));
+  const auto expected = denoise_mixtures(pipe.diffusion, *sampler, make_unconditional_denoiser(pipe), a, b, 3,
+                                         done["result"]["t"].get<int64_t>(), 8, pipe.info().sampling.clip_x0, gen);
+  for (int64_t k = 0; k < 3; ++k) {
+    EXPECT_TRUE(torch::equal(decode_png(done["result"]["images"][k]), to_uint8(expected.clamp(-1, 1))[k])) << k;
+  }
+  EXPECT_EQ(post(c, "/api/edit", {{"kind", "mix"}, {"image", base64_encode(a_png)}}, 400)["error"]["param"], "image_b");
 }
 
 TEST(Serve, EditInputsAreCheckedBeforeAJobIsQueued) {

@@ -276,9 +276,9 @@ std::string base64_field(const json& body, const char* name, bool required) {
 void resolve_edit(EditRequest& r, const json& body, const char* strength_field, const char* steps_field,
                   const ModelFacts& model, const RequestLimits& limits) {
   const int64_t requested = integer_field(body, steps_field, 0, 1, model.timesteps);
-  if (r.kind == "invert") {
+  if (r.kind == "invert") {  // the whole chain, each way
     r.steps = integer_field(body, steps_field, std::min<int64_t>(50, model.timesteps), 1, model.timesteps);
-  } else if (r.kind == "denoise") {
+  } else if (r.kind == "denoise" || r.kind == "mix") {
     r.strength = number_field(body, strength_field, r.strength, 0.0, 1.0);
     if (r.strength <= 0.0) throw RequestError(strength_field, "must be above 0");
     r.t = timestep_for_strength(r.strength, model.timesteps);
@@ -300,13 +300,13 @@ void resolve_edit(EditRequest& r, const json& body, const char* strength_field, 
 EditRequest native_edit_request(const json& body, const std::vector<ModelFacts>& models, const RequestLimits& limits) {
   require_object(body);
   refuse_unknown_fields(body, {"model", "kind", "image", "mask", "strength", "steps", "sampler", "eta", "resample", "n",
-                               "seed", "preview_every"});
+                               "seed", "preview_every", "image_b"});
   const auto& model = model_named(models, body, "model");
   EditRequest r;
   r.model = model.name;
   r.kind = string_field(body, "kind", "denoise");
-  if (r.kind != "denoise" && r.kind != "inpaint" && r.kind != "invert") {
-    throw RequestError("kind", "must be denoise, inpaint or invert");
+  if (r.kind != "denoise" && r.kind != "inpaint" && r.kind != "invert" && r.kind != "mix") {
+    throw RequestError("kind", "must be denoise, inpaint, invert or mix");
   }
   r.sampler = model.default_sampler;
   r.sampler.name = sampler_field(body, "sampler", "ddim");
@@ -315,7 +315,9 @@ EditRequest native_edit_request(const json& body, const std::vector<ModelFacts>&
   if (r.sampler.eta != 0.0 && r.sampler.name != "ddim") throw RequestError("eta", "η applies to the ddim sampler only");
   r.image = base64_field(body, "image", true);
   r.mask = base64_field(body, "mask", r.kind == "inpaint");
-  if (r.kind == "denoise" && !r.mask.empty()) throw RequestError("mask", "a mask goes with kind inpaint");
+  if (r.kind != "inpaint" && !r.mask.empty()) throw RequestError("mask", "a mask goes with kind inpaint");
+  r.image_b = base64_field(body, "image_b", r.kind == "mix");
+  if (r.kind != "mix" && !r.image_b.empty()) throw RequestError("image_b", "a second image goes with kind mix");
   r.resample = r.kind == "inpaint" ? integer_field(body, "resample", 0, 0, 20) : 0;
   r.n = integer_field(body, "n", 1, 1, r.kind == "invert" ? 1 : limits.max_images);  // inversion is deterministic
   r.seed = seed_field(body, "seed");

@@ -8,6 +8,7 @@
 #include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/inpaint.h"
 #include "diffuse/edit/interpolate.h"
+#include "diffuse/edit/mix.h"
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/io/image.h"
 #include "diffuse/serve/base64.h"
@@ -202,7 +203,11 @@ struct Server::Impl {
     const auto image = from_uint8(
         decode_input(r.image, "image", static_cast<int>(facts_of_model.channels), facts_of_model.image_size));
     const auto known = r.kind == "inpaint" ? known_pixels(r, facts_of_model.image_size) : torch::Tensor();
-    return [this, r, image, known](Job& job) {
+    const auto image_b = r.kind == "mix"
+                             ? from_uint8(decode_input(r.image_b, "image_b", static_cast<int>(facts_of_model.channels),
+                                                       facts_of_model.image_size))
+                             : torch::Tensor();
+    return [this, r, image, known, image_b](Job& job) {
       const auto& pipe = model(r.model).pipeline;
       const auto net = make_unconditional_denoiser(pipe);
       const auto sampler = make_sampler(r.sampler, pipe.diffusion.schedule());
@@ -239,6 +244,16 @@ struct Server::Impl {
         out["noised"] = grid_png_base64(d.x_t);
         const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
         out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+      } else if (r.kind == "mix") {
+        // (1 − λ_k) a + λ_k b for λ_k = k/(n − 1), noised to t with one ε, denoised
+        const auto device = pipe.compute.device;
+        result = denoise_mixtures(pipe.diffusion, *sampler, watched, image.to(device), image_b.to(device), r.n, r.t,
+                                  r.steps, clip, gen)
+                     .cpu()
+                     .clamp(-1, 1);
+        out["t"] = r.t;
+        out["lambda"] = mixture_weights(r.n);
+        out["input_b"] = png_base64(image_b);
       } else if (r.kind == "invert") {
         // x_0 → x_T along DDIM's ODE, and back: how well the round trip returns the image
         const auto latent = ddim_invert(pipe.diffusion, watched, x0, r.steps, r.sampler.spacing);

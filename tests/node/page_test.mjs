@@ -116,6 +116,12 @@ try {
   check(await page.$eval("#edit-latent-figure", (e) => !e.hidden), "the inversion shows its latent");
   check(await spread("#edit-result") > 10, "the decoded image is not blank");
 
+  // Mixing the first two generated images.
+  await page.click("#edit-mix");
+  await page.waitForFunction(() => /seven mixtures/.test(document.getElementById("edit-status").textContent), {timeout: 60000});
+  check(await spread("#edit-result") > 10, "the mixtures are not blank");
+  await page.screenshot({path: join(out, "mix.png")});
+
   // Interpolation between two seeds.
   await page.click("[data-tab=interpolate]");
   await page.$eval("#interpolate-frames", (e) => { e.value = "6"; });

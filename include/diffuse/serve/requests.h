@@ -51,7 +51,7 @@ struct GenerateRequest {
 // or its masked pixels filled in (RePaint).
 struct EditRequest {
   std::string model;
-  std::string kind = "denoise";  // denoise | inpaint | invert (DDIM inversion, then decoding)
+  std::string kind = "denoise";  // denoise | inpaint | invert (DDIM inversion, then decoding) | mix
   SamplerConfig sampler;
   int64_t steps = 0;      // resolved: S over [0, t] (denoise) or the whole chain (inpaint)
   int64_t t = 0;          // denoise: the 0-based timestep the image is noised to
@@ -62,11 +62,13 @@ struct EditRequest {
   int64_t preview_every = 0;
   std::string image;                   // the image file's bytes (PNG, JPEG, …)
   std::string mask;                    // inpaint: the mask file's bytes
+  std::string image_b;                 // mix: the second image's bytes ((1 − λ) a + λ b, edit/mix.h)
   bool mask_alpha_marks_hole = false;  // OpenAI's masks: transparent = fill in (else white = fill in)
 };
 
 // POST /api/edit: {"model", "kind", "image" (base64), "mask" (base64; white = fill in), "strength",
-// "steps", "sampler", "eta", "resample", "n", "seed", "preview_every"}.
+// "steps", "sampler", "eta", "resample", "n", "seed", "preview_every", "image_b" (mix: the second
+// image; n is the number of mixtures, λ = k/(n − 1))}.
 EditRequest native_edit_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
                                 const RequestLimits& limits);
 // POST /v1/images/edits (multipart): the parts "image", "mask" (transparent = fill in; without a
