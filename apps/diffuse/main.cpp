@@ -94,6 +94,7 @@ Compute resolve_compute(const ComputeFlags& flags, Workload workload) {
 int main(int argc, char** argv) {
   CLI::App app{"diffuse: denoising diffusion models (DDPM, DDIM) in C++"};
   app.require_subcommand(1);
+  app.fallthrough();  // the global options (--threads) after the subcommand too: `diffuse serve --threads 2`
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
   app.footer(
       "Environment: DIFFUSE_DATA_DIR (data sets; README), DIFFUSE_CACHE_DIR (the cFID classifiers and the\n"
