@@ -113,6 +113,41 @@ torch::Tensor decode_input(const std::string& bytes, const std::string& field, i
   }
 }
 
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// Step `step` of `total` at timestep t: the seconds so far and an estimate of those left.
+json step_event(int64_t step, int64_t total, int64_t t, Clock::time_point start) {
+  const double elapsed = seconds_since(start);
+  return {{"type", "step"},       {"step", step},
+          {"steps", total},       {"t", t},
+          {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(step) * static_cast<double>(total - step)}};
+}
+
+// 202 Accepted: where to follow the job.
+void send_accepted(httplib::Response& res, const Job& job, json extra = json::object()) {
+  extra["id"] = job.id();
+  extra["status"] = "/api/jobs/" + job.id();
+  extra["events"] = "/api/jobs/" + job.id() + "/events";
+  send_json(res, extra, 202);
+}
+
+// OpenAI's images answer: each image as base64, or as a data: URL.
+json openai_images(const json& result, bool url) {
+  json data = json::array();
+  for (const auto& png : result.at("images")) {
+    data.push_back(url ? json{{"url", "data:image/png;base64," + png.get<std::string>()}} : json{{"b64_json", png}});
+  }
+  return json{{"created", std::time(nullptr)}, {"data", data}, {"seed", result.at("seed")}};
+}
+
+// PSNR of each result against its input, in dB (edit/noise_and_denoise.h's psnr).
+std::vector<double> psnr_list(const torch::Tensor& results, const torch::Tensor& inputs) {
+  const auto p = psnr(results, inputs).to(torch::kDouble).contiguous();
+  return {p.data_ptr<double>(), p.data_ptr<double>() + p.numel()};
+}
+
 // The pixels an edit keeps, [1, 1, S, S] (1 = known): a mask's white (or, for OpenAI's masks with
 // an alpha channel, its transparent pixels) marks the hole.
 torch::Tensor known_pixels(const EditRequest& r, int64_t size) {
@@ -159,18 +194,14 @@ struct Server::Impl {
       g.seed = r.seed;
       g.guidance = r.guidance;
       if (r.class_label >= 0) g.labels = torch::full({r.n}, r.class_label, torch::kLong);
-      const auto start = std::chrono::steady_clock::now();
+      const auto start = Clock::now();
       const int64_t batches = (r.n + g.batch_size - 1) / g.batch_size;
       const int64_t total = batches * r.steps;
       int64_t done = 0;
       auto on_step = [&](int64_t /*first_image*/, const SampleStep& s) {
         job.check_cancelled();
         ++done;
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        json event{
-            {"type", "step"},       {"step", done},
-            {"steps", total},       {"t", s.t},
-            {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(done) * static_cast<double>(total - done)}};
+        json event = step_event(done, total, s.t, start);
         const bool preview = r.preview_every > 0 && (s.index % r.preview_every == 0 || s.index + 1 == s.steps);
         if (preview) {
           event["x_t"] = grid_png_base64(s.x_t);
@@ -180,13 +211,9 @@ struct Server::Impl {
       };
       const auto images = generate(pipe, g, on_step);
       if (!torch::isfinite(images).all().item<bool>()) throw std::runtime_error("the samples hold NaN or Inf");
-      json out{{"model", r.model},
-               {"sampler", r.sampler.name},
-               {"steps", r.steps},
-               {"seed", r.seed},
-               {"n", r.n},
-               {"guidance", r.guidance},
-               {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
+      json out{
+          {"model", r.model},       {"sampler", r.sampler.name},      {"steps", r.steps}, {"seed", r.seed}, {"n", r.n},
+          {"guidance", r.guidance}, {"seconds", seconds_since(start)}};
       out["class"] = r.class_label >= 0 ? json(r.class_label) : json(nullptr);
       out["images"] = json::array();
       for (int64_t i = 0; i < images.size(0); ++i) out["images"].push_back(png_base64(images[i]));
@@ -212,17 +239,12 @@ struct Server::Impl {
       const auto net = make_unconditional_denoiser(pipe);
       const auto sampler = make_sampler(r.sampler, pipe.diffusion.schedule());
       const int64_t total = sampler->evaluations(r.steps) * (1 + r.resample) * (r.kind == "invert" ? 2 : 1);
-      const auto start = std::chrono::steady_clock::now();
+      const auto start = Clock::now();
       int64_t calls = 0;
       const Denoiser watched = [&](const torch::Tensor& x_t, const torch::Tensor& t) {
         job.check_cancelled();
         ++calls;
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        const int64_t step = std::min(calls, total);
-        json event{
-            {"type", "step"},       {"step", step},
-            {"steps", total},       {"t", t[0].item<int64_t>()},
-            {"elapsed_s", elapsed}, {"eta_s", elapsed / static_cast<double>(step) * static_cast<double>(total - step)}};
+        json event = step_event(std::min(calls, total), total, t[0].item<int64_t>(), start);
         if (r.preview_every > 0 && (calls - 1) % r.preview_every == 0) {
           event["x_t"] = grid_png_base64(x_t);
         }
@@ -242,8 +264,7 @@ struct Server::Impl {
         out["t"] = d.t;
         out["strength"] = r.strength;
         out["noised"] = grid_png_base64(d.x_t);
-        const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
-        out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+        out["psnr"] = psnr_list(result, x0.cpu());
       } else if (r.kind == "mix") {
         // (1 − λ_k) a + λ_k b for λ_k = k/(n − 1), noised to t with one ε, denoised
         const auto device = pipe.compute.device;
@@ -260,8 +281,7 @@ struct Server::Impl {
         result = ddim_decode(pipe.diffusion, watched, latent, r.steps, r.sampler.spacing).cpu().clamp(-1, 1);
         out["latent"] = grid_png_base64(latent.cpu() / 3.0);  // N(0, I) drawn at ±3σ
         out["latent_std"] = latent.std().item<double>();
-        const auto p = psnr(result, x0.cpu()).to(torch::kDouble).contiguous();
-        out["psnr"] = std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+        out["psnr"] = psnr_list(result, x0.cpu());
       } else {
         InpaintOptions io;
         io.steps = r.steps;
@@ -271,7 +291,7 @@ struct Server::Impl {
         out["known"] = png_base64((image * known[0] + (1 - known[0]) * 0.0).clamp(-1, 1));  // the hole in grey
       }
       if (!torch::isfinite(result).all().item<bool>()) throw std::runtime_error("the result holds NaN or Inf");
-      out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      out["seconds"] = seconds_since(start);
       out["images"] = json::array();
       for (int64_t i = 0; i < result.size(0); ++i) out["images"].push_back(png_base64(result[i]));
       out["grid"] = grid_png_base64(result);
@@ -304,16 +324,10 @@ struct Server::Impl {
       options.steps = r.steps;
       options.clip_x0 = pipe.info().sampling.clip_x0;
       const auto net = make_unconditional_denoiser(pipe);
-      const auto start = std::chrono::steady_clock::now();
+      const auto start = Clock::now();
       auto on_step = [&](const SampleStep& s) {
         job.check_cancelled();
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        json event{{"type", "step"},
-                   {"step", s.index + 1},
-                   {"steps", s.steps},
-                   {"t", s.t},
-                   {"elapsed_s", elapsed},
-                   {"eta_s", elapsed / static_cast<double>(s.index + 1) * static_cast<double>(s.steps - s.index - 1)}};
+        json event = step_event(s.index + 1, s.steps, s.t, start);
         if (r.preview_every > 0 && (s.index % r.preview_every == 0 || s.index + 1 == s.steps)) {
           event["x_t"] = grid_png_base64(s.x_t);
           event["x0"] = grid_png_base64(s.x0_pred);
@@ -323,12 +337,8 @@ struct Server::Impl {
       auto gen = at::detail::createCPUGenerator(r.seed_a);
       const auto x_T = torch::stack(frames).to(pipe.compute.device);
       const auto images = sample_loop(pipe.diffusion, *sampler, net, x_T, options, gen, on_step).cpu().clamp(-1, 1);
-      json out{{"model", r.model},
-               {"seed_a", r.seed_a},
-               {"seed_b", r.seed_b},
-               {"steps", r.steps},
-               {"lambda", lambdas},
-               {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()}};
+      json out{{"model", r.model}, {"seed_a", r.seed_a}, {"seed_b", r.seed_b},
+               {"steps", r.steps}, {"lambda", lambdas},  {"seconds", seconds_since(start)}};
       out["images"] = json::array();
       for (int64_t i = 0; i < images.size(0); ++i) out["images"].push_back(png_base64(images[i]));
       out["grid"] = png_base64(make_grid(images, r.frames));
@@ -473,34 +483,19 @@ void Server::Impl::routes() {
   http.Post("/api/generate", [this](const httplib::Request& req, httplib::Response& res) {
     const auto r = native_generate_request(parse_body(req), facts, options.limits);
     if (auto job = submit(generation(r), res)) {
-      send_json(res,
-                {{"id", job->id()},
-                 {"status", "/api/jobs/" + job->id()},
-                 {"events", "/api/jobs/" + job->id() + "/events"},
-                 {"seed", r.seed},
-                 {"steps", r.steps}},
-                202);
+      send_accepted(res, *job, {{"seed", r.seed}, {"steps", r.steps}});
     }
   });
   http.Post("/api/edit", [this](const httplib::Request& req, httplib::Response& res) {
     const auto r = native_edit_request(parse_body(req), facts, options.limits);
     if (auto job = submit(editing(r), res)) {
-      send_json(res,
-                {{"id", job->id()},
-                 {"status", "/api/jobs/" + job->id()},
-                 {"events", "/api/jobs/" + job->id() + "/events"},
-                 {"seed", r.seed},
-                 {"steps", r.steps}},
-                202);
+      send_accepted(res, *job, {{"seed", r.seed}, {"steps", r.steps}});
     }
   });
   http.Post("/api/interpolate", [this](const httplib::Request& req, httplib::Response& res) {
     const auto r = native_interpolate_request(parse_body(req), facts, options.limits);
     if (auto job = submit(interpolation(r), res)) {
-      send_json(
-          res,
-          {{"id", job->id()}, {"status", "/api/jobs/" + job->id()}, {"events", "/api/jobs/" + job->id() + "/events"}},
-          202);
+      send_accepted(res, *job);
     }
   });
   http.Get(R"(/api/jobs/([0-9a-f]+))", [this](const httplib::Request& req, httplib::Response& res) {
@@ -552,14 +547,7 @@ void Server::Impl::routes() {
     const auto r = openai_generate_request(body, facts, options.limits);
     const bool url = body.value("response_format", "b64_json") == "url";
     if (auto job = submit(generation(r), res)) {
-      respond_when_done(job, res, [url](const json& result) {
-        json data = json::array();
-        for (const auto& png : result.at("images")) {
-          data.push_back(url ? json{{"url", "data:image/png;base64," + png.get<std::string>()}}
-                             : json{{"b64_json", png}});
-        }
-        return json{{"created", std::time(nullptr)}, {"data", data}, {"seed", result.at("seed")}};
-      });
+      respond_when_done(job, res, [url](const json& result) { return openai_images(result, url); });
     }
   });
 
@@ -574,14 +562,7 @@ void Server::Impl::routes() {
                             req.has_file("mask") ? req.get_file_value("mask").content : "", facts, options.limits);
     const bool url = fields.count("response_format") && fields.at("response_format") == "url";
     if (auto job = submit(editing(r), res)) {
-      respond_when_done(job, res, [url](const json& result) {
-        json data = json::array();
-        for (const auto& png : result.at("images")) {
-          data.push_back(url ? json{{"url", "data:image/png;base64," + png.get<std::string>()}}
-                             : json{{"b64_json", png}});
-        }
-        return json{{"created", std::time(nullptr)}, {"data", data}, {"seed", result.at("seed")}};
-      });
+      respond_when_done(job, res, [url](const json& result) { return openai_images(result, url); });
     }
   });
 
