@@ -113,8 +113,10 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
 
   // the condition's channels (a masked image, a low-resolution one) join x_t's at the input
   const auto x = condition.defined() ? torch::cat({x_t, condition.to(x_t.scalar_type())}, 1).to(dtype) : x_t.to(dtype);
-  // The pass's layout is fixed here (runtime/ops.h): every width is a multiple of config_.channels.
-  auto h = convolve_input(conv_in, x, memory_format_, config_.channels);
+  // The pass's plan (layout and kernels, runtime/ops.h), for every op below: every width is a
+  // multiple of config_.channels.
+  const ForwardPass pass(plan_forward_pass(x, memory_format_, config_.channels));
+  auto h = convolve_input(conv_in, x);
   std::vector<torch::Tensor> skips{h};
   for (auto& s : down_) {
     if (s.down) {

@@ -1,5 +1,4 @@
 #include "diffuse/runtime/ops.h"
-#include "diffuse/runtime/settings.h"
 
 #include "diffuse/runtime/attention.h"
 #include "diffuse/runtime/blocked_conv_in.h"
@@ -7,16 +6,69 @@
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/blocked_upsample.h"
 #include "diffuse/runtime/conv_epilogue_cuda.h"
+#include "diffuse/runtime/gradient_wanted.h"
 #include "diffuse/runtime/group_norm_cuda.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/onednn_conv.h"
+#include "diffuse/runtime/settings.h"
 #include "diffuse/runtime/upsample_cuda.h"
 
 namespace diffuse {
 
 namespace F = torch::nn::functional;
 
+std::string to_string(KernelPath path) {
+  switch (path) {
+    case KernelPath::cpu_blocked:
+      return "cpu-blocked";
+    case KernelPath::cpu_bf16_nhwc:
+      return "cpu-bf16-nhwc";
+    case KernelPath::cpu_bf16_nchw:
+      return "cpu-bf16-nchw";
+    case KernelPath::cuda_nhwc_inference:
+      return "cuda-nhwc-inference";
+    case KernelPath::cuda:
+      return "cuda";
+    case KernelPath::aten:
+      return "aten";
+  }
+  return "unknown";
+}
+
 namespace {
+
+// The path of a pass on `x` laid out as `layout` (not blocked).
+KernelPath unblocked_path(const torch::Tensor& x, MemoryFormat layout) {
+  if (x.is_cuda()) {
+    return layout == MemoryFormat::channels_last && !torch::GradMode::is_enabled() ? KernelPath::cuda_nhwc_inference
+                                                                                   : KernelPath::cuda;
+  }
+  if (x.device().is_cpu() && (autocast_enabled(torch::kCPU) || x.scalar_type() == torch::kBFloat16)) {
+    return layout == MemoryFormat::channels_last ? KernelPath::cpu_bf16_nhwc : KernelPath::cpu_bf16_nchw;
+  }
+  return KernelPath::aten;
+}
+
+PassPlan with_settings(PassPlan plan) {
+  const auto& settings = runtime_settings();
+  plan.fused_cat = settings.fused_cat;
+  plan.cuda_bias_in_shift = settings.cuda_bias_in_shift;
+  return plan;
+}
+
+thread_local const PassPlan* pass_plan = nullptr;
+
+// The plan in force, or one made from the tensor an op was handed (outside any pass).
+PassPlan plan_for(const torch::Tensor& x) {
+  if (pass_plan) return *pass_plan;
+  PassPlan plan;
+  plan.layout =
+      !is_blocked(x) && x.dim() == 4 && x.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x.is_contiguous()
+          ? MemoryFormat::channels_last
+          : MemoryFormat::nchw;
+  plan.path = is_blocked(x) ? KernelPath::cpu_blocked : unblocked_path(x, plan.layout);
+  return with_settings(plan);
+}
 
 // The fused kernel with a norm module's parameters; dropout p (0: none).
 torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x5, const torch::Tensor& shift,
@@ -27,15 +79,26 @@ torch::Tensor fused_norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x
 
 }  // namespace
 
-torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x, MemoryFormat format, int64_t width_unit) {
-  // Decided on the input, whose dtype, device and NCHW layout conv_in's output shares.
-  if (format == MemoryFormat::nchw && blocked_activations_apply(x.contiguous(), {width_unit})) {
-    return conv_nchw_to_blocked(x, conv->weight, conv->bias);
-  }
-  auto h = conv3x3(conv, format == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(format)));
+PassPlan plan_forward_pass(const torch::Tensor& x, MemoryFormat format, int64_t width_unit) {
+  PassPlan plan;
+  plan.layout = format;
+  plan.path = format == MemoryFormat::nchw && blocked_activations_apply(x.contiguous(), {width_unit})
+                  ? KernelPath::cpu_blocked
+                  : unblocked_path(x, format);
+  return with_settings(plan);
+}
+
+ForwardPass::ForwardPass(PassPlan plan) : plan_(plan), outer_(pass_plan) { pass_plan = &plan_; }
+ForwardPass::~ForwardPass() { pass_plan = outer_; }
+const PassPlan* current_pass_plan() { return pass_plan; }
+
+torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  const auto plan = plan_for(x);
+  if (plan.path == KernelPath::cpu_blocked) return conv_nchw_to_blocked(x, conv->weight, conv->bias);
+  auto h = conv3x3(conv, plan.layout == MemoryFormat::nchw ? x : x.contiguous(torch_memory_format(plan.layout)));
   // LibTorch's convolution may write a one-channel input's output NCHW even where that input is
   // channels-last (for one channel the two layouts coincide): the format asked for from here on.
-  if (format != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(format));
+  if (plan.layout != MemoryFormat::nchw) h = h.contiguous(torch_memory_format(plan.layout));
   return h;
 }
 
@@ -44,7 +107,8 @@ torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x, Me
 torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
   const int64_t groups = norm->options.num_groups();
   if (is_blocked(x)) return group_norm_blocked(x, norm->weight, norm->bias, groups, norm->options.eps());
-  if (cuda_group_norm_applies(x, norm->weight, norm->bias, {}, groups)) {  // channels-last inference on a GPU
+  if (plan_for(x).path == KernelPath::cuda_nhwc_inference &&
+      cuda_group_norm_applies(x, norm->weight, norm->bias, {}, groups)) {
     return group_norm_cuda(x, {}, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/false);
   }
   return norm(x.to(norm->weight.scalar_type()));
@@ -53,14 +117,25 @@ torch::Tensor group_norm(torch::nn::GroupNorm& norm, const torch::Tensor& x) {
 torch::Tensor norm_silu(torch::nn::GroupNorm& norm, const torch::Tensor& x, const torch::Tensor& shift) {
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, 0.0);
   const int64_t groups = norm->options.num_groups();
-  if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {  // the CPU's bf16 path in channels-last
-    return group_norm_silu_nhwc_bf16(x, shift, norm->weight, norm->bias, groups, norm->options.eps());
-  }
-  if (group_norm_silu_nchw_bf16_applies(x, norm->weight)) {  // the CPU's bf16 autocast path
-    return group_norm_silu_nchw_bf16(x, shift, norm->weight, norm->bias, groups, norm->options.eps());
-  }
-  if (cuda_group_norm_applies(x, norm->weight, norm->bias, shift, groups)) {
-    return group_norm_cuda(x, shift, norm->weight, norm->bias, groups, norm->options.eps(), /*silu=*/true);
+  const double eps = norm->options.eps();
+  switch (plan_for(x).path) {
+    case KernelPath::cpu_bf16_nhwc:
+      if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
+        return group_norm_silu_nhwc_bf16(x, shift, norm->weight, norm->bias, groups, eps);
+      }
+      break;
+    case KernelPath::cpu_bf16_nchw:
+      if (group_norm_silu_nchw_bf16_applies(x, norm->weight)) {
+        return group_norm_silu_nchw_bf16(x, shift, norm->weight, norm->bias, groups, eps);
+      }
+      break;
+    case KernelPath::cuda_nhwc_inference:
+      if (cuda_group_norm_applies(x, norm->weight, norm->bias, shift, groups)) {
+        return group_norm_cuda(x, shift, norm->weight, norm->bias, groups, eps, /*silu=*/true);
+      }
+      break;
+    default:
+      break;
   }
   const auto u = shift.defined() ? x + shift.unsqueeze(-1).unsqueeze(-1) : x;  // [B, C] → [B, C, 1, 1]
   return F::silu(group_norm(norm, u));
@@ -71,7 +146,7 @@ std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm
     return group_norm_silu_blocked_and_input(x, norm->weight, norm->bias, norm->options.num_groups(),
                                              norm->options.eps());
   }
-  if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
+  if (plan_for(x).path == KernelPath::cpu_bf16_nhwc && group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
     return group_norm_silu_nhwc_bf16_and_input(x, norm->weight, norm->bias, norm->options.num_groups(),
                                                norm->options.eps());
   }
@@ -81,7 +156,7 @@ std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input(torch::nn::GroupNorm
 std::pair<torch::Tensor, torch::Tensor> norm_silu_and_input_of_cat(torch::nn::GroupNorm& norm, const torch::Tensor& a,
                                                                    const torch::Tensor& b) {
   // DIFFUSE_FUSED_CAT=0: torch::cat first
-  if (is_blocked(a) && is_blocked(b) && runtime_settings().fused_cat) {
+  if (is_blocked(a) && is_blocked(b) && plan_for(a).fused_cat) {
     return group_norm_silu_blocked_cat_and_input(a, b, norm->weight, norm->bias, norm->options.num_groups(),
                                                  norm->options.eps());
   }
@@ -92,7 +167,7 @@ torch::Tensor norm_silu_dropout(torch::nn::GroupNorm& norm, const torch::Tensor&
                                 torch::nn::Dropout& dropout) {
   const double p = dropout->is_training() ? dropout->options.p() : 0.0;
   if (is_blocked(x)) return fused_norm_silu(norm, x, shift, p);
-  if (group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
+  if (plan_for(x).path == KernelPath::cpu_bf16_nhwc && group_norm_silu_nhwc_bf16_applies(x, norm->weight)) {
     return group_norm_silu_nhwc_bf16(x, shift, norm->weight, norm->bias, norm->options.num_groups(),
                                      norm->options.eps(), p);
   }
@@ -111,23 +186,27 @@ torch::Tensor convolve_alone(torch::nn::Conv2d& conv, const torch::Tensor& x) {
       return conv_blocked_to_nchw(x, conv->weight, conv->bias);
     return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
   }
-  if (nhwc_bf16_conv_applies(x, conv->weight)) return onednn_conv_nhwc_bf16(x, conv->weight, conv->bias, stride);
+  if (plan_for(x).path == KernelPath::cpu_bf16_nhwc && nhwc_bf16_conv_applies(x, conv->weight)) {
+    return onednn_conv_nhwc_bf16(x, conv->weight, conv->bias, stride);
+  }
   if (conv->weight.size(2) == 3 && stride == 1) return conv3x3(conv, x);
   return conv(x);
 }
 
+bool on_gpu(KernelPath path) { return path == KernelPath::cuda || path == KernelPath::cuda_nhwc_inference; }
+
 }  // namespace
 
 torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const torch::Tensor& residual) {
-  if (cuda_conv_epilogue_applies(x, conv->weight, conv->bias)) {
+  if (plan_for(x).path == KernelPath::cuda_nhwc_inference && cuda_conv_epilogue_applies(x, conv->weight, conv->bias)) {
     return conv2d_bias_residual_cuda(x, conv->weight, conv->bias, conv->options.stride()->at(0), padding_of(conv),
                                      residual);
   }
   auto y = convolve_alone(conv, x);
   if (!residual.defined()) return y;
   // into y, which nothing else holds (the convolutions keep their input, not their output): no
-  // new tensor, and y is still warm in the cache (1 % of a mnist training step at batch 16,
-  // `bench --alternate`); where the dtypes or shapes differ, LibTorch's promotion and broadcasting
+  // new tensor, and y is still warm in the cache; where the dtypes or shapes differ, LibTorch's
+  // promotion and broadcasting
   if (y.scalar_type() == residual.scalar_type() && y.sizes() == residual.sizes()) return y.add_(residual);
   return residual + y;
 }
@@ -135,7 +214,8 @@ torch::Tensor convolve(torch::nn::Conv2d& conv, const torch::Tensor& x, const to
 std::pair<torch::Tensor, torch::Tensor> convolve_with_shift(torch::nn::Conv2d& conv, const torch::Tensor& x,
                                                             const torch::Tensor& shift) {
   // On the CPU the kernels add the bias for free.
-  if (!x.is_cuda() || !runtime_settings().cuda_bias_in_shift) return {convolve(conv, x), shift};
+  const auto plan = plan_for(x);
+  if (!on_gpu(plan.path) || !x.is_cuda() || !plan.cuda_bias_in_shift) return {convolve(conv, x), shift};
   // y = W * x, shift' = shift + b
   return {torch::conv2d(x, conv->weight, /*bias=*/{}, conv->options.stride()->at(0), padding_of(conv)),
           shift + conv->bias};
@@ -155,7 +235,8 @@ torch::Tensor self_attention(const torch::Tensor& qkv_in, int64_t heads, const t
   const auto qkv = blocked ? from_blocked(qkv_in) : qkv_in;
   const auto B = qkv.size(0), C = qkv.size(1) / 3, H = qkv.size(2), W = qkv.size(3);
   const auto channels_last = torch::MemoryFormat::ChannelsLast;
-  if (heads == 1 && qkv.is_cuda() && qkv.is_contiguous(channels_last) && !qkv.is_contiguous()) {
+  if (heads == 1 && on_gpu(plan_for(qkv_in).path) && qkv.is_cuda() && qkv.is_contiguous(channels_last) &&
+      !qkv.is_contiguous()) {
     // Channels-last on a GPU: qkv is [B, N, 3C] in memory, so q, k and v are strided views of it,
     // and the product's [B, N, C] is h in channels-last: no re-ordering copies.
     const auto tokens = qkv.permute({0, 2, 3, 1}).reshape({B, H * W, 3 * C});  // a view
@@ -185,7 +266,8 @@ torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t w
     // mnist's 7×7 → 14×14 at batch 16.
     return upsample_twice_blocked(x);
   }
-  if (height == 2 * x.size(2) && width == 2 * x.size(3) && cuda_upsample_twice_applies(x)) {
+  if (height == 2 * x.size(2) && width == 2 * x.size(3) && plan_for(x).path == KernelPath::cuda_nhwc_inference &&
+      cuda_upsample_twice_applies(x)) {
     return upsample_twice_cuda(x);  // channels-last on a GPU, in x's dtype (autocast would run it in float32)
   }
   if (is_blocked(x)) {

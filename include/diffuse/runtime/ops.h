@@ -3,8 +3,11 @@
 // choosing its kernel here, so that the model's blocks read as the paper's equations and know
 // nothing of kernels. model/ includes runtime/ only through this header.
 //
-// The activations' layout is chosen once per forward pass, at the input (convolve_input), and
-// travels with the tensors from there:
+// How a forward pass computes is planned once, from its input, before its first convolution
+// (plan_forward_pass; UNet::forward holds the plan in a ForwardPass for the ops it calls): the
+// activations' layout and the family of kernels. Each op then takes its kernel from the plan,
+// checking only that kernel's own preconditions (shapes, dtype) on the tensors it is handed. The
+// layout travels with the tensors:
 //   NCHW             [B, C, H, W]            every device, precision and memory format (and
 //                                            channels-last memory, where the pass asked for it);
 //   channel-blocked  [B, C/16, H, W, 16]     float32 on a CPU with oneDNN (runtime/blocked_layout.h),
@@ -14,6 +17,7 @@
 
 #include <torch/torch.h>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -23,11 +27,49 @@ namespace diffuse {
 
 inline bool is_blocked(const torch::Tensor& x) { return x.dim() == 5; }
 
-// The first convolution of a forward pass (3×3, padding 1), which also fixes the pass's layout:
-// blocked where the float32 CPU path applies and every width of the network is a multiple of
-// `width_unit` (conv_in then writes the blocked layout itself, runtime/blocked_conv_in.h); else
-// `format` (NCHW or channels-last) from here on.
-torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x, MemoryFormat format, int64_t width_unit);
+// The family of kernels a pass runs.
+enum class KernelPath {
+  cpu_blocked,    // float32 on a CPU with oneDNN, channel-blocked from conv_in to norm_out: the fused blocked kernels
+  cpu_bf16_nhwc,  // bf16 autocast on a CPU, channels-last: oneDNN's NHWC bf16 convolutions, the NHWC fused norm
+  cpu_bf16_nchw,  // bf16 autocast on a CPU, NCHW: the fused bf16 NCHW norm
+  cuda_nhwc_inference,  // a GPU, channels-last, no gradients: the own norm, bias + residual and upsampling kernels
+  cuda,                 // a GPU otherwise: LibTorch's operators
+  aten,                 // LibTorch's operators
+};
+std::string to_string(KernelPath path);
+
+struct PassPlan {
+  MemoryFormat layout = MemoryFormat::nchw;  // of the pass's NCHW-ranked tensors (blocked ones are told by rank)
+  KernelPath path = KernelPath::aten;
+  bool fused_cat = true;           // blocked: the up path's cat(h, skip) read by the norm kernel itself
+  bool cuda_bias_in_shift = true;  // GPU: conv1's bias joins the time shift (convolve_with_shift)
+};
+
+// The plan for a pass whose input is x (device, dtype, autocast, whether gradients are recorded)
+// in `format`: channel-blocked where the float32 CPU path applies and every width of the network
+// is a multiple of `width_unit`. The runtime settings (runtime/settings.h) are read here, once a pass.
+PassPlan plan_forward_pass(const torch::Tensor& x, MemoryFormat format, int64_t width_unit);
+
+// Holds a plan for the ops called on this thread until it is destroyed; ops called outside any
+// pass (a block alone, in a test) plan from the tensor they are handed.
+class ForwardPass {
+ public:
+  explicit ForwardPass(PassPlan plan);
+  ~ForwardPass();
+  ForwardPass(const ForwardPass&) = delete;
+  ForwardPass& operator=(const ForwardPass&) = delete;
+  const PassPlan& plan() const { return plan_; }
+
+ private:
+  PassPlan plan_;
+  const PassPlan* outer_;
+};
+// The plan in force on this thread, nullptr outside a pass.
+const PassPlan* current_pass_plan();
+
+// The first convolution of a pass (3×3, padding 1), into the plan's layout: blocked (conv_in then
+// writes the blocked layout itself, runtime/blocked_conv_in.h), or NCHW or channels-last memory.
+torch::Tensor convolve_input(torch::nn::Conv2d& conv, const torch::Tensor& x);
 
 // norm(x) computed in the norm's own (float32) precision, whatever x's dtype; on a GPU, for
 // channels-last inference, one kernel with float32 statistics and x's dtype out; on blocked
