@@ -15,6 +15,10 @@
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
+#ifdef DIFFUSE_FUZZ_SERVE
+#include "diffuse/serve/base64.h"
+#include "diffuse/serve/requests.h"
+#endif
 
 namespace diffuse::fuzz {
 
@@ -92,9 +96,54 @@ int archive(const uint8_t* data, size_t size) {
   return refusing([&] { load_image_archive(path, Split::train, DataOptions{8, 4}); });
 }
 
+#ifdef DIFFUSE_FUZZ_SERVE
+int requests(const uint8_t* data, size_t size) {
+  using namespace diffuse::serve;
+  static const std::vector<ModelFacts> models = [] {
+    ModelFacts plain;
+    plain.name = "plain";
+    ModelFacts classes;
+    classes.name = "classes";
+    classes.timesteps = 100;
+    classes.channels = 3;
+    classes.image_size = 32;
+    classes.num_classes = 3;
+    classes.class_names = {"cat", "dog", "1"};
+    return std::vector<ModelFacts>{plain, classes};
+  }();
+  const RequestLimits limits;
+  const auto text = bytes_of(data, size);
+  refusing([&] { base64_decode(text); });
+  refusing([&] { class_in_prompt(text, models[1].class_names); });
+  nlohmann::json body;
+  try {
+    body = nlohmann::json::parse(text);
+  } catch (const std::exception&) {
+    return 0;
+  }
+  refusing([&] { native_generate_request(body, models, limits); });
+  refusing([&] { openai_generate_request(body, models, limits); });
+  refusing([&] { a1111_generate_request(body, models, limits); });
+  refusing([&] { native_edit_request(body, models, limits); });
+  refusing([&] { a1111_edit_request(body, models, limits); });
+  refusing([&] { native_interpolate_request(body, models, limits); });
+  refusing([&] {  // the text fields of a multipart edit, as strings
+    std::map<std::string, std::string> fields;
+    for (const auto& [key, value] : body.items())
+      fields[key] = value.is_string() ? value.get<std::string>() : value.dump();
+    openai_edit_request(fields, "image", "", models, limits);
+  });
+  return 0;
+}
+#endif
+
 const std::vector<NamedTarget>& targets() {
   static const std::vector<NamedTarget> all = {
-      {"safetensors", safetensors}, {"configs", configs}, {"image", image}, {"idx", idx}, {"archive", archive}};
+      {"safetensors", safetensors}, {"configs", configs}, {"image", image}, {"idx", idx}, {"archive", archive},
+#ifdef DIFFUSE_FUZZ_SERVE
+      {"requests", requests},
+#endif
+  };
   return all;
 }
 

@@ -21,6 +21,9 @@ int configs(const uint8_t* data, size_t size);      // JSON → UNet, schedule, 
 int image(const uint8_t* data, size_t size);        // PNG/JPEG/BMP/… bytes → pixels
 int idx(const uint8_t* data, size_t size);          // an IDX file (plain or gzip)
 int archive(const uint8_t* data, size_t size);      // a .tar[.gz] image tree → a data set
+// The JSON bodies of `diffuse serve`'s three APIs → requests, and base64 (built with the server:
+// DIFFUSE_FUZZ_SERVE).
+int requests(const uint8_t* data, size_t size);
 
 struct NamedTarget {
   const char* name;
