@@ -40,7 +40,7 @@ TEST(Mnist, TheShippedCopyLoadsWithTheRightShapesAndLabels) {
   // Published MNIST facts: the first training labels are 5, 0, 4, 1, 9; the test set has 1135 ones.
   EXPECT_EQ(train.labels.narrow(0, 0, 5).equal(torch::tensor({5, 0, 4, 1, 9}, torch::kLong)), true);
   EXPECT_EQ(test.labels.eq(1).sum().item<int64_t>(), 1135);
-  EXPECT_EQ(load_dataset("mnist", Split::train, DataOptions{32, 100}).size(), 100);
+  EXPECT_EQ(load_dataset("mnist", Split::train, DataOptions{0, 100}).size(), 100);
 }
 
 // The shipped copy is the published one: each file, uncompressed, has the MD5 listed beside it
@@ -119,6 +119,35 @@ TEST(Idx, DirectoryWithMismatchedCountsIsAnError) {
   const auto msg = error_of([&] { load_dataset(dir.str(), Split::train); });
   EXPECT_NE(msg.find("3 images"), std::string::npos) << msg;
   EXPECT_NE(msg.find("2 labels"), std::string::npos) << msg;
+}
+
+TEST(Idx, ImagesKeepTheirSizeUnlessOneIsAskedForAndLargeOnesWantOne) {
+  TempDir dir;
+  std::string labels = {0, 0, 8, 1, 0, 0, 0, 2, 1, 2};
+  write_file_atomic(dir / "train-labels-idx1-ubyte", labels);
+  write_file_atomic(dir / "train-images-idx3-ubyte", idx_images(2, 40, 40));
+  EXPECT_EQ(load_dataset(dir.str(), Split::train).image_size(), 40);
+  const auto small = load_dataset(dir.str(), Split::train, DataOptions{20, 0});
+  EXPECT_EQ(small.images.sizes(), (std::vector<int64_t>{2, 1, 20, 20}));
+  // shrinking averages each 2×2 block of the original (rounded to the nearest level)
+  const auto original = load_dataset(dir.str(), Split::train).images.to(torch::kFloat64);
+  const auto block_means = original.reshape({2, 1, 20, 2, 20, 2}).mean({3, 5}).round().to(torch::kUInt8);
+  EXPECT_TRUE(torch::equal(small.images, block_means));
+  // images larger than 256 are refused unless a size is asked for
+  write_file_atomic(dir / "train-images-idx3-ubyte", idx_images(2, 300, 300));
+  const auto refused = error_of([&] { load_dataset(dir.str(), Split::train); });
+  EXPECT_NE(refused.find("300×300"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("--image-size"), std::string::npos) << refused;
+  EXPECT_EQ(load_dataset(dir.str(), Split::train, DataOptions{64, 0}).image_size(), 64);
+  // the pixel limit can be lowered (and raised): 2 × 300 × 300 bytes against 100,000
+  const auto limited = error_of([&] { load_dataset(dir.str(), Split::train, DataOptions{64, 0, 100000}); });
+  EXPECT_NE(limited.find("more than the limit of 100000"), std::string::npos) << limited;
+}
+
+TEST(Images, ResizingAConstantImageKeepsItsLevelBothWays) {
+  const auto grey = torch::full({3, 2, 10, 10}, 77, torch::kUInt8);
+  EXPECT_TRUE(torch::equal(resize_images(grey, 4), torch::full({3, 2, 4, 4}, 77, torch::kUInt8)));
+  EXPECT_TRUE(torch::equal(resize_images(grey, 23), torch::full({3, 2, 23, 23}, 77, torch::kUInt8)));
 }
 
 TEST(ImageFolder, ClassesAreSubfoldersAndImagesAreResized) {

@@ -47,7 +47,7 @@ TrainConfig quick_config(const std::string& dir, int64_t steps) {
 
 TEST(Train, TinyModelTrainsCheckpointsAndSamples) {
   TempDir dir;
-  auto data = load_dataset("mnist", Split::train, DataOptions{32, 64});
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 64});
   auto result = train(quick_config(dir.str(), 6), tiny_info(data), data, torch::kCPU);
   EXPECT_EQ(result.step, 6);
   EXPECT_TRUE(std::isfinite(result.loss));
@@ -71,7 +71,7 @@ TEST(Train, TinyModelTrainsCheckpointsAndSamples) {
 
 TEST(Train, ResumingGivesTheSameWeightsAsNotStopping) {
   TempDir straight, stopped;
-  auto data = load_dataset("mnist", Split::train, DataOptions{32, 40});  // 40/8: crosses an epoch boundary
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 40});  // 40/8: crosses an epoch boundary
   train(quick_config(straight.str(), 8), tiny_info(data), data, torch::kCPU);
   train(quick_config(stopped.str(), 3), tiny_info(data), data, torch::kCPU);
   auto resume = quick_config(stopped.str(), 8);
@@ -97,7 +97,7 @@ TEST(Train, ResumingGivesTheSameWeightsAsNotStopping) {
 
 TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
   TempDir dir;
-  auto data = load_dataset("mnist", Split::train, DataOptions{32, 16});
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 16});
   train(quick_config(dir.str(), 2), tiny_info(data), data, torch::kCPU);
   const std::string path = dir / "train_state.safetensors";
   const auto good = load_safetensors(path);
@@ -158,7 +158,7 @@ TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
 
 TEST(Train, ResumeWithoutStateAndWrongImageSizeAreErrors) {
   TempDir dir;
-  auto data = load_dataset("mnist", Split::train, DataOptions{32, 16});
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 16});
   auto cfg = quick_config(dir.str(), 2);
   cfg.resume = true;
   EXPECT_THROW(train(cfg, tiny_info(data), data, torch::kCPU), std::runtime_error);
@@ -280,7 +280,7 @@ TEST(LearningRate, WarmsUpLinearlyThenFollowsAHalfCosineToZero) {
 
 TEST(Train, VlbLossTrainsToAFiniteLoss) {
   TempDir dir;
-  auto data = load_dataset("mnist", Split::train, DataOptions{32, 32});
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 32});
   auto cfg = quick_config(dir.str(), 3);
   cfg.loss = TrainLoss::vlb;
   auto result = train(cfg, tiny_info(data), data, torch::kCPU);
@@ -291,7 +291,7 @@ TEST(Train, VlbLossTrainsToAFiniteLoss) {
 
 TEST(Train, VPredictionWithMinSnrTrainsAndIsKeptInTheCheckpoint) {
   TempDir dir;
-  auto data = load_dataset("mnist", Split::train, DataOptions{32, 32});
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 32});
   auto cfg = quick_config(dir.str(), 4);
   cfg.min_snr_gamma = 5.0;
   auto info = tiny_info(data);

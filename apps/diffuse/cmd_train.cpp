@@ -29,7 +29,8 @@ struct TrainOptions {
   std::string data, out, model = "mnist", objective = "eps", loss = "simple";
   ComputeFlags compute;
   std::string schedule = "linear", lr_schedule = "cosine";
-  int64_t timesteps = 1000, image_size = 32, limit = 0;
+  int64_t timesteps = 1000, image_size = 0, limit = 0;
+  double max_data_gib = 1.0;
   bool class_cond = false;
   UNetShape shape;  // --channels, --channel-mult, --res-blocks, --attention-res
   TrainConfig config;
@@ -79,7 +80,8 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
   }
   o.config.precision = compute.precision;
   o.config.memory_format = compute.memory_format;
-  auto data = load_dataset(o.data, Split::train, DataOptions{o.image_size, o.limit});
+  auto data = load_dataset(o.data, Split::train,
+                           DataOptions{o.image_size, o.limit, static_cast<uint64_t>(o.max_data_gib * (1 << 30))});
   std::fprintf(stderr, "data: %s, %lld images of %lldx%lldx%lld, %lld classes\n", data.name.c_str(),
                static_cast<long long>(data.size()), static_cast<long long>(data.channels()),
                static_cast<long long>(data.image_size()), static_cast<long long>(data.image_size()),
@@ -179,7 +181,13 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"linear", "cosine", "scaled-linear"}))
       ->capture_default_str();
   cmd->add_option("--timesteps", o->timesteps, "Diffusion steps T")->check(CLI::Range(2, 100000))->capture_default_str();
-  cmd->add_option("--image-size", o->image_size, "Resize image folders to this size")->check(CLI::Range(4, 1024))->capture_default_str();
+  cmd->add_option("--image-size", o->image_size,
+                  "Resize every image to NxN (default: image folders 32, IDX and CIFAR-10 their own size, up to 256)")
+      ->check(CLI::Range(4, 1024));
+  cmd->add_option("--max-data-gib", o->max_data_gib,
+                  "The pixels an IDX data set may hold, in GiB (a limit against corrupt files)")
+      ->check(CLI::Range(0.001, 1024.0))
+      ->capture_default_str();
   cmd->add_option("--limit", o->limit, "Use only the first N training images (0: all)")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--seed", c.seed, "Random seed")->capture_default_str();
   cmd->add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "No progress bar");

@@ -39,6 +39,18 @@ std::string find_plain_or_gz(const std::string& dir, const std::string& stem) {
   return {};
 }
 
+// The data set at the size the options ask for (IDX and CIFAR-10 are read at their own).
+Dataset fit_size(Dataset d, const DataOptions& options) {
+  const int64_t own = d.image_size();
+  if (options.image_size == 0 && own > kMaxOwnImageSize) {
+    throw std::runtime_error("data '" + d.name + "': images are " + std::to_string(own) + "×" + std::to_string(own) +
+                             ", more than the " + std::to_string(kMaxOwnImageSize) +
+                             " read as they are: give an image size (train --image-size N) to resize them");
+  }
+  if (options.image_size > 0 && options.image_size != own) d.images = resize_images(d.images, options.image_size);
+  return d;
+}
+
 Dataset limit_dataset(Dataset d, int64_t limit) {
   if (limit > 0 && limit < d.size()) {
     d.images = d.images.narrow(0, 0, limit).clone();
@@ -49,7 +61,7 @@ Dataset limit_dataset(Dataset d, int64_t limit) {
 
 }  // namespace
 
-Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name) {
+Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name, uint64_t max_bytes) {
   const std::string prefix = split == Split::train ? "train" : "t10k";
   const std::string images_path = find_plain_or_gz(dir, prefix + "-images-idx3-ubyte");
   const std::string labels_path = find_plain_or_gz(dir, prefix + "-labels-idx1-ubyte");
@@ -59,7 +71,7 @@ Dataset load_idx_dataset(const std::string& dir, Split split, const std::string&
   }
   Dataset d;
   d.name = name;
-  d.images = read_idx_u8(images_path, 3).unsqueeze(1);  // [N, 1, H, W]
+  d.images = read_idx_u8(images_path, 3, max_bytes).unsqueeze(1);  // [N, 1, H, W]
   d.labels = read_idx_u8(labels_path, 1).to(torch::kLong);
   if (d.images.size(0) != d.labels.size(0)) {
     throw std::runtime_error("data '" + name + "': '" + images_path + "' has " + std::to_string(d.images.size(0)) +
@@ -88,7 +100,7 @@ Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& opt
     if (fs::is_directory(fs::path(dir) / to_string(split))) {
       d = load_image_folder(dir, split, DataOptions{32, options.limit});
     } else if (fs::is_regular_file(archive) && image_archives_built()) {
-      d = load_image_archive(archive.string(), split, DataOptions{32, options.limit});
+      d = load_image_archive(archive.string(), split, DataOptions{32, options.limit});  // CIFAR-10's own 32
     } else {
       throw std::runtime_error("data 'cifar10': no " +
                                std::string(split == Split::train ? "data_batch_*.bin" : "test_batch.bin") + " nor " +
@@ -96,7 +108,7 @@ Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& opt
                                "' (set DIFFUSE_CIFAR10_DIR to a folder holding the binary batches or the JPEG tree)");
     }
     d.name = "cifar10";
-    return d;
+    return fit_size(std::move(d), options);
   }
   constexpr int64_t kRecord = 1 + 3 * 32 * 32;
   std::vector<torch::Tensor> images, labels;
@@ -118,15 +130,16 @@ Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& opt
   d.images = torch::cat(images);
   d.labels = torch::cat(labels);
   d.num_classes = 10;
-  return limit_dataset(std::move(d), options.limit);
+  return fit_size(limit_dataset(std::move(d), options.limit), options);
 }
 
 Dataset load_dataset(const std::string& spec, Split split, const DataOptions& options) {
   Dataset d;
   if (spec == "mnist") {
-    d = load_idx_dataset(env_or("DIFFUSE_MNIST_DIR", data_root() + "/mnist"), split, "mnist");
+    d = load_idx_dataset(env_or("DIFFUSE_MNIST_DIR", data_root() + "/mnist"), split, "mnist", options.max_idx_bytes);
   } else if (spec == "fashion-mnist") {
-    d = load_idx_dataset(env_or("DIFFUSE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"), split, "fashion-mnist");
+    d = load_idx_dataset(env_or("DIFFUSE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"), split,
+                         "fashion-mnist", options.max_idx_bytes);
   } else if (spec == "cifar10") {
     std::string dir = env_or("DIFFUSE_CIFAR10_DIR", data_root() + "/cifar10");
     if (!fs::exists(dir)) dir = data_root() + "/../../shared/data/cifar10";  // the development checkout
@@ -136,7 +149,7 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
   } else if (fs::is_directory(spec)) {
     const std::string prefix = split == Split::train ? "train" : "t10k";
     if (!find_plain_or_gz(spec, prefix + "-images-idx3-ubyte").empty()) {
-      d = load_idx_dataset(spec, split, spec);
+      d = load_idx_dataset(spec, split, spec, options.max_idx_bytes);
     } else {
       return load_image_folder(spec, split, options);
     }
@@ -144,7 +157,27 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
     throw std::runtime_error("data '" + spec + "': not mnist, fashion-mnist, cifar10, an existing directory or an image "
                              "archive (.tar.gz, .tgz, .tar)");
   }
-  return limit_dataset(std::move(d), options.limit);
+  // IDX: the first `limit` images, at the size asked for
+  return fit_size(limit_dataset(std::move(d), options.limit), options);
+}
+
+torch::Tensor resize_images(const torch::Tensor& images, int64_t size) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8 && size > 0,
+              "resize_images: expected uint8 [N, C, H, W] and a positive size");
+  namespace F = torch::nn::functional;
+  const bool shrink = size < images.size(2) || size < images.size(3);
+  auto out = torch::empty({images.size(0), images.size(1), size, size}, torch::kUInt8);
+  // in chunks: the float copy of a large data set would otherwise be four times its bytes
+  constexpr int64_t kChunk = 1024;
+  for (int64_t begin = 0; begin < images.size(0); begin += kChunk) {
+    const int64_t n = std::min(kChunk, images.size(0) - begin);
+    const auto x = images.narrow(0, begin, n).to(torch::kFloat32);
+    auto options = F::InterpolateFuncOptions().size(std::vector<int64_t>{size, size});
+    const auto y = shrink ? F::interpolate(x, options.mode(torch::kArea))
+                          : F::interpolate(x, options.mode(torch::kBilinear).align_corners(false));
+    out.narrow(0, begin, n).copy_(y.round().clamp(0, 255).to(torch::kUInt8));
+  }
+  return out;
 }
 
 BatchLoader::BatchLoader(const Dataset& data, int64_t batch_size, torch::Device device)

@@ -53,7 +53,8 @@ std::vector<ImageEntry> select_image_tree(const std::string& name, std::vector<I
 }
 
 Dataset decode_image_tree(const std::string& name, const std::vector<ImageEntry>& entries, const DataOptions& options) {
-  if (options.image_size < 1) throw std::runtime_error("data '" + name + "': image size must be positive");
+  if (options.image_size < 0) throw std::runtime_error("data '" + name + "': image size must be positive");
+  const int64_t size = options.image_size > 0 ? options.image_size : kFolderImageSize;
   auto what = [&](const ImageEntry& e) { return e.file.empty() ? name + ": " + e.member : e.file; };
   const int64_t n = static_cast<int64_t>(entries.size());
   // Grey only if every image is grey; otherwise RGB.
@@ -77,14 +78,14 @@ Dataset decode_image_tree(const std::string& name, const std::vector<ImageEntry>
 
   Dataset d;
   d.name = name;
-  d.images = torch::empty({n, channels.load(), options.image_size, options.image_size}, torch::kUInt8);
+  d.images = torch::empty({n, channels.load(), size, size}, torch::kUInt8);
   d.labels = torch::empty({n}, torch::kLong);
   auto* labels = d.labels.data_ptr<int64_t>();
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const auto& e = entries[i];
-      d.images[i].copy_(e.file.empty() ? decode_image_u8(e.bytes, what(e), channels, options.image_size)
-                                       : load_image_u8(e.file, channels, options.image_size));
+      d.images[i].copy_(e.file.empty() ? decode_image_u8(e.bytes, what(e), channels, size)
+                                       : load_image_u8(e.file, channels, size));
       labels[i] = class_ids.at(class_of(e));
     }
   });

@@ -24,11 +24,22 @@ struct Dataset {
 };
 
 struct DataOptions {
-  // Image folders are resized to image_size × image_size (IDX and CIFAR keep their own size).
-  int64_t image_size = 32;
+  // Every image resized to image_size × image_size; 0: image folders and archives at
+  // kFolderImageSize, IDX and CIFAR-10 at their own size (up to kMaxOwnImageSize).
+  int64_t image_size = 0;
   // Keep only the first `limit` images (0: all).
   int64_t limit = 0;
+  // The pixel bytes an IDX file may hold (train --max-data-gib raises it).
+  uint64_t max_idx_bytes = uint64_t{1} << 30;
 };
+constexpr int64_t kFolderImageSize = 32;
+// IDX and CIFAR images larger than this are refused unless an image size is given (a data set
+// of large images would otherwise build a network whose attention alone takes gigabytes).
+constexpr int64_t kMaxOwnImageSize = 256;
+
+// [N, C, H, W] uint8 → [N, C, size, size] uint8: the mean over each output pixel's area when
+// shrinking, bilinear when growing; rounded to the nearest level.
+torch::Tensor resize_images(const torch::Tensor& images, int64_t size);
 
 // Where the data sets live: $DIFFUSE_DATA_DIR, else the repository's data/ folder.
 std::string data_root();
@@ -36,8 +47,10 @@ std::string data_root();
 // Loads a named data set or a directory (IDX files or an image tree). Errors name the files.
 Dataset load_dataset(const std::string& spec, Split split, const DataOptions& options = {});
 
-// MNIST-style IDX pair in `dir` for a split: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
-Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name);
+// MNIST-style IDX pair in `dir` for a split: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz],
+// at their own size, at most max_bytes of pixels.
+Dataset load_idx_dataset(const std::string& dir, Split split, const std::string& name,
+                         uint64_t max_bytes = DataOptions{}.max_idx_bytes);
 // CIFAR-10 binary batches (data_batch_*.bin / test_batch.bin) or an image tree train/CLASS/*.
 Dataset load_cifar10(const std::string& dir, Split split, const DataOptions& options);
 // Images under `dir` (recursively); the class is the first sub-folder. If `dir` holds train/ or
