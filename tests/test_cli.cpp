@@ -191,6 +191,70 @@ TEST(Cli, TrainWithTwoProcessesAsTorchrunStartsThem) {
   EXPECT_NE(bad.output.find("RANK=5"), std::string::npos) << bad.output;
 }
 
+// Several processes: a run stopped and resumed ends where the same run without a stop ends, and
+// a signal to one rank stops every rank at one step, each with its state saved. LibTorch's
+// convolutions: the oneDNN path times Winograd against direct afresh in each process (the tests
+// keep no timing cache), and two choices would differ in the last bits.
+TEST(Cli, TwoProcessesResumeAsIfNeverStoppedAndStopTogether) {
+  if (!diffuse::gloo_built()) GTEST_SKIP() << "built without Gloo's headers: no CPU collectives";
+  TempDir dir;
+  int port = 20000 + static_cast<int>((::getpid() * 7) % 20000);
+  auto train = [&](const std::string& out, int steps, const std::string& extra) {
+    ++port;
+    return diffuse::testing::run_two_ranks([&](int rank) {
+      return "WORLD_SIZE=2 RANK=" + std::to_string(rank) +
+             " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + DIFFUSE_BINARY +
+             " --threads 1 train --data mnist --limit 32 --model tiny --batch-size 4 --timesteps 50 "
+             "--preview-every 0 --preview-n 2 --no-progress --lr-schedule constant --warmup 0 --conv-kernels aten "
+             "--steps " +
+             std::to_string(steps) + " --out " + out + extra;
+    });
+  };
+  const std::string whole = dir / "whole", resumed = dir / "resumed";
+  for (const auto& [r0, r1] : {train(whole, 6, ""), train(resumed, 3, ""), train(resumed, 6, " --resume")}) {
+    ASSERT_EQ(r0.status, 0) << r0.output;
+    ASSERT_EQ(r1.status, 0) << r1.output;
+  }
+  const auto a = diffuse::load_safetensors(whole + "/train_state.safetensors");
+  const auto b = diffuse::load_safetensors(resumed + "/train_state.safetensors");
+  int64_t compared = 0;
+  for (const auto& [name, tensor] : a.tensors) {
+    if (name.rfind("model/", 0) != 0 && name.rfind("adam_", 0) != 0) continue;
+    EXPECT_TRUE(torch::equal(tensor, b.at(name))) << name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 20);
+  EXPECT_EQ(b.metadata.at("world_size"), "2");
+  // one process cannot resume a run of two
+  auto alone =
+      run("--threads 1 train --data mnist --limit 32 --model tiny --batch-size 4 --timesteps 50 --steps 9 "
+          "--no-progress --resume --out " +
+          resumed);
+  EXPECT_NE(alone.status, 0);
+  EXPECT_NE(alone.output.find("WORLD_SIZE=2"), std::string::npos) << alone.output;
+
+  // SIGTERM to rank 1 alone: both stop, both save, with the same step.
+  const std::string stopped = dir / "stopped";
+  ++port;
+  auto rank = [&](int r) {
+    return "WORLD_SIZE=2 RANK=" + std::to_string(r) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
+           " " + DIFFUSE_BINARY +
+           " --threads 1 train --data mnist --limit 32 --model tiny --batch-size 4 --timesteps 50 "
+           "--preview-every 0 --no-progress --log-every 1 --steps 100000 --out " +
+           stopped;
+  };
+  const std::string script = rank(0) + " > " + dir / "r0.txt" + " 2>&1 & p0=$!; " + rank(1) + " > " + dir / "r1.txt" +
+                             " 2>&1 & p1=$!; for i in $(seq 1200); do [ -f " + stopped +
+                             "/log.csv ] && break; "
+                             "sleep 0.1; done; kill -TERM $p1; wait $p0; s0=$?; wait $p1; echo $s0 $?";
+  const auto statuses = diffuse::testing::run_command(script);
+  EXPECT_EQ(statuses.output, "143 143\n") << diffuse::read_file(dir / "r0.txt") << diffuse::read_file(dir / "r1.txt");
+  const auto main_state = diffuse::load_safetensors(stopped + "/train_state.safetensors");
+  const auto rank1_state = diffuse::load_safetensors(stopped + "/train_state.rank1.safetensors");
+  EXPECT_EQ(main_state.metadata.at("step"), rank1_state.metadata.at("step"));
+  EXPECT_NE(diffuse::read_file(dir / "r0.txt").find("interrupted at step"), std::string::npos);
+}
+
 TEST(Cli, TrainThenSampleEndToEnd) {
   TempDir dir;
   auto r = run("--threads 1 train --data mnist --limit 32 --model tiny --steps 3 --batch-size 4 --timesteps 50 "

@@ -117,14 +117,20 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
   for (int s : kStopSignals) std::signal(s, on_stop_signal);
   const auto result = train(o.config, info, data, device);
   for (int s : kStopSignals) std::signal(s, SIG_DFL);
-  if (dist.rank > 0) return;  // rank 0 reports and holds the checkpoint
+  // stopped by its own signal, or by another rank's (every rank stops with a saved state)
+  const int stop_status = 128 + (g_signal.load() ? g_signal.load() : dist.enabled() ? SIGTERM : SIGINT);
+  if (dist.rank > 0) {  // rank 0 reports and holds the checkpoint
+    if (result.interrupted) std::exit(stop_status);
+    return;
+  }
   std::fprintf(stderr, "%s at step %lld after %.1f s, loss %.5f; checkpoint: %s/checkpoint.safetensors\n",
                result.interrupted ? "interrupted" : "finished", static_cast<long long>(result.step), result.seconds,
                result.loss, o.out.c_str());
   if (result.interrupted) {
-    std::fprintf(stderr, "continue with: diffuse train --data %s --out %s --steps %lld --resume\n", o.data.c_str(),
-                 o.out.c_str(), static_cast<long long>(o.config.steps));
-    std::exit(128 + (g_signal.load() ? g_signal.load() : SIGINT));
+    std::fprintf(stderr, "continue with: diffuse train --data %s --out %s --steps %lld --resume%s\n", o.data.c_str(),
+                 o.out.c_str(), static_cast<long long>(o.config.steps),
+                 dist.enabled() ? " (in every process, as before)" : "");
+    std::exit(stop_status);
   }
 }
 

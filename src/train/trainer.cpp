@@ -50,9 +50,14 @@ void set_cpu_rng_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
-// Everything that --resume needs, in one safetensors file written atomically.
+// Everything that --resume needs, in one safetensors file written atomically by rank 0; with
+// several processes, each other rank's own part (its shard's order and cursor, its random state)
+// in a file of its own beside it.
 struct TrainState {
   static std::string path(const std::string& dir) { return dir + "/train_state.safetensors"; }
+  static std::string rank_path(const std::string& dir, int rank) {
+    return dir + "/train_state.rank" + std::to_string(rank) + ".safetensors";
+  }
 
   // The settings a resumed run may change, kept so that a resume can say what it changes.
   static nlohmann::json settings_json(const TrainConfig& c) {
@@ -85,7 +90,17 @@ struct TrainState {
     metadata["ema_updates"] = std::to_string(ema.updates());
     metadata["loader_cursor"] = std::to_string(loader.cursor());
     metadata["train"] = settings_json(config).dump();
+    metadata["world_size"] = std::to_string(config.data_parallel ? config.data_parallel->env().world_size : 1);
     save_safetensors(path(dir), tensors, metadata);
+  }
+
+  // A rank's own part (rank ≥ 1): what differs between ranks.
+  static void save_rank(const std::string& dir, int rank, int64_t step, const BatchLoader& loader) {
+    std::vector<std::pair<std::string, torch::Tensor>> tensors{
+        {"rng/cpu", cpu_rng_state()},
+        {"loader/order", loader.order().defined() ? loader.order() : torch::empty({0}, torch::kLong)}};
+    save_safetensors(rank_path(dir, rank), tensors,
+                     {{"step", std::to_string(step)}, {"loader_cursor", std::to_string(loader.cursor())}});
   }
 };
 
@@ -195,7 +210,6 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   ema_model->set_memory_format(config.memory_format);
   DataParallel* dp = config.data_parallel;
   const bool rank0 = !dp || dp->env().rank == 0;
-  if (dp && config.resume) throw std::runtime_error("--resume with several processes is not supported yet");
   if (dp) dp->broadcast_from_rank0(model->parameters());  // every rank starts from rank 0's weights
   {
     torch::NoGradGuard no_grad;
@@ -228,14 +242,35 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     }
     optimizer.set_step_count(metadata_count(state->metadata, "adam_step", state_path));
     ema.set_updates(metadata_count(state->metadata, "ema_updates", state_path));
-    const auto& order = state->at("loader/order");
-    const int64_t cursor = metadata_count(state->metadata, "loader_cursor", state_path);
+    step = info.step;
+    // The run's number of processes: each rank's shard depends on it.
+    const int64_t world =
+        state->metadata.count("world_size") ? metadata_count(state->metadata, "world_size", state_path) : 1;
+    if (world != (dp ? dp->env().world_size : 1)) {
+      throw std::runtime_error("--resume: the run in '" + config.out_dir + "' was trained by " + std::to_string(world) +
+                               " process(es); resume it with as many (WORLD_SIZE=" + std::to_string(world) + ")");
+    }
+    // This rank's order, cursor and random state: rank 0's in the run's state, the others' beside it.
+    std::optional<SafetensorsContent> own;
+    if (!rank0) {
+      const auto own_path = TrainState::rank_path(config.out_dir, dp->env().rank);
+      if (!fs::exists(own_path)) throw std::runtime_error("--resume: no '" + own_path + "' for this rank");
+      own = load_safetensors(own_path);
+      const int64_t own_step = metadata_count(own->metadata, "step", own_path);
+      if (own_step != step) {
+        throw std::runtime_error("--resume: '" + own_path + "' is from step " + std::to_string(own_step) +
+                                 ", the run's state from step " + std::to_string(step) +
+                                 " (the run stopped while saving): resume is not possible from these files");
+      }
+    }
+    const auto& rank_state = own ? *own : *state;
+    const auto& order = rank_state.at("loader/order");
+    const int64_t cursor = metadata_count(rank_state.metadata, "loader_cursor", rank_state.source);
     if (order.numel() > 0) {
-      check_loader_order(order, cursor, (dp ? shard : data).size(), state_path);
+      check_loader_order(order, cursor, (dp ? shard : data).size(), rank_state.source);
       loader.restore(order, cursor);
     }
-    set_cpu_rng_state(state->at("rng/cpu"));
-    step = info.step;
+    set_cpu_rng_state(rank_state.at("rng/cpu"));
     if (data.name != info.data.name) {
       throw std::runtime_error("--resume: the run in '" + config.out_dir + "' trains on '" + info.data.name +
                                "', not '" + data.name + "'");
@@ -257,7 +292,10 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   }
 
   auto save_all = [&](int64_t at_step) {
-    if (!rank0) return;
+    if (!rank0) {  // the weights are rank 0's to write (every rank holds the same)
+      TrainState::save_rank(config.out_dir, dp->env().rank, at_step, loader);
+      return;
+    }
     // The files on disk stay the last good ones: weights that went NaN or Inf are not saved over them.
     for (const auto* net : {&model, &ema_model}) {
       for (const auto& p : (*net)->named_parameters()) {
@@ -287,7 +325,13 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   auto window_start = std::chrono::steady_clock::now();
   model->train();
   while (step < config.steps) {
-    if (config.stop && config.stop->load()) {
+    bool stop = config.stop && config.stop->load();
+    // With several processes a signal to one of them stops all at the same step (a rank stopping
+    // alone would leave the others waiting in the next all-reduce): asked of every rank each step
+    // on the CPU, every kStopPollSteps on a GPU, where reading the answer waits for the device.
+    constexpr int64_t kStopPollSteps = 16;
+    if (dp && (!device.is_cuda() || step % kStopPollSteps == 0)) stop = dp->mean_over_ranks(stop ? 1.0 : 0.0) > 0.0;
+    if (stop) {
       result.interrupted = true;
       break;
     }
