@@ -115,6 +115,41 @@ int64_t class_field(const json& body, const char* name, const ModelFacts& model)
   return integer_field(body, name, -1, 0, model.num_classes - 1);
 }
 
+// OpenAI's `size` ("28x28": the model's own) and `response_format`.
+void check_openai_size_and_format(const json& body, const ModelFacts& model) {
+  const auto size = string_field(body, "size", "");
+  const auto own = std::to_string(model.image_size) + "x" + std::to_string(model.image_size);
+  if (!size.empty() && size != own) throw RequestError("size", "model '" + model.name + "' makes " + own + " images");
+  const auto format = string_field(body, "response_format", "b64_json");
+  if (format != "b64_json" && format != "url") throw RequestError("response_format", "must be b64_json or url");
+}
+
+// A1111's `sampler_name` (or the older `sampler_index`) as our sampler's name.
+std::string a1111_sampler(const json& body, const std::string& fallback) {
+  const auto given_name = string_field(body, "sampler_name", "");
+  const auto name = given_name.empty() ? string_field(body, "sampler_index", fallback) : given_name;
+  for (const auto& [a1111, ours] : a1111_sampler_names())
+    if (a1111 == name) return ours;
+  throw RequestError("sampler_name", "unknown sampler '" + name + "' (GET /sdapi/v1/samplers)");
+}
+
+// A1111's `width` and `height` (the model's own) and its `batch_size` × `n_iter` images.
+int64_t a1111_images(const json& body, const ModelFacts& model, const RequestLimits& limits) {
+  for (const char* side : {"width", "height"}) {
+    const int64_t v = integer_field(body, side, model.image_size, 1, 1 << 16);
+    if (v != model.image_size) {
+      throw RequestError(side, "model '" + model.name + "' makes " + std::to_string(model.image_size) + "×" +
+                                   std::to_string(model.image_size) + " images");
+    }
+  }
+  const int64_t n = integer_field(body, "batch_size", 1, 1, limits.max_images) *
+                    integer_field(body, "n_iter", 1, 1, limits.max_images);
+  if (n > limits.max_images) {
+    throw RequestError("batch_size", "batch_size × n_iter must be at most " + std::to_string(limits.max_images));
+  }
+  return n;
+}
+
 }  // namespace
 
 const ModelFacts& model_named(const std::vector<ModelFacts>& models, const json& body, const std::string& field) {
@@ -128,6 +163,18 @@ const ModelFacts& model_named(const std::vector<ModelFacts>& models, const json&
   for (const auto& m : models) list += (list.empty() ? "" : ", ") + m.name;
   throw RequestError(field, "no model named '" + name + "' (served: " + list + ")");
 }
+
+namespace {
+
+// The model A1111's `override_settings.sd_model_checkpoint` names (the first where none).
+const ModelFacts& a1111_model(const json& body, const std::vector<ModelFacts>& models) {
+  const json no_settings = json::object();
+  const auto& settings = given(body, "override_settings") ? body.at("override_settings") : no_settings;
+  if (!settings.is_object()) throw RequestError("override_settings", "must be a JSON object");
+  return model_named(models, settings, "sd_model_checkpoint");
+}
+
+}  // namespace
 
 GenerateRequest native_generate_request(const json& body, const std::vector<ModelFacts>& models,
                                         const RequestLimits& limits) {
@@ -202,11 +249,7 @@ GenerateRequest openai_generate_request(const json& body, const std::vector<Mode
     }
   }
   r.n = integer_field(body, "n", 1, 1, limits.max_images);
-  const auto size = string_field(body, "size", "");
-  const auto own = std::to_string(model.image_size) + "x" + std::to_string(model.image_size);
-  if (!size.empty() && size != own) throw RequestError("size", "model '" + model.name + "' makes " + own + " images");
-  const auto format = string_field(body, "response_format", "b64_json");
-  if (format != "b64_json" && format != "url") throw RequestError("response_format", "must be b64_json or url");
+  check_openai_size_and_format(body, model);
   r.seed = seed_field(body, "seed");
   r.guidance = r.class_label >= 0 ? number_field(body, "guidance", 3.0, 0.0, 100.0) : 0.0;
   resolve_steps(r, body, "steps", model, limits);
@@ -220,32 +263,13 @@ std::vector<std::pair<std::string, std::string>> a1111_sampler_names() {
 GenerateRequest a1111_generate_request(const json& body, const std::vector<ModelFacts>& models,
                                        const RequestLimits& limits) {
   require_object(body);
-  const json no_settings = json::object();
-  const auto& settings = given(body, "override_settings") ? body.at("override_settings") : no_settings;
-  if (!settings.is_object()) throw RequestError("override_settings", "must be a JSON object");
-  const auto& model = model_named(models, settings, "sd_model_checkpoint");
+  const auto& model = a1111_model(body, models);
   GenerateRequest r;
   r.model = model.name;
   r.sampler = model.default_sampler;
-  const auto sampler = string_field(body, "sampler_name", given(body, "sampler_index") ? "" : "DPM++ 2M");
-  const auto name = sampler.empty() ? string_field(body, "sampler_index", "DPM++ 2M") : sampler;
-  const auto names = a1111_sampler_names();
-  const auto it = std::find_if(names.begin(), names.end(), [&](const auto& p) { return p.first == name; });
-  if (it == names.end()) throw RequestError("sampler_name", "unknown sampler '" + name + "' (GET /sdapi/v1/samplers)");
-  r.sampler.name = it->second;
+  r.sampler.name = a1111_sampler(body, "DPM++ 2M");
   r.sampler.eta = r.sampler.name == "ddim" ? number_field(body, "eta", 0.0, 0.0, 1.0) : 0.0;
-  for (const char* side : {"width", "height"}) {
-    const int64_t v = integer_field(body, side, model.image_size, 1, 1 << 16);
-    if (v != model.image_size) {
-      throw RequestError(side, "model '" + model.name + "' makes " + std::to_string(model.image_size) + "×" +
-                                   std::to_string(model.image_size) + " images");
-    }
-  }
-  r.n = integer_field(body, "batch_size", 1, 1, limits.max_images) *
-        integer_field(body, "n_iter", 1, 1, limits.max_images);
-  if (r.n > limits.max_images) {
-    throw RequestError("batch_size", "batch_size × n_iter must be at most " + std::to_string(limits.max_images));
-  }
+  r.n = a1111_images(body, model, limits);
   r.seed = seed_field(body, "seed");
   const auto prompt = string_field(body, "prompt", "");
   if (model.num_classes > 0 && !prompt.empty()) r.class_label = class_in_prompt(prompt, model.class_names);
@@ -374,11 +398,7 @@ EditRequest openai_edit_request(const std::map<std::string, std::string>& fields
   r.mask_alpha_marks_hole = true;
   r.kind = mask.empty() ? "denoise" : "inpaint";
   r.n = integer_field(body, "n", 1, 1, limits.max_images);
-  const auto size = string_field(body, "size", "");
-  const auto own = std::to_string(model.image_size) + "x" + std::to_string(model.image_size);
-  if (!size.empty() && size != own) throw RequestError("size", "model '" + model.name + "' makes " + own + " images");
-  const auto format = string_field(body, "response_format", "b64_json");
-  if (format != "b64_json" && format != "url") throw RequestError("response_format", "must be b64_json or url");
+  check_openai_size_and_format(body, model);
   r.seed = seed_field(body, "seed");
   resolve_edit(r, body, "strength", "steps", model, limits);
   return r;
@@ -386,36 +406,18 @@ EditRequest openai_edit_request(const std::map<std::string, std::string>& fields
 
 EditRequest a1111_edit_request(const json& body, const std::vector<ModelFacts>& models, const RequestLimits& limits) {
   require_object(body);
-  const json no_settings = json::object();
-  const auto& settings = given(body, "override_settings") ? body.at("override_settings") : no_settings;
-  if (!settings.is_object()) throw RequestError("override_settings", "must be a JSON object");
-  const auto& model = model_named(models, settings, "sd_model_checkpoint");
+  const auto& model = a1111_model(body, models);
   EditRequest r;
   r.model = model.name;
   r.sampler = model.default_sampler;
-  const auto name = string_field(body, "sampler_name", "DDIM");
-  const auto names = a1111_sampler_names();
-  const auto it = std::find_if(names.begin(), names.end(), [&](const auto& p) { return p.first == name; });
-  if (it == names.end()) throw RequestError("sampler_name", "unknown sampler '" + name + "' (GET /sdapi/v1/samplers)");
-  r.sampler.name = it->second;
+  r.sampler.name = a1111_sampler(body, "DDIM");
   if (!given(body, "init_images") || !body.at("init_images").is_array() || body.at("init_images").empty()) {
     throw RequestError("init_images", "must be a list holding one base64 image");
   }
   r.image = base64_field(json{{"init_images", body.at("init_images").at(0)}}, "init_images", true);
   r.mask = base64_field(body, "mask", false);
   r.kind = r.mask.empty() ? "denoise" : "inpaint";
-  for (const char* side : {"width", "height"}) {
-    const int64_t v = integer_field(body, side, model.image_size, 1, 1 << 16);
-    if (v != model.image_size) {
-      throw RequestError(side, "model '" + model.name + "' makes " + std::to_string(model.image_size) + "×" +
-                                   std::to_string(model.image_size) + " images");
-    }
-  }
-  r.n = integer_field(body, "batch_size", 1, 1, limits.max_images) *
-        integer_field(body, "n_iter", 1, 1, limits.max_images);
-  if (r.n > limits.max_images) {
-    throw RequestError("batch_size", "batch_size × n_iter must be at most " + std::to_string(limits.max_images));
-  }
+  r.n = a1111_images(body, model, limits);
   r.seed = seed_field(body, "seed");
   r.strength = 0.75;  // A1111's default denoising_strength
   resolve_edit(r, body, "denoising_strength", "steps", model, limits);
