@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "diffuse/data/captioned_digits.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/io/image.h"
@@ -18,8 +19,9 @@ struct ShowOptions {
   std::string out, data = "mnist", schedule = "linear";
   std::vector<std::string> images;
   std::vector<int64_t> test_indices{0, 1, 2, 3}, ts{0, 50, 100, 250, 500, 750, 1000};
-  int64_t timesteps = 1000;
+  int64_t timesteps = 1000, n = 8;
   uint64_t seed = 0;
+  std::string split = "train";
 };
 
 void run_show_schedule(const ShowOptions& o) {
@@ -83,6 +85,18 @@ void run_show_forward(const ShowOptions& o) {
   std::fprintf(stderr, "wrote %s (rows: images; columns: %s schedule at the given t)\n", o.out.c_str(), o.schedule.c_str());
 }
 
+void run_show_captions(const ShowOptions& o) {
+  ComposeOptions c;
+  c.n = o.n;
+  c.seed = o.seed;
+  c.split = split_from_string(o.split);
+  const auto digits = compose_captioned_digits(load_dataset("mnist", c.split), c);
+  // one canvas per row, its caption beside it
+  save_labelled_grid(o.out, from_uint8(digits.images.images), 1, {}, digits.captions, 4);
+  std::fprintf(stderr, "wrote %s (%lld captioned canvases of the %s split)\n", o.out.c_str(),
+               static_cast<long long>(c.n), o.split.c_str());
+}
+
 }  // namespace
 
 void add_show_command(CLI::App& app) {
@@ -107,6 +121,15 @@ void add_show_command(CLI::App& app) {
   forward->add_option("--timesteps", o->timesteps, "T")->check(CLI::Range(2, 100000))->capture_default_str();
   forward->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   forward->callback([o] { run_show_forward(*o); });
+
+  auto* captions = show->add_subcommand("captions", "Captioned digits: two MNIST digits on a canvas and their caption");
+  captions->add_option("--out", o->out, "PNG file")->required()->check(writable_output_file());
+  captions->add_option("--n", o->n, "Canvases")->check(CLI::Range(1, 64))->capture_default_str();
+  captions->add_option("--split", o->split, "train (held-out captions left out) or test")
+      ->check(CLI::IsMember({"train", "test"}))
+      ->capture_default_str();
+  captions->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  captions->callback([o] { run_show_captions(*o); });
 }
 
 }  // namespace diffuse::cli

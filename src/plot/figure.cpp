@@ -193,6 +193,25 @@ void save_line_plots(const std::string& path, const std::vector<LinePlot>& panel
   write_surface_png(path, surface.get());
 }
 
+namespace {
+
+// The width of the widest label in the grids' font, measured on a scratch surface.
+double widest_label(const std::vector<std::string>& labels) {
+  Surface scratch(cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1), cairo_surface_destroy);
+  Context cr(cairo_create(scratch.get()), cairo_destroy);
+  cairo_select_font_face(cr.get(), "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr.get(), 13);
+  double widest = 0.0;
+  for (const auto& s : labels) {
+    cairo_text_extents_t e;
+    cairo_text_extents(cr.get(), s.c_str(), &e);
+    widest = std::max(widest, e.width);
+  }
+  return widest;
+}
+
+}  // namespace
+
 void save_labelled_grid(const std::string& path, const torch::Tensor& images, int64_t columns,
                         const std::vector<std::string>& column_labels, const std::vector<std::string>& row_labels,
                         int scale) {
@@ -200,7 +219,9 @@ void save_labelled_grid(const std::string& path, const torch::Tensor& images, in
   TORCH_CHECK(columns > 0 && scale > 0, "save_labelled_grid: columns and scale must be positive");
   const int64_t n = images.size(0), rows = (n + columns - 1) / columns;
   const int64_t h = images.size(2) * scale, w = images.size(3) * scale, gap = 4;
-  const int64_t head = column_labels.empty() ? gap : 24, side = row_labels.empty() ? gap : 70;
+  const int64_t head = column_labels.empty() ? gap : 24;
+  // row labels right-aligned 8 px before the images, at least 70 px given to them
+  const int64_t side = row_labels.empty() ? gap : std::max<int64_t>(70, static_cast<int64_t>(widest_label(row_labels)) + 16);
   const int64_t W = side + columns * (w + gap), H = head + rows * (h + gap);
   Surface surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, static_cast<int>(W), static_cast<int>(H)), cairo_surface_destroy);
   // Pixels first: uint8 [N, H, W, 3] written straight into the surface's xRGB words.
