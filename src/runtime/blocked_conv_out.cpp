@@ -32,7 +32,7 @@ torch::Tensor weights_by_lane(const torch::Tensor& weight, const Dims& d) {
 
 // The loops below keep one running sum per pixel of a row (acc[w]) or four per tap, never one
 // sum across a whole loop: a single accumulator makes every multiply-add wait for the one before
-// (four cycles each), which had the three passes at 0.3–0.5 ms for mnist's 7 MFLOP each.
+// (four cycles each), which bounds the loop by latency instead of throughput.
 // (d by value in these: through a reference the compiler reloads its fields after every store to
 // the float scratch, which might alias them.)
 

@@ -304,7 +304,7 @@ void two_passes(int64_t samples, int64_t units_per_sample, int64_t grain, First&
 
 // ∂L/∂s[n, c] = Σ_hw ∂L/∂x, ∂L/∂γ_c = Σ_n Σ ∂L/∂z x̂, ∂L/∂β_c = Σ_n Σ ∂L/∂z, as float32, from the
 // float64 sums, in plain loops: as tensor operations (a sum and three casts) these small
-// reductions took about 2 ms of a mnist training step (bench --profile).
+// reductions cost more than the kernel around them (bench --profile).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> parameter_gradients(const Shape& s, const double* sum_dz,
                                                                             const double* sum_dz_xhat,
                                                                             const double* sum_dx) {

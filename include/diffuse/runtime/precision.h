@@ -82,8 +82,7 @@ struct MemoryFormatChoice {
 };
 // "nchw" / "channels-last" as asked; "auto": channels-last for inference on a GPU where the own
 // GroupNorm kernel is built (runtime/group_norm_cuda.h: cuDNN's NHWC convolutions then run without
-// layout copies; DDIM-50 of 256 ddpm-cifar10 images took 0.71 s against 1.31 s in NCHW on an
-// H200), and for bf16 on a CPU with native bf16 and oneDNN (oneDNN's bf16 convolutions and the
+// layout copies; docs/PERFORMANCE.md has the GPU's numbers), and for bf16 on a CPU with native bf16 and oneDNN (oneDNN's bf16 convolutions and the
 // own GroupNorm read and write NHWC as it lies: runtime/onednn_conv.h's onednn_conv_nhwc_bf16);
 // else NCHW (training on a GPU, where LibTorch's GroupNorm copies channels-last tensors; float32
 // on the CPU, which has its own channel-blocked layout).

@@ -1,8 +1,7 @@
 // Choices made by timing (which convolution kernel is faster for a shape), kept across processes.
 //
-// The first call of each convolution shape times its candidates (runtime/onednn_conv.h): about
-// 0.2 s of a mnist training step and 1.0–1.2 s of a ddpm-cifar10 DDIM call, in every process
-// (docs/PERFORMANCE.md, "Per-shape timings kept across processes"). The
+// The first call of each convolution shape times its candidates (runtime/onednn_conv.h), a cost
+// paid again in every process (docs/PERFORMANCE.md, "Per-shape timings kept across processes"). The
 // winners are kept in a small JSON file and read back by the next process on the same machine:
 //   $DIFFUSE_CACHE_DIR/timings.json, else $XDG_CACHE_HOME/diffuse/timings.json, else
 //   ~/.cache/diffuse/timings.json.
