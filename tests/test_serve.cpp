@@ -585,7 +585,9 @@ TEST(Serve, EditInputsAreCheckedBeforeAJobIsQueued) {
       {{{"image", "***"}}, "image"},                                                                 // not base64
       {{{"image", base64_encode("not an image")}}, "image"},                                         // not an image
       {{{"image", base64_encode(encode_png(torch::zeros({1, 1, 5000}, torch::kUInt8)))}}, "image"},  // too wide
-      {{{"kind", "inpaint"}, {"image", image}}, "mask"},                   // inpainting wants a mask
+      {{{"kind", "inpaint"}, {"image", image}}, "mask"},
+      {{{"kind", "inpaint"}, {"image", image}, {"mask", base64_encode("not an image")}},
+       "mask"},                                                            // inpainting wants a mask
       {{{"kind", "denoise"}, {"image", image}, {"mask", image}}, "mask"},  // a mask without inpainting
       {{{"kind", "blur"}, {"image", image}}, "kind"},
       {{{"image", image}, {"strength", 0}}, "strength"},

@@ -98,9 +98,13 @@ json parse_body(const httplib::Request& req) {
 // they are decoded (the body limit bounds the file, not what it decodes to).
 constexpr int64_t kMaxInputSide = 4096;
 
-torch::Tensor decode_input(const std::string& bytes, const std::string& field, int channels, int64_t size) {
+// The image a request brings, decoded to [channels, size, size]; `header`, where given, gets what
+// its header says. Anything wrong is a RequestError naming `field`.
+torch::Tensor decode_input(const std::string& bytes, const std::string& field, int channels, int64_t size,
+                           ImageHeader* header_out = nullptr) {
   try {
     const auto header = image_bytes_header(bytes, field);
+    if (header_out) *header_out = header;
     if (header.width > kMaxInputSide || header.height > kMaxInputSide) {
       throw RequestError(field, std::to_string(header.width) + "×" + std::to_string(header.height) +
                                     " is larger than the " + std::to_string(kMaxInputSide) + " pixels a side allowed");
@@ -151,9 +155,9 @@ std::vector<double> psnr_list(const torch::Tensor& results, const torch::Tensor&
 // The pixels an edit keeps, [1, 1, S, S] (1 = known): a mask's white (or, for OpenAI's masks with
 // an alpha channel, its transparent pixels) marks the hole.
 torch::Tensor known_pixels(const EditRequest& r, int64_t size) {
-  const auto header = image_bytes_header(r.mask, "mask");
+  ImageHeader header;
+  const auto rgba = decode_input(r.mask, "mask", 4, size, &header).to(torch::kFloat);  // [4, S, S]
   const bool alpha = r.mask_alpha_marks_hole && (header.channels == 2 || header.channels == 4);
-  const auto rgba = decode_input(r.mask, "mask", 4, size).to(torch::kFloat);  // [4, S, S]
   const auto hole = alpha ? rgba[3] < 128 : rgba.narrow(0, 0, 3).mean(0) >= 128;
   return (1 - hole.to(torch::kFloat)).view({1, 1, size, size});
 }
@@ -176,11 +180,7 @@ struct Server::Impl {
     routes();
   }
 
-  const ServedModel& model(const std::string& name) const {
-    for (const auto& m : models)
-      if (m.name == name) return m;
-    throw std::logic_error("no model " + name);
-  }
+  const ServedModel& model(const std::string& name) const { return models[index_of(name)]; }
 
   // The work of a generation job: the sampler loop with an event per step (and previews of x_t
   // and x̂_0 every `preview_every` steps), cancellable between steps.
