@@ -375,6 +375,10 @@ TEST(Serve, AFullQueueAnswers429AndAClientThatLeavesCancelsItsJob) {
   auto c = server.client();
   const json slow{{"n", 16}, {"steps", 1000}, {"sampler", "ddpm"}};
   const std::string running = post(c, "/api/generate", slow, 202)["id"];
+  // the worker takes it from the queue before the next one is asked for (one may wait)
+  for (int i = 0; i < 600 && get(c, "/api/health")["running"] != running; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   const std::string waiting = post(c, "/api/generate", slow, 202)["id"];
   const auto full = c.Post("/api/generate", slow.dump(), "application/json");
   ASSERT_TRUE(full);
