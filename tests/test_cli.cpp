@@ -399,7 +399,7 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
   EXPECT_NE(r.output.find("not class-conditional"), std::string::npos) << r.output;
   r = run("eval --metric fid --guidance 2 --n 4 --checkpoint " + plain);
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("--guidance needs a class-conditional checkpoint"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--guidance needs a class- or text-conditional checkpoint"), std::string::npos) << r.output;
   r = run("sample --checkpoint " + plain + " --sampler euler --eta 1 --n 2 --no-progress --out " + dir / "x.png");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--eta applies to --sampler ddim only"), std::string::npos) << r.output;

@@ -20,15 +20,15 @@ namespace fs = std::filesystem;
 // rank: a layer may include layers of a strictly lower rank (and itself).
 const std::map<std::string, int>& layer_ranks() {
   static const std::map<std::string, int> ranks{
-      {"util", 0},                                      // environment, progress bars
-      {"io", 1},         {"schedule", 1},               // file formats (atomic writes, safetensors, PNG); β tables
-      {"runtime", 2},    {"data", 2},     {"plot", 2},  // devices and kernels; data sets; figures
-      {"diffusion", 3},  {"model", 3},                  // the Gaussian process and its losses; the U-Net
-      {"sampling", 4},                                  // samplers and the loop that drives them
-      {"checkpoint", 5}, {"edit", 5},                   // a model and its process on disk; editing
-      {"eval", 6},       {"train", 6},                  // likelihood and cFID; training
-      {"pipeline", 7},   {"bench", 7},                  // the library's entry points; benchmarks
-      {"serve", 8},                                     // the HTTP server over the pipeline
+      {"util", 0},                         // environment, progress bars
+      {"io", 1},         {"schedule", 1},  // file formats (atomic writes, safetensors, PNG); β tables
+      {"runtime", 2},    {"data", 2},     {"plot", 2}, {"text", 2},  // kernels; data sets; figures; tokenizer
+      {"diffusion", 3},  {"model", 3},                               // the Gaussian process and its losses; the U-Net
+      {"sampling", 4},                                               // samplers and the loop that drives them
+      {"checkpoint", 5}, {"edit", 5},                                // a model and its process on disk; editing
+      {"eval", 6},       {"train", 6},                               // likelihood and cFID; training
+      {"pipeline", 7},   {"bench", 7},                               // the library's entry points; benchmarks
+      {"serve", 8},                                                  // the HTTP server over the pipeline
   };
   return ranks;
 }

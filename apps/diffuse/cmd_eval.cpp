@@ -1,5 +1,7 @@
 // diffuse eval --metric nll: the variational bound in bits/dim over a data split.
 // diffuse eval --metric fid: the classifier-Fréchet distance (cFID) of generated images to a split.
+// diffuse eval --metric prompts: how often a model trained on the captioned digits draws what its
+// prompt says, on captions it saw in training and on captions it never saw.
 // Either as a table or as one JSON object.
 #include <cctype>
 #include <cmath>
@@ -39,7 +41,9 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
   g.clip_x0 = clip_x0_of(o.sampler, pipeline.info().sampling);
   const int64_t steps = sampling_steps(pipeline, g), n = g.n;
   const int64_t classes = info.model.num_classes;
-  if (classes == 0 && o.guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint");
+  if (classes == 0 && !info.model.text_conditional() && o.guidance > 0) {
+    throw std::runtime_error("--guidance needs a class- or text-conditional checkpoint");
+  }
   if (n < 1000) {
     std::fprintf(stderr,
                  "note: %lld images are few for 128 classifier features: the cFID is biased upwards (compare only "
@@ -81,12 +85,77 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
               std::log(static_cast<double>(reference.num_classes)));
 }
 
+void run_prompt_following(const EvalOptions& o, const Pipeline& pipeline) {
+  const auto& info = pipeline.info();
+  if (!info.model.text_conditional()) {
+    throw std::runtime_error("--metric prompts needs a text-conditional checkpoint (train with --text-cond)");
+  }
+  if (info.data.name != "captioned-digits") {
+    throw std::runtime_error("--metric prompts reads the digits of the captioned digits; '" + o.checkpoint +
+                             "' was trained on '" + info.data.name + "'");
+  }
+  GenerateOptions g;
+  g.sampler = sampler_config_of(o.sampler, info.sampling);
+  g.steps = o.sampler.steps;
+  g.n = o.nll.n > 0 ? o.nll.n : 500;
+  g.batch_size = o.batch_size;
+  g.seed = o.nll.seed;
+  g.guidance = o.guidance;
+  g.clip_x0 = clip_x0_of(o.sampler, info.sampling);
+  const int64_t steps = sampling_steps(pipeline, g);
+  const auto mnist = load_dataset("mnist", Split::test);
+  ComposeOptions compose;
+  compose.n = 2000;
+  compose.canvas = info.data.image_size;
+  compose.seed = 1;
+  compose.split = Split::test;
+  const auto test = compose_captioned_digits(mnist, compose);
+  SamplingProgress bar("generate", 2 * g.n, g.batch_size, steps, o.nll.progress);
+  int64_t offset = 0, last_first = -1;
+  BatchStepCallback cb = [&](int64_t first, const SampleStep& s) {
+    if (first < last_first) offset += g.n;  // the second set of prompts began
+    last_first = first;
+    bar.update(offset + first, s);
+  };
+  const auto r = evaluate_prompt_following(
+      pipeline, g, test, [] { return load_dataset("mnist", Split::train); }, o.nll.progress, cb);
+  bar.finish();
+  const std::string sampler_text = o.sampler.sampler + "-" + std::to_string(steps) +
+                                   (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "") +
+                                   ", guidance " + std::to_string(o.guidance);
+  if (o.json) {
+    auto part = [](const PromptFollowing& p) {
+      return nlohmann::json{{"both", p.both}, {"first", p.first}, {"second", p.second}, {"images", p.images}};
+    };
+    nlohmann::json j = {{"seen", part(r.seen)},
+                        {"unseen", part(r.unseen)},
+                        {"test_canvases_both", r.real_both},
+                        {"classifier_accuracy_on_cells", r.classifier_accuracy},
+                        {"sampler", sampler_text},
+                        {"seed", o.nll.seed},
+                        {"checkpoint", o.checkpoint}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("prompt following on the captioned digits (%s, seed %llu)\n\n", sampler_text.c_str(),
+              static_cast<unsigned long long>(o.nll.seed));
+  std::printf("  %-34s %8s %8s %8s %8s\n", "captions", "images", "both", "first", "second");
+  auto row = [](const char* name, const PromptFollowing& p) {
+    std::printf("  %-34s %8lld %8.3f %8.3f %8.3f\n", name, static_cast<long long>(p.images), p.both, p.first, p.second);
+  };
+  row("seen in training", r.seen);
+  row("never seen (held-out triples)", r.unseen);
+  std::printf("\n  the test canvases themselves: both %.3f (the measure's ceiling; %s)\n", r.real_both,
+              r.classifier_path.c_str());
+}
+
 void run_eval(EvalOptions& o) {
   const auto compute = resolve_compute(o.compute, Workload::inference);
   const auto pipeline = load_pipeline(o.checkpoint, compute);
   const auto& info = pipeline.info();
   const std::string data_name = o.data.empty() ? info.data.name : o.data;
   if (data_name.empty()) throw std::runtime_error("the checkpoint does not name its data set: give --data");
+  if (o.metric == "prompts") return run_prompt_following(o, pipeline);
   const bool nll = o.metric == "nll";
   auto data = load_dataset(data_name, split_from_string(o.split), DataOptions{info.data.image_size, nll ? o.nll.n : 0});
   if (data.channels() != info.data.channels || data.image_size() != info.data.image_size) {
@@ -139,8 +208,10 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::ExistingPath);
   cmd->add_option("--data", o->data, "Data set (default: the one the checkpoint was trained on)");
   cmd->add_option("--split", o->split, "Split")->check(CLI::IsMember({"train", "test"}))->capture_default_str();
-  cmd->add_option("--metric", o->metric, "nll: bound in bits/dim; fid: classifier-Frechet distance (cFID)")
-      ->check(CLI::IsMember({"nll", "fid"}))
+  cmd->add_option("--metric", o->metric,
+                  "nll: bound in bits/dim; fid: classifier-Frechet distance (cFID); prompts: prompt following "
+                  "(text-conditional models of the captioned digits)")
+      ->check(CLI::IsMember({"nll", "fid", "prompts"}))
       ->capture_default_str();
   cmd->add_option("--n", o->nll.n, "nll: the first N images of the split (default 256); fid: generated images (default 1000)")
       ->check(non_negative_number());
@@ -157,7 +228,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--sample-batch-size", o->batch_size, "fid: images per sampling batch")->check(positive_number())->capture_default_str();
   add_sampler_options(*cmd, o->sampler);
   cmd->add_option("--guidance", o->guidance,
-                  "fid, class-conditional checkpoints: guidance w (labels balanced over classes)")
+                  "fid, prompts: guidance w for class-conditional (labels balanced over classes) or text-conditional "
+                  "checkpoints (the reference's captions as prompts)")
       ->check(guidance_range())
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");

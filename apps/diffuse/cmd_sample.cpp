@@ -27,7 +27,11 @@ ClassSelection select_classes(const std::string& label, double guidance, const U
     if (label != "all" && label != "none") {
       throw std::runtime_error("--class " + label + ": this checkpoint is not class-conditional (train with --class-cond)");
     }
-    if (guidance > 0) throw std::runtime_error("--guidance needs a class-conditional checkpoint (train with --class-cond)");
+    if (guidance > 0 && !model.text_conditional()) {
+      throw std::runtime_error(
+          "--guidance needs a class- or text-conditional checkpoint (train with --class-cond or "
+          "--text-cond)");
+    }
     return {};
   }
   if (label == "all") {
@@ -60,7 +64,8 @@ torch::Tensor enlarged(const torch::Tensor& images, int64_t k) {
 }
 
 struct SampleCliOptions {
-  std::string checkpoint, out, out_dir, trajectory, label = "all";
+  std::string checkpoint, out, out_dir, trajectory, label = "all", negative_prompt;
+  std::vector<std::string> prompts;
   ComputeFlags compute;
   double guidance = 0.0;
   SamplerFlags sampler;
@@ -82,8 +87,21 @@ void run_sample(const SampleCliOptions& o) {
   g.seed = o.seed;
   g.guidance = o.guidance;
   g.clip_x0 = clip_x0_of(o.sampler, pipeline.info().sampling);
-  const ClassSelection selection = select_classes(o.label, o.guidance, pipeline.info().model, o.n);
+  ClassSelection selection = select_classes(o.label, o.guidance, pipeline.info().model, o.n);
   g.labels = selection.labels;
+  if (!o.prompts.empty() || !o.negative_prompt.empty()) {
+    if (!pipeline.info().model.text_conditional()) {
+      throw std::runtime_error("--prompt: '" + o.checkpoint + "' is not text-conditional (train with --text-cond)");
+    }
+    // k prompts: a row of ⌈n/k⌉ images each
+    const auto rows = class_rows(o.n, std::max<int64_t>(1, static_cast<int64_t>(o.prompts.size())));
+    for (int64_t i = 0; i < o.n && !o.prompts.empty(); ++i)
+      g.prompts.push_back(o.prompts[rows.labels[i].item<int64_t>()]);
+    if (o.prompts.size() > 1) selection.per_row = rows.per_row;
+    g.negative_prompt = o.negative_prompt;
+  } else if (pipeline.info().model.text_conditional()) {
+    std::fprintf(stderr, "no --prompt: sampling the unconditional model (the empty prompt)\n");
+  }
   const int64_t steps = sampling_steps(pipeline, g);
   std::vector<torch::Tensor> frames_xt, frames_x0;
   // Trajectory frames: step indices round(k (S − 1)/(F − 2)), k = 0..F−2; the final image is the last column.
@@ -157,6 +175,10 @@ void add_sample_command(CLI::App& app) {
   add_sampler_options(*cmd, o->sampler);
   cmd->add_option("--class", o->label, "Class-conditional checkpoints: all (a row per class), none, or a class index")
       ->capture_default_str();
+  cmd->add_option("--prompt", o->prompts,
+                  "Text-conditional checkpoints: what to draw (given k times: k rows of images)");
+  cmd->add_option("--negative-prompt", o->negative_prompt,
+                  "Text-conditional checkpoints: what guidance steers away from (in place of the empty prompt)");
   cmd->add_option("--guidance", o->guidance, "Classifier-free guidance w: (1+w) eps(x,y) - w eps(x)")
       ->check(guidance_range())
       ->capture_default_str();

@@ -32,6 +32,7 @@ struct TrainOptions {
   int64_t timesteps = 1000, image_size = 0, limit = 0;
   double max_data_gib = 1.0;
   bool class_cond = false;
+  bool text_cond = false;  // with --text-cond / --no-text-cond; else: on for data with captions
   UNetShape shape;  // --channels, --channel-mult, --res-blocks, --attention-res
   TrainConfig config;
 };
@@ -47,12 +48,22 @@ void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const Checkp
                              "; a run's model, schedule and objective stay as they began (drop the flag, or "
                              "start a new --out)");
   };
-  auto network = asked.model;  // labels are --class-cond's question, below
+  auto network = asked.model;  // labels and text are --class-cond's and --text-cond's questions, below
   network.num_classes = run.model.num_classes;
+  network.cross_attention_dim = run.model.cross_attention_dim;
+  network.text_vocab_size = run.model.text_vocab_size;
+  network.text_max_tokens = run.model.text_max_tokens;
+  network.text_layers = run.model.text_layers;
+  network.text_heads = run.model.text_heads;
+  network.cross_attention_resolutions = run.model.cross_attention_resolutions;
+  network.mid_cross_attention = run.model.mid_cross_attention;
   if ((cmd.count("--model") || o.shape.changes_anything()) && to_json(network) != to_json(run.model)) {
     refuse("--model " + o.model, "the network '" + run.model.name + "'");
   }
   if (cmd.count("--class-cond") && (run.model.num_classes > 0) != o.class_cond) refuse("--class-cond", "no labels");
+  if ((cmd.count("--text-cond") || cmd.count("--no-text-cond")) && run.model.text_conditional() != o.text_cond) {
+    refuse(o.text_cond ? "--text-cond" : "--no-text-cond", run.model.text_conditional() ? "a text encoder" : "no text");
+  }
   if (cmd.count("--timesteps") && asked.schedule.timesteps != run.schedule.timesteps) {
     refuse("--timesteps " + std::to_string(o.timesteps), "T = " + std::to_string(run.schedule.timesteps));
   }
@@ -99,12 +110,33 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
     }
     info.model.num_classes = data.num_classes;
   }
+  // Text: asked for, or the default for captioned data that is not trained on its classes.
+  const bool text_asked = cmd.count("--text-cond") || cmd.count("--no-text-cond");
+  const bool text_cond = text_asked ? o.text_cond : data.captioned() && !o.class_cond;
+  o.text_cond = text_cond;
+  if (text_cond) {
+    if (!data.captioned()) {
+      throw std::runtime_error("--text-cond needs captions, and '" + o.data +
+                               "' has none (a NAME.txt beside each "
+                               "image, a metadata.jsonl or metadata.csv, or --data captioned-digits)");
+    }
+    if (o.class_cond) throw std::runtime_error("--text-cond and --class-cond: a model takes one kind of condition");
+    info.tokenizer = Tokenizer::learn(data.captions);
+    info.model = with_text(info.model, info.tokenizer->vocab_size(), info.tokenizer->max_tokens());
+    if (!text_asked)
+      std::fprintf(stderr, "data has captions: training a text-conditional model (--no-text-cond: not)\n");
+    std::fprintf(stderr, "tokenizer: %lld words, prompts of up to %lld words\n",
+                 static_cast<long long>(info.tokenizer->words().size()),
+                 static_cast<long long>(info.tokenizer->max_tokens() - 1));
+  }
   if (o.config.resume) {
     check_resume_flags(cmd, o, info);
   } else {
     std::fprintf(stderr, "model: %s%s%s, %lld parameters; %s schedule, T = %lld, objective %s; %d thread%s\n",
                  o.model.c_str(), o.shape.changes_anything() ? " (reshaped)" : "",
-                 o.class_cond ? " (class-conditional)" : "",
+                 o.class_cond  ? " (class-conditional)"
+                 : o.text_cond ? " (text-conditional)"
+                               : "",
                  static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),
                  static_cast<long long>(o.timesteps), o.objective.c_str(), torch::get_num_threads(),
                  torch::get_num_threads() == 1 ? "" : "s");
@@ -180,7 +212,11 @@ void add_train_command(CLI::App& app) {
       ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
-  cmd->add_option("--label-dropout", c.label_dropout, "--class-cond: probability of training with no label")
+  cmd->add_flag("--text-cond,!--no-text-cond", o->text_cond,
+                "Learn eps(x_t, t, prompt) from the data's captions (the default where it has them), with a "
+                "tokenizer and a text encoder of its own");
+  cmd->add_option("--label-dropout", c.label_dropout,
+                  "--class-cond, --text-cond: probability of training with no label (the empty prompt)")
       ->check(unit_interval())
       ->capture_default_str();
   cmd->add_option("--schedule", o->schedule, "Beta schedule")

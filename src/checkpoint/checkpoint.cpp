@@ -61,18 +61,34 @@ SamplingDefaults sampling_defaults_from_json(const nlohmann::json& j) {
   return d;
 }
 
+void check_tokenizer_fits(const CheckpointInfo& info) {
+  const auto& m = info.model;
+  if (m.text_conditional() != info.tokenizer.has_value()) {
+    throw std::runtime_error(m.text_conditional() ? "a text-conditional model needs its tokenizer, and there is none"
+                                                  : "a tokenizer for a model that takes no text");
+  }
+  if (info.tokenizer &&
+      (info.tokenizer->vocab_size() != m.text_vocab_size || info.tokenizer->max_tokens() != m.text_max_tokens)) {
+    throw std::runtime_error("the tokenizer has " + std::to_string(info.tokenizer->vocab_size()) + " ids and rows of " +
+                             std::to_string(info.tokenizer->max_tokens()) + ", the model's encoder " +
+                             std::to_string(m.text_vocab_size) + " and " + std::to_string(m.text_max_tokens));
+  }
+}
+
 std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info) {
   nlohmann::json data = {{"name", info.data.name},
                          {"channels", info.data.channels},
                          {"image_size", info.data.image_size},
                          {"num_classes", info.data.num_classes}};
-  return {{"format", kFormat},
-          {"model", to_json(info.model).dump()},
-          {"schedule", to_json(info.schedule).dump()},
-          {"objective", to_string(info.objective)},
-          {"data", data.dump()},
-          {"step", std::to_string(info.step)},
-          {"sampling", to_json(info.sampling).dump()}};
+  std::map<std::string, std::string> metadata{{"format", kFormat},
+                                              {"model", to_json(info.model).dump()},
+                                              {"schedule", to_json(info.schedule).dump()},
+                                              {"objective", to_string(info.objective)},
+                                              {"data", data.dump()},
+                                              {"step", std::to_string(info.step)},
+                                              {"sampling", to_json(info.sampling).dump()}};
+  if (info.tokenizer) metadata["tokenizer"] = info.tokenizer->to_json().dump();
+  return metadata;
 }
 
 CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::string>& md, const std::string& source) {
@@ -99,6 +115,8 @@ CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::st
     info.data.num_classes = json_field<int64_t>(data, "num_classes", "data");
     info.step = metadata_count(md, "step", source);
     if (md.count("sampling")) info.sampling = sampling_defaults_from_json(nlohmann::json::parse(md.at("sampling")));
+    if (md.count("tokenizer")) info.tokenizer = Tokenizer::from_json(nlohmann::json::parse(md.at("tokenizer")));
+    check_tokenizer_fits(info);
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + source + "': bad metadata: " + e.what());
   }

@@ -1,5 +1,6 @@
 #include "diffuse/data/captioned_digits.h"
 
+#include <cctype>
 #include <random>
 #include <stdexcept>
 
@@ -37,6 +38,50 @@ std::string caption_of(const DigitPlacement& p) {
   return words(p.first, p.first_small) + " " + relation_words(p.relation) + " " + words(p.second, p.second_small);
 }
 
+std::optional<DigitPlacement> placement_of(const std::string& caption) {
+  std::vector<std::string> words;
+  {
+    std::string word;
+    for (const char c : caption + " ") {
+      if (c == ' ') {
+        if (!word.empty()) words.push_back(word);
+        word.clear();
+      } else {
+        word += c;
+      }
+    }
+  }
+  size_t at = 0;
+  // [a | an] [small] DIGIT
+  auto digit = [&](int64_t& value, bool& small) {
+    if (at < words.size() && (words[at] == "a" || words[at] == "an")) ++at;
+    small = at < words.size() && words[at] == "small";
+    if (small) ++at;
+    if (at >= words.size() || words[at].size() != 1 || !std::isdigit(static_cast<unsigned char>(words[at][0]))) {
+      return false;
+    }
+    value = words[at++][0] - '0';
+    return true;
+  };
+  DigitPlacement p;
+  if (!digit(p.first, p.first_small) || at >= words.size()) return std::nullopt;
+  bool found = false;
+  for (const Relation r : {Relation::left_of, Relation::right_of, Relation::above, Relation::below}) {
+    const std::string phrase = relation_words(r);
+    const bool two_words = phrase.find(' ') != std::string::npos;
+    const std::string here = two_words && at + 1 < words.size() ? words[at] + " " + words[at + 1] : words[at];
+    if (here == phrase) {
+      p.relation = r;
+      at += two_words ? 2 : 1;
+      found = true;
+      break;
+    }
+  }
+  if (!found || !digit(p.second, p.second_small) || at != words.size()) return std::nullopt;
+  if (caption_of(p) != caption) return std::nullopt;  // ("a" where none belongs, two small digits)
+  return p;
+}
+
 bool held_out(const DigitPlacement& p) {
   // the triple's position in a fixed order, every seventh left out of training
   return (p.first * 10 + p.second + 100 * static_cast<int64_t>(p.relation)) % 7 == 3;
@@ -63,6 +108,10 @@ CaptionedDigits compose_captioned_digits(const Dataset& mnist, const ComposeOpti
   const auto labels = mnist.labels.contiguous();
   const auto* label = labels.data_ptr<int64_t>();
 
+  // every digit at both sizes, resized once (one call over the split, not two per canvas)
+  const int64_t half = options.canvas / 2;
+  const auto large = resize_images(mnist.images, half), small = resize_images(mnist.images, half * 5 / 8);
+
   CaptionedDigits out;
   out.images.name = "captioned-digits";
   out.images.num_classes = 10;
@@ -81,8 +130,8 @@ CaptionedDigits compose_captioned_digits(const Dataset& mnist, const ComposeOpti
     } while (options.split == Split::train && held_out(p));
     for (const bool first : {true, false}) {
       const auto cell = cell_of(p, first, options.canvas);
-      const auto digit = mnist.images[first ? p.first_source : p.second_source].unsqueeze(0);  // [1, 1, 28, 28]
-      const auto scaled = resize_images(digit, cell.size)[0];
+      const bool is_small = first ? p.first_small : p.second_small;
+      const auto scaled = (is_small ? small : large)[first ? p.first_source : p.second_source];
       auto target = out.images.images[i].narrow(1, cell.row, cell.size).narrow(2, cell.column, cell.size);
       target.copy_(torch::maximum(target, scaled));
     }

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "diffuse/data/captioned_digits.h"
 #include "diffuse/data/idx.h"
 #include "diffuse/io/atomic_file.h"
 #include "diffuse_build_config.h"
@@ -55,6 +56,7 @@ Dataset limit_dataset(Dataset d, int64_t limit) {
   if (limit > 0 && limit < d.size()) {
     d.images = d.images.narrow(0, 0, limit).clone();
     d.labels = d.labels.narrow(0, 0, limit).clone();
+    if (d.captioned()) d.captions.resize(limit);
   }
   return d;
 }
@@ -144,6 +146,18 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
     std::string dir = env_or("DIFFUSE_CIFAR10_DIR", data_root() + "/cifar10");
     if (!fs::exists(dir)) dir = data_root() + "/../../shared/data/cifar10";  // the development checkout
     return load_cifar10(dir, split, options);
+  } else if (spec == "captioned-digits") {
+    // two MNIST digits a canvas and their caption (data/captioned_digits.h), composed from the
+    // split's digits: 60000 training canvases without the held-out captions, 10000 test canvases with all
+    const auto mnist =
+        load_idx_dataset(env_or("DIFFUSE_MNIST_DIR", data_root() + "/mnist"), split, "mnist", options.max_idx_bytes);
+    ComposeOptions compose;
+    compose.n = options.limit > 0 ? std::min(options.limit, mnist.size()) : mnist.size();
+    compose.seed = split == Split::train ? 0 : 1;
+    compose.split = split;
+    auto composed = compose_captioned_digits(mnist, compose);
+    d = std::move(composed.images);
+    d.captions = std::move(composed.captions);
   } else if (is_image_archive_path(spec) && fs::is_regular_file(spec)) {
     return load_image_archive(spec, split, options);
   } else if (fs::is_directory(spec)) {
@@ -154,8 +168,9 @@ Dataset load_dataset(const std::string& spec, Split split, const DataOptions& op
       return load_image_folder(spec, split, options);
     }
   } else {
-    throw std::runtime_error("data '" + spec + "': not mnist, fashion-mnist, cifar10, an existing directory or an image "
-                             "archive (.tar.gz, .tgz, .tar)");
+    throw std::runtime_error("data '" + spec +
+                             "': not mnist, fashion-mnist, cifar10, captioned-digits, an existing "
+                             "directory or an image archive (.tar.gz, .tgz, .tar)");
   }
   // IDX: the first `limit` images, at the size asked for
   return fit_size(limit_dataset(std::move(d), options.limit), options);
@@ -221,6 +236,10 @@ Dataset shard_of(const Dataset& data, int64_t index, int64_t count) {
   Dataset shard = data;
   shard.images = data.images.slice(0, index, data.size(), count);
   if (data.labels.defined() && data.labels.numel() > 0) shard.labels = data.labels.slice(0, index, data.size(), count);
+  if (data.captioned()) {
+    shard.captions.clear();
+    for (int64_t i = index; i < data.size(); i += count) shard.captions.push_back(data.captions[i]);
+  }
   return shard;
 }
 

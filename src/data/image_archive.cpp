@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "captions.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/io/image.h"
 #include "diffuse_build_config.h"
@@ -34,7 +35,7 @@ bool is_image_archive_path(const std::string& path) {
 namespace {
 
 // One pass over an archive's members, in archive order: visit(index, name, archive, entry, fail)
-// for each regular file whose name is an image's, `fail(what)` making the error to throw; visit
+// for each regular file whose name is an image's or a caption file's, `fail(what)` making the error to throw; visit
 // returns false to stop early. A visitor reads its member (archive_read_data) or leaves it to be
 // skipped.
 template <class Visit>
@@ -60,7 +61,7 @@ void for_each_image_member(const std::string& path, Visit&& visit) {
       throw fail("member '" + name + "' is a hard link to '" + archive_entry_hardlink(entry) +
                  "'; make the archive with tar --hard-dereference, or extract it and pass the folder");
     }
-    if (archive_entry_filetype(entry) != AE_IFREG || !is_image_name(name)) continue;
+    if (archive_entry_filetype(entry) != AE_IFREG || !(is_image_name(name) || is_caption_name(name))) continue;
     if (!visit(index, name, a.get(), entry, fail)) return;
   }
   if (status != ARCHIVE_EOF) {
@@ -80,21 +81,26 @@ Dataset load_image_archive(const std::string& path, Split split, const DataOptio
     entries.push_back({name, {}, {}, name, index});
     return true;
   });
-  auto selected = select_image_tree(path, std::move(entries), split, options);
+  std::vector<ImageEntry> caption_sources;
+  auto selected = select_image_tree(path, std::move(entries), split, options, &caption_sources);
   std::unordered_map<int64_t, ImageEntry*> by_index;
   int64_t last = -1;
-  for (auto& e : selected) {
-    by_index[e.index] = &e;
-    last = std::max(last, e.index);
+  for (auto* list : {&selected, &caption_sources}) {
+    for (auto& e : *list) {
+      by_index[e.index] = &e;
+      last = std::max(last, e.index);
+    }
   }
   for_each_image_member(path, [&](int64_t index, const std::string& name, archive* a, archive_entry* entry,
                                   auto&& fail) {
     if (const auto it = by_index.find(index); it != by_index.end()) {
       const auto size = archive_entry_size(entry);
       // the header's size, checked before it is allocated (a sparse member can claim gigabytes)
-      if (size > 0 && static_cast<uint64_t>(size) > kMaxImageFileBytes) {
+      const bool image = is_image_name(name);
+      const uint64_t limit = image ? kMaxImageFileBytes : kMaxMetadataFileBytes;
+      if (size > 0 && static_cast<uint64_t>(size) > limit) {
         throw fail("member '" + name + "' claims " + std::to_string(size) + " bytes, more than the " +
-                   std::to_string(kMaxImageFileBytes) + " an image file may have");
+                   std::to_string(limit) + (image ? " an image file" : " a caption file") + " may have");
       }
       std::string& bytes = it->second->bytes;
       bytes.assign(static_cast<size_t>(size > 0 ? size : 0), '\0');
@@ -104,7 +110,7 @@ Dataset load_image_archive(const std::string& path, Split split, const DataOptio
     }
     return index < last;
   });
-  return decode_image_tree(path, selected, options);
+  return decode_image_tree(path, selected, options, caption_sources);
 #else
   (void)split;
   (void)options;

@@ -1,11 +1,12 @@
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <map>
 #include <stdexcept>
 
-#include <ATen/Parallel.h>
-
+#include "captions.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/io/image.h"
 #include "image_tree.h"
@@ -21,7 +22,7 @@ bool is_image_name(const std::string& name) {
 }
 
 std::vector<ImageEntry> select_image_tree(const std::string& name, std::vector<ImageEntry> entries, Split split,
-                                          const DataOptions& options) {
+                                          const DataOptions& options, std::vector<ImageEntry>* caption_sources) {
   auto under = [](const ImageEntry& e, const std::string& folder) { return e.relative.rfind(folder + "/", 0) == 0; };
   // A tree wrapped in one folder, as archives often are (flowers/train/CLASS/...): that folder is
   // the root where it holds train/ or test/.
@@ -44,6 +45,10 @@ std::vector<ImageEntry> select_image_tree(const std::string& name, std::vector<I
     for (auto& e : entries) e.relative.erase(0, folder.size() + 1);
   }
   std::sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.relative < b.relative; });
+  const auto captions_begin =
+      std::stable_partition(entries.begin(), entries.end(), [](auto& e) { return !is_caption_name(e.relative); });
+  if (caption_sources) caption_sources->assign(captions_begin, entries.end());
+  entries.erase(captions_begin, entries.end());
   if (options.limit > 0 && static_cast<int64_t>(entries.size()) > options.limit) entries.resize(options.limit);
   if (entries.empty()) {
     throw std::runtime_error("data '" + name + "': no PNG/JPEG/BMP images" +
@@ -52,7 +57,8 @@ std::vector<ImageEntry> select_image_tree(const std::string& name, std::vector<I
   return entries;
 }
 
-Dataset decode_image_tree(const std::string& name, const std::vector<ImageEntry>& entries, const DataOptions& options) {
+Dataset decode_image_tree(const std::string& name, const std::vector<ImageEntry>& entries, const DataOptions& options,
+                          const std::vector<ImageEntry>& caption_sources) {
   if (options.image_size < 0) throw std::runtime_error("data '" + name + "': image size must be positive");
   const int64_t size = options.image_size > 0 ? options.image_size : kFolderImageSize;
   auto what = [&](const ImageEntry& e) { return e.file.empty() ? name + ": " + e.member : e.file; };
@@ -78,6 +84,7 @@ Dataset decode_image_tree(const std::string& name, const std::vector<ImageEntry>
 
   Dataset d;
   d.name = name;
+  d.captions = captions_of(name, entries, caption_sources);  // before the decoding: a missing caption fails fast
   d.images = torch::empty({n, channels.load(), size, size}, torch::kUInt8);
   d.labels = torch::empty({n}, torch::kLong);
   auto* labels = d.labels.data_ptr<int64_t>();
@@ -97,11 +104,13 @@ Dataset load_image_folder(const std::string& dir, Split split, const DataOptions
   const fs::path root(dir);
   std::vector<ImageEntry> entries;
   for (const auto& e : fs::recursive_directory_iterator(root)) {
-    if (e.is_regular_file() && is_image_name(e.path().string())) {
+    if (e.is_regular_file() && (is_image_name(e.path().string()) || is_caption_name(e.path().string()))) {
       entries.push_back({fs::relative(e.path(), root).generic_string(), e.path().string(), {}, {}});
     }
   }
-  return decode_image_tree(dir, select_image_tree(dir, std::move(entries), split, options), options);
+  std::vector<ImageEntry> caption_sources;
+  auto images = select_image_tree(dir, std::move(entries), split, options, &caption_sources);
+  return decode_image_tree(dir, images, options, caption_sources);
 }
 
 }  // namespace diffuse

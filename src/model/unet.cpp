@@ -1,6 +1,7 @@
 #include "diffuse/model/unet.h"
 
 #include "diffuse/runtime/ops.h"
+#include "diffuse/text/tokenizer.h"
 
 namespace diffuse {
 
@@ -16,11 +17,19 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
   auto attention_block = [&](int64_t width) {
     return AttentionBlock(width, c.norm_groups, c.norm_eps, c.attention_heads(width));
   };
+  auto cross_attention_block = [&](int64_t width) {
+    return CrossAttentionBlock(width, c.cross_attention_dim, c.norm_groups, c.norm_eps, c.attention_heads(width));
+  };
 
   time_fc1 = register_module("time_fc1", torch::nn::Linear(c.channels, time_dim));
   time_fc2 = register_module("time_fc2", torch::nn::Linear(time_dim, time_dim));
   if (c.num_classes > 0) {  // with null_class, one extra row: the "no label" class used for guidance
     label_embedding = register_module("label_embedding", torch::nn::Embedding(c.label_rows(), time_dim));
+  }
+  if (c.text_conditional()) {
+    text_encoder = register_module("text_encoder", TextEncoder(c.text_vocab_size, c.text_max_tokens,
+                                                               c.cross_attention_dim, c.text_layers, c.text_heads));
+    text_pool = register_module("text_pool", torch::nn::Linear(c.cross_attention_dim, time_dim));
   }
   conv_in = register_module(
       "conv_in",
@@ -38,6 +47,8 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
       s.res = register_module(name + "_res", res_block(width, out));
       width = out;
       if (c.has_attention_at(resolution)) s.attn = register_module(name + "_attn", attention_block(width));
+      if (c.has_cross_attention_at(resolution))
+        s.cross = register_module(name + "_cross", cross_attention_block(width));
       down_.push_back(s);
       skip_channels.push_back(width);
     }
@@ -53,6 +64,8 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
 
   mid_res1 = register_module("mid_res1", res_block(width, width));
   if (c.mid_attention) mid_attn = register_module("mid_attn", attention_block(width));
+  if (c.text_conditional() && c.mid_cross_attention)
+    mid_cross = register_module("mid_cross", cross_attention_block(width));
   mid_res2 = register_module("mid_res2", res_block(width, width));
 
   // Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
@@ -68,6 +81,9 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
       s.res = register_module(name + "_res", res_block(width + skip, out));
       width = out;
       if (c.has_attention_at(resolutions[level])) s.attn = register_module(name + "_attn", attention_block(width));
+      if (c.has_cross_attention_at(resolutions[level])) {
+        s.cross = register_module(name + "_cross", cross_attention_block(width));
+      }
       up_.push_back(s);
     }
     if (level != 0) {
@@ -87,6 +103,13 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
   for (auto& m : modules(/*include_self=*/false)) {
     if (auto* r = m->as<ResBlockImpl>()) r->zero_last_layer();
     if (auto* a = m->as<AttentionBlockImpl>()) a->zero_last_layer();
+    if (auto* a = m->as<CrossAttentionBlockImpl>()) a->zero_last_layer();
+  }
+  if (text_encoder) {  // the encoder's own initialisation: embeddings N(0, 0.02²)
+    torch::NoGradGuard no_grad;
+    for (auto& p : text_encoder->named_parameters()) {
+      if (p.key().find("embedding") != std::string::npos) p.value().normal_(0.0, 0.02);
+    }
   }
   init_zero(conv_out);
 }
@@ -107,8 +130,19 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
   if (label_embedding) {  // no labels given: the "no label" class ∅ = num_classes
     TORCH_CHECK(y.defined() || config_.null_class,
                 "UNet: this model was trained without an unconditional class; give every image a label");
-    emb = emb + label_embedding(y.defined() ? y : torch::full({x_t.size(0)}, config_.num_classes,
-                                                               torch::dtype(torch::kLong).device(x_t.device())));
+    TORCH_CHECK(!y.defined() || y.dim() == 1, "UNet: expected [B] class labels, got ", y.sizes());
+    emb = emb + label_embedding(y.defined() ? y : null_condition(x_t.size(0), x_t.device()));
+  }
+  torch::Tensor states, key_mask;  // the prompt's token states [B, L, D] and which are not <pad>
+  if (text_encoder) {
+    const auto ids = y.defined() ? y : null_condition(x_t.size(0), x_t.device());
+    TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x_t.size(0), "UNet: expected [", x_t.size(0), ", ",
+                config_.text_max_tokens, "] token ids, got ", ids.sizes());
+    states = text_encoder(ids).to(dtype);
+    key_mask = token_mask(ids);
+    // emb += W_p mean_j s_j over the tokens that are not <pad>
+    const auto weights = key_mask.to(states.scalar_type()).unsqueeze(2);
+    emb = emb + text_pool((states * weights).sum(1) / weights.sum(1));
   }
 
   // the condition's channels (a masked image, a low-resolution one) join x_t's at the input
@@ -124,12 +158,14 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
     } else {
       h = s.res(h, emb);
       if (s.attn) h = s.attn(h);
+      if (s.cross) h = s.cross(h, states, key_mask);
     }
     skips.push_back(h);
   }
 
   h = mid_res1(h, emb);
   if (mid_attn) h = mid_attn(h);
+  if (mid_cross) h = mid_cross(h, states, key_mask);
   h = mid_res2(h, emb);
 
   for (auto& s : up_) {
@@ -140,10 +176,22 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       h = s.res(h, emb, skips.back());  // the block's input: cat(h, skip) along channels
       skips.pop_back();
       if (s.attn) h = s.attn(h);
+      if (s.cross) h = s.cross(h, states, key_mask);
     }
   }
   // the output in NCHW whatever the pass's layout
   return convolve(conv_out, norm_silu(norm_out, h)).to(x_t.scalar_type()).contiguous();
+}
+
+torch::Tensor UNetImpl::null_condition(int64_t n, torch::Device device) const {
+  const auto longs = torch::dtype(torch::kLong).device(device);
+  if (config_.num_classes > 0) return torch::full({n}, config_.num_classes, longs);
+  if (config_.text_conditional()) {  // the empty prompt: [<start>, <pad>, …]
+    auto ids = torch::full({n, config_.text_max_tokens}, Tokenizer::kPad, longs);
+    ids.select(1, 0).fill_(Tokenizer::kStart);
+    return ids;
+  }
+  return {};
 }
 
 void UNetImpl::set_memory_format(MemoryFormat format) {

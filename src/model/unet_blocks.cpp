@@ -87,6 +87,27 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
 
 void AttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }
 
+CrossAttentionBlockImpl::CrossAttentionBlockImpl(int64_t channels, int64_t context_dim, int64_t groups, double eps,
+                                                 int64_t heads)
+    : heads_(heads) {
+  TORCH_CHECK(heads >= 1 && channels % heads == 0, "CrossAttentionBlock: ", heads, " heads do not divide ", channels,
+              " channels");
+  norm = register_module("norm", group_norm_module(groups, channels, eps));
+  to_q = register_module("to_q", conv(channels, channels, 1));
+  to_kv = register_module("to_kv", torch::nn::Linear(context_dim, 2 * channels));  // k and v in one product
+  proj_out = register_module("proj_out", conv(channels, channels, 1));
+}
+
+torch::Tensor CrossAttentionBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& states,
+                                               const torch::Tensor& key_mask) {
+  // q = W_q GroupNorm(x);  [k; v] = W_kv s;  h = x + W_o · attention(q, k, v)
+  const auto q = convolve(to_q, group_norm(norm, x));
+  const auto kv = to_kv(states).chunk(2, -1);
+  return convolve(proj_out, cross_attention(q, kv[0], kv[1], key_mask, heads_, x), x);
+}
+
+void CrossAttentionBlockImpl::zero_last_layer() { init_zero(proj_out); }
+
 DownsampleImpl::DownsampleImpl(int64_t channels, DownsamplePadding padding) : padding_(padding) {
   // asymmetric: padding 0 here, the pad added in forward
   const int64_t pad = padding_ == DownsamplePadding::symmetric ? 1 : 0;

@@ -25,6 +25,28 @@ bool UNetConfig::has_attention_at(int64_t resolution) const {
          attention_resolutions.end();
 }
 
+bool UNetConfig::has_cross_attention_at(int64_t resolution) const {
+  return text_conditional() && std::find(cross_attention_resolutions.begin(), cross_attention_resolutions.end(),
+                                         resolution) != cross_attention_resolutions.end();
+}
+
+UNetConfig with_text(UNetConfig c, int64_t vocab_size, int64_t max_tokens) {
+  c.cross_attention_dim = std::max<int64_t>(c.channels, 32);
+  c.text_vocab_size = vocab_size;
+  c.text_max_tokens = max_tokens;
+  c.text_layers = 2;
+  c.text_heads = 4;
+  c.cross_attention_resolutions.clear();
+  int64_t resolution = c.image_size;
+  for (int64_t level = 1; level < c.levels(); ++level) {
+    resolution = c.downsampled(resolution);
+    c.cross_attention_resolutions.push_back(resolution);
+  }
+  c.mid_cross_attention = true;
+  validate(c);
+  return c;
+}
+
 std::vector<std::string> unet_config_names() { return {"tiny", "mnist", "ddpm-cifar10"}; }
 
 UNetConfig unet_config_by_name(const std::string& name, int64_t in_channels, int64_t image_size) {
@@ -103,8 +125,18 @@ void validate(const UNetConfig& c) {
   if (c.channels % 2 != 0)
     refuse("channels", c.channels, "must be even (the sinusoidal embedding has sin and cos halves)");
   if (c.channels / 2 - c.freq_shift < 1) refuse("channels", c.channels, "too small for the time embedding");
-  if (c.cross_attention_dim != 0)
-    refuse("cross_attention_dim", c.cross_attention_dim, "cross-attention is not built yet (0 only)");
+  check_range<int64_t>("cross_attention_dim", c.cross_attention_dim, 0, 1024);
+  if (c.text_conditional()) {
+    check_range<int64_t>("text_vocab_size", c.text_vocab_size, 4, 65536);
+    check_range<int64_t>("text_max_tokens", c.text_max_tokens, 2, 256);
+    check_range<int64_t>("text_layers", c.text_layers, 0, 12);
+    check_range<int64_t>("text_heads", c.text_heads, 1, 64);
+    if (c.cross_attention_dim % c.text_heads != 0)
+      refuse("text_heads", c.text_heads, "must divide cross_attention_dim " + std::to_string(c.cross_attention_dim));
+    if (c.num_classes > 0) refuse("num_classes", c.num_classes, "a text-conditional model takes no class labels");
+    if (c.cross_attention_resolutions.size() > 16)
+      refuse("cross_attention_resolutions", c.cross_attention_resolutions.size(), "at most 16 entries");
+  }
   for (int64_t level = 0; level < c.levels(); ++level) {
     const int64_t width = c.level_channels(level);
     if (width % c.norm_groups != 0) {
@@ -138,7 +170,13 @@ nlohmann::json to_json(const UNetConfig& c) {
           {"num_classes", c.num_classes},
           {"null_class", c.null_class},
           {"extra_in_channels", c.extra_in_channels},
-          {"cross_attention_dim", c.cross_attention_dim}};
+          {"cross_attention_dim", c.cross_attention_dim},
+          {"text_vocab_size", c.text_vocab_size},
+          {"text_max_tokens", c.text_max_tokens},
+          {"text_layers", c.text_layers},
+          {"text_heads", c.text_heads},
+          {"cross_attention_resolutions", c.cross_attention_resolutions},
+          {"mid_cross_attention", c.mid_cross_attention}};
 }
 
 UNetConfig unet_config_from_json(const nlohmann::json& j) {
@@ -179,6 +217,12 @@ UNetConfig unet_config_from_json(const nlohmann::json& j) {
   get_optional("null_class", c.null_class);
   get_optional("extra_in_channels", c.extra_in_channels);
   get_optional("cross_attention_dim", c.cross_attention_dim);
+  get_optional("text_vocab_size", c.text_vocab_size);
+  get_optional("text_max_tokens", c.text_max_tokens);
+  get_optional("text_layers", c.text_layers);
+  get_optional("text_heads", c.text_heads);
+  get_optional("cross_attention_resolutions", c.cross_attention_resolutions);
+  get_optional("mid_cross_attention", c.mid_cross_attention);
   validate(c);
   return c;
 }

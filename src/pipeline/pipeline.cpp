@@ -29,8 +29,10 @@ Pipeline load_pipeline(const std::string& checkpoint_path, const Compute& comput
 namespace {
 
 void check_guidance(const Pipeline& pipeline, double guidance) {
-  if (pipeline.info().model.num_classes == 0 && guidance > 0) {
-    throw std::invalid_argument("guidance needs a class-conditional checkpoint (train with --class-cond)");
+  const auto& model = pipeline.info().model;
+  if (model.num_classes == 0 && !model.text_conditional() && guidance > 0) {
+    throw std::invalid_argument(
+        "guidance needs a class- or text-conditional checkpoint (train with --class-cond or --text-cond)");
   }
   if (!pipeline.info().model.null_class && guidance > 0) {
     throw std::invalid_argument("guidance needs the unconditional model ε(x, ∅), and this one was trained without it");
@@ -39,9 +41,10 @@ void check_guidance(const Pipeline& pipeline, double guidance) {
 
 }  // namespace
 
-ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance) {
+ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance, const torch::Tensor& negative) {
   check_guidance(pipeline, guidance);
   const int64_t classes = pipeline.info().model.num_classes;
+  const bool text = pipeline.info().model.text_conditional();
   UNet model = pipeline.checkpoint.model;  // shares the module
   const Compute compute = pipeline.compute;
   ConditionalDenoiser network = [model, compute](const torch::Tensor& x, const torch::Tensor& t,
@@ -50,6 +53,10 @@ ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance) {
     return model->forward(x, t, y);
   };
   if (classes > 0) network = classifier_free_guidance(std::move(network), classes, guidance);
+  if (text) {  // ∅: the empty prompt, or the negative prompt in its place
+    const auto null_row = negative.defined() ? negative : model->null_condition(1, torch::kCPU)[0];
+    network = classifier_free_guidance(std::move(network), null_row, guidance);
+  }
   return compute.cuda_graph ? replay_as_cuda_graph(std::move(network)) : network;
 }
 
@@ -79,6 +86,31 @@ int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options)
   return sampling_steps(options.sampler.name, options.steps, pipeline.diffusion.timesteps());
 }
 
+torch::Tensor encode_prompts(const Pipeline& pipeline, const std::vector<std::string>& prompts, int64_t n) {
+  const auto& tokenizer = pipeline.info().tokenizer;
+  if (!tokenizer) throw std::invalid_argument("a prompt needs a text-conditional checkpoint (train with --text-cond)");
+  if (prompts.size() != 1 && static_cast<int64_t>(prompts.size()) != n) {
+    throw std::invalid_argument(std::to_string(prompts.size()) + " prompts for " + std::to_string(n) +
+                                " images: give one, or one per image");
+  }
+  for (const auto& prompt : prompts) {
+    if (const auto unknown = tokenizer->unknown_words(prompt); !unknown.empty()) {
+      std::string known;
+      for (const auto& w : tokenizer->words()) known += (known.empty() ? "" : " ") + w;
+      if (known.size() > 400) known = known.substr(0, 400) + " …";
+      throw std::invalid_argument("prompt '" + prompt + "': the word '" + unknown.front() +
+                                  "' is not in this model's vocabulary (" + std::to_string(tokenizer->words().size()) +
+                                  " words: " + known + ")");
+    }
+    if (tokenizer->truncated(prompt)) {
+      throw std::invalid_argument("prompt '" + prompt + "' has more than the " +
+                                  std::to_string(tokenizer->max_tokens() - 1) + " words this model reads");
+    }
+  }
+  const auto rows = tokenizer->encode(prompts);
+  return prompts.size() == 1 ? rows.expand({n, rows.size(1)}).contiguous() : rows;
+}
+
 torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback,
                        const BatchDoneCallback& on_batch) {
   const int64_t steps = sampling_steps(pipeline, options);
@@ -87,8 +119,17 @@ torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options,
   c10::InferenceMode inference;
   BatchDoneCallback clamped;
   if (on_batch) clamped = [&](int64_t first, const torch::Tensor& images) { on_batch(first, images.clamp(-1.0, 1.0)); };
-  auto images = generate_images(pipeline.diffusion, *sampler, make_denoiser(pipeline, options.guidance), options.labels,
-                                options.n, options.batch_size, pipeline.image_shape(),
+  const bool text = pipeline.info().model.text_conditional();
+  if (!text && (!options.prompts.empty() || !options.negative_prompt.empty())) {
+    throw std::invalid_argument("a prompt needs a text-conditional checkpoint (train with --text-cond)");
+  }
+  torch::Tensor conditions = options.labels, negative;
+  if (text && !options.prompts.empty()) conditions = encode_prompts(pipeline, options.prompts, options.n);
+  if (text && options.guidance > 0 && !conditions.defined())
+    conditions = pipeline.checkpoint.model->null_condition(options.n, torch::kCPU);
+  if (!options.negative_prompt.empty()) negative = encode_prompts(pipeline, {options.negative_prompt}, 1)[0];
+  auto images = generate_images(pipeline.diffusion, *sampler, make_denoiser(pipeline, options.guidance, negative),
+                                conditions, options.n, options.batch_size, pipeline.image_shape(),
                                 SampleOptions{steps, options.clip_x0}, gen, callback, clamped);
   return images.defined() ? images.clamp(-1.0, 1.0) : images;
 }
@@ -130,6 +171,10 @@ CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& option
   GenerateOptions g = options;
   const int64_t classes = pipeline.info().model.num_classes;
   if (classes > 0 && !g.labels.defined()) g.labels = torch::arange(g.n, torch::kLong).remainder(classes);
+  if (pipeline.info().model.text_conditional() && g.prompts.empty() && reference.captioned()) {
+    for (int64_t i = 0; i < g.n; ++i)
+      g.prompts.push_back(reference.captions[i % reference.size()]);  // the reference's own
+  }
   const auto generated = generate(pipeline, g, callback);
   r.images = generated.size(0);
   // Generated images are quantised to 8 bits like the data, so that both sides see the same kind of input.
@@ -138,6 +183,53 @@ CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& option
   r.cfid = frechet_distance(feature_statistics(generated_features), feature_statistics(reference_features));
   r.entropy_generated = predicted_class_entropy(generated_logits);
   r.entropy_reference = predicted_class_entropy(reference_logits);
+  return r;
+}
+
+PromptFollowingResult evaluate_prompt_following(const Pipeline& pipeline, const GenerateOptions& options,
+                                                const CaptionedDigits& test,
+                                                const std::function<Dataset()>& load_mnist_train, bool progress,
+                                                const BatchStepCallback& callback) {
+  if (!pipeline.info().model.text_conditional()) {
+    throw std::invalid_argument("prompt following needs a text-conditional checkpoint (train with --text-cond)");
+  }
+  if (test.images.image_size() != pipeline.info().data.image_size) {
+    throw std::invalid_argument("prompt following: the captioned canvases are " +
+                                std::to_string(test.images.image_size()) + " pixels, the model's images " +
+                                std::to_string(pipeline.info().data.image_size));
+  }
+  check_guidance(pipeline, options.guidance);
+  sampling_steps(pipeline, options);
+  PromptFollowingResult r;
+  const int64_t canvas = test.images.image_size();
+  Dataset cells_shape;  // (the cache key: the name and the image shape)
+  cells_shape.name = "mnist-cells-" + std::to_string(canvas);
+  cells_shape.images = torch::empty({0, 1, 28, 28}, torch::kUInt8);
+  r.classifier_path = classifier_cache_path(cells_shape);
+  ClassifierOptions co;
+  co.progress = progress;
+  auto classifier = load_or_train_classifier(
+      r.classifier_path, 1, 28, 10, [&] { return digit_cells_dataset(load_mnist_train(), canvas); }, co);
+  const auto real = measure_prompt_following(classifier, from_uint8(test.images.images), test.placements);
+  r.real_both = real.both;
+  r.classifier_accuracy = 0.5 * (real.first + real.second);
+  // the captions of each kind, in the test split's order, cycled to n
+  for (const bool unseen : {false, true}) {
+    std::vector<DigitPlacement> placements;
+    GenerateOptions g = options;
+    g.prompts.clear();
+    for (const auto& p : test.placements) {
+      if (held_out(p) == unseen) placements.push_back(p);
+    }
+    if (placements.empty()) throw std::invalid_argument("prompt following: the test canvases hold no such captions");
+    std::vector<DigitPlacement> asked;
+    for (int64_t i = 0; i < g.n; ++i) {
+      asked.push_back(placements[i % placements.size()]);
+      g.prompts.push_back(caption_of(asked.back()));
+    }
+    const auto images = generate(pipeline, g, callback);
+    (unseen ? r.unseen : r.seen) = measure_prompt_following(classifier, from_uint8(to_uint8(images)), asked);
+  }
   return r;
 }
 

@@ -1,11 +1,12 @@
 #include "diffuse/runtime/attention.h"
 
-#include "diffuse/runtime/onednn_matmul.h"
-#include "diffuse/runtime/precision.h"
-
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
+
+#include "diffuse/runtime/onednn_matmul.h"
+#include "diffuse/runtime/precision.h"
 
 namespace diffuse {
 
@@ -116,6 +117,24 @@ AttentionChoice resolve_attention_kernel(const std::string& name, torch::Device 
   // On an H200 (docs/PERFORMANCE.md) fused was no faster for these U-Nets' one-head attention over
   // 16×16 = 256 positions: the N×N scores are small there.
   return {AttentionKernel::math, "auto: math (fused measured no faster)"};
+}
+
+torch::Tensor masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& key_mask, int64_t heads) {
+  const int64_t B = q.size(0), N = q.size(1), L = k.size(1), D = q.size(2);
+  TORCH_CHECK(heads >= 1 && D % heads == 0, "masked_attention: ", heads, " heads do not divide ", D, " channels");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(2) == D, "masked_attention: q ", q.sizes(), ", k ",
+              k.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(key_mask.sizes() == torch::IntArrayRef({B, L}), "masked_attention: key_mask ", key_mask.sizes(), " for ",
+              L, " keys of ", B, " rows");
+  const int64_t d = D / heads;
+  auto heads_major = [&](const torch::Tensor& x, int64_t n) { return x.reshape({B, n, heads, d}).transpose(1, 2); };
+  // scores [B, heads, N, L], in float32 whatever the inputs' precision
+  auto scores = torch::matmul(heads_major(q, N), heads_major(k, L).transpose(-1, -2)).to(torch::kFloat32) /
+                std::sqrt(static_cast<double>(d));
+  scores = scores.masked_fill(key_mask.logical_not().view({B, 1, 1, L}), -std::numeric_limits<float>::infinity());
+  const auto weights = torch::softmax(scores, -1).to(v.scalar_type());
+  return torch::matmul(weights, heads_major(v, L)).transpose(1, 2).reshape({B, N, D});
 }
 
 }  // namespace diffuse

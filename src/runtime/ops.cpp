@@ -259,6 +259,26 @@ torch::Tensor self_attention(const torch::Tensor& qkv_in, int64_t heads, const t
   return h;
 }
 
+torch::Tensor cross_attention(const torch::Tensor& q_in, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& key_mask, int64_t heads, const torch::Tensor& like) {
+  const bool blocked = is_blocked(q_in);
+  const auto q = blocked ? from_blocked(q_in) : q_in;
+  const auto B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
+  const auto queries = q.flatten(2).transpose(1, 2);  // [B, H·W, C]
+  auto h = masked_attention(queries, k.to(q.scalar_type()), v.to(q.scalar_type()), key_mask, heads)
+               .transpose(1, 2)
+               .reshape({B, C, H, W});
+  if (blocked) return to_blocked(h);
+  const auto channels_last = torch::MemoryFormat::ChannelsLast;
+  if (like.is_contiguous(channels_last) && !like.is_contiguous()) h = h.contiguous(channels_last);
+  return h;
+}
+
+torch::Tensor token_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& key_mask, int64_t heads) {
+  return masked_attention(q, k, v, key_mask, heads);
+}
+
 torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width) {
   if (is_blocked(x) && height == 2 * x.size(2) && width == 2 * x.size(3)) {
     // Exactly twice the size (index ⌊i/2⌋): a copy kernel instead of LibTorch's general 3-D

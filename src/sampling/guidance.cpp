@@ -6,16 +6,24 @@
 
 namespace diffuse {
 
-ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, int64_t null_label, double w) {
+ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, torch::Tensor null_row, double w) {
   if (!(w >= 0.0)) throw std::invalid_argument("guidance weight must be >= 0, got " + std::to_string(w));
   if (w == 0.0) return net;
-  return [net = std::move(net), null_label, w](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
-    TORCH_CHECK(y.defined(), "classifier-free guidance needs labels");
+  return [net = std::move(net), null_row = std::move(null_row), w](const torch::Tensor& x, const torch::Tensor& t,
+                                                                   const torch::Tensor& y) {
+    TORCH_CHECK(y.defined(), "classifier-free guidance needs a condition for every image");
+    TORCH_CHECK(y.dim() == null_row.dim() + 1, "classifier-free guidance: conditions ", y.sizes(), " for ∅ ",
+                null_row.sizes());
     const int64_t B = x.size(0);
-    auto out = net(torch::cat({x, x}), torch::cat({t, t}), torch::cat({y, torch::full_like(y, null_label)}));
+    const auto null_rows = null_row.to(y.device(), y.scalar_type()).unsqueeze(0).expand_as(y);
+    auto out = net(torch::cat({x, x}), torch::cat({t, t}), torch::cat({y, null_rows}));
     auto cond = out.narrow(0, 0, B), uncond = out.narrow(0, B, B);
     return (1.0 + w) * cond - w * uncond;  // ε̃ = (1 + w) ε(x, y) − w ε(x, ∅)
   };
+}
+
+ConditionalDenoiser classifier_free_guidance(ConditionalDenoiser net, int64_t null_label, double w) {
+  return classifier_free_guidance(std::move(net), torch::tensor(null_label, torch::kLong), w);
 }
 
 ClassRows class_rows(int64_t n, int64_t classes) {

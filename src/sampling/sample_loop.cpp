@@ -46,7 +46,8 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
                               const torch::Generator& gen, const BatchStepCallback& callback,
                               const BatchDoneCallback& on_batch) {
   TORCH_CHECK(n > 0 && batch_size > 0, "generate_images: n and batch size must be positive");
-  TORCH_CHECK(!labels.defined() || labels.numel() == n, "generate_images: ", labels.numel(), " labels for ", n, " images");
+  TORCH_CHECK(!labels.defined() || (labels.dim() >= 1 && labels.size(0) == n), "generate_images: conditions ",
+              labels.sizes(), " for ", n, " images");
   std::vector<torch::Tensor> images;
   for (int64_t start = 0; start < n; start += batch_size) {
     std::vector<int64_t> shape{std::min(batch_size, n - start)};

@@ -194,24 +194,32 @@ void JobQueue::work_loop(std::function<void()> setup) {
       waiting_.pop_front();
       running_ = job;
     }
-    if (job->cancel_requested()) {
-      job->set_state(JobState::cancelled);
-    } else {
+    // The job ends only once it is no longer the running one: a client that sees its last event
+    // and then asks /api/health finds the worker free.
+    JobState end = JobState::cancelled;
+    nlohmann::json result;
+    std::string error;
+    if (!job->cancel_requested()) {
       job->set_state(JobState::running);
       try {
-        auto result = work(*job);
-        job->set_state(JobState::done, std::move(result));
+        result = work(*job);
+        end = JobState::done;
       } catch (const JobCancelled&) {
-        job->set_state(JobState::cancelled);
+        end = JobState::cancelled;
       } catch (const c10::Error& e) {  // LibTorch's message without its backtrace
-        job->set_state(job->cancel_requested() ? JobState::cancelled : JobState::failed, {},
-                       e.what_without_backtrace());
+        end = job->cancel_requested() ? JobState::cancelled : JobState::failed;
+        error = e.what_without_backtrace();
       } catch (const std::exception& e) {
-        job->set_state(job->cancel_requested() ? JobState::cancelled : JobState::failed, {}, e.what());
+        end = job->cancel_requested() ? JobState::cancelled : JobState::failed;
+        error = e.what();
       }
     }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      running_.reset();
+    }
+    job->set_state(end, std::move(result), error);
     std::lock_guard<std::mutex> lock(mutex_);
-    running_.reset();
     keep_ended(job->id());
   }
 }

@@ -100,8 +100,11 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
     auto t = diffusion_.sample_timesteps(B);
     auto noise = torch::randn_like(x0);
     auto x_t = diffusion_.q_sample(x0, t, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
-    torch::Tensor y;  // class-conditional: labels, each dropped to ∅ with probability p
+    torch::Tensor y;  // labels or prompts, each dropped to ∅ (no label, the empty prompt) with probability p
     if (classes > 0) y = drop_labels(labels, classes, options_.label_dropout);
+    if (model_->config().text_conditional()) {
+      y = drop_condition_rows(labels, model_->null_condition(B, labels.device()), options_.label_dropout);
+    }
     auto model_out = model_->forward(x_t, t, y);  // same dtype as x_t (float32), also under autocast
     if (options_.loss == TrainLoss::vlb) {
       loss = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,

@@ -155,24 +155,40 @@ void append_log(const std::string& path, int64_t step, double loss, double lr, d
   out << step << ',' << std::setprecision(6) << loss << ',' << lr << ',' << ips << ',' << elapsed << '\n';
 }
 
+// What previews show: n images, each under its condition (one row per class for a
+// class-conditional model, the data's first captions for a text-conditional one), per_row a row.
+struct PreviewPlan {
+  int64_t n = 0, per_row = 0;  // per_row 0: a square-ish grid
+  torch::Tensor conditions;    // [n] labels, [n, L] token ids, or undefined
+};
+
+PreviewPlan plan_previews(const UNetConfig& model, const Dataset& conditioned, int64_t n) {
+  if (model.num_classes > 0) {
+    const auto rows = class_rows(n, model.num_classes);
+    return {n, rows.per_row, rows.labels};
+  }
+  if (model.text_conditional()) {
+    n = std::min(n, conditioned.size());
+    return {n, 0, conditioned.labels.narrow(0, 0, n)};
+  }
+  return {n, 0, torch::Tensor()};
+}
+
 void write_preview(const std::string& dir, int64_t step, const GaussianDiffusion& diffusion, UNet& ema_model,
-                   const DataInfo& data, int64_t n, torch::Device device) {
+                   const DataInfo& data, const PreviewPlan& plan, torch::Device device) {
   ema_model->eval();
   // A fixed generator of its own: previews are comparable across steps and do not disturb training's RNG.
   auto gen = at::detail::createCPUGenerator(/*seed_in=*/1234);
-  auto x_T = torch::randn({n, data.channels, data.image_size, data.image_size}, gen).to(device);
+  auto x_T = torch::randn({plan.n, data.channels, data.image_size, data.image_size}, gen).to(device);
   DdimSampler sampler(diffusion.schedule(), TimestepSpacing::leading, /*eta=*/0.0);
-  // Class-conditional models: one row per class, no guidance.
-  const int64_t classes = ema_model->config().num_classes;
-  ClassRows rows{torch::Tensor(), 0};
-  if (classes > 0) rows = class_rows(n, classes);
+  // no guidance: the conditional network as it is
   Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) {
-    return ema_model->forward(x, t, rows.labels.defined() ? rows.labels.to(x.device()) : torch::Tensor());
+    return ema_model->forward(x, t, plan.conditions.defined() ? plan.conditions.to(x.device()) : torch::Tensor());
   };
   auto images = sample_loop(diffusion, sampler, net, x_T, SampleOptions{50, true}, gen);
   std::ostringstream name;
   name << dir << "/preview_" << std::setw(6) << std::setfill('0') << step << ".png";
-  save_grid_png(name.str(), images, rows.per_row);
+  save_grid_png(name.str(), images, plan.per_row);
 }
 
 }  // namespace
@@ -202,6 +218,19 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
                              std::to_string(info.data.channels) + "×" + std::to_string(info.data.image_size) + "²");
   }
 
+  // A text-conditional model is handed each image's caption as a row of token ids, where a
+  // class-conditional one gets its label.
+  Dataset with_prompts;
+  if (info.model.text_conditional()) {
+    if (!data.captioned()) {
+      throw std::runtime_error("the model is text-conditional, and data '" + data.name + "' has no captions");
+    }
+    check_tokenizer_fits(info);
+    with_prompts = data;
+    with_prompts.labels = info.tokenizer->encode(data.captions);
+  }
+  const Dataset& conditioned = info.model.text_conditional() ? with_prompts : data;
+
   torch::manual_seed(config.seed);
   UNet model(info.model), ema_model(info.model);
   model->to(device);
@@ -222,13 +251,13 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   AdamW optimizer(model->parameters(), AdamWOptions{0.9, 0.999, 1e-8, config.weight_decay});
   Ema ema(config.ema_decay);
   // Each rank reads every W-th image from its rank on, and draws its own t and noise.
-  const Dataset shard = dp ? shard_of(data, dp->env().rank, dp->env().world_size) : Dataset{};
+  const Dataset shard = dp ? shard_of(conditioned, dp->env().rank, dp->env().world_size) : Dataset{};
   if (config.batch_size > (dp ? shard : data).size()) {
     throw std::runtime_error("--batch-size " + std::to_string(config.batch_size) + " is larger than the " +
                              std::to_string((dp ? shard : data).size()) + " images " +
                              (dp ? "of this process's share of '" : "of '") + data.name + "'");
   }
-  BatchLoader loader(dp ? shard : data, config.batch_size, device);
+  BatchLoader loader(dp ? shard : conditioned, config.batch_size, device);
   if (dp && dp->env().rank > 0) torch::manual_seed(config.seed + 1000003ull * static_cast<uint64_t>(dp->env().rank));
 
   int64_t step = 0;
@@ -311,6 +340,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     save_checkpoint(config.out_dir + "/checkpoint.safetensors", ema_model, info);
   };
 
+  const PreviewPlan previews = plan_previews(info.model, conditioned, config.preview_n);
   const std::string log_path = config.out_dir + "/log.csv";
   if (state && rank0) truncate_log_after(log_path, step);
   ProgressBar bar("train", config.steps, step, config.progress && rank0);
@@ -369,13 +399,14 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     }
     if (save_now && step != config.steps) save_all(step);
     if (rank0 && config.preview_every > 0 && step % config.preview_every == 0 && step != config.steps) {
-      write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
+      write_preview(config.out_dir, step, diffusion, ema_model, info.data, previews, device);
       model->train();
     }
   }
   if (window_steps > 0) result.loss = window_loss_sum.item<double>() / window_steps;
   save_all(step);
-  if (rank0 && !result.interrupted) write_preview(config.out_dir, step, diffusion, ema_model, info.data, config.preview_n, device);
+  if (rank0 && !result.interrupted)
+    write_preview(config.out_dir, step, diffusion, ema_model, info.data, previews, device);
   bar.finish(result.interrupted ? "interrupted" : "done");
   result.step = step;
   result.seconds = bar.elapsed_seconds();

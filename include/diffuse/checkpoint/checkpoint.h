@@ -7,11 +7,12 @@
 //   "data"      {"name", "channels", "image_size", "num_classes"}
 //   "step"      training step the weights come from
 //   "sampling"  {"spacing", "clip_x0", "clipped_eps", "ddpm_variance"} (optional: the defaults)
+//   "tokenizer" the prompt's tokenizer (text/tokenizer.h), for text-conditional models only
 // Tensors are the network's parameters under their module paths (e.g. "down_0_0_res.conv1.weight").
 #pragma once
 
 #include <nlohmann/json.hpp>
-
+#include <optional>
 #include <string>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
@@ -19,6 +20,7 @@
 #include "diffuse/model/unet.h"
 #include "diffuse/schedule/noise_schedule.h"
 #include "diffuse/schedule/timestep_spacing.h"
+#include "diffuse/text/tokenizer.h"
 
 namespace diffuse {
 
@@ -45,7 +47,12 @@ struct CheckpointInfo {
   DataInfo data;
   int64_t step = 0;
   SamplingDefaults sampling;
+  std::optional<Tokenizer> tokenizer;  // text-conditional models: what turns a prompt into ids
 };
+
+// A text-conditional model has a tokenizer whose vocabulary and row length are its encoder's;
+// other models have none. Throws saying which rule is broken.
+void check_tokenizer_fits(const CheckpointInfo& info);
 
 nlohmann::json to_json(const ScheduleConfig& config);
 ScheduleConfig schedule_config_from_json(const nlohmann::json& j);

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct DigitPlacement {
 
 // The caption of a placement, e.g. "a small 5 above a 1".
 std::string caption_of(const DigitPlacement& p);
+// The placement a caption describes (digits, relation, sizes; no sources), or nothing where the
+// caption is not one caption_of writes: caption_of(placement_of(c)) == c.
+std::optional<DigitPlacement> placement_of(const std::string& caption);
 // Whether the placement's (first, second, relation) triple is one the training split leaves out
 // (about one in seven, fixed).
 bool held_out(const DigitPlacement& p);

@@ -1,10 +1,11 @@
 // Image datasets held in memory as 8-bit pixels, and the shuffling batch loader.
-//   --data mnist | fashion-mnist | cifar10 | DIR | ARCHIVE.tar.gz
+//   --data mnist | fashion-mnist | cifar10 | captioned-digits | DIR | ARCHIVE.tar.gz
 #pragma once
 
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 namespace diffuse {
 
@@ -17,6 +18,9 @@ struct Dataset {
   torch::Tensor images;     // uint8 [N, C, H, W]
   torch::Tensor labels;     // int64 [N]
   int64_t num_classes = 0;  // 0 when unlabelled
+  std::vector<std::string> captions;  // one per image where the data has captions, else empty
+
+  bool captioned() const { return !captions.empty(); }
 
   int64_t size() const { return images.size(0); }
   int64_t channels() const { return images.size(1); }

@@ -51,6 +51,25 @@ class AttentionBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(AttentionBlock);
 
+// Cross-attention from the H·W positions to a prompt's token states, with a residual connection
+// (the transformer block of latent diffusion, reduced to its cross-attention):
+//   h = x + W_o · softmax(Q Kᵀ/√d + M) V,  Q = W_q GroupNorm(x),  K = W_k s,  V = W_v s
+// s: the token states [B, L, D]; M = −∞ at <pad> tokens; heads of d = C/heads channels.
+class CrossAttentionBlockImpl : public torch::nn::Module {
+ public:
+  CrossAttentionBlockImpl(int64_t channels, int64_t context_dim, int64_t groups, double eps = 1e-5, int64_t heads = 1);
+  // x: [B, C, H, W], states: [B, L, D], key_mask: [B, L] bool → [B, C, H, W]
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& states, const torch::Tensor& key_mask);
+  void zero_last_layer();  // proj_out ← 0: the block starts as the identity
+
+ private:
+  torch::nn::GroupNorm norm{nullptr};
+  torch::nn::Conv2d to_q{nullptr}, proj_out{nullptr};
+  torch::nn::Linear to_kv{nullptr};
+  int64_t heads_ = 1;
+};
+TORCH_MODULE(CrossAttentionBlock);
+
 // Stride-2 3×3 convolution: H → ⌈H/2⌉ with symmetric padding, ⌊H/2⌋ with the DDPM paper's
 // asymmetric one (a zero row and column after the last).
 class DownsampleImpl : public torch::nn::Module {

@@ -44,8 +44,16 @@ struct UNetConfig {
   // false for class-conditional models trained without one (diffusers' num_class_embeds).
   bool null_class = true;
   int64_t extra_in_channels = 0;  // condition channels concatenated to x_t at the input
-  // Reserved for cross-attention to a token sequence (text); only 0 is built today.
-  int64_t cross_attention_dim = 0;
+  // Text conditioning (cross_attention_dim > 0): a prompt's token ids (text/tokenizer.h) through a
+  // transformer encoder of width cross_attention_dim, whose token states the cross-attention
+  // blocks at cross_attention_resolutions (and in the middle, with mid_cross_attention) read.
+  int64_t cross_attention_dim = 0;  // 0: no text
+  int64_t text_vocab_size = 0;      // ids the encoder embeds (the tokenizer's vocabulary)
+  int64_t text_max_tokens = 0;      // L, the length of a prompt's row of ids
+  int64_t text_layers = 2;          // transformer layers of the encoder
+  int64_t text_heads = 4;           // heads of the encoder's self-attention
+  std::vector<int64_t> cross_attention_resolutions{};
+  bool mid_cross_attention = true;
 
   int64_t time_embed_dim() const { return channels * 4; }
   // Rows of the label embedding: the classes, and ∅ where the model has one.
@@ -53,6 +61,8 @@ struct UNetConfig {
   int64_t level_channels(int64_t level) const { return channels * channel_mult.at(level); }
   int64_t levels() const { return static_cast<int64_t>(channel_mult.size()); }
   bool has_attention_at(int64_t resolution) const;
+  bool text_conditional() const { return cross_attention_dim > 0; }
+  bool has_cross_attention_at(int64_t resolution) const;
   // Heads of an attention block of `width` channels.
   int64_t attention_heads(int64_t width) const { return attention_head_dim > 0 ? width / attention_head_dim : 1; }
   // Spatial size after one downsampling.
@@ -63,8 +73,11 @@ struct UNetConfig {
 
 // Names: "tiny" (tests), "mnist" (28×28 grey, the default job), "ddpm-cifar10" (the DDPM
 // paper's CIFAR-10 network, 35.7M parameters). Image size and channels come from the data.
+// with_text turns a preset into a text-conditional one: an encoder of 2 layers whose width is the
+// base width (at least 32), cross-attention at every level below the full resolution and in the middle.
 UNetConfig unet_config_by_name(const std::string& name, int64_t in_channels, int64_t image_size);
 std::vector<std::string> unet_config_names();
+UNetConfig with_text(UNetConfig config, int64_t vocab_size, int64_t max_tokens);
 
 // Throws std::invalid_argument naming the field, its value and the limit, before anything is
 // built from the config (a metadata field of 0 groups or 10^6 blocks must not reach a constructor).

@@ -16,8 +16,10 @@
 #include <string>
 
 #include "diffuse/checkpoint/checkpoint.h"
+#include "diffuse/data/captioned_digits.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/eval/nll.h"
+#include "diffuse/eval/prompt_following.h"
 #include "diffuse/pipeline/compute.h"
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/sampling/sampler.h"
@@ -39,9 +41,11 @@ struct Pipeline {
 Pipeline load_pipeline(const std::string& checkpoint_path, const Compute& compute = {});
 
 // The network as samplers see it: (x_t, t, y) → its raw output (ε or x_0 per the objective),
-// under compute.precision, guided with weight w ≥ 0 where the model is class-conditional
-// (ε̃ = (1 + w) ε(x, y) − w ε(x, ∅); w = 0: the conditional network; y undefined: ∅).
-ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance = 0.0);
+// under compute.precision, guided with weight w ≥ 0 where the model is class- or text-conditional
+// (ε̃ = (1 + w) ε(x, y) − w ε(x, ∅); w = 0: the conditional network; y undefined: ∅). y: [B]
+// labels, or [B, L] token ids (encode_prompts). `negative`: the row that takes ∅'s place in
+// guidance (a negative prompt's ids [L]); undefined: ∅.
+ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance = 0.0, const torch::Tensor& negative = {});
 // The same without labels (∅ on class-conditional models): NLL, editing.
 Denoiser make_unconditional_denoiser(const Pipeline& pipeline);
 
@@ -52,9 +56,17 @@ struct GenerateOptions {
   int64_t batch_size = 256;
   uint64_t seed = 0;       // same seed, same images
   torch::Tensor labels;    // [n] int64 for class-conditional models; undefined: ∅
+  // Text-conditional models: one prompt for every image, or one per image (else ∅, the empty
+  // prompt); the negative prompt takes ∅'s place in guidance.
+  std::vector<std::string> prompts;
+  std::string negative_prompt;
   double guidance = 0.0;
   bool clip_x0 = true;
 };
+
+// The token ids [n, L] of prompts for a text-conditional pipeline: one prompt for all n images, or
+// n prompts. Throws naming the words its vocabulary lacks and a prompt longer than its rows.
+torch::Tensor encode_prompts(const Pipeline& pipeline, const std::vector<std::string>& prompts, int64_t n);
 
 // The options the checkpoint's own sampling defaults give (spacing, clipping, DDPM's variance).
 GenerateOptions default_generate_options(const Pipeline& pipeline);
@@ -84,5 +96,21 @@ struct CfidResult {
 CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
                          const std::function<Dataset()>& load_training_split, bool progress = true,
                          const BatchStepCallback& callback = {});
+
+// Prompt following of a model trained on the captioned digits (eval/prompt_following.h): options.n
+// images drawn from the captions of `test` (captioned-digits' test split) it saw in training, and
+// options.n from those it never saw (the held-out triples), each cell read by a classifier of
+// digits as the cells hold them (cached beside the cFID's; trained on
+// digit_cells_dataset(load_mnist_train()) the first time).
+struct PromptFollowingResult {
+  PromptFollowing seen, unseen;
+  double classifier_accuracy = 0.0;  // on the digits of the test canvases' cells, as placed
+  double real_both = 0.0;            // the measure on the test canvases themselves: its ceiling
+  std::string classifier_path;
+};
+PromptFollowingResult evaluate_prompt_following(const Pipeline& pipeline, const GenerateOptions& options,
+                                                const CaptionedDigits& test,
+                                                const std::function<Dataset()>& load_mnist_train, bool progress = true,
+                                                const BatchStepCallback& callback = {});
 
 }  // namespace diffuse

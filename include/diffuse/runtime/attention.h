@@ -35,6 +35,13 @@ torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor&
 // dot_product_attention.
 torch::Tensor dot_product_attention_tokens(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 
+// Multi-head attention of token-major queries [B, N, D] over keys and values [B, L, D] (the text
+// encoder's self-attention, the U-Net's cross-attention), with `heads` heads of d = D/heads:
+//   out = softmax(Q Kᵀ / √d + M) V,  M = −∞ where key_mask [B, L] is false (every row needs a true)
+// torch::matmul products, the softmax in float32 → [B, N, D].
+torch::Tensor masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& key_mask, int64_t heads);
+
 struct AttentionChoice {
   AttentionKernel kernel = AttentionKernel::math;
   std::string reason;  // one line for the log

@@ -123,6 +123,17 @@ torch::Tensor convolve_padded(torch::nn::Conv2d& conv, const torch::Tensor& x, c
 // returned in the layout of `like` (the block's input) for the output projection.
 torch::Tensor self_attention(const torch::Tensor& qkv, int64_t heads, const torch::Tensor& like);
 
+// Cross-attention of the H·W positions of q (C channels, in the pass's layout) over L tokens
+// k, v: [B, L, C], with `heads` heads of C/heads channels:
+//   h[:, i] = Σ_j softmax_j(q_i · k_j / √(C/heads) + M_j) v_j,  M_j = −∞ where key_mask [B, L] is false
+// returned in the layout of `like` (the block's input) for the output projection.
+torch::Tensor cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& key_mask, int64_t heads, const torch::Tensor& like);
+
+// The same product with every operand token-major, [B, N, D] over [B, L, D] (the text encoder).
+torch::Tensor token_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& key_mask, int64_t heads);
+
 // Nearest-neighbour upsampling to height × width (index ⌊i · in/out⌋ on each axis).
 torch::Tensor upsample_nearest(const torch::Tensor& x, int64_t height, int64_t width);
 

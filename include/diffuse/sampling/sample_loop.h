@@ -49,9 +49,9 @@ torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampl
                               int64_t n, int64_t batch_size, const std::vector<int64_t>& image_shape,
                               const SampleOptions& options, const torch::Generator& gen,
                               const BatchStepCallback& callback = {});
-// The same with labels [n] for a label-aware network, handed to it batch by batch. With `on_batch`,
-// each finished batch [b, C, H, W] (CPU) is handed to it with the index of its first image and
-// not kept: the result is then undefined, and memory does not grow with n.
+// The same with conditions for a label-aware network ([n] labels or [n, L] token ids), handed to it batch by batch.
+// With `on_batch`, each finished batch [b, C, H, W] (CPU) is handed to it with the index of its first image and not
+// kept: the result is then undefined, and memory does not grow with n.
 using BatchDoneCallback = std::function<void(int64_t first_image, const torch::Tensor& images)>;
 torch::Tensor generate_images(const GaussianDiffusion& diffusion, Sampler& sampler, const ConditionalDenoiser& denoiser,
                               const torch::Tensor& labels, int64_t n, int64_t batch_size,

@@ -26,7 +26,7 @@ struct TrainStepOptions {
   TrainLoss loss = TrainLoss::simple;
   double min_snr_gamma = 0.0;  // L_simple's images weighted by min-SNR-γ (GaussianDiffusion::min_snr_weights; ≤ 0: off)
   double grad_clip = 1.0;       // max global gradient norm (≤ 0: off)
-  double label_dropout = 0.1;   // class-conditional models: P(label → ∅)
+  double label_dropout = 0.1;   // conditional models: P(label or caption → ∅)
   Precision precision = Precision::fp32;
 };
 
@@ -47,7 +47,8 @@ class TrainStep {
   TrainStep(UNet model, UNet ema_model, const GaussianDiffusion& diffusion, AdamW& optimizer, Ema& ema,
             TrainStepOptions options);
 
-  // x0: [B, C, H, W] in [−1, 1] on the model's device; labels: [B] or undefined. Returns the loss.
+  // x0: [B, C, H, W] in [−1, 1] on the model's device; labels: the conditions, [B] class labels,
+  // [B, L] token ids of the captions for a text-conditional model, or undefined. Returns the loss.
   torch::Tensor operator()(const torch::Tensor& x0, const torch::Tensor& labels, double lr);
 
   void set_gradient_hook(GradientHook hook) { hook_ = std::move(hook); }
