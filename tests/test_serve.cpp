@@ -193,6 +193,56 @@ TEST(Serve, AGenerationJobStreamsItsStepsAndGivesTheLibrarysImages) {
   EXPECT_EQ(status["result"]["images"], result["images"]);
 }
 
+TEST(Serve, TextConditionalModelsTakePromptsInEveryApi) {
+  TempDir dir;
+  const auto tokenizer = Tokenizer::learn({"3 left of 8", "a small 5 above a 1"});
+  CheckpointInfo info;
+  info.tokenizer = tokenizer;
+  info.model = with_text(unet_config_by_name("tiny", 1, 8), tokenizer.vocab_size(), tokenizer.max_tokens());
+  info.schedule.timesteps = 100;
+  info.data = DataInfo{"test", 1, 8, 0};
+  torch::manual_seed(3);
+  UNet model(info.model);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) p.normal_(0.0, 0.05);
+  }
+  const std::string path = dir / "text.safetensors";
+  save_checkpoint(path, model, info);
+  RunningServer server({path}, {});
+  auto c = server.client();
+  const auto models = get(c, "/api/models")["models"];
+  EXPECT_EQ(models[0]["text"]["max_words"], tokenizer.max_tokens() - 1);
+  EXPECT_EQ(models[0]["text"]["vocabulary"].size(), tokenizer.words().size());
+
+  // the native API: the library's images for the same prompt, negative prompt and guidance
+  const json request{
+      {"steps", 5},     {"n", 2}, {"seed", 7}, {"prompt", "3 left of 8"}, {"negative_prompt", "a small 5 above a 1"},
+      {"guidance", 2.0}};
+  const auto events = follow_events(c, post(c, "/api/generate", request, 202)["id"]);
+  ASSERT_EQ(events.back()["type"], "done");
+  const auto result = events.back()["result"];
+  EXPECT_EQ(result["prompt"], "3 left of 8");
+  const auto pipe = load_pipeline(path);
+  auto g = default_generate_options(pipe);
+  g.steps = 5;
+  g.n = 2;
+  g.seed = 7;
+  g.prompts = {"3 left of 8"};
+  g.negative_prompt = "a small 5 above a 1";
+  g.guidance = 2.0;
+  const auto expected = to_uint8(generate(pipe, g));
+  for (int64_t i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(decode_png(result["images"][i]), expected[i]));
+
+  // OpenAI's and A1111's prompts reach the model too; words it never read are a 400 naming the field
+  post(c, "/v1/images/generations", {{"prompt", "8 left of 3"}, {"steps", 3}}, 200);
+  post(c, "/sdapi/v1/txt2img", {{"prompt", "8 left of 3"}, {"negative_prompt", "1"}, {"steps", 3}}, 200);
+  EXPECT_EQ(post(c, "/api/generate", {{"prompt", "a cat"}}, 400)["error"]["param"], "prompt");
+  EXPECT_EQ(post(c, "/api/generate", {{"negative_prompt", "a cat"}}, 400)["error"]["param"], "negative_prompt");
+  EXPECT_EQ(post(c, "/v1/images/generations", {{"prompt", "3 3 3 3 3 3 3 3 3"}}, 400)["error"]["param"], "prompt");
+  EXPECT_EQ(post(c, "/sdapi/v1/txt2img", {{"prompt", "a dog"}}, 400)["error"]["param"], "prompt");
+}
+
 TEST(Serve, SameSeedSameImagesAndAnotherSeedOthers) {
   Fixture f;
   RunningServer server({f.plain}, {});

@@ -346,6 +346,20 @@ TEST(TextConditionalTraining, TheLossFallsAndTheModelSamplesFromAPrompt) {
   EXPECT_FALSE(torch::equal(generate(pipeline, g), guided));
   g.negative_prompt.clear();
   EXPECT_TRUE(torch::equal(generate(pipeline, g), guided));
+  // the ELBO of a text-conditional model is −log p(x_0 | caption); with every caption ∅ it is the
+  // unconditional bound, draw for draw
+  NllOptions nll;
+  nll.n = 16;
+  nll.t_samples = 4;
+  nll.progress = false;
+  const auto conditional = evaluate_nll(pipeline, data, nll);
+  const auto unconditional = evaluate_nll(pipeline, data, nll, /*unconditional=*/true);
+  auto empty_prompts = data;
+  empty_prompts.captions.assign(data.size(), "");
+  EXPECT_DOUBLE_EQ(evaluate_nll(pipeline, empty_prompts, nll).total.mean, unconditional.total.mean);
+  EXPECT_NE(conditional.total.mean, unconditional.total.mean);
+  EXPECT_TRUE(std::isfinite(conditional.total.mean));
+
   // a word it never read, a prompt per image that does not add up
   g.prompts = {"3 left of a cat"};
   EXPECT_NE(error_of([&] { generate(pipeline, g); }).find("'cat' is not in this model's vocabulary"),

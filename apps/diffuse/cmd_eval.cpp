@@ -23,6 +23,7 @@ struct EvalOptions {
   std::string variance;  // empty: the checkpoint's (diffusers' variance_type), else posterior
   ComputeFlags compute;
   bool json = false;
+  bool unconditional = false;  // nll of a text-conditional model: with ∅ instead of each image's caption
   NllOptions nll;
   SamplerFlags sampler;
   int64_t batch_size = 256;
@@ -167,18 +168,23 @@ void run_eval(EvalOptions& o) {
   if (o.nll.n <= 0) o.nll.n = 256;
   if (o.variance.empty()) o.variance = info.sampling.ddpm_large_variance ? "beta" : "posterior";
   o.nll.variance = model_variance_from_string(o.variance);
-  const auto r = evaluate_nll(pipeline, data, o.nll);
+  const auto r = evaluate_nll(pipeline, data, o.nll, o.unconditional);
+  const bool conditional = info.model.text_conditional() && data.captioned() && !o.unconditional;
 
   if (o.json) {
     nlohmann::json j = {
         {"bits_per_dim",
          {{"total", r.total.mean}, {"prior", r.prior.mean}, {"terms", r.terms.mean}, {"decoder", r.decoder.mean}}},
         {"stderr",
-         {{"total", r.total.standard_error}, {"prior", r.prior.standard_error}, {"terms", r.terms.standard_error}, {"decoder", r.decoder.standard_error}}},
+         {{"total", r.total.standard_error},
+          {"prior", r.prior.standard_error},
+          {"terms", r.terms.standard_error},
+          {"decoder", r.decoder.standard_error}}},
         {"images", r.images},
         {"method", r.exact ? "exact" : "monte-carlo"},
         {"network_evaluations_per_image", r.network_evaluations},
         {"variance", o.variance},
+        {"conditional_on_captions", conditional},
         {"checkpoint", o.checkpoint},
         {"data", data_name},
         {"split", o.split}};
@@ -189,6 +195,8 @@ void run_eval(EvalOptions& o) {
               data_name.c_str(), o.split.c_str(), static_cast<long long>(r.images),
               r.exact ? "exact sum over t" : "Monte Carlo over t", static_cast<long long>(r.network_evaluations),
               o.variance == "posterior" ? "beta-tilde" : "beta");
+  if (conditional)
+    std::printf("conditional on each image's caption: -log p(x_0 | caption) (--unconditional: with none)\n\n");
   std::printf("  %-34s %12s %10s\n", "term", "bits/dim", "stderr");
   auto row = [](const char* name, const Estimate& e) { std::printf("  %-34s %12.5f %10.5f\n", name, e.mean, e.standard_error); };
   row("L_T      prior  KL(q(x_T|x_0)||N(0,I))", r.prior);
@@ -216,6 +224,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--n", o->nll.n, "nll: the first N images of the split (default 256); fid: generated images (default 1000)")
       ->check(non_negative_number());
   cmd->add_option("--batch-size", o->nll.batch_size, "Images per network call")->check(positive_number())->capture_default_str();
+  cmd->add_flag("--unconditional", o->unconditional,
+                "nll of a text-conditional model: the empty prompt instead of each image's caption");
   cmd->add_flag("--exact", o->nll.exact, "Sum all T terms (T network calls per image) instead of Monte Carlo");
   cmd->add_option("--t-samples", o->nll.t_samples, "Monte Carlo: timesteps drawn per image")
       ->check(positive_number())

@@ -24,6 +24,15 @@ Estimate estimate_of(const torch::Tensor& per_image) {
 
 NllResult evaluate_nll(const Denoiser& network, const GaussianDiffusion& diffusion, const Dataset& data,
                        const NllOptions& o) {
+  const ConditionalDenoiser ignoring_y = [&network](const torch::Tensor& x, const torch::Tensor& t,
+                                                    const torch::Tensor&) { return network(x, t); };
+  return evaluate_nll(ignoring_y, diffusion, data, torch::Tensor(), o);
+}
+
+NllResult evaluate_nll(const ConditionalDenoiser& conditional_network, const GaussianDiffusion& diffusion,
+                       const Dataset& data, const torch::Tensor& conditions, const NllOptions& o) {
+  TORCH_CHECK(!conditions.defined() || conditions.size(0) == data.size(), "evaluate_nll: ", conditions.sizes(),
+              " conditions for ", data.size(), " images");
   TORCH_CHECK(o.n > 0 && o.batch_size > 0, "evaluate_nll: n and batch size must be positive");
   const auto& s = diffusion.schedule();
   const int64_t T = s.timesteps();
@@ -40,6 +49,11 @@ NllResult evaluate_nll(const Denoiser& network, const GaussianDiffusion& diffusi
   for (int64_t start = 0; start < n; start += o.batch_size) {
     const int64_t b = std::min(o.batch_size, n - start);
     auto x0 = from_uint8(data.images.narrow(0, start, b)).to(device);
+    // the batch's conditions c: every term is then one of −log p(x_0 | c)
+    const auto y = conditions.defined() ? conditions.narrow(0, start, b).to(device) : torch::Tensor();
+    const auto network = [&](const torch::Tensor& x_t, const torch::Tensor& t) {
+      return conditional_network(x_t, t, y);
+    };
     // The terms at per-image 0-based indices t: draw x_t ~ q(x_t|x_0), ask the network, compare.
     auto terms_at = [&](const torch::Tensor& t_cpu) {
       auto t = to_device_async(t_cpu, device);

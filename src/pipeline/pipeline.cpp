@@ -134,7 +134,11 @@ torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options,
   return images.defined() ? images.clamp(-1.0, 1.0) : images;
 }
 
-NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options) {
+NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options, bool unconditional) {
+  if (pipeline.info().model.text_conditional() && data.captioned() && !unconditional) {
+    const auto prompts = encode_prompts(pipeline, data.captions, data.size());
+    return evaluate_nll(make_denoiser(pipeline), pipeline.diffusion, data, prompts, options);
+  }
   return evaluate_nll(make_unconditional_denoiser(pipeline), pipeline.diffusion, data, options);
 }
 

@@ -9,6 +9,7 @@
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/schedule/timestep_spacing.h"
 #include "diffuse/serve/base64.h"
+#include "diffuse/text/tokenizer.h"
 
 namespace diffuse::serve {
 
@@ -176,11 +177,35 @@ const ModelFacts& a1111_model(const json& body, const std::vector<ModelFacts>& m
 
 }  // namespace
 
+namespace {
+
+// A text-conditional model's prompt from `field`: every word in its vocabulary, no longer than
+// its rows. Refused on a model that reads no text.
+std::string text_prompt_field(const json& body, const char* field, const ModelFacts& model) {
+  const auto prompt = string_field(body, field, "");
+  if (prompt.empty()) return prompt;
+  if (!model.text_conditional) throw RequestError(field, "model '" + model.name + "' reads no text");
+  const auto words = Tokenizer::split_words(prompt);
+  if (static_cast<int64_t>(words.size()) > model.max_prompt_words) {
+    throw RequestError(field, "has " + std::to_string(words.size()) + " words; model '" + model.name + "' reads " +
+                                  std::to_string(model.max_prompt_words));
+  }
+  for (const auto& w : words) {
+    if (std::find(model.vocabulary.begin(), model.vocabulary.end(), w) == model.vocabulary.end()) {
+      throw RequestError(field, "the word '" + w + "' is not in model '" + model.name + "''s vocabulary of " +
+                                    std::to_string(model.vocabulary.size()) + " words");
+    }
+  }
+  return prompt;
+}
+
+}  // namespace
+
 GenerateRequest native_generate_request(const json& body, const std::vector<ModelFacts>& models,
                                         const RequestLimits& limits) {
   require_object(body);
-  refuse_unknown_fields(
-      body, {"model", "sampler", "steps", "eta", "spacing", "guidance", "class", "seed", "n", "preview_every"});
+  refuse_unknown_fields(body, {"model", "sampler", "steps", "eta", "spacing", "guidance", "class", "prompt",
+                               "negative_prompt", "seed", "n", "preview_every"});
   const auto& model = model_named(models, body, "model");
   GenerateRequest r;
   r.model = model.name;
@@ -200,9 +225,11 @@ GenerateRequest native_generate_request(const json& body, const std::vector<Mode
   r.n = integer_field(body, "n", 1, 1, limits.max_images);
   r.seed = seed_field(body, "seed");
   r.class_label = class_field(body, "class", model);
+  r.prompt = text_prompt_field(body, "prompt", model);
+  r.negative_prompt = text_prompt_field(body, "negative_prompt", model);
   r.guidance = number_field(body, "guidance", 0.0, 0.0, 100.0);
-  if (r.guidance > 0 && model.num_classes == 0) {
-    throw RequestError("guidance", "model '" + model.name + "' is not class-conditional");
+  if (r.guidance > 0 && model.num_classes == 0 && !model.text_conditional) {
+    throw RequestError("guidance", "model '" + model.name + "' is not class- or text-conditional");
   }
   resolve_steps(r, body, "steps", model, limits);
   r.preview_every = integer_field(body, "preview_every", 0, 0, r.steps);
@@ -240,6 +267,7 @@ GenerateRequest openai_generate_request(const json& body, const std::vector<Mode
   r.sampler = model.default_sampler;
   r.sampler.name = sampler_field(body, "sampler", "dpm++2m");
   const auto prompt = string_field(body, "prompt", "");
+  if (model.text_conditional) r.prompt = text_prompt_field(body, "prompt", model);
   if (model.num_classes > 0 && !prompt.empty()) {
     r.class_label = class_in_prompt(prompt, model.class_names);
     if (r.class_label < 0) {
@@ -251,7 +279,8 @@ GenerateRequest openai_generate_request(const json& body, const std::vector<Mode
   r.n = integer_field(body, "n", 1, 1, limits.max_images);
   check_openai_size_and_format(body, model);
   r.seed = seed_field(body, "seed");
-  r.guidance = r.class_label >= 0 ? number_field(body, "guidance", 3.0, 0.0, 100.0) : 0.0;
+  const bool conditioned = r.class_label >= 0 || !r.prompt.empty();
+  r.guidance = conditioned ? number_field(body, "guidance", 3.0, 0.0, 100.0) : 0.0;
   resolve_steps(r, body, "steps", model, limits);
   return r;
 }
@@ -273,9 +302,13 @@ GenerateRequest a1111_generate_request(const json& body, const std::vector<Model
   r.seed = seed_field(body, "seed");
   const auto prompt = string_field(body, "prompt", "");
   if (model.num_classes > 0 && !prompt.empty()) r.class_label = class_in_prompt(prompt, model.class_names);
+  if (model.text_conditional) {
+    r.prompt = text_prompt_field(body, "prompt", model);
+    r.negative_prompt = text_prompt_field(body, "negative_prompt", model);
+  }
   // A1111's ε = ε_u + s (ε_c − ε_u), ours (1 + w) ε_c − w ε_u: w = s − 1.
   const double cfg_scale = number_field(body, "cfg_scale", 7.0, 0.0, 101.0);
-  r.guidance = r.class_label >= 0 ? std::max(0.0, cfg_scale - 1.0) : 0.0;
+  r.guidance = r.class_label >= 0 || !r.prompt.empty() ? std::max(0.0, cfg_scale - 1.0) : 0.0;
   resolve_steps(r, body, "steps", model, limits);
   return r;
 }

@@ -53,6 +53,11 @@ ModelFacts facts_of(const ServedModel& m) {
   for (int64_t k = 0; k < f.num_classes; ++k) f.class_names.push_back(cifar ? kCifar10Classes[k] : std::to_string(k));
   f.default_sampler.spacing = info.sampling.spacing;
   f.default_sampler.ddpm_large_variance = info.sampling.ddpm_large_variance;
+  if (info.tokenizer) {
+    f.text_conditional = true;
+    f.vocabulary = info.tokenizer->words();
+    f.max_prompt_words = info.tokenizer->max_tokens() - 1;
+  }
   return f;
 }
 
@@ -194,6 +199,8 @@ struct Server::Impl {
       g.seed = r.seed;
       g.guidance = r.guidance;
       if (r.class_label >= 0) g.labels = torch::full({r.n}, r.class_label, torch::kLong);
+      if (!r.prompt.empty()) g.prompts = {r.prompt};
+      g.negative_prompt = r.negative_prompt;
       const auto start = Clock::now();
       const int64_t batches = (r.n + g.batch_size - 1) / g.batch_size;
       const int64_t total = batches * r.steps;
@@ -215,6 +222,7 @@ struct Server::Impl {
           {"model", r.model},       {"sampler", r.sampler.name},      {"steps", r.steps}, {"seed", r.seed}, {"n", r.n},
           {"guidance", r.guidance}, {"seconds", seconds_since(start)}};
       out["class"] = r.class_label >= 0 ? json(r.class_label) : json(nullptr);
+      out["prompt"] = r.prompt.empty() ? json(nullptr) : json(r.prompt);
       out["images"] = json::array();
       for (int64_t i = 0; i < images.size(0); ++i) out["images"].push_back(png_base64(images[i]));
       out["grid"] = grid_png_base64(images);
@@ -455,16 +463,19 @@ void Server::Impl::routes() {
     for (size_t i = 0; i < models.size(); ++i) {
       const auto& f = facts[i];
       const auto& info = models[i].pipeline.info();
-      list.push_back({{"name", f.name},
-                      {"image_size", f.image_size},
-                      {"channels", f.channels},
-                      {"classes", f.class_names},
-                      {"timesteps", f.timesteps},
-                      {"objective", to_string(info.objective)},
-                      {"parameters", models[i].pipeline.checkpoint.model->parameter_count()},
-                      {"step", info.step},
-                      {"spacing", to_string(f.default_sampler.spacing)},
-                      {"samplers", sampler_names()}});
+      list.push_back(
+          {{"name", f.name},
+           {"image_size", f.image_size},
+           {"channels", f.channels},
+           {"classes", f.class_names},
+           {"timesteps", f.timesteps},
+           {"objective", to_string(info.objective)},
+           {"parameters", models[i].pipeline.checkpoint.model->parameter_count()},
+           {"step", info.step},
+           {"spacing", to_string(f.default_sampler.spacing)},
+           {"samplers", sampler_names()},
+           {"text", f.text_conditional ? json{{"vocabulary", f.vocabulary}, {"max_words", f.max_prompt_words}}
+                                       : json(nullptr)}});
     }
     send_json(res,
               {{"models", list},

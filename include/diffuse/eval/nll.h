@@ -38,5 +38,9 @@ struct NllResult {
 // `network` is the model's forward pass (its output per the diffusion's objective), in eval mode.
 NllResult evaluate_nll(const Denoiser& network, const GaussianDiffusion& diffusion, const Dataset& data,
                        const NllOptions& options);
+// The conditional bound on −log p(x_0 | c): image i's condition conditions[i] ([N] labels or
+// [N, L] token ids of its caption) handed to the network with it.
+NllResult evaluate_nll(const ConditionalDenoiser& network, const GaussianDiffusion& diffusion, const Dataset& data,
+                       const torch::Tensor& conditions, const NllOptions& options);
 
 }  // namespace diffuse

@@ -79,8 +79,11 @@ int64_t sampling_steps(const Pipeline& pipeline, const GenerateOptions& options)
 torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options, const BatchStepCallback& callback = {},
                        const BatchDoneCallback& on_batch = {});
 
-// The NLL bound in bits/dim on `data` (eval/nll.h) with the pipeline's network.
-NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options);
+// The NLL bound in bits/dim on `data` (eval/nll.h) with the pipeline's network: of a
+// text-conditional model on captioned data, the conditional −log p(x_0 | caption) unless
+// `unconditional`; else (and for class-conditional models) with ∅.
+NllResult evaluate_nll(const Pipeline& pipeline, const Dataset& data, const NllOptions& options,
+                       bool unconditional = false);
 
 struct CfidResult {
   double cfid = 0.0;                 // classifier-Fréchet distance (not comparable with Inception FID)

@@ -34,6 +34,10 @@ struct ModelFacts {
   int64_t num_classes = 0;
   std::vector<std::string> class_names;  // num_classes entries
   SamplerConfig default_sampler;         // the checkpoint's spacing and variance
+  // Text-conditional models: the tokenizer's words and the longest prompt it reads, in words.
+  bool text_conditional = false;
+  std::vector<std::string> vocabulary;
+  int64_t max_prompt_words = 0;
 };
 
 struct GenerateRequest {
@@ -44,6 +48,8 @@ struct GenerateRequest {
   uint64_t seed = 0;
   double guidance = 0.0;      // w of ε̃ = (1 + w) ε(x, y) − w ε(x, ∅)
   int64_t class_label = -1;   // −1: none (∅)
+  std::string prompt;         // text-conditional models ("": ∅, the empty prompt)
+  std::string negative_prompt;  // takes ∅'s place in guidance
   int64_t preview_every = 0;  // steps between preview events (0: none)
 };
 
@@ -101,17 +107,17 @@ InterpolateRequest native_interpolate_request(const nlohmann::json& body, const 
 const ModelFacts& model_named(const std::vector<ModelFacts>& models, const nlohmann::json& body,
                               const std::string& field);
 
-// POST /api/generate: {"model", "sampler", "steps", "eta", "spacing", "guidance", "class", "seed",
-// "n", "preview_every"}, all optional.
+// POST /api/generate: {"model", "sampler", "steps", "eta", "spacing", "guidance", "class", "prompt",
+// "negative_prompt", "seed", "n", "preview_every"}, all optional.
 GenerateRequest native_generate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
                                         const RequestLimits& limits);
 // POST /v1/images/generations: {"model", "prompt", "n", "size", "response_format", "seed"}; the
-// prompt names a class of a class-conditional model (a class name, or its index), and is otherwise
-// ignored. Extra fields: "steps", "sampler", "guidance".
+// prompt names a class of a class-conditional model (a class name, or its index), is the prompt
+// of a text-conditional one, and is otherwise ignored. Extra fields: "steps", "sampler", "guidance".
 GenerateRequest openai_generate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
                                         const RequestLimits& limits);
-// POST /sdapi/v1/txt2img: {"prompt", "seed" (−1: random), "sampler_name", "steps", "cfg_scale"
-// (A1111's s = 1 + w), "width", "height", "batch_size", "n_iter", "eta", "override_settings":
+// POST /sdapi/v1/txt2img: {"prompt", "negative_prompt" (text-conditional models), "seed" (−1: random), "sampler_name",
+// "steps", "cfg_scale" (A1111's s = 1 + w), "width", "height", "batch_size", "n_iter", "eta", "override_settings":
 // {"sd_model_checkpoint"}}.
 GenerateRequest a1111_generate_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
                                        const RequestLimits& limits);
