@@ -54,7 +54,8 @@ ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance, con
   };
   if (classes > 0) network = classifier_free_guidance(std::move(network), classes, guidance);
   if (text) {  // ∅: the empty prompt, or the negative prompt in its place
-    const auto null_row = negative.defined() ? negative : model->null_condition(1, torch::kCPU)[0];
+    // on the device before any CUDA graph captures the guided network (sampling/guidance.h)
+    const auto null_row = (negative.defined() ? negative : model->null_condition(1, torch::kCPU)[0]).to(compute.device);
     network = classifier_free_guidance(std::move(network), null_row, guidance);
   }
   return compute.cuda_graph ? replay_as_cuda_graph(std::move(network)) : network;
