@@ -374,6 +374,13 @@ TEST(Serve, BadRequestsAreRefusedWithTheFieldNamed) {
   EXPECT_TRUE(json::parse(res->body).contains("error"));
   get(c, "/api/jobs/0123456789abcdef", 404);
   EXPECT_EQ(c.Delete("/api/jobs/0123456789abcdef")->status, 404);
+  // a multipart body the HTTP layer cannot split into parts
+  res = c.Post("/v1/images/edits", "--XYZ\r\nno headers and no end", "multipart/form-data; boundary=XYZ");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  const auto garbled = json::parse(res->body);
+  EXPECT_EQ(garbled["error"]["param"], "body");
+  EXPECT_NE(garbled["error"]["message"].get<std::string>().find("multipart"), std::string::npos);
 }
 
 TEST(Serve, TheApiKeyIsWantedOnEveryApiRoute) {

@@ -425,6 +425,12 @@ void Server::Impl::routes() {
       send_error(res, 404, "no route " + req.method + " " + req.path);
     else if (res.status == 413)
       send_error(res, 413, "the body is larger than this server accepts");
+    else if (res.status == 400)  // refused by the HTTP layer before any route read it
+      send_error(res, 400,
+                 req.is_multipart_form_data()
+                     ? "the multipart/form-data body cannot be read (its boundary or a part's headers are malformed)"
+                     : "the request cannot be read",
+                 "body");
     else
       send_error(res, res.status, "HTTP error " + std::to_string(res.status));
   });
