@@ -372,6 +372,54 @@ TEST(Cli, SigtermWritesACheckpointAndResumeContinues) {
   EXPECT_EQ(previous, 400);
 }
 
+TEST(Cli, TextConditionalTrainingSamplingAndItsRefusals) {
+  TempDir dir;
+  // captioned data is trained text-conditional by default
+  auto r =
+      run("--threads 1 train --data captioned-digits --limit 64 --model tiny --steps 2 --batch-size 8 "
+          "--timesteps 50 --preview-n 4 --no-progress --out " +
+          dir / "text");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(text-conditional)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tokenizer:"), std::string::npos) << r.output;
+  const std::string text = dir / "text/checkpoint.safetensors";
+  r = run("sample --checkpoint " + text +
+          " --prompt \"3 left of 8\" --prompt \"a small 5 above a 1\" "
+          "--negative-prompt \"8 left of 3\" --guidance 2 --steps 3 --n 4 --no-progress --out " +
+          dir / "p.png");
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run("sample --checkpoint " + text + " --prompt \"a cat\" --n 2 --no-progress --out " + dir / "x.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("'cat' is not in this model's vocabulary"), std::string::npos) << r.output;
+  r = run("eval --metric nll --n 4 --t-samples 2 --no-progress --checkpoint " + text);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("conditional on each image's caption"), std::string::npos) << r.output;
+  // --no-text-cond and --class-cond train without text; --text-cond without captions is refused
+  r =
+      run("--threads 1 train --data captioned-digits --limit 64 --model tiny --steps 1 --batch-size 8 --no-text-cond "
+          "--no-progress --out " +
+          dir / "plain");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("text-conditional"), std::string::npos) << r.output;
+  r = run("sample --checkpoint " + dir / "plain/checkpoint.safetensors" + " --prompt 3 --n 2 --no-progress --out " +
+          dir / "x.png");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("not text-conditional"), std::string::npos) << r.output;
+  r =
+      run("--threads 1 train --data mnist --limit 32 --model tiny --steps 1 --batch-size 4 --text-cond --no-progress "
+          "--out " +
+          dir / "none");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--text-cond needs captions"), std::string::npos) << r.output;
+  // a resumed run keeps its kind of condition
+  r =
+      run("--threads 1 train --data captioned-digits --limit 64 --model tiny --steps 3 --batch-size 8 --no-text-cond "
+          "--resume --no-progress --out " +
+          dir / "text");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--no-text-cond: the run"), std::string::npos) << r.output;
+}
+
 TEST(Cli, ClassConditionalGuidanceAndEditing) {
   TempDir dir;
   auto r = run("--threads 1 train --data mnist --limit 32 --model tiny --steps 2 --batch-size 4 --timesteps 50 "

@@ -38,6 +38,10 @@ try {
   await page.goto(`http://127.0.0.1:${port}/`, {waitUntil: "networkidle0"});
   await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0, {timeout: 10000});
   check(true, "the page lists the model");
+  // an unconditional model: no class, guidance or prompt rows (hidden rows stay hidden under the form's grid)
+  const shown = (selector) => page.$eval(selector, (e) => e.offsetParent !== null);
+  check(!(await shown("#class-row")) && !(await shown("#guidance-row")) && !(await shown("#prompt-row")),
+        "an unconditional model shows no class, guidance or prompt fields");
 
   // The spread of an image's pixels (0 for a blank one), read through a canvas.
   const spread = (selector) => page.$eval(selector, (img) => {
