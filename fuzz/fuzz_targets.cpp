@@ -1,11 +1,12 @@
 #include "fuzz_targets.h"
 
+#include <c10/util/Exception.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <c10/util/Exception.h>
+#include <cstdio>
 #include <nlohmann/json.hpp>
-
 #include <stdexcept>
 
 #include "diffuse/checkpoint/checkpoint.h"
@@ -15,6 +16,7 @@
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
+#include "diffuse/text/tokenizer.h"
 #ifdef DIFFUSE_FUZZ_SERVE
 #include "diffuse/serve/base64.h"
 #include "diffuse/serve/requests.h"
@@ -96,6 +98,58 @@ int archive(const uint8_t* data, size_t size) {
   return refusing([&] { load_image_archive(path, Split::train, DataOptions{8, 4}); });
 }
 
+int captions(const uint8_t* data, size_t size) {
+  // a folder of two images, made once and removed at exit; the input becomes each kind of caption
+  // file in turn
+  struct ImageTree {
+    std::string root;
+    ImageTree() {
+      char pattern[] = "/tmp/diffuse-fuzz-captions-XXXXXX";
+      if (!::mkdtemp(pattern)) throw std::runtime_error("mkdtemp failed");
+      root = pattern;
+      for (const char* folder : {"/a", "/b"}) ::mkdir((root + folder).c_str(), 0700);
+      save_image_png(root + "/a/0.png", torch::zeros({1, 4, 4}));
+      save_image_png(root + "/b/1.png", torch::zeros({1, 4, 4}));
+    }
+    ~ImageTree() {
+      for (const char* path : {"/a/0.png", "/b/1.png", "/a", "/b", ""}) std::remove((root + path).c_str());
+    }
+  };
+  static const ImageTree tree;
+  const std::string& dir = tree.root;
+  const auto text = bytes_of(data, size);
+  for (const char* name : {"/metadata.jsonl", "/metadata.csv", "/a/0.txt"}) {
+    write_file_atomic(dir + name, text);
+    refusing([&] { load_image_folder(dir, Split::train, DataOptions{4, 0}); });
+    std::remove((dir + name).c_str());
+  }
+  return 0;
+}
+
+int tokenizer(const uint8_t* data, size_t size) {
+  const auto text = bytes_of(data, size);
+  refusing([&] {  // the stored form, then the input as a prompt to what it made
+    const auto tok = Tokenizer::from_json(nlohmann::json::parse(text));
+    tok.decode(tok.encode(text));
+  });
+  refusing([&] {  // the input's lines as captions
+    std::vector<std::string> lines;
+    std::string line;
+    for (const char c : text) {
+      if (c == '\n') {
+        lines.push_back(line);
+        line.clear();
+      } else {
+        line += c;
+      }
+    }
+    lines.push_back(line);
+    const auto tok = Tokenizer::learn(lines);
+    for (const auto& l : lines) tok.decode(tok.encode(l));
+  });
+  return 0;
+}
+
 #ifdef DIFFUSE_FUZZ_SERVE
 int requests(const uint8_t* data, size_t size) {
   using namespace diffuse::serve;
@@ -139,7 +193,8 @@ int requests(const uint8_t* data, size_t size) {
 
 const std::vector<NamedTarget>& targets() {
   static const std::vector<NamedTarget> all = {
-      {"safetensors", safetensors}, {"configs", configs}, {"image", image}, {"idx", idx}, {"archive", archive},
+      {"safetensors", safetensors}, {"configs", configs},   {"image", image},         {"idx", idx},
+      {"archive", archive},         {"captions", captions}, {"tokenizer", tokenizer},
 #ifdef DIFFUSE_FUZZ_SERVE
       {"requests", requests},
 #endif

@@ -21,6 +21,8 @@ int configs(const uint8_t* data, size_t size);      // JSON → UNet, schedule, 
 int image(const uint8_t* data, size_t size);        // PNG/JPEG/BMP/… bytes → pixels
 int idx(const uint8_t* data, size_t size);          // an IDX file (plain or gzip)
 int archive(const uint8_t* data, size_t size);      // a .tar[.gz] image tree → a data set
+int captions(const uint8_t* data, size_t size);     // metadata.jsonl / metadata.csv / NAME.txt → captions
+int tokenizer(const uint8_t* data, size_t size);    // a tokenizer's JSON, and captions it learns from
 // The JSON bodies of `diffuse serve`'s three APIs → requests, and base64 (built with the server:
 // DIFFUSE_FUZZ_SERVE).
 int requests(const uint8_t* data, size_t size);
