@@ -374,11 +374,14 @@ TEST(Cli, SigtermWritesACheckpointAndResumeContinues) {
 
 TEST(Cli, TextConditionalTrainingSamplingAndItsRefusals) {
   TempDir dir;
+  auto refused = [&](const std::string& command, const std::string& message) {
+    const auto r = run(command);
+    EXPECT_NE(r.status, 0) << command;
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+  };
+  const std::string train = "--threads 1 train --model tiny --batch-size 8 --timesteps 50 --preview-n 4 --no-progress ";
   // captioned data is trained text-conditional by default
-  auto r =
-      run("--threads 1 train --data captioned-digits --limit 64 --model tiny --steps 2 --batch-size 8 "
-          "--timesteps 50 --preview-n 4 --no-progress --out " +
-          dir / "text");
+  auto r = run(train + "--data captioned-digits --limit 64 --steps 2 --out " + dir / "text");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("(text-conditional)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("tokenizer:"), std::string::npos) << r.output;
@@ -388,36 +391,22 @@ TEST(Cli, TextConditionalTrainingSamplingAndItsRefusals) {
           "--negative-prompt \"8 left of 3\" --guidance 2 --steps 3 --n 4 --no-progress --out " +
           dir / "p.png");
   EXPECT_EQ(r.status, 0) << r.output;
-  r = run("sample --checkpoint " + text + " --prompt \"a cat\" --n 2 --no-progress --out " + dir / "x.png");
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("'cat' is not in this model's vocabulary"), std::string::npos) << r.output;
+  refused("sample --checkpoint " + text + " --prompt \"a cat\" --n 2 --no-progress --out " + dir / "x.png",
+          "'cat' is not in this model's vocabulary");
   r = run("eval --metric nll --n 4 --t-samples 2 --no-progress --checkpoint " + text);
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("conditional on each image's caption"), std::string::npos) << r.output;
-  // --no-text-cond and --class-cond train without text; --text-cond without captions is refused
-  r =
-      run("--threads 1 train --data captioned-digits --limit 64 --model tiny --steps 1 --batch-size 8 --no-text-cond "
-          "--no-progress --out " +
-          dir / "plain");
+  // --no-text-cond trains without text; --text-cond without captions is refused
+  r = run(train + "--data captioned-digits --limit 64 --steps 1 --no-text-cond --out " + dir / "plain");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(r.output.find("text-conditional"), std::string::npos) << r.output;
-  r = run("sample --checkpoint " + dir / "plain/checkpoint.safetensors" + " --prompt 3 --n 2 --no-progress --out " +
-          dir / "x.png");
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("not text-conditional"), std::string::npos) << r.output;
-  r =
-      run("--threads 1 train --data mnist --limit 32 --model tiny --steps 1 --batch-size 4 --text-cond --no-progress "
-          "--out " +
-          dir / "none");
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("--text-cond needs captions"), std::string::npos) << r.output;
+  refused("sample --checkpoint " + dir / "plain/checkpoint.safetensors" + " --prompt 3 --n 2 --no-progress --out " +
+              dir / "x.png",
+          "not text-conditional");
+  refused(train + "--data mnist --limit 32 --steps 1 --text-cond --out " + dir / "none", "--text-cond needs captions");
   // a resumed run keeps its kind of condition
-  r =
-      run("--threads 1 train --data captioned-digits --limit 64 --model tiny --steps 3 --batch-size 8 --no-text-cond "
-          "--resume --no-progress --out " +
-          dir / "text");
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("--no-text-cond: the run"), std::string::npos) << r.output;
+  refused(train + "--data captioned-digits --limit 64 --steps 3 --no-text-cond --resume --out " + dir / "text",
+          "--no-text-cond: the run");
 }
 
 TEST(Cli, ClassConditionalGuidanceAndEditing) {
