@@ -50,13 +50,7 @@ void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const Checkp
   };
   auto network = asked.model;  // labels and text are --class-cond's and --text-cond's questions, below
   network.num_classes = run.model.num_classes;
-  network.cross_attention_dim = run.model.cross_attention_dim;
-  network.text_vocab_size = run.model.text_vocab_size;
-  network.text_max_tokens = run.model.text_max_tokens;
-  network.text_layers = run.model.text_layers;
-  network.text_heads = run.model.text_heads;
-  network.cross_attention_resolutions = run.model.cross_attention_resolutions;
-  network.mid_cross_attention = run.model.mid_cross_attention;
+  if (run.model.text_conditional()) network = with_text(network, run.model.text_vocab_size, run.model.text_max_tokens);
   if ((cmd.count("--model") || o.shape.changes_anything()) && to_json(network) != to_json(run.model)) {
     refuse("--model " + o.model, "the network '" + run.model.name + "'");
   }

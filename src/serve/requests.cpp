@@ -9,7 +9,6 @@
 #include "diffuse/edit/noise_and_denoise.h"
 #include "diffuse/schedule/timestep_spacing.h"
 #include "diffuse/serve/base64.h"
-#include "diffuse/text/tokenizer.h"
 
 namespace diffuse::serve {
 
@@ -175,26 +174,20 @@ const ModelFacts& a1111_model(const json& body, const std::vector<ModelFacts>& m
   return model_named(models, settings, "sd_model_checkpoint");
 }
 
-}  // namespace
-
-namespace {
-
-// A text-conditional model's prompt from `field`: every word in its vocabulary, no longer than
-// its rows. Refused on a model that reads no text.
+// A text-conditional model's prompt from `field`: every word in its tokenizer's vocabulary, no
+// longer than its rows. Refused on a model that reads no text.
 std::string text_prompt_field(const json& body, const char* field, const ModelFacts& model) {
   const auto prompt = string_field(body, field, "");
   if (prompt.empty()) return prompt;
-  if (!model.text_conditional) throw RequestError(field, "model '" + model.name + "' reads no text");
-  const auto words = Tokenizer::split_words(prompt);
-  if (static_cast<int64_t>(words.size()) > model.max_prompt_words) {
-    throw RequestError(field, "has " + std::to_string(words.size()) + " words; model '" + model.name + "' reads " +
-                                  std::to_string(model.max_prompt_words));
+  if (!model.tokenizer) throw RequestError(field, "model '" + model.name + "' reads no text");
+  const auto& tokenizer = *model.tokenizer;
+  if (tokenizer.truncated(prompt)) {
+    throw RequestError(field, "has " + std::to_string(Tokenizer::split_words(prompt).size()) + " words; model '" +
+                                  model.name + "' reads " + std::to_string(tokenizer.max_tokens() - 1));
   }
-  for (const auto& w : words) {
-    if (std::find(model.vocabulary.begin(), model.vocabulary.end(), w) == model.vocabulary.end()) {
-      throw RequestError(field, "the word '" + w + "' is not in model '" + model.name + "''s vocabulary of " +
-                                    std::to_string(model.vocabulary.size()) + " words");
-    }
+  if (const auto unknown = tokenizer.unknown_words(prompt); !unknown.empty()) {
+    throw RequestError(field, "the word '" + unknown.front() + "' is not in model '" + model.name +
+                                  "''s vocabulary of " + std::to_string(tokenizer.words().size()) + " words");
   }
   return prompt;
 }
@@ -228,7 +221,7 @@ GenerateRequest native_generate_request(const json& body, const std::vector<Mode
   r.prompt = text_prompt_field(body, "prompt", model);
   r.negative_prompt = text_prompt_field(body, "negative_prompt", model);
   r.guidance = number_field(body, "guidance", 0.0, 0.0, 100.0);
-  if (r.guidance > 0 && model.num_classes == 0 && !model.text_conditional) {
+  if (r.guidance > 0 && model.num_classes == 0 && !model.tokenizer) {
     throw RequestError("guidance", "model '" + model.name + "' is not class- or text-conditional");
   }
   resolve_steps(r, body, "steps", model, limits);
@@ -267,7 +260,7 @@ GenerateRequest openai_generate_request(const json& body, const std::vector<Mode
   r.sampler = model.default_sampler;
   r.sampler.name = sampler_field(body, "sampler", "dpm++2m");
   const auto prompt = string_field(body, "prompt", "");
-  if (model.text_conditional) r.prompt = text_prompt_field(body, "prompt", model);
+  if (model.tokenizer) r.prompt = text_prompt_field(body, "prompt", model);
   if (model.num_classes > 0 && !prompt.empty()) {
     r.class_label = class_in_prompt(prompt, model.class_names);
     if (r.class_label < 0) {
@@ -302,7 +295,7 @@ GenerateRequest a1111_generate_request(const json& body, const std::vector<Model
   r.seed = seed_field(body, "seed");
   const auto prompt = string_field(body, "prompt", "");
   if (model.num_classes > 0 && !prompt.empty()) r.class_label = class_in_prompt(prompt, model.class_names);
-  if (model.text_conditional) {
+  if (model.tokenizer) {
     r.prompt = text_prompt_field(body, "prompt", model);
     r.negative_prompt = text_prompt_field(body, "negative_prompt", model);
   }

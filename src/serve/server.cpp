@@ -53,11 +53,7 @@ ModelFacts facts_of(const ServedModel& m) {
   for (int64_t k = 0; k < f.num_classes; ++k) f.class_names.push_back(cifar ? kCifar10Classes[k] : std::to_string(k));
   f.default_sampler.spacing = info.sampling.spacing;
   f.default_sampler.ddpm_large_variance = info.sampling.ddpm_large_variance;
-  if (info.tokenizer) {
-    f.text_conditional = true;
-    f.vocabulary = info.tokenizer->words();
-    f.max_prompt_words = info.tokenizer->max_tokens() - 1;
-  }
+  f.tokenizer = info.tokenizer;
   return f;
 }
 
@@ -469,19 +465,19 @@ void Server::Impl::routes() {
     for (size_t i = 0; i < models.size(); ++i) {
       const auto& f = facts[i];
       const auto& info = models[i].pipeline.info();
-      list.push_back(
-          {{"name", f.name},
-           {"image_size", f.image_size},
-           {"channels", f.channels},
-           {"classes", f.class_names},
-           {"timesteps", f.timesteps},
-           {"objective", to_string(info.objective)},
-           {"parameters", models[i].pipeline.checkpoint.model->parameter_count()},
-           {"step", info.step},
-           {"spacing", to_string(f.default_sampler.spacing)},
-           {"samplers", sampler_names()},
-           {"text", f.text_conditional ? json{{"vocabulary", f.vocabulary}, {"max_words", f.max_prompt_words}}
-                                       : json(nullptr)}});
+      list.push_back({{"name", f.name},
+                      {"image_size", f.image_size},
+                      {"channels", f.channels},
+                      {"classes", f.class_names},
+                      {"timesteps", f.timesteps},
+                      {"objective", to_string(info.objective)},
+                      {"parameters", models[i].pipeline.checkpoint.model->parameter_count()},
+                      {"step", info.step},
+                      {"spacing", to_string(f.default_sampler.spacing)},
+                      {"samplers", sampler_names()},
+                      {"text", f.tokenizer ? json{{"vocabulary", f.tokenizer->words()},
+                                                  {"max_words", f.tokenizer->max_tokens() - 1}}
+                                           : json(nullptr)}});
     }
     send_json(res,
               {{"models", list},

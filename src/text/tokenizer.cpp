@@ -131,8 +131,9 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& j) {
   if (json_field<std::string>(j, "kind", what) != "words") {
     throw std::runtime_error("tokenizer: kind '" + j.at("kind").get<std::string>() + "' is not known (expected words)");
   }
-  const auto& words = j.at("words");
-  if (!words.is_array() || static_cast<int64_t>(words.size()) > kMaxVocabulary - kSpecialTokens) {
+  // the list's length before its words are read (json_field says what else is wrong with it)
+  if (j.contains("words") && j["words"].is_array() &&
+      static_cast<int64_t>(j["words"].size()) > kMaxVocabulary - kSpecialTokens) {
     throw std::runtime_error("tokenizer field 'words': expected a list of at most " +
                              std::to_string(kMaxVocabulary - kSpecialTokens) + " words");
   }

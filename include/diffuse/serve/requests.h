@@ -6,11 +6,13 @@
 #include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "diffuse/sampling/sampler.h"
+#include "diffuse/text/tokenizer.h"
 
 namespace diffuse::serve {
 
@@ -34,10 +36,7 @@ struct ModelFacts {
   int64_t num_classes = 0;
   std::vector<std::string> class_names;  // num_classes entries
   SamplerConfig default_sampler;         // the checkpoint's spacing and variance
-  // Text-conditional models: the tokenizer's words and the longest prompt it reads, in words.
-  bool text_conditional = false;
-  std::vector<std::string> vocabulary;
-  int64_t max_prompt_words = 0;
+  std::optional<Tokenizer> tokenizer;    // text-conditional models: the checkpoint's
 };
 
 struct GenerateRequest {
