@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quality per minute for the main job: trains the `mnist` model once per recipe (each a whole run:
 # warm-up, cosine decay to 0 at its last step, seed 0), measures each checkpoint's cFID (N images,
-# seed 0: DDIM-50 at η = 0 and η = 1, DPM-Solver++(2M) with 20 steps) and times a training step of
+# seed 0: DDIM-50 at η = 0 and η = 1, DPM-Solver++(2M) with 20 steps; beside them the cFID of N real
+# training images, the floor at this N) and times a training step of
 # each batch size and network shape on a quiet machine, then prints one table row per recipe.
 #   bench/main_job_sweep.sh [RECIPE...]     RECIPE: a name from `recipes` below (default: all)
 # Environment: OUT (default runs/sweep), N (images per cFID, default 500), BIN (default
@@ -30,6 +31,10 @@ declare -A recipes=(
   [v-min-snr-5-2000]="--steps 2000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5"
   [v-min-snr-5-c16-4000]="--steps 4000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16"
   [v-min-snr-5-c48-1000]="--steps 1000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 48"
+  [v-min-snr-5-c16-5000]="--steps 5000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16"
+  [v-min-snr-5-c16-124-3500]="--steps 3500 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,4"
+  [v-min-snr-5-b32-4000]="--steps 4000 --batch-size 32 --lr 1e-3 --objective v --min-snr-gamma 5"
+  [v-min-snr-5-c16-ema-0.995-5000]="--steps 5000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16 --ema-decay 0.995"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
@@ -83,13 +88,16 @@ if [ "${TIMING:-1}" != 0 ]; then
   done
 fi
 
-cfid() { /usr/bin/python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cfid"], 1))' "$1"; }
-echo "| recipe | flags | images | minutes of training | cFID DDIM-50 η = 0 | η = 1 | DPM-Solver++(2M)-20 |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+cfid() {  # cfid FILE [KEY] → the value rounded, "–" where the file has no KEY
+  /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print("–" if v is None else round(v, 1))' \
+    "$1" "${2:-cfid}"
+}
+echo "| recipe | flags | images | minutes of training | cFID DDIM-50 η = 0 | η = 1 | DPM-Solver++(2M)-20 | $n real images |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for name in "${names[@]}"; do
   flags=${recipes[$name]} dir="$out/$name"
   steps=$(flag_value --steps $flags) batch=$(flag_value --batch-size $flags)
   minutes="–" key=$(timing_flags $flags)
   [ -n "${step_seconds[$key]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$key]} / 60" | bc -l)
-  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") |"
+  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") | $(cfid "$dir/fid_n${n}_eta0.json" cfid_real) |"
 done

@@ -463,6 +463,9 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
   EXPECT_EQ(pclose(pipe), 0) << json;
   auto j = nlohmann::json::parse(json);
   EXPECT_GE(j.at("cfid").get<double>(), 0.0);
+  // the floor: 20 real training images (these splits hold the same images) lie nearer the reference
+  EXPECT_GE(j.at("cfid_real").get<double>(), 0.0);
+  EXPECT_LT(j.at("cfid_real").get<double>(), j.at("cfid").get<double>()) << json;
   EXPECT_EQ(j.at("images").get<int>(), 20);
   EXPECT_NE(j.at("sampler").get<std::string>().find("guidance 1"), std::string::npos) << json;
   EXPECT_TRUE(std::filesystem::exists(dir / "cache"));  // the classifier was cached

@@ -63,16 +63,19 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
                                    (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "") +
                                    (classes > 0 ? " class-balanced, guidance " + std::to_string(o.guidance) : "");
   if (o.json) {
-    nlohmann::json j = {{"cfid", cfid},
-                        {"classifier_accuracy", accuracy},
-                        {"class_entropy", {{"generated", h_gen}, {"reference", h_ref}, {"max", std::log(double(reference.num_classes))}}},
-                        {"images", n},
-                        {"reference_images", reference.size()},
-                        {"sampler", sampler_text},
-                        {"seed", o.nll.seed},
-                        {"checkpoint", o.checkpoint},
-                        {"data", data_name},
-                        {"split", o.split}};
+    nlohmann::json j = {
+        {"cfid", cfid},
+        {"cfid_real", r.cfid_real},
+        {"classifier_accuracy", accuracy},
+        {"class_entropy",
+         {{"generated", h_gen}, {"reference", h_ref}, {"max", std::log(double(reference.num_classes))}}},
+        {"images", n},
+        {"reference_images", reference.size()},
+        {"sampler", sampler_text},
+        {"seed", o.nll.seed},
+        {"checkpoint", o.checkpoint},
+        {"data", data_name},
+        {"split", o.split}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
@@ -81,6 +84,8 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
   std::printf("  generated: %lld images, %s, seed %llu; reference: %lld %s images\n", static_cast<long long>(n),
               sampler_text.c_str(), static_cast<unsigned long long>(o.nll.seed), static_cast<long long>(reference.size()),
               o.split.c_str());
+  std::printf("  real images: %lld of the training split score %.3f (the floor at this n)\n", static_cast<long long>(n),
+              r.cfid_real);
   std::printf("  classifier: accuracy %.4f on the reference (%s)\n", accuracy, cache.c_str());
   std::printf("  predicted-class entropy: generated %.3f, reference %.3f nats (uniform: %.3f)\n", h_gen, h_ref,
               std::log(static_cast<double>(reference.num_classes)));

@@ -1,6 +1,8 @@
 #include "diffuse/pipeline/pipeline.h"
 
+#include <algorithm>
 #include <cctype>
+#include <optional>
 #include <stdexcept>
 
 #include "diffuse/eval/classifier.h"
@@ -169,8 +171,13 @@ CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& option
   r.classifier_path = classifier_cache_path(reference);
   ClassifierOptions co;
   co.progress = progress;
+  std::optional<Dataset> training;  // loaded once: for the classifier (the first time) and cfid_real
+  const auto training_split = [&]() -> Dataset {
+    if (!training) training = load_training_split();
+    return *training;
+  };
   auto classifier = load_or_train_classifier(r.classifier_path, reference.channels(), reference.image_size(),
-                                             reference.num_classes, load_training_split, co);
+                                             reference.num_classes, training_split, co);
   r.classifier_accuracy = classifier_accuracy(classifier, reference);
 
   GenerateOptions g = options;
@@ -185,7 +192,14 @@ CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& option
   // Generated images are quantised to 8 bits like the data, so that both sides see the same kind of input.
   auto [generated_features, generated_logits] = classifier_outputs(classifier, from_uint8(to_uint8(generated)));
   auto [reference_features, reference_logits] = classifier_outputs(classifier, from_uint8(reference.images));
-  r.cfid = frechet_distance(feature_statistics(generated_features), feature_statistics(reference_features));
+  const auto reference_statistics = feature_statistics(reference_features);
+  r.cfid = frechet_distance(feature_statistics(generated_features), reference_statistics);
+  // the floor at this n: as many real training images, drawn without replacement
+  const Dataset real = training_split();
+  auto gen = at::detail::createCPUGenerator(options.seed);
+  const auto drawn = torch::randperm(real.size(), gen, torch::kLong).slice(0, 0, std::min(r.images, real.size()));
+  const auto real_features = classifier_outputs(classifier, from_uint8(real.images.index_select(0, drawn))).first;
+  r.cfid_real = frechet_distance(feature_statistics(real_features), reference_statistics);
   r.entropy_generated = predicted_class_entropy(generated_logits);
   r.entropy_reference = predicted_class_entropy(reference_logits);
   return r;

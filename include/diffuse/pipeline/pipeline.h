@@ -90,12 +90,15 @@ struct CfidResult {
   double classifier_accuracy = 0.0;  // on the reference
   double entropy_generated = 0.0, entropy_reference = 0.0;  // of the predicted classes, nats
   int64_t images = 0;
+  // As many images of the training split (drawn with options.seed) against the same reference: a
+  // perfect model's cFID at this n, the upward bias that few images carry.
+  double cfid_real = 0.0;
   std::string classifier_path;       // where the classifier is cached
 };
 // Generates options.n images and compares them with `reference` in the features of the data
 // set's cFID classifier (cached in cache_directory(); trained on `load_training_split()` the
 // first time). Class-conditional models get balanced labels (image i: class i mod K) unless
-// options.labels says otherwise.
+// options.labels says otherwise. Also measures cfid_real on the training split.
 CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
                          const std::function<Dataset()>& load_training_split, bool progress = true,
                          const BatchStepCallback& callback = {});
