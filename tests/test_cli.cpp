@@ -409,6 +409,48 @@ TEST(Cli, TextConditionalTrainingSamplingAndItsRefusals) {
           "--no-text-cond: the run");
 }
 
+TEST(Cli, ImageConditionalTrainingInpaintingUpscalingAndTheirRefusals) {
+  TempDir dir;
+  auto refused = [&](const std::string& command, const std::string& message) {
+    const auto r = run(command);
+    EXPECT_NE(r.status, 0) << command;
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+  };
+  const std::string train =
+      "--threads 1 train --data mnist --limit 32 --model tiny --batch-size 8 --timesteps 50 --preview-n 4 "
+      "--no-progress ";
+  auto r = run(train + "--steps 2 --image-cond inpaint --out " + dir / "inpaint");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(inpaint)"), std::string::npos) << r.output;
+  const std::string inpaint = dir / "inpaint/checkpoint.safetensors";
+  r = run("edit inpaint --checkpoint " + inpaint + " --test-index 0-1 --mask center --guidance 1 --steps 3 " +
+          "--no-progress --out " + dir / "inpaint.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("the inpainting model, guidance 1.00: 2 image(s), mean PSNR inside the hole"),
+            std::string::npos)
+      << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "inpaint.png"));
+  r = run(train + "--steps 2 --image-cond super-resolution --out " + dir / "sr");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string sr = dir / "sr/checkpoint.safetensors";
+  diffuse::save_image_png(dir / "low.png", torch::zeros({1, 7, 7}));
+  r = run("edit upscale --checkpoint " + sr + " --test-index 0 --low-res " + dir / "low.png" +
+          " --steps 3 --no-progress --out " + dir / "up.png");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("×4 super-resolution of 1 image(s): mean PSNR bicubic"), std::string::npos) << r.output;
+  // a condition the model was not trained for, a low-resolution file of the wrong size, a second condition
+  refused("edit upscale --checkpoint " + inpaint + " --test-index 0 --no-progress", "is no super-resolution model");
+  refused("edit inpaint --checkpoint " + sr + " --test-index 0 --mask left --no-progress",
+          "was trained for super-resolution");
+  refused("edit upscale --checkpoint " + sr + " --low-res " + dir / "inpaint.png" + " --no-progress",
+          "this model upscales 7×7 images ×4");
+  refused(train + "--steps 1 --image-cond inpaint --class-cond --out " + dir / "x", "one kind of condition");
+  refused(train + "--steps 1 --image-cond super-resolution --sr-factor 3 --out " + dir / "x",
+          "must be at least 2 and divide the image size 28");
+  refused(train + "--steps 3 --image-cond super-resolution --resume --out " + dir / "inpaint",
+          "--image-cond super-resolution: the run");
+}
+
 TEST(Cli, ClassConditionalGuidanceAndEditing) {
   TempDir dir;
   auto r = run("--threads 1 train --data mnist --limit 32 --model tiny --steps 2 --batch-size 4 --timesteps 50 "

@@ -152,8 +152,12 @@ TEST(UNetConfig, TheGeneralOptionsBuildNetworksThatRun) {
   UNet net(c);
   const auto x = torch::randn({2, 3, 16, 16}), t = torch::tensor({1, 500}, torch::kLong);
   const auto condition = torch::randn({2, 2, 16, 16});
-  EXPECT_EQ(net->forward(x, t, {}, condition).sizes(), x.sizes());
-  EXPECT_THROW(net->forward(x, t), c10::Error);  // the condition is required
+  EXPECT_EQ(net->forward(x, t, condition).sizes(), x.sizes());
+  // no condition: ∅, zero channels; a condition of other channels or size is refused
+  EXPECT_TRUE(torch::equal(net->forward(x, t), net->forward(x, t, torch::zeros_like(condition))));
+  EXPECT_TRUE(torch::equal(net->null_condition(2, torch::kCPU), torch::zeros({2, 2, 16, 16})));
+  EXPECT_THROW(net->forward(x, t, torch::randn({2, 3, 16, 16})), c10::Error);
+  EXPECT_THROW(net->forward(x, t, torch::randn({2, 2, 8, 8})), c10::Error);
   // without the middle attention block, exactly its parameters fewer
   auto with_mid = c;
   with_mid.mid_attention = true;

@@ -2,10 +2,13 @@
 //   sdedit       noise an image to x_t and denoise it (SDEdit)
 //   sweep        the same for a list of t on held-out images: MSE/PSNR table and a figure
 //   invert       DDIM inversion x_0 → x_T → x_0: reconstruction PSNR against steps
-//   inpaint      fill the white part of a mask (RePaint-style, optional resampling)
+//   inpaint      fill the white part of a mask: by a model trained for it (--image-cond inpaint), else
+//                RePaint-style with an unconditional model (optional resampling)
+//   upscale      super-resolution by a model trained for it (--image-cond super-resolution), beside bicubic
 //   interpolate  slerp between the inverted latents of two images, decoded with DDIM η = 0
 //   mix          denoise a pixel mixture of two images from an intermediate t
 // Inputs are PNG/JPEG files (--image) or images of the checkpoint's test split (--test-index).
+#include <chrono>
 #include <cstdio>
 #include <iomanip>
 #include <memory>
@@ -13,6 +16,7 @@
 
 #include "commands.h"
 #include "diffuse/data/dataset.h"
+#include "diffuse/diffusion/image_condition.h"
 #include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/inpaint.h"
 #include "diffuse/edit/interpolate.h"
@@ -21,6 +25,7 @@
 #include "diffuse/io/image.h"
 #include "diffuse/plot/figure.h"
 #include "diffuse/util/progress.h"
+#include "sampling_progress.h"
 
 namespace diffuse::cli {
 
@@ -29,12 +34,12 @@ namespace {
 struct EditOptions {
   std::string checkpoint, out, mask;
   ComputeFlags compute;
-  std::vector<std::string> images;
+  std::vector<std::string> images, low_res;
   std::vector<std::string> test_indices;  // "3", "0-31" (a range, both ends included)
   std::vector<int64_t> ts{50, 100, 250, 500, 750, 1000}, step_list{10, 20, 50, 100, 200};
   SamplerFlags sampler;
   int64_t t = 0, resample = 0, frames = 8;
-  double strength = 0.0;
+  double strength = 0.0, guidance = 0.0;
   uint64_t seed = 0;
   bool progress = true;
 };
@@ -126,8 +131,30 @@ EditContext open_edit(const EditOptions& o, size_t min_inputs) {
     throw std::runtime_error("edit: needs " + std::to_string(min_inputs) + " input image(s): give --image FILE or --test-index N");
   }
   auto net = make_unconditional_denoiser(pipeline);
-  return EditContext{std::move(pipeline), std::move(net), torch::stack(inputs).to(compute.device),
-                     at::detail::createCPUGenerator(o.seed)};
+  auto stacked = inputs.empty() ? torch::Tensor() : torch::stack(inputs).to(compute.device);
+  return EditContext{std::move(pipeline), std::move(net), std::move(stacked), at::detail::createCPUGenerator(o.seed)};
+}
+
+// Images drawn from an image-conditional model under `conditions` [B, C', H, W] (one image each),
+// with the sampler flags, --guidance and --seed; on the conditions' device.
+torch::Tensor generate_under(const EditOptions& o, const EditContext& c, const torch::Tensor& conditions,
+                             const std::string& label) {
+  GenerateOptions g;
+  g.sampler = sampler_config_of(o.sampler, c.pipeline.info().sampling);
+  g.steps = o.sampler.steps;
+  g.clip_x0 = clip_x0_of(o.sampler, c.pipeline.info().sampling);
+  g.n = conditions.size(0);
+  g.seed = o.seed;
+  g.guidance = o.guidance;
+  g.image_conditions = conditions.to(torch::kCPU);
+  SamplingProgress bar(label, g.n, g.batch_size, sampling_steps(c.pipeline, g), o.progress);
+  auto images = generate(c.pipeline, g, [&](int64_t first, const SampleStep& s) { bar.update(first, s); });
+  bar.finish();
+  return images.to(conditions.device());
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 void write_figure(const std::string& path, const std::vector<torch::Tensor>& tiles, int64_t columns, const std::string& what,
@@ -264,24 +291,105 @@ torch::Tensor load_known_mask(const std::string& spec, int64_t size) {
   return (1 - hole).view({1, 1, size, size});
 }
 
+// An inpainting model (--image-cond inpaint) draws x_0 ~ p(x_0 | c), c = [x ⊙ m, m], and the known
+// pixels are pasted back; an unconditional model inpaints by RePaint. Both report the PSNR inside
+// the hole against the original and the time taken, so that the two compare on the same images.
 void run_inpaint(const EditOptions& o) {
   if (o.mask.empty()) throw std::runtime_error("inpaint: give --mask FILE.png (white = fill in) or left|right|top|bottom|center");
   auto c = open_edit(o, 1);
+  const auto& condition = c.pipeline.info().image_condition;
+  if (condition && condition->kind != ImageConditionKind::inpaint) {
+    throw std::runtime_error("inpaint: '" + o.checkpoint + "' was trained for " + to_string(condition->kind) +
+                             "; inpaint with an inpainting model (--image-cond inpaint) or an unconditional one");
+  }
+  if (!condition && o.guidance > 0) {
+    throw std::runtime_error(
+        "--guidance needs an inpainting model (train --image-cond inpaint); RePaint, with an "
+        "unconditional model, takes none");
+  }
   auto known = load_known_mask(o.mask, c.pipeline.info().data.image_size).to(c.inputs.device());
-  int64_t steps = 0;
-  auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, steps);
-  InpaintOptions io;
-  io.steps = steps;
-  io.resample = o.resample;
-  io.clip_x0 = clip_x0_of(o.sampler, c.pipeline.info().sampling);
-  c.track_progress(o, "inpaint", sampler->evaluations(steps) * (1 + o.resample));
-  auto result = inpaint(c.pipeline.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
-  c.finish_progress();
+  const auto start = std::chrono::steady_clock::now();
+  torch::Tensor result;
+  std::string method;
+  if (condition) {
+    result = known * c.inputs + (1 - known) * generate_under(o, c, inpaint_condition(c.inputs, known), "inpaint");
+    method = "the inpainting model" + (o.guidance > 0 ? ", guidance " + fixed(o.guidance, 2) : std::string());
+  } else {
+    int64_t steps = 0;
+    auto sampler = make_sampler_from_flags(o.sampler, c.pipeline, steps);
+    InpaintOptions io;
+    io.steps = steps;
+    io.resample = o.resample;
+    io.clip_x0 = clip_x0_of(o.sampler, c.pipeline.info().sampling);
+    c.track_progress(o, "inpaint", sampler->evaluations(steps) * (1 + o.resample));
+    result = inpaint(c.pipeline.diffusion, *sampler, c.net, c.inputs, known, io, c.gen);
+    c.finish_progress();
+    method = "RePaint, " + std::to_string(o.resample) + " resampling round(s)";
+  }
+  const double seconds = seconds_since(start);
+  const auto hole_psnr = psnr(result.clamp(-1, 1), c.inputs, 1 - known);
+  for (int64_t i = 0; i < c.inputs.size(0); ++i)
+    std::printf("image %lld: PSNR inside the hole %.2f dB\n", static_cast<long long>(i), hole_psnr[i].item<double>());
+  std::printf("%s: %lld image(s), mean PSNR inside the hole %.2f dB, %.1f s\n", method.c_str(),
+              static_cast<long long>(c.inputs.size(0)), hole_psnr.mean().item<double>(), seconds);
   std::vector<torch::Tensor> tiles;
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
   for (int64_t i = 0; i < c.inputs.size(0); ++i)
     for (const auto& x : {c.inputs[i], shown[i], result[i]}) tiles.push_back(x);
   write_figure(o.out, tiles, 3, "columns: original, known pixels, result", {"original", "known", "result"});
+}
+
+// Super-resolution by a model trained for it: held-out images (--test-index, --image) shrunk by
+// its factor (the mean of each f×f block), or low-resolution files (--low-res), upscaled; bicubic
+// interpolation beside it, and the PSNR of both against the originals where there are originals.
+void run_upscale(const EditOptions& o) {
+  auto c = open_edit(o, o.low_res.empty() ? 1 : 0);
+  const auto& info = c.pipeline.info();
+  if (!info.image_condition || info.image_condition->kind != ImageConditionKind::super_resolution) {
+    throw std::runtime_error("upscale: '" + o.checkpoint +
+                             "' is no super-resolution model (train one with --image-cond super-resolution)");
+  }
+  const int64_t size = info.data.image_size, factor = info.image_condition->factor, small = size / factor;
+  std::vector<torch::Tensor> lows;
+  if (c.inputs.defined()) lows.push_back(downsample_mean(c.inputs, factor));
+  const auto device = c.inputs.defined() ? c.inputs.device() : c.pipeline.compute.device;
+  for (const auto& path : o.low_res) {
+    const auto image = load_image_u8(path, static_cast<int>(info.data.channels), /*size=*/0);
+    if (image.size(1) != small || image.size(2) != small) {
+      throw std::runtime_error("--low-res '" + path + "' is " + std::to_string(image.size(2)) + "×" +
+                               std::to_string(image.size(1)) + "; this model upscales " + std::to_string(small) + "×" +
+                               std::to_string(small) + " images ×" + std::to_string(factor));
+    }
+    lows.push_back(from_uint8(image).unsqueeze(0).to(device));
+  }
+  const auto low = torch::cat(lows);
+  const auto bicubic = upsample_bicubic(low, size);
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = generate_under(o, c, bicubic, "upscale").clamp(-1, 1);
+  const double seconds = seconds_since(start);
+  const int64_t originals = c.inputs.defined() ? c.inputs.size(0) : 0;
+  if (originals > 0) {
+    const auto p_bicubic = psnr(bicubic.narrow(0, 0, originals), c.inputs);
+    const auto p_model = psnr(result.narrow(0, 0, originals), c.inputs);
+    for (int64_t i = 0; i < originals; ++i) {
+      std::printf("image %lld: PSNR bicubic %.2f dB, model %.2f dB\n", static_cast<long long>(i),
+                  p_bicubic[i].item<double>(), p_model[i].item<double>());
+    }
+    std::printf("×%lld super-resolution of %lld image(s): mean PSNR bicubic %.2f dB, model %.2f dB, %.1f s\n",
+                static_cast<long long>(factor), static_cast<long long>(originals), p_bicubic.mean().item<double>(),
+                p_model.mean().item<double>(), seconds);
+  }
+  namespace F = torch::nn::functional;
+  const auto blocky = F::interpolate(low, F::InterpolateFuncOptions()
+                                              .size(std::vector<int64_t>{size, size})
+                                              .mode(torch::kNearest));  // the low resolution as it is
+  std::vector<torch::Tensor> tiles;
+  for (int64_t i = 0; i < low.size(0); ++i) {
+    for (const auto& x : {blocky[i], bicubic[i], result[i]}) tiles.push_back(x);
+    tiles.push_back(i < originals ? c.inputs[i] : torch::zeros_like(result[i]));
+  }
+  write_figure(o.out, tiles, 4, "columns: low resolution, bicubic, model, original",
+               {std::to_string(small) + "x" + std::to_string(small), "bicubic", "model", "original"});
 }
 
 void run_interpolate(const EditOptions& o) {
@@ -360,7 +468,8 @@ CLI::App* add_edit_mode(CLI::App& edit, const std::string& name, const std::stri
 }  // namespace
 
 void add_edit_command(CLI::App& app) {
-  auto* edit = app.add_subcommand("edit", "Edit real images: sdedit, sweep, invert, inpaint, interpolate, mix");
+  auto* edit =
+      app.add_subcommand("edit", "Edit real images: sdedit, sweep, invert, inpaint, upscale, interpolate, mix");
   edit->require_subcommand(1);
   auto o = std::make_shared<EditOptions>();
 
@@ -382,7 +491,17 @@ void add_edit_command(CLI::App& app) {
   inpaint_cmd->add_option("--resample", o->resample, "RePaint: extra back-and-forth rounds per step")
       ->check(CLI::Range(0, 20))
       ->capture_default_str();
+  inpaint_cmd->add_option("--guidance", o->guidance, "An inpainting model: classifier-free guidance weight w")
+      ->check(guidance_range())
+      ->capture_default_str();
   inpaint_cmd->callback([o] { run_inpaint(*o); });
+
+  auto* upscale = add_edit_mode(*edit, "upscale", "Super-resolution by a model trained for it, beside bicubic", o);
+  upscale->add_option("--low-res", o->low_res, "Low-resolution image file(s) to upscale (the model's size / factor)");
+  upscale->add_option("--guidance", o->guidance, "Classifier-free guidance weight w")
+      ->check(guidance_range())
+      ->capture_default_str();
+  upscale->callback([o] { run_upscale(*o); });
 
   auto* interp = add_edit_mode(*edit, "interpolate", "Slerp between two inverted images, decoded with DDIM eta 0", o);
   interp->add_option("--frames", o->frames, "Images along the path")->check(CLI::Range(2, 64))->capture_default_str();

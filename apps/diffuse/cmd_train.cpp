@@ -33,6 +33,8 @@ struct TrainOptions {
   double max_data_gib = 1.0;
   bool class_cond = false;
   bool text_cond = false;  // with --text-cond / --no-text-cond; else: on for data with captions
+  std::string image_cond;  // --image-cond: inpaint | super-resolution (empty: none)
+  int64_t sr_factor = 4;
   UNetShape shape;  // --channels, --channel-mult, --res-blocks, --attention-res
   TrainConfig config;
 };
@@ -48,8 +50,9 @@ void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const Checkp
                              "; a run's model, schedule and objective stay as they began (drop the flag, or "
                              "start a new --out)");
   };
-  auto network = asked.model;  // labels and text are --class-cond's and --text-cond's questions, below
+  auto network = asked.model;  // labels, text and images are --class-cond's, --text-cond's and --image-cond's, below
   network.num_classes = run.model.num_classes;
+  network.extra_in_channels = run.model.extra_in_channels;
   if (run.model.text_conditional()) network = with_text(network, run.model.text_vocab_size, run.model.text_max_tokens);
   if ((cmd.count("--model") || o.shape.changes_anything()) && to_json(network) != to_json(run.model)) {
     refuse("--model " + o.model, "the network '" + run.model.name + "'");
@@ -57,6 +60,12 @@ void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const Checkp
   if (cmd.count("--class-cond") && (run.model.num_classes > 0) != o.class_cond) refuse("--class-cond", "no labels");
   if ((cmd.count("--text-cond") || cmd.count("--no-text-cond")) && run.model.text_conditional() != o.text_cond) {
     refuse(o.text_cond ? "--text-cond" : "--no-text-cond", run.model.text_conditional() ? "a text encoder" : "no text");
+  }
+  if ((cmd.count("--image-cond") || cmd.count("--sr-factor")) &&
+      (run.image_condition ? to_json(*run.image_condition) : nlohmann::json()) !=
+          (asked.image_condition ? to_json(*asked.image_condition) : nlohmann::json())) {
+    refuse("--image-cond " + o.image_cond,
+           run.image_condition ? "the " + to_json(*run.image_condition).dump() + " condition" : "no image condition");
   }
   if (cmd.count("--timesteps") && asked.schedule.timesteps != run.schedule.timesteps) {
     refuse("--timesteps " + std::to_string(o.timesteps), "T = " + std::to_string(run.schedule.timesteps));
@@ -123,14 +132,28 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
                  static_cast<long long>(info.tokenizer->words().size()),
                  static_cast<long long>(info.tokenizer->max_tokens() - 1));
   }
+  if (!o.image_cond.empty()) {  // the condition's channels join x_t's at the network's input
+    if (o.class_cond || text_cond) {
+      throw std::runtime_error("--image-cond and --" + std::string(o.class_cond ? "class" : "text") +
+                               "-cond: a model takes one kind of condition" +
+                               (text_cond && !text_asked ? " (the data has captions: add --no-text-cond)" : ""));
+    }
+    ImageCondition condition{image_condition_kind_from_string(o.image_cond), o.sr_factor};
+    check_image_condition(condition, data.image_size());
+    info.image_condition = condition;
+    info.model.extra_in_channels = condition_channels(condition, data.channels());
+  } else if (cmd.count("--sr-factor")) {
+    throw std::runtime_error("--sr-factor belongs to --image-cond super-resolution");
+  }
   if (o.config.resume) {
     check_resume_flags(cmd, o, info);
   } else {
     std::fprintf(stderr, "model: %s%s%s, %lld parameters; %s schedule, T = %lld, objective %s; %d thread%s\n",
                  o.model.c_str(), o.shape.changes_anything() ? " (reshaped)" : "",
-                 o.class_cond  ? " (class-conditional)"
-                 : o.text_cond ? " (text-conditional)"
-                               : "",
+                 o.class_cond           ? " (class-conditional)"
+                 : o.text_cond          ? " (text-conditional)"
+                 : info.image_condition ? (" (" + to_string(info.image_condition->kind) + ")").c_str()
+                                        : "",
                  static_cast<long long>(UNet(info.model)->parameter_count()), o.schedule.c_str(),
                  static_cast<long long>(o.timesteps), o.objective.c_str(), torch::get_num_threads(),
                  torch::get_num_threads() == 1 ? "" : "s");
@@ -209,8 +232,17 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--text-cond,!--no-text-cond", o->text_cond,
                 "Learn eps(x_t, t, prompt) from the data's captions (the default where it has them), with a "
                 "tokenizer and a text encoder of its own");
+  cmd->add_option("--image-cond", o->image_cond,
+                  "Learn eps(x_t, t, c) with an image condition c made from each training image: inpaint (the image "
+                  "outside a random mask, and the mask) or super-resolution (the image shrunk by --sr-factor)")
+      ->check(CLI::IsMember({"inpaint", "super-resolution"}));
+  cmd->add_option("--sr-factor", o->sr_factor,
+                  "--image-cond super-resolution: how much smaller the low-resolution image is")
+      ->check(CLI::Range(2, 64))
+      ->capture_default_str();
   cmd->add_option("--label-dropout", c.label_dropout,
-                  "--class-cond, --text-cond: probability of training with no label (the empty prompt)")
+                  "--class-cond, --text-cond, --image-cond: probability of training with no label (the empty prompt, "
+                  "no image condition)")
       ->check(unit_interval())
       ->capture_default_str();
   cmd->add_option("--schedule", o->schedule, "Beta schedule")

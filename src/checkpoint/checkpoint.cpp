@@ -75,6 +75,30 @@ void check_tokenizer_fits(const CheckpointInfo& info) {
   }
 }
 
+void check_image_condition_fits(const CheckpointInfo& info) {
+  if (!info.image_condition) return;
+  check_image_condition(*info.image_condition, info.model.image_size);
+  const int64_t channels = condition_channels(*info.image_condition, info.model.in_channels);
+  if (info.model.extra_in_channels != channels) {
+    throw std::runtime_error("the " + to_string(info.image_condition->kind) + " condition has " +
+                             std::to_string(channels) + " channels, the model takes " +
+                             std::to_string(info.model.extra_in_channels));
+  }
+}
+
+nlohmann::json to_json(const ImageCondition& condition) {
+  nlohmann::json j = {{"kind", to_string(condition.kind)}};
+  if (condition.kind == ImageConditionKind::super_resolution) j["factor"] = condition.factor;
+  return j;
+}
+
+ImageCondition image_condition_from_json(const nlohmann::json& j) {
+  ImageCondition c;
+  c.kind = image_condition_kind_from_string(json_field<std::string>(j, "kind", "image_condition"));
+  if (c.kind == ImageConditionKind::super_resolution) c.factor = json_field<int64_t>(j, "factor", "image_condition");
+  return c;
+}
+
 std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info) {
   nlohmann::json data = {{"name", info.data.name},
                          {"channels", info.data.channels},
@@ -88,6 +112,7 @@ std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& inf
                                               {"step", std::to_string(info.step)},
                                               {"sampling", to_json(info.sampling).dump()}};
   if (info.tokenizer) metadata["tokenizer"] = info.tokenizer->to_json().dump();
+  if (info.image_condition) metadata["image_condition"] = to_json(*info.image_condition).dump();
   return metadata;
 }
 
@@ -117,6 +142,9 @@ CheckpointInfo checkpoint_info_from_metadata(const std::map<std::string, std::st
     if (md.count("sampling")) info.sampling = sampling_defaults_from_json(nlohmann::json::parse(md.at("sampling")));
     if (md.count("tokenizer")) info.tokenizer = Tokenizer::from_json(nlohmann::json::parse(md.at("tokenizer")));
     check_tokenizer_fits(info);
+    if (md.count("image_condition"))
+      info.image_condition = image_condition_from_json(nlohmann::json::parse(md.at("image_condition")));
+    check_image_condition_fits(info);
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + source + "': bad metadata: " + e.what());
   }

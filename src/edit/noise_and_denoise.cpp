@@ -41,4 +41,13 @@ torch::Tensor psnr(const torch::Tensor& a, const torch::Tensor& b) {
   return 10.0 * torch::log10(4.0 / mse.clamp_min(1e-20));  // peak-to-peak range 2
 }
 
+torch::Tensor psnr(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& region) {
+  TORCH_CHECK(a.sizes() == b.sizes() && a.dim() == 4 && region.dim() == 4 && region.size(1) == 1, "psnr: images ",
+              a.sizes(), " and ", b.sizes(), ", region ", region.sizes());
+  const auto r = region.to(a.device(), torch::kDouble).expand({a.size(0), 1, a.size(2), a.size(3)});
+  const auto squared = ((a - b).to(torch::kDouble).pow(2) * r).flatten(1).sum(1);
+  const auto mse = squared / (r.flatten(1).sum(1) * a.size(1)).clamp_min(1.0);
+  return 10.0 * torch::log10(4.0 / mse.clamp_min(1e-20));
+}
+
 }  // namespace diffuse

@@ -114,13 +114,20 @@ UNetImpl::UNetImpl(const UNetConfig& config) : config_(config) {
   init_zero(conv_out);
 }
 
-torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y,
-                                const torch::Tensor& condition) {
+torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y) {
   TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == config_.in_channels, "UNet: expected [B, ", config_.in_channels,
               ", H, W] input, got ", x_t.sizes());
-  TORCH_CHECK(condition.defined() == (config_.extra_in_channels > 0), "UNet: the network takes ",
-              config_.extra_in_channels, " condition channels, ",
-              condition.defined() ? "and got some" : "and got none");
+  torch::Tensor condition;  // the condition's channels, for a model that takes them
+  if (config_.extra_in_channels > 0) {
+    condition = y.defined() ? y
+                            : torch::zeros({x_t.size(0), config_.extra_in_channels, x_t.size(2), x_t.size(3)},
+                                           x_t.options());  // ∅ at x_t's size
+    TORCH_CHECK(condition.dim() == 4 && condition.size(0) == x_t.size(0) &&
+                    condition.size(1) == config_.extra_in_channels && condition.size(2) == x_t.size(2) &&
+                    condition.size(3) == x_t.size(3),
+                "UNet: expected [", x_t.size(0), ", ", config_.extra_in_channels, ", ", x_t.size(2), ", ", x_t.size(3),
+                "] condition channels, got ", condition.sizes());
+  }
   // The weights' dtype: float32, or bf16 where a sampler cast the whole network (the sinusoids
   // are computed in float32 either way).
   const auto dtype = conv_in->weight.scalar_type();
@@ -190,6 +197,10 @@ torch::Tensor UNetImpl::null_condition(int64_t n, torch::Device device) const {
     auto ids = torch::full({n, config_.text_max_tokens}, Tokenizer::kPad, longs);
     ids.select(1, 0).fill_(Tokenizer::kStart);
     return ids;
+  }
+  if (config_.extra_in_channels > 0) {  // nothing known: zero condition channels
+    return torch::zeros({n, config_.extra_in_channels, config_.image_size, config_.image_size},
+                        torch::dtype(torch::kFloat32).device(device));
   }
   return {};
 }

@@ -121,6 +121,8 @@ void validate(const UNetConfig& c) {
   check_range("norm_eps", c.norm_eps, 1e-12, 1.0);
   check_range<int64_t>("num_classes", c.num_classes, 0, 100000);
   check_range<int64_t>("extra_in_channels", c.extra_in_channels, 0, 64);
+  if (c.extra_in_channels > 0 && c.num_classes > 0)
+    refuse("extra_in_channels", c.extra_in_channels, "a class-conditional model takes no condition channels");
   check_range<int64_t>("freq_shift", c.freq_shift, 0, 1);
   if (c.channels % 2 != 0)
     refuse("channels", c.channels, "must be even (the sinusoidal embedding has sin and cos halves)");
@@ -134,6 +136,8 @@ void validate(const UNetConfig& c) {
     if (c.cross_attention_dim % c.text_heads != 0)
       refuse("text_heads", c.text_heads, "must divide cross_attention_dim " + std::to_string(c.cross_attention_dim));
     if (c.num_classes > 0) refuse("num_classes", c.num_classes, "a text-conditional model takes no class labels");
+    if (c.extra_in_channels > 0)
+      refuse("extra_in_channels", c.extra_in_channels, "a text-conditional model takes no condition channels");
     if (c.cross_attention_resolutions.size() > 16)
       refuse("cross_attention_resolutions", c.cross_attention_resolutions.size(), "at most 16 entries");
   }

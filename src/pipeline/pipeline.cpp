@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 
 #include "diffuse/eval/classifier.h"
@@ -32,9 +33,10 @@ namespace {
 
 void check_guidance(const Pipeline& pipeline, double guidance) {
   const auto& model = pipeline.info().model;
-  if (model.num_classes == 0 && !model.text_conditional() && guidance > 0) {
+  if (model.num_classes == 0 && !model.text_conditional() && model.extra_in_channels == 0 && guidance > 0) {
     throw std::invalid_argument(
-        "guidance needs a class- or text-conditional checkpoint (train with --class-cond or --text-cond)");
+        "guidance needs a class-, text- or image-conditional checkpoint (train with --class-cond, --text-cond or "
+        "--image-cond)");
   }
   if (!pipeline.info().model.null_class && guidance > 0) {
     throw std::invalid_argument("guidance needs the unconditional model ε(x, ∅), and this one was trained without it");
@@ -59,6 +61,9 @@ ConditionalDenoiser make_denoiser(const Pipeline& pipeline, double guidance, con
     // on the device before any CUDA graph captures the guided network (sampling/guidance.h)
     const auto null_row = (negative.defined() ? negative : model->null_condition(1, torch::kCPU)[0]).to(compute.device);
     network = classifier_free_guidance(std::move(network), null_row, guidance);
+  }
+  if (pipeline.info().model.extra_in_channels > 0) {  // ∅: zero condition channels
+    network = classifier_free_guidance(std::move(network), model->null_condition(1, compute.device)[0], guidance);
   }
   return compute.cuda_graph ? replay_as_cuda_graph(std::move(network)) : network;
 }
@@ -127,6 +132,24 @@ torch::Tensor generate(const Pipeline& pipeline, const GenerateOptions& options,
     throw std::invalid_argument("a prompt needs a text-conditional checkpoint (train with --text-cond)");
   }
   torch::Tensor conditions = options.labels, negative;
+  const int64_t extra = pipeline.info().model.extra_in_channels;
+  if (options.image_conditions.defined()) {
+    const auto& c = options.image_conditions;
+    const auto shape = pipeline.image_shape();
+    if (extra == 0)
+      throw std::invalid_argument("a condition image needs an image-conditional checkpoint (--image-cond)");
+    if (c.dim() != 4 || (c.size(0) != 1 && c.size(0) != options.n) || c.size(1) != extra || c.size(2) != shape[1] ||
+        c.size(3) != shape[2]) {
+      std::ostringstream sizes;
+      sizes << c.sizes();
+      throw std::invalid_argument("image conditions " + sizes.str() + " for " + std::to_string(options.n) +
+                                  " images of a model that takes [n, " + std::to_string(extra) + ", " +
+                                  std::to_string(shape[1]) + ", " + std::to_string(shape[2]) + "]");
+    }
+    conditions = c.expand({options.n, c.size(1), c.size(2), c.size(3)}).to(torch::kFloat32).contiguous();
+  }
+  if (extra > 0 && options.guidance > 0 && !conditions.defined())
+    conditions = pipeline.checkpoint.model->null_condition(options.n, torch::kCPU);
   if (text && !options.prompts.empty()) conditions = encode_prompts(pipeline, options.prompts, options.n);
   if (text && options.guidance > 0 && !conditions.defined())
     conditions = pipeline.checkpoint.model->null_condition(options.n, torch::kCPU);

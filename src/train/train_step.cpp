@@ -105,6 +105,10 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
     if (model_->config().text_conditional()) {
       y = drop_condition_rows(labels, model_->null_condition(B, labels.device()), options_.label_dropout);
     }
+    if (options_.image_condition) {  // the image's own condition (a random mask, its low resolution), or ∅ = 0
+      const auto c = training_condition(*options_.image_condition, x0);
+      y = drop_condition_rows(c, torch::zeros_like(c), options_.label_dropout);
+    }
     auto model_out = model_->forward(x_t, t, y);  // same dtype as x_t (float32), also under autocast
     if (options_.loss == TrainLoss::vlb) {
       loss = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,

@@ -156,13 +156,21 @@ void append_log(const std::string& path, int64_t step, double loss, double lr, d
 }
 
 // What previews show: n images, each under its condition (one row per class for a
-// class-conditional model, the data's first captions for a text-conditional one), per_row a row.
+// class-conditional model, the data's first captions for a text-conditional one, the conditions of
+// its first images for an image-conditional one), per_row a row.
 struct PreviewPlan {
   int64_t n = 0, per_row = 0;  // per_row 0: a square-ish grid
-  torch::Tensor conditions;    // [n] labels, [n, L] token ids, or undefined
+  torch::Tensor conditions;    // [n] labels, [n, L] token ids, [n, C', H, W] condition channels, or undefined
 };
 
-PreviewPlan plan_previews(const UNetConfig& model, const Dataset& conditioned, int64_t n) {
+PreviewPlan plan_previews(const CheckpointInfo& info, const Dataset& conditioned, int64_t n) {
+  const UNetConfig& model = info.model;
+  if (info.image_condition) {  // the conditions of the data's first images (masks of a generator of their own)
+    n = std::min(n, conditioned.size());
+    auto gen = at::detail::createCPUGenerator(/*seed_in=*/1234);
+    const auto x0 = from_uint8(conditioned.images.narrow(0, 0, n));
+    return {n, 0, training_condition(*info.image_condition, x0, gen)};
+  }
   if (model.num_classes > 0) {
     const auto rows = class_rows(n, model.num_classes);
     return {n, rows.per_row, rows.labels};
@@ -340,7 +348,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     save_checkpoint(config.out_dir + "/checkpoint.safetensors", ema_model, info);
   };
 
-  const PreviewPlan previews = plan_previews(info.model, conditioned, config.preview_n);
+  const PreviewPlan previews = plan_previews(info, conditioned, config.preview_n);
   const std::string log_path = config.out_dir + "/log.csv";
   if (state && rank0) truncate_log_after(log_path, step);
   ProgressBar bar("train", config.steps, step, config.progress && rank0);
@@ -348,9 +356,9 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   double window_loss = 0.0;  // sum of the window's losses, as last read back
   auto window_loss_sum = torch::zeros({}, torch::dtype(torch::kFloat32).device(device));
   int64_t window_steps = 0;
-  TrainStep train_step(
-      model, ema_model, diffusion, optimizer, ema,
-      TrainStepOptions{config.loss, config.min_snr_gamma, config.grad_clip, config.label_dropout, config.precision});
+  TrainStep train_step(model, ema_model, diffusion, optimizer, ema,
+                       TrainStepOptions{config.loss, config.min_snr_gamma, config.grad_clip, config.label_dropout,
+                                        config.precision, info.image_condition});
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
   model->train();

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
+#include "diffuse/diffusion/image_condition.h"
 #include "diffuse/io/safetensors.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/schedule/noise_schedule.h"
@@ -48,11 +49,17 @@ struct CheckpointInfo {
   int64_t step = 0;
   SamplingDefaults sampling;
   std::optional<Tokenizer> tokenizer;  // text-conditional models: what turns a prompt into ids
+  std::optional<ImageCondition> image_condition;  // image-conditional models: what the extra input channels hold
 };
 
 // A text-conditional model has a tokenizer whose vocabulary and row length are its encoder's;
 // other models have none. Throws saying which rule is broken.
 void check_tokenizer_fits(const CheckpointInfo& info);
+// An image condition's channels are the model's extra input channels, and its factor divides the
+// image size. Throws saying which rule is broken.
+void check_image_condition_fits(const CheckpointInfo& info);
+nlohmann::json to_json(const ImageCondition& condition);
+ImageCondition image_condition_from_json(const nlohmann::json& j);
 
 nlohmann::json to_json(const ScheduleConfig& config);
 ScheduleConfig schedule_config_from_json(const nlohmann::json& j);

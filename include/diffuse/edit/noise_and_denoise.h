@@ -29,5 +29,8 @@ int64_t timestep_for_strength(double strength, int64_t T);
 
 // Peak signal-to-noise ratio per image of a and b in [−1, 1]: 10 log10(2² / MSE) dB.
 torch::Tensor psnr(const torch::Tensor& a, const torch::Tensor& b);
+// The same over a region [B or 1, 1, H, W] (1 where a pixel counts, e.g. an inpainting hole): the
+// MSE of the region's pixels in every channel.
+torch::Tensor psnr(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& region);
 
 }  // namespace diffuse

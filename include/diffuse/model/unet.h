@@ -20,16 +20,15 @@ class UNetImpl : public torch::nn::Module {
   // x_t: [B, C, H, W]; t: [B] int64 (0-based); y, the condition rows:
   //   class-conditional: [B] int64 labels in [0, num_classes], where num_classes is "no label";
   //   text-conditional:  [B, L] int64 token ids (text/tokenizer.h), <start> first;
-  //   undefined: ∅ (the "no label" class, the empty prompt).
-  // condition: [B, extra_in_channels, H, W] where the config has extra input channels (else
-  // undefined), concatenated to x_t. The output has x_t's shape, dtype (also under bf16
-  // autocast) and a contiguous NCHW layout.
-  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {},
-                        const torch::Tensor& condition = {});
+  //   image-conditional (extra input channels): [B, extra_in_channels, H, W], concatenated to x_t
+  //     (diffusion/image_condition.h);
+  //   undefined: ∅ (the "no label" class, the empty prompt, zero condition channels).
+  // The output has x_t's shape, dtype (also under bf16 autocast) and a contiguous NCHW layout.
+  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y = {});
 
   const UNetConfig& config() const { return config_; }
-  // ∅ for a batch of n: the "no label" class [n], the empty prompt [n, L]; undefined for a model
-  // that takes neither.
+  // ∅ for a batch of n: the "no label" class [n], the empty prompt [n, L], zero condition
+  // channels [n, extra_in_channels, S, S]; undefined for a model that takes none.
   torch::Tensor null_condition(int64_t n, torch::Device device) const;
   // Converts the convolution weights (and, in forward, the input) to this memory format.
   void set_memory_format(MemoryFormat format);

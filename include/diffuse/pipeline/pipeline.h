@@ -60,6 +60,9 @@ struct GenerateOptions {
   // prompt); the negative prompt takes ∅'s place in guidance.
   std::vector<std::string> prompts;
   std::string negative_prompt;
+  // Image-conditional models: the condition channels [1 or n, C', H, W] (diffusion/image_condition.h:
+  // inpaint_condition, super_resolution_condition); undefined: ∅ (nothing known).
+  torch::Tensor image_conditions;
   double guidance = 0.0;
   bool clip_x0 = true;
 };

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
+#include "diffuse/diffusion/image_condition.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/adamw.h"
@@ -26,8 +27,10 @@ struct TrainStepOptions {
   TrainLoss loss = TrainLoss::simple;
   double min_snr_gamma = 0.0;  // L_simple's images weighted by min-SNR-γ (GaussianDiffusion::min_snr_weights; ≤ 0: off)
   double grad_clip = 1.0;       // max global gradient norm (≤ 0: off)
-  double label_dropout = 0.1;   // conditional models: P(label or caption → ∅)
+  double label_dropout = 0.1;   // conditional models: P(label, caption or image condition → ∅)
   Precision precision = Precision::fp32;
+  // Image-conditional models: each image's condition is made from the image itself (training_condition).
+  std::optional<ImageCondition> image_condition;
 };
 
 // Scales the gradients so that their global L2 norm is at most max_norm, without reading the
