@@ -16,8 +16,8 @@ out=${OUT:-runs/sweep}
 n=${N:-500}
 
 # NAME → train flags beyond `--data mnist --model mnist --precision auto`; the quality levers
-# one at a time against eps-1200 (the main job's recipe before the sweep); v-min-snr-5-2000 is the
-# main job's.
+# one at a time against eps-1200 (the first main job's recipe), then widths for ten minutes;
+# v-min-snr-5-c16-5000 is the main job's.
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -32,9 +32,6 @@ declare -A recipes=(
   [v-min-snr-5-c16-4000]="--steps 4000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16"
   [v-min-snr-5-c48-1000]="--steps 1000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 48"
   [v-min-snr-5-c16-5000]="--steps 5000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16"
-  [v-min-snr-5-c16-124-3500]="--steps 3500 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,4"
-  [v-min-snr-5-b32-4000]="--steps 4000 --batch-size 32 --lr 1e-3 --objective v --min-snr-gamma 5"
-  [v-min-snr-5-c16-ema-0.995-5000]="--steps 5000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16 --ema-decay 0.995"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))

@@ -27,6 +27,21 @@ using Run = diffuse::testing::CommandResult;
 // `diffuse ARGS`, with stdout and stderr together.
 Run run(const std::string& args) { return diffuse::testing::run_command(std::string(DIFFUSE_BINARY) + " " + args); }
 
+// An IDX data set in `dir` whose train and test splits hold the same 120 pseudo-random 28×28
+// images, labelled 0..9 in turn: small enough that the cFID's classifier trains in seconds.
+void write_small_idx(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  auto be32 = [](uint32_t v) { return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; };
+  for (const std::string split : {"train", "t10k"}) {
+    const uint32_t n = 120;
+    std::string images = be32(0x803) + be32(n) + be32(28) + be32(28), labels = be32(0x801) + be32(n);
+    for (uint32_t i = 0; i < n * 28 * 28; ++i) images += char((i * 2654435761u) >> 24);
+    for (uint32_t i = 0; i < n; ++i) labels += char(i % 10);
+    diffuse::write_file_atomic(dir + "/" + split + "-images-idx3-ubyte", images);
+    diffuse::write_file_atomic(dir + "/" + split + "-labels-idx1-ubyte", labels);
+  }
+}
+
 }  // namespace
 
 TEST(Cli, ScheduleCsvHasTheDocumentedHeaderAndFullPrecision) {
@@ -449,6 +464,22 @@ TEST(Cli, ImageConditionalTrainingInpaintingUpscalingAndTheirRefusals) {
           "must be at least 2 and divide the image size 28");
   refused(train + "--steps 3 --image-cond super-resolution --resume --out " + dir / "inpaint",
           "--image-cond super-resolution: the run");
+  // the cFID of an inpainting model's results, and of its samples under the reference's own conditions
+  write_small_idx(dir / "idx");
+  const std::string cache = "DIFFUSE_CACHE_DIR=" + dir / "cache" + " ";
+  r = run("--threads 1 train --data " + dir / "idx" + " --model tiny --batch-size 8 --timesteps 50 --preview-n 4 " +
+          "--no-progress --steps 2 --image-cond inpaint --out " + dir / "idx-inpaint");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string idx_inpaint = dir / "idx-inpaint/checkpoint.safetensors";
+  r = diffuse::testing::run_command(cache + DIFFUSE_BINARY + " edit inpaint --checkpoint " + idx_inpaint +
+                                    " --test-index 0-19 --mask right --steps 3 --cfid --no-progress");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("cFID of the results: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(20 real training images: "), std::string::npos) << r.output;
+  r = diffuse::testing::run_command(cache + DIFFUSE_BINARY + " eval --metric fid --n 20 --steps 3 --guidance 1 " +
+                                    "--no-progress --checkpoint " + idx_inpaint);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("real images: 20 of the training split score"), std::string::npos) << r.output;
 }
 
 TEST(Cli, ClassConditionalGuidanceAndEditing) {
@@ -478,23 +509,15 @@ TEST(Cli, ClassConditionalGuidanceAndEditing) {
   EXPECT_NE(r.output.find("not class-conditional"), std::string::npos) << r.output;
   r = run("eval --metric fid --guidance 2 --n 4 --checkpoint " + plain);
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("--guidance needs a class- or text-conditional checkpoint"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--guidance needs a class-, text- or image-conditional checkpoint"), std::string::npos)
+      << r.output;
   r = run("sample --checkpoint " + plain + " --sampler euler --eta 1 --n 2 --no-progress --out " + dir / "x.png");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--eta applies to --sampler ddim only"), std::string::npos) << r.output;
 
   // cFID on a small IDX data set of random digits-sized images (the classifier trains in seconds),
   // class-balanced and guided for the class-conditional checkpoint.
-  std::filesystem::create_directories(dir / "idx");
-  auto be32 = [](uint32_t v) { return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; };
-  for (const std::string split : {"train", "t10k"}) {
-    const uint32_t n = 120;
-    std::string images = be32(0x803) + be32(n) + be32(28) + be32(28), labels = be32(0x801) + be32(n);
-    for (uint32_t i = 0; i < n * 28 * 28; ++i) images += char((i * 2654435761u) >> 24);
-    for (uint32_t i = 0; i < n; ++i) labels += char(i % 10);
-    diffuse::write_file_atomic(dir / ("idx/" + split + "-images-idx3-ubyte"), images);
-    diffuse::write_file_atomic(dir / ("idx/" + split + "-labels-idx1-ubyte"), labels);
-  }
+  write_small_idx(dir / "idx");
   const std::string fid = "DIFFUSE_CACHE_DIR=" + dir / "cache" + " " + std::string(DIFFUSE_BINARY) +
                           " eval --metric fid --data " + dir / "idx" + " --n 20 --steps 3 --no-progress --json";
   FILE* pipe = popen((fid + " --checkpoint " + cond + " --guidance 1 2>/dev/null").c_str(), "r");

@@ -3,9 +3,8 @@
 // pixels, reproducible), the PSNR of a region, guidance on condition channels, the checkpoint's
 // record of the condition, and models trained a few steps whose loss falls and that sample under a
 // condition.
-#include <gtest/gtest.h>
-
 #include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <fstream>
@@ -20,10 +19,13 @@
 #include "diffuse/sampling/guidance.h"
 #include "diffuse/train/trainer.h"
 #include "support/error_of.h"
+#include "support/small_training.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
 using diffuse::testing::error_of;
+using diffuse::testing::logged_losses;
+using diffuse::testing::small_training;
 using diffuse::testing::TempDir;
 
 TEST(ImageCondition, InpaintingHoldsTheKnownPixelsAndTheMask) {
@@ -152,22 +154,9 @@ TEST(ImageConditionalTraining, TheLossFallsAndTheModelSamplesUnderItsCondition) 
     info.model = unet_config_by_name("tiny", 1, 16);
     info.model.extra_in_channels = condition_channels(*info.image_condition, 1);
     info.data = DataInfo{data.name, 1, 16, data.num_classes};
-    TrainConfig config;
-    config.out_dir = dir / to_string(kind);
-    config.steps = 60;
-    config.batch_size = 32;
-    config.lr = 2e-3;
-    config.warmup = 5;
-    config.log_every = 10;
-    config.checkpoint_every = 0;
-    config.preview_n = 4;
-    config.progress = false;
+    const auto config = small_training(dir / to_string(kind));
     train(config, info, data, torch::kCPU);
-    std::ifstream log(config.out_dir + "/log.csv");
-    std::string line;
-    std::vector<double> losses;
-    std::getline(log, line);
-    while (std::getline(log, line)) losses.push_back(std::stod(line.substr(line.find(',') + 1)));
+    const auto losses = logged_losses(config.out_dir);
     ASSERT_GE(losses.size(), 3u);
     EXPECT_LT(losses.back(), 0.8 * losses.front()) << "first " << losses.front() << ", last " << losses.back();
 

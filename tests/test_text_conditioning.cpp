@@ -24,11 +24,14 @@
 #include "diffuse/train/trainer.h"
 #include "support/error_of.h"
 #include "support/run_command.h"
+#include "support/small_training.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
 using diffuse::testing::error_of;
+using diffuse::testing::logged_losses;
 using diffuse::testing::run_command;
+using diffuse::testing::small_training;
 using diffuse::testing::TempDir;
 
 namespace {
@@ -306,23 +309,9 @@ TEST(TextConditionalTraining, TheLossFallsAndTheModelSamplesFromAPrompt) {
   info.model =
       with_text(unet_config_by_name("tiny", 1, 16), info.tokenizer->vocab_size(), info.tokenizer->max_tokens());
   info.data = DataInfo{data.name, 1, 16, data.num_classes};
-  TrainConfig config;
-  config.out_dir = dir / "run";
-  config.steps = 60;
-  config.batch_size = 32;
-  config.lr = 2e-3;
-  config.warmup = 5;
-  config.log_every = 10;
-  config.checkpoint_every = 0;
-  config.preview_n = 4;
-  config.progress = false;
-  const auto result = train(config, info, data, torch::kCPU);
+  const auto result = train(small_training(dir / "run"), info, data, torch::kCPU);
   // the log's first window against its last
-  std::ifstream log(dir / "run/log.csv");
-  std::string line;
-  std::vector<double> losses;
-  std::getline(log, line);
-  while (std::getline(log, line)) losses.push_back(std::stod(line.substr(line.find(',') + 1)));
+  const auto losses = logged_losses(dir / "run");
   ASSERT_GE(losses.size(), 3u);
   EXPECT_LT(losses.back(), 0.8 * losses.front()) << "first " << losses.front() << ", last " << losses.back();
   EXPECT_EQ(result.step, 60);

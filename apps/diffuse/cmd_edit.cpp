@@ -41,7 +41,7 @@ struct EditOptions {
   int64_t t = 0, resample = 0, frames = 8;
   double strength = 0.0, guidance = 0.0;
   uint64_t seed = 0;
-  bool progress = true;
+  bool progress = true, cfid = false;
 };
 
 // What every edit needs: the model, its diffusion, and the input images in [−1, 1].
@@ -151,6 +151,33 @@ torch::Tensor generate_under(const EditOptions& o, const EditContext& c, const t
   auto images = generate(c.pipeline, g, [&](int64_t first, const SampleStep& s) { bar.update(first, s); });
   bar.finish();
   return images.to(conditions.device());
+}
+
+// --cfid: the cFID of an edit's results (at least 2) against the checkpoint's test split, and its floor at this n.
+void print_cfid(const EditOptions& o, const EditContext& c, const torch::Tensor& results, const std::string& what) {
+  if (!o.cfid) return;
+  const auto& data = c.pipeline.info().data;
+  if (data.name.empty()) throw std::runtime_error("--cfid: the checkpoint does not name its data set");
+  const auto reference = load_dataset(data.name, Split::test, DataOptions{data.image_size, 0});
+  const auto r = images_cfid(
+      results, reference,
+      [&] {
+        return load_dataset(data.name, Split::train, DataOptions{data.image_size, 0});
+      },
+      o.seed, o.progress);
+  std::printf("cFID of %s: %.2f against the %lld test images (%lld real training images: %.2f, the floor at this n)\n",
+              what.c_str(), r.cfid, static_cast<long long>(reference.size()), static_cast<long long>(r.images),
+              r.cfid_real);
+}
+
+// A figure shows the first 16 of many images, one row each (the numbers are over all of them).
+int64_t figure_rows(const EditOptions& o, int64_t images) {
+  constexpr int64_t kRows = 16;
+  if (images > kRows && !o.out.empty()) {
+    std::fprintf(stderr, "the figure shows the first %lld of the %lld images\n", static_cast<long long>(kRows),
+                 static_cast<long long>(images));
+  }
+  return std::min(images, kRows);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -332,9 +359,11 @@ void run_inpaint(const EditOptions& o) {
     std::printf("image %lld: PSNR inside the hole %.2f dB\n", static_cast<long long>(i), hole_psnr[i].item<double>());
   std::printf("%s: %lld image(s), mean PSNR inside the hole %.2f dB, %.1f s\n", method.c_str(),
               static_cast<long long>(c.inputs.size(0)), hole_psnr.mean().item<double>(), seconds);
+  print_cfid(o, c, result, "the results");
   std::vector<torch::Tensor> tiles;
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
-  for (int64_t i = 0; i < c.inputs.size(0); ++i)
+  const int64_t rows = figure_rows(o, c.inputs.size(0));
+  for (int64_t i = 0; i < rows; ++i)
     for (const auto& x : {c.inputs[i], shown[i], result[i]}) tiles.push_back(x);
   write_figure(o.out, tiles, 3, "columns: original, known pixels, result", {"original", "known", "result"});
 }
@@ -379,12 +408,15 @@ void run_upscale(const EditOptions& o) {
                 static_cast<long long>(factor), static_cast<long long>(originals), p_bicubic.mean().item<double>(),
                 p_model.mean().item<double>(), seconds);
   }
+  print_cfid(o, c, bicubic, "bicubic");
+  print_cfid(o, c, result, "the model's results");
   namespace F = torch::nn::functional;
   const auto blocky = F::interpolate(low, F::InterpolateFuncOptions()
                                               .size(std::vector<int64_t>{size, size})
                                               .mode(torch::kNearest));  // the low resolution as it is
   std::vector<torch::Tensor> tiles;
-  for (int64_t i = 0; i < low.size(0); ++i) {
+  const int64_t rows = figure_rows(o, low.size(0));
+  for (int64_t i = 0; i < rows; ++i) {
     for (const auto& x : {blocky[i], bicubic[i], result[i]}) tiles.push_back(x);
     tiles.push_back(i < originals ? c.inputs[i] : torch::zeros_like(result[i]));
   }
@@ -494,6 +526,7 @@ void add_edit_command(CLI::App& app) {
   inpaint_cmd->add_option("--guidance", o->guidance, "An inpainting model: classifier-free guidance weight w")
       ->check(guidance_range())
       ->capture_default_str();
+  inpaint_cmd->add_flag("--cfid", o->cfid, "Also the cFID of the results against the test split (many --test-index)");
   inpaint_cmd->callback([o] { run_inpaint(*o); });
 
   auto* upscale = add_edit_mode(*edit, "upscale", "Super-resolution by a model trained for it, beside bicubic", o);
@@ -501,6 +534,7 @@ void add_edit_command(CLI::App& app) {
   upscale->add_option("--guidance", o->guidance, "Classifier-free guidance weight w")
       ->check(guidance_range())
       ->capture_default_str();
+  upscale->add_flag("--cfid", o->cfid, "Also the cFID of bicubic's and the model's results against the test split");
   upscale->callback([o] { run_upscale(*o); });
 
   auto* interp = add_edit_mode(*edit, "interpolate", "Slerp between two inverted images, decoded with DDIM eta 0", o);

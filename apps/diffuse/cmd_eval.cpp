@@ -42,8 +42,8 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
   g.clip_x0 = clip_x0_of(o.sampler, pipeline.info().sampling);
   const int64_t steps = sampling_steps(pipeline, g), n = g.n;
   const int64_t classes = info.model.num_classes;
-  if (classes == 0 && !info.model.text_conditional() && o.guidance > 0) {
-    throw std::runtime_error("--guidance needs a class- or text-conditional checkpoint");
+  if (classes == 0 && !info.model.text_conditional() && !info.image_condition && o.guidance > 0) {
+    throw std::runtime_error("--guidance needs a class-, text- or image-conditional checkpoint");
   }
   if (n < 1000) {
     std::fprintf(stderr,
@@ -59,9 +59,13 @@ void run_cfid(const EvalOptions& o, const Pipeline& pipeline, const std::string&
   bar.finish();
   const double cfid = r.cfid, accuracy = r.classifier_accuracy, h_gen = r.entropy_generated, h_ref = r.entropy_reference;
   const std::string& cache = r.classifier_path;
-  const std::string sampler_text = o.sampler.sampler + "-" + std::to_string(steps) +
-                                   (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "") +
-                                   (classes > 0 ? " class-balanced, guidance " + std::to_string(o.guidance) : "");
+  const std::string sampler_text =
+      o.sampler.sampler + "-" + std::to_string(steps) +
+      (o.sampler.sampler == "ddim" ? " eta " + std::to_string(o.sampler.eta) : "") +
+      (classes > 0 ? " class-balanced" : "") +
+      (info.image_condition ? " under the reference's own " + to_string(info.image_condition->kind) + " conditions"
+                            : "") +
+      (classes > 0 || o.guidance > 0 ? ", guidance " + std::to_string(o.guidance) : "");
   if (o.json) {
     nlohmann::json j = {
         {"cfid", cfid},

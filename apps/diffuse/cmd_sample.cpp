@@ -30,7 +30,7 @@ ClassSelection select_classes(const std::string& label, double guidance, const U
     if (guidance > 0 && !model.text_conditional()) {
       throw std::runtime_error(
           "--guidance needs a class- or text-conditional checkpoint (train with --class-cond or "
-          "--text-cond)");
+          "--text-cond); an image-conditional one is guided under its condition by edit inpaint or edit upscale");
     }
     return {};
   }

@@ -184,13 +184,14 @@ std::string classifier_cache_path(const Dataset& data) {
 
 }  // namespace
 
-CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
-                         const std::function<Dataset()>& load_training_split, bool progress,
-                         const BatchStepCallback& callback) {
-  // what would fail in generation fails before the classifier is loaded or trained
-  check_guidance(pipeline, options.guidance);
-  sampling_steps(pipeline, options);
+CfidResult images_cfid(const torch::Tensor& images, const Dataset& reference,
+                       const std::function<Dataset()>& load_training_split, uint64_t seed, bool progress) {
+  TORCH_CHECK(images.dim() == 4 && images.size(0) >= 2 && images.size(1) == reference.channels() &&
+                  images.size(2) == reference.image_size() && images.size(3) == reference.image_size(),
+              "cFID: ", images.sizes(), " images against a reference of ", reference.channels(), "x",
+              reference.image_size(), "x", reference.image_size());
   CfidResult r;
+  r.images = images.size(0);
   r.classifier_path = classifier_cache_path(reference);
   ClassifierOptions co;
   co.progress = progress;
@@ -202,30 +203,44 @@ CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& option
   auto classifier = load_or_train_classifier(r.classifier_path, reference.channels(), reference.image_size(),
                                              reference.num_classes, training_split, co);
   r.classifier_accuracy = classifier_accuracy(classifier, reference);
-
-  GenerateOptions g = options;
-  const int64_t classes = pipeline.info().model.num_classes;
-  if (classes > 0 && !g.labels.defined()) g.labels = torch::arange(g.n, torch::kLong).remainder(classes);
-  if (pipeline.info().model.text_conditional() && g.prompts.empty() && reference.captioned()) {
-    for (int64_t i = 0; i < g.n; ++i)
-      g.prompts.push_back(reference.captions[i % reference.size()]);  // the reference's own
-  }
-  const auto generated = generate(pipeline, g, callback);
-  r.images = generated.size(0);
   // Generated images are quantised to 8 bits like the data, so that both sides see the same kind of input.
-  auto [generated_features, generated_logits] = classifier_outputs(classifier, from_uint8(to_uint8(generated)));
+  auto [generated_features, generated_logits] = classifier_outputs(classifier, from_uint8(to_uint8(images.cpu())));
   auto [reference_features, reference_logits] = classifier_outputs(classifier, from_uint8(reference.images));
   const auto reference_statistics = feature_statistics(reference_features);
   r.cfid = frechet_distance(feature_statistics(generated_features), reference_statistics);
+  r.entropy_generated = predicted_class_entropy(generated_logits);
+  r.entropy_reference = predicted_class_entropy(reference_logits);
   // the floor at this n: as many real training images, drawn without replacement
   const Dataset real = training_split();
-  auto gen = at::detail::createCPUGenerator(options.seed);
+  auto gen = at::detail::createCPUGenerator(seed);
   const auto drawn = torch::randperm(real.size(), gen, torch::kLong).slice(0, 0, std::min(r.images, real.size()));
   const auto real_features = classifier_outputs(classifier, from_uint8(real.images.index_select(0, drawn))).first;
   r.cfid_real = frechet_distance(feature_statistics(real_features), reference_statistics);
-  r.entropy_generated = predicted_class_entropy(generated_logits);
-  r.entropy_reference = predicted_class_entropy(reference_logits);
   return r;
+}
+
+CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
+                         const std::function<Dataset()>& load_training_split, bool progress,
+                         const BatchStepCallback& callback) {
+  // what would fail in generation fails before the classifier is loaded or trained
+  check_guidance(pipeline, options.guidance);
+  sampling_steps(pipeline, options);
+  GenerateOptions g = options;
+  const auto& info = pipeline.info();
+  const int64_t classes = info.model.num_classes;
+  if (classes > 0 && !g.labels.defined()) g.labels = torch::arange(g.n, torch::kLong).remainder(classes);
+  if (info.model.text_conditional() && g.prompts.empty() && reference.captioned()) {
+    for (int64_t i = 0; i < g.n; ++i)
+      g.prompts.push_back(reference.captions[i % reference.size()]);  // the reference's own
+  }
+  if (info.image_condition && !g.image_conditions.defined()) {  // the reference's own, masks drawn from the seed
+    const auto rows = torch::arange(g.n, torch::kLong).remainder(reference.size());
+    auto gen = at::detail::createCPUGenerator(options.seed);
+    g.image_conditions =
+        training_condition(*info.image_condition, from_uint8(reference.images.index_select(0, rows)), gen);
+  }
+  const auto generated = generate(pipeline, g, callback);
+  return images_cfid(generated, reference, load_training_split, options.seed, progress);
 }
 
 PromptFollowingResult evaluate_prompt_following(const Pipeline& pipeline, const GenerateOptions& options,

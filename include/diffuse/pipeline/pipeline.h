@@ -98,10 +98,15 @@ struct CfidResult {
   double cfid_real = 0.0;
   std::string classifier_path;       // where the classifier is cached
 };
-// Generates options.n images and compares them with `reference` in the features of the data
-// set's cFID classifier (cached in cache_directory(); trained on `load_training_split()` the
-// first time). Class-conditional models get balanced labels (image i: class i mod K) unless
-// options.labels says otherwise. Also measures cfid_real on the training split.
+// Compares images [N, C, H, W] in [−1, 1] with `reference` in the features of the data set's cFID
+// classifier (cached in cache_directory(); trained on `load_training_split()` the first time), and
+// N real training images drawn with `seed` likewise (cfid_real).
+CfidResult images_cfid(const torch::Tensor& images, const Dataset& reference,
+                       const std::function<Dataset()>& load_training_split, uint64_t seed, bool progress = true);
+// Generates options.n images and compares them as images_cfid does. Class-conditional models get
+// balanced labels (image i: class i mod K) unless options.labels says otherwise, text-conditional
+// ones the reference's captions, image-conditional ones the conditions of the reference's images
+// (inpainting: masks drawn from options.seed).
 CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,
                          const std::function<Dataset()>& load_training_split, bool progress = true,
                          const BatchStepCallback& callback = {});
