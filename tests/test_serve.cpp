@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "diffuse/diffusion/image_condition.h"
 #include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/mix.h"
 #include "diffuse/edit/noise_and_denoise.h"
@@ -562,6 +563,57 @@ TEST(Serve, InpaintingKeepsTheKnownPixelsInEveryApi) {
   const auto denoised = c.Post("/v1/images/edits", no_mask);
   ASSERT_TRUE(denoised);
   EXPECT_EQ(denoised->status, 200) << denoised->body;
+}
+
+TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
+  TempDir dir;
+  CheckpointInfo info;
+  info.model = unet_config_by_name("tiny", 1, 8);
+  info.image_condition = ImageCondition{ImageConditionKind::inpaint, 4};
+  info.model.extra_in_channels = 2;
+  info.schedule.timesteps = 100;
+  info.data = DataInfo{"test", 1, 8, 0};
+  torch::manual_seed(0);
+  UNet net(info.model);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
+  }
+  save_checkpoint(dir / "inpaint.safetensors", net, info);
+  RunningServer server({dir / "inpaint.safetensors"}, {});
+  auto c = server.client();
+  EXPECT_EQ(get(c, "/api/models")["models"][0]["image_condition"]["kind"], "inpaint");
+  const auto png = square_png(1, 8);
+  auto white_right = torch::zeros({1, 8, 8}, torch::kUInt8);
+  white_right.narrow(2, 4, 4).fill_(255);
+  const std::string id = post(c, "/api/edit",
+                              {{"kind", "inpaint"},
+                               {"image", base64_encode(png)},
+                               {"mask", base64_encode(encode_png(white_right))},
+                               {"steps", 5},
+                               {"seed", 1}},
+                              202)["id"];
+  const auto done = follow_events(c, id).back();
+  ASSERT_EQ(done["type"], "done") << done.dump();
+  EXPECT_EQ(done["result"]["method"], "inpainting model");
+  // the library's own: the model's sample under [x ⊙ m, m] from the same x_T, the known pixels pasted back
+  const auto pipe = load_pipeline(dir / "inpaint.safetensors");
+  const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
+  auto known = torch::ones({1, 1, 8, 8});
+  known.narrow(3, 4, 4).zero_();
+  auto gen = at::detail::createCPUGenerator(1);
+  const auto x_T = torch::randn(x0.sizes(), gen);
+  const auto conditioned = make_denoiser(pipe);
+  const auto cond = inpaint_condition(x0, known);
+  SamplerConfig ddim;
+  ddim.spacing = pipe.info().sampling.spacing;
+  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
+  const Denoiser net_c = [&](const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, cond); };
+  torch::NoGradGuard no_grad;
+  const auto drawn =
+      sample_loop(pipe.diffusion, *sampler, net_c, x_T, SampleOptions{5, pipe.info().sampling.clip_x0}, gen);
+  const auto expected = to_uint8((known * x0 + (1 - known) * drawn).clamp(-1, 1))[0];
+  EXPECT_TRUE(torch::equal(decode_png(done["result"]["images"][0]), expected));
 }
 
 TEST(Serve, InversionAndInterpolationAreTheLibrarysOwn) {

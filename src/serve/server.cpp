@@ -5,6 +5,7 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "diffuse/diffusion/image_condition.h"
 #include "diffuse/edit/ddim_inversion.h"
 #include "diffuse/edit/inpaint.h"
 #include "diffuse/edit/interpolate.h"
@@ -240,9 +241,18 @@ struct Server::Impl {
                              : torch::Tensor();
     return [this, r, image, known, image_b](Job& job) {
       const auto& pipe = model(r.model).pipeline;
-      const auto net = make_unconditional_denoiser(pipe);
+      const auto x0 = image.unsqueeze(0).expand({r.n, -1, -1, -1}).contiguous().to(pipe.compute.device);
+      // A model trained for inpainting draws x_0 ~ p(x_0 | [x ⊙ m, m]); any other inpaints by RePaint.
+      const auto& condition = pipe.info().image_condition;
+      const bool inpainting_model = r.kind == "inpaint" && condition && condition->kind == ImageConditionKind::inpaint;
+      Denoiser net = make_unconditional_denoiser(pipe);
+      if (inpainting_model) {
+        net = [conditioned = make_denoiser(pipe), c = inpaint_condition(x0, known.to(x0.device()))](
+                  const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, c); };
+      }
       const auto sampler = make_sampler(r.sampler, pipe.diffusion.schedule());
-      const int64_t total = sampler->evaluations(r.steps) * (1 + r.resample) * (r.kind == "invert" ? 2 : 1);
+      const int64_t rounds = inpainting_model ? 1 : 1 + r.resample;
+      const int64_t total = sampler->evaluations(r.steps) * rounds * (r.kind == "invert" ? 2 : 1);
       const auto start = Clock::now();
       int64_t calls = 0;
       const Denoiser watched = [&](const torch::Tensor& x_t, const torch::Tensor& t) {
@@ -256,7 +266,6 @@ struct Server::Impl {
         return net(x_t, t);
       };
       auto gen = at::detail::createCPUGenerator(r.seed);
-      const auto x0 = image.unsqueeze(0).expand({r.n, -1, -1, -1}).contiguous().to(pipe.compute.device);
       const bool clip = pipe.info().sampling.clip_x0;
       json out{{"model", r.model}, {"kind", r.kind}, {"sampler", r.sampler.name}, {"steps", r.steps},
                {"seed", r.seed},   {"n", r.n},       {"input", png_base64(image)}};
@@ -286,12 +295,20 @@ struct Server::Impl {
         out["latent"] = grid_png_base64(latent.cpu() / 3.0);  // N(0, I) drawn at ±3σ
         out["latent_std"] = latent.std().item<double>();
         out["psnr"] = psnr_list(result, x0.cpu());
+      } else if (inpainting_model) {  // the known pixels pasted back into the model's sample
+        const auto x_T = torch::randn(x0.sizes(), gen).to(x0.device());
+        const auto drawn = sample_loop(pipe.diffusion, *sampler, watched, x_T, SampleOptions{r.steps, clip}, gen);
+        const auto m = known.to(x0.device());
+        result = (m * x0 + (1 - m) * drawn).cpu().clamp(-1, 1);
+        out["method"] = "inpainting model";
+        out["known"] = png_base64((image * known[0] + (1 - known[0]) * 0.0).clamp(-1, 1));
       } else {
         InpaintOptions io;
         io.steps = r.steps;
         io.resample = r.resample;
         io.clip_x0 = clip;
         result = inpaint(pipe.diffusion, *sampler, watched, x0, known.to(x0.device()), io, gen).cpu().clamp(-1, 1);
+        out["method"] = "RePaint";
         out["known"] = png_base64((image * known[0] + (1 - known[0]) * 0.0).clamp(-1, 1));  // the hole in grey
       }
       if (!torch::isfinite(result).all().item<bool>()) throw std::runtime_error("the result holds NaN or Inf");
@@ -477,7 +494,8 @@ void Server::Impl::routes() {
                       {"samplers", sampler_names()},
                       {"text", f.tokenizer ? json{{"vocabulary", f.tokenizer->words()},
                                                   {"max_words", f.tokenizer->max_tokens() - 1}}
-                                           : json(nullptr)}});
+                                           : json(nullptr)},
+                      {"image_condition", info.image_condition ? to_json(*info.image_condition) : json(nullptr)}});
     }
     send_json(res,
               {{"models", list},
