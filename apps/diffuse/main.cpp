@@ -108,8 +108,11 @@ int main(int argc, char** argv) {
                  "Torch CPU threads (default: OMP_NUM_THREADS, else the cores that other running processes leave free)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  auto* threads_flag = app.get_option("--threads");
   app.parse_complete_callback([&] {
     torch::set_num_threads(threads);
+    // a count the user or a launcher chose stays; the default follows the load in long runs
+    diffuse::set_threads_follow_load(!(omp && std::atoi(omp) > 0) && threads_flag->count() == 0);
     diffuse::use_single_threaded_blas();  // torch's OpenMP threads already use the cores
     diffuse::keep_freed_memory_for_reuse();  // no page faults for every step's fresh tensors
     diffuse::cache_large_cpu_blocks();       // nor for those larger than glibc's largest mmap threshold

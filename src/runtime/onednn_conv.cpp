@@ -1,12 +1,4 @@
 #include "diffuse/runtime/onednn_conv.h"
-#include "diffuse/runtime/settings.h"
-
-#include "diffuse/runtime/blocked_layout.h"
-#include "diffuse/runtime/gradient_wanted.h"
-#include "diffuse/runtime/precision.h"
-#include "diffuse/runtime/timing_cache.h"
-#include "diffuse/runtime/winograd_conv.h"
-#include "diffuse_build_config.h"
 
 #include <algorithm>
 #include <atomic>
@@ -18,6 +10,14 @@
 #include <string_view>
 #include <tuple>
 #include <vector>
+
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/gradient_wanted.h"
+#include "diffuse/runtime/precision.h"
+#include "diffuse/runtime/settings.h"
+#include "diffuse/runtime/timing_cache.h"
+#include "diffuse/runtime/winograd_conv.h"
+#include "diffuse_build_config.h"
 
 #if DIFFUSE_HAVE_ONEDNN
 #include <ATen/record_function.h>
@@ -140,12 +140,13 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
 }
 
 // The cached plan for this shape: with `winograd`, Winograd where oneDNN implements it here (3×3,
-// stride 1, AVX-512), else direct.
+// stride 1, AVX-512), else direct. A primitive splits its work among the threads there were when
+// it was created, so plans are kept per thread count (a run may change it: util/cpu_sharing.h).
 const ConvPlan& plan_for(const OneDnnConvShape& shape, bool winograd) {
   static std::mutex mutex;
-  static std::map<std::pair<OneDnnConvShape, bool>, std::unique_ptr<ConvPlan>> plans;
+  static std::map<std::tuple<OneDnnConvShape, bool, int>, std::unique_ptr<ConvPlan>> plans;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = plans[{shape, winograd}];
+  auto& slot = plans[{shape, winograd, at::get_num_threads()}];
   if (!slot) {
     try {
       if (winograd) slot = std::make_unique<ConvPlan>(make_plan(shape, dnnl::algorithm::convolution_winograd));

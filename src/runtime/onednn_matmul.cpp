@@ -31,7 +31,8 @@ memory::desc strided_desc(const torch::Tensor& t) {
   return memory::desc(t.sizes().vec(), memory::data_type::f32, t.strides().vec());
 }
 
-// The primitive for these operands' shapes and strides, generated once (oneDNN JIT-compiles it);
+// The primitive for these operands' shapes and strides and the thread count (its work is split
+// among the threads there were when it was created), generated once (oneDNN JIT-compiles it);
 // nullptr where oneDNN takes no such strides (e.g. neither inner dimension dense), also remembered.
 const dnnl::matmul* primitive_for(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c) {
   struct Entry {
@@ -45,6 +46,7 @@ const dnnl::matmul* primitive_for(const torch::Tensor& a, const torch::Tensor& b
     key.insert(key.end(), t->sizes().begin(), t->sizes().end());
     key.insert(key.end(), t->strides().begin(), t->strides().end());
   }
+  key.push_back(at::get_num_threads());
   std::lock_guard<std::mutex> lock(mutex);
   auto& entry = entries[key];
   if (!entry.tried) {

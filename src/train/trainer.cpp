@@ -21,6 +21,7 @@
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/adamw.h"
 #include "diffuse/train/ema.h"
+#include "diffuse/util/cpu_sharing.h"
 #include "diffuse/util/progress.h"
 
 namespace fs = std::filesystem;
@@ -397,6 +398,12 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     info_text << "loss " << std::fixed << std::setprecision(4) << window_loss / std::max<int64_t>(window_steps, 1) << "  " << std::setprecision(0)
               << (secs > 0 ? static_cast<double>(window_steps * B) / secs : 0.0) << " img/s";
     bar.update(step, info_text.str());
+    if (log_now && !device.is_cuda() && threads_follow_load()) {
+      // Cores that other processes took or gave back since the start: one thread per free core
+      // (a thread whose core is busy stalls every parallel region's barrier).
+      const int free = free_cores();
+      if (free != torch::get_num_threads()) torch::set_num_threads(free);
+    }
     if (log_now) {
       result.loss = window_loss / window_steps;
       if (rank0) append_log(log_path, step, result.loss, lr, static_cast<double>(window_steps * B) / secs, bar.elapsed_seconds());

@@ -3,8 +3,10 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -24,6 +26,21 @@ int runnable_tasks() {
   return -1;
 }
 
+// Threads of this process that are runnable right now (state R in /proc/self/task/*/stat), the
+// caller included; 1 where unknown.
+int own_runnable_threads() {
+  std::error_code error;
+  int running = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", error)) {
+    std::ifstream in(task.path() / "stat");
+    std::string line;
+    if (!std::getline(in, line)) continue;
+    const auto paren = line.rfind(')');  // "tid (name) S …": the name may hold spaces and parentheses
+    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'R') ++running;
+  }
+  return std::max(1, running);
+}
+
 int cores_in_affinity_mask() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
@@ -39,9 +56,16 @@ int free_cores() {
     if (read > 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     const int running = runnable_tasks();
     if (running < 1) return cores;
-    others = std::min(others, running - 1);
+    others = std::min(others, running - own_runnable_threads());
   }
   return std::clamp(cores - others, 1, cores);
 }
+
+namespace {
+std::atomic<bool> follow_load{false};
+}  // namespace
+
+void set_threads_follow_load(bool follow) { follow_load = follow; }
+bool threads_follow_load() { return follow_load; }
 
 }  // namespace diffuse

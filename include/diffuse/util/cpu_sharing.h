@@ -9,9 +9,14 @@
 namespace diffuse {
 
 // Cores this process may run on (its affinity mask) that other processes leave free: the mask's
-// size minus the runnable tasks other than the caller (/proc/stat's procs_running, the least of
-// a few reads, so that a passing process is not counted), at least 1. Call it before any thread
-// pool starts: the caller is counted as the one running task.
+// size minus the runnable tasks of other processes (/proc/stat's procs_running less this
+// process's runnable threads, the least of a few reads 2 ms apart, so that a passing process is
+// not counted), at least 1. Callable at any time, also while this process's threads run.
 int free_cores();
+
+// Whether a long run may change its thread count to follow the load (free_cores() between steps):
+// the program's default, off where the user or a launcher chose a count (--threads, OMP_NUM_THREADS).
+void set_threads_follow_load(bool follow);
+bool threads_follow_load();
 
 }  // namespace diffuse
