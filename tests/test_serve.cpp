@@ -114,6 +114,19 @@ std::vector<json> follow_events(httplib::Client& c, const std::string& id) {
 
 torch::Tensor decode_png(const std::string& b64) { return decode_image_u8(base64_decode(b64), "result", 1, 0); }
 
+// A native inpainting job (5 steps, seed 1) of an image file's bytes under a mask (white = fill in):
+// its last event.
+json native_inpainting(httplib::Client& c, const std::string& png, const torch::Tensor& mask_u8) {
+  const std::string id = post(c, "/api/edit",
+                              {{"kind", "inpaint"},
+                               {"image", base64_encode(png)},
+                               {"mask", base64_encode(encode_png(mask_u8))},
+                               {"steps", 5},
+                               {"seed", 1}},
+                              202)["id"];
+  return follow_events(c, id).back();
+}
+
 struct Fixture {
   TempDir dir;
   std::string plain = write_checkpoint(dir, "plain", "tiny", 8, 0, 100);
@@ -526,14 +539,7 @@ TEST(Serve, InpaintingKeepsTheKnownPixelsInEveryApi) {
     EXPECT_TRUE(torch::equal(out.narrow(2, 0, 4), input.narrow(2, 0, 4))) << "the known pixels changed";
     EXPECT_FALSE(torch::equal(out.narrow(2, 4, 4), input.narrow(2, 4, 4))) << "the hole was not filled";
   };
-  const std::string id = post(c, "/api/edit",
-                              {{"kind", "inpaint"},
-                               {"image", base64_encode(png)},
-                               {"mask", base64_encode(encode_png(white_right))},
-                               {"steps", 5},
-                               {"seed", 1}},
-                              202)["id"];
-  const auto native = follow_events(c, id).back();
+  const auto native = native_inpainting(c, png, white_right);
   ASSERT_EQ(native["type"], "done") << native.dump();
   keeps_the_left_half(native["result"]["images"][0]);
 
@@ -586,14 +592,7 @@ TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
   const auto png = square_png(1, 8);
   auto white_right = torch::zeros({1, 8, 8}, torch::kUInt8);
   white_right.narrow(2, 4, 4).fill_(255);
-  const std::string id = post(c, "/api/edit",
-                              {{"kind", "inpaint"},
-                               {"image", base64_encode(png)},
-                               {"mask", base64_encode(encode_png(white_right))},
-                               {"steps", 5},
-                               {"seed", 1}},
-                              202)["id"];
-  const auto done = follow_events(c, id).back();
+  const auto done = native_inpainting(c, png, white_right);
   ASSERT_EQ(done["type"], "done") << done.dump();
   EXPECT_EQ(done["result"]["method"], "inpainting model");
   // the library's own: the model's sample under [x ⊙ m, m] from the same x_T, the known pixels pasted back
