@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <iomanip>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include "commands.h"
@@ -154,20 +155,24 @@ torch::Tensor generate_under(const EditOptions& o, const EditContext& c, const t
 }
 
 // --cfid: the cFID of an edit's results (at least 2) against the checkpoint's test split, and its floor at this n.
-void print_cfid(const EditOptions& o, const EditContext& c, const torch::Tensor& results, const std::string& what) {
+void print_cfid(const EditOptions& o, const EditContext& c,
+                const std::vector<std::pair<std::string, torch::Tensor>>& named_results) {
   if (!o.cfid) return;
   const auto& data = c.pipeline.info().data;
   if (data.name.empty()) throw std::runtime_error("--cfid: the checkpoint does not name its data set");
+  // both splits read once for all the results
   const auto reference = load_dataset(data.name, Split::test, DataOptions{data.image_size, 0});
-  const auto r = images_cfid(
-      results, reference,
-      [&] {
-        return load_dataset(data.name, Split::train, DataOptions{data.image_size, 0});
-      },
-      o.seed, o.progress);
-  std::printf("cFID of %s: %.2f against the %lld test images (%lld real training images: %.2f, the floor at this n)\n",
-              what.c_str(), r.cfid, static_cast<long long>(reference.size()), static_cast<long long>(r.images),
-              r.cfid_real);
+  std::optional<Dataset> training;
+  const auto training_split = [&]() -> Dataset {
+    if (!training) training = load_dataset(data.name, Split::train, DataOptions{data.image_size, 0});
+    return *training;
+  };
+  for (const auto& [what, results] : named_results) {
+    const auto r = images_cfid(results, reference, training_split, o.seed, o.progress);
+    std::printf(
+        "cFID of %s: %.2f against the %lld test images (%lld real training images: %.2f, the floor at this n)\n",
+        what.c_str(), r.cfid, static_cast<long long>(reference.size()), static_cast<long long>(r.images), r.cfid_real);
+  }
 }
 
 // A figure shows the first 16 of many images, one row each (the numbers are over all of them).
@@ -359,7 +364,7 @@ void run_inpaint(const EditOptions& o) {
     std::printf("image %lld: PSNR inside the hole %.2f dB\n", static_cast<long long>(i), hole_psnr[i].item<double>());
   std::printf("%s: %lld image(s), mean PSNR inside the hole %.2f dB, %.1f s\n", method.c_str(),
               static_cast<long long>(c.inputs.size(0)), hole_psnr.mean().item<double>(), seconds);
-  print_cfid(o, c, result, "the results");
+  print_cfid(o, c, {{"the results", result}});
   std::vector<torch::Tensor> tiles;
   auto shown = c.inputs * known + (1 - known) * 0.0;  // the hole in mid grey
   const int64_t rows = figure_rows(o, c.inputs.size(0));
@@ -408,8 +413,7 @@ void run_upscale(const EditOptions& o) {
                 static_cast<long long>(factor), static_cast<long long>(originals), p_bicubic.mean().item<double>(),
                 p_model.mean().item<double>(), seconds);
   }
-  print_cfid(o, c, bicubic, "bicubic");
-  print_cfid(o, c, result, "the model's results");
+  print_cfid(o, c, {{"bicubic", bicubic}, {"the model's results", result}});
   namespace F = torch::nn::functional;
   const auto blocky = F::interpolate(low, F::InterpolateFuncOptions()
                                               .size(std::vector<int64_t>{size, size})
