@@ -33,6 +33,8 @@ declare -A recipes=(
   [v-min-snr-5-c48-1000]="--steps 1000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 48"
   [v-min-snr-5-c16-5000]="--steps 5000 --batch-size 64 --lr 1e-3 --objective v --min-snr-gamma 5 --channels 16"
   [v-min-snr-5-c16-lr-2e-3-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16"
+  [v-min-snr-5-c16-lr-4e-3-5000]="--steps 5000 --batch-size 64 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-0-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean 0 --log-snr-std 2"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))

@@ -26,7 +26,7 @@ extern "C" void on_stop_signal(int signal) {
 }
 
 struct TrainOptions {
-  std::string data, out, model = "mnist", objective = "eps", loss = "simple";
+  std::string data, out, model = "mnist", objective = "eps", loss = "simple", t_sampling = "uniform";
   ComputeFlags compute;
   std::string schedule = "linear", lr_schedule = "cosine";
   int64_t timesteps = 1000, image_size = 0, limit = 0;
@@ -79,6 +79,9 @@ void check_resume_flags(const CLI::App& cmd, const TrainOptions& o, const Checkp
 }
 
 void run_train(const CLI::App& cmd, TrainOptions& o) {
+  if ((cmd.count("--log-snr-mean") || cmd.count("--log-snr-std")) && o.t_sampling != "log-snr-normal") {
+    throw std::runtime_error("--log-snr-mean and --log-snr-std belong to --t-sampling log-snr-normal");
+  }
   const auto compute = resolve_compute(o.compute, Workload::training);
   // Launched by torchrun or a cluster launcher (WORLD_SIZE > 1): data parallelism, one GPU per local rank.
   const auto dist = distributed_env_from_environment();
@@ -94,6 +97,7 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
   }
   o.config.precision = compute.precision;
   o.config.memory_format = compute.memory_format;
+  o.config.timestep_sampling.kind = timestep_sampling_from_string(o.t_sampling);
   auto data = load_dataset(o.data, Split::train,
                            DataOptions{o.image_size, o.limit, static_cast<uint64_t>(o.max_data_gib * (1 << 30))});
   std::fprintf(stderr, "data: %s, %lld images of %lldx%lldx%lld, %lld classes\n", data.name.c_str(),
@@ -227,6 +231,19 @@ void add_train_command(CLI::App& app) {
                   "--loss simple: weight each image's error so that x0's error counts min(SNR_t, gamma) "
                   "(Hang et al. 2023; 5 is theirs; 0: off)")
       ->check(non_negative_number())
+      ->capture_default_str();
+  cmd->add_option("--t-sampling", o->t_sampling,
+                  "How each image's t is drawn: uniform (DDPM), or log-snr-normal: lambda ~ N(--log-snr-mean, "
+                  "--log-snr-std^2) and t the step whose log SNR is nearest (reweights the loss across t)")
+      ->check(CLI::IsMember({"uniform", "log-snr-normal"}))
+      ->capture_default_str();
+  cmd->add_option("--log-snr-mean", c.timestep_sampling.log_snr_mean,
+                  "--t-sampling log-snr-normal: the mean of lambda = log(abar / (1 - abar))")
+      ->check(CLI::Range(-30.0, 30.0))
+      ->capture_default_str();
+  cmd->add_option("--log-snr-std", c.timestep_sampling.log_snr_std,
+                  "--t-sampling log-snr-normal: the standard deviation of lambda")
+      ->check(CLI::Range(0.01, 100.0))
       ->capture_default_str();
   cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
   cmd->add_flag("--text-cond,!--no-text-cond", o->text_cond,

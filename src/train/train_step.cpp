@@ -97,7 +97,9 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
   torch::Tensor loss;
   {
     AutocastScope autocast(x0.device(), options_.precision);
-    auto t = diffusion_.sample_timesteps(B);
+    auto t = options_.timestep_sampling.kind == TimestepSamplingKind::uniform
+                 ? diffusion_.sample_timesteps(B)
+                 : sample_timesteps(options_.timestep_sampling, diffusion_.schedule(), B).to(x0.device());
     auto noise = torch::randn_like(x0);
     auto x_t = diffusion_.q_sample(x0, t, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
     torch::Tensor y;  // labels or prompts, each dropped to ∅ (no label, the empty prompt) with probability p

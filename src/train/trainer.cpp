@@ -72,6 +72,9 @@ struct TrainState {
             {"label-dropout", c.label_dropout},
             {"loss", to_string(c.loss)},
             {"min-snr-gamma", c.min_snr_gamma},
+            {"t-sampling", to_string(c.timestep_sampling.kind)},
+            {"log-snr-mean", c.timestep_sampling.log_snr_mean},
+            {"log-snr-std", c.timestep_sampling.log_snr_std},
             {"steps", c.steps}};
   }
 
@@ -205,6 +208,7 @@ void write_preview(const std::string& dir, int64_t step, const GaussianDiffusion
 TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset& data, torch::Device device) {
   if (config.out_dir.empty()) throw std::invalid_argument("train: an output directory is required");
   if (config.steps < 1 || config.batch_size < 1) throw std::invalid_argument("train: steps and batch size must be positive");
+  check_timestep_sampling(config.timestep_sampling);
   fs::create_directories(config.out_dir);
   if (const int stale = remove_stale_temporaries(config.out_dir); stale > 0) {
     std::fprintf(stderr, "removed %d temporary file(s) left in '%s' by a run killed while writing\n", stale,
@@ -359,7 +363,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   int64_t window_steps = 0;
   TrainStep train_step(model, ema_model, diffusion, optimizer, ema,
                        TrainStepOptions{config.loss, config.min_snr_gamma, config.grad_clip, config.label_dropout,
-                                        config.precision, info.image_condition});
+                                        config.precision, info.image_condition, config.timestep_sampling});
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
   model->train();

@@ -12,6 +12,7 @@
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/diffusion/image_condition.h"
+#include "diffuse/diffusion/timestep_sampling.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/adamw.h"
@@ -31,6 +32,7 @@ struct TrainStepOptions {
   Precision precision = Precision::fp32;
   // Image-conditional models: each image's condition is made from the image itself (training_condition).
   std::optional<ImageCondition> image_condition;
+  TimestepSampling timestep_sampling;  // how each image's t is drawn (uniform: DDPM's)
 };
 
 // Scales the gradients so that their global L2 norm is at most max_norm, without reading the

@@ -28,6 +28,7 @@ struct TrainConfig {
   std::string out_dir;
   TrainLoss loss = TrainLoss::simple;
   double min_snr_gamma = 0.0;  // simple loss: min-SNR-γ weights per image (≤ 0: off)
+  TimestepSampling timestep_sampling;  // how t is drawn (diffusion/timestep_sampling.h)
   int64_t steps = 2400;
   int64_t batch_size = 64;
   double lr = 1e-3;
