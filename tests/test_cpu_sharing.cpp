@@ -27,3 +27,20 @@ TEST(CpuSharing, ABusyTaskTakesACoreFromTheDefault) {
   EXPECT_LE(with_busy, std::max(1, cores - 1));  // the spinning thread is runnable in every read
   EXPECT_GE(with_busy, 1);
 }
+
+// Long loops ask between steps; the count changes only where the user left it to the program,
+// and a look at /proc happens at most as often as asked.
+TEST(CpuSharing, TheCountFollowsTheLoadOnlyWhereAllowedAndNotMoreOftenThanAsked) {
+  cpu_set_t set;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int cores = CPU_COUNT(&set);
+  const int chosen = cores + 5;  // a count no look at the load can return
+  diffuse::set_threads_follow_load(false);
+  EXPECT_EQ(diffuse::threads_for_load(chosen, 0.0), chosen);  // --threads or OMP_NUM_THREADS: kept
+  diffuse::set_threads_follow_load(true);
+  const int looked = diffuse::threads_for_load(chosen, 0.0);
+  EXPECT_GE(looked, 1);
+  EXPECT_LE(looked, cores);
+  EXPECT_EQ(diffuse::threads_for_load(chosen, 3600.0), chosen);  // looked just now: not again within the hour
+  diffuse::set_threads_follow_load(false);
+}

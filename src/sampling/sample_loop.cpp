@@ -1,6 +1,7 @@
 #include "diffuse/sampling/sample_loop.h"
 
 #include "diffuse/runtime/device.h"
+#include "diffuse/util/cpu_sharing.h"
 
 namespace diffuse {
 
@@ -26,6 +27,10 @@ torch::Tensor sample_loop(const GaussianDiffusion& diffusion, Sampler& sampler, 
     auto out = sampler.step(predict(x, t), t, t_prev, x, gen, predict);
     if (callback) callback(SampleStep{i, S, t, x, out.x0_pred});
     x = std::move(out.x_prev);
+    if (!x.is_cuda()) {  // one thread per core that other processes leave free, looked at every few seconds
+      const int threads = threads_for_load(torch::get_num_threads(), 2.0);
+      if (threads != torch::get_num_threads()) torch::set_num_threads(threads);
+    }
   }
   return x;
 }

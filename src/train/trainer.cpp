@@ -402,11 +402,11 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     info_text << "loss " << std::fixed << std::setprecision(4) << window_loss / std::max<int64_t>(window_steps, 1) << "  " << std::setprecision(0)
               << (secs > 0 ? static_cast<double>(window_steps * B) / secs : 0.0) << " img/s";
     bar.update(step, info_text.str());
-    if (log_now && !device.is_cuda() && threads_follow_load()) {
+    if (log_now && !device.is_cuda()) {
       // Cores that other processes took or gave back since the start: one thread per free core
       // (a thread whose core is busy stalls every parallel region's barrier).
-      const int free = free_cores();
-      if (free != torch::get_num_threads()) torch::set_num_threads(free);
+      const int threads = threads_for_load(torch::get_num_threads(), 0.0);
+      if (threads != torch::get_num_threads()) torch::set_num_threads(threads);
     }
     if (log_now) {
       result.loss = window_loss / window_steps;

@@ -68,4 +68,15 @@ std::atomic<bool> follow_load{false};
 void set_threads_follow_load(bool follow) { follow_load = follow; }
 bool threads_follow_load() { return follow_load; }
 
+int threads_for_load(int current, double min_seconds) {
+  using Clock = std::chrono::steady_clock;
+  static std::atomic<Clock::rep> last_look{0};  // 0: never looked
+  if (!follow_load) return current;
+  const auto now = Clock::now().time_since_epoch().count();
+  const auto since = std::chrono::duration<double>(Clock::duration(now - last_look.load())).count();
+  if (last_look.load() != 0 && since < min_seconds) return current;
+  last_look = now;
+  return free_cores();
+}
+
 }  // namespace diffuse

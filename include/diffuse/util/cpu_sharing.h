@@ -19,4 +19,10 @@ int free_cores();
 void set_threads_follow_load(bool follow);
 bool threads_follow_load();
 
+// The thread count a run that follows the load should take now: free_cores() where
+// threads_follow_load() and at least `min_seconds` passed since this process last looked (a look
+// reads /proc for ~10 ms); else `current`. Long CPU loops ask between steps (training at each log
+// window, sampling every few seconds).
+int threads_for_load(int current, double min_seconds);
+
 }  // namespace diffuse
