@@ -17,7 +17,7 @@ n=${N:-500}
 
 # NAME → train flags beyond `--data mnist --model mnist --precision auto`; the quality levers
 # one at a time against eps-1200 (the first main job's recipe), then widths for ten minutes;
-# v-min-snr-5-c16-lr-2e-3-5000 is the main job's.
+# v-min-snr-5-c16-lr-2e-3-lsnr-m1-2-5000 is the main job's.
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -35,6 +35,8 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16"
   [v-min-snr-5-c16-lr-4e-3-5000]="--steps 5000 --batch-size 64 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16"
   [v-min-snr-5-c16-lr-2e-3-lsnr-0-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean 0 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-2.4-2.4-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean 2.4 --log-snr-std 2.4"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m1-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -1 --log-snr-std 2"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
