@@ -37,6 +37,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-0-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean 0 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-2.4-2.4-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean 2.4 --log-snr-std 2.4"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m1-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -1 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))
