@@ -17,7 +17,7 @@ n=${N:-500}
 
 # NAME → train flags beyond `--data mnist --model mnist --precision auto`; the quality levers
 # one at a time against eps-1200 (the first main job's recipe), then widths for ten minutes;
-# v-min-snr-5-c16-lr-2e-3-lsnr-m1-2-5000 is the main job's.
+# v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-5000 is the main job's.
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
