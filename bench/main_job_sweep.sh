@@ -38,6 +38,12 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-2.4-2.4-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean 2.4 --log-snr-std 2.4"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m1-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -1 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m3-2-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -3 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-3-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 3"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-1.5-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 1.5"
+  [v-min-snr-5-c16-batch-32-lr-2e-3-lsnr-m2-2-10000]="--steps 10000 --batch-size 32 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-beta2-0.99-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --adam-beta2 0.99"
+  [v-min-snr-5-c16-batch-128-lr-4e-3-lsnr-m2-2-2500]="--steps 2500 --batch-size 128 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=($(printf '%s\n' "${!recipes[@]}" | sort))

@@ -66,7 +66,8 @@ TEST(Cli, BadFlagsAreRejectedWithAMessage) {
         "sample --checkpoint x --eta 1e308 --out x.png", "sample --checkpoint x --eta nan",
         "sample --checkpoint x --guidance 1e308", "train --data mnist --out x --ema-decay nan",
         "train --data mnist --out x --label-dropout nan", "train --data mnist --out x --t-sampling lognormal",
-        "train --data mnist --out x --t-sampling log-snr-normal --log-snr-std 0"}) {
+        "train --data mnist --out x --t-sampling log-snr-normal --log-snr-std 0",
+        "train --data mnist --out x --adam-beta2 1", "train --data mnist --out x --adam-beta1 -0.1"}) {
     auto r = run(args);
     EXPECT_NE(r.status, 0) << args;
     EXPECT_FALSE(r.output.empty()) << args;
@@ -316,16 +317,17 @@ TEST(Cli, TrainThenSampleEndToEnd) {
 
 TEST(Cli, TrainReshapesTheNetworkAndTrainsVWithMinSnr) {
   TempDir dir;
-  auto r =
-      run("--threads 1 train --data mnist --limit 16 --model tiny --channels 12 --channel-mult 1,1 --res-blocks 2 "
-          "--attention-res 0 --objective v --min-snr-gamma 5 --t-sampling log-snr-normal --log-snr-mean 1 "
-          "--steps 2 --batch-size 4 --timesteps 50 --preview-every 0 --preview-n 2 --no-progress --out " +
-          dir / "run");
+  auto r = run(
+      "--threads 1 train --data mnist --limit 16 --model tiny --channels 12 --channel-mult 1,1 --res-blocks 2 "
+      "--attention-res 0 --objective v --min-snr-gamma 5 --t-sampling log-snr-normal --log-snr-mean 1 "
+      "--adam-beta2 0.99 --steps 2 --batch-size 4 --timesteps 50 --preview-every 0 --preview-n 2 --no-progress --out " +
+      dir / "run");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto settings =
       nlohmann::json::parse(diffuse::load_safetensors_metadata(dir / "run/train_state.safetensors").at("train"));
   EXPECT_EQ(settings.at("t-sampling"), "log-snr-normal");
   EXPECT_EQ(settings.at("log-snr-mean"), 1.0);
+  EXPECT_EQ(settings.at("adam-beta2"), 0.99);
   const auto info = diffuse::checkpoint_info_from_metadata(
       diffuse::load_safetensors_metadata(dir / "run/checkpoint.safetensors"), "checkpoint");
   EXPECT_EQ(info.model.channels, 12);

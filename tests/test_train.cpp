@@ -2,6 +2,7 @@
 // and resuming gives the same weights as never stopping.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -154,6 +155,41 @@ TEST(Train, ADamagedTrainStateIsRefusedNamingWhatIsWrong) {
   other.name = "fashion-mnist";
   const auto error = resume_error(other);
   EXPECT_NE(error.find("trains on 'mnist', not 'fashion-mnist'"), std::string::npos) << error;
+}
+
+// After one step from the same weights and batch, m = (1 − β₁) g and v = (1 − β₂) g²: the saved
+// moments of two runs differ by exactly those factors. Adam's bias correction divides by 1 − βᵏ,
+// so β = 1 (or NaN) is refused before any work.
+TEST(Train, AdamBetasReachTheMomentsAndOutsideZeroToOneAreRefused) {
+  TempDir dir;
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 16});
+  std::map<double, SafetensorsContent> states;
+  for (const double beta : {0.999, 0.5}) {
+    auto cfg = quick_config(dir / std::to_string(beta), 1);
+    cfg.adam_beta1 = beta == 0.5 ? 0.8 : 0.9;
+    cfg.adam_beta2 = beta;
+    train(cfg, tiny_info(data), data, torch::kCPU);
+    states.emplace(beta, load_safetensors(cfg.out_dir + "/train_state.safetensors"));
+  }
+  const auto& a = states.at(0.999);
+  const auto& b = states.at(0.5);
+  int moved = 0;  // moments of parameters that got a gradient (the zero-initialised output layer's get all of it)
+  for (const auto& [name, ta] : a.tensors) {
+    if (name.rfind("adam_", 0) != 0) continue;
+    const double factor = name[5] == 'm' ? (1 - 0.8) / (1 - 0.9) : (1 - 0.5) / (1 - 0.999);
+    // rtol: the update runs in float32, where 1 − 0.999f is 1.3e-5 away from 0.001
+    EXPECT_TRUE(torch::allclose(b.at(name), ta * factor, 1e-4, 1e-30)) << name;
+    moved += ta.abs().max().item<double>() > 0.0;
+  }
+  EXPECT_GE(moved, 2);
+  for (const double beta : {1.0, -0.5, std::nan("")}) {
+    auto cfg = quick_config(dir.str(), 2);
+    cfg.adam_beta2 = beta;
+    EXPECT_NE(error_of([&] { train(cfg, tiny_info(data), data, torch::kCPU); }).find("adam_beta2 must be in [0, 1)"),
+              std::string::npos)
+        << beta;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "checkpoint.safetensors"));
 }
 
 TEST(Train, ResumeWithoutStateAndWrongImageSizeAreErrors) {

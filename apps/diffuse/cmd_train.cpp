@@ -210,6 +210,14 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--ema-decay", c.ema_decay, "EMA decay of the weights used for sampling")
       ->check(unit_interval())
       ->capture_default_str();
+  // β = 1 would leave Adam's bias correction 1 − βᵏ at 0
+  cmd->add_option("--adam-beta1", c.adam_beta1, "AdamW's decay of the gradient's running mean")
+      ->check(half_open_unit_interval())
+      ->capture_default_str();
+  cmd->add_option("--adam-beta2", c.adam_beta2,
+                  "AdamW's decay of the squared gradient's running mean (0.99 adapts faster in short runs)")
+      ->check(half_open_unit_interval())
+      ->capture_default_str();
   cmd->add_option("--weight-decay", c.weight_decay, "AdamW decoupled weight decay")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--checkpoint-every", c.checkpoint_every, "Write a checkpoint every N steps (0: only at the end)")
       ->check(non_negative_number())

@@ -53,6 +53,7 @@ const CLI::Validator& positive_number();
 const CLI::Validator& non_negative_number();
 // A probability or a decay in [0, 1] (CLI::Range lets NaN through).
 const CLI::Validator& unit_interval();
+const CLI::Validator& half_open_unit_interval();  // [0, 1)
 // DDIM's η in [0, 1] and the guidance weight w in [0, 100]: far outside, the samples become NaN.
 const CLI::Validator& eta_range();
 const CLI::Validator& guidance_range();

@@ -39,6 +39,12 @@ const CLI::Validator& unit_interval() {
   return check;
 }
 
+const CLI::Validator& half_open_unit_interval() {
+  static const CLI::Validator check =
+      finite_number_that("a number in [0, 1)", [](double v) { return v >= 0.0 && v < 1.0; });
+  return check;
+}
+
 const CLI::Validator& eta_range() {
   // σ_t grows with η past DDPM's at η = 1 until the direction term √(1 − ᾱ_prev − σ²) vanishes
   return unit_interval();

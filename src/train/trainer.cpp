@@ -11,6 +11,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 #include "diffuse/diffusion/elbo.h"
 #include "diffuse/io/atomic_file.h"
@@ -68,6 +69,8 @@ struct TrainState {
             {"lr-schedule", c.cosine_decay ? "cosine" : "constant"},
             {"grad-clip", c.grad_clip},
             {"ema-decay", c.ema_decay},
+            {"adam-beta1", c.adam_beta1},
+            {"adam-beta2", c.adam_beta2},
             {"weight-decay", c.weight_decay},
             {"label-dropout", c.label_dropout},
             {"loss", to_string(c.loss)},
@@ -209,6 +212,12 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   if (config.out_dir.empty()) throw std::invalid_argument("train: an output directory is required");
   if (config.steps < 1 || config.batch_size < 1) throw std::invalid_argument("train: steps and batch size must be positive");
   check_timestep_sampling(config.timestep_sampling);
+  for (const auto& [name, beta] :
+       {std::pair{"adam_beta1", config.adam_beta1}, std::pair{"adam_beta2", config.adam_beta2}}) {
+    if (!(beta >= 0.0 && beta < 1.0)) {  // NaN fails too
+      throw std::invalid_argument(std::string("train: ") + name + " must be in [0, 1), got " + std::to_string(beta));
+    }
+  }
   fs::create_directories(config.out_dir);
   if (const int stale = remove_stale_temporaries(config.out_dir); stale > 0) {
     std::fprintf(stderr, "removed %d temporary file(s) left in '%s' by a run killed while writing\n", stale,
@@ -261,7 +270,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   }
   for (auto& p : ema_model->parameters()) p.set_requires_grad(false);
   GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
-  AdamW optimizer(model->parameters(), AdamWOptions{0.9, 0.999, 1e-8, config.weight_decay});
+  AdamW optimizer(model->parameters(), AdamWOptions{config.adam_beta1, config.adam_beta2, 1e-8, config.weight_decay});
   Ema ema(config.ema_decay);
   // Each rank reads every W-th image from its rank on, and draws its own t and noise.
   const Dataset shard = dp ? shard_of(conditioned, dp->env().rank, dp->env().world_size) : Dataset{};

@@ -36,6 +36,8 @@ struct TrainConfig {
   bool cosine_decay = true;      // after warm-up, lr decays to 0 along a half cosine by `steps`
   double grad_clip = 1.0;        // max global gradient norm (≤ 0: off)
   double ema_decay = 0.999;
+  double adam_beta1 = 0.9;  // AdamW's moment decays: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g²
+  double adam_beta2 = 0.999;
   double weight_decay = 0.0;
   double label_dropout = 0.1;    // class-conditional models: P(label → ∅), for classifier-free guidance
   Precision precision = Precision::fp32;            // bf16: mixed precision (autocast), fp32 master weights
