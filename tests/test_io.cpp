@@ -9,6 +9,7 @@
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/io/image.h"
 #include "diffuse/io/safetensors.h"
+#include "diffuse_build_config.h"
 #include "support/error_of.h"
 #include "support/temp_dir.h"
 
@@ -126,6 +127,24 @@ TEST(Png, AnImageClaimingTooManyPixelsIsRefusedBeforeDecoding) {
   chunk[33] = 0x7f;  // the first chunk after IHDR: its length's top byte
   const auto chunk_msg = error_of([&] { decode_image_u8(chunk, "chunk.png", 1, 0); });
   EXPECT_NE(chunk_msg.find("bytes, past the end of the file"), std::string::npos) << chunk_msg;
+}
+
+// A file cannot hold more pixels than its bytes describe: 102 bytes of RLE TGA (found by the
+// fuzzer) that claim 6168×6168 are refused before stb fills 114 MB past the data's end; a large
+// flat PNG, which compresses ~200:1, still decodes.
+TEST(Png, AnImageClaimingMorePixelsThanItsBytesHoldIsRefused) {
+  const std::string bomb =
+      read_file(std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/fuzz/image/tga_rle_claims_6168x6168.tga");
+  ASSERT_EQ(bomb.size(), 102u);
+  EXPECT_EQ(image_bytes_header(bomb, "bomb.tga").width, 6168);
+  const auto msg = error_of([&] { decode_image_u8(bomb, "bomb.tga", 3, 8); });
+  EXPECT_NE(msg.find("image 'bomb.tga' claims 6168×6168 pixels in 102 bytes, more than a file of that size can hold"),
+            std::string::npos)
+      << msg;
+  const std::string flat = encode_png(torch::zeros({1, 1500, 1500}, torch::kUInt8));
+  EXPECT_GT(int64_t{1500} * 1500, kImagePixelsAlwaysAllowed);
+  EXPECT_LE(int64_t{1500} * 1500, kMaxImagePixelsPerByte * static_cast<int64_t>(flat.size()));  // not by the slack
+  EXPECT_EQ(decode_image_u8(flat, "flat.png", 1, 0).sizes(), (std::vector<int64_t>{1, 1500, 1500}));
 }
 
 TEST(Safetensors, TheMetadataAloneIsReadFromTheHeader) {

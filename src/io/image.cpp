@@ -123,10 +123,19 @@ torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what,
   }
   check_png_chunks(bytes, what);
   // width × height from the header, before a pixel is decoded (a 1 MB PNG can claim 30000×30000)
-  if (stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c) &&
-      static_cast<int64_t>(w) * h > kMaxImagePixels) {
-    throw std::runtime_error("image '" + what + "' is " + std::to_string(w) + "×" + std::to_string(h) +
-                             ", more than the " + std::to_string(kMaxImagePixels) + " pixels an input may have");
+  if (stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
+    const int64_t pixels = static_cast<int64_t>(w) * h;
+    const auto size_text = std::to_string(w) + "×" + std::to_string(h);
+    if (pixels > kMaxImagePixels) {
+      throw std::runtime_error("image '" + what + "' is " + size_text + ", more than the " +
+                               std::to_string(kMaxImagePixels) + " pixels an input may have");
+    }
+    const int64_t describable = kImagePixelsAlwaysAllowed + kMaxImagePixelsPerByte * static_cast<int64_t>(bytes.size());
+    if (pixels > describable) {
+      throw std::runtime_error("image '" + what + "' claims " + size_text + " pixels in " +
+                               std::to_string(bytes.size()) + " bytes, more than a file of that size can hold (" +
+                               std::to_string(kMaxImagePixelsPerByte) + " pixels a byte): truncated or forged");
+    }
   }
   std::unique_ptr<unsigned char, void (*)(void*)> pixels(
       stbi_load_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c, channels), stbi_image_free);

@@ -29,6 +29,13 @@ void save_image_png(const std::string& path, const torch::Tensor& image);
 // 256 MiB of file, far above any data set's images.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 constexpr uint64_t kMaxImageFileBytes = uint64_t{256} << 20;
+// A file cannot describe more pixels than its bytes allow: DEFLATE inflates at most 1032:1 and a
+// 1-bit PNG packs 8 pixels a byte (~8,300 pixels a byte at best), GIF's LZW ~1,500, the RLE
+// formats fewer; so an image may claim 2^15 pixels a byte of file, and any image 2^20 pixels.
+// A 102-byte TGA that claims 6168×6168 (RLE stb fills past the data's end) is refused before
+// its 114 MB are decoded.
+constexpr int64_t kMaxImagePixelsPerByte = int64_t{1} << 15;
+constexpr int64_t kImagePixelsAlwaysAllowed = int64_t{1} << 20;
 
 // Number of channels stored in an image file (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA); throws
 // naming the file if it is not a readable PNG/JPEG/BMP/...
