@@ -1,9 +1,11 @@
 // safetensors, checkpoints and PNG: round trips, and clear errors for damaged files.
 #include <gtest/gtest.h>
 #include <stb/stb_image.h>
+#include <stb/stb_image_write.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 
 #include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/io/atomic_file.h"
@@ -145,6 +147,36 @@ TEST(Png, AnImageClaimingMorePixelsThanItsBytesHoldIsRefused) {
   EXPECT_GT(int64_t{1500} * 1500, kImagePixelsAlwaysAllowed);
   EXPECT_LE(int64_t{1500} * 1500, kMaxImagePixelsPerByte * static_cast<int64_t>(flat.size()));  // not by the slack
   EXPECT_EQ(decode_image_u8(flat, "flat.png", 1, 0).sizes(), (std::vector<int64_t>{1, 1500, 1500}));
+}
+
+// stb 2.27 writes a Huffman table's code lengths into 257 bytes before it checks the counts: a
+// JPEG whose table counts more than 256 codes (found by the fuzzer; in front of the frame, or
+// between scans) is refused before stb reads it; a JPEG that stb itself wrote decodes.
+TEST(Jpeg, AHuffmanTableOfMoreThan256CodesIsRefusedBeforeStbReadsIt) {
+  const std::string found = read_file(std::string(DIFFUSE_SOURCE_DIR) +
+                                      "/tests/data/fuzz/image/jpeg_huffman_table_of_more_than_256_codes.jpg");
+  for (const auto& call : std::vector<std::function<void()>>{[&] { decode_image_u8(found, "found.jpg", 3, 0); },
+                                                             [&] { image_bytes_header(found, "found.jpg"); },
+                                                             [&] { image_bytes_channels(found, "found.jpg"); }}) {
+    const auto msg = error_of(call);
+    EXPECT_NE(msg.find("image 'found.jpg': JPEG Huffman table with"), std::string::npos) << msg;
+  }
+  std::string jpeg;
+  auto image = torch::arange(3 * 16 * 16, torch::kInt32).remainder(251).to(torch::kUInt8).reshape({16, 16, 3});
+  ASSERT_TRUE(stbi_write_jpg_to_func(
+      [](void* out, void* data, int size) {
+        static_cast<std::string*>(out)->append(static_cast<const char*>(data), size);
+      },
+      &jpeg, 16, 16, 3, image.data_ptr<uint8_t>(), 90));
+  EXPECT_EQ(decode_image_u8(jpeg, "good.jpg", 3, 0).sizes(), (std::vector<int64_t>{3, 16, 16}));
+  EXPECT_EQ(decode_image_u8("\xff\xff" + jpeg, "filled.jpg", 3, 0).sizes(), (std::vector<int64_t>{3, 16, 16}));
+  // a table of 16 × 17 = 272 codes after the scan, where a progressive JPEG puts the next scan's tables
+  std::string after_scan = jpeg.substr(0, jpeg.size() - 2) + std::string("\xff\xc4\x00\x13\x00", 5);
+  after_scan += std::string(16, '\x11') + "\xff\xd9";
+  const auto msg = error_of([&] { decode_image_u8(after_scan, "after.jpg", 3, 0); });
+  EXPECT_NE(msg.find("JPEG Huffman table with 272 codes, more than 256"), std::string::npos) << msg;
+  EXPECT_NE(error_of([&] { decode_image_u8("\xff\xff" + after_scan, "x.jpg", 3, 0); }).find("272 codes"),
+            std::string::npos);
 }
 
 TEST(Safetensors, TheMetadataAloneIsReadFromTheHeader) {

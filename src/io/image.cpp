@@ -88,18 +88,68 @@ void check_png_chunks(const std::string& bytes, const std::string& what) {
   }
 }
 
+// A JPEG's Huffman tables (DHT segments) may hold at most 256 codes each: stb 2.27 writes a table's
+// code lengths and symbols into arrays of 256 before it checks the counts, so a 35-byte file with
+// counts summing past 256 writes past them. The walk follows the markers the way stb reads them
+// (bytes between segments skipped, the entropy-coded data of each scan skipped to its next marker),
+// so every DHT segment stb would read is looked at, before and between scans.
+void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what) {
+  const size_t n = bytes.size();
+  const auto u8 = [&](size_t i) {
+    return i < n ? static_cast<unsigned char>(bytes[i]) : 0u;
+  };  // stb reads 0 past the end
+  size_t at = 0;
+  while (at < n && u8(at) == 0xFF) ++at;  // stb takes FF FF … D8 as the start too
+  if (at == 0 || u8(at) != 0xD8) return;  // not a JPEG
+  ++at;
+  while (at < n) {
+    if (u8(at) != 0xFF) {  // not a marker: stb skips to the next one
+      ++at;
+      continue;
+    }
+    while (at < n && u8(at) == 0xFF) ++at;  // fill bytes
+    const unsigned marker = u8(at++);
+    if (marker == 0xD9) return;                                                            // EOI
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no length
+    const size_t length = (u8(at) << 8) | u8(at + 1);                                      // counts its own two bytes
+    if (length < 2) return;                                                                // stb refuses the segment
+    if (marker == 0xC4) {  // DHT: tables of [class|id] [16 counts] [symbols]
+      size_t table = at + 2;
+      while (table < at + length) {
+        size_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) codes += u8(table + i);
+        if (codes > 256) {
+          throw std::runtime_error("image '" + what + "': JPEG Huffman table with " + std::to_string(codes) +
+                                   " codes, more than 256");
+        }
+        table += 17 + codes;
+      }
+    }
+    at += length;
+    if (marker == 0xDA) {  // SOS: entropy-coded data until a marker other than a stuffed 0 or a restart
+      while (at + 1 < n && !(u8(at) == 0xFF && u8(at + 1) != 0x00 && !(u8(at + 1) >= 0xD0 && u8(at + 1) <= 0xD7))) ++at;
+    }
+  }
+}
+
+// The checks of outside bytes that stb's own parsing lacks, before stb reads any of them.
+void check_before_stb(const std::string& bytes, const std::string& what) {
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    throw std::runtime_error("image '" + what + "' is larger than 2 GiB");
+  }
+  check_png_chunks(bytes, what);
+  check_jpeg_huffman_tables(bytes, what);
+}
+
 }  // namespace
 
 int image_file_channels(const std::string& path) {
-  int w = 0, h = 0, c = 0;
-  if (!stbi_info(path.c_str(), &w, &h, &c)) {
-    throw std::runtime_error("cannot read image '" + path + "': " + stb_reason("unknown format"));
-  }
-  return c;
+  return image_bytes_channels(read_file(path, kMaxImageFileBytes), path);
 }
 
 int image_bytes_channels(const std::string& bytes, const std::string& what) {
   int w = 0, h = 0, c = 0;
+  check_before_stb(bytes, what);
   if (!stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
     throw std::runtime_error("cannot read image '" + what + "': " + stb_reason("unknown format"));
   }
@@ -108,8 +158,8 @@ int image_bytes_channels(const std::string& bytes, const std::string& what) {
 
 ImageHeader image_bytes_header(const std::string& bytes, const std::string& what) {
   int w = 0, h = 0, c = 0;
-  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
-      !stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
+  check_before_stb(bytes, what);
+  if (!stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
     throw std::runtime_error("cannot read image '" + what + "': " + stb_reason("unknown format"));
   }
   return {w, h, c};
@@ -118,10 +168,7 @@ ImageHeader image_bytes_header(const std::string& bytes, const std::string& what
 torch::Tensor decode_image_u8(const std::string& bytes, const std::string& what, int channels, int64_t size) {
   TORCH_CHECK(channels >= 1 && channels <= 4, "decode_image_u8: channels must be 1 to 4");
   int w = 0, h = 0, c = 0;
-  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
-    throw std::runtime_error("image '" + what + "' is larger than 2 GiB");
-  }
-  check_png_chunks(bytes, what);
+  check_before_stb(bytes, what);
   // width × height from the header, before a pixel is decoded (a 1 MB PNG can claim 30000×30000)
   if (stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
     const int64_t pixels = static_cast<int64_t>(w) * h;
