@@ -95,9 +95,11 @@ void check_png_chunks(const std::string& bytes, const std::string& what) {
 // so every DHT segment stb would read is looked at, before and between scans.
 void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what) {
   const size_t n = bytes.size();
-  const auto u8 = [&](size_t i) {
-    return i < n ? static_cast<unsigned char>(bytes[i]) : 0u;
-  };  // stb reads 0 past the end
+  // stb reads 0 past the end
+  const auto u8 = [&](size_t i) { return i < n ? static_cast<unsigned char>(bytes[i]) : 0u; };
+  const auto is_restart = [](unsigned marker) { return marker >= 0xD0 && marker <= 0xD7; };  // RST0–RST7
+  // in a scan's entropy-coded data, FF 00 is a stuffed FF and a restart marker does not end it
+  const auto scan_ends_at = [&](size_t i) { return u8(i) == 0xFF && u8(i + 1) != 0x00 && !is_restart(u8(i + 1)); };
   size_t at = 0;
   while (at < n && u8(at) == 0xFF) ++at;  // stb takes FF FF … D8 as the start too
   if (at == 0 || u8(at) != 0xD8) return;  // not a JPEG
@@ -110,7 +112,7 @@ void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what
     while (at < n && u8(at) == 0xFF) ++at;  // fill bytes
     const unsigned marker = u8(at++);
     if (marker == 0xD9) return;                                                            // EOI
-    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no length
+    if (marker == 0x00 || marker == 0x01 || is_restart(marker)) continue;                  // no length
     const size_t length = (u8(at) << 8) | u8(at + 1);                                      // counts its own two bytes
     if (length < 2) return;                                                                // stb refuses the segment
     if (marker == 0xC4) {  // DHT: tables of [class|id] [16 counts] [symbols]
@@ -126,8 +128,8 @@ void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what
       }
     }
     at += length;
-    if (marker == 0xDA) {  // SOS: entropy-coded data until a marker other than a stuffed 0 or a restart
-      while (at + 1 < n && !(u8(at) == 0xFF && u8(at + 1) != 0x00 && !(u8(at + 1) >= 0xD0 && u8(at + 1) <= 0xD7))) ++at;
+    if (marker == 0xDA) {  // SOS: skip the scan's entropy-coded data to the next marker
+      while (at + 1 < n && !scan_ends_at(at)) ++at;
     }
   }
 }
