@@ -18,7 +18,8 @@ n=${N:-500}
 # NAME → train flags beyond `--data mnist --model mnist --precision auto`; the quality levers
 # one at a time against eps-1200 (the first main job's recipe), then widths for ten minutes, then
 # levers one at a time around v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-5000, the main job's (its -seed-1
-# twin measures the run-to-run noise; its -15000 twin is thirty minutes of it).
+# twin measures the run-to-run noise; its -15000 twin is thirty minutes of it; its -snapshots twin
+# is the same run with EMA snapshots, for bench/posthoc_ema_sweep.sh).
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -45,6 +46,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-seed-1-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-15000]="--steps 15000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-beta2-0.99-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --adam-beta2 0.99"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-snapshots-5000]="--steps 5000 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --ema-snapshot-every 250"
   [v-min-snr-5-c16-batch-128-lr-4e-3-lsnr-m2-2-2500]="--steps 2500 --batch-size 128 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )
 names=("$@")

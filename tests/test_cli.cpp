@@ -59,15 +59,26 @@ TEST(Cli, ScheduleCsvHasTheDocumentedHeaderAndFullPrecision) {
 }
 
 TEST(Cli, BadFlagsAreRejectedWithAMessage) {
-  for (const std::string args :
-       {"schedule --schedule quadratic", "schedule --steps 0 --sampler ddim", "train --data mnist",
-        "sample --checkpoint /no/such/file.safetensors --out x.png", "frobnicate",
-        "sample --sampler euler-a --checkpoint x", "bench --what sample --cuda-graph everything",
-        "sample --checkpoint x --eta 1e308 --out x.png", "sample --checkpoint x --eta nan",
-        "sample --checkpoint x --guidance 1e308", "train --data mnist --out x --ema-decay nan",
-        "train --data mnist --out x --label-dropout nan", "train --data mnist --out x --t-sampling lognormal",
-        "train --data mnist --out x --t-sampling log-snr-normal --log-snr-std 0",
-        "train --data mnist --out x --adam-beta2 1", "train --data mnist --out x --adam-beta1 -0.1"}) {
+  for (const std::string args : {"schedule --schedule quadratic",
+                                 "schedule --steps 0 --sampler ddim",
+                                 "train --data mnist",
+                                 "sample --checkpoint /no/such/file.safetensors --out x.png",
+                                 "frobnicate",
+                                 "sample --sampler euler-a --checkpoint x",
+                                 "bench --what sample --cuda-graph everything",
+                                 "sample --checkpoint x --eta 1e308 --out x.png",
+                                 "sample --checkpoint x --eta nan",
+                                 "sample --checkpoint x --guidance 1e308",
+                                 "train --data mnist --out x --ema-decay nan",
+                                 "train --data mnist --out x --label-dropout nan",
+                                 "train --data mnist --out x --t-sampling lognormal",
+                                 "train --data mnist --out x --t-sampling log-snr-normal --log-snr-std 0",
+                                 "train --data mnist --out x --adam-beta2 1",
+                                 "train --data mnist --out x --adam-beta1 -0.1",
+                                 "train --data mnist --out x --ema-sigma-rel 0.3",
+                                 "train --data mnist --out x --ema-snapshot-every -1",
+                                 "ema --run . --sigma-rel 0",
+                                 "ema --run /no/such/dir --sigma-rel 0.1"}) {
     auto r = run(args);
     EXPECT_NE(r.status, 0) << args;
     EXPECT_FALSE(r.output.empty()) << args;
@@ -343,6 +354,44 @@ TEST(Cli, TrainReshapesTheNetworkAndTrainsVWithMinSnr) {
   r = run("train --data mnist --limit 16 --model tiny --channels 16 --steps 4 --resume --out " + dir / "run");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("stay as they began"), std::string::npos) << r.output;
+}
+
+TEST(Cli, EmaSnapshotsRebuildAnEmaOfAnyWidthThatSamples) {
+  TempDir dir;
+  const std::string out = dir / "run";
+  auto r =
+      run("--threads 1 train --data mnist --limit 16 --model tiny --steps 4 --batch-size 4 --timesteps 50 "
+          "--ema-sigma-rel 0.1 --ema-snapshot-every 2 --preview-every 0 --preview-n 2 --no-progress --out " +
+          out);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(out + "/ema_snapshots/sigma_rel_0.050_step_0000002.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/ema_snapshots/sigma_rel_0.100_step_0000004.safetensors"));
+  const auto settings =
+      nlohmann::json::parse(diffuse::load_safetensors_metadata(out + "/train_state.safetensors").at("train"));
+  EXPECT_EQ(settings.at("ema-sigma-rel"), 0.1);
+  EXPECT_EQ(settings.at("ema-snapshot-every"), 2);
+
+  r = run("ema --run " + out + " --sigma-rel 0.05,0.08");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("from 4 snapshots, profile error"), std::string::npos) << r.output;
+  const auto rebuilt = diffuse::load_safetensors_metadata(out + "/checkpoint_ema_0.080.safetensors");
+  EXPECT_EQ(rebuilt.at("step"), "4");
+  r = run("sample --checkpoint " + out + "/checkpoint_ema_0.080.safetensors --n 2 --steps 5 --no-progress --out " +
+          dir / "rebuilt.png");
+  EXPECT_EQ(r.status, 0) << r.output;
+  // the EMA as it was at step 2, written elsewhere; nothing before step 2; a run without snapshots
+  r = run("ema --run " + out + " --sigma-rel 0.1 --step 2 --out-dir " + dir / "at2");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(diffuse::load_safetensors_metadata(dir / "at2/checkpoint_ema_0.100.safetensors").at("step"), "2");
+  r = run("ema --run " + out + " --sigma-rel 0.1 --step 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("step 1 or earlier"), std::string::npos) << r.output;
+  r = run("ema --run " + dir.str() + " --sigma-rel 0.1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--ema-snapshot-every"), std::string::npos) << r.output;
+  r = run("ema --run " + out + " --sigma-rel 0.5");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("must be a number in (0, 0.2886]"), std::string::npos) << r.output;
 }
 
 // SIGTERM (timeout, Slurm, systemd, docker) takes the same path as Ctrl-C (SIGINT) and SIGHUP.

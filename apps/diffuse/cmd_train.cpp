@@ -210,6 +210,16 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--ema-decay", c.ema_decay, "EMA decay of the weights used for sampling")
       ->check(unit_interval())
       ->capture_default_str();
+  cmd->add_option("--ema-sigma-rel", c.ema_sigma_rel,
+                  "Sample from a power-function EMA instead, its width a fraction of the steps so far (e.g. 0.05-0.10; "
+                  "0: off, --ema-decay)")
+      ->check(ema_sigma_rel_or_off())
+      ->capture_default_str();
+  cmd->add_option("--ema-snapshot-every", c.ema_snapshot_every,
+                  "Every N steps, snapshots of two power-function EMAs (σ_rel 0.05, 0.10) in OUT/ema_snapshots, from "
+                  "which `diffuse ema` rebuilds an EMA of any width after training (0: none)")
+      ->check(non_negative_number())
+      ->capture_default_str();
   // β = 1 would leave Adam's bias correction 1 − βᵏ at 0
   cmd->add_option("--adam-beta1", c.adam_beta1, "AdamW's decay of the gradient's running mean")
       ->check(half_open_unit_interval())

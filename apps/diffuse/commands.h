@@ -21,6 +21,7 @@ void add_schedule_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_edit_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_ema_command(CLI::App& app);
 void add_show_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_serve_command(CLI::App& app);  // where built with cpp-httplib (DIFFUSE_HAVE_SERVE)
@@ -54,6 +55,8 @@ const CLI::Validator& non_negative_number();
 // A probability or a decay in [0, 1] (CLI::Range lets NaN through).
 const CLI::Validator& unit_interval();
 const CLI::Validator& half_open_unit_interval();  // [0, 1)
+const CLI::Validator& ema_sigma_rel_range();      // a power-function EMA's σ_rel: (0, √(1/12)]
+const CLI::Validator& ema_sigma_rel_or_off();     // 0 or that
 // DDIM's η in [0, 1] and the guidance weight w in [0, 100]: far outside, the samples become NaN.
 const CLI::Validator& eta_range();
 const CLI::Validator& guidance_range();

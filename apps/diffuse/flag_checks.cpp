@@ -3,6 +3,7 @@
 #include <string>
 
 #include "commands.h"
+#include "diffuse/train/power_ema.h"
 
 namespace diffuse::cli {
 
@@ -42,6 +43,20 @@ const CLI::Validator& unit_interval() {
 const CLI::Validator& half_open_unit_interval() {
   static const CLI::Validator check =
       finite_number_that("a number in [0, 1)", [](double v) { return v >= 0.0 && v < 1.0; });
+  return check;
+}
+
+const CLI::Validator& ema_sigma_rel_range() {
+  static const CLI::Validator check =
+      finite_number_that("a number in (0, " + std::to_string(power_ema_max_sigma_rel()).substr(0, 6) + "]",
+                         [](double v) { return v > 0.0 && v <= power_ema_max_sigma_rel(); });
+  return check;
+}
+
+const CLI::Validator& ema_sigma_rel_or_off() {
+  static const CLI::Validator check =
+      finite_number_that("0 (off) or a number in (0, " + std::to_string(power_ema_max_sigma_rel()).substr(0, 6) + "]",
+                         [](double v) { return v == 0.0 || (v > 0.0 && v <= power_ema_max_sigma_rel()); });
   return check;
 }
 

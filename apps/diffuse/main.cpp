@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
   diffuse::cli::add_eval_command(app);
   diffuse::cli::add_edit_command(app);
   diffuse::cli::add_convert_command(app);
+  diffuse::cli::add_ema_command(app);
   diffuse::cli::add_show_command(app);
   diffuse::cli::add_schedule_command(app);
   diffuse::cli::add_bench_command(app);

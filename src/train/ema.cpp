@@ -1,9 +1,10 @@
 #include "diffuse/train/ema.h"
 
-#include "diffuse/train/flat_float.h"
-#include "diffuse/util/target_clones.h"
-
 #include <algorithm>
+
+#include "diffuse/train/flat_float.h"
+#include "diffuse/train/power_ema.h"
+#include "diffuse/util/target_clones.h"
 
 namespace diffuse {
 
@@ -17,7 +18,15 @@ DIFFUSE_TARGET_CLONES void ema_elements(float* ema, const float* now, float d, i
 
 }  // namespace
 
+Ema Ema::power(double gamma) {
+  power_ema_sigma_rel(gamma);  // refuses a negative or non-finite γ
+  Ema ema(0.0);
+  ema.gamma_ = gamma;
+  return ema;
+}
+
 double Ema::current_decay() const {
+  if (is_power()) return power_ema_decay(gamma_, updates_ + 1);
   const double k = static_cast<double>(updates_);
   return std::min(decay_, (1.0 + k) / (10.0 + k));
 }

@@ -22,6 +22,7 @@
 #include "diffuse/sampling/sample_loop.h"
 #include "diffuse/train/adamw.h"
 #include "diffuse/train/ema.h"
+#include "diffuse/train/ema_snapshots.h"
 #include "diffuse/util/cpu_sharing.h"
 #include "diffuse/util/progress.h"
 
@@ -52,6 +53,14 @@ void set_cpu_rng_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
+// A power-function EMA kept beside the sampled one, whose snapshots `diffuse ema` combines.
+struct EmaTrack {
+  UNet model;
+  Ema ema;
+};
+
+std::string track_prefix(size_t i) { return "ema_track_" + std::to_string(i) + "/"; }
+
 // Everything that --resume needs, in one safetensors file written atomically by rank 0; with
 // several processes, each other rank's own part (its shard's order and cursor, its random state)
 // in a file of its own beside it.
@@ -69,6 +78,8 @@ struct TrainState {
             {"lr-schedule", c.cosine_decay ? "cosine" : "constant"},
             {"grad-clip", c.grad_clip},
             {"ema-decay", c.ema_decay},
+            {"ema-sigma-rel", c.ema_sigma_rel},
+            {"ema-snapshot-every", c.ema_snapshot_every},
             {"adam-beta1", c.adam_beta1},
             {"adam-beta2", c.adam_beta2},
             {"weight-decay", c.weight_decay},
@@ -82,10 +93,16 @@ struct TrainState {
   }
 
   static void save(const std::string& dir, const CheckpointInfo& info, const UNet& model, const UNet& ema_model,
-                   AdamW& opt, const Ema& ema, const BatchLoader& loader, const TrainConfig& config) {
+                   AdamW& opt, const Ema& ema, const std::vector<EmaTrack>& tracks, const BatchLoader& loader,
+                   const TrainConfig& config) {
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     for (auto& [name, t] : named_state(*model)) tensors.emplace_back("model/" + name, t);
     for (auto& [name, t] : named_state(*ema_model)) tensors.emplace_back("ema/" + name, t);
+    nlohmann::json track_list = nlohmann::json::array();
+    for (size_t i = 0; i < tracks.size(); ++i) {
+      for (auto& [name, t] : named_state(*tracks[i].model)) tensors.emplace_back(track_prefix(i) + name, t);
+      track_list.push_back({{"gamma", tracks[i].ema.gamma()}, {"updates", tracks[i].ema.updates()}});
+    }
     for (size_t i = 0; i < opt.first_moments().size(); ++i) {
       tensors.emplace_back("adam_m/" + std::to_string(i), opt.first_moments()[i]);
       tensors.emplace_back("adam_v/" + std::to_string(i), opt.second_moments()[i]);
@@ -95,6 +112,7 @@ struct TrainState {
     auto metadata = checkpoint_metadata(info);
     metadata["adam_step"] = std::to_string(opt.step_count());
     metadata["ema_updates"] = std::to_string(ema.updates());
+    if (!tracks.empty()) metadata["ema_tracks"] = track_list.dump();
     metadata["loader_cursor"] = std::to_string(loader.cursor());
     metadata["train"] = settings_json(config).dump();
     metadata["world_size"] = std::to_string(config.data_parallel ? config.data_parallel->env().world_size : 1);
@@ -206,6 +224,35 @@ void write_preview(const std::string& dir, int64_t step, const GaussianDiffusion
   save_grid_png(name.str(), images, plan.per_row);
 }
 
+// The snapshot EMAs of a run that kept them from its first step: their weights and update counts.
+void restore_ema_tracks(std::vector<EmaTrack>& tracks, const SafetensorsContent& state, const std::string& dir) {
+  if (state.metadata.count("ema_tracks") == 0) {
+    throw std::runtime_error("--ema-snapshot-every: the run in '" + dir +
+                             "' kept no snapshot EMAs from its start, and they cannot begin mid-run (resume without "
+                             "it, or start a new run)");
+  }
+  nlohmann::json saved;
+  try {
+    saved = nlohmann::json::parse(state.metadata.at("ema_tracks"));
+  } catch (const nlohmann::json::exception&) {
+    throw std::runtime_error("'" + state.source + "': \"ema_tracks\" is not JSON");
+  }
+  if (!saved.is_array() || saved.size() != tracks.size()) {
+    throw std::runtime_error("'" + state.source + "': \"ema_tracks\" is not a list of " +
+                             std::to_string(tracks.size()) + " snapshot EMAs");
+  }
+  for (size_t i = 0; i < tracks.size(); ++i) {
+    const auto& entry = saved[i];
+    if (!entry.is_object() || !entry.contains("gamma") || !entry["gamma"].is_number() || !entry.contains("updates") ||
+        !entry["updates"].is_number_unsigned() || entry["gamma"].get<double>() != tracks[i].ema.gamma()) {
+      throw std::runtime_error("'" + state.source + "': snapshot EMA " + std::to_string(i) + " is " + entry.dump() +
+                               ", not γ = " + std::to_string(tracks[i].ema.gamma()) + " with a count of updates");
+    }
+    load_named_state(*tracks[i].model, state, track_prefix(i));
+    tracks[i].ema.set_updates(entry["updates"].get<int64_t>());
+  }
+}
+
 }  // namespace
 
 TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset& data, torch::Device device) {
@@ -218,6 +265,13 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
       throw std::invalid_argument(std::string("train: ") + name + " must be in [0, 1), got " + std::to_string(beta));
     }
   }
+  if (!(config.ema_sigma_rel == 0.0 ||
+        (config.ema_sigma_rel > 0.0 && config.ema_sigma_rel <= power_ema_max_sigma_rel()))) {
+    throw std::invalid_argument("train: ema_sigma_rel must be 0 (off) or in (0, " +
+                                std::to_string(power_ema_max_sigma_rel()) + "], got " +
+                                std::to_string(config.ema_sigma_rel));
+  }
+  if (config.ema_snapshot_every < 0) throw std::invalid_argument("train: ema_snapshot_every must be ≥ 0");
   fs::create_directories(config.out_dir);
   if (const int stale = remove_stale_temporaries(config.out_dir); stale > 0) {
     std::fprintf(stderr, "removed %d temporary file(s) left in '%s' by a run killed while writing\n", stale,
@@ -233,6 +287,10 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   } else if (fs::exists(state_path)) {
     throw std::runtime_error("'" + config.out_dir + "' already holds a training run; pass --resume to continue it "
                              "or choose another --out");
+  } else if (std::error_code error; config.ema_snapshot_every > 0 && fs::exists(ema_snapshot_dir(config.out_dir)) &&
+                                    !fs::is_empty(ema_snapshot_dir(config.out_dir), error)) {
+    throw std::runtime_error("'" + ema_snapshot_dir(config.out_dir) +
+                             "' holds another run's EMA snapshots; move them away or choose another --out");
   }
   if (info.data.channels != data.channels() || info.data.image_size != data.image_size()) {
     throw std::runtime_error("data '" + data.name + "' has " + std::to_string(data.channels()) + "×" +
@@ -253,6 +311,18 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   }
   const Dataset& conditioned = info.model.text_conditional() ? with_prompts : data;
 
+  // The power-function EMAs that snapshots are taken of, made before the seed is set: their random
+  // initialisation (the first update overwrites it, β_1 = 0) must not move the run's random stream.
+  std::vector<EmaTrack> tracks;
+  if (config.ema_snapshot_every > 0) {
+    for (const double sigma_rel : kEmaSnapshotSigmaRels) {
+      EmaTrack track{UNet(info.model), Ema::power(power_ema_gamma(sigma_rel))};
+      track.model->to(device);
+      track.model->set_memory_format(config.memory_format);
+      for (auto& p : track.model->parameters()) p.set_requires_grad(false);
+      tracks.push_back(std::move(track));  // its first update copies the weights (β_1 = 0)
+    }
+  }
   torch::manual_seed(config.seed);
   UNet model(info.model), ema_model(info.model);
   model->to(device);
@@ -271,7 +341,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
   for (auto& p : ema_model->parameters()) p.set_requires_grad(false);
   GaussianDiffusion diffusion(NoiseSchedule(info.schedule), info.objective, device);
   AdamW optimizer(model->parameters(), AdamWOptions{config.adam_beta1, config.adam_beta2, 1e-8, config.weight_decay});
-  Ema ema(config.ema_decay);
+  Ema ema = config.ema_sigma_rel > 0.0 ? Ema::power(power_ema_gamma(config.ema_sigma_rel)) : Ema(config.ema_decay);
   // Each rank reads every W-th image from its rank on, and draws its own t and noise.
   const Dataset shard = dp ? shard_of(conditioned, dp->env().rank, dp->env().world_size) : Dataset{};
   if (config.batch_size > (dp ? shard : data).size()) {
@@ -293,6 +363,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     }
     optimizer.set_step_count(metadata_count(state->metadata, "adam_step", state_path));
     ema.set_updates(metadata_count(state->metadata, "ema_updates", state_path));
+    if (!tracks.empty()) restore_ema_tracks(tracks, *state, config.out_dir);
     step = info.step;
     // The run's number of processes: each rank's shard depends on it.
     const int64_t world =
@@ -358,7 +429,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
       }
     }
     info.step = at_step;
-    TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, loader, config);
+    TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, tracks, loader, config);
     save_checkpoint(config.out_dir + "/checkpoint.safetensors", ema_model, info);
   };
 
@@ -391,7 +462,13 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     const int64_t B = batch.x0.size(0);
     const double lr = learning_rate(config, step);
     window_loss_sum += train_step(batch.x0, batch.labels, lr);
+    for (auto& track : tracks) track.ema.update(*track.model, *model);
     ++step;
+    if (rank0 && !tracks.empty() && (step % config.ema_snapshot_every == 0 || step == config.steps)) {
+      CheckpointInfo now = info;
+      now.step = step;
+      for (const auto& track : tracks) save_ema_snapshot(config.out_dir, track.model, now, track.ema.gamma());
+    }
     ++window_steps;
     // The loss is read back (a host sync) every step on the CPU, where that is free, and only when
     // logging on a GPU; a NaN stops the run before the next checkpoint is written either way.

@@ -6,6 +6,7 @@
 //   train_state.safetensors  raw weights, EMA, AdamW moments, RNG and loader state (for --resume)
 //   log.csv                  step,loss,lr,images_per_second,elapsed_seconds
 //   preview_STEP.png         DDIM-50 samples from the EMA model
+//   ema_snapshots/           with ema_snapshot_every: power-function EMAs to rebuild any EMA from
 #pragma once
 
 #include <atomic>
@@ -36,6 +37,8 @@ struct TrainConfig {
   bool cosine_decay = true;      // after warm-up, lr decays to 0 along a half cosine by `steps`
   double grad_clip = 1.0;        // max global gradient norm (≤ 0: off)
   double ema_decay = 0.999;
+  double ema_sigma_rel = 0.0;      // > 0: the sampled weights are the power-function EMA of this σ_rel instead
+  int64_t ema_snapshot_every = 0;  // > 0: EMA snapshots every N steps for `diffuse ema` (train/ema_snapshots.h)
   double adam_beta1 = 0.9;  // AdamW's moment decays: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g²
   double adam_beta2 = 0.999;
   double weight_decay = 0.0;
