@@ -12,10 +12,12 @@
 #include "diffuse/train/power_ema.h"
 #include "diffuse/train/trainer.h"
 #include "support/error_of.h"
+#include "support/small_training.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
 using diffuse::testing::error_of;
+using diffuse::testing::tiny_info;
 using diffuse::testing::TempDir;
 
 namespace {
@@ -157,26 +159,8 @@ TEST(PosthocEma, RebuildsAnEmaThatWasNeverTrackedFromTwoTracksSnapshots) {
 
 namespace {
 
-CheckpointInfo tiny_info(const Dataset& d) {
-  CheckpointInfo info;
-  info.model = unet_config_by_name("tiny", d.channels(), d.image_size());
-  info.schedule.timesteps = 100;
-  info.data = DataInfo{d.name, d.channels(), d.image_size(), d.num_classes};
-  return info;
-}
-
 TrainConfig snapshot_config(const std::string& dir, int64_t steps) {
-  TrainConfig c;
-  c.out_dir = dir;
-  c.steps = steps;
-  c.batch_size = 8;
-  c.warmup = 2;
-  c.checkpoint_every = 0;
-  c.preview_every = 0;
-  c.preview_n = 4;
-  c.log_every = 2;
-  c.progress = false;
-  c.seed = 3;
+  auto c = diffuse::testing::quick_config(dir, steps);
   c.ema_snapshot_every = 3;
   return c;
 }

@@ -13,38 +13,14 @@
 #include "diffuse/train/train_step.h"
 #include "diffuse/train/trainer.h"
 #include "support/error_of.h"
+#include "support/small_training.h"
 #include "support/temp_dir.h"
 
 using namespace diffuse;
 using diffuse::testing::error_of;
+using diffuse::testing::quick_config;
 using diffuse::testing::TempDir;
-
-namespace {
-
-CheckpointInfo tiny_info(const Dataset& d) {
-  CheckpointInfo info;
-  info.model = unet_config_by_name("tiny", d.channels(), d.image_size());
-  info.schedule.timesteps = 100;
-  info.data = DataInfo{d.name, d.channels(), d.image_size(), d.num_classes};
-  return info;
-}
-
-TrainConfig quick_config(const std::string& dir, int64_t steps) {
-  TrainConfig c;
-  c.out_dir = dir;
-  c.steps = steps;
-  c.batch_size = 8;
-  c.warmup = 2;
-  c.checkpoint_every = 0;
-  c.preview_every = 0;
-  c.preview_n = 4;
-  c.log_every = 2;
-  c.progress = false;
-  c.seed = 3;
-  return c;
-}
-
-}  // namespace
+using diffuse::testing::tiny_info;
 
 TEST(Train, TinyModelTrainsCheckpointsAndSamples) {
   TempDir dir;
