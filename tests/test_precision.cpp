@@ -139,9 +139,10 @@ TEST(Precision, Bf16ChannelsLastGradientsAgreeWithFloat32) {
   };
   const auto reference = gradients(MemoryFormat::nchw, Precision::fp32);
   const auto bf16 = gradients(MemoryFormat::channels_last, Precision::bf16);
-  // 1e-3 measured on a CPU with AMX; not adding the residual's gradient in the GroupNorm kernel
-  // (a mutation) gave 0.14
-  EXPECT_LT(relative_error(bf16, reference), 0.01);
+  // 1e-3 measured on a CPU with AMX; 0.023 on an AMD EPYC with AVX2 only, whose bf16 oneDNN
+  // computes without bf16 instructions; not adding the residual's gradient in the GroupNorm
+  // kernel (a mutation) gave 0.14
+  EXPECT_LT(relative_error(bf16, reference), cpu_has_native_bf16() ? 0.01 : 0.05);
   EXPECT_GT(relative_error(bf16, reference), 1e-5);  // it really ran in bf16
   for (const auto& p : net->parameters()) EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);
 }
