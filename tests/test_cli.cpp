@@ -389,6 +389,10 @@ TEST(Cli, EmaSnapshotsRebuildAnEmaOfAnyWidthThatSamples) {
   r = run("ema --run " + dir.str() + " --sigma-rel 0.1");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--ema-snapshot-every"), std::string::npos) << r.output;
+  r = run("ema --run " + out + " --sigma-rel 0.1,0.1001");  // both would be checkpoint_ema_0.100
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("two widths are written as 'checkpoint_ema_0.100.safetensors'"), std::string::npos)
+      << r.output;
   r = run("ema --run " + out + " --sigma-rel 0.5");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("must be a number in (0, 0.2886]"), std::string::npos) << r.output;

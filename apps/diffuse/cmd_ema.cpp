@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <set>
+#include <stdexcept>
 #include <vector>
 
 #include "commands.h"
@@ -18,14 +20,25 @@ struct EmaOptions {
   int64_t step = 0;
 };
 
+std::string checkpoint_name(double sigma_rel) {
+  char name[64];
+  std::snprintf(name, sizeof name, "/checkpoint_ema_%.3f.safetensors", sigma_rel);
+  return name;
+}
+
 void run_ema(const EmaOptions& o) {
+  std::set<std::string> names;  // one file per width: widths alike to three decimals would overwrite
+  for (const double sigma_rel : o.sigma_rels) {
+    if (!names.insert(checkpoint_name(sigma_rel)).second) {
+      throw std::runtime_error("--sigma-rel: two widths are written as '" + checkpoint_name(sigma_rel).substr(1) +
+                               "' (give them to three decimals apart)");
+    }
+  }
   const std::string out_dir = o.out_dir.empty() ? o.run : o.out_dir;
   std::filesystem::create_directories(out_dir);
   for (const double sigma_rel : o.sigma_rels) {
     const auto rebuilt = posthoc_ema(o.run, sigma_rel, o.step, torch::kCPU);
-    char name[64];
-    std::snprintf(name, sizeof name, "/checkpoint_ema_%.3f.safetensors", sigma_rel);
-    const std::string path = out_dir + name;
+    const std::string path = out_dir + checkpoint_name(sigma_rel);
     save_checkpoint(path, rebuilt.checkpoint.model, rebuilt.checkpoint.info);
     // A profile error of a few per cent: the snapshots' widths or steps are too far from this one.
     constexpr double kLooseFit = 0.01;
