@@ -150,12 +150,7 @@ int image_file_channels(const std::string& path) {
 }
 
 int image_bytes_channels(const std::string& bytes, const std::string& what) {
-  int w = 0, h = 0, c = 0;
-  check_before_stb(bytes, what);
-  if (!stbi_info_from_memory(bytes_of(bytes), static_cast<int>(bytes.size()), &w, &h, &c)) {
-    throw std::runtime_error("cannot read image '" + what + "': " + stb_reason("unknown format"));
-  }
-  return c;
+  return image_bytes_header(bytes, what).channels;
 }
 
 ImageHeader image_bytes_header(const std::string& bytes, const std::string& what) {
