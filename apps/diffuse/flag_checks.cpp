@@ -49,14 +49,14 @@ const CLI::Validator& half_open_unit_interval() {
 const CLI::Validator& ema_sigma_rel_range() {
   static const CLI::Validator check =
       finite_number_that("a number in (0, " + std::to_string(power_ema_max_sigma_rel()).substr(0, 6) + "]",
-                         [](double v) { return v > 0.0 && v <= power_ema_max_sigma_rel(); });
+                         [](double v) { return is_power_ema_sigma_rel(v); });
   return check;
 }
 
 const CLI::Validator& ema_sigma_rel_or_off() {
   static const CLI::Validator check =
       finite_number_that("0 (off) or a number in (0, " + std::to_string(power_ema_max_sigma_rel()).substr(0, 6) + "]",
-                         [](double v) { return v == 0.0 || (v > 0.0 && v <= power_ema_max_sigma_rel()); });
+                         [](double v) { return v == 0.0 || is_power_ema_sigma_rel(v); });
   return check;
 }
 

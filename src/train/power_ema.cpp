@@ -18,8 +18,10 @@ double power_ema_sigma_rel(double gamma) {
 
 double power_ema_max_sigma_rel() { return std::sqrt(1.0 / 12.0); }
 
+bool is_power_ema_sigma_rel(double sigma_rel) { return sigma_rel > 0.0 && sigma_rel <= power_ema_max_sigma_rel(); }
+
 double power_ema_gamma(double sigma_rel) {
-  if (!(sigma_rel > 0.0 && sigma_rel <= power_ema_max_sigma_rel())) {
+  if (!is_power_ema_sigma_rel(sigma_rel)) {
     throw std::invalid_argument("power-function EMA: σ_rel = " + std::to_string(sigma_rel) + " must be in (0, " +
                                 std::to_string(power_ema_max_sigma_rel()) + "]");
   }

@@ -265,8 +265,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
       throw std::invalid_argument(std::string("train: ") + name + " must be in [0, 1), got " + std::to_string(beta));
     }
   }
-  if (!(config.ema_sigma_rel == 0.0 ||
-        (config.ema_sigma_rel > 0.0 && config.ema_sigma_rel <= power_ema_max_sigma_rel()))) {
+  if (!(config.ema_sigma_rel == 0.0 || is_power_ema_sigma_rel(config.ema_sigma_rel))) {
     throw std::invalid_argument("train: ema_sigma_rel must be 0 (off) or in (0, " +
                                 std::to_string(power_ema_max_sigma_rel()) + "], got " +
                                 std::to_string(config.ema_sigma_rel));

@@ -28,6 +28,9 @@ double power_ema_gamma(double sigma_rel);
 // The largest σ_rel a power-function EMA has (γ = 0: the plain mean of every step so far).
 double power_ema_max_sigma_rel();
 
+// Whether σ_rel is one a power-function EMA has: in (0, power_ema_max_sigma_rel()] (NaN is not).
+bool is_power_ema_sigma_rel(double sigma_rel);
+
 // β_t = (1 − 1/t)^(γ+1), the decay of the t-th update (t ≥ 1; β_1 = 0: the first update copies).
 double power_ema_decay(double gamma, int64_t t);
 
