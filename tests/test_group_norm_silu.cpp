@@ -346,6 +346,30 @@ TEST(GroupNormSilu, SaturatesWithoutOverflowForLargeInputs) {
   EXPECT_LT(fused, 4 * libtorch + 1e-6) << "LibTorch float32: " << libtorch;
 }
 
+TEST(GroupNormSilu, ANaNInAGroupGivesNaNsInThatGroupAndNowhereElse) {
+  // The kernels clamp exp's argument by sign bits, not comparisons; a NaN must still come out a NaN
+  // (not 0, not a saturated value) in every element of its group, in both layouts, forward and
+  // backward, and leave the other groups finite.
+  auto x = torch::randn({2, 32, 3, 3});
+  x[0][5][1][2] = std::numeric_limits<float>::quiet_NaN();  // sample 0, group 0 of 2 (channels 0–15)
+  const auto gamma = torch::full({32}, 2.0), beta = torch::zeros({32});
+  const auto nan_in_group =
+      torch::zeros({2, 32, 3, 3}, torch::kBool).index_put_({0, torch::indexing::Slice(0, 16)}, true);
+  auto check = [&](const torch::Tensor& got, const char* what) {
+    SCOPED_TRACE(what);
+    EXPECT_TRUE(torch::equal(got.isnan(), nan_in_group)) << got.isnan().sum().item<int64_t>() << " NaNs";
+  };
+  auto x5 = to_blocked(x).requires_grad_();
+  auto y = from_blocked(group_norm_silu_blocked(x5, {}, gamma, beta, 2, 1e-5));
+  check(y, "float32 blocked, forward");
+  y.backward(torch::ones_like(y));
+  check(from_blocked(x5.grad()), "float32 blocked, backward");
+  check(from_blocked(group_norm_blocked(to_blocked(x), gamma, beta, 2, 1e-5)), "the norm alone");
+  auto xb = x.to(torch::kBFloat16).contiguous(c10::MemoryFormat::ChannelsLast);
+  check(group_norm_silu_nhwc_bf16(xb, {}, gamma, beta, 2, 1e-5).to(torch::kFloat32), "bf16 channels-last");
+  check(group_norm_silu_nchw_bf16(x.to(torch::kBFloat16), {}, gamma, beta, 2, 1e-5).to(torch::kFloat32), "bf16 NCHW");
+}
+
 TEST(GroupNormSilu, RejectsWrongShapes) {
   auto x5 = torch::zeros({1, 2, 3, 3, 16});
   EXPECT_THROW(group_norm_silu_blocked(x5, {}, torch::ones({32}), torch::zeros({32}), 5, 1e-5), c10::Error);

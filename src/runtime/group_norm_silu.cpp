@@ -23,13 +23,23 @@ namespace {
 
 using namespace lanes;
 
+// max(x, lo) and min(x, hi) lane by lane, selected by the sign bit of x − lo (hi − x) rather than by
+// a vector comparison: GCC compares 16-float vectors one lane at a time where the CPU's vectors are
+// narrower (AVX2), but shifts and masks them two halves at a time. A NaN comes out as a NaN or as
+// the bound; the callers multiply by the NaN argument again, so it still reaches their output.
+DIFFUSE_LANE_HELPER Lanes select_where_negative(Lanes sign_of, Lanes if_negative, Lanes otherwise) {
+  const LaneInts negative = (LaneInts)sign_of >> 31;  // all ones where the sign bit is set
+  return (Lanes)((negative & (LaneInts)if_negative) | (~negative & (LaneInts)otherwise));
+}
+DIFFUSE_LANE_HELPER Lanes at_least(Lanes x, float lo) { return select_where_negative(x - lo, splat(lo), x); }
+DIFFUSE_LANE_HELPER Lanes at_most(Lanes x, float hi) { return select_where_negative(hi - x, splat(hi), x); }
+
 // e^x in float32 without a library call: x = n·ln2 + r with n = round(x/ln2) and |r| ≤ ln2/2
 // (ln2 split in two constants so that n·ln2 is exact, Cody–Waite), e^r by a degree-7 polynomial
 // (Cephes' expf coefficients: relative error < 2e-7 on that interval), and 2^n by writing
-// n + 127 into the exponent bits. x is clamped to [−87, 88], where 2^n stays a normal float.
-DIFFUSE_LANE_HELPER Lanes exp_approx(Lanes x) {
-  x = x < -87.0f ? splat(-87.0f) : x;
-  x = x > 88.0f ? splat(88.0f) : x;
+// n + 127 into the exponent bits. x must lie in [−87, 88], where 2^n stays a normal float (the
+// caller clamps it).
+DIFFUSE_LANE_HELPER Lanes exp_in_range(Lanes x) {
   const Lanes n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5·2²³ trick)
   const Lanes r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   Lanes p = splat(1.9875691500e-4f);
@@ -54,8 +64,10 @@ DIFFUSE_LANE_HELPER Lanes reciprocal(Lanes d) {
   return r * (2.0f - d * r);
 }
 
-// e^(−z) ≤ e^87 keeps 1/(1 + e^(−z)) a normal float.
-DIFFUSE_LANE_HELPER Lanes sigmoid(Lanes z) { return reciprocal(1.0f + exp_approx(-(z > -87.0f ? z : splat(-87.0f)))); }
+// σ(z) = 1/(1 + e^(−z)), −z clamped to [−87, 87]: e^(−z) ≤ e^87 keeps 1/(1 + e^(−z)) a normal float.
+DIFFUSE_LANE_HELPER Lanes sigmoid(Lanes z) {
+  return reciprocal(1.0f + exp_in_range(at_most(at_least(-z, -87.0f), 87.0f)));
+}
 
 // The formulas both layouts' kernels share. C, a coefficient: Lanes (one per lane: the blocked
 // layout's 16 channels) or float (one for all lanes: 16 pixels of one NCHW channel).
@@ -75,12 +87,12 @@ DIFFUSE_LANE_HELPER Lanes group_norm_backward(Lanes x, Lanes dz, C gamma, C shif
   return inv_std * (gamma * dz - m1 - xhat * m2);
 }
 
-// Dropout without a stored mask: element i is kept where a hash of (i, seed) is at least
-// p·2³², so that backward recomputes the same mask from the seed. The hash is murmur3's 32-bit
+// Dropout without a stored mask: element i is kept where the top 31 bits of a hash of (i, seed)
+// are at least p·2³¹, so that backward recomputes the same mask from the seed. The hash is murmur3's 32-bit
 // finaliser applied twice, the seed's halves mixed in before each (so that two seeds give
 // unrelated masks, not shifted copies of one). `scale` = 1/(1 − p); inactive: p = 0.
 struct Dropout {
-  uint32_t seed_lo = 0, seed_hi = 0, threshold = 0;
+  uint32_t seed_lo = 0, seed_hi = 0, threshold = 0;  // threshold: p·2³¹
   float scale = 1.0f;
   bool active = false;
 };
@@ -99,7 +111,10 @@ DIFFUSE_LANE_HELPER LaneUInts fmix32(LaneUInts h) {
 DIFFUSE_LANE_HELPER Lanes keep_scale(const Dropout& d, uint32_t first) {
   const LaneUInts index = LaneUInts{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + first;
   const LaneUInts h = fmix32(fmix32(index + d.seed_lo) ^ d.seed_hi);
-  return (Lanes)((LaneInts)(h >= d.threshold) & (LaneInts)splat(d.scale));
+  // h/2 − threshold, both below 2³¹, is negative exactly where the element is dropped (its sign,
+  // not a comparison: see select_where_negative)
+  const LaneInts dropped = (LaneInts)((h >> 1) - d.threshold) >> 31;
+  return (Lanes)(~dropped & (LaneInts)splat(d.scale));
 }
 
 using BF16 = c10::BFloat16;
@@ -117,7 +132,8 @@ DIFFUSE_LANE_HELPER Lanes load_bf16(const c10::BFloat16* p) {
 DIFFUSE_LANE_HELPER void store_bf16(c10::BFloat16* p, const Lanes& v) {
   const LaneUInts u = (LaneUInts)v;
   const LaneUInts rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const LaneUInts nan = (LaneUInts)(v != v);
+  // all ones where the bits without the sign exceed infinity's: a NaN (by sign, see select_where_negative)
+  const LaneUInts nan = (LaneUInts)((LaneInts)(0x7F800000u - (u & 0x7FFFFFFFu)) >> 31);
   const LaneHalves h = __builtin_convertvector((rounded & ~nan) | (0x7FC0u & nan), LaneHalves);
   std::memcpy(p, &h, sizeof h);
 }
@@ -149,17 +165,48 @@ DIFFUSE_LANE_LOOP void block_sums(const T* x, int64_t pixels, int64_t stride, do
   for (int64_t l = 0; l < L; ++l) sum[l] = s[l], sum_sq[l] = q[l];
 }
 
+// The loops below come in four copies, with and without SiLU and dropout, chosen once per unit:
+// a branch between 16-float values inside the loop makes GCC pass them through memory where the
+// CPU's vectors are narrower (AVX2). Helpers, not lambdas: GCC inlines no lambda into a clone.
+
+// y = SiLU(x·a + b) (or x·a + b, the norm alone), then dropout
+template <bool kSilu, bool kDropout, class T>
+DIFFUSE_LANE_HELPER void norm_silu_pixels(const T* x, int64_t pixels, int64_t stride, Lanes a, Lanes b,
+                                          const Dropout& dropout, uint32_t first, T* y) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    Lanes out = load_lanes(x + p * stride) * a + b;
+    if constexpr (kSilu) out = silu(out);
+    if constexpr (kDropout) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
+    store_lanes(y + p * stride, out);
+  }
+}
+
 // y = SiLU(x·a + b): a = γ/σ, b = β + (s − μ)·γ/σ per lane (without `with_silu`: y = x·a + b, the norm
 // alone); then dropout (`first`: the index of the unit's first element in the tensor).
 template <class T>
 DIFFUSE_LANE_LOOP void block_norm_silu(const T* x, int64_t pixels, int64_t stride, const float* a_, const float* b_,
                                        bool with_silu, const Dropout& dropout, uint32_t first, T* y) {
   const Lanes a = load(a_), b = load(b_);
-  for (int64_t p = 0; p < pixels; ++p) {
-    const Lanes z = load_lanes(x + p * stride) * a + b;
-    Lanes out = with_silu ? silu(z) : z;
-    if (dropout.active) out *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
-    store_lanes(y + p * stride, out);
+  if (with_silu && !dropout.active) norm_silu_pixels<true, false>(x, pixels, stride, a, b, dropout, first, y);
+  if (with_silu && dropout.active) norm_silu_pixels<true, true>(x, pixels, stride, a, b, dropout, first, y);
+  if (!with_silu && !dropout.active) norm_silu_pixels<false, false>(x, pixels, stride, a, b, dropout, first, y);
+  if (!with_silu && dropout.active) norm_silu_pixels<false, true>(x, pixels, stride, a, b, dropout, first, y);
+}
+
+// ∂L/∂z of pixels [begin, end) into dz, their Σ ∂L/∂z added to run_s and Σ ∂L/∂z·x̂ to run_q
+template <bool kSilu, bool kDropout, class T>
+DIFFUSE_LANE_HELPER void backward_sums_pixels(const T* x, const T* dy, int64_t begin, int64_t end, int64_t stride,
+                                              Lanes a, Lanes b, Lanes shift_minus_mean, Lanes inv_std,
+                                              const Dropout& dropout, uint32_t first, float* dz, Lanes& run_s,
+                                              Lanes& run_q) {
+  for (int64_t p = begin; p < end; ++p) {
+    const Lanes v = load_lanes(x + p * stride);
+    Lanes g = load_lanes(dy + p * stride);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
+    if constexpr (kDropout) g *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
+    if constexpr (kSilu) g = silu_backward(v * a + b, g);
+    store(dz + p * stride, g);
+    run_s += g;
+    run_q += g * ((v + shift_minus_mean) * inv_std);
   }
 }
 
@@ -173,15 +220,23 @@ DIFFUSE_LANE_LOOP void block_backward_sums(const T* x, const T* dy, int64_t pixe
   const Lanes a = load(a_), b = load(b_), shift_minus_mean = load(shift_minus_mean_), inv_std = load(inv_std_);
   double s[L] = {}, q[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
+    const int64_t p1 = std::min(pixels, p0 + 64);
     Lanes run_s{}, run_q{};
-    for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
-      const Lanes v = load_lanes(x + p * stride);
-      Lanes upstream = load_lanes(dy + p * stride);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
-      if (dropout.active) upstream *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
-      const Lanes g = with_silu ? silu_backward(v * a + b, upstream) : upstream;
-      store(dz + p * stride, g);
-      run_s += g;
-      run_q += g * ((v + shift_minus_mean) * inv_std);
+    if (with_silu && !dropout.active) {
+      backward_sums_pixels<true, false>(x, dy, p0, p1, stride, a, b, shift_minus_mean, inv_std, dropout, first, dz,
+                                        run_s, run_q);
+    }
+    if (with_silu && dropout.active) {
+      backward_sums_pixels<true, true>(x, dy, p0, p1, stride, a, b, shift_minus_mean, inv_std, dropout, first, dz,
+                                       run_s, run_q);
+    }
+    if (!with_silu && !dropout.active) {
+      backward_sums_pixels<false, false>(x, dy, p0, p1, stride, a, b, shift_minus_mean, inv_std, dropout, first, dz,
+                                         run_s, run_q);
+    }
+    if (!with_silu && dropout.active) {
+      backward_sums_pixels<false, true>(x, dy, p0, p1, stride, a, b, shift_minus_mean, inv_std, dropout, first, dz,
+                                        run_s, run_q);
     }
     for (int64_t l = 0; l < L; ++l) s[l] += run_s[l], q[l] += run_q[l];
   }
@@ -665,7 +720,7 @@ Dropout make_dropout(double p, int64_t seed) {
   d.active = true;
   d.seed_lo = static_cast<uint32_t>(seed);
   d.seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
-  d.threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+  d.threshold = static_cast<uint32_t>(std::min(p * 2147483648.0, 2147483647.0));
   d.scale = static_cast<float>(1.0 / (1.0 - p));
   return d;
 }

@@ -33,7 +33,11 @@ DIFFUSE_LANE_HELPER Lanes load(const float* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-DIFFUSE_LANE_HELPER void store(float* p, const Lanes& v) { std::memcpy(p, &v, sizeof v); }
+// Lane by lane: GCC makes this one store per native vector, where a memcpy of the 64-byte value
+// goes through the stack on CPUs with narrower vectors (AVX2).
+DIFFUSE_LANE_HELPER void store(float* p, const Lanes& v) {
+  for (int64_t l = 0; l < L; ++l) p[l] = v[l];
+}
 DIFFUSE_LANE_HELPER Lanes splat(float v) { return Lanes{} + v; }
 
 }  // namespace diffuse::lanes

@@ -6,7 +6,7 @@
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DIFFUSE_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define DIFFUSE_TARGET_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
 #else
 #define DIFFUSE_TARGET_CLONES
 #endif
