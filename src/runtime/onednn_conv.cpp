@@ -343,10 +343,15 @@ std::pair<double, double> best_seconds_in_turn(A&& a, B&& b) {
   return {best_a, best_b};
 }
 
-// The batch the per-shape timings below run at: at most 8 images. Which kernel wins depends on
-// the image size and the widths; more images only multiply the work (and the first call's wait:
-// about 8 s for ddpm-cifar10 at batch 64 when timed at full batch).
-int64_t timing_batch(int64_t n) { return std::min<int64_t>(n, 8); }
+// The batch the per-shape timings below run at: the caller's, or as many images (at least 8) as
+// keep the wider of input and output under 8 MiB. A batch that fits the caches can crown a kernel
+// that loses at the real one, which does not (the own Winograd on an AVX2 EPYC, timed on 8 images:
+// 10 % slower training steps at 64); more images than that only lengthen the first call's wait.
+int64_t timing_batch(const OneDnnConvShape& s) {
+  constexpr int64_t kBudgetBytes = int64_t{8} << 20;
+  const int64_t bytes_per_image = std::max<int64_t>(1, std::max(s.c, s.o) * s.h * s.w * int64_t{sizeof(float)});
+  return std::min(s.n, std::max<int64_t>(8, kBudgetBytes / bytes_per_image));
+}
 
 // Winograd (true) or direct (false) for each pass of one convolution shape.
 struct PassAlgorithms {
@@ -430,7 +435,7 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   static ShapeChoices<PassAlgorithms> choices;
   const char* timed = own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct";
   return choices.get(shape, timed, [&] {
-    const int64_t b = kChannelBlock, n = timing_batch(shape.n);
+    const int64_t b = kChannelBlock, n = timing_batch(shape);
     const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
                bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
     // whether the first (Winograd) of the two timings is the smaller
@@ -589,12 +594,12 @@ namespace {
 // Whether oneDNN beats ATen on this shape, timed once per shape and kind of call (forward only,
 // or forward and both backward passes): Winograd wins big on wide images (2–4× at 16×16 and
 // 32×32) and loses on the smallest (4×4 with 256 channels), and where the line lies depends on
-// the CPU, so a fixed rule would be wrong somewhere. Timed on at most 8 images (timing_batch).
+// the CPU, so a fixed rule would be wrong somewhere. Timed on timing_batch's images.
 bool onednn_wins(int64_t n, int64_t c, int64_t o, int64_t h, int64_t w, bool training) {
   static ShapeChoices<bool> onednn_faster;
   const OneDnnConvShape shape{n, c, o, h, w, 3, 1, training, Activations::nchw_f32};
   return onednn_faster.get(shape, "onednn-or-aten", [&] {
-    const int64_t m = timing_batch(n);
+    const int64_t m = timing_batch(shape);
     auto x = ramp({m, c, h, w}), weight = ramp({o, c, 3, 3}) * 0.1, bias = torch::zeros({o}),
          grad_y = ramp({m, o, h, w});
     double aten = 0, onednn = 0;

@@ -60,16 +60,16 @@ void TimingCacheFile::store(const std::string& key, int64_t value) {
   }
 }
 
-// The revision of the own kernels that take part in timed choices (the Winograd convolution, the
-// lane loops of runtime/lanes.h): raised when one of them gets faster or slower, so that the
-// choices timed against the old kernels are timed again.
-constexpr int kOwnKernelsRevision = 2;
+// The revision of the timed choices: raised when an own kernel that takes part in one (the
+// Winograd convolution, the lane loops of runtime/lanes.h) gets faster or slower, or the timing
+// itself changes, so that choices timed the old way are timed again.
+constexpr int kChoicesRevision = 2;
 
 std::string timing_machine_signature() {
   const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA");
   return cpu_description() + ", LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
-         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", own kernels r" +
-         std::to_string(kOwnKernelsRevision) + (cap ? std::string(", ONEDNN_MAX_CPU_ISA=") + cap : std::string());
+         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", choices r" +
+         std::to_string(kChoicesRevision) + (cap ? std::string(", ONEDNN_MAX_CPU_ISA=") + cap : std::string());
 }
 
 TimingCacheFile* process_timing_cache() {

@@ -6,7 +6,7 @@
 //   $DIFFUSE_CACHE_DIR/timings.json, else $XDG_CACHE_HOME/diffuse/timings.json, else
 //   ~/.cache/diffuse/timings.json.
 // The file keeps each machine's choices apart, a machine being the CPU (model and the instruction
-// sets that matter), the LibTorch version, the own kernels' revision and the oneDNN cap
+// sets that matter), the LibTorch version, the choices' revision (timing_cache.cpp) and the oneDNN cap
 // (ONEDNN_MAX_CPU_ISA): a run under ONEDNN_MAX_CPU_ISA=AVX2 (to see another CPU's kernels) or from
 // another machine sharing the home directory adds its own and leaves the others'.
 // DIFFUSE_TIMING_CACHE=0 turns it off (the test suite runs so); deleting the file re-times.
@@ -42,7 +42,7 @@ class TimingCacheFile {
   std::map<std::string, int64_t> choices_;
 };
 
-// This machine's signature: CPU model and flags, LibTorch version, own kernels' revision, ONEDNN_MAX_CPU_ISA.
+// This machine's signature: CPU model and flags, LibTorch version, choices' revision, ONEDNN_MAX_CPU_ISA.
 std::string timing_machine_signature();
 
 // The process's cache (the path above, in util/environment.h's cache_directory()), or null where it
