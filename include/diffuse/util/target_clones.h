@@ -6,8 +6,10 @@
 // architectures) the loop is compiled once, for the build's target.
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define DIFFUSE_TARGET_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // no x86-64-v3 dispatch before GCC 12
+#define DIFFUSE_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DIFFUSE_TARGET_CLONES
 #endif
