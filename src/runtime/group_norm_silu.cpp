@@ -165,9 +165,10 @@ DIFFUSE_LANE_LOOP void block_sums(const T* x, int64_t pixels, int64_t stride, do
   for (int64_t l = 0; l < L; ++l) sum[l] = s[l], sum_sq[l] = q[l];
 }
 
-// The loops below come in four copies, with and without SiLU and dropout, chosen once per unit:
-// a branch between 16-float values inside the loop makes GCC pass them through memory where the
-// CPU's vectors are narrower (AVX2). Helpers, not lambdas: GCC inlines no lambda into a clone.
+// The loops below come in copies, with and without SiLU, dropout or a second gradient, chosen once
+// per run of pixels: a branch between 16-float values inside the loop makes GCC pass them through
+// memory where the CPU's vectors are narrower (AVX2). Helpers, not lambdas: GCC inlines no lambda
+// into a clone.
 
 // y = SiLU(x·a + b) (or x·a + b, the norm alone), then dropout
 template <bool kSilu, bool kDropout, class T>
@@ -199,15 +200,18 @@ DIFFUSE_LANE_HELPER void backward_sums_pixels(const T* x, const T* dy, int64_t b
                                               Lanes a, Lanes b, Lanes shift_minus_mean, Lanes inv_std,
                                               const Dropout& dropout, uint32_t first, float* dz, Lanes& run_s,
                                               Lanes& run_q) {
+  Lanes sum{}, sum_xhat{};  // local sums: GCC keeps run_s and run_q themselves in memory through the loop
   for (int64_t p = begin; p < end; ++p) {
     const Lanes v = load_lanes(x + p * stride);
     Lanes g = load_lanes(dy + p * stride);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
     if constexpr (kDropout) g *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
     if constexpr (kSilu) g = silu_backward(v * a + b, g);
     store(dz + p * stride, g);
-    run_s += g;
-    run_q += g * ((v + shift_minus_mean) * inv_std);
+    sum += g;
+    sum_xhat += g * ((v + shift_minus_mean) * inv_std);
   }
+  run_s += sum;
+  run_q += sum_xhat;
 }
 
 // Backward, first pass: ∂L/∂z into dz (float32, in the same layout), and per lane Σ ∂L/∂z and
@@ -247,6 +251,25 @@ DIFFUSE_LANE_LOOP void block_backward_sums(const T* x, const T* dy, int64_t pixe
 // each element is read before it is written), and Σ ∂L/∂x per lane (the shift's gradient).
 // `also` (or null): a second gradient of x, from a residual connection that read x through the
 // passed-through output, added to what is stored but not to the sums.
+// ∂L/∂x of pixels [begin, end) into dx (plus `also`'s where kAlso), their sum added to `run`
+template <bool kAlso, class T>
+DIFFUSE_LANE_HELPER void backward_dx_pixels(const T* x, int64_t begin, int64_t end, int64_t stride, Lanes gamma,
+                                            Lanes shift_minus_mean, Lanes inv_std, Lanes m1, Lanes m2, const T* also,
+                                            const float* dz, T* dx, Lanes& run) {
+  Lanes sum{};  // a local sum: GCC keeps `run` itself in memory through the loop
+  for (int64_t p = begin; p < end; ++p) {
+    const Lanes d = group_norm_backward(load_lanes(x + p * stride), load(dz + p * stride), gamma, shift_minus_mean,
+                                        inv_std, m1, m2);
+    if constexpr (kAlso) {
+      store_lanes(dx + p * stride, d + load_lanes(also + p * stride));
+    } else {
+      store_lanes(dx + p * stride, d);
+    }
+    sum += d;
+  }
+  run += sum;
+}
+
 template <class T>
 DIFFUSE_LANE_LOOP void block_backward_dx(const T* x, int64_t pixels, int64_t stride, const float* gamma_,
                                          const float* shift_minus_mean_, const float* inv_std_, const float* m1_,
@@ -255,12 +278,12 @@ DIFFUSE_LANE_LOOP void block_backward_dx(const T* x, int64_t pixels, int64_t str
               m1 = load(m1_), m2 = load(m2_);
   double s[L] = {};
   for (int64_t p0 = 0; p0 < pixels; p0 += 64) {
+    const int64_t p1 = std::min(pixels, p0 + 64);
     Lanes run{};
-    for (int64_t p = p0; p < std::min(pixels, p0 + 64); ++p) {
-      const Lanes d = group_norm_backward(load_lanes(x + p * stride), load(dz + p * stride), gamma, shift_minus_mean,
-                                          inv_std, m1, m2);
-      store_lanes(dx + p * stride, also ? d + load_lanes(also + p * stride) : d);
-      run += d;
+    if (also) {
+      backward_dx_pixels<true>(x, p0, p1, stride, gamma, shift_minus_mean, inv_std, m1, m2, also, dz, dx, run);
+    } else {
+      backward_dx_pixels<false>(x, p0, p1, stride, gamma, shift_minus_mean, inv_std, m1, m2, also, dz, dx, run);
     }
     for (int64_t l = 0; l < L; ++l) s[l] += run[l];
   }
