@@ -200,18 +200,15 @@ DIFFUSE_LANE_HELPER void backward_sums_pixels(const T* x, const T* dy, int64_t b
                                               Lanes a, Lanes b, Lanes shift_minus_mean, Lanes inv_std,
                                               const Dropout& dropout, uint32_t first, float* dz, Lanes& run_s,
                                               Lanes& run_q) {
-  Lanes sum{}, sum_xhat{};  // local sums: GCC keeps run_s and run_q themselves in memory through the loop
   for (int64_t p = begin; p < end; ++p) {
     const Lanes v = load_lanes(x + p * stride);
     Lanes g = load_lanes(dy + p * stride);  // ∂L/∂SiLU = ∂L/∂y · keep/(1 − p) under dropout
     if constexpr (kDropout) g *= keep_scale(dropout, first + static_cast<uint32_t>(p * stride));
     if constexpr (kSilu) g = silu_backward(v * a + b, g);
     store(dz + p * stride, g);
-    sum += g;
-    sum_xhat += g * ((v + shift_minus_mean) * inv_std);
+    run_s += g;
+    run_q += g * ((v + shift_minus_mean) * inv_std);
   }
-  run_s += sum;
-  run_q += sum_xhat;
 }
 
 // Backward, first pass: ∂L/∂z into dz (float32, in the same layout), and per lane Σ ∂L/∂z and
@@ -247,16 +244,11 @@ DIFFUSE_LANE_LOOP void block_backward_sums(const T* x, const T* dy, int64_t pixe
   for (int64_t l = 0; l < L; ++l) sum_dz[l] = s[l], sum_dz_xhat[l] = q[l];
 }
 
-// Backward, second pass: ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2) into dx (which may be dz itself:
-// each element is read before it is written), and Σ ∂L/∂x per lane (the shift's gradient).
-// `also` (or null): a second gradient of x, from a residual connection that read x through the
-// passed-through output, added to what is stored but not to the sums.
 // ∂L/∂x of pixels [begin, end) into dx (plus `also`'s where kAlso), their sum added to `run`
 template <bool kAlso, class T>
 DIFFUSE_LANE_HELPER void backward_dx_pixels(const T* x, int64_t begin, int64_t end, int64_t stride, Lanes gamma,
                                             Lanes shift_minus_mean, Lanes inv_std, Lanes m1, Lanes m2, const T* also,
                                             const float* dz, T* dx, Lanes& run) {
-  Lanes sum{};  // a local sum: GCC keeps `run` itself in memory through the loop
   for (int64_t p = begin; p < end; ++p) {
     const Lanes d = group_norm_backward(load_lanes(x + p * stride), load(dz + p * stride), gamma, shift_minus_mean,
                                         inv_std, m1, m2);
@@ -265,11 +257,14 @@ DIFFUSE_LANE_HELPER void backward_dx_pixels(const T* x, int64_t begin, int64_t e
     } else {
       store_lanes(dx + p * stride, d);
     }
-    sum += d;
+    run += d;
   }
-  run += sum;
 }
 
+// Backward, second pass: ∂L/∂x = (1/σ)(γ ∂L/∂z − m1 − x̂·m2) into dx (which may be dz itself:
+// each element is read before it is written), and Σ ∂L/∂x per lane (the shift's gradient).
+// `also` (or null): a second gradient of x, from a residual connection that read x through the
+// passed-through output, added to what is stored but not to the sums.
 template <class T>
 DIFFUSE_LANE_LOOP void block_backward_dx(const T* x, int64_t pixels, int64_t stride, const float* gamma_,
                                          const float* shift_minus_mean_, const float* inv_std_, const float* m1_,
