@@ -204,12 +204,16 @@ void save_checkpoint(const std::string& path, const UNet& model, const Checkpoin
 LoadedCheckpoint load_checkpoint(const std::string& path, torch::Device device) {
   if (!std::filesystem::exists(path)) throw std::runtime_error("checkpoint '" + path + "' does not exist");
   if (std::filesystem::is_directory(path)) return load_diffusers(path, device);
-  const auto content = load_safetensors(path);
+  auto out = checkpoint_from_safetensors(load_safetensors(path), path);
+  out.model->to(device);
+  return out;
+}
+
+LoadedCheckpoint checkpoint_from_safetensors(const SafetensorsContent& content, const std::string& path) {
   LoadedCheckpoint out;
   out.info = checkpoint_info_from_metadata(content.metadata, path);
   out.model = UNet(out.info.model);
   load_named_state(*out.model, content);
-  out.model->to(device);
   out.model->eval();
   return out;
 }

@@ -92,14 +92,18 @@ PosthocEma posthoc_ema(const std::string& run_dir, double sigma_rel, int64_t ste
   out.fit = posthoc_ema_weights(profiles, PowerProfile{t, gamma});
 
   // θ = Σ x_i θ̂_i over the parameters, in float64; buffers (no weights of training) from the last.
-  out.checkpoint = load_checkpoint(out.used.back().path, torch::kCPU);
-  const std::string model_json = load_safetensors_metadata(out.used.back().path).at("model");
+  // The last snapshot, read once: the network, its buffers and its term of the sum.
+  const auto last = load_safetensors(out.used.back().path);
+  out.checkpoint = checkpoint_from_safetensors(last, out.used.back().path);
+  const std::string& model_json = last.metadata.at("model");
   std::map<std::string, torch::Tensor> sums;
   for (const auto& p : out.checkpoint.model->named_parameters()) {
     sums[p.key()] = torch::zeros(p.value().sizes(), torch::kFloat64);
   }
   for (size_t i = 0; i < out.used.size(); ++i) {
-    const auto content = load_safetensors(out.used[i].path);
+    const bool is_last = i + 1 == out.used.size();
+    const SafetensorsContent earlier = is_last ? SafetensorsContent{} : load_safetensors(out.used[i].path);
+    const SafetensorsContent& content = is_last ? last : earlier;
     if (content.metadata.count("model") == 0 || content.metadata.at("model") != model_json) {
       throw std::runtime_error("'" + out.used[i].path + "' is a snapshot of another network than '" +
                                out.used.back().path + "'");

@@ -91,5 +91,7 @@ struct LoadedCheckpoint {
 // Rebuilds the network from the metadata and loads its weights; errors name the file. A folder
 // is read as diffusers' format (checkpoint/diffusers.h): a pipeline or a bare unet/ folder.
 LoadedCheckpoint load_checkpoint(const std::string& path, torch::Device device);
+// The same from a safetensors file already read (`path` names it in errors), on the CPU.
+LoadedCheckpoint checkpoint_from_safetensors(const SafetensorsContent& content, const std::string& path);
 
 }  // namespace diffuse
