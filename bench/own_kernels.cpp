@@ -12,7 +12,8 @@
 // Forward alone, and forward with backward (the gradients a training step asks for, from a fixed
 // ∂L/∂y). Inside a training step the inputs come from memory rather than from cache, so these
 // times are lower bounds of what `diffuse bench --profile` shows; whether a kernel pays off in the
-// step is what `diffuse bench --alternate` measures (docs/PERFORMANCE.md).
+// step is what `diffuse bench --alternate` measures (docs/PERFORMANCE.md). Blocked tensors are
+// blocked by this CPU's channel_block() (DIFFUSE_CHANNEL_BLOCK=8|16 to time the other).
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
@@ -79,7 +80,8 @@ void register_conv_in(const std::string& model, int64_t c, int64_t o, int64_t si
   const auto x = torch::randn({16, c, size, size});
   const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
   const auto b = torch::zeros({o}).requires_grad_();
-  const auto grad_y = torch::randn({16, o / 16, size, size, 16});
+  const int64_t B = diffuse::channel_block();
+  const auto grad_y = torch::randn({16, o / B, size, size, B});
   register_pair("conv_in", model, {[=] { return diffuse::conv_nchw_to_blocked(x, w, b); }, grad_y, {w, b}},
                 {[=] { return diffuse::to_blocked(torch::conv2d(x, w, b, 1, 1)); }, grad_y, {w, b}});
 }
@@ -87,7 +89,8 @@ void register_conv_in(const std::string& model, int64_t c, int64_t o, int64_t si
 // conv_out: `c` blocked channels into an NCHW image of `o` channels (runtime/blocked_conv_out.h),
 // against the re-order to NCHW followed by LibTorch's convolution.
 void register_conv_out(const std::string& model, int64_t c, int64_t o, int64_t size) {
-  const auto x5 = torch::randn({16, c / 16, size, size, 16}).requires_grad_();
+  const int64_t B = diffuse::channel_block();
+  const auto x5 = torch::randn({16, c / B, size, size, B}).requires_grad_();
   const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
   const auto b = torch::zeros({o}).requires_grad_();
   const auto grad_y = torch::randn({16, o, size, size});
@@ -99,11 +102,12 @@ void register_conv_out(const std::string& model, int64_t c, int64_t o, int64_t s
 // LibTorch's add, GroupNorm and SiLU on the same values in NCHW (no re-orders counted: the
 // LibTorch route's input is already NCHW).
 void register_group_norm_silu(const std::string& model, int64_t c, int64_t size, int64_t groups) {
-  const auto x5 = torch::randn({16, c / 16, size, size, 16}).requires_grad_();
+  const int64_t B = diffuse::channel_block();
+  const auto x5 = torch::randn({16, c / B, size, size, B}).requires_grad_();
   const auto x = diffuse::from_blocked(x5.detach()).requires_grad_();
   const auto shift = (torch::randn({16, c}) * 0.1).requires_grad_();
   const auto gamma = torch::ones({c}).requires_grad_(), beta = torch::zeros({c}).requires_grad_();
-  const auto grad_y5 = torch::randn({16, c / 16, size, size, 16});
+  const auto grad_y5 = torch::randn({16, c / B, size, size, B});
   register_pair(
       "group_norm_silu", model,
       {[=] { return diffuse::group_norm_silu_blocked(x5, shift, gamma, beta, groups, 1e-5); }, grad_y5,
@@ -118,10 +122,11 @@ void register_group_norm_silu(const std::string& model, int64_t c, int64_t size,
 void register_cat_norm(const std::string& model, int64_t a_channels, int64_t b_channels, int64_t size,
                        int64_t groups) {
   const int64_t c = a_channels + b_channels;
-  const auto a = torch::randn({16, a_channels / 16, size, size, 16}).requires_grad_();
-  const auto b = torch::randn({16, b_channels / 16, size, size, 16}).requires_grad_();
+  const int64_t B = diffuse::channel_block();
+  const auto a = torch::randn({16, a_channels / B, size, size, B}).requires_grad_();
+  const auto b = torch::randn({16, b_channels / B, size, size, B}).requires_grad_();
   const auto gamma = torch::ones({c}).requires_grad_(), beta = torch::zeros({c}).requires_grad_();
-  const auto grad_y = torch::randn({16, c / 16, size, size, 16});
+  const auto grad_y = torch::randn({16, c / B, size, size, B});
   register_pair(
       "cat_group_norm_silu", model,
       {[=] { return diffuse::group_norm_silu_blocked_cat_and_input(a, b, gamma, beta, groups, 1e-5).first; }, grad_y,

@@ -7,10 +7,12 @@
 #include "diffuse/runtime/blocked_layout.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/precision.h"
+#include "support/channel_blocks.h"
 #include "support/networks.h"
 
 using namespace diffuse;
 
+using diffuse::testing::for_each_channel_block;
 using diffuse::testing::relative_error;
 
 namespace {
@@ -145,90 +147,95 @@ TEST(OneDnnConv, UNetLossAndGradientsAgreeWithATenKernels) {
 }
 
 TEST(OneDnnConv, BlockedConvolutionsOfEveryKindMatchAFloat64Reference) {
-  SKIP_WITHOUT_ONEDNN();
-  struct Kind {
-    int64_t c, o, k, stride, h, w;
-  };
-  // 3×3 stride 1 (Winograd or direct, whichever timed faster), 3×3 stride 2 on an odd size
-  // (downsampling), 1×1 (shortcuts, attention's projections).
-  for (const Kind& k : {Kind{32, 48, 3, 1, 9, 7}, Kind{16, 16, 3, 1, 16, 16}, Kind{32, 32, 3, 2, 7, 9},
-                        Kind{48, 32, 1, 1, 5, 6}}) {
-    SCOPED_TRACE("C" + std::to_string(k.c) + " O" + std::to_string(k.o) + " k" + std::to_string(k.k) + " stride " +
-                 std::to_string(k.stride));
-    torch::manual_seed(2);
-    auto x = torch::randn({2, k.c, k.h, k.w}).requires_grad_();
-    auto w = (torch::randn({k.o, k.c, k.k, k.k}) / std::sqrt(double(k.c * k.k * k.k))).requires_grad_();
-    auto b = torch::randn({k.o}).requires_grad_();
-    auto y = from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride));
-    auto upstream = torch::randn_like(y);
-    y.backward(upstream);
-    const auto y64 = expect_float64_agreement(y, x, w, b, upstream, k.stride, 1e-5, 1e-5);
-    torch::NoGradGuard no_grad;  // the inference plan
-    EXPECT_LT(relative_error(from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride)).to(torch::kFloat64), y64),
-              1e-5);
-  }
+  for_each_channel_block([&](int64_t) {
+    SKIP_WITHOUT_ONEDNN();
+    struct Kind {
+      int64_t c, o, k, stride, h, w;
+    };
+    // 3×3 stride 1 (Winograd or direct, whichever timed faster), 3×3 stride 2 on an odd size
+    // (downsampling), 1×1 (shortcuts, attention's projections).
+    for (const Kind& k :
+         {Kind{32, 48, 3, 1, 9, 7}, Kind{16, 16, 3, 1, 16, 16}, Kind{32, 32, 3, 2, 7, 9}, Kind{48, 32, 1, 1, 5, 6}}) {
+      SCOPED_TRACE("C" + std::to_string(k.c) + " O" + std::to_string(k.o) + " k" + std::to_string(k.k) + " stride " +
+                   std::to_string(k.stride));
+      torch::manual_seed(2);
+      auto x = torch::randn({2, k.c, k.h, k.w}).requires_grad_();
+      auto w = (torch::randn({k.o, k.c, k.k, k.k}) / std::sqrt(double(k.c * k.k * k.k))).requires_grad_();
+      auto b = torch::randn({k.o}).requires_grad_();
+      auto y = from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride));
+      auto upstream = torch::randn_like(y);
+      y.backward(upstream);
+      const auto y64 = expect_float64_agreement(y, x, w, b, upstream, k.stride, 1e-5, 1e-5);
+      torch::NoGradGuard no_grad;  // the inference plan
+      EXPECT_LT(
+          relative_error(from_blocked(onednn_conv_blocked(to_blocked(x), w, b, k.stride)).to(torch::kFloat64), y64),
+          1e-5);
+    }
+  });
 }
 
 TEST(OneDnnConv, BlocksOnBlockedActivationsAgreeWithTheNchwPath) {
-  SKIP_WITHOUT_ONEDNN();
-  // A ResBlock of 32 → 48 channels (a 1×1 shortcut; 8 groups of 4 and of 6 channels), an
-  // attention block, an up-path ResBlock whose input is cat(h, x) (48 + 32 → 48 channels: the
-  // concatenating norm kernel, 8 groups of 10 channels across the two parts' blocks), a stride-2
-  // downsampling and an upsampling, chained, on an odd image size (9×7 → 5×4 → 9×7) and on an
-  // even one (8×6 → 4×3 → 8×6: the upsampling's exact-double path).
-  torch::manual_seed(6);
-  ResBlock res(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
-  AttentionBlock attention(48, 8);
-  ResBlock res_with_skip(48 + 32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
-  Downsample down(48);
-  Upsample up(48);
-  std::vector<torch::nn::Module*> modules{res.get(), attention.get(), res_with_skip.get(), down.get(), up.get()};
-  {
-    torch::NoGradGuard no_grad;
-    for (auto* m : modules) {
-      for (auto& p : m->parameters()) p.normal_(0.0, 0.1);
-    }
-  }
-  for (const auto& size : {std::make_pair(9, 7), std::make_pair(8, 6)}) {
-    SCOPED_TRACE(std::to_string(size.first) + "x" + std::to_string(size.second));
-    auto x = torch::randn({3, 32, size.first, size.second}), emb = torch::randn({3, 24});
+  for_each_channel_block([&](int64_t) {
+    SKIP_WITHOUT_ONEDNN();
+    // A ResBlock of 32 → 48 channels (a 1×1 shortcut; 8 groups of 4 and of 6 channels), an
+    // attention block, an up-path ResBlock whose input is cat(h, x) (48 + 32 → 48 channels: the
+    // concatenating norm kernel, 8 groups of 10 channels across the two parts' blocks), a stride-2
+    // downsampling and an upsampling, chained, on an odd image size (9×7 → 5×4 → 9×7) and on an
+    // even one (8×6 → 4×3 → 8×6: the upsampling's exact-double path).
+    torch::manual_seed(6);
+    ResBlock res(32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
+    AttentionBlock attention(48, 8);
+    ResBlock res_with_skip(48 + 32, 48, /*time_dim=*/24, /*dropout=*/0.0, /*groups=*/8);
+    Downsample down(48);
+    Upsample up(48);
+    std::vector<torch::nn::Module*> modules{res.get(), attention.get(), res_with_skip.get(), down.get(), up.get()};
     {
-      KernelsScope scope(ConvKernels::onednn);
-      EXPECT_TRUE(blocked_activations_apply(x, {32, 48}));
-      EXPECT_FALSE(blocked_activations_apply(x, {32, 40}));  // 40 channels: not whole blocks
-    }
-    auto chain = [&](const torch::Tensor& in) {
-      auto h = res_with_skip(attention(res(in, emb)), emb, /*skip=*/in);
-      return up(down(h), h.size(2), h.size(3));
-    };
-    // NCHW with ATen's kernels against blocked activations with oneDNN's, with and without gradients.
-    auto outputs_and_gradients = [&](bool blocked) {
-      KernelsScope scope(blocked ? ConvKernels::onednn : ConvKernels::aten);
-      auto run = [&](const torch::Tensor& in) { return blocked ? from_blocked(chain(to_blocked(in))) : chain(in); };
-      torch::Tensor sampled;
-      {
-        torch::NoGradGuard no_grad;  // the sampling path: forward only
-        sampled = run(x);
-      }
-      std::vector<torch::Tensor> grads;
-      auto xg = x.clone().requires_grad_();
-      auto y = run(xg);
-      y.square().sum().backward();
-      grads.push_back(xg.grad().flatten());
+      torch::NoGradGuard no_grad;
       for (auto* m : modules) {
-        for (auto& p : m->parameters()) {
-          grads.push_back(p.grad().flatten().clone());
-          p.mutable_grad() = torch::Tensor();
-        }
+        for (auto& p : m->parameters()) p.normal_(0.0, 0.1);
       }
-      return std::make_tuple(sampled, y.detach(), torch::cat(grads));
-    };
-    const auto [sampled_nchw, y_nchw, grads_nchw] = outputs_and_gradients(false);
-    const auto [sampled_blocked, y_blocked, grads_blocked] = outputs_and_gradients(true);
-    EXPECT_LT(relative_error(sampled_blocked, sampled_nchw), 1e-5);
-    EXPECT_LT(relative_error(y_blocked, y_nchw), 1e-5);
-    EXPECT_LT(relative_error(grads_blocked, grads_nchw), 1e-4);
-  }
+    }
+    for (const auto& size : {std::make_pair(9, 7), std::make_pair(8, 6)}) {
+      SCOPED_TRACE(std::to_string(size.first) + "x" + std::to_string(size.second));
+      auto x = torch::randn({3, 32, size.first, size.second}), emb = torch::randn({3, 24});
+      {
+        KernelsScope scope(ConvKernels::onednn);
+        EXPECT_TRUE(blocked_activations_apply(x, {32, 48}));
+        EXPECT_FALSE(blocked_activations_apply(x, {32, 36}));  // 36 channels: not whole blocks
+      }
+      auto chain = [&](const torch::Tensor& in) {
+        auto h = res_with_skip(attention(res(in, emb)), emb, /*skip=*/in);
+        return up(down(h), h.size(2), h.size(3));
+      };
+      // NCHW with ATen's kernels against blocked activations with oneDNN's, with and without gradients.
+      auto outputs_and_gradients = [&](bool blocked) {
+        KernelsScope scope(blocked ? ConvKernels::onednn : ConvKernels::aten);
+        auto run = [&](const torch::Tensor& in) { return blocked ? from_blocked(chain(to_blocked(in))) : chain(in); };
+        torch::Tensor sampled;
+        {
+          torch::NoGradGuard no_grad;  // the sampling path: forward only
+          sampled = run(x);
+        }
+        std::vector<torch::Tensor> grads;
+        auto xg = x.clone().requires_grad_();
+        auto y = run(xg);
+        y.square().sum().backward();
+        grads.push_back(xg.grad().flatten());
+        for (auto* m : modules) {
+          for (auto& p : m->parameters()) {
+            grads.push_back(p.grad().flatten().clone());
+            p.mutable_grad() = torch::Tensor();
+          }
+        }
+        return std::make_tuple(sampled, y.detach(), torch::cat(grads));
+      };
+      const auto [sampled_nchw, y_nchw, grads_nchw] = outputs_and_gradients(false);
+      const auto [sampled_blocked, y_blocked, grads_blocked] = outputs_and_gradients(true);
+      EXPECT_LT(relative_error(sampled_blocked, sampled_nchw), 1e-5);
+      EXPECT_LT(relative_error(y_blocked, y_nchw), 1e-5);
+      EXPECT_LT(relative_error(grads_blocked, grads_nchw), 1e-4);
+    }
+  });
 }
 
 TEST(OneDnnConv, Bf16ChannelsLastConvolutionsMatchAFloat64ReferenceOnTheSameBf16Values) {

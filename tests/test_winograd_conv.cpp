@@ -34,7 +34,7 @@ TEST(WinogradConv, OutputAndGradientsMatchAFloat64Reference) {
     auto y64 = torch::conv2d(x64, w64, b64, 1, 1);
     y64.backward(upstream.to(torch::kFloat64));
 
-    const auto x5 = to_blocked(x), g5 = to_blocked(upstream);
+    const auto x5 = to_blocked(x, 16), g5 = to_blocked(upstream, 16);  // its only block
     const auto y = from_blocked(winograd_conv3x3_blocked(x5, w, b));
     const auto dx = from_blocked(winograd_conv3x3_blocked_backward_data(g5, w));
     const auto [dw, db] = winograd_conv3x3_blocked_backward_weights(x5, g5);
@@ -52,6 +52,8 @@ TEST(WinogradConv, RejectsWhatItCannotConvolve) {
   EXPECT_THROW(winograd_conv3x3_blocked(x5, torch::zeros({24, 16, 3, 3}), {}), c10::Error);  // O not a multiple of 16
   EXPECT_THROW(winograd_conv3x3_blocked(x5, torch::zeros({16, 32, 3, 3}), {}), c10::Error);  // C mismatch
   EXPECT_THROW(winograd_conv3x3_blocked(x5, torch::zeros({16, 16, 5, 5}), {}), c10::Error);  // not 3×3
+  EXPECT_THROW(winograd_conv3x3_blocked(torch::zeros({1, 2, 8, 8, 8}), torch::zeros({16, 16, 3, 3}), {}),
+               c10::Error);  // blocked by 8
 }
 
 // The blocked path's autograd function sends its Winograd passes to the own kernels where oneDNN

@@ -67,7 +67,7 @@ using onednn::cpu_engine;
 
 // One convolution shape's primitives, created once (oneDNN generates their code at creation).
 struct ConvPlan {
-  memory::desc src_user, weights_oihw, bias_x, dst_user;  // the callers' layouts: NCHW, or nChw16c when blocked
+  memory::desc src_user, weights_oihw, bias_x, dst_user;  // the callers' layouts: NCHW, or nChw16c/8c when blocked
   dnnl::convolution_forward::primitive_desc forward_pd;
   dnnl::convolution_forward forward;
   // Training plans only: the two backward passes, built against the forward's layouts.
@@ -78,7 +78,7 @@ struct ConvPlan {
 };
 
 // How a call's activations lie in memory, and their precision: float32 NCHW or channel-blocked
-// (runtime/blocked_layout.h's nChw16c), or bf16 channels-last (NHWC), where oneDNN's bf16 kernels
+// (runtime/blocked_layout.h's nChw16c or nChw8c), or bf16 channels-last (NHWC), where oneDNN's bf16 kernels
 // (AMX, AVX512-BF16) read and write the tensors as they are.
 enum class Activations { nchw_f32, blocked_f32, nhwc_bf16 };
 
@@ -89,17 +89,18 @@ struct OneDnnConvShape {
   bool training;
   Activations layout;
   bool weights_ohwi = false;  // the weights channels-last (UNet::set_memory_format), not OIHW
+  int64_t block = 0;          // channels per block where blocked: 16 or 8
   bool blocked() const { return layout == Activations::blocked_f32; }
   int64_t out_h() const { return (h + 2 * (k / 2) - k) / stride + 1; }
   int64_t out_w() const { return (w + 2 * (k / 2) - k) / stride + 1; }
-  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, layout, weights_ohwi); }
+  auto key() const { return std::make_tuple(n, c, o, h, w, k, stride, training, layout, weights_ohwi, block); }
   bool operator<(const OneDnnConvShape& other) const { return key() < other.key(); }
 };
 
 ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
-  static_assert(kChannelBlock == 16, "the blocked layout is oneDNN's aBcd16b");
   const bool bf16 = s.layout == Activations::nhwc_bf16;
-  const auto activations = s.blocked() ? tag::aBcd16b : bf16 ? tag::nhwc : tag::nchw;
+  const auto blocked = s.block == 8 ? tag::aBcd8b : tag::aBcd16b;
+  const auto activations = s.blocked() ? blocked : bf16 ? tag::nhwc : tag::nchw;
   const auto compute = bf16 ? dt::bf16 : dt::f32;  // the activations' and the kernel's weights' type
   const memory::dims src_dims{s.n, s.c, s.h, s.w}, weights_dims{s.o, s.c, s.k, s.k},
       dst_dims{s.n, s.o, s.out_h(), s.out_w()};
@@ -109,7 +110,7 @@ ConvPlan make_plan(const OneDnnConvShape& s, dnnl::algorithm algorithm) {
   p.weights_oihw = memory::desc(weights_dims, dt::f32, s.weights_ohwi ? tag::ohwi : tag::oihw);
   p.bias_x = memory::desc({s.o}, dt::f32, tag::x);
   p.dst_user = memory::desc(dst_dims, compute, activations);
-  // format `any`: oneDNN picks the layouts its kernel wants (blocked nChw16c, Winograd weights).
+  // format `any`: oneDNN picks the layouts its kernel wants (nChw16c or nChw8c, Winograd weights).
   // bf16 activations stay NHWC: there oneDNN runs its AMX kernels (brgconv), faster than its bf16
   // kernels on nChw16c (docs/PERFORMANCE.md).
   const memory::desc src_any = bf16 ? p.src_user : memory::desc(src_dims, dt::f32, tag::any),
@@ -204,7 +205,7 @@ Output output_in(const memory::desc& produced, const memory::desc& user_desc, co
   return o;
 }
 
-// x: [N, C, H, W] (float32 NCHW, or bf16 channels-last), or [N, C/16, H, W, 16] when blocked;
+// x: [N, C, H, W] (float32 NCHW, or bf16 channels-last), or [N, C/B, H, W, B] when blocked;
 // weight: [O, C, k, k].
 OneDnnConvShape shape_of(const torch::Tensor& x, const torch::Tensor& weight, int64_t stride, bool training) {
   const bool blocked = x.dim() == 5;
@@ -220,7 +221,8 @@ OneDnnConvShape shape_of(const torch::Tensor& x, const torch::Tensor& weight, in
                          stride,
                          training,
                          layout,
-                         !weight.is_contiguous() && weight.is_contiguous(torch::MemoryFormat::ChannelsLast)};
+                         !weight.is_contiguous() && weight.is_contiguous(torch::MemoryFormat::ChannelsLast),
+                         blocked ? x.size(4) : 0};
 }
 
 // The weights as oneDNN reads them: OIHW or channels-last (OHWI) as they lie, else an OIHW copy.
@@ -230,7 +232,7 @@ torch::Tensor weights_as_laid(const torch::Tensor& weight) {
 
 // An uninitialised output of this shape, in its layout.
 torch::Tensor empty_output(const OneDnnConvShape& s, const torch::TensorOptions& options) {
-  if (s.blocked()) return torch::empty({s.n, s.o / kChannelBlock, s.out_h(), s.out_w(), kChannelBlock}, options);
+  if (s.blocked()) return torch::empty({s.n, s.o / s.block, s.out_h(), s.out_w(), s.block}, options);
   const auto format = s.layout == Activations::nhwc_bf16 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
   return torch::empty({s.n, s.o, s.out_h(), s.out_w()}, options.memory_format(format));
 }
@@ -242,13 +244,16 @@ bool onednn_has_winograd() {
 }
 
 // Whether a Winograd pass of this shape runs the own F(4×4, 3×3) (runtime/winograd_conv.h)
-// instead of oneDNN's: blocked float32 3×3 stride-1 convolutions on a CPU where oneDNN has no
-// Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
+// instead of oneDNN's: float32 3×3 stride-1 convolutions blocked by 16 on a CPU where oneDNN has
+// no Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
 // oneDNN has one).
 bool own_winograd_for(const OneDnnConvShape& s) {
-  return s.blocked() && s.k == 3 && s.stride == 1 && s.o % kChannelBlock == 0 && winograd_conv_built() &&
+  return s.blocked() && s.block == 16 && s.k == 3 && s.stride == 1 && s.o % 16 == 0 && winograd_conv_built() &&
          (!onednn_has_winograd() || runtime_settings().own_winograd);
 }
+
+// Whether some Winograd kernel, oneDNN's or the own, takes this shape.
+bool winograd_for(const OneDnnConvShape& s) { return onednn_has_winograd() || own_winograd_for(s); }
 
 torch::Tensor run_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                           int64_t stride, bool training, bool winograd) {
@@ -371,9 +376,10 @@ void decode(int64_t v, PassAlgorithms& a) { a = {(v & 1) != 0, (v & 2) != 0, (v 
 std::string choice_key(const char* timed, const OneDnnConvShape& s) {
   static const char* const layouts[] = {"nchw_f32", "blocked_f32", "nhwc_bf16"};
   std::ostringstream key;
-  key << timed << " " << layouts[static_cast<int>(s.layout)] << " n" << s.n << " c" << s.c << " o" << s.o << " "
-      << s.h << "x" << s.w << " k" << s.k << " s" << s.stride << (s.training ? " training" : " inference")
-      << (s.weights_ohwi ? " ohwi" : "") << " threads" << at::get_num_threads();
+  key << timed << " " << layouts[static_cast<int>(s.layout)] << (s.blocked() ? " b" + std::to_string(s.block) : "")
+      << " n" << s.n << " c" << s.c << " o" << s.o << " " << s.h << "x" << s.w << " k" << s.k << " s" << s.stride
+      << (s.training ? " training" : " inference") << (s.weights_ohwi ? " ohwi" : "") << " threads"
+      << at::get_num_threads();
   return key.str();
 }
 
@@ -427,6 +433,7 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
 PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (shape.layout == Activations::nhwc_bf16) return {false, false, false};  // oneDNN has no bf16 Winograd
   if (!shape.blocked() || shape.k != 3 || shape.stride != 1) return {};
+  if (!winograd_for(shape)) return {false, false, false};  // blocked by 8 on a CPU without oneDNN's Winograd
   // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
   // what the per-pass timing gains
   const auto forced = runtime_settings().conv_algorithm;
@@ -435,7 +442,7 @@ PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   static ShapeChoices<PassAlgorithms> choices;
   const char* timed = own_winograd_for(shape) ? "own-winograd-or-direct" : "winograd-or-direct";
   return choices.get(shape, timed, [&] {
-    const int64_t b = kChannelBlock, n = timing_batch(shape);
+    const int64_t b = shape.block, n = timing_batch(shape);
     const auto x = ramp({n, shape.c / b, shape.h, shape.w, b}), weight = ramp({shape.o, shape.c, 3, 3}) * 0.1,
                bias = torch::zeros({shape.o}), grad_y = ramp({n, shape.o / b, shape.h, shape.w, b});
     // whether the first (Winograd) of the two timings is the smaller
@@ -513,11 +520,13 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
 torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias,
                                   int64_t stride) {
 #if DIFFUSE_HAVE_ONEDNN
-  TORCH_CHECK(x5.dim() == 5 && x5.size(4) == kChannelBlock && x5.device().is_cpu() && x5.scalar_type() == torch::kFloat32,
-              "onednn_conv_blocked: x must be a float32 [N, C/16, H, W, 16] CPU tensor, got ", x5.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * kChannelBlock && weight.size(0) % kChannelBlock == 0,
-              "onednn_conv_blocked: weight must be [O, ", x5.size(1) * kChannelBlock,
-              ", k, k] with O a multiple of 16, got ", weight.sizes());
+  TORCH_CHECK(x5.dim() == 5 && (x5.size(4) == 8 || x5.size(4) == 16) && x5.device().is_cpu() &&
+                  x5.scalar_type() == torch::kFloat32,
+              "onednn_conv_blocked: x must be a float32 [N, C/B, H, W, B] CPU tensor with B 8 or 16, got ", x5.sizes());
+  const int64_t b = x5.size(4);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * b && weight.size(0) % b == 0,
+              "onednn_conv_blocked: weight must be [O, ", x5.size(1) * b, ", k, k] with O a multiple of ", b, ", got ",
+              weight.sizes());
   return convolve(x5.contiguous(), weight, bias, stride);
 #else
   throw std::runtime_error("onednn_conv_blocked: this build has no oneDNN (install libdnnl-dev and rebuild)");
@@ -575,6 +584,22 @@ bool nhwc_bf16_conv_applies(const torch::Tensor& x, const torch::Tensor& weight)
          (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32) && x.size(1) > 1 &&
          x.is_contiguous(torch::MemoryFormat::ChannelsLast) && autocast_enabled(torch::kCPU) &&
          weight.scalar_type() == torch::kFloat32;
+}
+
+int64_t channel_block() {
+  if (const int64_t asked = runtime_settings().channel_block) return asked;
+  static const int64_t native = [] {
+#if DIFFUSE_HAVE_ONEDNN
+    // the source layout oneDNN's direct kernel asks for on a typical shape: nChw8c with AVX2 (and
+    // SSE4.1) kernels, nChw16c with AVX-512 ones
+    const OneDnnConvShape typical{16, 64, 64, 32, 32, 3, 1, false, Activations::nchw_f32};
+    const auto wants = plan_for(typical, /*winograd=*/false).forward_pd.src_desc();
+    return wants == memory::desc({16, 64, 32, 32}, dt::f32, tag::aBcd8b) ? int64_t{8} : int64_t{16};
+#else
+    return int64_t{16};
+#endif
+  }();
+  return native;
 }
 
 std::string onednn_conv3x3_implementation(int64_t batch, int64_t in_channels, int64_t out_channels, int64_t height,
@@ -638,7 +663,7 @@ bool blocked_activations_apply(const torch::Tensor& x, std::initializer_list<int
   // DIFFUSE_BLOCKED_ACTIVATIONS=0 turns the blocked path off, to measure what it gains
   if (!runtime_settings().blocked_activations) return false;
   for (auto c : channels) {
-    if (c % kChannelBlock != 0) return false;
+    if (c % channel_block() != 0) return false;
   }
   return true;
 }
@@ -673,6 +698,10 @@ ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device de
   // shapes then take it is timed per shape (conv3x3), not decided here from one shape's timing.
   const auto implementation = typical_conv3x3_implementation();
   if (!names_winograd(implementation)) {
+    if (channel_block() == 8) {
+      return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
+                                       "); its direct kernels, on activations blocked by 8 channels as they take them"};
+    }
     if (winograd_conv_built()) {
       return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
                                        "); the own F(4×4, 3×3) Winograd runs the blocked shapes where timed faster"};

@@ -181,8 +181,7 @@ torch::Tensor convolve_alone(torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const int64_t stride = conv->options.stride()->at(0);
   if (is_blocked(x)) {
     // A few output channels (the last convolution): oneDNN's blocked kernels want whole blocks.
-    if (conv->weight.size(0) % kChannelBlock != 0 && stride == 1)
-      return conv_blocked_to_nchw(x, conv->weight, conv->bias);
+    if (conv->weight.size(0) % x.size(4) != 0 && stride == 1) return conv_blocked_to_nchw(x, conv->weight, conv->bias);
     return onednn_conv_blocked(x, conv->weight, conv->bias, stride);
   }
   if (plan_for(x).path == KernelPath::cpu_bf16_nhwc && nhwc_bf16_conv_applies(x, conv->weight)) {

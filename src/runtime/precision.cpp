@@ -140,7 +140,7 @@ double measure_conv_gflops(torch::Device device, Precision precision, bool chann
   const auto w32 = w.to(torch::kFloat32);
   // float32 through oneDNN: on blocked activations, as the network runs them (Winograd or direct,
   // timed per shape; oneDNN's Winograd, or the own where oneDNN has none)
-  const bool blocked = onednn && C % kChannelBlock == 0;
+  const bool blocked = onednn && C % channel_block() == 0;
   const auto x5 = blocked ? to_blocked(x) : torch::Tensor();
   auto run = [&] {
     if (onednn_bf16) {

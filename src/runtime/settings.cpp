@@ -12,6 +12,8 @@ namespace {
 RuntimeSettings read_settings() {
   RuntimeSettings s;
   s.blocked_activations = !env_equals("DIFFUSE_BLOCKED_ACTIVATIONS", "0");
+  if (env_equals("DIFFUSE_CHANNEL_BLOCK", "8")) s.channel_block = 8;
+  if (env_equals("DIFFUSE_CHANNEL_BLOCK", "16")) s.channel_block = 16;
   s.fused_cat = !env_equals("DIFFUSE_FUSED_CAT", "0");
   s.own_winograd = env_equals("DIFFUSE_OWN_WINOGRAD", "1");
   if (env_equals("DIFFUSE_CONV_ALGORITHM", "direct")) s.conv_algorithm = ConvAlgorithmChoice::direct;

@@ -1,21 +1,28 @@
-// Activations in oneDNN's channel-blocked layout (nChw16c), held as ordinary tensors
-//   x5[n, c / 16, h, w, c % 16] = x[n, c, h, w]        shape [N, C/16, H, W, 16]
-// so that 16 channels of one pixel lie side by side: one AVX-512 register, and the layout
-// oneDNN's Winograd and direct convolutions read and write natively. Between two such
-// convolutions (a ResBlock's conv1 → GroupNorm → SiLU → conv2) activations stay blocked and
-// nobody re-orders them; see runtime/group_norm_silu.h and onednn_conv3x3_blocked.
+// Activations in oneDNN's channel-blocked layout (nChw16c or nChw8c), held as ordinary tensors
+//   x5[n, c / B, h, w, c % B] = x[n, c, h, w]        shape [N, C/B, H, W, B]
+// so that B channels of one pixel lie side by side: one vector register (B = 16 with AVX-512,
+// B = 8 with AVX2), and the layout oneDNN's convolutions read and write natively on that CPU.
+// Between two such convolutions (a ResBlock's conv1 → GroupNorm → SiLU → conv2) activations stay
+// blocked and nobody re-orders them; see runtime/group_norm_silu.h and onednn_conv3x3_blocked.
+// Every kernel reads B from its tensor (x5.size(4)); channel_block() is the B new ones get.
 #pragma once
 
 #include <torch/torch.h>
 
 namespace diffuse {
 
-constexpr int64_t kChannelBlock = 16;
+// The widest block: every width that is a multiple of it can be blocked by either.
+constexpr int64_t kMaxChannelBlock = 16;
 
-// [N, C, H, W] → [N, C/16, H, W, 16] (C a multiple of 16), differentiable.
-torch::Tensor to_blocked(const torch::Tensor& x);
+// B for this CPU: the block oneDNN's float32 convolutions take natively here (16 where it runs
+// AVX-512 kernels, 8 with AVX2), or DIFFUSE_CHANNEL_BLOCK=8|16; 16 in a build without oneDNN.
+int64_t channel_block();
 
-// [N, C/16, H, W, 16] → [N, C, H, W] (contiguous), differentiable.
+// [N, C, H, W] → [N, C/B, H, W, B] (C a multiple of B; B = channel_block() unless given),
+// differentiable.
+torch::Tensor to_blocked(const torch::Tensor& x, int64_t block = 0);
+
+// [N, C/B, H, W, B] → [N, C, H, W] (contiguous), differentiable.
 torch::Tensor from_blocked(const torch::Tensor& x5);
 
 }  // namespace diffuse

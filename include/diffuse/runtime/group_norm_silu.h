@@ -22,7 +22,7 @@
 
 namespace diffuse {
 
-// x5: [N, C/16, H, W, 16] float32 CPU; shift: [N, C] or undefined; gamma, beta: [C];
+// x5: [N, C/B, H, W, B] float32 CPU (B 8 or 16); shift: [N, C] or undefined; gamma, beta: [C];
 // groups divides C; dropout: the probability p ∈ [0, 1) of zeroing an element (0: none). The
 // dropout mask is a hash of each element's index and a seed drawn from LibTorch's default
 // generator, recomputed in backward rather than stored. Differentiable in x5, shift, gamma and
@@ -44,7 +44,7 @@ std::pair<torch::Tensor, torch::Tensor> group_norm_silu_blocked_and_input(const 
                                                                           const torch::Tensor& beta, int64_t groups,
                                                                           double eps);
 
-// The same for x = cat(a, b) along channels, a: [N, A/16, H, W, 16], b: [N, B/16, H, W, 16]
+// The same for x = cat(a, b) along channels, a: [N, A/B, H, W, B], b: [N, C_b/B, H, W, B]
 // (a U-Net's up-path input and its skip connection): {y, x}, x written by the kernel as it reads
 // a and b, and backward writing ∂L/∂a and ∂L/∂b directly. Equal to
 // group_norm_silu_blocked_and_input(torch::cat({a, b}, 1), …) without the concatenation's passes

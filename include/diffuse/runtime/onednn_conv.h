@@ -38,8 +38,8 @@ ConvKernels conv_kernels();
 torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
 // A k×k convolution (k odd, padding k/2, any stride: the U-Net's 3×3, 1×1 and stride-2 ones) on
-// channel-blocked activations (runtime/blocked_layout.h): x5 [N, C/16, H, W, 16] →
-// [N, O/16, H', W', 16], O a multiple of 16. oneDNN's kernels read and write this layout
+// channel-blocked activations (runtime/blocked_layout.h): x5 [N, C/B, H, W, B] →
+// [N, O/B, H', W', B], O a multiple of B (8 or 16). oneDNN's kernels read and write this layout
 // natively, so nothing is re-ordered around the call; Winograd where oneDNN has it (3×3, stride
 // 1), else its direct algorithm. Differentiable; throws where the build has no oneDNN.
 torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias,

@@ -10,7 +10,7 @@
 // layout travels with the tensors:
 //   NCHW             [B, C, H, W]            every device, precision and memory format (and
 //                                            channels-last memory, where the pass asked for it);
-//   channel-blocked  [B, C/16, H, W, 16]     float32 on a CPU with oneDNN (runtime/blocked_layout.h),
+//   channel-blocked  [B, C/b, H, W, b]      float32 on a CPU with oneDNN (runtime/blocked_layout.h),
 // told apart by their rank. H and W are dimensions 2 and 3 in both, and channels concatenate
 // along dimension 1 in both (torch::cat({a, b}, 1)), blocks being whole.
 #pragma once

@@ -9,6 +9,7 @@ enum class ConvAlgorithmChoice { timed, direct, winograd };
 
 struct RuntimeSettings {
   bool blocked_activations = true;  // DIFFUSE_BLOCKED_ACTIVATIONS=0: NCHW on the float32 CPU path
+  int channel_block = 0;            // DIFFUSE_CHANNEL_BLOCK=8|16: that block, not oneDNN's (0)
   bool fused_cat = true;            // DIFFUSE_FUSED_CAT=0: torch::cat before the up path's first norm
   bool own_winograd = false;        // DIFFUSE_OWN_WINOGRAD=1: the own F(4×4, 3×3) also where oneDNN has one
   ConvAlgorithmChoice conv_algorithm = ConvAlgorithmChoice::timed;  // DIFFUSE_CONV_ALGORITHM=direct|winograd

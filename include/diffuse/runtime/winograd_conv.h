@@ -22,7 +22,7 @@ namespace diffuse {
 // Whether the build has it (it needs oneDNN's matmul).
 bool winograd_conv_built();
 
-// y = conv(x, weight, padding 1) + bias for blocked x: [N, C/16, H, W, 16] float32 CPU, weight
+// y = conv(x, weight, padding 1) + bias for x blocked by 16: [N, C/16, H, W, 16] float32 CPU, weight
 // [O, C, 3, 3] float32 with O a multiple of 16, bias [O] or undefined → [N, O/16, H, W, 16]. No
 // autograd: the caller's autograd function calls the two backward functions below.
 torch::Tensor winograd_conv3x3_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias);
