@@ -88,10 +88,7 @@ TEST(TimingCache, AnUnreadableOrUnwritableFileIsAWarningNotAFailure) {
 TEST(TimingCache, TheCliKeepsItsConvolutionChoicesForTheNextRun) {
   if (!diffuse::onednn_conv_built()) GTEST_SKIP() << "built without oneDNN: no per-shape timings";
   diffuse::testing::TempDir dir;
-  // 16-channel blocks: some kernel to time on every CPU (8-channel blocks take oneDNN's direct
-  // convolutions untimed where it has no Winograd, as on AVX2)
-  const std::string bench = "DIFFUSE_CHANNEL_BLOCK=16 DIFFUSE_TIMING_CACHE=1 DIFFUSE_CACHE_DIR=" + dir.str() + " " +
-                            DIFFUSE_BINARY +
+  const std::string bench = "DIFFUSE_TIMING_CACHE=1 DIFFUSE_CACHE_DIR=" + dir.str() + " " + DIFFUSE_BINARY +
                             " --threads 1 bench --model tiny --what train --batch-size 2 --repeat 1 "
                             "--warmup 0 --conv-kernels onednn --json";
   auto r = diffuse::testing::run_command(bench);
@@ -117,11 +114,10 @@ TEST(TimingCache, TheCliKeepsItsConvolutionChoicesForTheNextRun) {
 TEST(TimingCache, ASwitchFlippedInsideAProcessTimesItsOwnChoices) {
   if (!diffuse::onednn_conv_built() || !diffuse::winograd_conv_built()) GTEST_SKIP() << "no oneDNN or own Winograd";
   diffuse::testing::TempDir dir;
-  // 16-channel blocks, the own Winograd's (see above)
-  auto r = diffuse::testing::run_command(
-      "DIFFUSE_CHANNEL_BLOCK=16 DIFFUSE_TIMING_CACHE=1 DIFFUSE_CACHE_DIR=" + dir.str() + " " + DIFFUSE_BINARY +
-      " --threads 1 bench --model mnist --what train --batch-size 2 --repeat 2 "
-      "--warmup 0 --conv-kernels onednn --json --alternate DIFFUSE_OWN_WINOGRAD=1");
+  auto r =
+      diffuse::testing::run_command("DIFFUSE_TIMING_CACHE=1 DIFFUSE_CACHE_DIR=" + dir.str() + " " + DIFFUSE_BINARY +
+                                    " --threads 1 bench --model mnist --what train --batch-size 2 --repeat 2 "
+                                    "--warmup 0 --conv-kernels onednn --json --alternate DIFFUSE_OWN_WINOGRAD=1");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto choices =
       nlohmann::json::parse(diffuse::read_file(dir / "timings.json")).at("machines").at(diffuse::timing_machine_signature());

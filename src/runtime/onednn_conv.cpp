@@ -244,11 +244,11 @@ bool onednn_has_winograd() {
 }
 
 // Whether a Winograd pass of this shape runs the own F(4×4, 3×3) (runtime/winograd_conv.h)
-// instead of oneDNN's: float32 3×3 stride-1 convolutions blocked by 16 on a CPU where oneDNN has
-// no Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
+// instead of oneDNN's: blocked float32 3×3 stride-1 convolutions on a CPU where oneDNN has no
+// Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
 // oneDNN has one).
 bool own_winograd_for(const OneDnnConvShape& s) {
-  return s.blocked() && s.block == 16 && s.k == 3 && s.stride == 1 && s.o % 16 == 0 && winograd_conv_built() &&
+  return s.blocked() && s.k == 3 && s.stride == 1 && s.o % s.block == 0 && winograd_conv_built() &&
          (!onednn_has_winograd() || runtime_settings().own_winograd);
 }
 
@@ -433,7 +433,7 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
 PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (shape.layout == Activations::nhwc_bf16) return {false, false, false};  // oneDNN has no bf16 Winograd
   if (!shape.blocked() || shape.k != 3 || shape.stride != 1) return {};
-  if (!winograd_for(shape)) return {false, false, false};  // blocked by 8 on a CPU without oneDNN's Winograd
+  if (!winograd_for(shape)) return {false, false, false};  // a build without the own Winograd, on such a CPU
   // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
   // what the per-pass timing gains
   const auto forced = runtime_settings().conv_algorithm;
@@ -698,10 +698,6 @@ ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device de
   // shapes then take it is timed per shape (conv3x3), not decided here from one shape's timing.
   const auto implementation = typical_conv3x3_implementation();
   if (!names_winograd(implementation)) {
-    if (channel_block() == 8) {
-      return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
-                                       "); its direct kernels, on activations blocked by 8 channels as they take them"};
-    }
     if (winograd_conv_built()) {
       return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
                                        "); the own F(4×4, 3×3) Winograd runs the blocked shapes where timed faster"};

@@ -7,7 +7,7 @@
 // instead of 16 · 9 = 144. Summed over input channels, the 36 products become 36 matrix products
 // [tiles × C] · [C × O], run as one batched oneDNN matmul (runtime/onednn_matmul.h); the
 // transforms (Bᵀ d B of the input, G g Gᵀ of the weights, Aᵀ m A of the products) are
-// hand-written loops over 16 channels at a time. The backward passes are the same products:
+// hand-written loops over a channel block (8 or 16 channels) at a time. The backward passes are the same products:
 //   ∂L/∂x: the forward convolution of ∂L/∂y with the kernels turned by 180° and C, O swapped;
 //   ∂L/∂g = Gᵀ[Σ_tiles (Bᵀ d B) ⊙ (A ∂L/∂y Aᵀ)]G, the tile sum again a batched matmul;
 //   ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
@@ -22,12 +22,12 @@ namespace diffuse {
 // Whether the build has it (it needs oneDNN's matmul).
 bool winograd_conv_built();
 
-// y = conv(x, weight, padding 1) + bias for x blocked by 16: [N, C/16, H, W, 16] float32 CPU, weight
-// [O, C, 3, 3] float32 with O a multiple of 16, bias [O] or undefined → [N, O/16, H, W, 16]. No
+// y = conv(x, weight, padding 1) + bias for blocked x: [N, C/B, H, W, B] float32 CPU (B 8 or 16),
+// weight [O, C, 3, 3] float32 with O a multiple of B, bias [O] or undefined → [N, O/B, H, W, B]. No
 // autograd: the caller's autograd function calls the two backward functions below.
 torch::Tensor winograd_conv3x3_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias);
 
-// ∂L/∂x for ∂L/∂y `grad_y5` ([N, O/16, H, W, 16]) → [N, C/16, H, W, 16].
+// ∂L/∂x for ∂L/∂y `grad_y5` ([N, O/B, H, W, B]) → [N, C/B, H, W, B].
 torch::Tensor winograd_conv3x3_blocked_backward_data(const torch::Tensor& grad_y5, const torch::Tensor& weight);
 
 // ∂L/∂weight [O, C, 3, 3] and ∂L/∂bias [O] from x5 and grad_y5.
