@@ -21,6 +21,8 @@
 #include "diffuse/bench/benchmark.h"
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/model/unet_config.h"
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/settings.h"
 
 namespace diffuse::cli {
 
@@ -84,12 +86,15 @@ void run_bench(BenchOptions& o) {
     std::string sampling;
     if (c.task == BenchTask::sample) sampling = ", DDIM-" + std::to_string(c.steps);
     if (c.task == BenchTask::sample && c.device.is_cuda()) sampling += ", CUDA graph: " + to_string(c.cuda_graph);
-    std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s convolutions, %s attention, %s (%d threads)\n", o.what.c_str(),
-                 c.model.c_str(), static_cast<long long>(c.batch_size),
-                 sampling.c_str(),
+    std::fprintf(stderr, "bench: %s, model %s, batch %lld%s, %s, %s, %s convolutions, %s attention, %s (%d threads)\n",
+                 o.what.c_str(), c.model.c_str(), static_cast<long long>(c.batch_size), sampling.c_str(),
                  to_string(c.precision).c_str(), to_string(c.memory_format).c_str(),
-                 convolutions.c_str(), to_string(compute.attention).c_str(), c.device.str().c_str(),
-                 torch::get_num_threads());
+                 // float32 oneDNN runs on activations in this CPU's channel blocks (runtime/blocked_layout.h)
+                 (convolutions == "onednn" && runtime_settings().blocked_activations
+                      ? "onednn (" + std::to_string(channel_block()) + "-channel blocks)"
+                      : convolutions)
+                     .c_str(),
+                 to_string(compute.attention).c_str(), c.device.str().c_str(), torch::get_num_threads());
   }
   if (!o.json && c.device.is_cpu()) std::fprintf(stderr, "cpu: %s\n", cpu_description().c_str());
   auto on_run = [&](int i, double s) {
