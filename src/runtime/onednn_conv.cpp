@@ -433,7 +433,8 @@ torch::Tensor ramp(const std::vector<int64_t>& shape) {
 PassAlgorithms algorithms_for(const OneDnnConvShape& shape) {
   if (shape.layout == Activations::nhwc_bf16) return {false, false, false};  // oneDNN has no bf16 Winograd
   if (!shape.blocked() || shape.k != 3 || shape.stride != 1) return {};
-  if (!winograd_for(shape)) return {false, false, false};  // a build without the own Winograd, on such a CPU
+  // no Winograd kernel at all: none in oneDNN for this CPU, and a build without the own
+  if (!winograd_for(shape)) return {false, false, false};
   // DIFFUSE_CONV_ALGORITHM=direct or winograd: every pass of every shape that one, to measure
   // what the per-pass timing gains
   const auto forced = runtime_settings().conv_algorithm;

@@ -11,9 +11,6 @@
 
 namespace diffuse {
 
-// The widest block: every width that is a multiple of it can be blocked by either.
-constexpr int64_t kMaxChannelBlock = 16;
-
 // B for this CPU: the block oneDNN's float32 convolutions take natively here (16 where it runs
 // AVX-512 kernels, 8 with AVX2), or DIFFUSE_CHANNEL_BLOCK=8|16; 16 in a build without oneDNN.
 int64_t channel_block();
