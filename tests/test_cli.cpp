@@ -77,6 +77,8 @@ TEST(Cli, BadFlagsAreRejectedWithAMessage) {
                                  "train --data mnist --out x --adam-beta1 -0.1",
                                  "train --data mnist --out x --ema-sigma-rel 0.3",
                                  "train --data mnist --out x --ema-snapshot-every -1",
+                                 "train --data mnist --out x --minutes -1",
+                                 "train --data mnist --out x --minutes nan",
                                  "ema --run . --sigma-rel 0",
                                  "ema --run /no/such/dir --sigma-rel 0.1"}) {
     auto r = run(args);

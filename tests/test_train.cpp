@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -288,6 +289,44 @@ TEST(LearningRate, WarmsUpLinearlyThenFollowsAHalfCosineToZero) {
   EXPECT_NEAR(learning_rate(c, 110), 0.0, 1e-15);
   c.cosine_decay = false;
   EXPECT_NEAR(learning_rate(c, 100), 1e-3, 1e-15);
+}
+
+TEST(FittedSteps, FillNinetySevenPercentOfTheTimeLeftInWholeHundreds) {
+  // 10 minutes, fitted at step 50 after 8 s at 0.2 s a step: 50 + ⌊0.97 · 592 / 0.2⌋ = 2921 → 2900
+  EXPECT_EQ(fitted_steps(10.0, 50, 8.0, 0.2, 5000), 2900);
+  EXPECT_EQ(fitted_steps(10.0, 50, 8.0, 0.01, 5000), 5000);  // no more than the most
+  EXPECT_EQ(fitted_steps(0.1, 50, 10.0, 0.1, 5000), 50);     // the budget already spent: stop here
+  EXPECT_EQ(fitted_steps(0.01, 50, 0.0, 0.02, 5000), 79);    // 50 + ⌊0.97 · 0.6 / 0.02⌋, under a hundred as is
+}
+
+TEST(Train, AMinutesBudgetFitsTheStepsEarlyAndTheScheduleEndsThere) {
+  TempDir dir;
+  auto data = load_dataset("mnist", Split::train, DataOptions{0, 64});
+  auto config = quick_config(dir.str(), 100000);
+  config.minutes = 0.25;  // fifteen seconds: the first steps time the kernels anew (no timing cache in ctest)
+  config.log_every = 1;
+  const auto result = train(config, tiny_info(data), data, torch::kCPU);
+  ASSERT_GT(result.steps, 50) << "the budget was spent before the fit at step 50";
+  EXPECT_LT(result.steps, 100000);
+  EXPECT_EQ(result.step, result.steps);
+  // the train state keeps the fitted steps (what a resumed run continues to), and the learning
+  // rate of the last step is the cosine schedule's for them
+  const auto settings = nlohmann::json::parse(load_safetensors_metadata(dir / "train_state.safetensors").at("train"));
+  EXPECT_EQ(settings.at("steps").get<int64_t>(), result.steps);
+  std::ifstream log(dir / "log.csv");
+  std::string line, last;
+  while (std::getline(log, line)) last = line;
+  auto fitted = config;
+  fitted.steps = result.steps;
+  const double last_lr = std::stod(last.substr(last.find(',', last.find(',') + 1) + 1));
+  EXPECT_NEAR(last_lr, learning_rate(fitted, result.steps - 1), 1e-9) << last;
+
+  config.out_dir = dir / "b";
+  for (double bad : {-1.0, std::nan("")}) {
+    config.minutes = bad;
+    EXPECT_NE(error_of([&] { train(config, tiny_info(data), data, torch::kCPU); }).find("minutes must be"),
+              std::string::npos);
+  }
 }
 
 TEST(Train, VlbLossTrainsToAFiniteLoss) {

@@ -181,7 +181,7 @@ void run_train(const CLI::App& cmd, TrainOptions& o) {
                result.loss, o.out.c_str());
   if (result.interrupted) {
     std::fprintf(stderr, "continue with: diffuse train --data %s --out %s --steps %lld --resume%s\n", o.data.c_str(),
-                 o.out.c_str(), static_cast<long long>(o.config.steps),
+                 o.out.c_str(), static_cast<long long>(result.steps),
                  dist.enabled() ? " (in every process, as before)" : "");
     std::exit(stop_status);
   }
@@ -199,7 +199,13 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"tiny", "mnist", "ddpm-cifar10"}))
       ->capture_default_str();
   add_model_shape_options(*cmd, o->shape);
-  cmd->add_option("--steps", c.steps, "Total optimisation steps")->check(positive_number())->capture_default_str();
+  cmd->add_option("--steps", c.steps, "Total optimisation steps (with --minutes: the most)")
+      ->check(positive_number())
+      ->capture_default_str();
+  cmd->add_option("--minutes", c.minutes,
+                  "Fit the steps to this many minutes of training, timed over steps 10 to 50 (0: off, --steps alone)")
+      ->check(non_negative_number())
+      ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(positive_number())->capture_default_str();
   cmd->add_option("--lr", c.lr, "Peak learning rate (AdamW)")->check(positive_number())->capture_default_str();
   cmd->add_option("--warmup", c.warmup, "Linear learning-rate warm-up steps")->check(non_negative_number())->capture_default_str();

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -39,7 +40,21 @@ double learning_rate(const TrainConfig& c, int64_t step) {
   return c.lr * 0.5 * (1.0 + std::cos(M_PI * std::min(p, 1.0)));
 }
 
+int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_per_step, int64_t most) {
+  const double remaining = minutes * 60.0 - elapsed;
+  int64_t steps = at;
+  if (remaining > 0 && seconds_per_step > 0) {
+    steps += static_cast<int64_t>(std::min(0.97 * remaining / seconds_per_step, static_cast<double>(most)));
+  }
+  if (steps > 100) steps -= steps % 100;
+  return std::clamp(steps, at, std::max(at, most));
+}
+
 namespace {
+
+// A time budget's steps are fitted at step kFitFrom + kFitSteps from the speed of the kFitSteps
+// before it (the first steps time the kernels and fill the caches).
+constexpr int64_t kFitFrom = 10, kFitSteps = 40;
 
 torch::Tensor cpu_rng_state() {
   auto gen = at::detail::getDefaultCPUGenerator();
@@ -89,6 +104,7 @@ struct TrainState {
             {"t-sampling", to_string(c.timestep_sampling.kind)},
             {"log-snr-mean", c.timestep_sampling.log_snr_mean},
             {"log-snr-std", c.timestep_sampling.log_snr_std},
+            {"minutes", c.minutes},
             {"steps", c.steps}};
   }
 
@@ -255,9 +271,16 @@ void restore_ema_tracks(std::vector<EmaTrack>& tracks, const SafetensorsContent&
 
 }  // namespace
 
-TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset& data, torch::Device device) {
+TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Dataset& data, torch::Device device) {
+  TrainConfig config = requested;  // its steps fitted to a time budget along the way
   if (config.out_dir.empty()) throw std::invalid_argument("train: an output directory is required");
   if (config.steps < 1 || config.batch_size < 1) throw std::invalid_argument("train: steps and batch size must be positive");
+  if (!(config.minutes >= 0.0 && std::isfinite(config.minutes))) {  // NaN fails too
+    throw std::invalid_argument("train: minutes must be a finite number ≥ 0, got " + std::to_string(config.minutes));
+  }
+  if (config.minutes > 0.0 && config.data_parallel) {  // each process would time its own steps
+    throw std::invalid_argument("train: a time budget (--minutes) is for one process; pass --steps with several");
+  }
   check_timestep_sampling(config.timestep_sampling);
   for (const auto& [name, beta] :
        {std::pair{"adam_beta1", config.adam_beta1}, std::pair{"adam_beta2", config.adam_beta2}}) {
@@ -445,6 +468,10 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
                                         config.precision, info.image_condition, config.timestep_sampling});
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
+  // A time budget: the steps are fitted once, early (a run resumed past that point keeps its steps).
+  const bool fitting = config.minutes > 0.0 && step < kFitFrom + kFitSteps;
+  const int64_t fit_from = std::max(step, kFitFrom), fit_at = fit_from + kFitSteps;
+  auto fit_start = std::chrono::steady_clock::now();
   model->train();
   while (step < config.steps) {
     bool stop = config.stop && config.stop->load();
@@ -463,6 +490,17 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     window_loss_sum += train_step(batch.x0, batch.labels, lr);
     for (auto& track : tracks) track.ema.update(*track.model, *model);
     ++step;
+    if (fitting && step == fit_from) fit_start = std::chrono::steady_clock::now();
+    if (fitting && step == fit_at) {
+      const double per_step =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start).count() / kFitSteps;
+      config.steps = fitted_steps(config.minutes, step, bar.elapsed_seconds(), per_step, config.steps);
+      bar.set_total(config.steps);
+      std::ostringstream fit;
+      fit << "train: " << config.steps << " steps fit " << config.minutes << " minutes at " << std::setprecision(3)
+          << per_step << " s a step (timed over steps " << fit_from << " to " << fit_at << ")";
+      bar.note(fit.str());
+    }
     if (rank0 && !tracks.empty() && (step % config.ema_snapshot_every == 0 || step == config.steps)) {
       CheckpointInfo now = info;
       now.step = step;
@@ -513,6 +551,7 @@ TrainResult train(const TrainConfig& config, CheckpointInfo info, const Dataset&
     write_preview(config.out_dir, step, diffusion, ema_model, info.data, previews, device);
   bar.finish(result.interrupted ? "interrupted" : "done");
   result.step = step;
+  result.steps = config.steps;
   result.seconds = bar.elapsed_seconds();
   return result;
 }

@@ -39,6 +39,14 @@ ProgressBar::ProgressBar(std::string label, int64_t total, int64_t start, bool e
     : label_(std::move(label)), total_(std::max<int64_t>(total, 1)), start_(start), enabled_(enabled),
       tty_(::isatty(STDERR_FILENO) != 0), begin_(std::chrono::steady_clock::now()), last_draw_() {}
 
+void ProgressBar::set_total(int64_t total) { total_ = std::max<int64_t>(total, 1); }
+
+void ProgressBar::note(const std::string& line) {
+  std::fprintf(stderr, "%s%s\n", enabled_ && tty_ ? "\r\033[K" : "", line.c_str());
+  last_draw_ = {};  // redraw at the next update
+  std::fflush(stderr);
+}
+
 double ProgressBar::elapsed_seconds() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin_).count();
 }

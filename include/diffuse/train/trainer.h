@@ -31,6 +31,9 @@ struct TrainConfig {
   double min_snr_gamma = 0.0;  // simple loss: min-SNR-γ weights per image (≤ 0: off)
   TimestepSampling timestep_sampling;  // how t is drawn (diffusion/timestep_sampling.h)
   int64_t steps = 2400;
+  // > 0: the steps are fitted to this many minutes of training, from the speed of steps 10 to 50
+  // (steps: the most it may take); see fitted_steps.
+  double minutes = 0.0;
   int64_t batch_size = 64;
   double lr = 1e-3;
   int64_t warmup = 100;          // linear learning-rate warm-up over this many steps
@@ -60,6 +63,7 @@ struct TrainConfig {
 
 struct TrainResult {
   int64_t step = 0;          // last completed step
+  int64_t steps = 0;         // the run's total steps (fitted, under minutes)
   double loss = 0.0;         // mean loss over the last logging window
   double seconds = 0.0;      // wall time of this invocation
   bool interrupted = false;
@@ -68,6 +72,12 @@ struct TrainResult {
 // Learning rate at 0-based step k: lr · min(1, (k + 1)/warmup), times ½(1 + cos(π p)) with
 // p = (k − warmup)/(steps − warmup) after the warm-up when cosine_decay is on.
 double learning_rate(const TrainConfig& config, int64_t step);
+
+// The total steps of a run with a time budget of `minutes`, fitted at step `at` from
+// `seconds_per_step` and the `elapsed` seconds so far: the steps that fit 97 % of the time left
+// (3 % for the previews, checkpoints and the end), in whole hundreds where there are more than
+// a hundred, never fewer than `at` nor more than `most`.
+int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_per_step, int64_t most);
 
 // Trains `info.model` on `data`. With config.resume and a train_state in out_dir, continues
 // from it (model, schedule and objective then come from the saved state).

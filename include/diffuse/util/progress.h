@@ -34,6 +34,10 @@ class ProgressBar {
   // terminal the bar redraws in place; in a log it writes a line per 5 %, the last from finish().
   void update(int64_t done, const std::string& info = "");
   void finish(const std::string& info = "");  // final line with total time
+  void set_total(int64_t total);              // a total settled after the start (train --minutes)
+  // A line of its own between the bar's (on a terminal the bar is cleared and drawn again at the
+  // next update); written also where the bar is off.
+  void note(const std::string& line);
 
   double elapsed_seconds() const;
 
