@@ -210,10 +210,7 @@ struct ConvBlockedToNchwFunction : public torch::autograd::Function<ConvBlockedT
 }  // namespace
 
 torch::Tensor conv_blocked_to_nchw(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias) {
-  TORCH_CHECK(x5.dim() == 5 && (x5.size(4) == 8 || x5.size(4) == 16) && x5.device().is_cpu() &&
-                  x5.scalar_type() == torch::kFloat32,
-              "conv_blocked_to_nchw: x must be a float32 [N, C/B, H, W, B] CPU tensor with B 8 or 16, got ",
-              x5.sizes());
+  check_blocked_float32("conv_blocked_to_nchw", "x", x5);
   const int64_t L = x5.size(4);
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * L && weight.size(2) == weight.size(3) &&
                   weight.size(2) % 2 == 1 && weight.scalar_type() == torch::kFloat32,

@@ -170,6 +170,12 @@ torch::Tensor to_blocked(const torch::Tensor& x, int64_t block) {
   return reorder_differentiable<true>(x, block);
 }
 
+void check_blocked_float32(const char* who, const char* name, const torch::Tensor& t) {
+  TORCH_CHECK(
+      t.dim() == 5 && (t.size(4) == 8 || t.size(4) == 16) && t.device().is_cpu() && t.scalar_type() == torch::kFloat32,
+      who, ": ", name, " must be a float32 CPU tensor [N, C/B, H, W, B] with B 8 or 16, got ", t.sizes());
+}
+
 torch::Tensor from_blocked(const torch::Tensor& x5) {
   TORCH_CHECK(x5.dim() == 5 && (x5.size(4) == 8 || x5.size(4) == 16),
               "from_blocked: expected [N, C/B, H, W, B] with B 8 or 16, got ", x5.sizes());

@@ -1,10 +1,11 @@
 #include "diffuse/runtime/blocked_upsample.h"
 
-#include "diffuse/runtime/gradient_wanted.h"
-#include "lanes.h"
-
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/gradient_wanted.h"
+#include "lanes.h"
 
 namespace diffuse {
 
@@ -85,10 +86,7 @@ struct UpsampleTwice : public torch::autograd::Function<UpsampleTwice> {
 }  // namespace
 
 torch::Tensor upsample_twice_blocked(const torch::Tensor& x5) {
-  TORCH_CHECK(x5.dim() == 5 && (x5.size(4) == 8 || x5.size(4) == 16) && x5.device().is_cpu() &&
-                  x5.scalar_type() == torch::kFloat32,
-              "upsample_twice_blocked: x must be a float32 CPU tensor [N, C/B, H, W, B] with B 8 or 16, got ",
-              x5.sizes());
+  check_blocked_float32("upsample_twice_blocked", "x", x5);
   if (!gradient_wanted({x5})) return upsample(x5);
   return UpsampleTwice::apply(x5);
 }

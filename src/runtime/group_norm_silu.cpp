@@ -892,13 +892,6 @@ NormParameters checked_parameters(const char* who, int64_t n, int64_t channels, 
           gamma.to(torch::kFloat32).contiguous(), beta.to(torch::kFloat32).contiguous()};
 }
 
-// That t (called `name` in the message) is a float32 CPU tensor in the blocked layout.
-void check_blocked_float32(const char* who, const char* name, const torch::Tensor& t) {
-  TORCH_CHECK(
-      t.dim() == 5 && (t.size(4) == 8 || t.size(4) == 16) && t.device().is_cpu() && t.scalar_type() == torch::kFloat32,
-      who, ": ", name, " must be a float32 CPU tensor [N, C/B, H, W, B] with B 8 or 16, got ", t.sizes());
-}
-
 // The checked and prepared call, x float32 blocked or bf16 NHWC (`who` says which was asked
 // for); with_silu and pass_input as in GroupNormSiluFunction.
 torch::autograd::variable_list apply_group_norm_silu(const char* who, const torch::Tensor& x5,

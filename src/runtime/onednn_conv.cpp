@@ -521,9 +521,7 @@ torch::Tensor onednn_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
 torch::Tensor onednn_conv_blocked(const torch::Tensor& x5, const torch::Tensor& weight, const torch::Tensor& bias,
                                   int64_t stride) {
 #if DIFFUSE_HAVE_ONEDNN
-  TORCH_CHECK(x5.dim() == 5 && (x5.size(4) == 8 || x5.size(4) == 16) && x5.device().is_cpu() &&
-                  x5.scalar_type() == torch::kFloat32,
-              "onednn_conv_blocked: x must be a float32 [N, C/B, H, W, B] CPU tensor with B 8 or 16, got ", x5.sizes());
+  check_blocked_float32("onednn_conv_blocked", "x", x5);
   const int64_t b = x5.size(4);
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * b && weight.size(0) % b == 0,
               "onednn_conv_blocked: weight must be [O, ", x5.size(1) * b, ", k, k] with O a multiple of ", b, ", got ",

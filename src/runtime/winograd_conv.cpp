@@ -1,12 +1,13 @@
 #include "diffuse/runtime/winograd_conv.h"
 
-#include "diffuse/runtime/onednn_matmul.h"
-#include "lanes.h"
-
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include <algorithm>
+
+#include "diffuse/runtime/blocked_layout.h"
+#include "diffuse/runtime/onednn_matmul.h"
+#include "lanes.h"
 
 namespace diffuse {
 
@@ -287,18 +288,11 @@ struct Winograd {
   }
 };
 
-void check_blocked(const torch::Tensor& t, const char* what) {
-  TORCH_CHECK(
-      t.dim() == 5 && (t.size(4) == 8 || t.size(4) == 16) && t.device().is_cpu() && t.scalar_type() == torch::kFloat32,
-      "winograd_conv3x3_blocked: ", what, " must be a float32 [N, C/B, H, W, B] CPU tensor with B 8 or 16, got ",
-      t.sizes());
-}
-
 }  // namespace
 
 torch::Tensor winograd_conv3x3_blocked(const torch::Tensor& x5, const torch::Tensor& weight,
                                        const torch::Tensor& bias) {
-  check_blocked(x5, "x");
+  check_blocked_float32("winograd_conv3x3_blocked", "x", x5);
   const int64_t b = x5.size(4);
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x5.size(1) * b && weight.size(2) == 3 && weight.size(3) == 3 &&
                   weight.size(0) % b == 0 && weight.scalar_type() == torch::kFloat32,
@@ -314,8 +308,8 @@ torch::Tensor winograd_conv3x3_blocked_backward_data(const torch::Tensor& grad_y
 
 std::pair<torch::Tensor, torch::Tensor> winograd_conv3x3_blocked_backward_weights(const torch::Tensor& x5,
                                                                                   const torch::Tensor& grad_y5) {
-  check_blocked(x5, "x");
-  check_blocked(grad_y5, "∂L/∂y");
+  check_blocked_float32("winograd_conv3x3_blocked", "x", x5);
+  check_blocked_float32("winograd_conv3x3_blocked", "∂L/∂y", grad_y5);
   TORCH_CHECK(x5.size(4) == grad_y5.size(4),
               "winograd_conv3x3_blocked: x and ∂L/∂y are blocked differently: ", x5.sizes(), " and ", grad_y5.sizes());
   return x5.size(4) == 16 ? Winograd<16>::backward_weights(x5, grad_y5) : Winograd<8>::backward_weights(x5, grad_y5);

@@ -22,4 +22,8 @@ torch::Tensor to_blocked(const torch::Tensor& x, int64_t block = 0);
 // [N, C/B, H, W, B] → [N, C, H, W] (contiguous), differentiable.
 torch::Tensor from_blocked(const torch::Tensor& x5);
 
+// That t (called `name` in the message of `who`) is a float32 CPU tensor blocked by 8 or 16, what
+// the blocked kernels take.
+void check_blocked_float32(const char* who, const char* name, const torch::Tensor& t);
+
 }  // namespace diffuse
