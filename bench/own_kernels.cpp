@@ -1,5 +1,6 @@
-// The project's own CPU kernels timed alone, each beside the route it replaced, on the
-// shapes of the `mnist` and `ddpm-cifar10` U-Nets at batch 16 (Google Benchmark):
+// The project's own CPU kernels timed alone, each beside the route it replaced (or, for the own
+// Winograd, the one it is timed against per shape), on the shapes of the `mnist` and
+// `ddpm-cifar10` U-Nets at batch 16 (Google Benchmark):
 //
 //   build/diffuse_kernel_bench [--benchmark_filter=conv_in]
 //                              [--benchmark_repetitions=5 --benchmark_report_aggregates_only=true]
@@ -28,6 +29,8 @@
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/group_norm_silu.h"
 #include "diffuse/runtime/large_block_cache.h"
+#include "diffuse/runtime/onednn_conv.h"
+#include "diffuse/util/environment.h"
 
 namespace {
 
@@ -137,6 +140,27 @@ void register_cat_norm(const std::string& model, int64_t a_channels, int64_t b_c
        grad_y, {a, b, gamma, beta}});
 }
 
+// The own Winograd F(4×4, 3×3) (runtime/winograd_conv.h) on a blocked 3×3 convolution, against
+// oneDNN's direct kernel on the same layout: every pass through onednn_conv_blocked with the
+// algorithm forced (its choice for the backward passes is made at the forward call).
+void register_winograd(const std::string& model, int64_t c, int64_t o, int64_t size) {
+  if (!diffuse::onednn_conv_built()) return;
+  const int64_t B = diffuse::channel_block();
+  const auto x5 = torch::randn({16, c / B, size, size, B}).requires_grad_();
+  const auto w = (torch::randn({o, c, 3, 3}) * 0.1).requires_grad_();
+  const auto b = torch::zeros({o}).requires_grad_();
+  const auto grad_y = torch::randn({16, o / B, size, size, B});
+  auto forced = [=](const char* algorithm) {
+    return [=] {
+      const diffuse::EnvironmentSwitch own("DIFFUSE_OWN_WINOGRAD", "1", /*on=*/true),
+          forced_algorithm("DIFFUSE_CONV_ALGORITHM", algorithm, /*on=*/true);
+      return diffuse::onednn_conv_blocked(x5, w, b, 1);
+    };
+  };
+  register_pair("winograd", model + "-" + std::to_string(c) + "-" + std::to_string(o) + "-" + std::to_string(size),
+                {forced("winograd"), grad_y, {x5, w, b}}, {forced("direct"), grad_y, {x5, w, b}});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -154,6 +178,11 @@ int main(int argc, char** argv) {
   register_group_norm_silu("ddpm-cifar10", 128, 32, 32);
   register_cat_norm("mnist", 64, 32, 28, 8);            // the up path's first block at 28×28
   register_cat_norm("ddpm-cifar10", 128, 128, 32, 32);  // the up path's last two blocks at 32×32
+  register_winograd("mnist", 16, 16, 28);               // the main job's network (16 channels) at 28×28, 14×14, 7×7
+  register_winograd("mnist", 48, 16, 28);
+  register_winograd("mnist", 32, 32, 14);
+  register_winograd("mnist", 64, 32, 7);
+  register_winograd("ddpm-cifar10", 128, 128, 32);
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -248,7 +248,7 @@ bool onednn_has_winograd() {
 // Winograd kernel, or everywhere under DIFFUSE_OWN_WINOGRAD=1 (to test and measure it where
 // oneDNN has one).
 bool own_winograd_for(const OneDnnConvShape& s) {
-  return s.blocked() && s.k == 3 && s.stride == 1 && s.o % s.block == 0 && winograd_conv_built() &&
+  return s.blocked() && s.k == 3 && s.stride == 1 && s.o % s.block == 0 &&
          (!onednn_has_winograd() || runtime_settings().own_winograd);
 }
 
@@ -697,11 +697,8 @@ ConvKernelsChoice resolve_conv_kernels(const std::string& name, torch::Device de
   // shapes then take it is timed per shape (conv3x3), not decided here from one shape's timing.
   const auto implementation = typical_conv3x3_implementation();
   if (!names_winograd(implementation)) {
-    if (winograd_conv_built()) {
-      return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
-                                       "); the own F(4×4, 3×3) Winograd runs the blocked shapes where timed faster"};
-    }
-    return {ConvKernels::aten, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation + ")"};
+    return {ConvKernels::onednn, "auto: oneDNN has no Winograd kernel for this CPU (" + implementation +
+                                     "); the own F(4×4, 3×3) Winograd runs the blocked shapes where timed faster"};
   }
   return {ConvKernels::onednn, "auto: oneDNN runs Winograd here (" + implementation +
                                    "); each shape takes it where timed faster than ATen"};

@@ -63,7 +63,7 @@ void TimingCacheFile::store(const std::string& key, int64_t value) {
 // The revision of the timed choices: raised when an own kernel that takes part in one (the
 // Winograd convolution, the lane loops of runtime/lanes.h) gets faster or slower, or the timing
 // itself changes, so that choices timed the old way are timed again.
-constexpr int kChoicesRevision = 2;
+constexpr int kChoicesRevision = 3;
 
 std::string timing_machine_signature() {
   const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA");

@@ -4,14 +4,12 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "diffuse/runtime/blocked_layout.h"
-#include "diffuse/runtime/onednn_matmul.h"
 #include "lanes.h"
 
 namespace diffuse {
-
-bool winograd_conv_built() { return onednn_matmul_built(); }
 
 namespace {
 
@@ -29,6 +27,13 @@ constexpr float kG[6][3] = {{1.0f / 4, 0, 0},
                             {1.0f / 24, 1.0f / 12, 1.0f / 6},
                             {1.0f / 24, -1.0f / 12, 1.0f / 6},
                             {0, 0, 1}};
+
+// Tiles per group: a group's transformed patches V [36, tiles, C] and products M [36, tiles, O] are
+// computed, multiplied and transformed back while they are in the core's caches (110 KiB for V at
+// 12 tiles of 64 channels), instead of whole-batch tensors written out and read back.
+constexpr int64_t kGroup = 12;
+// Rows of a product block: 6 rows of 2 vectors are 12 sums in registers, of AVX2's 16.
+constexpr int64_t kProductRows = 6;
 
 // Tiles of an image batch: tile t is image t / (rows · cols), tile row (t / cols) % rows, column t % cols.
 struct Tiles {
@@ -73,11 +78,73 @@ struct Winograd {
     out[5] = d[3];
   }
 
-  // For tiles [begin, end): V[p][t][block·L + l] = (Bᵀ d B)[p] of the 6×6 patch d around tile t
-  // (zero outside the image), for each of the `blocks` channel blocks of x5 ([N, C/L, H, W, L]).
+  // c[i][o] (+)= Σ_k a[i·a_row + k·a_k] · b[k·cols + o] for the R rows i and the J·L columns o of one
+  // block, c's rows `cols` apart: R·J vectors of sums stay in registers over the whole depth.
+  template <int64_t R, int64_t J>
+  static DIFFUSE_LANE_HELPER void product_block(const float* a, int64_t a_row, int64_t a_k, const float* b,
+                                                int64_t depth, int64_t cols, float* c, bool accumulate) {
+    Lanes sums[R][J];
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < J; ++j) sums[r][j] = accumulate ? load<Lanes>(c + r * cols + j * L) : Lanes{};
+    }
+    for (int64_t k = 0; k < depth; ++k) {
+      Lanes row[J];
+      for (int64_t j = 0; j < J; ++j) row[j] = load<Lanes>(b + k * cols + j * L);
+      for (int64_t r = 0; r < R; ++r) {
+        const Lanes ark = lanes::splat<Lanes>(a[r * a_row + k * a_k]);
+        for (int64_t j = 0; j < J; ++j) sums[r][j] += ark * row[j];
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < J; ++j) store(c + r * cols + j * L, sums[r][j]);
+    }
+  }
+
+  template <int64_t J>
+  static DIFFUSE_LANE_HELPER void product_rows(int64_t rows, const float* a, int64_t a_row, int64_t a_k, const float* b,
+                                               int64_t depth, int64_t cols, float* c, bool accumulate) {
+    switch (rows) {
+      case 1:
+        return product_block<1, J>(a, a_row, a_k, b, depth, cols, c, accumulate);
+      case 2:
+        return product_block<2, J>(a, a_row, a_k, b, depth, cols, c, accumulate);
+      case 3:
+        return product_block<3, J>(a, a_row, a_k, b, depth, cols, c, accumulate);
+      case 4:
+        return product_block<4, J>(a, a_row, a_k, b, depth, cols, c, accumulate);
+      case 5:
+        return product_block<5, J>(a, a_row, a_k, b, depth, cols, c, accumulate);
+      default:
+        return product_block<kProductRows, J>(a, a_row, a_k, b, depth, cols, c, accumulate);
+    }
+  }
+
+  // The 36 products of a group: c[p] (+)= a[p] · b[p] for p < 36, a[p] [rows × depth] (elements
+  // a_row and a_k apart, so that a transposed V is read in place), b[p] [depth × cols], c[p]
+  // [rows × cols], each of a, b, c the next p one whole matrix further. cols is a multiple of L.
+  static DIFFUSE_LANE_LOOP void products(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t rows,
+                                         int64_t depth, int64_t cols, float* c, bool accumulate) {
+    for (int64_t p = 0; p < kPoints; ++p) {
+      const float* ap = a + p * rows * depth;
+      const float* bp = b + p * depth * cols;
+      float* cp = c + p * rows * cols;
+      for (int64_t i = 0; i < rows; i += kProductRows) {
+        const int64_t n = std::min(kProductRows, rows - i);
+        int64_t o = 0;
+        for (; o + 2 * L <= cols; o += 2 * L) {
+          product_rows<2>(n, ap + i * a_row, a_row, a_k, bp + o, depth, cols, cp + i * cols + o, accumulate);
+        }
+        if (o < cols)
+          product_rows<1>(n, ap + i * a_row, a_row, a_k, bp + o, depth, cols, cp + i * cols + o, accumulate);
+      }
+    }
+  }
+
+  // For the group of tiles [begin, end): V[p][t − begin][block·L + l] = (Bᵀ d B)[p] of the 6×6 patch d
+  // around tile t (zero outside the image), for each of the `blocks` channel blocks of x5 ([N, C/L, H, W, L]).
   static DIFFUSE_LANE_LOOP void input_transform(const float* x5, const Tiles& s, int64_t blocks, int64_t begin,
                                                 int64_t end, float* v) {
-    const int64_t channels = blocks * L, tiles = s.count();
+    const int64_t channels = blocks * L, tiles = end - begin;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t image = t / (s.rows * s.cols), y0 = (t / s.cols) % s.rows * kTile - 1, x0 = t % s.cols * kTile - 1;
       for (int64_t cb = 0; cb < blocks; ++cb) {
@@ -97,17 +164,20 @@ struct Winograd {
         for (int64_t r = 0; r < kPatch; ++r) {  // then (Bᵀ d) B: each row
           Lanes out[kPatch];
           apply_bt(cols + r * kPatch, out);
-          for (int64_t k = 0; k < kPatch; ++k) store(v + ((r * kPatch + k) * tiles + t) * channels + cb * L, out[k]);
+          for (int64_t k = 0; k < kPatch; ++k) {
+            store(v + ((r * kPatch + k) * tiles + t - begin) * channels + cb * L, out[k]);
+          }
         }
       }
     }
   }
 
-  // For tiles [begin, end): the 4×4 output pixels Aᵀ m A + bias of tile t from m = M[·][t][o]
-  // (M: [36, tiles, O]), into y5 ([N, O/L, H, W, L]; pixels outside the image dropped).
+  // For the group of tiles [begin, end): the 4×4 output pixels Aᵀ m A + bias of tile t from
+  // m = M[·][t − begin][o] (M: [36, end − begin, O]), into y5 ([N, O/L, H, W, L]; pixels outside the
+  // image dropped).
   static DIFFUSE_LANE_LOOP void output_transform(const float* m, const float* bias, const Tiles& s, int64_t blocks,
                                                  int64_t begin, int64_t end, float* y5) {
-    const int64_t channels = blocks * L, tiles = s.count();
+    const int64_t channels = blocks * L, tiles = end - begin;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t image = t / (s.rows * s.cols), y0 = (t / s.cols) % s.rows * kTile, x0 = t % s.cols * kTile;
       for (int64_t ob = 0; ob < blocks; ++ob) {
@@ -115,7 +185,7 @@ struct Winograd {
         for (int64_t k = 0; k < kPatch; ++k) {
           Lanes col[kPatch], out[kTile];
           for (int64_t r = 0; r < kPatch; ++r)
-            col[r] = load<Lanes>(m + ((r * kPatch + k) * tiles + t) * channels + ob * L);
+            col[r] = load<Lanes>(m + ((r * kPatch + k) * tiles + t - begin) * channels + ob * L);
           apply_at(col, out);
           for (int64_t r = 0; r < kTile; ++r) rows[r * kPatch + k] = out[r];
         }
@@ -130,11 +200,11 @@ struct Winograd {
     }
   }
 
-  // For tiles [begin, end): Q[p][t][o] = (A g Aᵀ)[p] of the 4×4 gradient tile g of ∂L/∂y (zero
-  // outside the image): ∂L/∂m of output_transform.
+  // For the group of tiles [begin, end): Q[p][t − begin][o] = (A g Aᵀ)[p] of the 4×4 gradient tile g
+  // of ∂L/∂y (zero outside the image): ∂L/∂m of output_transform.
   static DIFFUSE_LANE_LOOP void gradient_transform(const float* g5, const Tiles& s, int64_t blocks, int64_t begin,
                                                    int64_t end, float* q) {
-    const int64_t channels = blocks * L, tiles = s.count();
+    const int64_t channels = blocks * L, tiles = end - begin;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t image = t / (s.rows * s.cols), y0 = (t / s.cols) % s.rows * kTile, x0 = t % s.cols * kTile;
       for (int64_t ob = 0; ob < blocks; ++ob) {
@@ -153,7 +223,9 @@ struct Winograd {
         for (int64_t r = 0; r < kPatch; ++r) {
           Lanes out[kPatch];
           apply_a(cols + r * kTile, out);
-          for (int64_t k = 0; k < kPatch; ++k) store(q + ((r * kPatch + k) * tiles + t) * channels + ob * L, out[k]);
+          for (int64_t k = 0; k < kPatch; ++k) {
+            store(q + ((r * kPatch + k) * tiles + t - begin) * channels + ob * L, out[k]);
+          }
         }
       }
     }
@@ -231,48 +303,57 @@ struct Winograd {
     return u;
   }
 
-  // V: [36, tiles, C] from x5.
-  static torch::Tensor transformed_input(const torch::Tensor& x5, const Tiles& s) {
-    const int64_t blocks = x5.size(1);
-    torch::Tensor v = torch::empty({kPoints, s.count(), blocks * L}, x5.options());
-    at::parallel_for(0, s.count(), 8, [&](int64_t begin, int64_t end) {
-      input_transform(x5.data_ptr<float>(), s, blocks, begin, end, v.data_ptr<float>());
-    });
-    return v;
-  }
-
-  // The convolution for blocked x5 (checked by the caller).
+  // The convolution for blocked x5 (checked by the caller), a group of tiles at a time:
+  // V = Bᵀ d B of the group's patches, M[p] = V[p] · U[p] (the sum over input channels), y = Aᵀ M A + b.
   static torch::Tensor forward(const torch::Tensor& x5_in, const torch::Tensor& weight_in,
                                const torch::Tensor& bias_in) {
     RECORD_FUNCTION("diffuse::winograd_conv", std::vector<c10::IValue>({x5_in}));
     const auto x5 = x5_in.contiguous();
     const auto weight = weight_in.detach();
-    const int64_t o = weight.size(0), out_blocks = o / L;
+    const int64_t o = weight.size(0), c = weight.size(1), in_blocks = x5.size(1), out_blocks = o / L;
     const Tiles s(x5.size(0), x5.size(2), x5.size(3));
-    const auto v = transformed_input(x5, s);
-    const auto m = onednn_bmm(v, transformed_weights(weight));  // M[p] = V[p] · U[p]: [36, tiles, O]
+    const auto u = transformed_weights(weight);  // U: [36, C, O]
     torch::Tensor y5 = torch::empty({s.n, out_blocks, s.h, s.w, L}, x5.options());
     const auto bias = bias_in.defined() ? bias_in.detach().contiguous() : torch::Tensor();
-    at::parallel_for(0, s.count(), 8, [&](int64_t begin, int64_t end) {
-      output_transform(m.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr, s, out_blocks, begin,
-                       end, y5.data_ptr<float>());
+    const float* bias_data = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    at::parallel_for(0, s.count(), kGroup, [&](int64_t begin, int64_t end) {
+      std::vector<float> v(kPoints * kGroup * c), m(kPoints * kGroup * o);
+      for (int64_t first = begin; first < end; first += kGroup) {
+        const int64_t last = std::min(end, first + kGroup), tiles = last - first;
+        input_transform(x5.data_ptr<float>(), s, in_blocks, first, last, v.data());
+        products(v.data(), c, 1, u.data_ptr<float>(), tiles, c, o, m.data(), /*accumulate=*/false);
+        output_transform(m.data(), bias_data, s, out_blocks, first, last, y5.data_ptr<float>());
+      }
     });
     return y5;
   }
 
-  // ∂L/∂W and ∂L/∂b (checked by the caller).
+  // ∂L/∂W and ∂L/∂b (checked by the caller): ∂L/∂U[p] = Σ_groups V[p]ᵀ · Q[p] with Q = A ∂L/∂y Aᵀ of
+  // the group's gradient tiles, each thread summing its own share of the tiles, then the shares added.
   static std::pair<torch::Tensor, torch::Tensor> backward_weights(const torch::Tensor& x5_in,
                                                                   const torch::Tensor& grad_y5_in) {
     RECORD_FUNCTION("diffuse::winograd_conv_backward_weights", std::vector<c10::IValue>({grad_y5_in}));
     const auto x5 = x5_in.contiguous(), grad_y5 = grad_y5_in.contiguous();
-    const int64_t c = x5.size(1) * L, out_blocks = grad_y5.size(1), o = out_blocks * L;
+    const int64_t in_blocks = x5.size(1), c = in_blocks * L, out_blocks = grad_y5.size(1), o = out_blocks * L;
     const Tiles s(x5.size(0), x5.size(2), x5.size(3));
-    const auto v = transformed_input(x5, s);
-    torch::Tensor q = torch::empty({kPoints, s.count(), o}, x5.options());
-    at::parallel_for(0, s.count(), 8, [&](int64_t begin, int64_t end) {
-      gradient_transform(grad_y5.data_ptr<float>(), s, out_blocks, begin, end, q.data_ptr<float>());
+    const int64_t groups = (s.count() + kGroup - 1) / kGroup;
+    const int64_t shares = std::clamp<int64_t>(at::get_num_threads(), 1, groups);
+    const int64_t groups_per_share = (groups + shares - 1) / shares;
+    torch::Tensor du_shares = torch::zeros({shares, kPoints, c, o}, x5.options());
+    at::parallel_for(0, shares, 1, [&](int64_t share_begin, int64_t share_end) {
+      std::vector<float> v(kPoints * kGroup * c), q(kPoints * kGroup * o);
+      for (int64_t share = share_begin; share < share_end; ++share) {
+        const int64_t share_last = std::min(s.count(), (share + 1) * groups_per_share * kGroup);
+        for (int64_t first = share * groups_per_share * kGroup; first < share_last; first += kGroup) {
+          const int64_t last = std::min(share_last, first + kGroup), tiles = last - first;
+          input_transform(x5.data_ptr<float>(), s, in_blocks, first, last, v.data());
+          gradient_transform(grad_y5.data_ptr<float>(), s, out_blocks, first, last, q.data());
+          // ∂L/∂U[p] += V[p]ᵀ · Q[p]: V[p] read transposed (rows c, depth the tiles)
+          products(v.data(), 1, c, q.data(), c, tiles, o, du_shares[share].data_ptr<float>(), /*accumulate=*/true);
+        }
+      }
     });
-    const auto du = onednn_bmm(v.transpose(1, 2), q);  // ∂L/∂U[p] = V[p]ᵀ · Q[p]: [36, C, O]
+    const auto du = shares == 1 ? du_shares[0] : du_shares.sum(0);  // [36, C, O]
     torch::Tensor dw_c9o = torch::empty({c, 9, o}, x5.options());
     at::parallel_for(0, c, 4, [&](int64_t begin, int64_t end) {
       weight_transform_backward(du.data_ptr<float>(), c, o, begin, end, dw_c9o.data_ptr<float>());

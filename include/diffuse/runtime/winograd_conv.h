@@ -5,11 +5,13 @@
 // Per 4×4 tile of output and per channel pair, Winograd computes y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A
 // (Lavin & Gray 2016): d is the 6×6 input patch around the tile, g the 3×3 kernel; 36 products
 // instead of 16 · 9 = 144. Summed over input channels, the 36 products become 36 matrix products
-// [tiles × C] · [C × O], run as one batched oneDNN matmul (runtime/onednn_matmul.h); the
-// transforms (Bᵀ d B of the input, G g Gᵀ of the weights, Aᵀ m A of the products) are
-// hand-written loops over a channel block (8 or 16 channels) at a time. The backward passes are the same products:
+// [tiles × C] · [C × O]. All of it is hand-written loops over a channel block (8 or 16 channels) at
+// a time, a group of 12 tiles at a time: the group's transformed patches (Bᵀ d B), their products
+// with the transformed weights (G g Gᵀ, register-blocked 6 rows by 2 vectors) and the products'
+// transform back (Aᵀ m A) stay in the core's caches, where whole-batch tensors of patches and
+// products went to memory and back between three passes. The backward passes are the same products:
 //   ∂L/∂x: the forward convolution of ∂L/∂y with the kernels turned by 180° and C, O swapped;
-//   ∂L/∂g = Gᵀ[Σ_tiles (Bᵀ d B) ⊙ (A ∂L/∂y Aᵀ)]G, the tile sum again a batched matmul;
+//   ∂L/∂g = Gᵀ[Σ_tiles (Bᵀ d B) ⊙ (A ∂L/∂y Aᵀ)]G, each thread summing its share of the tiles;
 //   ∂L/∂b = Σ_{n,h,w} ∂L/∂y.
 // float32 throughout; the transforms' interpolation points 0, ±1, ±2 keep the error near 1e-6
 // relative to the output's magnitude for the U-Nets' widths (tests: against float64).
@@ -18,9 +20,6 @@
 #include <torch/torch.h>
 
 namespace diffuse {
-
-// Whether the build has it (it needs oneDNN's matmul).
-bool winograd_conv_built();
 
 // y = conv(x, weight, padding 1) + bias for blocked x: [N, C/B, H, W, B] float32 CPU (B 8 or 16),
 // weight [O, C, 3, 3] float32 with O a multiple of B, bias [O] or undefined → [N, O/B, H, W, B]. No
