@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quality per minute for the main job: trains the `mnist` model once per recipe (each a whole run:
 # warm-up, cosine decay to 0 at its last step, seed 0), measures each checkpoint's cFID (N images,
-# seed 0: DDIM-50 at η = 0 and η = 1, DPM-Solver++(2M) with 20 steps; beside them the cFID of N real
-# training images, the floor at this N) and times a training step of
+# seed 0: DDIM-50 at η = 0 and η = 1, DPM-Solver++(2M) with 20 steps, DDIM-200 at η = 1; beside them
+# the cFID of N real training images, the floor at this N) and times a training step of
 # each batch size and network shape on a quiet machine, then prints one table row per recipe.
 #   bench/main_job_sweep.sh [RECIPE...]     RECIPE: a name from `recipes` below (default: all)
 # Environment: OUT (default runs/sweep), N (images per cFID, default 500), BIN (default
@@ -23,8 +23,9 @@ n=${N:-500}
 # ten minutes on two AVX2 cores, with the network's widths 16, 32, 32 and 16, 32, 48, the 2,200
 # that fit there once the AVX2 kernels were mended, and the 2,700 once activations were blocked by 8
 # (and its -seed-1 twin); then depth and attention at ten minutes there: two residual blocks a level
-# (1,800 steps), and self-attention in the middle block only (2,700, two seeds); and the 3,400 steps
-# that `train --minutes 10` fitted there.
+# (1,800 steps), and self-attention in the middle block only (2,700, two seeds); and the 3,400 and
+# 3,300 steps that `train --minutes 10` fitted there (the second with the fused own Winograd, on a
+# busier hour).
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -60,6 +61,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-attn-mid-lr-2e-3-lsnr-m2-2-2700]="--steps 2700 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --attention-res 0 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-attn-mid-lr-2e-3-lsnr-m2-2-seed-1-2700]="--steps 2700 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --attention-res 0 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3400]="--steps 3400 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-mult-1-2-3-lr-2e-3-lsnr-m2-2-1600]="--steps 1600 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,3 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-batch-128-lr-4e-3-lsnr-m2-2-2500]="--steps 2500 --batch-size 128 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )
@@ -90,10 +92,11 @@ for name in "${names[@]}"; do
     "$bin" train --data mnist --model mnist --out "$dir" "${flags[@]}" --preview-every 0 --checkpoint-every 400 \
       --precision auto --no-progress "${resume[@]}" > "$dir.train.log" 2>&1
   fi
-  for sampler in eta0 eta1 dpm20; do
+  for sampler in eta0 eta1 dpm20 eta1_200; do
     result="$dir/fid_n${n}_$sampler.json"
     [ -s "$result" ] && continue
     case $sampler in
+      eta1_200) sampler_flags=(--sampler ddim --steps 200 --eta 1) ;;
       eta*) sampler_flags=(--sampler ddim --steps 50 --eta "${sampler#eta}") ;;
       dpm20) sampler_flags=(--sampler dpm++2m --steps 20) ;;
     esac
@@ -119,12 +122,12 @@ cfid() {  # cfid FILE [KEY] → the value rounded, "–" where the file has no K
   /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print("–" if v is None else round(v, 1))' \
     "$1" "${2:-cfid}"
 }
-echo "| recipe | flags | images | minutes of training | cFID DDIM-50 η = 0 | η = 1 | DPM-Solver++(2M)-20 | $n real images |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| recipe | flags | images | minutes of training | cFID DDIM-50 η = 0 | η = 1 | DPM-Solver++(2M)-20 | DDIM-200 η = 1 | $n real images |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for name in "${names[@]}"; do
   flags=${recipes[$name]} dir="$out/$name"
   steps=$(flag_value --steps $flags) batch=$(flag_value --batch-size $flags)
   minutes="–" key=$(timing_flags $flags)
   [ -n "${step_seconds[$key]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$key]} / 60" | bc -l)
-  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") | $(cfid "$dir/fid_n${n}_eta0.json" cfid_real) |"
+  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") | $(cfid "$dir/fid_n${n}_eta1_200.json") | $(cfid "$dir/fid_n${n}_eta0.json" cfid_real) |"
 done
