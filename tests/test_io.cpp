@@ -131,22 +131,45 @@ TEST(Png, AnImageClaimingTooManyPixelsIsRefusedBeforeDecoding) {
   EXPECT_NE(chunk_msg.find("bytes, past the end of the file"), std::string::npos) << chunk_msg;
 }
 
-// A file cannot hold more pixels than its bytes describe: 102 bytes of RLE TGA (found by the
-// fuzzer) that claim 6168×6168 are refused before stb fills 114 MB past the data's end; a large
+// A file cannot hold more pixels than its bytes describe: a 54-byte BMP header that claims
+// 8000×8000 is refused before stb allocates 192 MB for pixels the file does not have; a large
 // flat PNG, which compresses ~200:1, still decodes.
 TEST(Png, AnImageClaimingMorePixelsThanItsBytesHoldIsRefused) {
-  const std::string bomb =
-      read_file(std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/fuzz/image/tga_rle_claims_6168x6168.tga");
-  ASSERT_EQ(bomb.size(), 102u);
-  EXPECT_EQ(image_bytes_header(bomb, "bomb.tga").width, 6168);
-  const auto msg = error_of([&] { decode_image_u8(bomb, "bomb.tga", 3, 8); });
-  EXPECT_NE(msg.find("image 'bomb.tga' claims 6168×6168 pixels in 102 bytes, more than a file of that size can hold"),
+  std::string bmp(54, '\0');  // BITMAPFILEHEADER + BITMAPINFOHEADER, little-endian
+  const auto put32 = [&](size_t at, uint32_t v) {
+    for (int i = 0; i < 4; ++i) bmp[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  };
+  bmp[0] = 'B', bmp[1] = 'M';
+  put32(2, 54), put32(10, 54), put32(14, 40), put32(18, 8000), put32(22, 8000);
+  bmp[26] = 1, bmp[28] = 24;  // one plane, 24 bits a pixel, no compression
+  EXPECT_EQ(image_bytes_header(bmp, "bomb.bmp").width, 8000);
+  const auto msg = error_of([&] { decode_image_u8(bmp, "bomb.bmp", 3, 8); });
+  EXPECT_NE(msg.find("image 'bomb.bmp' claims 8000×8000 pixels in 54 bytes, more than a file of that size can hold"),
             std::string::npos)
       << msg;
   const std::string flat = encode_png(torch::zeros({1, 1500, 1500}, torch::kUInt8));
   EXPECT_GT(int64_t{1500} * 1500, kImagePixelsAlwaysAllowed);
   EXPECT_LE(int64_t{1500} * 1500, kMaxImagePixelsPerByte * static_cast<int64_t>(flat.size()));  // not by the slack
   EXPECT_EQ(decode_image_u8(flat, "flat.png", 1, 0).sizes(), (std::vector<int64_t>{1, 1500, 1500}));
+}
+
+// Only PNG, JPEG and BMP reach stb: the 102 bytes of RLE TGA that the fuzzer found (claiming
+// 6168×6168, which stb would fill 114 MB past the data's end), a GIF's and a PNM's first bytes and
+// an empty file are refused by their first bytes, whatever their names say.
+TEST(Png, FormatsOtherThanPngJpegAndBmpAreRefusedByTheirFirstBytes) {
+  const std::string tga =
+      read_file(std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/fuzz/image/tga_rle_claims_6168x6168.tga");
+  for (const auto& [bytes, name] : std::vector<std::pair<std::string, std::string>>{{tga, "bomb.png"},
+                                                                                    {"GIF89a\x01\x00\x01\x00", "a.gif"},
+                                                                                    {"P5\n1 1\n255\n\x00", "a.pgm"},
+                                                                                    {"", "empty.png"},
+                                                                                    {"\xff\xff", "fill-only.jpg"}}) {
+    for (const auto& call : std::vector<std::function<void()>>{[&] { decode_image_u8(bytes, name, 3, 8); },
+                                                               [&] { image_bytes_header(bytes, name); }}) {
+      const auto msg = error_of(call);
+      EXPECT_NE(msg.find("image '" + name + "' is not a PNG, JPEG or BMP file"), std::string::npos) << msg;
+    }
+  }
 }
 
 // stb 2.27 writes a Huffman table's code lengths into 257 bytes before it checks the counts: a

@@ -4,6 +4,7 @@
 #include <stb/stb_image_resize.h>
 #include <stb/stb_image_write.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -134,11 +135,24 @@ void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what
   }
 }
 
+// stb picks its decoder by a file's first bytes, whatever its name, and has a dozen (TGA, PSD, HDR,
+// PIC, PNM, GIF besides these): only PNG, JPEG (SOI after optional fill bytes, as stb reads it) and
+// BMP get through, so that no other decoder ever reads outside bytes.
+void check_format(const std::string& bytes, const std::string& what) {
+  static const std::string kPng("\x89PNG\r\n\x1a\n", 8);
+  const size_t fill = std::min(bytes.find_first_not_of('\xff'), bytes.size());
+  const bool png = bytes.compare(0, kPng.size(), kPng) == 0;
+  const bool jpeg = fill > 0 && fill < bytes.size() && bytes[fill] == '\xd8';
+  const bool bmp = bytes.compare(0, 2, "BM") == 0;
+  if (!png && !jpeg && !bmp) throw std::runtime_error("image '" + what + "' is not a PNG, JPEG or BMP file");
+}
+
 // The checks of outside bytes that stb's own parsing lacks, before stb reads any of them.
 void check_before_stb(const std::string& bytes, const std::string& what) {
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw std::runtime_error("image '" + what + "' is larger than 2 GiB");
   }
+  check_format(bytes, what);
   check_png_chunks(bytes, what);
   check_jpeg_huffman_tables(bytes, what);
 }
