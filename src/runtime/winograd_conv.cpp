@@ -340,6 +340,7 @@ struct Winograd {
     const int64_t shares = std::clamp<int64_t>(at::get_num_threads(), 1, groups);
     const int64_t groups_per_share = (groups + shares - 1) / shares;
     torch::Tensor du_shares = torch::zeros({shares, kPoints, c, o}, x5.options());
+    float* const du_share_data = du_shares.data_ptr<float>();
     at::parallel_for(0, shares, 1, [&](int64_t share_begin, int64_t share_end) {
       std::vector<float> v(kPoints * kGroup * c), q(kPoints * kGroup * o);
       for (int64_t share = share_begin; share < share_end; ++share) {
@@ -349,7 +350,7 @@ struct Winograd {
           input_transform(x5.data_ptr<float>(), s, in_blocks, first, last, v.data());
           gradient_transform(grad_y5.data_ptr<float>(), s, out_blocks, first, last, q.data());
           // ∂L/∂U[p] += V[p]ᵀ · Q[p]: V[p] read transposed (rows c, depth the tiles)
-          products(v.data(), 1, c, q.data(), c, tiles, o, du_shares[share].data_ptr<float>(), /*accumulate=*/true);
+          products(v.data(), 1, c, q.data(), c, tiles, o, du_share_data + share * kPoints * c * o, /*accumulate=*/true);
         }
       }
     });
