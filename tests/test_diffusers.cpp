@@ -179,6 +179,38 @@ TEST(Diffusers, AClassConditionalModelKeepsItsUnconditionalRow) {
                            model->named_parameters()["label_embedding.weight"]));
 }
 
+// An image-conditional model's extra input channels are in_channels − out_channels in diffusers'
+// config; what they hold (the inpainting or super-resolution condition) travels in the "_diffuse"
+// block and comes back, and a block that does not fit the channels is refused naming the file.
+TEST(Diffusers, AnImageConditionalModelKeepsItsCondition) {
+  for (const ImageCondition condition :
+       {ImageCondition{ImageConditionKind::inpaint, 4}, ImageCondition{ImageConditionKind::super_resolution, 4}}) {
+    SCOPED_TRACE(to_string(condition.kind));
+    TempDir dir;
+    CheckpointInfo info;
+    info.model = unet_config_by_name("tiny", 1, 16);
+    info.model.extra_in_channels = condition_channels(condition, 1);
+    info.data = DataInfo{"mnist", 1, 16, 10};
+    info.image_condition = condition;
+    UNet model(info.model);
+    save_diffusers(dir / "out", model, info);
+    const auto config = read_json(dir / "out/unet/config.json");
+    EXPECT_EQ(config.at("in_channels"), 1 + info.model.extra_in_channels);
+    const auto back = load_checkpoint(dir / "out", torch::kCPU);
+    ASSERT_TRUE(back.info.image_condition.has_value());
+    EXPECT_EQ(back.info.image_condition->kind, condition.kind);
+    EXPECT_EQ(back.info.image_condition->factor, condition.factor);
+    EXPECT_EQ(back.info.model.extra_in_channels, info.model.extra_in_channels);
+
+    auto wrong = config;  // one channel more than the condition has
+    wrong["in_channels"] = 2 + info.model.extra_in_channels;
+    std::ofstream(dir / "out/unet/config.json") << wrong.dump();
+    const auto msg = error_of([&] { load_checkpoint(dir / "out", torch::kCPU); });
+    EXPECT_NE(msg.find("condition has"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  }
+}
+
 TEST(Diffusers, WithoutAnUnconditionalRowLabelsAreRequiredAndGuidanceRefused) {
   const auto pipe = load_pipeline(kFixtures + "tiny-cond");
   const auto x = torch::zeros({1, 1, 28, 28});

@@ -189,6 +189,12 @@ CheckpointInfo checkpoint_info_in(const std::string& folder, const fs::path& une
   info.schedule = steps.schedule;
   info.objective = steps.objective;
   info.sampling = steps.sampling;
+  info.image_condition = net.image_condition;
+  try {
+    check_image_condition_fits(info);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("'" + (unet / "config.json").string() + "': " + e.what());
+  }
   return info;
 }
 
@@ -222,7 +228,7 @@ void save_diffusers(const std::string& folder, const UNet& model, const Checkpoi
   fs::create_directories(root / "unet");
   fs::create_directories(root / "scheduler");
   // Everything that can fail on the config is computed before anything is written.
-  const auto unet_config = diffusers_unet_config(model->config(), info.data, info.step);
+  const auto unet_config = diffusers_unet_config(model->config(), info.data, info.step, info.image_condition);
   const auto scheduler_config = diffusers_scheduler_config(info);
   save_safetensors((root / "unet" / "diffusion_pytorch_model.safetensors").string(), diffusers_state(model),
                    {{"format", "pt"}});

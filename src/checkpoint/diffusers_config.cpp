@@ -180,6 +180,13 @@ DiffusersUNet unet_config_from_diffusers(const nlohmann::json& j) {
     }
     out.data.name = own.string("data", "");
     out.step = own.integer("step", 0);
+    if (own.has("image_condition")) {
+      try {
+        out.image_condition = image_condition_from_json(own.raw("image_condition"));
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("unet config \"_diffuse\": image_condition: ") + e.what());
+      }
+    }
   }
   out.data.channels = c.in_channels;
   out.data.image_size = c.image_size;
@@ -193,7 +200,8 @@ DiffusersUNet unet_config_from_diffusers(const nlohmann::json& j) {
   return out;
 }
 
-nlohmann::json diffusers_unet_config(const UNetConfig& c, const DataInfo& data, int64_t step) {
+nlohmann::json diffusers_unet_config(const UNetConfig& c, const DataInfo& data, int64_t step,
+                                     const std::optional<ImageCondition>& image_condition) {
   if (c.cross_attention_dim != 0) throw std::runtime_error("export: cross-attention has no UNet2DModel equivalent");
   std::vector<int64_t> widths;
   std::vector<std::string> down, up(c.levels());
@@ -234,9 +242,11 @@ nlohmann::json diffusers_unet_config(const UNetConfig& c, const DataInfo& data, 
       {"time_embedding_type", "positional"},
       {"up_block_types", up},
       {"upsample_type", "conv"}};
-  // Kept for a round trip through diffusers, which ignores "_" keys: the data set and step, and
-  // whether the class table's last row is the "no label" class (label num_classes there too).
+  // Kept for a round trip through diffusers, which ignores "_" keys: the data set and step,
+  // whether the class table's last row is the "no label" class (label num_classes there too), and
+  // what an image-conditional model's extra input channels hold.
   j["_diffuse"] = {{"data", data.name}, {"step", step}, {"null_class", c.num_classes > 0 && c.null_class}};
+  if (image_condition) j["_diffuse"]["image_condition"] = to_json(*image_condition);
   return j;
 }
 

@@ -13,7 +13,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,16 +24,19 @@ namespace diffuse {
 
 // UNet2DModel's config → UNetConfig. Only the DDPM family is accepted (Down/AttnDown/Up/AttnUp
 // blocks, positional time embedding, SiLU, …); any other value is refused naming its key.
-// Also reads the "_diffuse" block a model exported from here carries (its data and step).
+// Also reads the "_diffuse" block a model exported from here carries (its data and step, and what
+// an image-conditional model's extra input channels hold).
 struct DiffusersUNet {
   UNetConfig model;
   DataInfo data;
   int64_t step = 0;
+  std::optional<ImageCondition> image_condition;
 };
 DiffusersUNet unet_config_from_diffusers(const nlohmann::json& config);
 // The UNet2DModel config of a network (keys as diffusers 0.25 writes them), with a "_diffuse" block
 // (ignored by diffusers) that keeps what diffusers' config has no key for.
-nlohmann::json diffusers_unet_config(const UNetConfig& model, const DataInfo& data, int64_t step);
+nlohmann::json diffusers_unet_config(const UNetConfig& model, const DataInfo& data, int64_t step,
+                                     const std::optional<ImageCondition>& image_condition = std::nullopt);
 
 // model_index.json of a DDPMPipeline.
 nlohmann::json diffusers_model_index();
