@@ -23,9 +23,9 @@ n=${N:-500}
 # ten minutes on two AVX2 cores, with the network's widths 16, 32, 32 and 16, 32, 48, the 2,200
 # that fit there once the AVX2 kernels were mended, and the 2,700 once activations were blocked by 8
 # (and its -seed-1 twin); then depth and attention at ten minutes there: two residual blocks a level
-# (1,800 steps), and self-attention in the middle block only (2,700, two seeds); and the 3,400 and
-# 3,300 steps that `train --minutes 10` fitted there (the second with the fused own Winograd, on a
-# busier hour).
+# (1,800 steps), and self-attention in the middle block only (2,700, two seeds); and the 3,400,
+# 3,300 and 3,200 steps that `train --minutes 10` fitted there (the last two with the fused own
+# Winograd, on busier hours).
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -62,6 +62,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-attn-mid-lr-2e-3-lsnr-m2-2-seed-1-2700]="--steps 2700 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --attention-res 0 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3400]="--steps 3400 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3200]="--steps 3200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-mult-1-2-3-lr-2e-3-lsnr-m2-2-1600]="--steps 1600 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,3 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-batch-128-lr-4e-3-lsnr-m2-2-2500]="--steps 2500 --batch-size 128 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )
