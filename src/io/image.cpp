@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <string_view>
 
 #include "diffuse/io/atomic_file.h"
 
@@ -69,12 +70,22 @@ const char* stb_reason(const char* otherwise) { return stbi_failure_reason() ? s
 
 const unsigned char* bytes_of(const std::string& s) { return reinterpret_cast<const unsigned char*>(s.data()); }
 
+constexpr std::string_view kPngSignature("\x89PNG\r\n\x1a\n", 8);
+
+bool is_png(const std::string& bytes) { return bytes.compare(0, kPngSignature.size(), kPngSignature) == 0; }
+
+// Where a JPEG's segments start: after its SOI marker (FF D8), fill bytes FF before it taken as stb
+// takes them; 0 where the bytes do not start as a JPEG.
+size_t jpeg_segments_start(const std::string& bytes) {
+  const size_t fill = std::min(bytes.find_first_not_of('\xff'), bytes.size());
+  return fill > 0 && fill < bytes.size() && bytes[fill] == '\xd8' ? fill + 1 : 0;
+}
+
 // A PNG's chunks must each fit in the file: stb sizes its buffer from a chunk's declared length
 // before reading it, so a file of a few hundred bytes could make it allocate gigabytes.
 void check_png_chunks(const std::string& bytes, const std::string& what) {
-  static const std::string kSignature("\x89PNG\r\n\x1a\n", 8);
-  if (bytes.compare(0, kSignature.size(), kSignature) != 0) return;  // not a PNG
-  size_t at = kSignature.size();
+  if (!is_png(bytes)) return;
+  size_t at = kPngSignature.size();
   while (true) {
     if (bytes.size() - at < 12) throw std::runtime_error("image '" + what + "': truncated PNG (no IEND chunk)");
     const auto u8 = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(bytes[at + i])); };
@@ -101,10 +112,8 @@ void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what
   const auto is_restart = [](unsigned marker) { return marker >= 0xD0 && marker <= 0xD7; };  // RST0–RST7
   // in a scan's entropy-coded data, FF 00 is a stuffed FF and a restart marker does not end it
   const auto scan_ends_at = [&](size_t i) { return u8(i) == 0xFF && u8(i + 1) != 0x00 && !is_restart(u8(i + 1)); };
-  size_t at = 0;
-  while (at < n && u8(at) == 0xFF) ++at;  // stb takes FF FF … D8 as the start too
-  if (at == 0 || u8(at) != 0xD8) return;  // not a JPEG
-  ++at;
+  size_t at = jpeg_segments_start(bytes);
+  if (at == 0) return;  // not a JPEG
   while (at < n) {
     if (u8(at) != 0xFF) {  // not a marker: stb skips to the next one
       ++at;
@@ -136,15 +145,13 @@ void check_jpeg_huffman_tables(const std::string& bytes, const std::string& what
 }
 
 // stb picks its decoder by a file's first bytes, whatever its name, and has a dozen (TGA, PSD, HDR,
-// PIC, PNM, GIF besides these): only PNG, JPEG (SOI after optional fill bytes, as stb reads it) and
-// BMP get through, so that no other decoder ever reads outside bytes.
+// PIC, PNM, GIF besides these): only PNG, JPEG and BMP get through, so that no other decoder ever
+// reads outside bytes.
 void check_format(const std::string& bytes, const std::string& what) {
-  static const std::string kPng("\x89PNG\r\n\x1a\n", 8);
-  const size_t fill = std::min(bytes.find_first_not_of('\xff'), bytes.size());
-  const bool png = bytes.compare(0, kPng.size(), kPng) == 0;
-  const bool jpeg = fill > 0 && fill < bytes.size() && bytes[fill] == '\xd8';
   const bool bmp = bytes.compare(0, 2, "BM") == 0;
-  if (!png && !jpeg && !bmp) throw std::runtime_error("image '" + what + "' is not a PNG, JPEG or BMP file");
+  if (!is_png(bytes) && jpeg_segments_start(bytes) == 0 && !bmp) {
+    throw std::runtime_error("image '" + what + "' is not a PNG, JPEG or BMP file");
+  }
 }
 
 // The checks of outside bytes that stb's own parsing lacks, before stb reads any of them.
