@@ -10,7 +10,6 @@
 #include "diffuse/io/atomic_file.h"
 #include "diffuse/runtime/onednn_conv.h"
 #include "diffuse/runtime/timing_cache.h"
-#include "diffuse/runtime/winograd_conv.h"
 #include "diffuse_build_config.h"
 #include "support/run_command.h"
 #include "support/temp_dir.h"
