@@ -63,6 +63,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3400]="--steps 3400 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3200]="--steps 3200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-mult-1-2-3-lr-2e-3-lsnr-m2-2-1600]="--steps 1600 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,3 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-batch-128-lr-4e-3-lsnr-m2-2-2500]="--steps 2500 --batch-size 128 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )

@@ -269,6 +269,10 @@ void add_train_command(CLI::App& app) {
                   "--t-sampling log-snr-normal: the standard deviation of lambda")
       ->check(CLI::Range(0.01, 100.0))
       ->capture_default_str();
+  cmd->add_flag("--t-importance", c.timestep_sampling.loss_aware,
+                "Draw t where the loss is large, in proportion to q(t) sqrt(E[loss_t^2]) with q the --t-sampling "
+                "law, each image's loss weighted by q(t)/p(t): the same objective with less variance (importance "
+                "sampling, Nichol & Dhariwal 2021); one process only");
   cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
   cmd->add_flag("--text-cond,!--no-text-cond", o->text_cond,
                 "Learn eps(x_t, t, prompt) from the data's captions (the default where it has them), with a "

@@ -149,9 +149,13 @@ torch::Tensor GaussianDiffusion::loss_simple(const torch::Tensor& model_out, con
   return (model_out - target).pow(2).mean();
 }
 
+torch::Tensor GaussianDiffusion::loss_per_image(const torch::Tensor& model_out, const torch::Tensor& target) {
+  return (model_out - target).pow(2).flatten(1).mean(1);
+}
+
 torch::Tensor GaussianDiffusion::loss_simple(const torch::Tensor& model_out, const torch::Tensor& target,
                                              const torch::Tensor& weights) {
-  const auto per_image = (model_out - target).pow(2).flatten(1).mean(1);
+  const auto per_image = loss_per_image(model_out, target);
   return (per_image * weights.to(per_image.scalar_type())).mean();
 }
 

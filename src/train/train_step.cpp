@@ -89,7 +89,11 @@ TrainStep::TrainStep(UNet model, UNet ema_model, const GaussianDiffusion& diffus
       optimizer_(optimizer),
       ema_(ema),
       options_(options),
-      params_(model_->parameters()) {}
+      params_(model_->parameters()) {
+  if (options_.timestep_sampling.loss_aware) {
+    loss_aware_.emplace(timestep_probabilities(options_.timestep_sampling, diffusion_.schedule()));
+  }
+}
 
 torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor& labels, double lr) {
   const int64_t B = x0.size(0);
@@ -97,9 +101,16 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
   torch::Tensor loss;
   {
     AutocastScope autocast(x0.device(), options_.precision);
-    auto t = options_.timestep_sampling.kind == TimestepSamplingKind::uniform
-                 ? diffusion_.sample_timesteps(B)
-                 : sample_timesteps(options_.timestep_sampling, diffusion_.schedule(), B).to(x0.device());
+    torch::Tensor t, importance;  // importance: q_t / p_t where t is drawn by the loss
+    if (loss_aware_) {
+      auto draw = loss_aware_->sample(B);
+      t = draw.t.to(x0.device());
+      importance = draw.weights.to(x0.device());
+    } else {
+      t = options_.timestep_sampling.kind == TimestepSamplingKind::uniform
+              ? diffusion_.sample_timesteps(B)
+              : sample_timesteps(options_.timestep_sampling, diffusion_.schedule(), B).to(x0.device());
+    }
     auto noise = torch::randn_like(x0);
     auto x_t = diffusion_.q_sample(x0, t, noise);  // x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
     torch::Tensor y;  // labels or prompts, each dropped to ∅ (no label, the empty prompt) with probability p
@@ -112,7 +123,21 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
       y = drop_condition_rows(c, torch::zeros_like(c), options_.label_dropout);
     }
     auto model_out = model_->forward(x_t, t, y);  // same dtype as x_t (float32), also under autocast
-    if (options_.loss == TrainLoss::vlb) {
+    if (loss_aware_) {  // ℓ_i per image, recorded for the next draws; loss = mean_i (q_t / p_t)_i ℓ_i
+      torch::Tensor per_image;
+      if (options_.loss == TrainLoss::vlb) {
+        per_image = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
+                                diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
+                        .to(torch::kFloat32);
+      } else {
+        per_image = GaussianDiffusion::loss_per_image(model_out, diffusion_.training_target(x0, noise, t));
+        if (options_.min_snr_gamma > 0) {
+          per_image = per_image * diffusion_.min_snr_weights(t, options_.min_snr_gamma).to(per_image.scalar_type());
+        }
+      }
+      loss_aware_->record(t, per_image.detach());
+      loss = (per_image * importance.to(per_image.scalar_type())).mean();
+    } else if (options_.loss == TrainLoss::vlb) {
       loss = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
                          diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
                  .mean()

@@ -80,6 +80,7 @@ std::string track_prefix(size_t i) { return "ema_track_" + std::to_string(i) + "
 // several processes, each other rank's own part (its shard's order and cursor, its random state)
 // in a file of its own beside it.
 struct TrainState {
+  static constexpr const char* kLossAwareState = "t_importance/state";  // LossAwareTimesteps::state()
   static std::string path(const std::string& dir) { return dir + "/train_state.safetensors"; }
   static std::string rank_path(const std::string& dir, int rank) {
     return dir + "/train_state.rank" + std::to_string(rank) + ".safetensors";
@@ -104,13 +105,14 @@ struct TrainState {
             {"t-sampling", to_string(c.timestep_sampling.kind)},
             {"log-snr-mean", c.timestep_sampling.log_snr_mean},
             {"log-snr-std", c.timestep_sampling.log_snr_std},
+            {"t-importance", c.timestep_sampling.loss_aware},
             {"minutes", c.minutes},
             {"steps", c.steps}};
   }
 
   static void save(const std::string& dir, const CheckpointInfo& info, const UNet& model, const UNet& ema_model,
                    AdamW& opt, const Ema& ema, const std::vector<EmaTrack>& tracks, const BatchLoader& loader,
-                   const TrainConfig& config) {
+                   const TrainConfig& config, const LossAwareTimesteps* loss_aware) {
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     for (auto& [name, t] : named_state(*model)) tensors.emplace_back("model/" + name, t);
     for (auto& [name, t] : named_state(*ema_model)) tensors.emplace_back("ema/" + name, t);
@@ -124,6 +126,7 @@ struct TrainState {
       tensors.emplace_back("adam_v/" + std::to_string(i), opt.second_moments()[i]);
     }
     tensors.emplace_back("rng/cpu", cpu_rng_state());
+    if (loss_aware) tensors.emplace_back(kLossAwareState, loss_aware->state());
     tensors.emplace_back("loader/order", loader.order().defined() ? loader.order() : torch::empty({0}, torch::kLong));
     auto metadata = checkpoint_metadata(info);
     metadata["adam_step"] = std::to_string(opt.step_count());
@@ -282,6 +285,9 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
     throw std::invalid_argument("train: a time budget (--minutes) is for one process; pass --steps with several");
   }
   check_timestep_sampling(config.timestep_sampling);
+  if (config.timestep_sampling.loss_aware && config.data_parallel) {  // each process would draw from its own losses
+    throw std::invalid_argument("train: t drawn by the loss (--t-importance) is for one process");
+  }
   for (const auto& [name, beta] :
        {std::pair{"adam_beta1", config.adam_beta1}, std::pair{"adam_beta2", config.adam_beta2}}) {
     if (!(beta >= 0.0 && beta < 1.0)) {  // NaN fails too
@@ -435,6 +441,7 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
     }
   }
 
+  LossAwareTimesteps* loss_aware = nullptr;  // the training step's, once it exists
   auto save_all = [&](int64_t at_step) {
     if (!rank0) {  // the weights are rank 0's to write (every rank holds the same)
       TrainState::save_rank(config.out_dir, dp->env().rank, at_step, loader);
@@ -451,7 +458,7 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
       }
     }
     info.step = at_step;
-    TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, tracks, loader, config);
+    TrainState::save(config.out_dir, info, model, ema_model, optimizer, ema, tracks, loader, config, loss_aware);
     save_checkpoint(config.out_dir + "/checkpoint.safetensors", ema_model, info);
   };
 
@@ -466,6 +473,12 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
   TrainStep train_step(model, ema_model, diffusion, optimizer, ema,
                        TrainStepOptions{config.loss, config.min_snr_gamma, config.grad_clip, config.label_dropout,
                                         config.precision, info.image_condition, config.timestep_sampling});
+  loss_aware = train_step.loss_aware_timesteps();
+  if (loss_aware && state && std::any_of(state->tensors.begin(), state->tensors.end(), [](const auto& named) {
+        return named.first == TrainState::kLossAwareState;
+      })) {
+    loss_aware->load_state(state->at(TrainState::kLossAwareState), state->source);
+  }
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
   // A time budget: the steps are fitted once, early (a run resumed past that point keeps its steps).

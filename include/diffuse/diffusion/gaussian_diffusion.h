@@ -79,6 +79,8 @@ class GaussianDiffusion {
 
   // L_simple = E_{t, x_0, ε} ‖target − f_θ(x_t, t)‖²  (mean over every element)  (DDPM eq. 14)
   static torch::Tensor loss_simple(const torch::Tensor& model_out, const torch::Tensor& target);
+  // mean_i (target − f_θ)²_{b,i} for each image b: [B]
+  static torch::Tensor loss_per_image(const torch::Tensor& model_out, const torch::Tensor& target);
   // E_b w_b · mean_i (target − f_θ)²_{b,i}: L_simple with a weight per image (min_snr_weights)
   static torch::Tensor loss_simple(const torch::Tensor& model_out, const torch::Tensor& target,
                                    const torch::Tensor& weights);

@@ -24,6 +24,9 @@ struct TimestepSampling {
   TimestepSamplingKind kind = TimestepSamplingKind::uniform;
   double log_snr_mean = 0.0;  // μ
   double log_snr_std = 2.0;   // s > 0
+  // Draw t by importance of the loss on top of this law, each image's loss weighted back to it
+  // (diffusion/loss_aware_timesteps.h): the same objective, estimated with less variance.
+  bool loss_aware = false;
 };
 
 // Throws std::invalid_argument naming the field where μ is not finite or s is not in (0, 100].

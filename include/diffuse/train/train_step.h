@@ -1,6 +1,7 @@
 // One optimisation step of the diffusion model, shared by the trainer and `diffuse bench`:
-//   t ~ U{0..T−1}, ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε      (forward process, closed form)
-//   loss = L_simple (optionally min-SNR-γ weighted) or L_vlb at t (optionally under bf16 autocast)
+//   t ~ q (uniform U{0..T−1}, or diffusion/timestep_sampling.h), ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+//   loss = L_simple (optionally min-SNR-γ weighted) or L_vlb at t (optionally under bf16 autocast); with t
+//   drawn by the loss (loss_aware_timesteps.h), each image's loss weighted by q_t / p_t
 //   backward → [gradient hook, e.g. all-reduce] → clip ‖g‖ → AdamW → EMA
 // Nothing in a step waits for the device: the loss comes back as a tensor.
 #pragma once
@@ -12,6 +13,7 @@
 
 #include "diffuse/diffusion/gaussian_diffusion.h"
 #include "diffuse/diffusion/image_condition.h"
+#include "diffuse/diffusion/loss_aware_timesteps.h"
 #include "diffuse/diffusion/timestep_sampling.h"
 #include "diffuse/model/unet.h"
 #include "diffuse/runtime/precision.h"
@@ -57,6 +59,8 @@ class TrainStep {
   torch::Tensor operator()(const torch::Tensor& x0, const torch::Tensor& labels, double lr);
 
   void set_gradient_hook(GradientHook hook) { hook_ = std::move(hook); }
+  // The loss-aware draw of t (TimestepSampling::loss_aware), whose state a run saves and resumes; else null.
+  LossAwareTimesteps* loss_aware_timesteps() { return loss_aware_ ? &*loss_aware_ : nullptr; }
 
  private:
   UNet model_, ema_model_;
@@ -66,6 +70,7 @@ class TrainStep {
   TrainStepOptions options_;
   std::vector<torch::Tensor> params_;
   GradientHook hook_;
+  std::optional<LossAwareTimesteps> loss_aware_;
 };
 
 }  // namespace diffuse
