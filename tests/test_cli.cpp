@@ -95,6 +95,12 @@ TEST(Cli, BadFlagsAreRejectedWithAMessage) {
   auto jpg = run("sample --checkpoint " + std::string(DIFFUSE_BINARY) + " --out /tmp/x.jpg");
   EXPECT_NE(jpg.status, 0);
   EXPECT_NE(jpg.output.find("images are written as PNG"), std::string::npos) << jpg.output;
+  // a runtime switch holding a value it does not take stops the program at once, named
+  auto bad_switch = diffuse::testing::run_command("DIFFUSE_CHANNEL_BLOCK=12 " + std::string(DIFFUSE_BINARY) +
+                                                  " schedule --sampler ddim --steps 10");
+  EXPECT_NE(bad_switch.status, 0);
+  EXPECT_NE(bad_switch.output.find("DIFFUSE_CHANNEL_BLOCK=12: expected 8 or 16"), std::string::npos)
+      << bad_switch.output;
   auto r = run("schedule --sampler ddim --steps 2000");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("sampler steps must be in [1, 1000]"), std::string::npos) << r.output;

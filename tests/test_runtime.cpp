@@ -1,11 +1,13 @@
 // Process-wide runtime settings (runtime/device.h, runtime/large_block_cache.h): freed tensor
 // memory must be reused without the page faults that freshly mapped memory costs on every step;
-// the switches (runtime/settings.h) are read once, and again after an EnvironmentSwitch.
+// the switches (runtime/settings.h) are read once, and again after an EnvironmentSwitch, and a value
+// a switch does not take is refused naming it.
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
 
 #include <cstdlib>
+#include <tuple>
 #include <vector>
 
 #include "diffuse/runtime/device.h"
@@ -104,4 +106,23 @@ TEST(RuntimeSettings, AreReadOnceAndAgainAfterAnEnvironmentSwitch) {
     EXPECT_EQ(diffuse::runtime_settings().cuda_upsample, upsample);
     unsetenv("DIFFUSE_CUDA_UPSAMPLE");
   }
+}
+
+TEST(RuntimeSettings, AValueASwitchDoesNotTakeIsRefusedNamingIt) {
+  for (const auto& [name, value, expected] :
+       {std::tuple{"DIFFUSE_CHANNEL_BLOCK", "12", "DIFFUSE_CHANNEL_BLOCK=12: expected 8 or 16"},
+        std::tuple{"DIFFUSE_FUSED_CAT", "off", "DIFFUSE_FUSED_CAT=off: expected 0 or 1"},
+        std::tuple{"DIFFUSE_CONV_ALGORITHM", "fft", "DIFFUSE_CONV_ALGORITHM=fft: expected direct or winograd"}}) {
+    diffuse::EnvironmentSwitch bad(name, value, /*on=*/true);
+    try {
+      diffuse::runtime_settings();
+      ADD_FAILURE() << name << "=" << value << " was taken";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  }
+  diffuse::EnvironmentSwitch empty("DIFFUSE_CHANNEL_BLOCK", "", /*on=*/true);  // set empty: as unset
+  EXPECT_EQ(diffuse::runtime_settings().channel_block, 0);
+  diffuse::EnvironmentSwitch eight("DIFFUSE_CHANNEL_BLOCK", "8", /*on=*/true);
+  EXPECT_EQ(diffuse::runtime_settings().channel_block, 8);
 }

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "diffuse/runtime/device.h"
 #include "diffuse/runtime/large_block_cache.h"
+#include "diffuse/runtime/settings.h"
 #include "diffuse/util/cpu_sharing.h"
 
 namespace diffuse::cli {
@@ -110,6 +111,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   auto* threads_flag = app.get_option("--threads");
   app.parse_complete_callback([&] {
+    diffuse::runtime_settings();  // a DIFFUSE_* switch with a value it does not take stops here, named
     torch::set_num_threads(threads);
     // a count the user or a launcher chose stays; the default follows the load in long runs
     diffuse::set_threads_follow_load(!(omp && std::atoi(omp) > 0) && threads_flag->count() == 0);

@@ -23,6 +23,8 @@ struct RuntimeSettings {
   bool fused_adamw = true;          // DIFFUSE_FUSED_ADAMW=0: the multi-tensor AdamW on GPU parameters
 };
 
+// Throws std::invalid_argument naming the variable where a switch holds a value it does not take
+// (DIFFUSE_CHANNEL_BLOCK=12); `diffuse` reads them once at start, so that such a value stops it there.
 const RuntimeSettings& runtime_settings();
 
 }  // namespace diffuse
