@@ -5,8 +5,10 @@
 # the cFID of N real training images, the floor at this N) and times a training step of
 # each batch size and network shape on a quiet machine, then prints one table row per recipe.
 #   bench/main_job_sweep.sh [RECIPE...]     RECIPE: a name from `recipes` below (default: all)
-# Environment: OUT (default runs/sweep), N (images per cFID, default 500), BIN (default
-# build/diffuse; a copy lets you rebuild while it runs), TIMING=0 (no step timing, minutes left out).
+# Environment: OUT (default runs/sweep), N (images per cFID, default 500), SEEDS (the x_T of each
+# cFID, default 0; with several, e.g. SEEDS="0 1 2", each cell lists one cFID per seed: the x_T alone
+# move a cFID of 1,000 images by up to 5 points), BIN (default build/diffuse; a copy lets you rebuild
+# while it runs), TIMING=0 (no step timing, minutes left out).
 # Training and evaluation do not need a quiet machine (their wall time is not used); the step
 # timing at the end does. Finished runs are reused, so the script can be re-run to add rows.
 set -euo pipefail
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 bin=${BIN:-build/diffuse}
 out=${OUT:-runs/sweep}
 n=${N:-500}
+seeds=(${SEEDS:-0})
 
 # NAME → train flags beyond `--data mnist --model mnist --precision auto`; the quality levers
 # one at a time against eps-1200 (the first main job's recipe), then widths for ten minutes, then
@@ -25,7 +28,7 @@ n=${N:-500}
 # (and its -seed-1 twin); then depth and attention at ten minutes there: two residual blocks a level
 # (1,800 steps), and self-attention in the middle block only (2,700, two seeds); and the 3,400,
 # 3,300 and 3,200 steps that `train --minutes 10` fitted there (the last two with the fused own
-# Winograd, on busier hours).
+# Winograd, on busier hours), and the 3,300 with t drawn by the loss (`--t-importance`).
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -76,6 +79,11 @@ flag_value() {  # flag_value FLAG FLAGS... → the value after FLAG
   while [ $# -gt 1 ]; do [ "$1" = "$flag" ] && { echo "$2"; return; }; shift; done
 }
 
+result_file() {  # result_file DIR SAMPLER SEED → where that cFID is kept (seed 0's without a suffix)
+  local suffix=""; [ "$3" != 0 ] && suffix="_seed$3"
+  echo "$1/fid_n${n}_$2$suffix.json"
+}
+
 timing_flags() {  # timing_flags FLAGS... → what `bench` needs of them: the batch size and the network's shape
   local out=()
   while [ $# -gt 1 ]; do
@@ -94,17 +102,19 @@ for name in "${names[@]}"; do
     "$bin" train --data mnist --model mnist --out "$dir" "${flags[@]}" --preview-every 0 --checkpoint-every 400 \
       --precision auto --no-progress "${resume[@]}" > "$dir.train.log" 2>&1
   fi
-  for sampler in eta0 eta1 dpm20 eta1_200; do
-    result="$dir/fid_n${n}_$sampler.json"
-    [ -s "$result" ] && continue
-    case $sampler in
-      eta1_200) sampler_flags=(--sampler ddim --steps 200 --eta 1) ;;
-      eta*) sampler_flags=(--sampler ddim --steps 50 --eta "${sampler#eta}") ;;
-      dpm20) sampler_flags=(--sampler dpm++2m --steps 20) ;;
-    esac
-    "$bin" eval --checkpoint "$dir/checkpoint.safetensors" --metric fid --n "$n" "${sampler_flags[@]}" --json \
-      --no-progress > "$result.tmp" 2> "$result.err"
-    mv "$result.tmp" "$result"
+  for seed in "${seeds[@]}"; do
+    for sampler in eta0 eta1 dpm20 eta1_200; do
+      result=$(result_file "$dir" "$sampler" "$seed")
+      [ -s "$result" ] && continue
+      case $sampler in
+        eta1_200) sampler_flags=(--sampler ddim --steps 200 --eta 1) ;;
+        eta*) sampler_flags=(--sampler ddim --steps 50 --eta "${sampler#eta}") ;;
+        dpm20) sampler_flags=(--sampler dpm++2m --steps 20) ;;
+      esac
+      "$bin" eval --checkpoint "$dir/checkpoint.safetensors" --metric fid --n "$n" "${sampler_flags[@]}" \
+        --seed "$seed" --json --no-progress > "$result.tmp" 2> "$result.err"
+      mv "$result.tmp" "$result"
+    done
   done
 done
 
@@ -124,6 +134,11 @@ cfid() {  # cfid FILE [KEY] → the value rounded, "–" where the file has no K
   /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print("–" if v is None else round(v, 1))' \
     "$1" "${2:-cfid}"
 }
+cfids() {  # cfids DIR SAMPLER → "a / b / c": one cFID per seed of SEEDS
+  local out=() seed
+  for seed in "${seeds[@]}"; do out+=("$(cfid "$(result_file "$1" "$2" "$seed")")"); done
+  local IFS=/; echo "${out[*]}" | sed 's|/| / |g'
+}
 echo "| recipe | flags | images | minutes of training | cFID DDIM-50 η = 0 | η = 1 | DPM-Solver++(2M)-20 | DDIM-200 η = 1 | $n real images |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for name in "${names[@]}"; do
@@ -131,5 +146,5 @@ for name in "${names[@]}"; do
   steps=$(flag_value --steps $flags) batch=$(flag_value --batch-size $flags)
   minutes="–" key=$(timing_flags $flags)
   [ -n "${step_seconds[$key]:-}" ] && minutes=$(echo "scale=1; $steps * ${step_seconds[$key]} / 60" | bc -l)
-  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfid "$dir/fid_n${n}_eta0.json") | $(cfid "$dir/fid_n${n}_eta1.json") | $(cfid "$dir/fid_n${n}_dpm20.json") | $(cfid "$dir/fid_n${n}_eta1_200.json") | $(cfid "$dir/fid_n${n}_eta0.json" cfid_real) |"
+  echo "| $name | \`$flags\` | $((steps * batch)) | $minutes | $(cfids "$dir" eta0) | $(cfids "$dir" eta1) | $(cfids "$dir" dpm20) | $(cfids "$dir" eta1_200) | $(cfid "$(result_file "$dir" eta0 "${seeds[0]}")" cfid_real) |"
 done
