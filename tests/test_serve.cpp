@@ -615,6 +615,58 @@ TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
   EXPECT_TRUE(torch::equal(decode_png(done["result"]["images"][0]), expected));
 }
 
+TEST(Serve, ASuperResolutionModelUpscalesTheImagesBlockMeans) {
+  TempDir dir;
+  CheckpointInfo info;
+  info.model = unet_config_by_name("tiny", 1, 8);
+  info.image_condition = ImageCondition{ImageConditionKind::super_resolution, 2};
+  info.model.extra_in_channels = 1;
+  info.schedule.timesteps = 100;
+  info.data = DataInfo{"test", 1, 8, 0};
+  torch::manual_seed(0);
+  UNet net(info.model);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
+  }
+  save_checkpoint(dir / "sr.safetensors", net, info);
+  RunningServer server({dir / "sr.safetensors"}, {});
+  auto c = server.client();
+  const auto png = square_png(1, 8);
+  const std::string id =
+      post(c, "/api/edit", {{"kind", "upscale"}, {"image", base64_encode(png)}, {"steps", 5}, {"seed", 1}}, 202)["id"];
+  const auto done = follow_events(c, id).back();
+  ASSERT_EQ(done["type"], "done") << done.dump().substr(0, 300);
+  EXPECT_EQ(done["result"]["method"], "super-resolution model");
+  EXPECT_EQ(done["result"]["factor"], 2);
+  // the library's own: the model's sample under c = bicubic(block means) from the same x_T
+  const auto pipe = load_pipeline(dir / "sr.safetensors");
+  const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
+  const auto cond = super_resolution_condition(x0, 2);
+  auto gen = at::detail::createCPUGenerator(1);
+  const auto x_T = torch::randn(x0.sizes(), gen);
+  const auto conditioned = make_denoiser(pipe);
+  SamplerConfig ddim;
+  ddim.spacing = pipe.info().sampling.spacing;
+  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
+  const Denoiser net_c = [&](const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, cond); };
+  torch::NoGradGuard no_grad;
+  const auto drawn =
+      sample_loop(pipe.diffusion, *sampler, net_c, x_T, SampleOptions{5, pipe.info().sampling.clip_x0}, gen);
+  EXPECT_TRUE(torch::equal(decode_png(done["result"]["images"][0]), to_uint8(drawn.clamp(-1, 1))[0]));
+  EXPECT_TRUE(torch::equal(decode_png(done["result"]["bicubic"]), to_uint8(cond.clamp(-1, 1))[0]));
+  EXPECT_NEAR(done["result"]["psnr_bicubic"].get<double>(), psnr(cond.clamp(-1, 1), x0)[0].item<double>(), 1e-4);
+
+  // a model of another kind is refused before any work, naming the field
+  Fixture f;
+  RunningServer plain({f.plain}, {});
+  auto p = plain.client();
+  const auto refused = post(p, "/api/edit", {{"kind", "upscale"}, {"image", base64_encode(png)}}, 400);
+  EXPECT_EQ(refused["error"]["param"], "kind");
+  EXPECT_NE(refused["error"]["message"].get<std::string>().find("super-resolution model"), std::string::npos)
+      << refused.dump();
+}
+
 TEST(Serve, InversionAndInterpolationAreTheLibrarysOwn) {
   Fixture f;
   RunningServer server({f.plain}, {});

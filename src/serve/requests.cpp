@@ -355,8 +355,13 @@ EditRequest native_edit_request(const json& body, const std::vector<ModelFacts>&
   EditRequest r;
   r.model = model.name;
   r.kind = string_field(body, "kind", "denoise");
-  if (r.kind != "denoise" && r.kind != "inpaint" && r.kind != "invert" && r.kind != "mix") {
-    throw RequestError("kind", "must be denoise, inpaint, invert or mix");
+  if (r.kind != "denoise" && r.kind != "inpaint" && r.kind != "invert" && r.kind != "mix" && r.kind != "upscale") {
+    throw RequestError("kind", "must be denoise, inpaint, invert, mix or upscale");
+  }
+  if (r.kind == "upscale" &&
+      !(model.image_condition && model.image_condition->kind == ImageConditionKind::super_resolution)) {
+    throw RequestError("kind", "upscale needs a super-resolution model (train --image-cond super-resolution); '" +
+                                   model.name + "' is not one");
   }
   r.sampler = model.default_sampler;
   r.sampler.name = sampler_field(body, "sampler", "ddim");

@@ -55,6 +55,7 @@ ModelFacts facts_of(const ServedModel& m) {
   f.default_sampler.spacing = info.sampling.spacing;
   f.default_sampler.ddpm_large_variance = info.sampling.ddpm_large_variance;
   f.tokenizer = info.tokenizer;
+  f.image_condition = info.image_condition;
   return f;
 }
 
@@ -227,7 +228,7 @@ struct Server::Impl {
     };
   }
 
-  // The work of an edit job: noise-then-denoise or inpainting of the request's image, n times with
+  // The work of an edit job: noise-then-denoise, inpainting, inversion, mixing or upscaling of the request's image, n times with
   // their own noise; the network is watched for the progress events (x_t as it enters it) and
   // for cancelling.
   JobWork editing(const EditRequest& r) const {
@@ -245,9 +246,12 @@ struct Server::Impl {
       // A model trained for inpainting draws x_0 ~ p(x_0 | [x ⊙ m, m]); any other inpaints by RePaint.
       const auto& condition = pipe.info().image_condition;
       const bool inpainting_model = r.kind == "inpaint" && condition && condition->kind == ImageConditionKind::inpaint;
+      // upscale (requests.cpp checked the model): c = the image's f×f block means, grown back bicubically
+      const auto low_res = r.kind == "upscale" ? super_resolution_condition(x0, condition->factor) : torch::Tensor();
       Denoiser net = make_unconditional_denoiser(pipe);
-      if (inpainting_model) {
-        net = [conditioned = make_denoiser(pipe), c = inpaint_condition(x0, known.to(x0.device()))](
+      if (inpainting_model || low_res.defined()) {
+        net = [conditioned = make_denoiser(pipe),
+               c = low_res.defined() ? low_res : inpaint_condition(x0, known.to(x0.device()))](
                   const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, c); };
       }
       const auto sampler = make_sampler(r.sampler, pipe.diffusion.schedule());
@@ -295,6 +299,16 @@ struct Server::Impl {
         out["latent"] = grid_png_base64(latent.cpu() / 3.0);  // N(0, I) drawn at ±3σ
         out["latent_std"] = latent.std().item<double>();
         out["psnr"] = psnr_list(result, x0.cpu());
+      } else if (low_res.defined()) {  // x_0 ~ p(x_0 | c), beside c itself: bicubic interpolation
+        const auto x_T = torch::randn(x0.sizes(), gen).to(x0.device());
+        result =
+            sample_loop(pipe.diffusion, *sampler, watched, x_T, SampleOptions{r.steps, clip}, gen).cpu().clamp(-1, 1);
+        const auto bicubic = low_res.narrow(0, 0, 1).cpu().clamp(-1, 1);
+        out["method"] = "super-resolution model";
+        out["factor"] = condition->factor;
+        out["bicubic"] = png_base64(bicubic[0]);
+        out["psnr"] = psnr_list(result, x0.cpu());
+        out["psnr_bicubic"] = psnr_list(bicubic, x0.narrow(0, 0, 1).cpu())[0];
       } else if (inpainting_model) {  // the known pixels pasted back into the model's sample
         const auto x_T = torch::randn(x0.sizes(), gen).to(x0.device());
         const auto drawn = sample_loop(pipe.diffusion, *sampler, watched, x_T, SampleOptions{r.steps, clip}, gen);

@@ -120,6 +120,9 @@ try {
   check(await page.$eval("#edit-latent-figure", (e) => !e.hidden), "the inversion shows its latent");
   check(await spread("#edit-result") > 10, "the decoded image is not blank");
 
+  // The super-resolution section is there only for a model trained for it (this one is not).
+  check(await page.$eval("#edit-upscale-section", (e) => e.hidden), "no super-resolution section for this model");
+
   // Mixing the first two generated images.
   await page.click("#edit-mix");
   await page.waitForFunction(() => /seven mixtures/.test(document.getElementById("edit-status").textContent), {timeout: 60000});

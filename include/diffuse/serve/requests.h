@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "diffuse/diffusion/image_condition.h"
 #include "diffuse/sampling/sampler.h"
 #include "diffuse/text/tokenizer.h"
 
@@ -37,6 +38,7 @@ struct ModelFacts {
   std::vector<std::string> class_names;  // num_classes entries
   SamplerConfig default_sampler;         // the checkpoint's spacing and variance
   std::optional<Tokenizer> tokenizer;    // text-conditional models: the checkpoint's
+  std::optional<ImageCondition> image_condition;  // image-conditional models: inpainting or super-resolution
 };
 
 struct GenerateRequest {
@@ -56,7 +58,7 @@ struct GenerateRequest {
 // or its masked pixels filled in (RePaint).
 struct EditRequest {
   std::string model;
-  std::string kind = "denoise";  // denoise | inpaint | invert (DDIM inversion, then decoding) | mix
+  std::string kind = "denoise";  // denoise | inpaint | invert (DDIM inversion, then decoding) | mix | upscale
   SamplerConfig sampler;
   int64_t steps = 0;      // resolved: S over [0, t] (denoise) or the whole chain (inpaint)
   int64_t t = 0;          // denoise: the 0-based timestep the image is noised to
@@ -73,7 +75,8 @@ struct EditRequest {
 
 // POST /api/edit: {"model", "kind", "image" (base64), "mask" (base64; white = fill in), "strength",
 // "steps", "sampler", "eta", "resample", "n", "seed", "preview_every", "image_b" (mix: the second
-// image; n is the number of mixtures, λ = k/(n − 1))}.
+// image; n is the number of mixtures, λ = k/(n − 1)); kind upscale: a super-resolution model's
+// sample under the image's f×f block means}.
 EditRequest native_edit_request(const nlohmann::json& body, const std::vector<ModelFacts>& models,
                                 const RequestLimits& limits);
 // POST /v1/images/edits (multipart): the parts "image", "mask" (transparent = fill in; without a
