@@ -49,6 +49,25 @@ std::string write_checkpoint(const TempDir& dir, const std::string& name, const 
   return path;
 }
 
+// A tiny 8×8 grey model with an image condition (its channels beside x_t), random weights, T = 100.
+std::string write_image_conditional_checkpoint(const TempDir& dir, const std::string& name, ImageCondition condition) {
+  CheckpointInfo info;
+  info.model = unet_config_by_name("tiny", 1, 8);
+  info.image_condition = condition;
+  info.model.extra_in_channels = condition_channels(condition, 1);
+  info.schedule.timesteps = 100;
+  info.data = DataInfo{"test", 1, 8, 0};
+  torch::manual_seed(0);
+  UNet net(info.model);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
+  }
+  const std::string path = dir / (name + ".safetensors");
+  save_checkpoint(path, net, info);
+  return path;
+}
+
 // A server in a thread of this process, stopped and joined at the end of the test.
 class RunningServer {
  public:
@@ -573,20 +592,8 @@ TEST(Serve, InpaintingKeepsTheKnownPixelsInEveryApi) {
 
 TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
   TempDir dir;
-  CheckpointInfo info;
-  info.model = unet_config_by_name("tiny", 1, 8);
-  info.image_condition = ImageCondition{ImageConditionKind::inpaint, 4};
-  info.model.extra_in_channels = 2;
-  info.schedule.timesteps = 100;
-  info.data = DataInfo{"test", 1, 8, 0};
-  torch::manual_seed(0);
-  UNet net(info.model);
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
-  }
-  save_checkpoint(dir / "inpaint.safetensors", net, info);
-  RunningServer server({dir / "inpaint.safetensors"}, {});
+  const auto path = write_image_conditional_checkpoint(dir, "inpaint", ImageCondition{ImageConditionKind::inpaint, 4});
+  RunningServer server({path}, {});
   auto c = server.client();
   EXPECT_EQ(get(c, "/api/models")["models"][0]["image_condition"]["kind"], "inpaint");
   const auto png = square_png(1, 8);
@@ -596,7 +603,7 @@ TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
   ASSERT_EQ(done["type"], "done") << done.dump();
   EXPECT_EQ(done["result"]["method"], "inpainting model");
   // the library's own: the model's sample under [x ⊙ m, m] from the same x_T, the known pixels pasted back
-  const auto pipe = load_pipeline(dir / "inpaint.safetensors");
+  const auto pipe = load_pipeline(path);
   const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
   auto known = torch::ones({1, 1, 8, 8});
   known.narrow(3, 4, 4).zero_();
@@ -617,20 +624,9 @@ TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
 
 TEST(Serve, ASuperResolutionModelUpscalesTheImagesBlockMeans) {
   TempDir dir;
-  CheckpointInfo info;
-  info.model = unet_config_by_name("tiny", 1, 8);
-  info.image_condition = ImageCondition{ImageConditionKind::super_resolution, 2};
-  info.model.extra_in_channels = 1;
-  info.schedule.timesteps = 100;
-  info.data = DataInfo{"test", 1, 8, 0};
-  torch::manual_seed(0);
-  UNet net(info.model);
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
-  }
-  save_checkpoint(dir / "sr.safetensors", net, info);
-  RunningServer server({dir / "sr.safetensors"}, {});
+  const auto path =
+      write_image_conditional_checkpoint(dir, "sr", ImageCondition{ImageConditionKind::super_resolution, 2});
+  RunningServer server({path}, {});
   auto c = server.client();
   const auto png = square_png(1, 8);
   const std::string id =
@@ -640,7 +636,7 @@ TEST(Serve, ASuperResolutionModelUpscalesTheImagesBlockMeans) {
   EXPECT_EQ(done["result"]["method"], "super-resolution model");
   EXPECT_EQ(done["result"]["factor"], 2);
   // the library's own: the model's sample under c = bicubic(block means) from the same x_T
-  const auto pipe = load_pipeline(dir / "sr.safetensors");
+  const auto pipe = load_pipeline(path);
   const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
   const auto cond = super_resolution_condition(x0, 2);
   auto gen = at::detail::createCPUGenerator(1);
