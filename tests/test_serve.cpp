@@ -30,23 +30,28 @@ using nlohmann::json;
 
 namespace {
 
-std::string write_checkpoint(const TempDir& dir, const std::string& name, const std::string& preset, int64_t size,
-                             int64_t classes, int64_t timesteps) {
-  auto config = unet_config_by_name(preset, 1, size);
-  config.num_classes = classes;
-  torch::manual_seed(3);
-  UNet model(config);
+// A model of `info` with weights drawn from N(0, 0.05²) (seed `seed`), saved as DIR/NAME.safetensors.
+std::string save_random_checkpoint(const TempDir& dir, const std::string& name, const CheckpointInfo& info,
+                                   uint64_t seed) {
+  torch::manual_seed(seed);
+  UNet model(info.model);
   {
     torch::NoGradGuard no_grad;
     for (auto& p : model->parameters()) p.normal_(0.0, 0.05);
   }
-  CheckpointInfo info;
-  info.model = config;
-  info.schedule.timesteps = timesteps;
-  info.data = DataInfo{"test", 1, size, classes};
   const std::string path = dir / (name + ".safetensors");
   save_checkpoint(path, model, info);
   return path;
+}
+
+std::string write_checkpoint(const TempDir& dir, const std::string& name, const std::string& preset, int64_t size,
+                             int64_t classes, int64_t timesteps) {
+  CheckpointInfo info;
+  info.model = unet_config_by_name(preset, 1, size);
+  info.model.num_classes = classes;
+  info.schedule.timesteps = timesteps;
+  info.data = DataInfo{"test", 1, size, classes};
+  return save_random_checkpoint(dir, name, info, 3);
 }
 
 // A tiny 8×8 grey model with an image condition (its channels beside x_t), random weights, T = 100.
@@ -57,15 +62,22 @@ std::string write_image_conditional_checkpoint(const TempDir& dir, const std::st
   info.model.extra_in_channels = condition_channels(condition, 1);
   info.schedule.timesteps = 100;
   info.data = DataInfo{"test", 1, 8, 0};
-  torch::manual_seed(0);
-  UNet net(info.model);
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : net->parameters()) p.normal_(0.0, 0.05);
-  }
-  const std::string path = dir / (name + ".safetensors");
-  save_checkpoint(path, net, info);
-  return path;
+  return save_random_checkpoint(dir, name, info, 0);
+}
+
+// The library's own DDIM sample (η = 0, the checkpoint's spacing and clipping) of an image-conditional
+// model under the condition c [1, C', H, W], x_T drawn from `seed` as the server draws it for one image.
+torch::Tensor ddim_sample_under(const Pipeline& pipe, const torch::Tensor& c, int64_t steps, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto shape = pipe.image_shape();
+  const auto x_T = torch::randn({1, shape[0], shape[1], shape[2]}, gen);
+  const auto conditioned = make_denoiser(pipe);
+  SamplerConfig ddim;
+  ddim.spacing = pipe.info().sampling.spacing;
+  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
+  const Denoiser net = [&](const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, c); };
+  torch::NoGradGuard no_grad;
+  return sample_loop(pipe.diffusion, *sampler, net, x_T, SampleOptions{steps, pipe.info().sampling.clip_x0}, gen);
 }
 
 // A server in a thread of this process, stopped and joined at the end of the test.
@@ -234,14 +246,7 @@ TEST(Serve, TextConditionalModelsTakePromptsInEveryApi) {
   info.model = with_text(unet_config_by_name("tiny", 1, 8), tokenizer.vocab_size(), tokenizer.max_tokens());
   info.schedule.timesteps = 100;
   info.data = DataInfo{"test", 1, 8, 0};
-  torch::manual_seed(3);
-  UNet model(info.model);
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : model->parameters()) p.normal_(0.0, 0.05);
-  }
-  const std::string path = dir / "text.safetensors";
-  save_checkpoint(path, model, info);
+  const std::string path = save_random_checkpoint(dir, "text", info, 3);
   RunningServer server({path}, {});
   auto c = server.client();
   const auto models = get(c, "/api/models")["models"];
@@ -607,17 +612,7 @@ TEST(Serve, AnInpaintingModelFillsTheHoleUnderItsCondition) {
   const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
   auto known = torch::ones({1, 1, 8, 8});
   known.narrow(3, 4, 4).zero_();
-  auto gen = at::detail::createCPUGenerator(1);
-  const auto x_T = torch::randn(x0.sizes(), gen);
-  const auto conditioned = make_denoiser(pipe);
-  const auto cond = inpaint_condition(x0, known);
-  SamplerConfig ddim;
-  ddim.spacing = pipe.info().sampling.spacing;
-  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
-  const Denoiser net_c = [&](const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, cond); };
-  torch::NoGradGuard no_grad;
-  const auto drawn =
-      sample_loop(pipe.diffusion, *sampler, net_c, x_T, SampleOptions{5, pipe.info().sampling.clip_x0}, gen);
+  const auto drawn = ddim_sample_under(pipe, inpaint_condition(x0, known), 5, 1);
   const auto expected = to_uint8((known * x0 + (1 - known) * drawn).clamp(-1, 1))[0];
   EXPECT_TRUE(torch::equal(decode_png(done["result"]["images"][0]), expected));
 }
@@ -639,16 +634,7 @@ TEST(Serve, ASuperResolutionModelUpscalesTheImagesBlockMeans) {
   const auto pipe = load_pipeline(path);
   const auto x0 = from_uint8(decode_image_u8(png, "square", 1, 8)).unsqueeze(0);
   const auto cond = super_resolution_condition(x0, 2);
-  auto gen = at::detail::createCPUGenerator(1);
-  const auto x_T = torch::randn(x0.sizes(), gen);
-  const auto conditioned = make_denoiser(pipe);
-  SamplerConfig ddim;
-  ddim.spacing = pipe.info().sampling.spacing;
-  const auto sampler = make_sampler(ddim, pipe.diffusion.schedule());
-  const Denoiser net_c = [&](const torch::Tensor& x, const torch::Tensor& t) { return conditioned(x, t, cond); };
-  torch::NoGradGuard no_grad;
-  const auto drawn =
-      sample_loop(pipe.diffusion, *sampler, net_c, x_T, SampleOptions{5, pipe.info().sampling.clip_x0}, gen);
+  const auto drawn = ddim_sample_under(pipe, cond, 5, 1);
   EXPECT_TRUE(torch::equal(decode_png(done["result"]["images"][0]), to_uint8(drawn.clamp(-1, 1))[0]));
   EXPECT_TRUE(torch::equal(decode_png(done["result"]["bicubic"]), to_uint8(cond.clamp(-1, 1))[0]));
   EXPECT_NEAR(done["result"]["psnr_bicubic"].get<double>(), psnr(cond.clamp(-1, 1), x0)[0].item<double>(), 1e-4);
