@@ -38,9 +38,14 @@ torch::ScalarType dtype_from_name(const std::string& n, const std::string& where
 
 }  // namespace
 
-const torch::Tensor& SafetensorsContent::at(const std::string& name) const {
+const torch::Tensor* SafetensorsContent::find(const std::string& name) const {
   for (const auto& [n, t] : tensors)
-    if (n == name) return t;
+    if (n == name) return &t;
+  return nullptr;
+}
+
+const torch::Tensor& SafetensorsContent::at(const std::string& name) const {
+  if (const auto* t = find(name)) return *t;
   throw std::runtime_error("'" + source + "' has no tensor named '" + name + "'");
 }
 

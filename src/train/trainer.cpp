@@ -474,10 +474,8 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
                        TrainStepOptions{config.loss, config.min_snr_gamma, config.grad_clip, config.label_dropout,
                                         config.precision, info.image_condition, config.timestep_sampling});
   loss_aware = train_step.loss_aware_timesteps();
-  if (loss_aware && state && std::any_of(state->tensors.begin(), state->tensors.end(), [](const auto& named) {
-        return named.first == TrainState::kLossAwareState;
-      })) {
-    loss_aware->load_state(state->at(TrainState::kLossAwareState), state->source);
+  if (loss_aware && state) {  // a run begun without it starts its losses afresh
+    if (const auto* saved = state->find(TrainState::kLossAwareState)) loss_aware->load_state(*saved, state->source);
   }
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();

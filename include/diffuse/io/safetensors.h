@@ -19,6 +19,8 @@ struct SafetensorsContent {
 
   // The tensor called `name`; throws naming it (and `source`) when it is absent.
   const torch::Tensor& at(const std::string& name) const;
+  // The tensor called `name`, or null when it is absent (a part a file may or may not have).
+  const torch::Tensor* find(const std::string& name) const;
   std::string source;  // the file it came from, for error messages
 };
 
