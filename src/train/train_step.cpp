@@ -123,30 +123,30 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
       y = drop_condition_rows(c, torch::zeros_like(c), options_.label_dropout);
     }
     auto model_out = model_->forward(x_t, t, y);  // same dtype as x_t (float32), also under autocast
-    if (loss_aware_) {  // ℓ_i per image, recorded for the next draws; loss = mean_i (q_t / p_t)_i ℓ_i
-      torch::Tensor per_image;
-      if (options_.loss == TrainLoss::vlb) {
-        per_image = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
-                                diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
-                        .to(torch::kFloat32);
+    torch::Tensor per_image;                      // ℓ_i, kept where t is drawn by the loss
+    if (options_.loss == TrainLoss::vlb) {
+      const auto vb = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
+                                  diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false));
+      if (loss_aware_) {
+        per_image = vb.to(torch::kFloat32);
       } else {
-        per_image = GaussianDiffusion::loss_per_image(model_out, diffusion_.training_target(x0, noise, t));
-        if (options_.min_snr_gamma > 0) {
-          per_image = per_image * diffusion_.min_snr_weights(t, options_.min_snr_gamma).to(per_image.scalar_type());
-        }
+        loss = vb.mean().to(torch::kFloat32);
       }
-      loss_aware_->record(t, per_image.detach());
-      loss = (per_image * importance.to(per_image.scalar_type())).mean();
-    } else if (options_.loss == TrainLoss::vlb) {
-      loss = vb_term_bpd(diffusion_, ModelVariance::posterior, x0, x_t, t,
-                         diffusion_.split_model_output(model_out, x_t, t, /*clip_x0=*/false))
-                 .mean()
-                 .to(torch::kFloat32);
     } else {
       const auto target = diffusion_.training_target(x0, noise, t);
-      loss = options_.min_snr_gamma > 0 ? GaussianDiffusion::loss_simple(
-                                              model_out, target, diffusion_.min_snr_weights(t, options_.min_snr_gamma))
-                                        : GaussianDiffusion::loss_simple(model_out, target);
+      const auto weights =
+          options_.min_snr_gamma > 0 ? diffusion_.min_snr_weights(t, options_.min_snr_gamma) : torch::Tensor();
+      if (loss_aware_) {
+        per_image = GaussianDiffusion::loss_per_image(model_out, target);
+        if (weights.defined()) per_image = per_image * weights.to(per_image.scalar_type());
+      } else {
+        loss = weights.defined() ? GaussianDiffusion::loss_simple(model_out, target, weights)
+                                 : GaussianDiffusion::loss_simple(model_out, target);
+      }
+    }
+    if (loss_aware_) {  // ℓ_i recorded for the next draws; loss = mean_i (q_t / p_t)_i ℓ_i
+      loss_aware_->record(t, per_image.detach());
+      loss = (per_image * importance.to(per_image.scalar_type())).mean();
     }
   }
   optimizer_.zero_grad();
