@@ -228,9 +228,9 @@ struct Server::Impl {
     };
   }
 
-  // The work of an edit job: noise-then-denoise, inpainting, inversion, mixing or upscaling of the request's image, n times with
-  // their own noise; the network is watched for the progress events (x_t as it enters it) and
-  // for cancelling.
+  // The work of an edit job: noise-then-denoise, inpainting, inversion, mixing or upscaling of the
+  // request's image, n times with their own noise; the network is watched for the progress events
+  // (x_t as it enters it) and for cancelling.
   JobWork editing(const EditRequest& r) const {
     const auto& facts_of_model = facts.at(index_of(r.model));
     const auto image = from_uint8(
@@ -299,23 +299,23 @@ struct Server::Impl {
         out["latent"] = grid_png_base64(latent.cpu() / 3.0);  // N(0, I) drawn at ±3σ
         out["latent_std"] = latent.std().item<double>();
         out["psnr"] = psnr_list(result, x0.cpu());
-      } else if (low_res.defined()) {  // x_0 ~ p(x_0 | c), beside c itself: bicubic interpolation
-        const auto x_T = torch::randn(x0.sizes(), gen).to(x0.device());
-        result =
-            sample_loop(pipe.diffusion, *sampler, watched, x_T, SampleOptions{r.steps, clip}, gen).cpu().clamp(-1, 1);
-        const auto bicubic = low_res.narrow(0, 0, 1).cpu().clamp(-1, 1);
-        out["method"] = "super-resolution model";
-        out["factor"] = condition->factor;
-        out["bicubic"] = png_base64(bicubic[0]);
-        out["psnr"] = psnr_list(result, x0.cpu());
-        out["psnr_bicubic"] = psnr_list(bicubic, x0.narrow(0, 0, 1).cpu())[0];
-      } else if (inpainting_model) {  // the known pixels pasted back into the model's sample
+      } else if (inpainting_model || low_res.defined()) {  // x_0 ~ p(x_0 | c) from the model under its condition
         const auto x_T = torch::randn(x0.sizes(), gen).to(x0.device());
         const auto drawn = sample_loop(pipe.diffusion, *sampler, watched, x_T, SampleOptions{r.steps, clip}, gen);
-        const auto m = known.to(x0.device());
-        result = (m * x0 + (1 - m) * drawn).cpu().clamp(-1, 1);
-        out["method"] = "inpainting model";
-        out["known"] = png_base64((image * known[0] + (1 - known[0]) * 0.0).clamp(-1, 1));
+        if (low_res.defined()) {  // beside c itself: bicubic interpolation
+          result = drawn.cpu().clamp(-1, 1);
+          const auto bicubic = low_res.narrow(0, 0, 1).cpu().clamp(-1, 1);
+          out["method"] = "super-resolution model";
+          out["factor"] = condition->factor;
+          out["bicubic"] = png_base64(bicubic[0]);
+          out["psnr"] = psnr_list(result, x0.cpu());
+          out["psnr_bicubic"] = psnr_list(bicubic, x0.narrow(0, 0, 1).cpu())[0];
+        } else {  // the known pixels pasted back into the model's sample
+          const auto m = known.to(x0.device());
+          result = (m * x0 + (1 - m) * drawn).cpu().clamp(-1, 1);
+          out["method"] = "inpainting model";
+          out["known"] = png_base64((image * known[0] + (1 - known[0]) * 0.0).clamp(-1, 1));
+        }
       } else {
         InpaintOptions io;
         io.steps = r.steps;
