@@ -1,7 +1,7 @@
 // The page of `diffuse serve` in headless Chromium, as a person would use it: generate and watch
 // the previews of x_t change, take the result into the Edit tab, paint a mask and inpaint it,
-// noise and denoise, look at the schedule. Screenshots of each tab go to --out; every check that
-// fails is printed and the exit status is 1.
+// noise and denoise, upscale with a super-resolution model, look at the schedule. Screenshots of
+// each tab go to --out; every check that fails is printed and the exit status is 1.
 //
 //   node tests/node/page_test.mjs --binary build/diffuse [--checkpoint PATH] [--out DIR]
 //
@@ -25,7 +25,9 @@ const check = (ok, what) => { console.log(`${ok ? "ok  " : "FAIL"} ${what}`); if
 
 const scratch = mkdtempSync(join(tmpdir(), "diffuse-page-"));
 const checkpoint = args.checkpoint || trainTinyModel(binary, scratch);
-const server = await startServer(binary, checkpoint);
+// beside it a model trained to upscale (the Edit tab's super-resolution section is for it alone)
+const upscaler = trainTinyModel(binary, join(scratch, "upscaler"), ["--image-cond", "super-resolution"]);
+const server = await startServer(binary, checkpoint, ["--checkpoint", upscaler]);
 const port = server.port;
 
 const browser = await puppeteer.launch({executablePath: chromium, headless: true,
@@ -127,7 +129,20 @@ try {
   await page.click("#edit-mix");
   await page.waitForFunction(() => /seven mixtures/.test(document.getElementById("edit-status").textContent), {timeout: 60000});
   check(await spread("#edit-result") > 10, "the mixtures are not blank");
+  check(await page.$eval("#edit-latent-figure", (e) => e.hidden), "the mixtures show no latent");
   await page.screenshot({path: join(out, "mix.png")});
+
+  // The super-resolution model: its section shows, and its result comes with the bicubic baseline.
+  await page.select("#edit-model", "upscaler");
+  check(!(await page.$eval("#edit-upscale-section", (e) => e.hidden)), "the super-resolution model shows its section");
+  await page.click("#edit-upscale");
+  await page.waitForFunction(() => /upscaled ×4/.test(document.getElementById("edit-status").textContent), {timeout: 60000});
+  await page.waitForFunction(() => document.getElementById("edit-bicubic").naturalWidth > 0, {timeout: 5000});
+  check(await page.$eval("#edit-bicubic-figure", (e) => !e.hidden), "the upscale shows the bicubic image beside its result");
+  check(await page.$eval("#edit-latent-figure", (e) => e.hidden), "the inversion's latent is gone with its result");
+  check(await spread("#edit-bicubic") > 10 && await spread("#edit-result") > 10, "the bicubic and upscaled images are not blank");
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({path: join(out, "upscale.png")});
 
   // Interpolation between two seeds.
   await page.click("[data-tab=interpolate]");

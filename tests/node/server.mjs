@@ -4,10 +4,11 @@ import {execFileSync, spawn} from "node:child_process";
 import {join} from "node:path";
 
 // A small model trained for a few steps on the shipped MNIST (the server, not the model's
-// quality, is under test); returns its checkpoint's path.
-export function trainTinyModel(binary, dir) {
+// quality, is under test), with `extra` train flags (a condition); returns its checkpoint's path.
+export function trainTinyModel(binary, dir, extra = []) {
   execFileSync(binary, ["--threads", "2", "train", "--data", "mnist", "--model", "tiny", "--steps", "30", "--batch-size", "16",
-                        "--out", dir, "--preview-every", "0", "--checkpoint-every", "0", "--no-progress"], {stdio: "ignore"});
+                        "--out", dir, "--preview-every", "0", "--checkpoint-every", "0", "--no-progress", ...extra],
+               {stdio: "ignore"});
   return join(dir, "checkpoint.safetensors");
 }
 
