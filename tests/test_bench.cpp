@@ -1,5 +1,5 @@
 // The benchmark's in-process A/B (BenchConfig::alternate): pairs of runs, the environment switched
-// for the B runs and restored afterwards, the ratio taken pair by pair.
+// for the B runs and restored afterwards, the ratio taken pair by pair; its own switches checked.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "diffuse/bench/benchmark.h"
+#include "diffuse/util/environment.h"
 
 namespace {
 
@@ -78,4 +79,18 @@ TEST(Bench, AlternateRejectsWhatIsNotAnAssignment) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("--cuda-graph off"), std::string::npos) << e.what();
   }
+}
+
+TEST(Bench, ASwitchOfItsOwnWithAValueItDoesNotTakeIsRefusedNamingIt) {
+  for (const char* name : {"DIFFUSE_BF16_WEIGHTS", "DIFFUSE_CUDNN_BENCHMARK"}) {
+    diffuse::EnvironmentSwitch bad(name, "yes", /*on=*/true);
+    try {
+      diffuse::run_benchmark(tiny_inference(""));
+      ADD_FAILURE() << name << "=yes was taken";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(name) + "=yes: expected 0 or 1"), std::string::npos) << e.what();
+    }
+  }
+  diffuse::EnvironmentSwitch off("DIFFUSE_BF16_WEIGHTS", "0", /*on=*/true);
+  EXPECT_EQ(diffuse::run_benchmark(tiny_inference("")).seconds.size(), 3u);
 }

@@ -137,8 +137,8 @@ double median_ratio(const std::vector<double>& a, const std::vector<double>& b) 
 // Experiments on the GPU, switched by the environment so that bench/env_ab.py can time them side
 // by side: DIFFUSE_CUDNN_BENCHMARK=1 lets cuDNN time its algorithms per shape (like
 // torch.backends.cudnn.benchmark); DIFFUSE_BF16_WEIGHTS=1 casts the network to bf16 once for
-// inference and sampling instead of running float32 weights under autocast.
-bool env_flag(const char* name) { return env_equals(name, "1"); }
+// inference and sampling instead of running float32 weights under autocast. 0, 1 or unset.
+bool env_flag(const char* name) { return env_switch(name, {"0", "1"}) == "1"; }
 
 }  // namespace
 
@@ -154,6 +154,9 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
     throw std::invalid_argument("bench --alternate: a CUDA graph keeps the setting it was captured under; "
                                 "add --cuda-graph off");
   }
+  // the experiments' switches read first, so that a mistyped one stops the bench before any work
+  const bool cudnn_benchmark = env_flag("DIFFUSE_CUDNN_BENCHMARK");
+  const bool bf16_weights_asked = env_flag("DIFFUSE_BF16_WEIGHTS");
   if (c.task == BenchTask::conv) {
     BenchResult r;
     r.config = c;
@@ -170,10 +173,9 @@ BenchResult run_benchmark(const BenchConfig& c, const std::function<void(int, do
   UNet model(config);
   model->to(c.device);
   model->set_memory_format(c.memory_format);
-  if (c.device.is_cuda() && env_flag("DIFFUSE_CUDNN_BENCHMARK")) at::globalContext().setBenchmarkCuDNN(true);
+  if (c.device.is_cuda() && cudnn_benchmark) at::globalContext().setBenchmarkCuDNN(true);
   // Inference in bf16 weights: the network cast once, autocast off (AutocastScope with fp32).
-  const bool bf16_weights =
-      c.task != BenchTask::train && c.precision == Precision::bf16 && env_flag("DIFFUSE_BF16_WEIGHTS");
+  const bool bf16_weights = c.task != BenchTask::train && c.precision == Precision::bf16 && bf16_weights_asked;
   const Precision autocast_precision = bf16_weights ? Precision::fp32 : c.precision;
   if (bf16_weights) model->to(torch::kBFloat16);
   GaussianDiffusion diffusion(NoiseSchedule(ScheduleConfig{}), Objective::eps, c.device);

@@ -1,11 +1,7 @@
 #include "diffuse/runtime/settings.h"
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
-#include <initializer_list>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 
 #include "diffuse/util/environment.h"
@@ -14,30 +10,17 @@ namespace diffuse {
 
 namespace {
 
-// The value of the switch `name`: "" where unset (or set empty), else one of `allowed`; any other
-// value is refused naming the variable, so that a mistyped switch does not pass for the default.
-std::string switch_value(const char* name, std::initializer_list<const char*> allowed) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return {};
-  std::string expected;
-  for (const char* a : allowed) {
-    if (std::strcmp(v, a) == 0) return v;
-    expected += (expected.empty() ? "" : " or ") + std::string(a);
-  }
-  throw std::invalid_argument(std::string(name) + "=" + v + ": expected " + expected + " (or unset)");
-}
-
 // A switch that is on unless set to 0.
-bool on_unless_zero(const char* name) { return switch_value(name, {"0", "1"}) != "0"; }
+bool on_unless_zero(const char* name) { return env_switch(name, {"0", "1"}) != "0"; }
 
 RuntimeSettings read_settings() {
   RuntimeSettings s;
   s.blocked_activations = on_unless_zero("DIFFUSE_BLOCKED_ACTIVATIONS");
-  const auto block = switch_value("DIFFUSE_CHANNEL_BLOCK", {"8", "16"});
+  const auto block = env_switch("DIFFUSE_CHANNEL_BLOCK", {"8", "16"});
   if (!block.empty()) s.channel_block = std::stoi(block);
   s.fused_cat = on_unless_zero("DIFFUSE_FUSED_CAT");
-  s.own_winograd = switch_value("DIFFUSE_OWN_WINOGRAD", {"0", "1"}) == "1";
-  const auto algorithm = switch_value("DIFFUSE_CONV_ALGORITHM", {"direct", "winograd"});
+  s.own_winograd = env_switch("DIFFUSE_OWN_WINOGRAD", {"0", "1"}) == "1";
+  const auto algorithm = env_switch("DIFFUSE_CONV_ALGORITHM", {"direct", "winograd"});
   if (algorithm == "direct") s.conv_algorithm = ConvAlgorithmChoice::direct;
   if (algorithm == "winograd") s.conv_algorithm = ConvAlgorithmChoice::winograd;
   s.onednn_bf16 = on_unless_zero("DIFFUSE_ONEDNN_BF16");

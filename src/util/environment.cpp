@@ -2,6 +2,8 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
+#include <stdexcept>
 #include <utility>
 
 namespace diffuse {
@@ -12,9 +14,15 @@ std::atomic<uint64_t> generation{0};
 
 uint64_t environment_generation() { return generation.load(std::memory_order_acquire); }
 
-bool env_equals(const char* name, const std::string& value) {
+std::string env_switch(const char* name, std::initializer_list<const char*> allowed) {
   const char* v = std::getenv(name);
-  return v != nullptr && value == v;
+  if (v == nullptr || *v == '\0') return {};
+  std::string expected;
+  for (const char* a : allowed) {
+    if (std::strcmp(v, a) == 0) return v;
+    expected += (expected.empty() ? "" : " or ") + std::string(a);
+  }
+  throw std::invalid_argument(std::string(name) + "=" + v + ": expected " + expected + " (or unset)");
 }
 
 std::string cache_directory() {

@@ -3,13 +3,16 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 
 namespace diffuse {
 
-// Whether the variable `name` is set to exactly `value`.
-bool env_equals(const char* name, const std::string& value);
+// The value of the switch `name`: "" where unset (or set empty), else one of `allowed`; any other
+// value throws std::invalid_argument naming the variable ("DIFFUSE_CHANNEL_BLOCK=12: expected 8 or
+// 16 (or unset)"), so that a mistyped switch does not pass for the default.
+std::string env_switch(const char* name, std::initializer_list<const char*> allowed);
 
 // Where diffuse keeps what it can rebuild (the cFID classifiers, the convolution timings):
 // $DIFFUSE_CACHE_DIR, else $XDG_CACHE_HOME/diffuse, else $HOME/.cache/diffuse; empty where none
