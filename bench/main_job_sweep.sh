@@ -71,6 +71,10 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-2900]="--steps 2900 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-stratified-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --t-stratified"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-stratified-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --t-stratified --seed 1"
+  [v-min-snr-5-c8-mult-1-4-4-lr-2e-3-lsnr-m2-2-importance-4300]="--steps 4300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 8 --channel-mult 1,4,4 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
+  [v-min-snr-5-c8-mult-1-4-4-lr-2e-3-lsnr-m2-2-importance-seed-1-4300]="--steps 4300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 8 --channel-mult 1,4,4 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
   [v-min-snr-5-c16-mult-1-2-3-lr-2e-3-lsnr-m2-2-1600]="--steps 1600 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,3 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-batch-128-lr-4e-3-lsnr-m2-2-2500]="--steps 2500 --batch-size 128 --lr 4e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
 )

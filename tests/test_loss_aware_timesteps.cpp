@@ -1,7 +1,8 @@
 // Timesteps drawn by the loss: the bins hold equal shares of the base law q; cold draws are q's with
 // weight 1; warm probabilities are q times each bin's root mean square loss, mixed with q, against an
 // independent float64 computation; the weighted draws estimate q's objective (Monte Carlo within 5
-// standard errors) with the smaller variance that the closed form gives; the history forgets; the state
+// standard errors) with the smaller variance that the closed form gives, and stratified batches keep it
+// with a steadier batch loss; the history forgets; the state
 // round-trips and a damaged one is refused; and a run resumed mid-way draws as one never stopped.
 #include <gtest/gtest.h>
 
@@ -132,6 +133,35 @@ TEST(LossAwareTimesteps, WeightedDrawsEstimateTheBaseObjectiveWithLessVariance) 
   // the same generator state gives the same draws
   auto again = at::detail::createCPUGenerator(5);
   EXPECT_TRUE(torch::equal(sampler.sample(n, again).t, draw.t));
+}
+
+TEST(LossAwareTimesteps, StratifiedDrawsKeepTheObjectiveAndSteadyTheBatchLoss) {
+  const auto q = log_snr_normal_law();
+  const int64_t T = q.size(0), B = 64, batches = 4000;
+  LossAwareTimesteps independent(q), stratified(q, LossAwareTimesteps::kBins, LossAwareTimesteps::kHistory,
+                                                LossAwareTimesteps::kMix, /*stratified=*/true);
+  feed(independent, T, 40);
+  feed(stratified, T, 40);
+  ASSERT_TRUE(torch::equal(independent.probabilities(), stratified.probabilities()));
+  double objective = 0.0;  // L = Σ q ℓ
+  for (int64_t t = 0; t < T; ++t) objective += q[t].item<double>() * synthetic_loss(t);
+  // the loss of a batch, mean_i (q/p)_i ℓ_i, for `batches` batches of each sampler
+  auto batch_losses = [&](const LossAwareTimesteps& sampler) {
+    auto gen = at::detail::createCPUGenerator(9);
+    std::vector<double> out;
+    for (int64_t b = 0; b < batches; ++b) {
+      const auto draw = sampler.sample(B, gen);
+      double sum = 0.0;
+      for (int64_t i = 0; i < B; ++i) sum += draw.weights[i].item<double>() * synthetic_loss(draw.t[i].item<int64_t>());
+      out.push_back(sum / B);
+    }
+    return torch::tensor(out, torch::kFloat64);
+  };
+  const auto plain = batch_losses(independent), spread = batch_losses(stratified);
+  const double plain_variance = plain.var().item<double>(), spread_variance = spread.var().item<double>();
+  EXPECT_NEAR(spread.mean().item<double>(), objective, 5 * std::sqrt(plain_variance / batches));
+  EXPECT_NEAR(plain.mean().item<double>(), objective, 5 * std::sqrt(plain_variance / batches));
+  EXPECT_LT(spread_variance, 0.5 * plain_variance);
 }
 
 TEST(LossAwareTimesteps, TheHistoryKeepsOnlyTheLastLossesOfEachBin) {

@@ -1,8 +1,10 @@
 // The timesteps training draws: the log-SNR-normal probabilities against an independent float64
 // computation (λ drawn, the nearest step found by a scan), the draws against those probabilities
-// (Monte Carlo within 5 standard errors), and the refusals.
+// (Monte Carlo within 5 standard errors), stratified batches (one draw in each of B equal shares of the
+// law, each draw with its marginal, the batch mean far steadier), and the refusals.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -101,4 +103,61 @@ TEST(TimestepSampling, RefusesAWidthThatIsNotPositiveAndAMeanThatIsNotFinite) {
   EXPECT_THROW(timestep_sampling_from_string("lognormal"), std::invalid_argument);
   EXPECT_EQ(timestep_sampling_from_string(to_string(TimestepSamplingKind::log_snr_normal)),
             TimestepSamplingKind::log_snr_normal);
+}
+
+TEST(TimestepSampling, StratifiedBatchesHoldOneDrawInEachEqualShareOfTheLaw) {
+  const auto schedule = linear_schedule();
+  const int64_t T = schedule.timesteps(), B = 64, batches = 3000;
+  for (auto sampling : {TimestepSampling{TimestepSamplingKind::uniform, 0.0, 2.0},
+                        TimestepSampling{TimestepSamplingKind::log_snr_normal, -2.0, 2.0}}) {
+    SCOPED_TRACE(to_string(sampling.kind));
+    sampling.stratified = true;
+    const auto p = timestep_probabilities(sampling, schedule);
+    std::vector<double> cdf(T);  // F(k) = Σ_{j≤k} p_j, float64
+    double sum = 0.0;
+    for (int64_t k = 0; k < T; ++k) cdf[k] = sum += p[k].item<double>();
+    auto gen = at::detail::createCPUGenerator(11);
+    std::vector<int64_t> all, first;
+    double mean_of_batch_means = 0.0, square_of_batch_means = 0.0;
+    for (int64_t b = 0; b < batches; ++b) {
+      const auto t = sample_timesteps(sampling, schedule, B, gen);
+      ASSERT_EQ(t.size(0), B);
+      std::vector<int64_t> steps(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + B);
+      all.insert(all.end(), steps.begin(), steps.end());
+      first.push_back(steps[0]);
+      const double batch_mean = t.to(torch::kFloat64).mean().item<double>();
+      mean_of_batch_means += batch_mean / batches;
+      square_of_batch_means += batch_mean * batch_mean / batches;
+      // sorted, the i-th draw is F⁻¹ of a point in [i/B, (i+1)/B): F(t_i − 1) < (i+1)/B and F(t_i) ≥ i/B
+      std::sort(steps.begin(), steps.end());
+      for (int64_t i = 0; i < B; ++i) {
+        const int64_t k = steps[i];
+        ASSERT_LT(k > 0 ? cdf[k - 1] : 0.0, double(i + 1) / B + 1e-12) << "draw " << i << " of batch " << b;
+        ASSERT_GE(cdf[k], double(i) / B - 1e-12) << "draw " << i << " of batch " << b;
+      }
+    }
+    // each draw alone has the law's marginal (also the first of each batch: the order is random)
+    expect_within_monte_carlo_error(binned(all, T, 50), binned_probabilities(p, 50), batches * B);
+    expect_within_monte_carlo_error(binned(first, T, 250), binned_probabilities(p, 250), batches);
+    // the batch's mean t varies far less than that of B independent draws: Var[t] / B
+    double mean_t = 0.0, square_t = 0.0;
+    for (int64_t k = 0; k < T; ++k) {
+      mean_t += k * p[k].item<double>();
+      square_t += double(k) * k * p[k].item<double>();
+    }
+    const double independent_variance = (square_t - mean_t * mean_t) / B;
+    EXPECT_LT(square_of_batch_means - mean_of_batch_means * mean_of_batch_means, 0.05 * independent_variance);
+  }
+  // the uniform law over T steps in a batch of T: every step exactly once
+  TimestepSampling uniform;
+  uniform.stratified = true;
+  auto t = sample_timesteps(uniform, schedule, T);
+  EXPECT_TRUE(torch::equal(std::get<0>(t.sort()), torch::arange(T, torch::kLong)));
+  // steps of probability 0 are never drawn
+  auto p = torch::zeros({10}, torch::kFloat64);
+  p[3] = 0.25;
+  p[7] = 0.75;
+  const auto draws = stratified_timesteps(p, 1000);
+  EXPECT_EQ(((draws == 3).sum() + (draws == 7).sum()).item<int64_t>(), 1000);
+  EXPECT_EQ((draws == 3).sum().item<int64_t>(), 250);
 }

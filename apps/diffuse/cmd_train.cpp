@@ -273,6 +273,10 @@ void add_train_command(CLI::App& app) {
                 "Draw t where the loss is large, in proportion to q(t) sqrt(E[loss_t^2]) with q the --t-sampling "
                 "law, each image's loss weighted by q(t)/p(t): the same objective with less variance (importance "
                 "sampling, Nichol & Dhariwal 2021); one process only");
+  cmd->add_flag("--t-stratified", c.timestep_sampling.stratified,
+                "Spread each batch's t over their law: the inverse CDF at (u + i)/B for one u ~ U[0, 1), in random "
+                "order (each t still has the law; the batch covers it evenly: Kingma et al. 2021's low-discrepancy "
+                "sampler)");
   cmd->add_flag("--class-cond", o->class_cond, "Learn eps(x_t, t, y) with the data's labels (and y dropped, for guidance)");
   cmd->add_flag("--text-cond,!--no-text-cond", o->text_cond,
                 "Learn eps(x_t, t, prompt) from the data's captions (the default where it has them), with a "

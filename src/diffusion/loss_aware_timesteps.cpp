@@ -1,13 +1,20 @@
 #include "diffuse/diffusion/loss_aware_timesteps.h"
 
+#include "diffuse/diffusion/timestep_sampling.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 namespace diffuse {
 
-LossAwareTimesteps::LossAwareTimesteps(const torch::Tensor& base, int64_t bins, int64_t history, double mix)
-    : base_(base.to(torch::kFloat64).contiguous().clone()), bins_(bins), history_(history), mix_(mix) {
+LossAwareTimesteps::LossAwareTimesteps(const torch::Tensor& base, int64_t bins, int64_t history, double mix,
+                                       bool stratified)
+    : base_(base.to(torch::kFloat64).contiguous().clone()),
+      bins_(bins),
+      history_(history),
+      mix_(mix),
+      stratified_(stratified) {
   if (base_.dim() != 1 || base_.numel() < 1) throw std::invalid_argument("loss-aware timesteps: q must be [T]");
   if (bins < 1 || history < 1) throw std::invalid_argument("loss-aware timesteps: bins and history must be >= 1");
   if (!(mix > 0.0 && mix <= 1.0)) throw std::invalid_argument("loss-aware timesteps: the share of q must be in (0, 1]");
@@ -69,7 +76,7 @@ torch::Tensor LossAwareTimesteps::probabilities() const {
 
 LossAwareTimesteps::Draw LossAwareTimesteps::sample(int64_t batch, const c10::optional<torch::Generator>& gen) const {
   const auto p = probabilities();
-  auto t = torch::multinomial(p, batch, /*replacement=*/true, gen);
+  auto t = stratified_ ? stratified_timesteps(p, batch, gen) : torch::multinomial(p, batch, /*replacement=*/true, gen);
   auto weights = (base_.index_select(0, t) / p.index_select(0, t)).to(torch::kFloat32);  // q_t / p_t
   return {t, weights};
 }

@@ -56,9 +56,20 @@ torch::Tensor timestep_probabilities(const TimestepSampling& sampling, const Noi
   return p;
 }
 
+torch::Tensor stratified_timesteps(const torch::Tensor& p, int64_t batch, const c10::optional<torch::Generator>& gen) {
+  // u_i = (u + i)/B, one u for the batch; t_i = F⁻¹(u_i) = #{k : F(k) ≤ u_i}, the first k with F(k) > u_i
+  const auto u = (torch::rand({1}, gen, torch::kFloat64) + torch::arange(batch, torch::kFloat64)) / double(batch);
+  const auto cdf = p.to(torch::kFloat64).cumsum(0);
+  // F(T−1) may round below u_i: then the last step of non-zero probability, not T
+  const int64_t last = torch::nonzero(p > 0).max().item<int64_t>();
+  const auto t = torch::searchsorted(cdf, u, /*out_int32=*/false, /*right=*/true).clamp_max(last);
+  return t.index_select(0, torch::randperm(batch, gen, torch::kLong));
+}
+
 torch::Tensor sample_timesteps(const TimestepSampling& sampling, const NoiseSchedule& schedule, int64_t batch,
                                const c10::optional<torch::Generator>& gen) {
   check_timestep_sampling(sampling);
+  if (sampling.stratified) return stratified_timesteps(timestep_probabilities(sampling, schedule), batch, gen);
   const int64_t T = schedule.timesteps();
   if (sampling.kind == TimestepSamplingKind::uniform) {
     return torch::randint(0, T, {batch}, gen, torch::dtype(torch::kLong));

@@ -91,7 +91,9 @@ TrainStep::TrainStep(UNet model, UNet ema_model, const GaussianDiffusion& diffus
       options_(options),
       params_(model_->parameters()) {
   if (options_.timestep_sampling.loss_aware) {
-    loss_aware_.emplace(timestep_probabilities(options_.timestep_sampling, diffusion_.schedule()));
+    loss_aware_.emplace(timestep_probabilities(options_.timestep_sampling, diffusion_.schedule()),
+                        LossAwareTimesteps::kBins, LossAwareTimesteps::kHistory, LossAwareTimesteps::kMix,
+                        options_.timestep_sampling.stratified);
   }
 }
 
@@ -107,7 +109,7 @@ torch::Tensor TrainStep::operator()(const torch::Tensor& x0, const torch::Tensor
       t = draw.t.to(x0.device());
       importance = draw.weights.to(x0.device());
     } else {
-      t = options_.timestep_sampling.kind == TimestepSamplingKind::uniform
+      t = options_.timestep_sampling.kind == TimestepSamplingKind::uniform && !options_.timestep_sampling.stratified
               ? diffusion_.sample_timesteps(B)
               : sample_timesteps(options_.timestep_sampling, diffusion_.schedule(), B).to(x0.device());
     }

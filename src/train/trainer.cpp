@@ -106,6 +106,7 @@ struct TrainState {
             {"log-snr-mean", c.timestep_sampling.log_snr_mean},
             {"log-snr-std", c.timestep_sampling.log_snr_std},
             {"t-importance", c.timestep_sampling.loss_aware},
+            {"t-stratified", c.timestep_sampling.stratified},
             {"minutes", c.minutes},
             {"steps", c.steps}};
   }

@@ -19,8 +19,13 @@ namespace diffuse {
 
 class LossAwareTimesteps {
  public:
-  // base: q [T] float64, non-negative, summing to 1 (timestep_probabilities).
-  explicit LossAwareTimesteps(const torch::Tensor& base, int64_t bins = 20, int64_t history = 32, double mix = 0.1);
+  static constexpr int64_t kBins = 20, kHistory = 32;  // B and H
+  static constexpr double kMix = 0.1;                   // u
+
+  // base: q [T] float64, non-negative, summing to 1 (timestep_probabilities); stratified: a batch's t
+  // drawn from p by stratified_timesteps (timestep_sampling.h) instead of independently.
+  explicit LossAwareTimesteps(const torch::Tensor& base, int64_t bins = kBins, int64_t history = kHistory,
+                              double mix = kMix, bool stratified = false);
 
   struct Draw {
     torch::Tensor t;        // [batch] int64
@@ -48,6 +53,7 @@ class LossAwareTimesteps {
   std::vector<int64_t> bin_of_;  // b(t)
   int64_t bins_, history_;
   double mix_;
+  bool stratified_;
   std::vector<double> squares_;  // [B × H] ring buffers of ℓ²
   std::vector<int64_t> seen_;    // [B]
 };
