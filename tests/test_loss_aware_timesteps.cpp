@@ -199,13 +199,16 @@ TEST(LossAwareTimesteps, TheStateRoundTripsAndADamagedOneIsRefused) {
   EXPECT_NE(refusal(damaged).find("state.safetensors"), std::string::npos);
 }
 
-TEST(LossAwareTimesteps, ARunResumedMidWayDrawsAsOneNeverStopped) {
+class LossAwareRun : public ::testing::TestWithParam<bool> {};  // the batch's t stratified or not
+
+TEST_P(LossAwareRun, ResumedMidWayDrawsAsOneNeverStopped) {
   TempDir straight, stopped;
   auto data = load_dataset("mnist", Split::train, DataOptions{0, 200});
   auto config = [&](const TempDir& dir, int64_t steps) {
     auto c = quick_config(dir.str(), steps);
     c.batch_size = 64;  // 20 bins of 32 losses fill in 10 steps: steps 11 on draw by the loss
     c.timestep_sampling.loss_aware = true;
+    c.timestep_sampling.stratified = GetParam();
     c.cosine_decay = false;  // the learning rates of the first 12 steps do not depend on the run's length
     return c;
   };
@@ -233,3 +236,6 @@ TEST(LossAwareTimesteps, ARunResumedMidWayDrawsAsOneNeverStopped) {
   EXPECT_TRUE(check.warm());
   EXPECT_FALSE(torch::allclose(check.probabilities(), torch::full({100}, 1.0 / 100, torch::kFloat64)));
 }
+
+INSTANTIATE_TEST_SUITE_P(LossAwareTimesteps, LossAwareRun, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Stratified" : "Independent"; });
