@@ -291,15 +291,15 @@ TEST(LearningRate, WarmsUpLinearlyThenFollowsAHalfCosineToZero) {
   EXPECT_NEAR(learning_rate(c, 100), 1e-3, 1e-15);
 }
 
-TEST(FittedSteps, FillNinetySevenPercentOfTheTimeLeftInWholeHundreds) {
-  // 10 minutes, fitted at step 50 after 8 s at 0.2 s a step: 50 + ⌊0.97 · 592 / 0.2⌋ = 2921 → 2900
-  EXPECT_EQ(fitted_steps(10.0, 50, 8.0, 0.2, 5000), 2900);
+TEST(FittedSteps, FillNinetySevenPercentOfTheTimeLeftInWholeTens) {
+  // 10 minutes, fitted at step 50 after 8 s at 0.2 s a step: 50 + ⌊0.97 · 592 / 0.2⌋ = 2921 → 2920
+  EXPECT_EQ(fitted_steps(10.0, 50, 8.0, 0.2, 5000), 2920);
   EXPECT_EQ(fitted_steps(10.0, 50, 8.0, 0.01, 5000), 5000);  // no more than the most
   EXPECT_EQ(fitted_steps(0.1, 50, 10.0, 0.1, 5000), 50);     // the budget already spent: stop here
   EXPECT_EQ(fitted_steps(0.01, 50, 0.0, 0.02, 5000), 79);    // 50 + ⌊0.97 · 0.6 / 0.02⌋, under a hundred as is
 }
 
-TEST(Train, AMinutesBudgetFitsTheStepsEarlyAndTheScheduleEndsThere) {
+TEST(Train, AMinutesBudgetFitsTheStepsAsItGoesAndTheScheduleEndsThere) {
   TempDir dir;
   auto data = load_dataset("mnist", Split::train, DataOptions{0, 64});
   auto config = quick_config(dir.str(), 100000);
@@ -310,6 +310,10 @@ TEST(Train, AMinutesBudgetFitsTheStepsEarlyAndTheScheduleEndsThere) {
   EXPECT_GE(result.steps, 50);  // fitted at step 50 (50 itself where a busy machine spent the budget before)
   EXPECT_LT(result.steps, 100000);
   EXPECT_EQ(result.step, result.steps);
+  // fitted again at each tenth of the budget, the run ends near it: 97 % of what was left at the
+  // last refit (eight tenths), in whole tens of steps
+  EXPECT_GT(result.seconds, 0.8 * 15.0);
+  EXPECT_LT(result.seconds, 1.1 * 15.0);
   // the train state keeps the fitted steps (what a resumed run continues to), and the learning
   // rate of the last step is the cosine schedule's for them
   const auto settings = nlohmann::json::parse(load_safetensors_metadata(dir / "train_state.safetensors").at("train"));

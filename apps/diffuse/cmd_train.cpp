@@ -203,7 +203,8 @@ void add_train_command(CLI::App& app) {
       ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--minutes", c.minutes,
-                  "Fit the steps to this many minutes of training, timed over steps 10 to 50 (0: off, --steps alone)")
+                  "Fit the steps to this many minutes of training, timed over steps 10 to 50 and again at each "
+                  "tenth of the budget (0: off, --steps alone)")
       ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(positive_number())->capture_default_str();

@@ -46,15 +46,18 @@ int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_
   if (remaining > 0 && seconds_per_step > 0) {
     steps += static_cast<int64_t>(std::min(0.97 * remaining / seconds_per_step, static_cast<double>(most)));
   }
-  if (steps > 100) steps -= steps % 100;
+  if (steps > 100) steps -= steps % 10;
   return std::clamp(steps, at, std::max(at, most));
 }
 
 namespace {
 
 // A time budget's steps are fitted at step kFitFrom + kFitSteps from the speed of the kFitSteps
-// before it (the first steps time the kernels and fill the caches).
-constexpr int64_t kFitFrom = 10, kFitSteps = 40;
+// before it (the first steps time the kernels and fill the caches), then fitted again at each
+// tenth of the budget up to kLastRefit tenths, from the speed of the steps since the fit before: a
+// machine whose neighbours change its speed still ends near the budget, neither over it nor
+// leaving minutes unused.
+constexpr int64_t kFitFrom = 10, kFitSteps = 40, kLastRefit = 8;
 
 torch::Tensor cpu_rng_state() {
   auto gen = at::detail::getDefaultCPUGenerator();
@@ -480,10 +483,23 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
   }
   if (dp) train_step.set_gradient_hook([dp](const std::vector<torch::Tensor>& params) { dp->average_gradients(params); });
   auto window_start = std::chrono::steady_clock::now();
-  // A time budget: the steps are fitted once, early (a run resumed past that point keeps its steps).
+  // A time budget: the steps are fitted early and refitted as the run goes (a run resumed past the
+  // first fit keeps its steps).
   const bool fitting = config.minutes > 0.0 && step < kFitFrom + kFitSteps;
-  const int64_t fit_from = std::max(step, kFitFrom), fit_at = fit_from + kFitSteps;
+  const int64_t fit_from = std::max(step, kFitFrom), fit_at = fit_from + kFitSteps, most_steps = config.steps;
   auto fit_start = std::chrono::steady_clock::now();
+  const double tenth = config.minutes * 6.0;  // a tenth of the budget, in seconds
+  int64_t fitted_tenth = 0, last_fit_step = fit_at;  // the tenth of the budget the last fit was in, and its step
+  auto fit_steps = [&](double per_step, int64_t timed_from) {
+    const int64_t steps = fitted_steps(config.minutes, step, bar.elapsed_seconds(), per_step, most_steps);
+    if (steps == config.steps) return;
+    config.steps = steps;
+    bar.set_total(config.steps);
+    std::ostringstream fit;
+    fit << "train: " << config.steps << " steps fit " << config.minutes << " minutes at " << std::setprecision(3)
+        << per_step << " s a step (timed over steps " << timed_from << " to " << step << ")";
+    bar.note(fit.str());
+  };
   model->train();
   while (step < config.steps) {
     bool stop = config.stop && config.stop->load();
@@ -503,15 +519,17 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
     for (auto& track : tracks) track.ema.update(*track.model, *model);
     ++step;
     if (fitting && step == fit_from) fit_start = std::chrono::steady_clock::now();
+    const auto seconds_since_fit = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start).count();
+    };
+    const auto tenth_now = [&] { return static_cast<int64_t>(bar.elapsed_seconds() / tenth); };
     if (fitting && step == fit_at) {
-      const double per_step =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start).count() / kFitSteps;
-      config.steps = fitted_steps(config.minutes, step, bar.elapsed_seconds(), per_step, config.steps);
-      bar.set_total(config.steps);
-      std::ostringstream fit;
-      fit << "train: " << config.steps << " steps fit " << config.minutes << " minutes at " << std::setprecision(3)
-          << per_step << " s a step (timed over steps " << fit_from << " to " << fit_at << ")";
-      bar.note(fit.str());
+      fit_steps(seconds_since_fit() / kFitSteps, fit_from);
+      fit_start = std::chrono::steady_clock::now(), last_fit_step = step, fitted_tenth = tenth_now();
+    } else if (fitting && step >= last_fit_step + kFitSteps && tenth_now() > fitted_tenth &&
+               tenth_now() <= kLastRefit) {
+      fit_steps(seconds_since_fit() / static_cast<double>(step - last_fit_step), last_fit_step);
+      fit_start = std::chrono::steady_clock::now(), last_fit_step = step, fitted_tenth = tenth_now();
     }
     if (rank0 && !tracks.empty() && (step % config.ema_snapshot_every == 0 || step == config.steps)) {
       CheckpointInfo now = info;

@@ -31,8 +31,9 @@ struct TrainConfig {
   double min_snr_gamma = 0.0;  // simple loss: min-SNR-γ weights per image (≤ 0: off)
   TimestepSampling timestep_sampling;  // how t is drawn (diffusion/timestep_sampling.h)
   int64_t steps = 2400;
-  // > 0: the steps are fitted to this many minutes of training, from the speed of steps 10 to 50
-  // (steps: the most it may take); see fitted_steps.
+  // > 0: the steps are fitted to this many minutes of training, from the speed of steps 10 to 50,
+  // and fitted again at each tenth of the budget up to eight tenths, from the speed since the fit
+  // before (steps: the most it may take; the cosine decay follows the latest fit); see fitted_steps.
   double minutes = 0.0;
   int64_t batch_size = 64;
   double lr = 1e-3;
@@ -75,8 +76,8 @@ double learning_rate(const TrainConfig& config, int64_t step);
 
 // The total steps of a run with a time budget of `minutes`, fitted at step `at` from
 // `seconds_per_step` and the `elapsed` seconds so far: the steps that fit 97 % of the time left
-// (3 % for the previews, checkpoints and the end), in whole hundreds where there are more than
-// a hundred, never fewer than `at` nor more than `most`.
+// (3 % for the previews, checkpoints and the end), in whole tens where there are more than a
+// hundred, never fewer than `at` nor more than `most`.
 int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_per_step, int64_t most);
 
 // Trains `info.model` on `data`. With config.resume and a train_state in out_dir, continues
