@@ -29,7 +29,10 @@ seeds=(${SEEDS:-0})
 # (1,800 steps), and self-attention in the middle block only (2,700, two seeds); and the 3,400,
 # 3,300 and 3,200 steps that `train --minutes 10` fitted there (the last two with the fused own
 # Winograd, on busier hours), and the 3,300 with t drawn by the loss (`--t-importance`), both also
-# from seed 1, and the 2,900 that the main job fitted with it.
+# from seed 1, and the 2,900 that the main job fitted with it (2,990 once refitted as it ran: that
+# run's learning rate followed the refits, which a run of --steps 2990 does not); the 3,300 with
+# stratified t on top (`--t-stratified`), from both seeds; and 8 channels at 28×28 (4,300 steps, the
+# same time), from both seeds.
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -69,6 +72,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-3200]="--steps 3200 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-2900]="--steps 2900 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-2990]="--steps 2990 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-stratified-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --t-stratified"

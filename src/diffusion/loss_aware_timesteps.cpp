@@ -1,10 +1,10 @@
 #include "diffuse/diffusion/loss_aware_timesteps.h"
 
-#include "diffuse/diffusion/timestep_sampling.h"
-
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+
+#include "diffuse/diffusion/timestep_sampling.h"
 
 namespace diffuse {
 
