@@ -62,8 +62,11 @@ std::pair<torch::Tensor, torch::Tensor> classifier_outputs(FeatureClassifier& mo
 }
 
 double classifier_accuracy(FeatureClassifier& model, const Dataset& data, int64_t batch_size) {
-  auto [features, logits] = classifier_outputs(model, from_uint8(data.images), batch_size);
-  return logits.argmax(1).eq(data.labels).to(torch::kFloat64).mean().item<double>();
+  return accuracy_of_logits(classifier_outputs(model, from_uint8(data.images), batch_size).second, data.labels);
+}
+
+double accuracy_of_logits(const torch::Tensor& logits, const torch::Tensor& labels) {
+  return logits.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
 }
 
 FeatureClassifier load_or_train_classifier(const std::string& path, int64_t channels, int64_t image_size,

@@ -202,10 +202,10 @@ CfidResult images_cfid(const torch::Tensor& images, const Dataset& reference,
   };
   auto classifier = load_or_train_classifier(r.classifier_path, reference.channels(), reference.image_size(),
                                              reference.num_classes, training_split, co);
-  r.classifier_accuracy = classifier_accuracy(classifier, reference);
   // Generated images are quantised to 8 bits like the data, so that both sides see the same kind of input.
   auto [generated_features, generated_logits] = classifier_outputs(classifier, from_uint8(to_uint8(images.cpu())));
   auto [reference_features, reference_logits] = classifier_outputs(classifier, from_uint8(reference.images));
+  r.classifier_accuracy = accuracy_of_logits(reference_logits, reference.labels);  // one pass over the reference
   const auto reference_statistics = feature_statistics(reference_features);
   r.cfid = frechet_distance(feature_statistics(generated_features), reference_statistics);
   r.entropy_generated = predicted_class_entropy(generated_logits);

@@ -50,14 +50,36 @@ int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_
   return std::clamp(steps, at, std::max(at, most));
 }
 
-namespace {
+StepBudget::StepBudget(double minutes, int64_t most_steps, int64_t first_step)
+    : minutes_(minutes),
+      most_(most_steps),
+      steps_(most_steps),
+      active_(minutes > 0.0 && first_step < kFitFrom + kFitSteps),
+      fit_from_(std::max(first_step, kFitFrom)),
+      last_fit_step_(fit_from_) {}
 
-// A time budget's steps are fitted at step kFitFrom + kFitSteps from the speed of the kFitSteps
-// before it (the first steps time the kernels and fill the caches), then fitted again at each
-// tenth of the budget up to kLastRefit tenths, from the speed of the steps since the fit before: a
-// machine whose neighbours change its speed still ends near the budget, neither over it nor
-// leaving minutes unused.
-constexpr int64_t kFitFrom = 10, kFitSteps = 40, kLastRefit = 8;
+std::optional<StepBudget::Fit> StepBudget::after_step(int64_t step, double elapsed) {
+  if (!active_) return std::nullopt;
+  if (step == fit_from_) {
+    last_fit_seconds_ = elapsed;
+    return std::nullopt;
+  }
+  const int64_t tenth = static_cast<int64_t>(elapsed / (minutes_ * 6.0));  // tenths of the budget gone
+  const bool first = step == fit_from_ + kFitSteps && fitted_tenth_ < 0;
+  const bool refit =
+      fitted_tenth_ >= 0 && step >= last_fit_step_ + kFitSteps && tenth > fitted_tenth_ && tenth <= kLastRefit;
+  if (!first && !refit) return std::nullopt;
+  Fit fit;
+  fit.timed_from = last_fit_step_;
+  fit.seconds_per_step = (elapsed - last_fit_seconds_) / static_cast<double>(step - last_fit_step_);
+  fit.steps = fitted_steps(minutes_, step, elapsed, fit.seconds_per_step, most_);
+  last_fit_step_ = step, last_fit_seconds_ = elapsed, fitted_tenth_ = tenth;
+  if (fit.steps == steps_) return std::nullopt;
+  steps_ = fit.steps;
+  return fit;
+}
+
+namespace {
 
 torch::Tensor cpu_rng_state() {
   auto gen = at::detail::getDefaultCPUGenerator();
@@ -485,21 +507,7 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
   auto window_start = std::chrono::steady_clock::now();
   // A time budget: the steps are fitted early and refitted as the run goes (a run resumed past the
   // first fit keeps its steps).
-  const bool fitting = config.minutes > 0.0 && step < kFitFrom + kFitSteps;
-  const int64_t fit_from = std::max(step, kFitFrom), fit_at = fit_from + kFitSteps, most_steps = config.steps;
-  auto fit_start = std::chrono::steady_clock::now();
-  const double tenth = config.minutes * 6.0;  // a tenth of the budget, in seconds
-  int64_t fitted_tenth = 0, last_fit_step = fit_at;  // the tenth of the budget the last fit was in, and its step
-  auto fit_steps = [&](double per_step, int64_t timed_from) {
-    const int64_t steps = fitted_steps(config.minutes, step, bar.elapsed_seconds(), per_step, most_steps);
-    if (steps == config.steps) return;
-    config.steps = steps;
-    bar.set_total(config.steps);
-    std::ostringstream fit;
-    fit << "train: " << config.steps << " steps fit " << config.minutes << " minutes at " << std::setprecision(3)
-        << per_step << " s a step (timed over steps " << timed_from << " to " << step << ")";
-    bar.note(fit.str());
-  };
+  StepBudget budget(config.minutes, config.steps, step);
   model->train();
   while (step < config.steps) {
     bool stop = config.stop && config.stop->load();
@@ -518,18 +526,13 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
     window_loss_sum += train_step(batch.x0, batch.labels, lr);
     for (auto& track : tracks) track.ema.update(*track.model, *model);
     ++step;
-    if (fitting && step == fit_from) fit_start = std::chrono::steady_clock::now();
-    const auto seconds_since_fit = [&] {
-      return std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start).count();
-    };
-    const auto tenth_now = [&] { return static_cast<int64_t>(bar.elapsed_seconds() / tenth); };
-    if (fitting && step == fit_at) {
-      fit_steps(seconds_since_fit() / kFitSteps, fit_from);
-      fit_start = std::chrono::steady_clock::now(), last_fit_step = step, fitted_tenth = tenth_now();
-    } else if (fitting && step >= last_fit_step + kFitSteps && tenth_now() > fitted_tenth &&
-               tenth_now() <= kLastRefit) {
-      fit_steps(seconds_since_fit() / static_cast<double>(step - last_fit_step), last_fit_step);
-      fit_start = std::chrono::steady_clock::now(), last_fit_step = step, fitted_tenth = tenth_now();
+    if (const auto fit = budget.after_step(step, bar.elapsed_seconds())) {
+      config.steps = fit->steps;
+      bar.set_total(config.steps);
+      std::ostringstream note;
+      note << "train: " << config.steps << " steps fit " << config.minutes << " minutes at " << std::setprecision(3)
+           << fit->seconds_per_step << " s a step (timed over steps " << fit->timed_from << " to " << step << ")";
+      bar.note(note.str());
     }
     if (rank0 && !tracks.empty() && (step % config.ema_snapshot_every == 0 || step == config.steps)) {
       CheckpointInfo now = info;

@@ -40,6 +40,8 @@ struct ClassifierOptions {
 FeatureClassifier train_classifier(const Dataset& train, const ClassifierOptions& options);
 // Fraction of `data` classified correctly.
 double classifier_accuracy(FeatureClassifier& model, const Dataset& data, int64_t batch_size = 512);
+// The same from logits [N, classes] already computed for labels [N].
+double accuracy_of_logits(const torch::Tensor& logits, const torch::Tensor& labels);
 // Features and logits of [N, C, H, W] images in [−1, 1], in batches, without gradients.
 std::pair<torch::Tensor, torch::Tensor> classifier_outputs(FeatureClassifier& model, const torch::Tensor& images,
                                                            int64_t batch_size = 512);

@@ -10,10 +10,11 @@
 #pragma once
 
 #include <atomic>
+#include <optional>
 #include <string>
 
-#include "diffuse/data/dataset.h"
 #include "diffuse/checkpoint/checkpoint.h"
+#include "diffuse/data/dataset.h"
 #include "diffuse/runtime/precision.h"
 #include "diffuse/train/data_parallel.h"
 #include "diffuse/train/train_step.h"
@@ -79,6 +80,33 @@ double learning_rate(const TrainConfig& config, int64_t step);
 // (3 % for the previews, checkpoints and the end), in whole tens where there are more than a
 // hundred, never fewer than `at` nor more than `most`.
 int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_per_step, int64_t most);
+
+// The steps of a run with a time budget, fitted as it goes: at step kFitFrom + kFitSteps from the
+// speed of the kFitSteps before it (the first steps time the kernels and fill the caches), then at
+// each tenth of the budget up to kLastRefit tenths from the speed since the fit before, so that a
+// run whose neighbours slow it down or leave still ends near the budget. Each fit is fitted_steps.
+// Inactive (never fits) without a budget, or for a run resumed past the first fit.
+class StepBudget {
+ public:
+  static constexpr int64_t kFitFrom = 10, kFitSteps = 40, kLastRefit = 8;
+  struct Fit {
+    int64_t steps = 0;              // the run's new total
+    double seconds_per_step = 0.0;  // the speed it was fitted to,
+    int64_t timed_from = 0;         // timed from this step to the current one
+  };
+  StepBudget(double minutes, int64_t most_steps, int64_t first_step);
+  // After `step` (1-based count of steps done), `elapsed` seconds into training: a new total where
+  // a fit changes it, else nothing.
+  std::optional<Fit> after_step(int64_t step, double elapsed);
+
+ private:
+  double minutes_;
+  int64_t most_, steps_;
+  bool active_;
+  int64_t fit_from_, last_fit_step_;
+  double last_fit_seconds_ = 0.0;
+  int64_t fitted_tenth_ = -1;  // the tenth of the budget the last fit fell in (−1: none yet)
+};
 
 // Trains `info.model` on `data`. With config.resume and a train_state in out_dir, continues
 // from it (model, schedule and objective then come from the saved state).
