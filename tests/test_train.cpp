@@ -299,6 +299,8 @@ TEST(FittedSteps, FillNinetySevenPercentOfTheTimeLeftInWholeTens) {
   EXPECT_EQ(fitted_steps(0.01, 50, 0.0, 0.02, 5000), 79);    // 50 + ⌊0.97 · 0.6 / 0.02⌋, under a hundred as is
 }
 
+namespace {
+
 // A run of `most` steps under a budget of `minutes`, each step taking seconds_per_step(step) on a
 // simulated clock: the seconds it ends at, and how many fits changed its steps.
 std::pair<double, int> simulated_run(double minutes, int64_t most,
@@ -314,6 +316,8 @@ std::pair<double, int> simulated_run(double minutes, int64_t most,
   }
   return {elapsed, fits};
 }
+
+}  // namespace
 
 TEST(StepBudget, ARunWhoseSpeedChangesStillEndsNearItsBudget) {
   // ten minutes; the steps take 0.25 s while a neighbour is busy, then 0.15 s (it left), or the reverse
