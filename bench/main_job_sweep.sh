@@ -31,8 +31,9 @@ seeds=(${SEEDS:-0})
 # Winograd, on busier hours), and the 3,300 with t drawn by the loss (`--t-importance`), both also
 # from seed 1, and the 2,900 that the main job fitted with it (2,990 once refitted as it ran: that
 # run's learning rate followed the refits, which a run of --steps 2990 does not); the 3,300 with
-# stratified t on top (`--t-stratified`), from both seeds; and 8 channels at 28×28 (4,300 steps, the
-# same time), from both seeds.
+# stratified t on top (`--t-stratified`), from both seeds; self-attention in the middle block only
+# with t drawn by the loss (3,300, both seeds); and 8 channels at 28×28 (4,300 steps, the same time),
+# from both seeds.
 declare -A recipes=(
   [eps-1200]="--steps 1200 --batch-size 64 --lr 1e-3"
   [eps-2400]="--steps 2400 --batch-size 64 --lr 1e-3"
@@ -77,6 +78,8 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-stratified-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --t-stratified"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-stratified-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --t-stratified --seed 1"
+  [v-min-snr-5-c16-attn-mid-lr-2e-3-lsnr-m2-2-importance-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --attention-res 0 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
+  [v-min-snr-5-c16-attn-mid-lr-2e-3-lsnr-m2-2-importance-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --attention-res 0 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
   [v-min-snr-5-c8-mult-1-4-4-lr-2e-3-lsnr-m2-2-importance-4300]="--steps 4300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 8 --channel-mult 1,4,4 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c8-mult-1-4-4-lr-2e-3-lsnr-m2-2-importance-seed-1-4300]="--steps 4300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 8 --channel-mult 1,4,4 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
   [v-min-snr-5-c16-mult-1-2-3-lr-2e-3-lsnr-m2-2-1600]="--steps 1600 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --channel-mult 1,2,3 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2"

@@ -265,6 +265,13 @@ TEST(Diffusers, SchedulerConfigsBecomeTheScheduleObjectiveAndSamplingDefaults) {
   EXPECT_EQ(diffusers_scheduler_config(info).at("trained_betas"), nlohmann::json({0.1, 0.25, 0.5}));
   info.objective = Objective::v;
   EXPECT_EQ(diffusers_scheduler_config(info).at("prediction_type"), "v_prediction");
+  // the DDIM paper's quadratic spacing is not one of diffusers': refused both ways
+  info.sampling.spacing = TimestepSpacing::quadratic;
+  EXPECT_NE(error_of([&] { diffusers_scheduler_config(info); }).find("quadratic"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              scheduler_from_diffusers({{"timestep_spacing", "quadratic"}});
+            }).find("timestep_spacing"),
+            std::string::npos);
   EXPECT_NE(error_of([&] {
               scheduler_from_diffusers({{"num_train_timesteps", 3}, {"trained_betas", {0.1}}});
             }).find("trained_betas"),

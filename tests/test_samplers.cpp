@@ -139,11 +139,14 @@ INSTANTIATE_TEST_SUITE_P(Samplers, EverySampler,
                                            SamplerConfig{"ddim", TimestepSpacing::trailing, 0.5, false},
                                            SamplerConfig{"euler", TimestepSpacing::leading, 0.0, false},
                                            SamplerConfig{"heun", TimestepSpacing::trailing, 0.0, false},
-                                           SamplerConfig{"dpm++2m", TimestepSpacing::linspace, 0.0, false}),
+                                           SamplerConfig{"dpm++2m", TimestepSpacing::linspace, 0.0, false},
+                                           SamplerConfig{"ddim", TimestepSpacing::quadratic, 0.0, false},
+                                           SamplerConfig{"dpm++2m", TimestepSpacing::quadratic, 0.0, false}),
                          [](const auto& info) {
                            std::string name = info.param.name + "_" + to_string(info.param.spacing) + "_" +
                                               std::to_string(info.index);
-                           for (char& c : name) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
                            return name;
                          });
 

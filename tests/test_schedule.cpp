@@ -86,8 +86,47 @@ TEST(TimestepSpacing, MatchesDiffusersDdimScheduler) {
   EXPECT_EQ(spaced_timesteps(1000, 3, TimestepSpacing::leading), (V{666, 333, 0}));
 }
 
+// The DDIM paper's code: seq = [int(s) for s in np.linspace(0, np.sqrt(0.8 T), S) ** 2], 0-based.
+TEST(TimestepSpacing, QuadraticIsTheDdimPapersSelectionWithoutRepeats) {
+  using V = std::vector<int64_t>;
+  auto ascending = [](int64_t T, int64_t S) {
+    auto ts = spaced_timesteps(T, S, TimestepSpacing::quadratic);
+    return V(ts.rbegin(), ts.rend());
+  };
+  EXPECT_EQ(ascending(1000, 10), (V{0, 9, 39, 88, 158, 246, 355, 483, 632, 800}));
+  EXPECT_EQ(ascending(1000, 20),
+            (V{0, 2, 8, 19, 35, 55, 79, 108, 141, 179, 221, 268, 319, 374, 434, 498, 567, 640, 718, 800}));
+  // numpy gives 0, 0, 1, 2, 5, … at S = 50 (2.9999… truncates to 2): the repeats are raised by one each
+  const auto fifty = ascending(1000, 50);
+  EXPECT_EQ(V(fifty.begin(), fifty.begin() + 6), (V{0, 1, 2, 3, 5, 8}));
+  EXPECT_EQ(fifty.back(), 800);
+  // every S ≤ T: S distinct indices in [0, T − 1], the largest ⌊0.8 T⌋ (one less where √(0.8 T)² rounds
+  // below it) unless the raising pushed it up
+  for (int64_t T = 1; T <= 80; ++T) {
+    for (int64_t S = 1; S <= T; ++S) {
+      const auto ts = spaced_timesteps(T, S, TimestepSpacing::quadratic);
+      ASSERT_EQ(static_cast<int64_t>(ts.size()), S) << T << " " << S;
+      EXPECT_EQ(ts.back(), 0) << T << " " << S;
+      EXPECT_LE(ts.front(), T - 1) << T << " " << S;
+      if (S > 1) EXPECT_GE(ts.front(), static_cast<int64_t>(0.8 * T) - 1) << T << " " << S;
+      for (size_t j = 1; j < ts.size(); ++j) EXPECT_LT(ts[j], ts[j - 1]) << T << " " << S;
+    }
+  }
+}
+
+TEST(TimestepSpacing, NamesRoundTripAndUnknownOnesAreRefusedListingTheKnown) {
+  for (const auto& name : timestep_spacing_names()) EXPECT_EQ(to_string(timestep_spacing_from_string(name)), name);
+  try {
+    timestep_spacing_from_string("cubic");
+    FAIL() << "cubic accepted";
+  } catch (const std::invalid_argument& e) {
+    for (const auto& name : timestep_spacing_names()) EXPECT_NE(std::string(e.what()).find(name), std::string::npos);
+  }
+}
+
 TEST(TimestepSpacing, FullGridIsTheSameForEverySpacingAndStepsAreValidated) {
-  for (auto sp : {TimestepSpacing::leading, TimestepSpacing::trailing, TimestepSpacing::linspace}) {
+  for (const auto& name : timestep_spacing_names()) {
+    const auto sp = timestep_spacing_from_string(name);
     const auto ts = spaced_timesteps(50, 50, sp);
     ASSERT_EQ(ts.size(), 50u);
     for (int64_t j = 0; j < 50; ++j) EXPECT_EQ(ts[j], 49 - j) << to_string(sp);

@@ -56,7 +56,7 @@ void add_schedule_command(CLI::App& app) {
       ->check(CLI::IsMember(sampler_names()));
   cmd->add_option("--steps", o->steps, "Sampler steps S")->check(positive_number())->capture_default_str();
   cmd->add_option("--spacing", o->spacing, "Timestep spacing")
-      ->check(CLI::IsMember({"leading", "trailing", "linspace"}))
+      ->check(CLI::IsMember(timestep_spacing_names()))
       ->capture_default_str();
   cmd->callback([o] { run_schedule(*o); });
 }

@@ -10,7 +10,7 @@ void add_sampler_options(CLI::App& cmd, SamplerFlags& f) {
       ->check(eta_range())
       ->capture_default_str();
   cmd.add_option("--spacing", f.spacing, "Timestep spacing when S < T (default: the checkpoint's, else leading)")
-      ->check(CLI::IsMember({"leading", "trailing", "linspace"}));
+      ->check(CLI::IsMember(timestep_spacing_names()));
   cmd.add_option("--ddpm-variance", f.ddpm_variance,
                  "DDPM sigma^2: posterior (beta-tilde) or beta (default: the checkpoint's, else posterior)")
       ->check(CLI::IsMember({"posterior", "beta"}));

@@ -310,11 +310,11 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
   d.clip_x0 = r.boolean("clip_sample", true);
   if (d.clip_x0 && r.number("clip_sample_range", 1.0) != 1.0) r.refuse("clip_sample_range", "1.0 only");
   d.clipped_eps = ClippedEps::keep;  // diffusers' schedulers step with the network's ε̂
-  try {
-    d.spacing = timestep_spacing_from_string(r.string("timestep_spacing", "leading"));
-  } catch (const std::invalid_argument&) {
+  const auto spacing = r.string("timestep_spacing", "leading");
+  if (spacing != "leading" && spacing != "trailing" && spacing != "linspace") {
     r.refuse("timestep_spacing", "leading, trailing or linspace");
   }
+  d.spacing = timestep_spacing_from_string(spacing);
   if (r.integer("steps_offset", 0) != 0) r.refuse("steps_offset", "0 only");
   if (r.boolean("thresholding", false)) r.refuse("thresholding", "dynamic thresholding is not built");
   if (r.boolean("rescale_betas_zero_snr", false)) r.refuse("rescale_betas_zero_snr", "not built");
@@ -324,6 +324,9 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
 
 nlohmann::json diffusers_scheduler_config(const CheckpointInfo& info) {
   const auto& s = info.schedule;
+  if (info.sampling.spacing == TimestepSpacing::quadratic) {
+    throw std::runtime_error("export: diffusers has no quadratic timestep spacing (leading, trailing or linspace)");
+  }
   std::string kind = "linear";  // ignored by diffusers where trained_betas is given
   if (s.kind == BetaSchedule::scaled_linear) kind = "scaled_linear";
   if (s.kind == BetaSchedule::cosine) {

@@ -12,16 +12,21 @@ std::string to_string(TimestepSpacing spacing) {
     case TimestepSpacing::leading: return "leading";
     case TimestepSpacing::trailing: return "trailing";
     case TimestepSpacing::linspace: return "linspace";
+    case TimestepSpacing::quadratic:
+      return "quadratic";
   }
   return "?";
 }
+
+std::vector<std::string> timestep_spacing_names() { return {"leading", "trailing", "linspace", "quadratic"}; }
 
 TimestepSpacing timestep_spacing_from_string(const std::string& name) {
   if (name == "leading") return TimestepSpacing::leading;
   if (name == "trailing") return TimestepSpacing::trailing;
   if (name == "linspace") return TimestepSpacing::linspace;
+  if (name == "quadratic") return TimestepSpacing::quadratic;
   throw std::invalid_argument("unknown timestep spacing '" + name +
-                              "' (expected leading, trailing or linspace)");
+                              "' (expected leading, trailing, linspace or quadratic)");
 }
 
 namespace {
@@ -60,6 +65,19 @@ std::vector<int64_t> spaced_timesteps(int64_t T, int64_t S, TimestepSpacing spac
         const double v = (j == S - 1 && S > 1) ? static_cast<double>(T - 1) : static_cast<double>(j) * step;
         out.push_back(round_half_even(v));
       }
+      break;
+    }
+    case TimestepSpacing::quadratic: {
+      // numpy: (linspace(0, √(0.8T), S)**2).astype(int); the first few repeat at S ≳ √(0.8T).
+      const double end = std::sqrt(0.8 * static_cast<double>(T));
+      const double step = S == 1 ? 0.0 : end / static_cast<double>(S - 1);
+      std::vector<int64_t> ascending;
+      for (int64_t j = 0; j < S; ++j) {
+        const double v = (j == S - 1 && S > 1) ? end : static_cast<double>(j) * step;
+        const auto i = static_cast<int64_t>(std::floor(v * v));
+        ascending.push_back(ascending.empty() ? i : std::max(i, ascending.back() + 1));
+      }
+      out.assign(ascending.rbegin(), ascending.rend());
       break;
     }
   }

@@ -210,7 +210,7 @@ GenerateRequest native_generate_request(const json& body, const std::vector<Mode
     } catch (const RequestError&) {
       throw;
     } catch (const std::exception&) {
-      throw RequestError("spacing", "must be leading, trailing or linspace");
+      throw RequestError("spacing", "must be leading, trailing, linspace or quadratic");
     }
   }
   r.sampler.eta = number_field(body, "eta", 0.0, 0.0, 1.0);
