@@ -1,5 +1,6 @@
 // The Fréchet distance against closed forms, and the classifier-FID's behaviour on real data:
-// near 0 between MNIST's test and train splits, large against noise or one repeated digit.
+// near 0 between MNIST's test and train splits, large against noise or one repeated digit; the
+// pipeline's CfidReference against one-off images_cfid calls.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,6 +8,9 @@
 #include "diffuse/eval/classifier.h"
 #include "diffuse/eval/frechet.h"
 #include "diffuse/io/image.h"
+#include "diffuse/pipeline/pipeline.h"
+#include "diffuse/util/environment.h"
+#include "support/temp_dir.h"
 
 using namespace diffuse;
 
@@ -61,4 +65,39 @@ TEST(ClassifierFid, IsNearZeroBetweenSplitsAndLargeForNoiseOrOneDigit) {
   EXPECT_GT(predicted_class_entropy(logits), 0.95 * std::log(10.0));  // every digit predicted
   auto [f1, logits1] = classifier_outputs(clf, first.expand({50, 1, 28, 28}).contiguous());
   EXPECT_NEAR(predicted_class_entropy(logits1), 0.0, 1e-12);  // one class only
+}
+
+// The reference side computed once: several image sets scored against it give what one-off
+// images_cfid calls give, and the training split is loaded once for the classifier and every floor.
+TEST(CfidReference, ScoresManySetsAsOneOffCallsDoLoadingTheTrainingSplitOnce) {
+  diffuse::testing::TempDir dir;
+  EnvironmentSwitch cache("DIFFUSE_CACHE_DIR", dir.str(), true);
+  const auto reference = load_dataset("mnist", Split::test, DataOptions{0, 500});
+  int loads = 0;
+  const auto load_training_split = [&] {
+    ++loads;
+    return load_dataset("mnist", Split::train, DataOptions{0, 1000});
+  };
+  CfidReference cfid(reference, load_training_split, /*progress=*/false);
+  EXPECT_EQ(loads, 1);  // the classifier trained on it, then cached in dir
+  const auto real = from_uint8(load_dataset("mnist", Split::train, DataOptions{0, 1200}).images.narrow(0, 1000, 200));
+  torch::manual_seed(2);
+  const auto noise = torch::rand({200, 1, 28, 28}) * 2 - 1;
+  const auto real_score = cfid.score(real, 3), noise_score = cfid.score(noise, 3), again = cfid.score(real, 3);
+  EXPECT_EQ(loads, 1);
+  EXPECT_EQ(real_score.cfid, again.cfid);
+  EXPECT_EQ(real_score.cfid_real, again.cfid_real);
+  EXPECT_EQ(real_score.cfid_real, noise_score.cfid_real);  // the same 200 training images drawn with seed 3
+  EXPECT_LT(real_score.cfid * 10, noise_score.cfid);
+  EXPECT_GT(real_score.classifier_accuracy, 0.5);
+
+  loads = 0;
+  const auto once = images_cfid(noise, reference, load_training_split, 3, /*progress=*/false);
+  EXPECT_EQ(loads, 1);  // the floor's images only: the classifier came from the cache
+  EXPECT_NEAR(once.cfid, noise_score.cfid, 1e-9 * noise_score.cfid);
+  EXPECT_EQ(once.cfid_real, noise_score.cfid_real);
+  EXPECT_EQ(once.classifier_accuracy, noise_score.classifier_accuracy);
+  EXPECT_EQ(once.entropy_reference, noise_score.entropy_reference);
+  EXPECT_EQ(once.entropy_generated, noise_score.entropy_generated);
+  EXPECT_THROW(cfid.score(torch::zeros({4, 1, 32, 32}), 0), c10::Error);  // not the reference's size
 }

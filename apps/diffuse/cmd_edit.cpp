@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <iomanip>
 #include <memory>
-#include <optional>
 #include <sstream>
 
 #include "commands.h"
@@ -160,15 +159,12 @@ void print_cfid(const EditOptions& o, const EditContext& c,
   if (!o.cfid) return;
   const auto& data = c.pipeline.info().data;
   if (data.name.empty()) throw std::runtime_error("--cfid: the checkpoint does not name its data set");
-  // both splits read once for all the results
+  // both splits read, and the reference's features computed, once for all the results
   const auto reference = load_dataset(data.name, Split::test, DataOptions{data.image_size, 0});
-  std::optional<Dataset> training;
-  const auto training_split = [&]() -> Dataset {
-    if (!training) training = load_dataset(data.name, Split::train, DataOptions{data.image_size, 0});
-    return *training;
-  };
+  const auto training_split = [&] { return load_dataset(data.name, Split::train, DataOptions{data.image_size, 0}); };
+  CfidReference cfid(reference, training_split, o.progress);
   for (const auto& [what, results] : named_results) {
-    const auto r = images_cfid(results, reference, training_split, o.seed, o.progress);
+    const auto r = cfid.score(results, o.seed);
     std::printf(
         "cFID of %s: %.2f against the %lld test images (%lld real training images: %.2f, the floor at this n)\n",
         what.c_str(), r.cfid, static_cast<long long>(reference.size()), static_cast<long long>(r.images), r.cfid_real);

@@ -184,39 +184,52 @@ std::string classifier_cache_path(const Dataset& data) {
 
 }  // namespace
 
-CfidResult images_cfid(const torch::Tensor& images, const Dataset& reference,
-                       const std::function<Dataset()>& load_training_split, uint64_t seed, bool progress) {
-  TORCH_CHECK(images.dim() == 4 && images.size(0) >= 2 && images.size(1) == reference.channels() &&
-                  images.size(2) == reference.image_size() && images.size(3) == reference.image_size(),
-              "cFID: ", images.sizes(), " images against a reference of ", reference.channels(), "x",
-              reference.image_size(), "x", reference.image_size());
-  CfidResult r;
-  r.images = images.size(0);
-  r.classifier_path = classifier_cache_path(reference);
+CfidReference::CfidReference(const Dataset& reference, std::function<Dataset()> load_training_split, bool progress)
+    : channels_(reference.channels()),
+      image_size_(reference.image_size()),
+      load_training_split_(std::move(load_training_split)),
+      classifier_path_(classifier_cache_path(reference)) {
   ClassifierOptions co;
   co.progress = progress;
-  std::optional<Dataset> training;  // loaded once: for the classifier (the first time) and cfid_real
-  const auto training_split = [&]() -> Dataset {
-    if (!training) training = load_training_split();
-    return *training;
-  };
-  auto classifier = load_or_train_classifier(r.classifier_path, reference.channels(), reference.image_size(),
-                                             reference.num_classes, training_split, co);
+  classifier_ = load_or_train_classifier(
+      classifier_path_, channels_, image_size_, reference.num_classes, [this] { return training_split(); }, co);
+  auto [features, logits] = classifier_outputs(classifier_, from_uint8(reference.images));
+  reference_statistics_ = feature_statistics(features);
+  reference_accuracy_ = accuracy_of_logits(logits, reference.labels);  // one pass over the reference
+  reference_entropy_ = predicted_class_entropy(logits);
+}
+
+const Dataset& CfidReference::training_split() {
+  if (!training_) training_ = load_training_split_();
+  return *training_;
+}
+
+CfidResult CfidReference::score(const torch::Tensor& images, uint64_t seed) {
+  TORCH_CHECK(images.dim() == 4 && images.size(0) >= 2 && images.size(1) == channels_ &&
+                  images.size(2) == image_size_ && images.size(3) == image_size_,
+              "cFID: ", images.sizes(), " images against a reference of ", channels_, "x", image_size_, "x",
+              image_size_);
+  CfidResult r;
+  r.images = images.size(0);
+  r.classifier_path = classifier_path_;
+  r.classifier_accuracy = reference_accuracy_;
+  r.entropy_reference = reference_entropy_;
   // Generated images are quantised to 8 bits like the data, so that both sides see the same kind of input.
-  auto [generated_features, generated_logits] = classifier_outputs(classifier, from_uint8(to_uint8(images.cpu())));
-  auto [reference_features, reference_logits] = classifier_outputs(classifier, from_uint8(reference.images));
-  r.classifier_accuracy = accuracy_of_logits(reference_logits, reference.labels);  // one pass over the reference
-  const auto reference_statistics = feature_statistics(reference_features);
-  r.cfid = frechet_distance(feature_statistics(generated_features), reference_statistics);
+  auto [generated_features, generated_logits] = classifier_outputs(classifier_, from_uint8(to_uint8(images.cpu())));
+  r.cfid = frechet_distance(feature_statistics(generated_features), reference_statistics_);
   r.entropy_generated = predicted_class_entropy(generated_logits);
-  r.entropy_reference = predicted_class_entropy(reference_logits);
   // the floor at this n: as many real training images, drawn without replacement
-  const Dataset real = training_split();
+  const Dataset& real = training_split();
   auto gen = at::detail::createCPUGenerator(seed);
   const auto drawn = torch::randperm(real.size(), gen, torch::kLong).slice(0, 0, std::min(r.images, real.size()));
-  const auto real_features = classifier_outputs(classifier, from_uint8(real.images.index_select(0, drawn))).first;
-  r.cfid_real = frechet_distance(feature_statistics(real_features), reference_statistics);
+  const auto real_features = classifier_outputs(classifier_, from_uint8(real.images.index_select(0, drawn))).first;
+  r.cfid_real = frechet_distance(feature_statistics(real_features), reference_statistics_);
   return r;
+}
+
+CfidResult images_cfid(const torch::Tensor& images, const Dataset& reference,
+                       const std::function<Dataset()>& load_training_split, uint64_t seed, bool progress) {
+  return CfidReference(reference, load_training_split, progress).score(images, seed);
 }
 
 CfidResult evaluate_cfid(const Pipeline& pipeline, const GenerateOptions& options, const Dataset& reference,

@@ -13,11 +13,14 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "diffuse/checkpoint/checkpoint.h"
 #include "diffuse/data/captioned_digits.h"
 #include "diffuse/data/dataset.h"
+#include "diffuse/eval/classifier.h"
+#include "diffuse/eval/frechet.h"
 #include "diffuse/eval/nll.h"
 #include "diffuse/eval/prompt_following.h"
 #include "diffuse/pipeline/compute.h"
@@ -98,9 +101,28 @@ struct CfidResult {
   double cfid_real = 0.0;
   std::string classifier_path;       // where the classifier is cached
 };
-// Compares images [N, C, H, W] in [−1, 1] with `reference` in the features of the data set's cFID
-// classifier (cached in cache_directory(); trained on `load_training_split()` the first time), and
-// N real training images drawn with `seed` likewise (cfid_real).
+// The reference side of cFID, computed once for any number of image sets: the data set's classifier
+// (cached in cache_directory(); trained on `load_training_split()` the first time) and the
+// reference's features' statistics, accuracy and class entropy.
+class CfidReference {
+ public:
+  CfidReference(const Dataset& reference, std::function<Dataset()> load_training_split, bool progress = true);
+  // Compares images [N, C, H, W] in [−1, 1] with the reference, and N real training images drawn
+  // with `seed` likewise (cfid_real; the training split is loaded once, on the first call).
+  CfidResult score(const torch::Tensor& images, uint64_t seed);
+
+ private:
+  const Dataset& training_split();
+
+  int64_t channels_, image_size_;
+  std::function<Dataset()> load_training_split_;
+  std::optional<Dataset> training_;
+  std::string classifier_path_;
+  FeatureClassifier classifier_{nullptr};
+  GaussianStats reference_statistics_;
+  double reference_accuracy_ = 0.0, reference_entropy_ = 0.0;
+};
+// One image set against `reference`: CfidReference(reference, load_training_split, progress).score(images, seed).
 CfidResult images_cfid(const torch::Tensor& images, const Dataset& reference,
                        const std::function<Dataset()>& load_training_split, uint64_t seed, bool progress = true);
 // Generates options.n images and compares them as images_cfid does. Class-conditional models get
