@@ -12,8 +12,7 @@ std::string to_string(TimestepSpacing spacing) {
     case TimestepSpacing::leading: return "leading";
     case TimestepSpacing::trailing: return "trailing";
     case TimestepSpacing::linspace: return "linspace";
-    case TimestepSpacing::quadratic:
-      return "quadratic";
+    case TimestepSpacing::quadratic: return "quadratic";
   }
   return "?";
 }

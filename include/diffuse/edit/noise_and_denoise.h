@@ -12,7 +12,7 @@ namespace diffuse {
 
 // x_0 [B, C, H, W] in [−1, 1] → noised to timestep t (0-based) → denoised with `sampler` over
 // `steps` steps spaced on [0, t]. The noise level is the grid's first timestep: t itself for
-// trailing and linspace spacing, a little below t for leading. ε is drawn from `gen`, or given
+// trailing and linspace spacing, a little below t for leading, about 0.8 t for quadratic. ε is drawn from `gen`, or given
 // (`noise`, broadcast to x_0's shape: one ε for every image of the batch gives a comparison whose
 // columns differ by x_0 alone, as `edit mix` draws them).
 struct NoisedAndDenoised {
