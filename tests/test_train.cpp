@@ -348,6 +348,17 @@ TEST(StepBudget, ARunWhoseSpeedChangesStillEndsNearItsBudget) {
   for (int64_t step = 61; step < 2000; ++step) EXPECT_FALSE(resumed.after_step(step, 0.2 * (step - 60)));
 }
 
+TEST(StepBudget, ABriefLullBeforeTheLastFitDoesNotMakeTheRunOvershoot) {
+  // 0.2 s a step, but 0.15 s while a neighbour pauses over the window that the last fit (eight
+  // tenths, 480 s) times; the run goes back to 0.2 s after it. Fitted to that window alone, the
+  // run would take 0.2/0.15 of what it planned for its last fifth and end past the budget.
+  const auto lull = [](int64_t step) { return step >= 2150 && step < 2500 ? 0.15 : 0.2; };
+  const auto [end, fits] = simulated_run(10.0, 100000, lull);
+  EXPECT_GE(fits, 2);
+  EXPECT_LE(end, 600.0);
+  EXPECT_GT(end, 0.95 * 600.0);
+}
+
 TEST(Train, AMinutesBudgetFitsTheStepsAsItGoesAndTheScheduleEndsThere) {
   TempDir dir;
   auto data = load_dataset("mnist", Split::train, DataOptions{0, 64});

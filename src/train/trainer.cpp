@@ -70,9 +70,15 @@ std::optional<StepBudget::Fit> StepBudget::after_step(int64_t step, double elaps
       fitted_tenth_ >= 0 && step >= last_fit_step_ + kFitSteps && tenth > fitted_tenth_ && tenth <= kLastRefit;
   if (!first && !refit) return std::nullopt;
   Fit fit;
-  fit.timed_from = last_fit_step_;
+  fit.timed_from = last_fit_step_, fit.timed_to = step;
   fit.seconds_per_step = (elapsed - last_fit_seconds_) / static_cast<double>(step - last_fit_step_);
+  // A refit takes the slower of its window and the refit's before: a neighbour that pauses for one
+  // window does not make the rest of the run overshoot. (The first window, which times the kernels
+  // and fills the caches, is slower than the rest and never taken again.)
+  const Fit window = fit;
+  if (previous_window_ && previous_window_->seconds_per_step > fit.seconds_per_step) fit = *previous_window_;
   fit.steps = fitted_steps(minutes_, step, elapsed, fit.seconds_per_step, most_);
+  if (!first) previous_window_ = window;
   last_fit_step_ = step, last_fit_seconds_ = elapsed, fitted_tenth_ = tenth;
   if (fit.steps == steps_) return std::nullopt;
   steps_ = fit.steps;
@@ -531,7 +537,8 @@ TrainResult train(const TrainConfig& requested, CheckpointInfo info, const Datas
       bar.set_total(config.steps);
       std::ostringstream note;
       note << "train: " << config.steps << " steps fit " << config.minutes << " minutes at " << std::setprecision(3)
-           << fit->seconds_per_step << " s a step (timed over steps " << fit->timed_from << " to " << step << ")";
+           << fit->seconds_per_step << " s a step (timed over steps " << fit->timed_from << " to " << fit->timed_to
+           << ")";
       bar.note(note.str());
     }
     if (rank0 && !tracks.empty() && (step % config.ema_snapshot_every == 0 || step == config.steps)) {

@@ -83,8 +83,10 @@ int64_t fitted_steps(double minutes, int64_t at, double elapsed, double seconds_
 
 // The steps of a run with a time budget, fitted as it goes: at step kFitFrom + kFitSteps from the
 // speed of the kFitSteps before it (the first steps time the kernels and fill the caches), then at
-// each tenth of the budget up to kLastRefit tenths from the speed since the fit before, so that a
-// run whose neighbours slow it down or leave still ends near the budget. Each fit is fitted_steps.
+// each tenth of the budget up to kLastRefit tenths from the speed since the fit before (or of the
+// window before that, where it was slower), so that a run whose neighbours slow it down or leave
+// still ends near the budget, and one whose neighbour pauses briefly does not overshoot it. Each
+// fit is fitted_steps.
 // Inactive (never fits) without a budget, or for a run resumed past the first fit.
 class StepBudget {
  public:
@@ -92,7 +94,7 @@ class StepBudget {
   struct Fit {
     int64_t steps = 0;              // the run's new total
     double seconds_per_step = 0.0;  // the speed it was fitted to,
-    int64_t timed_from = 0;         // timed from this step to the current one
+    int64_t timed_from = 0, timed_to = 0;  // timed over these steps
   };
   StepBudget(double minutes, int64_t most_steps, int64_t first_step);
   // After `step` (1-based count of steps done), `elapsed` seconds into training: a new total where
@@ -106,6 +108,7 @@ class StepBudget {
   int64_t fit_from_, last_fit_step_;
   double last_fit_seconds_ = 0.0;
   int64_t fitted_tenth_ = -1;  // the tenth of the budget the last fit fell in (−1: none yet)
+  std::optional<Fit> previous_window_;  // the last refit's own window (not the first fit's)
 };
 
 // Trains `info.model` on `data`. With config.resume and a train_state in out_dir, continues
