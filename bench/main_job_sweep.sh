@@ -30,7 +30,8 @@ seeds=(${SEEDS:-0})
 # 3,300 and 3,200 steps that `train --minutes 10` fitted there (the last two with the fused own
 # Winograd, on busier hours), and the 3,300 with t drawn by the loss (`--t-importance`), both also
 # from seed 1, and the 2,900 that the main job fitted with it (2,990 once refitted as it ran: that
-# run's learning rate followed the refits, which a run of --steps 2990 does not); the 3,300 with
+# run's learning rate followed the refits, which a run of --steps 2990 does not; 3,190 for the run with
+# the refits from the slower of two windows, likewise); the 3,300 with
 # stratified t on top (`--t-stratified`), from both seeds; self-attention in the middle block only
 # with t drawn by the loss (3,300, both seeds); and 8 channels at 28×28 (4,300 steps, the same time),
 # from both seeds.
@@ -74,6 +75,7 @@ declare -A recipes=(
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-2900]="--steps 2900 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-2990]="--steps 2990 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
+  [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-3190]="--steps 3190 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-seed-1-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --seed 1"
   [v-min-snr-5-c16-lr-2e-3-lsnr-m2-2-importance-stratified-3300]="--steps 3300 --batch-size 64 --lr 2e-3 --objective v --min-snr-gamma 5 --channels 16 --t-sampling log-snr-normal --log-snr-mean -2 --log-snr-std 2 --t-importance --t-stratified"
