@@ -181,6 +181,7 @@ TEST(Serve, HealthAndModelsDescribeEveryServedModel) {
   EXPECT_EQ(models[1]["classes"], json({"0", "1", "2"}));
   EXPECT_EQ(models[1]["image_size"], 8);
   EXPECT_EQ(models[1]["timesteps"], 100);
+  EXPECT_EQ(models[1]["spacings"], json(timestep_spacing_names()));  // what the page's spacing select offers
   const auto schedule = get(c, "/api/models/plain/schedule");
   ASSERT_EQ(schedule["alpha_bar"].size(), 100u);
   // ᾱ_t = ∏ (1 − β_s), recomputed from the β the route gives

@@ -1,5 +1,6 @@
 // UNet2DModel and scheduler configs ↔ UNetConfig, ScheduleConfig, Objective and SamplingDefaults.
 #include <cmath>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -10,6 +11,9 @@
 namespace diffuse {
 
 namespace {
+
+// The spacings diffusers' schedulers know (its timestep_spacing); the DDIM paper's quadratic one is not among them.
+bool diffusers_has(TimestepSpacing spacing) { return spacing != TimestepSpacing::quadratic; }
 
 // The diffusers release whose format is written (and whose fixtures the tests compare with).
 constexpr const char* kDiffusersVersion = "0.25.1";
@@ -310,11 +314,13 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
   d.clip_x0 = r.boolean("clip_sample", true);
   if (d.clip_x0 && r.number("clip_sample_range", 1.0) != 1.0) r.refuse("clip_sample_range", "1.0 only");
   d.clipped_eps = ClippedEps::keep;  // diffusers' schedulers step with the network's ε̂
-  const auto spacing = r.string("timestep_spacing", "leading");
-  if (spacing != "leading" && spacing != "trailing" && spacing != "linspace") {
-    r.refuse("timestep_spacing", "leading, trailing or linspace");
+  std::optional<TimestepSpacing> spacing;
+  try {
+    spacing = timestep_spacing_from_string(r.string("timestep_spacing", "leading"));
+  } catch (const std::invalid_argument&) {  // refused below, in diffusers' terms
   }
-  d.spacing = timestep_spacing_from_string(spacing);
+  if (!spacing || !diffusers_has(*spacing)) r.refuse("timestep_spacing", "leading, trailing or linspace");
+  d.spacing = *spacing;
   if (r.integer("steps_offset", 0) != 0) r.refuse("steps_offset", "0 only");
   if (r.boolean("thresholding", false)) r.refuse("thresholding", "dynamic thresholding is not built");
   if (r.boolean("rescale_betas_zero_snr", false)) r.refuse("rescale_betas_zero_snr", "not built");
@@ -324,7 +330,7 @@ DiffusersScheduler scheduler_from_diffusers(const nlohmann::json& j) {
 
 nlohmann::json diffusers_scheduler_config(const CheckpointInfo& info) {
   const auto& s = info.schedule;
-  if (info.sampling.spacing == TimestepSpacing::quadratic) {
+  if (!diffusers_has(info.sampling.spacing)) {
     throw std::runtime_error("export: diffusers has no quadratic timestep spacing (leading, trailing or linspace)");
   }
   std::string kind = "linear";  // ignored by diffusers where trained_betas is given

@@ -17,15 +17,24 @@ std::string to_string(TimestepSpacing spacing) {
   return "?";
 }
 
-std::vector<std::string> timestep_spacing_names() { return {"leading", "trailing", "linspace", "quadratic"}; }
+namespace {
+constexpr TimestepSpacing kSpacings[] = {TimestepSpacing::leading, TimestepSpacing::trailing, TimestepSpacing::linspace,
+                                         TimestepSpacing::quadratic};
+}  // namespace
+
+std::vector<std::string> timestep_spacing_names() {
+  std::vector<std::string> names;
+  for (auto spacing : kSpacings) names.push_back(to_string(spacing));
+  return names;
+}
 
 TimestepSpacing timestep_spacing_from_string(const std::string& name) {
-  if (name == "leading") return TimestepSpacing::leading;
-  if (name == "trailing") return TimestepSpacing::trailing;
-  if (name == "linspace") return TimestepSpacing::linspace;
-  if (name == "quadratic") return TimestepSpacing::quadratic;
-  throw std::invalid_argument("unknown timestep spacing '" + name +
-                              "' (expected leading, trailing, linspace or quadratic)");
+  std::string expected;
+  for (auto spacing : kSpacings) {
+    if (name == to_string(spacing)) return spacing;
+    expected += (expected.empty() ? "" : ", ") + to_string(spacing);
+  }
+  throw std::invalid_argument("unknown timestep spacing '" + name + "' (one of " + expected + ")");
 }
 
 namespace {

@@ -209,8 +209,8 @@ GenerateRequest native_generate_request(const json& body, const std::vector<Mode
       r.sampler.spacing = timestep_spacing_from_string(string_field(body, "spacing", ""));
     } catch (const RequestError&) {
       throw;
-    } catch (const std::exception&) {
-      throw RequestError("spacing", "must be leading, trailing, linspace or quadratic");
+    } catch (const std::invalid_argument& e) {
+      throw RequestError("spacing", e.what());
     }
   }
   r.sampler.eta = number_field(body, "eta", 0.0, 0.0, 1.0);

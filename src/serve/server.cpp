@@ -505,6 +505,7 @@ void Server::Impl::routes() {
                       {"parameters", models[i].pipeline.checkpoint.model->parameter_count()},
                       {"step", info.step},
                       {"spacing", to_string(f.default_sampler.spacing)},
+                      {"spacings", timestep_spacing_names()},
                       {"samplers", sampler_names()},
                       {"text", f.tokenizer ? json{{"vocabulary", f.tokenizer->words()},
                                                   {"max_words", f.tokenizer->max_tokens() - 1}}

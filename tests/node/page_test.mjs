@@ -40,6 +40,11 @@ try {
   await page.goto(`http://127.0.0.1:${port}/`, {waitUntil: "networkidle0"});
   await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0, {timeout: 10000});
   check(true, "the page lists the model");
+  const spacings = await page.$$eval("[name=spacing] option", (options) => options.map((o) => o.value));
+  const served = (await (await fetch(`http://127.0.0.1:${port}/api/models`)).json()).models[0];
+  check(JSON.stringify(spacings) === JSON.stringify(served.spacings) && spacings.includes("quadratic") &&
+        (await page.$eval("[name=spacing]", (e) => e.value)) === served.spacing,
+        "the spacing select offers the server's spacings, the model's own chosen");
   // an unconditional model: no class, guidance or prompt rows (hidden rows stay hidden under the form's grid)
   const shown = (selector) => page.$eval(selector, (e) => e.offsetParent !== null);
   check(!(await shown("#class-row")) && !(await shown("#guidance-row")) && !(await shown("#prompt-row")),
